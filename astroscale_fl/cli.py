@@ -1,0 +1,51 @@
+"""``astroscale-fl``: the command-line entry point.
+
+Subcommands
+  train     federated training as a Hydra app (``astroscale-fl train --help`` for Hydra's help)
+  predict   predictions from an exported model (same as ``python scripts/predict.py``)
+  ingest    download a survey catalog into the common schema
+"""
+
+from __future__ import annotations
+
+import sys
+
+USAGE = """usage: astroscale-fl <command> [args...]
+
+Federated learning for astronomical survey catalogs, built on Flower.
+
+commands:
+  train [overrides...]   run a federated simulation (Hydra app; -m for multirun sweeps)
+                         e.g. astroscale-fl train strategy=fedavg partition=iid federation.num_rounds=10
+  predict                predict with an exported model (see astroscale-fl predict --help)
+  ingest                 download a survey catalog (see astroscale-fl ingest --help)
+
+Run `astroscale-fl <command> --help` for a command's options.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch to a subcommand."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command == "train":
+        from astroscale_fl.train import main as train_main
+
+        return train_main(rest)
+    if command == "predict":
+        from astroscale_fl.predict import main as predict_main
+
+        return predict_main(rest)
+    if command == "ingest":
+        from astroscale_fl.ingest.cli import main as ingest_main
+
+        return ingest_main(rest)
+    print(f"error: unknown command {command!r}; expected train, predict or ingest", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

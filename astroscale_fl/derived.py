@@ -1,0 +1,48 @@
+"""Derived features computed from raw inputs (vectorised, stateless formulas)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+# ICRS -> Galactic rotation matrix (Hipparcos catalogue, vol. 1, sec. 1.5.3).
+_ICRS_TO_GAL = np.array(
+    [
+        [-0.0548755604, -0.8734370902, -0.4838350155],
+        [+0.4941094279, -0.4448296300, +0.7469822445],
+        [-0.8676661490, -0.1980763734, +0.4559837762],
+    ]
+)
+
+
+def galactic_latitude_sin(ra_rad: np.ndarray, dec_rad: np.ndarray) -> np.ndarray:
+    """sin(b) of Galactic latitude for ICRS coordinates in radians."""
+    cos_dec = np.cos(dec_rad)
+    xyz = np.stack([cos_dec * np.cos(ra_rad), cos_dec * np.sin(ra_rad), np.sin(dec_rad)])
+    return _ICRS_TO_GAL[2] @ xyz
+
+
+def reduced_proper_motion(mag: np.ndarray, pm_total_mas_yr: np.ndarray) -> np.ndarray:
+    """Reduced proper motion ``H = m + 5 log10(mu / (1 arcsec/yr)) + 5``.
+
+    Proper motions under 0.1 mas/yr (below Hipparcos' precision) are floored to keep H finite.
+    """
+    mu_arcsec = np.maximum(pm_total_mas_yr, 0.1) / 1000.0
+    return mag + 5.0 * np.log10(mu_arcsec) + 5.0
+
+
+def _pm_total(frame: pd.DataFrame) -> np.ndarray:
+    return np.hypot(frame["pmRA"].to_numpy(), frame["pmDE"].to_numpy())
+
+
+def _sin_b(frame: pd.DataFrame) -> np.ndarray:
+    return galactic_latitude_sin(frame["RArad"].to_numpy(), frame["DErad"].to_numpy())
+
+
+#: Derived feature name -> function of the frame. Formulas are documented on the helpers.
+DERIVED_FEATURES = {
+    "pm_total": _pm_total,
+    "reduced_pm": lambda f: reduced_proper_motion(f["Hpmag"].to_numpy(), _pm_total(f)),
+    "sin_b": _sin_b,
+    "cos_b": lambda f: np.sqrt(np.clip(1.0 - _sin_b(f) ** 2, 0.0, 1.0)),
+}

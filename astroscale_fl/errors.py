@@ -1,0 +1,50 @@
+"""User-facing errors: one clear line, a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+F = TypeVar("F", bound=Callable[..., object])
+
+#: Exit code for a user mistake (bad input, bad config, missing file).
+USER_ERROR_EXIT = 2
+
+
+class AstroScaleError(Exception):
+    """A mistake the user can fix; its message is shown as one line without a traceback.
+
+    The message should name the file, row/column or field, and what was expected.
+    """
+
+
+class ConfigError(AstroScaleError):
+    """The composed configuration is invalid (unknown key, wrong type, bad value)."""
+
+
+class DataError(AstroScaleError):
+    """Input data is missing or malformed."""
+
+
+def one_line(message: str) -> str:
+    """Collapse a message to one line (multi-line library messages included)."""
+    return " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+
+
+def report_user_errors(func: F) -> F:
+    """Decorate a CLI entry point: print ``error: ...`` for user errors and exit non-zero."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except AstroScaleError as exc:
+            print(f"error: {one_line(str(exc))}", file=sys.stderr)
+            raise SystemExit(USER_ERROR_EXIT) from None
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            raise SystemExit(130) from None
+
+    return wrapper  # type: ignore[return-value]

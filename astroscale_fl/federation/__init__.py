@@ -1,0 +1,1 @@
+"""Federated pieces shared by the ServerApp and the ClientApp: records, rounds, statistics."""

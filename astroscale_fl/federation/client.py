@@ -1,0 +1,137 @@
+"""The ClientApp's work for each message type, independent of Flower's app object.
+
+- ``query`` (statistics round): column statistics of the node's rows, for a federated fit
+  of the preprocessing pipeline;
+- ``train``: local training of the received global model on the node's rows;
+- ``evaluate``: the global model on the node's local validation rows, returned as sums so
+  the server can pool RMSE and R² exactly.
+
+Each node keeps a local validation share (``federation.local_val_fraction``) out of training.
+Tensors are cached per process (simulation actors serve many messages) keyed by node and
+pipeline, so repeated rounds do not re-read or re-encode data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from omegaconf import DictConfig
+
+from astroscale_fl import data
+from astroscale_fl.device import resolve_device
+from astroscale_fl.federation.messages import read_pipeline, read_run_config
+from astroscale_fl.federation.records import load_arrays, model_to_arrays, numpy_to_arrays
+from astroscale_fl.models import build_model
+from astroscale_fl.preprocessing import Pipeline
+from astroscale_fl.tasks import get_task
+from astroscale_fl.training import evaluate, make_optimizer, shuffled_batches, train_local
+
+LOCAL_VAL_FRACTION = 0.1
+
+
+@dataclass
+class NodeTensors:
+    """A node's encoded rows on its device: training and local validation shares."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+
+
+_FRAMES: dict[str, tuple[pd.DataFrame, pd.DataFrame]] = {}
+_TENSORS: dict[str, NodeTensors] = {}
+
+
+def _key(*parts: str) -> str:
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()
+
+
+def node_split(cfg: DictConfig, node_config: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The node's (training, local validation) rows; seeded and cached per process."""
+    key = _key(repr(sorted(node_config.items())), str(cfg.task), str(cfg.partition), str(cfg.seed))
+    if key not in _FRAMES:
+        frame = data.node_frame(cfg, node_config)
+        rng = np.random.default_rng([int(cfg.seed), 0x5A1])
+        is_val = rng.random(len(frame)) < LOCAL_VAL_FRACTION
+        if is_val.all() or len(frame) < 2:
+            is_val[:] = False
+        _FRAMES[key] = (frame.loc[~is_val].reset_index(drop=True), frame.loc[is_val].reset_index(drop=True))
+    return _FRAMES[key]
+
+
+def node_tensors(cfg: DictConfig, node_config: dict, pipeline: Pipeline, pipeline_key: str, device: torch.device) -> NodeTensors:
+    """Encode the node's rows with the global pipeline, once per (node, pipeline, device)."""
+    key = _key(repr(sorted(node_config.items())), str(cfg.task), str(cfg.partition), str(cfg.seed), pipeline_key, str(device))
+    if key not in _TENSORS:
+        train, val = node_split(cfg, node_config)
+        encode = lambda frame: torch.from_numpy(pipeline.transform_features(frame)).to(device)  # noqa: E731
+        target = lambda frame: torch.from_numpy(pipeline.transform_target(frame)).to(device)  # noqa: E731
+        _TENSORS.clear()  # one node's tensors at a time per process keeps memory flat
+        _TENSORS[key] = NodeTensors(encode(train), target(train), encode(val), target(val))
+    return _TENSORS[key]
+
+
+def handle_query(msg: Message, node_config: dict) -> RecordDict:
+    """Statistics round: this node's column statistics (no rows leave the node)."""
+    cfg = read_run_config(msg.content["config"])
+    task = get_task(cfg.task.name)
+    train, _ = node_split(cfg, node_config)
+    stats = Pipeline.build(task, cfg.preprocess.scaling).compute_statistics(train)
+    return RecordDict({
+        "stats": numpy_to_arrays(stats.to_arrays()),
+        "columns": ConfigRecord({"names": list(stats.columns)}),
+        "metrics": MetricRecord({"num-examples": len(train)}),
+    })
+
+
+def _prepare(msg: Message, node_config: dict) -> tuple[DictConfig, torch.nn.Module, NodeTensors, Pipeline]:
+    config = msg.content["config"]
+    cfg = read_run_config(config)
+    torch.set_num_threads(int(cfg.federation.client_threads))
+    device = resolve_device(cfg.device)
+    pipeline, pipeline_key = read_pipeline(config)
+    tensors = node_tensors(cfg, node_config, pipeline, pipeline_key, device)
+    model = build_model(cfg.model, len(pipeline.features), int(cfg.seed)).to(device)
+    load_arrays(model, msg.content["arrays"])
+    return cfg, model, tensors, pipeline
+
+
+def handle_train(msg: Message, node_config: dict) -> RecordDict:
+    """Train the received global model on this node's rows; return it and the example count."""
+    cfg, model, tensors, _ = _prepare(msg, node_config)
+    server_round = int(msg.content["config"]["server-round"])
+    generator = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + server_round * 7919 + _node_salt(node_config))
+    optimizer = make_optimizer(model.parameters(), cfg.train.optimizer, cfg.train.lr, cfg.train.momentum, cfg.train.weight_decay)
+    batches = shuffled_batches(len(tensors.train_y), int(cfg.train.batch_size), int(cfg.train.local_epochs), generator)
+    report = train_local(model, optimizer, tensors.train_x, tensors.train_y, batches)
+    return RecordDict({
+        "arrays": model_to_arrays(model),
+        "metrics": MetricRecord({"num-examples": report.examples, "train_loss": report.loss}),
+    })
+
+
+def handle_evaluate(msg: Message, node_config: dict) -> RecordDict:
+    """Evaluate the global model on the node's local validation rows, as poolable sums."""
+    _, model, tensors, pipeline = _prepare(msg, node_config)
+    x, y = (tensors.val_x, tensors.val_y) if len(tensors.val_y) else (tensors.train_x, tensors.train_y)
+    report = evaluate(model, x, y, pipeline.target.inverse)
+    y_true = pipeline.target.inverse(y.double().cpu().numpy())
+    return RecordDict({"metrics": MetricRecord({
+        "num-examples": report.examples,
+        "loss": report.loss,
+        "sse": report.rmse**2 * report.examples,
+        "sum_y": float(y_true.sum()),
+        "sum_y2": float((y_true**2).sum()),
+    })})
+
+
+def _node_salt(node_config: dict) -> int:
+    """A stable per-node integer, so nodes shuffle differently under one seed."""
+    ident = str(node_config.get("partition-id", node_config.get("data-dir", "")))
+    return int(hashlib.sha256(ident.encode()).hexdigest()[:8], 16)

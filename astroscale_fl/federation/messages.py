@@ -1,0 +1,38 @@
+"""What travels in messages besides model arrays: the run config and the fitted pipeline.
+
+The server puts the validated run config (JSON) and, after the statistics round, the fitted
+preprocessing state (JSON) into every message's ConfigRecord. ClientApps therefore need no
+configuration of their own beyond where their data is (the node config).
+"""
+
+from __future__ import annotations
+
+import json
+
+from flwr.app import ConfigRecord
+from omegaconf import DictConfig
+
+from astroscale_fl import config as config_mod
+from astroscale_fl.preprocessing import Pipeline
+
+RUN_CONFIG_KEY = "astroscale-config"
+PIPELINE_KEY = "astroscale-pipeline"
+
+
+def round_config(cfg: DictConfig, pipeline: Pipeline | None = None) -> ConfigRecord:
+    """The ConfigRecord sent with each message of a run."""
+    record = ConfigRecord({RUN_CONFIG_KEY: config_mod.to_json(cfg)})
+    if pipeline is not None:
+        record[PIPELINE_KEY] = json.dumps(pipeline.state_dict(), sort_keys=True)
+    return record
+
+
+def read_run_config(record: ConfigRecord) -> DictConfig:
+    """The validated run config carried by a message."""
+    return config_mod.from_json(str(record[RUN_CONFIG_KEY]))
+
+
+def read_pipeline(record: ConfigRecord) -> tuple[Pipeline, str]:
+    """The fitted pipeline carried by a message, and its JSON (a cache key)."""
+    text = str(record[PIPELINE_KEY])
+    return Pipeline.from_state(json.loads(text)), text

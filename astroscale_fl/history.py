@@ -1,0 +1,43 @@
+"""Per-round history of a run, written as ``history.csv`` (atomically, after every round)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from astroscale_fl.atomic import write_text
+
+
+@dataclass
+class RoundRecord:
+    """One federated round as the server saw it."""
+
+    round: int
+    train_loss: float = math.nan  # example-weighted mean of the nodes' local training loss
+    eval_loss: float = math.nan  # federated evaluation on the nodes' local validation rows
+    eval_rmse: float = math.nan
+    eval_r2: float = math.nan
+    test_rmse: float = math.nan  # centralized evaluation on the held-out test split
+    test_r2: float = math.nan
+    wall_seconds: float = math.nan
+    nodes_sampled: int = 0
+    nodes_replied: int = 0
+    nodes_failed: int = 0
+    bytes_down: int = 0  # array payload sent to nodes (train + evaluate)
+    bytes_up: int = 0  # array payload received from nodes
+
+
+COLUMNS = [f.name for f in fields(RoundRecord)]
+
+
+def write_history(path: str | Path, rows: list[RoundRecord]) -> None:
+    """Write rows as CSV (header always present), atomically."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(row).items()})
+    write_text(path, buffer.getvalue())

@@ -1,0 +1,183 @@
+"""Predictions from an exported model directory: one star from the command line, or a table.
+
+``python scripts/predict.py --model DIR V1 V2 ...`` prints ``{"predicted_<target>": value}``
+for values given in the order of the model card's ``inputs``. ``--input FILE --output FILE``
+predicts every row of a CSV or Parquet table: the output keeps the input's rows in order and
+adds ``predicted_<target>``; rows with invalid inputs get no prediction and are listed, with
+the reason, in ``<output>.quarantine.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from astroscale_fl.atomic import atomic_path
+from astroscale_fl.errors import DataError, report_user_errors
+from astroscale_fl.export import load_exported
+from astroscale_fl.training import predict as model_predict
+
+DEFAULT_TASK = "hipparcos_absmag"
+
+
+class Predictor:
+    """An exported model ready to predict: raw inputs in, target units out."""
+
+    def __init__(self, model_dir: str | Path, device: str = "cpu"):
+        self.model_dir = Path(model_dir)
+        self.model, self.pipeline, self.card = load_exported(self.model_dir, device)
+        self.device = torch.device(device)
+        self.inputs = [f["name"] for f in self.card["inputs"]]
+        self.ranges = {f["name"]: tuple(f["valid_range"]) for f in self.card["inputs"]}
+        self.target = self.card["target"]["name"]
+        self.output_name = f"predicted_{self.target}"
+
+    def predict_frame(self, frame: pd.DataFrame) -> np.ndarray:
+        """Predictions (target units) for every row of a frame with the input columns."""
+        features = torch.from_numpy(self.pipeline.transform_features(frame)).to(self.device)
+        return self.pipeline.target.inverse(model_predict(self.model, features))
+
+    def check_values(self, values: dict[str, float]) -> None:
+        """Raise :class:`DataError` naming the first input that is non-finite or out of range."""
+        for name in self.inputs:
+            value = values[name]
+            low, high = self.ranges[name]
+            if not math.isfinite(value):
+                raise DataError(f"input {name}: expected a finite number, got {value}")
+            if not low <= value <= high:
+                raise DataError(f"input {name}: {value} is outside the valid range [{low}, {high}]")
+
+    def predict_one(self, values: list[float]) -> float:
+        """Prediction for one object; ``values`` in the model card's input order."""
+        row = dict(zip(self.inputs, values, strict=True))
+        self.check_values(row)
+        return float(self.predict_frame(pd.DataFrame([row]))[0])
+
+    def invalid_reasons(self, frame: pd.DataFrame) -> pd.Series:
+        """Per row: '' when all inputs are valid, else why not (first problem per row)."""
+        reasons = pd.Series("", index=frame.index, dtype=object)
+        for name in reversed(self.inputs):
+            raw = frame[name]
+            values = pd.to_numeric(raw, errors="coerce").astype(np.float64)
+            low, high = self.ranges[name]
+            non_numeric = values.isna() & raw.notna()
+            reasons[~np.isfinite(values)] = f"{name}: missing or non-finite"
+            reasons[non_numeric] = f"{name}: not a number"
+            out = np.isfinite(values) & ((values < low) | (values > high))
+            reasons[out] = f"{name}: outside [{low}, {high}]"
+        return reasons
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """A CSV or Parquet table (by extension)."""
+    if not path.is_file():
+        raise DataError(f"input file not found: {path}")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            return pd.read_parquet(path)
+        if suffix == ".csv":
+            return pd.read_csv(path)
+    except Exception as exc:  # pyarrow / pandas parse errors
+        raise DataError(f"{path}: cannot read ({str(exc).splitlines()[0]})") from None
+    raise DataError(f"{path}: expected a .csv or .parquet file")
+
+
+def write_table(frame: pd.DataFrame, path: Path) -> None:
+    """Write a table as CSV or Parquet (by extension), atomically."""
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".parquet"):
+        raise DataError(f"{path}: expected a .csv or .parquet output file")
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False) if suffix == ".parquet" else frame.to_csv(tmp, index=False)
+
+
+def predict_table(predictor: Predictor, input_path: Path, output_path: Path) -> tuple[int, int]:
+    """Batch prediction; returns (rows predicted, rows quarantined)."""
+    frame = read_table(input_path)
+    missing = [c for c in predictor.inputs if c not in frame.columns]
+    if missing:
+        raise DataError(f"{input_path}: missing input column(s) {missing}; expected columns {predictor.inputs}")
+    reasons = predictor.invalid_reasons(frame)
+    ok = (reasons == "").to_numpy()
+    predictions = np.full(len(frame), np.nan)
+    if ok.any():
+        clean = frame.loc[ok, predictor.inputs].apply(pd.to_numeric).astype(np.float64)
+        predictions[ok] = predictor.predict_frame(clean)
+    out = frame.copy()
+    out[predictor.output_name] = predictions
+    quarantine = Path(f"{output_path}.quarantine.csv")
+    if (~ok).any():
+        rejected = frame.loc[~ok].copy()
+        rejected.insert(0, "row", np.flatnonzero(~ok) + 1)
+        rejected["reason"] = reasons[~ok].to_numpy()
+        with atomic_path(quarantine) as tmp:
+            rejected.to_csv(tmp, index=False)
+    else:
+        quarantine.unlink(missing_ok=True)
+    write_table(out, output_path)
+    return int(ok.sum()), int((~ok).sum())
+
+
+def default_model_dir(task: str) -> Path:
+    """Where ``astroscale-fl train`` publishes the latest model of a task."""
+    return Path("models") / task / "latest"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="astroscale-fl predict",
+        description="Predict with an exported model directory. Give the input values in the order "
+        "`--list-inputs` prints, or a whole table with --input/--output.",
+    )
+    p.add_argument("values", nargs="*", help="input values, in the model card's order")
+    p.add_argument("--model", type=Path, default=None, help="exported model directory (default: models/<task>/latest)")
+    p.add_argument("--task", default=DEFAULT_TASK, help=f"task whose latest published model to use when --model is not given (default: {DEFAULT_TASK})")
+    p.add_argument("--input", type=Path, help="CSV or Parquet table to predict (batch mode)")
+    p.add_argument("--output", type=Path, help="where to write the batch predictions (.csv or .parquet)")
+    p.add_argument("--list-inputs", action="store_true", help="print the expected inputs (name and unit) and exit")
+    p.add_argument("--device", default="cpu", help="torch device for prediction (default: cpu)")
+    return p
+
+
+@report_user_errors
+def main(argv: list[str] | None = None) -> int:
+    """Entry for ``astroscale-fl predict`` and ``scripts/predict.py``."""
+    args = parser().parse_args(argv)
+    model_dir = args.model or default_model_dir(args.task)
+    if args.model is None and not model_dir.is_dir():
+        raise DataError(f"no published model for task {args.task} at {model_dir}; make one with `astroscale-fl train task={args.task}`")
+    predictor = Predictor(model_dir, args.device)
+    if args.list_inputs:
+        for f in predictor.card["inputs"]:
+            print(f"{f['name']}\t{f['unit'] or '-'}\t{f.get('description', '')}")
+        return 0
+    if args.input or args.output:
+        if not (args.input and args.output):
+            raise DataError("batch prediction needs both --input FILE and --output FILE")
+        if args.values:
+            raise DataError("give either input values or --input/--output, not both")
+        done, rejected = predict_table(predictor, args.input, args.output)
+        print(json.dumps({"output": str(args.output), "predicted": done, "quarantined": rejected}))
+        return 0
+    if len(args.values) != len(predictor.inputs):
+        raise DataError(f"expected {len(predictor.inputs)} values ({', '.join(predictor.inputs)}), got {len(args.values)}")
+    values = []
+    for name, text in zip(predictor.inputs, args.values):
+        try:
+            values.append(float(text))
+        except ValueError:
+            raise DataError(f"input {name}: expected a number, got {text!r}") from None
+    print(json.dumps({predictor.output_name: predictor.predict_one(values)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Catalog sources: readers that turn a survey's files into a pandas DataFrame."""

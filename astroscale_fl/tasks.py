@@ -1,0 +1,107 @@
+"""Learning tasks: which rows of a catalog to use, the target, and the raw model inputs.
+
+A task turns a source catalog into a *task frame*: one row per usable object with an ``id``
+column, the raw input columns (in model-card order) and the target column. Everything after
+that (splitting, preprocessing, training) is task-agnostic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from astroscale_fl.errors import ConfigError, DataError
+from astroscale_fl.sources import hipparcos
+
+
+@dataclass(frozen=True)
+class Feature:
+    """A raw model input: its column name, unit and physically valid range."""
+
+    name: str
+    unit: str
+    low: float = -np.inf
+    high: float = np.inf
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What a task predicts from what; the loader builds the task frame from config."""
+
+    name: str
+    target: str
+    target_unit: str
+    inputs: tuple[Feature, ...]
+    derived: tuple[str, ...] = ()
+    description: str = ""
+    loader: Callable[[object], pd.DataFrame] = field(default=lambda cfg: pd.DataFrame(), repr=False)
+
+    @property
+    def input_names(self) -> list[str]:
+        return [f.name for f in self.inputs]
+
+    def load(self, task_cfg: object) -> pd.DataFrame:
+        """Build the task frame (``id``, inputs, target) from the task's config section."""
+        frame = self.loader(task_cfg)
+        if frame.empty:
+            raise DataError(f"task {self.name}: no rows left after selection (check the task's filters)")
+        return frame
+
+
+# --- hipparcos_absmag ---------------------------------------------------------------------
+
+HIPPARCOS_ABSMAG_INPUTS = (
+    Feature("RArad", "rad", 0.0, 2 * np.pi, "right ascension"),
+    Feature("DErad", "rad", -np.pi / 2, np.pi / 2, "declination"),
+    Feature("pmRA", "mas/yr", -2e4, 2e4, "proper motion in RA*cos(Dec)"),
+    Feature("pmDE", "mas/yr", -2e4, 2e4, "proper motion in Dec"),
+    Feature("Hpmag", "mag", -2.0, 16.0, "Hipparcos magnitude"),
+    Feature("e_Hpmag", "mag", 0.0, 2.0, "error on mean Hpmag"),
+    Feature("sHp", "mag", 0.0, 5.0, "scatter of Hpmag"),
+    Feature("B-V", "mag", -1.0, 6.0, "colour index"),
+    Feature("V-I", "mag", -1.0, 10.0, "V-I colour index"),
+)
+
+
+def absolute_magnitude(apparent_mag: np.ndarray, parallax_mas: np.ndarray) -> np.ndarray:
+    """Absolute magnitude ``M = m + 5 log10(Plx / 100)`` for a parallax in milliarcseconds."""
+    return apparent_mag + 5.0 * np.log10(parallax_mas / 100.0)
+
+
+def load_hipparcos_absmag(task_cfg: object) -> pd.DataFrame:
+    """Stars with ``Plx / e_Plx >= task.min_parallax_snr``; target ``M_Hp`` from Hpmag and Plx."""
+    catalog = hipparcos.read_hipparcos(getattr(task_cfg, "path", None) or None)
+    min_snr = float(getattr(task_cfg, "min_parallax_snr"))
+    plx, e_plx = catalog["Plx"].to_numpy(), catalog["e_Plx"].to_numpy()
+    keep = (plx > 0) & (e_plx > 0) & (plx >= min_snr * e_plx)
+    rows = catalog.loc[keep]
+    frame = pd.DataFrame({"id": rows["HIP"].to_numpy()})
+    for feature in HIPPARCOS_ABSMAG_INPUTS:
+        frame[feature.name] = rows[feature.name].to_numpy(dtype=np.float64)
+    frame["M_Hp"] = absolute_magnitude(rows["Hpmag"].to_numpy(), rows["Plx"].to_numpy())
+    return frame
+
+
+HIPPARCOS_ABSMAG = TaskSpec(
+    name="hipparcos_absmag",
+    target="M_Hp",
+    target_unit="mag",
+    inputs=HIPPARCOS_ABSMAG_INPUTS,
+    derived=("pm_total", "reduced_pm", "sin_b", "cos_b"),
+    description="Absolute Hipparcos magnitude from photometry and astrometry without parallax",
+    loader=load_hipparcos_absmag,
+)
+
+TASKS: dict[str, TaskSpec] = {HIPPARCOS_ABSMAG.name: HIPPARCOS_ABSMAG}
+
+
+def get_task(name: str) -> TaskSpec:
+    """Look up a task by name."""
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise ConfigError(f"task.name: unknown task {name!r}; expected one of {sorted(TASKS)}") from None

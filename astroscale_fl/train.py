@@ -1,0 +1,100 @@
+"""``astroscale-fl train``: a Hydra application that runs one federated simulation.
+
+Hydra composes ``conf/`` with the command-line overrides (``-m`` sweeps them as a multirun).
+Each job validates its config, simulates ``federation.num_nodes`` SuperNodes running our
+ClientApp against our ServerApp, and writes ``history.csv``, ``metrics.json`` and ``model/``
+into the job's Hydra output directory.
+"""
+
+from __future__ import annotations
+
+import sys
+from itertools import product
+
+from omegaconf import DictConfig
+
+from astroscale_fl import config
+from astroscale_fl.errors import USER_ERROR_EXIT, AstroScaleError, ConfigError, one_line, report_user_errors
+
+_HYDRA_FLAGS_WITH_VALUE = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--experimental-rerun", "--info", "-i"}
+
+
+def run_job(cfg: DictConfig) -> dict:
+    """One training job from a composed config (called by Hydra for every job)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from astroscale_fl.simulation import run_simulation
+    from clients.app import app as client_app
+    from server.app import make_server_app
+
+    try:
+        typed = config.validate(cfg)
+        preflight(typed)
+        out_dir = HydraConfig.get().runtime.output_dir
+        run_simulation(make_server_app(typed, out_dir), client_app, typed)
+    except AstroScaleError as exc:
+        # Hydra would print a traceback; a user mistake gets one line and exit code 2.
+        print(f"error: {one_line(str(exc))}", file=sys.stderr)
+        raise SystemExit(USER_ERROR_EXIT) from None
+    print(f"outputs: {out_dir}")
+    return {"out_dir": out_dir}
+
+
+def preflight(cfg: DictConfig) -> None:
+    """Check what the nodes would fail on (data, partitions, device) before starting them."""
+    from astroscale_fl.data import task_split
+    from astroscale_fl.device import resolve_device
+    from astroscale_fl.split import assign_nodes
+
+    resolve_device(cfg.device)
+    train, _ = task_split(cfg)
+    assign_nodes(train, cfg.partition, int(cfg.federation.num_nodes), int(cfg.seed))
+
+
+def user_overrides(argv: list[str]) -> list[str]:
+    """The config overrides among Hydra's arguments (flags and their values dropped)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in _HYDRA_FLAGS_WITH_VALUE:
+            skip = True
+        elif not arg.startswith("-") and "=" in arg and not arg.lstrip("+~").startswith("hydra"):
+            out.append(arg)
+    return out
+
+
+def check_overrides(overrides: list[str]) -> None:
+    """Compose and validate every combination of sweep values before Hydra starts jobs.
+
+    Errors come out as one line naming the override, instead of Hydra's multi-line report
+    (or a failure in the middle of a multirun).
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception as exc:  # Hydra's grammar errors
+        raise ConfigError(f"cannot parse overrides {overrides}: {str(exc).splitlines()[0]}") from None
+    choices = []
+    for override in parsed:
+        key = override.get_key_element()
+        if override.is_sweep_override():
+            choices.append([f"{key}={v}" for v in override.sweep_string_iterator()])
+        else:
+            choices.append([override.input_line])
+    for combination in product(*choices):
+        config.validate(config.compose(list(combination)))
+
+
+@report_user_errors
+def main(argv: list[str]) -> int:
+    """Entry for ``astroscale-fl train [overrides]``."""
+    import hydra
+
+    if not any(a in ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c") for a in argv):
+        check_overrides(user_overrides(argv))
+    conf = str(config.conf_dir())
+    sys.argv = ["astroscale-fl train", *argv]
+    hydra.main(config_path=conf, config_name="config", version_base="1.3")(run_job)()
+    return 0

@@ -1,0 +1,105 @@
+"""Local training and evaluation loops.
+
+Batches are formed by slicing tensors that already live on the training device with a
+seeded random permutation: no per-sample ``DataLoader`` on the hot path (on 2 CPU threads
+that is ~10x faster for the models here). Strategies plug in through two hooks:
+
+- ``extra_loss(model) -> Tensor`` is added to the batch loss (FedProx' proximal term);
+- ``after_backward(model)`` edits gradients before the optimizer step (SCAFFOLD's correction).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from astroscale_fl.errors import ConfigError
+from astroscale_fl.metrics import r2_score, rmse
+
+ExtraLoss = Callable[[nn.Module], torch.Tensor]
+GradHook = Callable[[nn.Module], None]
+
+
+@dataclass
+class TrainReport:
+    """What one call of :func:`train_local` did."""
+
+    loss: float  # mean training loss over the steps (standardised target units)
+    steps: int
+    examples: int  # rows the node holds
+
+
+def make_optimizer(params, name: str, lr: float, momentum: float = 0.0, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """The local optimizer named in ``train.optimizer``."""
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    raise ConfigError(f"train.optimizer: expected 'sgd' or 'adam', got {name!r}")
+
+
+def shuffled_batches(num_rows: int, batch_size: int, epochs: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Index tensors of a seeded random permutation per epoch, cut into ``batch_size`` slices."""
+    for _ in range(epochs):
+        order = torch.randperm(num_rows, generator=generator)
+        yield from torch.split(order, batch_size)
+
+
+def train_local(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    features: torch.Tensor,
+    target: torch.Tensor,
+    batches: Iterator[torch.Tensor],
+    extra_loss: ExtraLoss | None = None,
+    after_backward: GradHook | None = None,
+) -> TrainReport:
+    """Minimise the mean squared error over ``batches`` (index tensors into the rows)."""
+    model.train()
+    device = features.device
+    total, steps = torch.zeros((), device=device), 0
+    for index in batches:
+        index = index.to(device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        prediction = model(features[index])
+        loss = nn.functional.mse_loss(prediction, target[index]) if len(index) else prediction.sum() * 0.0
+        total += loss.detach()
+        if extra_loss is not None:
+            loss = loss + extra_loss(model)
+        loss.backward()
+        if after_backward is not None:
+            after_backward(model)
+        optimizer.step()
+        steps += 1
+    return TrainReport(loss=float(total) / max(steps, 1), steps=steps, examples=int(features.shape[0]))
+
+
+@torch.no_grad()
+def predict(model: nn.Module, features: torch.Tensor, chunk: int = 65536) -> np.ndarray:
+    """Model outputs for every row, in chunks, as float64 numpy."""
+    model.eval()
+    outs = [model(features[i : i + chunk]).double().cpu() for i in range(0, features.shape[0], chunk)]
+    return torch.cat(outs).numpy() if outs else np.zeros(0)
+
+
+@dataclass
+class EvalReport:
+    """Evaluation of a model on labelled rows: loss in standardised units, RMSE and R² in target units."""
+
+    loss: float
+    rmse: float
+    r2: float
+    examples: int
+
+
+def evaluate(model: nn.Module, features: torch.Tensor, target: torch.Tensor, inverse_target: Callable[[np.ndarray], np.ndarray]) -> EvalReport:
+    """MSE loss (standardised target) and RMSE / R² in the target's units."""
+    scaled_pred = predict(model, features)
+    scaled_true = target.double().cpu().numpy()
+    loss = float(np.mean((scaled_pred - scaled_true) ** 2)) if len(scaled_true) else float("nan")
+    y_true, y_pred = inverse_target(scaled_true), inverse_target(scaled_pred)
+    return EvalReport(loss=loss, rmse=rmse(y_true, y_pred), r2=r2_score(y_true, y_pred), examples=len(y_true))

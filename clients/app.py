@@ -1,0 +1,30 @@
+"""ClientApp: a thin Flower layer over :mod:`astroscale_fl.federation.client`.
+
+Run by every SuperNode (and by the simulation's virtual nodes). Where a node's data lives
+comes from its node config: ``data-dir=<dir>`` in deployment, ``partition-id`` in simulation.
+"""
+
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+
+from astroscale_fl.federation import client
+
+app = ClientApp()
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Statistics round: column statistics of this node's rows."""
+    return Message(content=client.handle_query(msg, dict(context.node_config)), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train the global model locally and return it."""
+    return Message(content=client.handle_train(msg, dict(context.node_config)), reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Evaluate the global model on this node's local validation rows."""
+    return Message(content=client.handle_evaluate(msg, dict(context.node_config)), reply_to=msg)

@@ -1,0 +1,1 @@
+"""The ServerApp that runs on the SuperLink's side."""

@@ -1,0 +1,30 @@
+"""Our Flower strategies (server side), built from the ``strategy`` config group."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from astroscale_fl.errors import ConfigError
+from strategies.fedavg import FedAvg
+
+STRATEGIES = {"fedavg": FedAvg}
+
+
+def build_strategy(cfg: DictConfig) -> FedAvg:
+    """The strategy named in ``cfg.strategy``, with the federation's sampling settings."""
+    try:
+        cls = STRATEGIES[cfg.strategy.name]
+    except KeyError:
+        raise ConfigError(f"strategy: unknown strategy {cfg.strategy.name!r}; expected one of {sorted(STRATEGIES)}") from None
+    params = {k: v for k, v in cfg.strategy.items() if k != "name"}
+    fed = cfg.federation
+    return cls(
+        fraction_train=fed.fraction_train,
+        fraction_evaluate=fed.fraction_evaluate,
+        min_train_nodes=fed.min_train_nodes,
+        seed=int(cfg.seed),
+        **params,
+    )
+
+
+__all__ = ["FedAvg", "STRATEGIES", "build_strategy"]

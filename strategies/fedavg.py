@@ -1,0 +1,170 @@
+"""FedAvg (McMahan et al. 2017) on Flower's Message API, with float64 aggregation.
+
+Each round: sample nodes (seeded), send them the global arrays and the round config, and
+replace the global model by the mean of the returned models weighted by ``num-examples``.
+With ``server_lr`` != 1 the server moves only that fraction of the way:
+``w <- w + server_lr * (mean - w)``.
+
+Flower's own FedAvg accumulates in the arrays' dtype (float32); we accumulate in float64 and
+cast back once, so the result does not depend on the order of the replies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from logging import INFO
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.common import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from astroscale_fl.federation.records import arrays_to_numpy, numpy_to_arrays
+
+ARRAYS_KEY = "arrays"
+CONFIG_KEY = "config"
+METRICS_KEY = "metrics"
+WEIGHT_KEY = "num-examples"
+
+
+def weighted_mean(arrays: list[dict[str, np.ndarray]], weights: list[float]) -> dict[str, np.ndarray]:
+    """Example-weighted mean of several models' arrays, accumulated in float64."""
+    total = float(np.sum(np.asarray(weights, dtype=np.float64)))
+    if total <= 0:
+        raise ValueError("weighted mean needs a positive total weight")
+    out: dict[str, np.ndarray] = {}
+    for name, first in arrays[0].items():
+        acc = np.zeros(first.shape, dtype=np.float64)
+        for model, weight in zip(arrays, weights, strict=True):
+            acc += np.asarray(model[name], dtype=np.float64) * (float(weight) / total)
+        out[name] = acc.astype(first.dtype, copy=False)
+    return out
+
+
+class FedAvg(Strategy):
+    """Federated averaging, weighted by each reply's ``num-examples``.
+
+    Parameters
+    ----------
+    fraction_train, fraction_evaluate : fraction of connected nodes sampled per round.
+    min_train_nodes : sample at least this many nodes for training.
+    server_lr : server step on the averaged update (1 = plain FedAvg).
+    seed : seeds node sampling (round ``r`` uses ``(seed, r)``), so runs are reproducible.
+    """
+
+    def __init__(
+        self,
+        fraction_train: float = 1.0,
+        fraction_evaluate: float = 1.0,
+        min_train_nodes: int = 1,
+        server_lr: float = 1.0,
+        seed: int = 0,
+    ) -> None:
+        self.fraction_train = fraction_train
+        self.fraction_evaluate = fraction_evaluate
+        self.min_train_nodes = min_train_nodes
+        self.server_lr = server_lr
+        self.seed = seed
+        self.global_arrays: dict[str, np.ndarray] | None = None
+
+    # -- summary and state ------------------------------------------------------------------
+
+    def params(self) -> dict[str, float]:
+        """Strategy parameters as recorded in the model card."""
+        return {"server_lr": self.server_lr}
+
+    def summary(self) -> None:
+        log(INFO, "%s: %s, fraction_train=%.2f, fraction_evaluate=%.2f", type(self).__name__,
+            self.params(), self.fraction_train, self.fraction_evaluate)
+
+    # -- sampling and messages --------------------------------------------------------------
+
+    def sample(self, grid: Grid, server_round: int, fraction: float, minimum: int, purpose: int) -> list[int]:
+        """Seeded sample of connected nodes: ``max(minimum, fraction * N)`` of them."""
+        nodes = sorted(grid.get_node_ids())
+        size = min(len(nodes), max(minimum, int(round(fraction * len(nodes)))))
+        if size >= len(nodes):
+            return nodes
+        rng = np.random.default_rng([self.seed, server_round, purpose])
+        return sorted(int(n) for n in rng.choice(nodes, size=size, replace=False))
+
+    def _messages(self, content: RecordDict, node_ids: list[int], message_type: str) -> list[Message]:
+        return [Message(content=content, message_type=message_type, dst_node_id=n) for n in node_ids]
+
+    def train_content(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord) -> RecordDict:
+        """What a sampled node receives for training (subclasses add records)."""
+        config["server-round"] = server_round
+        return RecordDict({ARRAYS_KEY: arrays, CONFIG_KEY: config})
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        """Sample nodes and send each the global arrays and the round config."""
+        self.global_arrays = arrays_to_numpy(arrays)
+        node_ids = self.sample(grid, server_round, self.fraction_train, self.min_train_nodes, purpose=0)
+        return self._messages(self.train_content(server_round, arrays, config), node_ids, MessageType.TRAIN)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        """Sample nodes for federated evaluation of the global arrays on their local rows."""
+        if self.fraction_evaluate == 0.0:
+            return []
+        node_ids = self.sample(grid, server_round, self.fraction_evaluate, 1, purpose=1)
+        config["server-round"] = server_round
+        return self._messages(RecordDict({ARRAYS_KEY: arrays, CONFIG_KEY: config}), node_ids, MessageType.EVALUATE)
+
+    # -- aggregation ------------------------------------------------------------------------
+
+    @staticmethod
+    def valid_replies(replies: Iterable[Message]) -> list[Message]:
+        """Replies that carry content (errors are counted by the round loop)."""
+        return [m for m in replies if not m.has_error()]
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """New global arrays: the example-weighted mean of the replies' arrays."""
+        valid = self.valid_replies(replies)
+        if not valid:
+            return None, None
+        weights = [float(m.content[METRICS_KEY][WEIGHT_KEY]) for m in valid]
+        mean = weighted_mean([arrays_to_numpy(m.content[ARRAYS_KEY]) for m in valid], weights)
+        return numpy_to_arrays(self.server_step(mean)), weighted_metrics(valid, weights)
+
+    def server_step(self, mean: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``w + server_lr * (mean - w)``; exactly ``mean`` when ``server_lr`` is 1."""
+        if self.server_lr == 1.0 or self.global_arrays is None:
+            return mean
+        out = {}
+        for name, avg in mean.items():
+            current = self.global_arrays[name].astype(np.float64)
+            out[name] = (current + self.server_lr * (avg.astype(np.float64) - current)).astype(avg.dtype)
+        return out
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Pooled loss, RMSE and R² over all evaluating nodes' rows (from their sums)."""
+        valid = self.valid_replies(replies)
+        if not valid:
+            return None
+        return pooled_regression_metrics([m.content[METRICS_KEY] for m in valid])
+
+
+def weighted_metrics(replies: list[Message], weights: list[float]) -> MetricRecord:
+    """Example-weighted mean of every numeric metric the replies share."""
+    total = float(sum(weights))
+    keys = set.intersection(*(set(m.content[METRICS_KEY].keys()) for m in replies)) - {WEIGHT_KEY}
+    out = {k: float(sum(float(m.content[METRICS_KEY][k]) * w for m, w in zip(replies, weights)) / total) for k in sorted(keys)}
+    out[WEIGHT_KEY] = int(total)
+    return MetricRecord(out)
+
+
+def pooled_regression_metrics(records: list[MetricRecord]) -> MetricRecord:
+    """Exact pooled metrics from per-node sums: n, sum of squared errors, sum y, sum y², loss sum."""
+    n = sum(float(r[WEIGHT_KEY]) for r in records)
+    sse = sum(float(r["sse"]) for r in records)
+    sum_y = sum(float(r["sum_y"]) for r in records)
+    sum_y2 = sum(float(r["sum_y2"]) for r in records)
+    loss = sum(float(r["loss"]) * float(r[WEIGHT_KEY]) for r in records) / n
+    ss_tot = sum_y2 - sum_y**2 / n
+    return MetricRecord({
+        "loss": loss,
+        "rmse": float(np.sqrt(sse / n)),
+        "r2": float(1.0 - sse / ss_tot) if ss_tot > 0 else float("nan"),
+        WEIGHT_KEY: int(n),
+    })
