@@ -74,6 +74,14 @@ class FedAvg(Strategy):
         """Strategy parameters as recorded in the model card."""
         return {"server_lr": self.server_lr}
 
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Strategy state a checkpoint must keep (FedAvg has none beyond the global model)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Restore :meth:`state_dict` output (resuming from a checkpoint)."""
+        del state
+
     def summary(self) -> None:
         log(INFO, "%s: %s, fraction_train=%.2f, fraction_evaluate=%.2f", type(self).__name__,
             self.params(), self.fraction_train, self.fraction_evaluate)
