@@ -77,7 +77,8 @@ def load_hipparcos_absmag(task_cfg: object) -> pd.DataFrame:
     catalog = hipparcos.read_hipparcos(getattr(task_cfg, "path", None) or None)
     min_snr = float(getattr(task_cfg, "min_parallax_snr"))
     plx, e_plx = catalog["Plx"].to_numpy(), catalog["e_Plx"].to_numpy()
-    keep = (plx > 0) & (e_plx > 0) & (plx >= min_snr * e_plx)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        keep = (plx > 0) & (e_plx > 0) & (plx / e_plx >= min_snr)
     rows = catalog.loc[keep]
     frame = pd.DataFrame({"id": rows["HIP"].to_numpy()})
     for feature in HIPPARCOS_ABSMAG_INPUTS:

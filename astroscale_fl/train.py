@@ -65,10 +65,10 @@ def user_overrides(argv: list[str]) -> list[str]:
 
 
 def check_overrides(overrides: list[str]) -> None:
-    """Compose and validate every combination of sweep values before Hydra starts jobs.
+    """Compose, validate and preflight every combination of sweep values before Hydra starts.
 
     Errors come out as one line naming the override, instead of Hydra's multi-line report
-    (or a failure in the middle of a multirun).
+    (or a failure in the middle of a multirun), and before Hydra creates any output directory.
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -84,7 +84,7 @@ def check_overrides(overrides: list[str]) -> None:
         else:
             choices.append([override.input_line])
     for combination in product(*choices):
-        config.validate(config.compose(list(combination)))
+        preflight(config.validate(config.compose(list(combination))))
 
 
 @report_user_errors

@@ -42,7 +42,7 @@ def extract_fits(path: Path, hdu: int | str, columns: dict[str, str], *, origin:
         names = {n.upper(): n for n in data.columns.names}
         missing = [f for f in columns.values() if f.upper() not in names]
         if missing:
-            raise DataError(f"{origin}: FITS column(s) {missing} not in {path.name} HDU {hdu!r}")
+            raise DataError(f"{origin}: FITS column(s) {missing} not in HDU {hdu!r}; it has {list(names.values())}")
         out = {}
         for name, fits_col in columns.items():
             values = np.asarray(data[names[fits_col.upper()]])

@@ -241,7 +241,7 @@ async def _run_segments(transport, url, part, state, state_path, info: RemoteInf
                     want = (end - start + 1) if end >= 0 else None
                     pos = start
                     last_saved = seg[2]
-                    async for chunk in resp.aiter_raw(CHUNK):
+                    async for chunk in resp.aiter_raw():  # unbuffered: keep every byte received
                         if want is not None:
                             chunk = chunk[: max(0, seg[1] - pos + 1)]
                         if chunk:

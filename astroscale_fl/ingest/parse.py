@@ -168,6 +168,10 @@ def read_votable(path: Path, *, origin: str) -> Parsed:
     message = error_document(path)
     if message is not None:
         raise DataError(f"{origin}: the service reported an error: {message}")
+    notes = [n for n in [overflow_note(path)] if n]
+    fast = read_binary2_fixed(path)
+    if fast is not None:
+        return Parsed(fast, empty_rejected(), notes)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", VOWarning)
@@ -195,8 +199,50 @@ def read_votable(path: Path, *, origin: str) -> Parsed:
         if values.dtype.byteorder == ">":
             values = values.astype(values.dtype.newbyteorder("="))
         cols[fld.name] = pa.array(values, mask=mask if mask is not None and mask.any() else None)
-    notes = []
-    note = overflow_note(path)
-    if note:
-        notes.append(note)
     return Parsed(pa.table(cols), empty_rejected(), notes)
+
+
+_BIN2_TYPES = {"unsignedByte": "u1", "short": ">i2", "int": ">i4", "long": ">i8", "float": ">f4",
+               "double": ">f8"}
+_FIELD = re.compile(r"<FIELD\b([^>]*)>", re.S)
+_ATTR = re.compile(r'(\w+)\s*=\s*"([^"]*)"')
+
+
+def read_binary2_fixed(path: Path) -> pa.Table | None:
+    """Vectorised decoder for the common TAP case: one BINARY2 table of fixed-width scalar fields.
+
+    BINARY2 rows are a null bitmap followed by big-endian values, so with fixed-width fields the
+    whole stream is one NumPy structured array. Returns None (use astropy) for anything else:
+    variable-length or array fields, several tables, other serialisations.
+    """
+    import base64
+
+    data = path.read_bytes()
+    start = data.find(b"<BINARY2>")
+    if start < 0 or data.count(b"<TABLE") != 1:
+        return None
+    header = data[:start].decode("utf-8", "replace")
+    fields = []
+    for m in _FIELD.finditer(header):
+        attrs = dict(_ATTR.findall(m.group(1)))
+        dtype = _BIN2_TYPES.get(attrs.get("datatype", ""))
+        if dtype is None or attrs.get("arraysize") not in (None, "1"):
+            return None
+        fields.append((attrs.get("name") or attrs.get("ID"), dtype))
+    s0 = data.find(b">", data.find(b"<STREAM", start)) + 1
+    s1 = data.find(b"</STREAM>", s0)
+    if not fields or s0 <= 0 or s1 < 0 or b'encoding="base64"' not in data[start:s0]:
+        return None
+    raw = base64.b64decode(data[s0:s1])
+    nmask = (len(fields) + 7) // 8
+    dt = np.dtype([("__nulls", "u1", (nmask,))] + [(f"f{i}", t) for i, (_, t) in enumerate(fields)])
+    if len(raw) % dt.itemsize:
+        return None
+    rows = np.frombuffer(raw, dtype=dt)
+    nulls = rows["__nulls"]
+    cols = {}
+    for i, (name, _) in enumerate(fields):
+        values = rows[f"f{i}"].astype(rows.dtype[f"f{i}"].newbyteorder("="))
+        mask = ((nulls[:, i // 8] >> (7 - i % 8)) & 1).astype(bool)
+        cols[name] = pa.array(values, mask=mask if mask.any() else None)
+    return pa.table(cols)

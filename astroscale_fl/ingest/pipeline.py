@@ -124,7 +124,7 @@ def run_ingest(opts: IngestOptions) -> IngestResult:
         origin = f"{cfg.name} result {acquired.query[:80]!r}" if acquired.kind != "fits" else str(acquired.path)
         try:
             if acquired.kind == "fits":
-                table = apogee.extract_fits(acquired.path, cfg.hdu, columns, origin=f"{cfg.name} ({cfg.path.name})")
+                table = apogee.extract_fits(acquired.path, cfg.hdu, columns, origin=f"{cfg.filename} (source {cfg.name}, {cfg.path})")
                 table = apogee.where_filter(table, opts.where)
                 if limit:
                     table = table.slice(0, limit)
@@ -328,7 +328,7 @@ async def _acquire_file(cfg: SourceConfig, opts: IngestOptions, transport: HttpT
     resume = opts.resume
     for attempt in range(2):
         fetched = await download_resumable(
-            transport, url, part, resume=resume, segment_size=cfg.segment_mb << 20,
+            transport, url, part, resume=resume, segment_size=max(1, int(float(cfg.segment_mb) * (1 << 20))),
             on_bytes=lambda n: rep.advance(task, n), on_total=lambda t: rep.update(task, total=t, completed=0))
         if expected is None:
             break

@@ -160,8 +160,9 @@ def normalise(
         if pa.types.is_floating(col.type):
             col = _nullify(col, null_values)
         elif pa.types.is_string(col.type):
-            col = pc.utf8_trim_whitespace(col)
-            col = pc.if_else(pc.equal(col, ""), pa.scalar(None, pa.string()), col)
+            if name != "source_id" or not pa.types.is_integer(table.column(name).type):
+                col = pc.utf8_trim_whitespace(col)
+                col = pc.if_else(pc.equal(col, ""), pa.scalar(None, pa.string()), col)
         cols[name] = col
 
     ra, dec, sid = cols["ra"], cols["dec"], cols["source_id"]
@@ -180,14 +181,8 @@ def normalise(
     bad = pc.is_valid(reason)
     good = pc.invert(bad)
 
-    arrays = []
-    kept = None
-    for name, typ in COLUMN_TYPES.items():
-        if name == "survey":
-            continue
-        col = cols.get(name)
-        arrays.append((name, col))
-    kept_n = n - pc.sum(bad.cast(pa.int64())).as_py() if n else 0
+    n_bad = pc.sum(bad.cast(pa.int64())).as_py() or 0 if n else 0
+    kept_n = n - n_bad
     out_cols = []
     for name, typ in COLUMN_TYPES.items():
         if name == "survey":
@@ -197,7 +192,7 @@ def normalise(
         if col is None:
             out_cols.append(pa.nulls(kept_n, typ))
         else:
-            out_cols.append(pc.filter(col, good).combine_chunks())
+            out_cols.append(pc.filter(col, good) if n_bad else col)
     kept = pa.Table.from_arrays(out_cols, schema=common_schema())
 
     q = pa.table({name: cols[name] for name in table.column_names}).filter(bad)

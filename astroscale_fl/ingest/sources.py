@@ -66,7 +66,7 @@ class SourceConfig:
     checksum_file: str | None = None
     checksum_algorithm: str = "sha1"
     checksum: str | None = None
-    segment_mb: int = 64
+    segment_mb: float = 64.0
 
 
 def load_source(name: str) -> SourceConfig:

@@ -206,3 +206,8 @@ def icrs_to_galactic(ra_deg, dec_deg) -> tuple[np.ndarray, np.ndarray]:
     gy = _A_G[1, 0] * ex + _A_G[1, 1] * ey + _A_G[1, 2] * ez
     gz = _A_G[2, 0] * ex + _A_G[2, 1] * ey + _A_G[2, 2] * ez
     return np.degrees(np.arctan2(gy, gx)) % 360.0, np.degrees(np.arcsin(np.clip(gz, -1.0, 1.0)))
+
+
+def sin_dec(nx, ny, nz):
+    """sin(dec) of Galactic unit vectors (the z component of the ICRS vector)."""
+    return _A_G[0, 2] * nx + _A_G[1, 2] * ny + _A_G[2, 2] * nz

@@ -7,8 +7,9 @@ Deliberately simple, but each relation is a textbook one:
 * Main-sequence lifetime t_MS = 10 Gyr (M/Msun)^-2.5; a star older than t_MS is evolved.
 * Zero-age main sequence: L ~ 0.23 M^2.3 (M < 0.43), M^4 (0.43-2), 1.4 M^3.5 (M > 2) (the usual
   piecewise mass-luminosity relation, e.g. Salaris & Cassisi 2005), R ~ M^0.8 (M < 1), M^0.57
-  (M > 1) (e.g. Demircan & Kahraman 1991); on the main sequence L grows by 1.25x and R by 1.25x
-  (so the Sun today, at 46% of its lifetime, has L = R = 1).  Metal-poor stars are hotter and
+  (M > 1) (e.g. Demircan & Kahraman 1991); along the main sequence L = L_ZAMS 0.7 (1 + 1.8
+  tau^1.5) and R = R_ZAMS (0.88 + 0.5 tau^2), tau = age / t_MS (the Sun today, tau = 0.46, has
+  L = R = 1, and turns off at L ~ 2, R ~ 1.4).  Metal-poor stars are hotter and
   brighter at a fixed mass: Teff x 10^(-0.025 [Fe/H]), L x 10^(-0.1 [Fe/H]).
 * Evolved stars spend a further 15% of t_MS as giants: the first 10% of that as a subgiant
   (from the turn-off to the base of the red giant branch at L = max(10, L_TO) Lsun), 60% on the
@@ -31,8 +32,8 @@ import numpy as np
 M_MIN, M_BREAK, M_UP = 0.1, 0.5, 8.0
 ALPHA_LOW, ALPHA_HIGH = 1.3, 2.3
 T_MS_SUN_GYR = 10.0
-GIANT_FRACTION = 0.15  # giant-phase duration as a fraction of t_MS
-SUBGIANT_END, RGB_END = 0.1, 0.7  # phase boundaries in the giant-phase coordinate x in [0, 1)
+GIANT_FRACTION = 0.12  # giant-phase duration as a fraction of t_MS
+SUBGIANT_END, RGB_END = 0.35, 0.8  # phase boundaries in the giant-phase coordinate x in [0, 1)
 LOGL_RGB_BASE, LOGL_RGB_TIP, LOGL_CLUMP = 1.0, 3.3, 1.7
 TEFF_SUN = 5772.0
 LOGG_SUN = 4.438
@@ -86,76 +87,116 @@ def turnoff_mass(age_gyr):
     return np.minimum(np.power(T_MS_SUN_GYR / age_gyr, 0.4), M_UP)
 
 
-def _zams(m):
-    """ZAMS luminosity and radius (solar units)."""
-    L = np.where(m < 0.43, 0.23 * np.power(m, 2.3), np.where(m < 2.0, m**4, 1.4 * np.power(m, 3.5)))
-    R = np.where(m < 1.0, np.power(m, 0.8), np.power(m, 0.57))
-    return L, R
+_LOG_TSUN = float(np.log10(TEFF_SUN))
+_LOG_043, _LOG_023, _LOG_14, _LOG2 = np.log10(0.43), np.log10(0.23), np.log10(1.4), np.log10(2.0)
+#: log10 of the turn-off L and R in units of the ZAMS values (0.7 x 2.8 and 1.38; see below)
+_LOG_LFAC_TO, _LOG_RFAC_TO = float(np.log10(0.7 * 2.8)), float(np.log10(1.38))
 
 
-def _teff_from(L, R):
-    return TEFF_SUN * np.power(L / (R * R), 0.25)
+def zams_log(lm):
+    """log10 L and log10 R (solar units) on the zero-age main sequence, from log10 mass."""
+    ll = np.where(lm < _LOG_043, _LOG_023 + 2.3 * lm, np.where(lm < _LOG2, 4.0 * lm, _LOG_14 + 3.5 * lm))
+    lr = np.where(lm < 0.0, 0.8 * lm, 0.57 * lm)
+    return ll, lr
+
+
+def main_sequence(lm, tau, feh):
+    """log10 L and log10 Teff of main-sequence stars at fractional age ``tau`` = age / t_MS.
+
+    L = L_ZAMS 0.7 (1 + 1.8 tau^1.5), R = R_ZAMS (0.88 + 0.5 tau^2): the Sun (tau = 0.46) has
+    L = R = 1 and leaves the main sequence at L ~ 2, R ~ 1.4; metal-poor stars are hotter and
+    brighter (Teff x 10^(-0.025 [Fe/H]), L x 10^(-0.1 [Fe/H])).
+    """
+    ll0, lr0 = zams_log(lm)
+    lfac = np.log10(0.7 * (1.0 + 1.8 * tau * np.sqrt(tau)))
+    rfac = np.log10(0.88 + 0.5 * tau * tau)
+    lt = _LOG_TSUN + 0.25 * (ll0 + lfac - 2.0 * (lr0 + rfac)) - 0.025 * feh
+    return ll0 + lfac - 0.1 * feh, lt
+
+
+def giant_branch(lm, x, feh, clump_dev):
+    """(log10 L, log10 Teff, phase code) of evolved stars at giant-phase coordinate ``x``."""
+    ll0, lr0 = zams_log(lm)
+    ll_to = ll0 + _LOG_LFAC_TO - 0.1 * feh
+    lt_to = _LOG_TSUN + 0.25 * (ll0 + _LOG_LFAC_TO - 2.0 * (lr0 + _LOG_RFAC_TO)) - 0.025 * feh
+    ll_base = np.maximum(LOGL_RGB_BASE, ll_to)
+    ll_tip = np.where(lm > np.log10(2.2), ll_base + 1.0, LOGL_RGB_TIP)  # no He flash above 2.2
+    lt_base = np.log10(4850.0 - 450.0 * (ll_base - LOGL_RGB_BASE) - 230.0 * feh)
+    f = np.minimum(x / SUBGIANT_END, 1.0)
+    u = np.clip((x - SUBGIANT_END) / (RGB_END - SUBGIANT_END), 0.0, 1.0)
+    ll_rgb = ll_base + (ll_tip - ll_base) * u * u * u
+    ll_rc = np.maximum(LOGL_CLUMP, ll_to + 0.1) + 0.05 * clump_dev
+    is_sg, is_rgb = x < SUBGIANT_END, x < RGB_END
+    ll = np.where(is_sg, ll_to + f * (ll_base - ll_to), np.where(is_rgb, ll_rgb, ll_rc))
+    t_lin = np.where(
+        is_rgb, 4850.0 - 450.0 * (ll_rgb - LOGL_RGB_BASE) - 230.0 * feh,
+        np.clip(4750.0 - 300.0 * feh, 4400.0, 6500.0),
+    )
+    lt = np.where(is_sg, lt_to + f * (lt_base - lt_to), np.log10(t_lin))
+    phase = np.where(is_sg, SUBGIANT, np.where(is_rgb, RGB, CLUMP)).astype(np.int8)
+    return ll, lt, phase
+
+
+def log_g(lm, ll, lt):
+    """log g (cgs) from log10 mass, log10 L and log10 Teff."""
+    lr = 0.5 * ll - 2.0 * (lt - _LOG_TSUN)
+    return LOGG_SUN + lm - 2.0 * lr
+
+
+def imf_log_density(lm):
+    """log10 of dN/dlog10(m) (up to ln 10) for the Kroupa IMF normalised over [M_MIN, M_UP]."""
+    return np.where(
+        lm < np.log10(M_BREAK), (1.0 - ALPHA_LOW) * lm, np.log10(_K2) + (1.0 - ALPHA_HIGH) * lm
+    ) - np.log10(_N_TOT)
 
 
 def stellar_parameters(mass, age_gyr, feh, phase, x, clump_dlogl):
-    """Teff (K), log g (cgs) and log L (Lsun) of stars.
+    """Teff (K), log g (cgs), log L (Lsun) and phase code of stars (scalar-friendly wrapper).
 
-    ``phase`` is MS for main-sequence stars, else anything (the giant sub-phase is derived from
-    ``x``, the elapsed fraction of the giant phase).  ``clump_dlogl`` is a standard-normal deviate
-    for the clump luminosity scatter.
+    ``phase`` is MS for main-sequence stars, anything else for evolved ones (whose sub-phase
+    follows from ``x``, the elapsed fraction of the giant phase).
     """
-    L0, R0 = _zams(mass)
+    lm = np.log10(mass)
     tau = np.clip(age_gyr / t_ms_gyr(mass), 0.0, 1.0)
-    # main sequence
-    L_ms = L0 * (0.8 + 0.45 * tau)
-    R_ms = R0 * (0.9 + 0.35 * tau)
-    t_shift = np.power(10.0, -0.025 * feh)
-    l_shift = np.power(10.0, -0.1 * feh)
-    teff_ms = _teff_from(L_ms, R_ms) * t_shift
-    logl_ms = np.log10(L_ms * l_shift)
-
-    giant = phase != MS
-    # giant branch (computed everywhere, selected below)
-    L_to = L0 * 1.25 * l_shift
-    T_to = _teff_from(L0 * 1.25, R0 * 1.25) * t_shift
-    logl_to = np.log10(L_to)
-    logl_base = np.maximum(LOGL_RGB_BASE, logl_to)
-    big = mass > 2.2  # no helium flash: a short, faint giant branch
-    logl_tip = np.where(big, logl_base + 1.0, LOGL_RGB_TIP)
-    teff_rgb_of = lambda lg: 4850.0 - 450.0 * (lg - LOGL_RGB_BASE) - 230.0 * feh  # noqa: E731
-    # subgiant: straight line in (log L, log Teff) from the turn-off to the RGB base
-    f = np.clip(x / SUBGIANT_END, 0.0, 1.0)
-    t_base = teff_rgb_of(logl_base)
-    logl_sg = logl_to + f * (logl_base - logl_to)
-    teff_sg = np.power(10.0, np.log10(T_to) + f * (np.log10(t_base) - np.log10(T_to)))
-    u = np.clip((x - SUBGIANT_END) / (RGB_END - SUBGIANT_END), 0.0, 1.0)
-    logl_rgb = logl_base + (logl_tip - logl_base) * u**3
-    teff_rgb = teff_rgb_of(logl_rgb)
-    logl_rc = np.maximum(LOGL_CLUMP, logl_to + 0.1) + 0.05 * clump_dlogl
-    teff_rc = np.clip(4750.0 - 300.0 * feh, 4400.0, 6500.0)
-
-    sub = np.where(x < SUBGIANT_END, SUBGIANT, np.where(x < RGB_END, RGB, CLUMP))
-    phase_out = np.where(giant, sub, MS).astype(np.int8)
-    logl = np.select([~giant, sub == SUBGIANT, sub == RGB], [logl_ms, logl_sg, logl_rgb], logl_rc)
-    teff = np.select([~giant, sub == SUBGIANT, sub == RGB], [teff_ms, teff_sg, teff_rgb], teff_rc)
-    # radius from L and Teff; log g from mass and radius
-    log_r = 0.5 * logl - 2.0 * np.log10(teff / TEFF_SUN)
-    logg = LOGG_SUN + np.log10(mass) - 2.0 * log_r
-    return teff, logg, logl, phase_out
+    ll_ms, lt_ms = main_sequence(lm, tau, feh)
+    ll_g, lt_g, ph_g = giant_branch(lm, x, feh, clump_dlogl)
+    giant = np.asarray(phase) != MS
+    ll = np.where(giant, ll_g, ll_ms)
+    lt = np.where(giant, lt_g, lt_ms)
+    return 10.0**lt, log_g(lm, ll, lt), ll, np.where(giant, ph_g, MS).astype(np.int8)
 
 
-def bc_v(teff):
+def bc_v(teff=None, log_teff=None):
     """Bolometric correction in V (Reed 1998 fit to Flower 1996)."""
-    t = np.log10(teff) - 4.0
+    t = (np.log10(teff) if log_teff is None else log_teff) - 4.0
     return (((-8.499 * t + 13.421) * t - 8.131) * t - 3.901) * t - 0.438
 
 
-def absolute_magnitudes(teff, logl) -> dict[str, np.ndarray]:
+def absolute_magnitudes(teff, logl, log_teff=None) -> dict[str, np.ndarray]:
     """Absolute magnitudes in :data:`BANDS` from Teff and log L."""
-    mv = MBOL_SUN - 2.5 * logl - bc_v(teff)
+    mv = MBOL_SUN - 2.5 * logl - bc_v(teff, log_teff)
     theta = 5040.0 / teff
     vi = np.clip(0.70 + 2.2 * (theta - 0.873), -0.4, 4.5)
     vh = np.clip(1.50 + 5.0 * (theta - 0.873), -1.0, 7.0)
     vi_g = np.clip(vi, -0.5, 2.75)  # validity range of the Riello et al. polynomial
     g_minus_v = -0.01760 - 0.006860 * vi_g - 0.1732 * vi_g * vi_g
     return {"V": mv, "I": mv - vi, "H": mv - vh, "G": mv + g_minus_v, "g": mv + 0.55 * vi - 0.09}
+
+
+def absolute_magnitude(teff, logl, band: str, log_teff=None):
+    """Absolute magnitude in one band (cheaper than :func:`absolute_magnitudes`)."""
+    mv = MBOL_SUN - 2.5 * logl - bc_v(teff, log_teff)
+    if band == "V":
+        return mv
+    theta = 5040.0 / teff
+    if band == "H":
+        return mv - np.clip(1.50 + 5.0 * (theta - 0.873), -1.0, 7.0)
+    vi = np.clip(0.70 + 2.2 * (theta - 0.873), -0.4, 4.5)
+    if band == "I":
+        return mv - vi
+    if band == "g":
+        return mv + 0.55 * vi - 0.09
+    if band == "G":
+        vi_g = np.clip(vi, -0.5, 2.75)
+        return mv - 0.01760 - 0.006860 * vi_g - 0.1732 * vi_g * vi_g
+    raise ValueError(f"unknown band {band!r}; expected one of {BANDS}")

@@ -37,22 +37,26 @@ import numpy as np
 from ..errors import ConfigError
 
 
-def _apogee_footprint(l, b, ra, dec):
-    return np.where(dec > -80.0, np.where(np.abs(b) < 16.0, 1.0, 0.12), 0.0)
+# Footprints take sin(b) and sin(dec) (cheap, and enough for latitude / declination cuts).
+def _sin(deg: float) -> float:
+    return float(np.sin(np.radians(deg)))
 
 
-def _sdss_footprint(l, b, ra, dec):
-    north = (b > 25.0) & (dec > -15.0)
-    south = (b < -25.0) & (dec > -15.0)
-    return np.where(north, 1.0, np.where(south, 0.25, 0.0))
+def _apogee_footprint(sin_b, sin_dec):
+    return np.where(sin_dec > _sin(-80.0), np.where(np.abs(sin_b) < _sin(16.0), 1.0, 0.12), 0.0)
 
 
-def _rave_footprint(l, b, ra, dec):
-    return np.where(dec < 2.0, np.where(np.abs(b) > 15.0, 1.0, 0.25), 0.0)
+def _sdss_footprint(sin_b, sin_dec):
+    ok = sin_dec > _sin(-15.0)
+    return np.where(ok & (sin_b > _sin(25.0)), 1.0, np.where(ok & (sin_b < -_sin(25.0)), 0.25, 0.0))
 
 
-def _gaia_footprint(l, b, ra, dec):
-    return np.ones_like(np.asarray(l, dtype=float))
+def _rave_footprint(sin_b, sin_dec):
+    return np.where(sin_dec < _sin(2.0), np.where(np.abs(sin_b) > _sin(15.0), 1.0, 0.25), 0.0)
+
+
+def _gaia_footprint(sin_b, sin_dec):
+    return np.ones_like(np.asarray(sin_b, dtype=float))
 
 
 def _logistic(x):
@@ -85,7 +89,7 @@ class Survey:
     band: str  # selection band, one of stars.BANDS
     mag_bright: float
     mag_faint: float
-    footprint: Callable = field(repr=False)  # (l, b, ra, dec) in deg -> weight in [0, 1]
+    footprint: Callable = field(repr=False)  # (sin b, sin dec) -> weight in [0, 1]
     targets: Callable = field(repr=False)  # (teff, logg) -> selection probability in [0, 1]
     default_size: int = 1000
     # noise model

@@ -81,8 +81,8 @@ def table_to_votable(table: pa.Table, serialization: str = "tabledata") -> bytes
     return buf.getvalue()
 
 
-_SELECT = re.compile(r"^\s*SELECT\s+(?:TOP\s+(\d+)\s+)?(.+?)\s+FROM\s+(\S+)(?:\s+WHERE\s+(.+))?\s*$", re.I | re.S)
-_COND = re.compile(r"^\(?\s*(\w+)\s*(<=|>=|<|>|=|!=)\s*([-+\d.eE]+|'[^']*')\s*\)?$")
+_SELECT = re.compile(r"^\s*SELECT\s+(?:TOP\s+(\d+)\s+)?(.+?)\s+FROM\s+(.+?)(?:\s+WHERE\s+(.+))?\s*$", re.I | re.S)
+_COND = re.compile(r"^\(?\s*([\w.]+)\s*(<=|>=|<|>|=|!=)\s*([-+\d.eE]+|'[^']*')\s*\)?$")
 _OPS = {"<": pc.less, "<=": pc.less_equal, ">": pc.greater, ">=": pc.greater_equal, "=": pc.equal, "!=": pc.not_equal}
 
 
@@ -226,6 +226,7 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             self.close_connection = True
             if fault[0] == "reset":
+                time.sleep(0.05)  # let the client read the partial body before the RST drops it
                 self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 self.connection.close()
             return
@@ -377,6 +378,7 @@ class Handler(BaseHTTPRequestHandler):
         if f is None:
             return self._send(404, b"no such file", head=head)
         data = f.data
+        route = "checksum" if name.endswith("sum") else "file"
         base = {"ETag": f.etag, "Accept-Ranges": "bytes", "Last-Modified": "Mon, 01 Jan 2024 00:00:00 GMT"}
         rng = self.headers.get("Range")
         if_range = self.headers.get("If-Range")
@@ -388,8 +390,8 @@ class Handler(BaseHTTPRequestHandler):
             if start >= len(data):
                 return self._send(416, b"", headers={"Content-Range": f"bytes */{len(data)}"})
             headers = dict(base, **{"Content-Range": f"bytes {start}-{end}/{len(data)}"})
-            return self._send(206, data[start:end + 1], "application/octet-stream", headers, route="file", head=head)
-        self._send(200, data, "application/octet-stream", base, route="head" if head else "file", head=head)
+            return self._send(206, data[start:end + 1], "application/octet-stream", headers, route=route, head=head)
+        self._send(200, data, "application/octet-stream", base, route="head" if head else route, head=head)
 
 
 class LoopbackServer(ThreadingHTTPServer):

@@ -1,0 +1,267 @@
+"""Public API of the survey simulator: :func:`simulate_catalog`, :func:`ceiling_r2`, :func:`write_parquet`."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..atomic import atomic_path
+from ..errors import ConfigError, DataError
+from . import galaxy, sampler, stars
+from .surveys import SURVEY_NAMES, Survey, get_survey, observe
+
+#: The seven observed inputs, in this order.
+INPUT_COLUMNS: list[str] = ["ra", "dec", "teff", "logg", "fe_h", "snr", "parallax"]
+#: Units of the inputs.
+INPUT_UNITS: dict[str, str] = {
+    "ra": "deg (ICRS)",
+    "dec": "deg (ICRS)",
+    "teff": "K",
+    "logg": "dex (cgs)",
+    "fe_h": "dex",
+    "snr": "dimensionless",
+    "parallax": "mas",
+}
+#: The label: heliocentric line-of-sight velocity (as measured by the survey) over c.
+TARGET = "z"
+#: Truth columns (known to the simulator only; never model inputs).
+TRUTH_COLUMNS: list[str] = [
+    "population", "true_phase", "true_l", "true_b", "true_distance_pc", "true_parallax_mas",
+    "true_teff", "true_logg", "true_fe_h", "true_mass_msun", "true_age_gyr", "true_mag",
+    "true_gaia_g", "true_av", "true_vr_kms", "true_z", "expected_z",
+]
+#: Every column of :func:`simulate_catalog`'s frame, in order.
+COLUMNS: list[str] = [*INPUT_COLUMNS, TARGET, "survey", *TRUTH_COLUMNS]
+
+#: Default total size (like the seed data set) and the survey mix it is split into.
+DEFAULT_SIZES: dict[str, int] = {name: get_survey(name).default_size for name in SURVEY_NAMES}
+DEFAULT_N_STARS = sum(DEFAULT_SIZES.values())
+
+#: Rows simulated per independent chunk (each with its own random stream).
+CHUNK = 65_536
+
+
+def _check_int(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def resolve_sizes(
+    n_stars: int | None, surveys: Sequence[str] | None, sizes: Mapping[str, int] | None
+) -> dict[str, int]:
+    """Rows per survey.
+
+    ``sizes`` alone gives the counts; with ``n_stars`` it gives the proportions, scaled so the
+    counts add up to ``n_stars`` exactly (largest remainders).  Without ``sizes`` the default mix
+    (apogee 7000, sdss 5000, rave 4000, gaia 3000) is used, restricted to ``surveys``.
+    """
+    if isinstance(surveys, str):
+        surveys = [surveys]
+    if sizes is not None:
+        if not isinstance(sizes, Mapping):
+            raise ConfigError(f"sizes must be a mapping survey -> count, got {type(sizes).__name__}")
+        weights = {get_survey(k).name: _check_int(f"sizes[{k!r}]", v, 0) for k, v in sizes.items()}
+        if surveys is not None:
+            names = [get_survey(s).name for s in surveys]
+            missing = [s for s in names if s not in weights]
+            if missing:
+                raise ConfigError(f"sizes has no entry for survey(s) {', '.join(missing)}")
+            weights = {s: weights[s] for s in names}
+    else:
+        names = list(SURVEY_NAMES) if surveys is None else [get_survey(s).name for s in surveys]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"surveys lists a survey twice: {names}")
+        if not names:
+            raise ConfigError("surveys is empty; expected at least one of " + ", ".join(SURVEY_NAMES))
+        weights = {s: DEFAULT_SIZES[s] for s in names}
+        if n_stars is None:
+            return weights
+    if n_stars is None:
+        return weights
+    n_stars = _check_int("n_stars", n_stars, 0)
+    total = sum(weights.values())
+    if total == 0:
+        if n_stars == 0:
+            return weights
+        raise ConfigError("sizes are all zero; cannot scale them to n_stars")
+    exact = {k: n_stars * v / total for k, v in weights.items()}
+    counts = {k: int(np.floor(x)) for k, x in exact.items()}
+    short = n_stars - sum(counts.values())
+    for k in sorted(exact, key=lambda k: (counts[k] - exact[k], list(exact).index(k)))[:short]:
+        counts[k] += 1
+    return counts
+
+
+def _simulate_chunk(seed: int, survey: Survey, chunk: int, n: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(
+        np.random.SeedSequence(seed, spawn_key=(sampler.hash_name(survey.name), chunk))
+    )
+    tables = sampler.survey_tables(survey)
+    parts: list[dict] = []
+    got, eff = 0, 0.25
+    while got < n:
+        m = max(2048, int((n - got) / eff * 1.05))
+        s = sampler.draw_stars(rng, tables, m)
+        p = sampler.place_stars(rng, tables, s)
+        k = p["M"].size
+        eff = max(k / m, 1e-3)
+        parts.append(p)
+        got += k
+    s = {key: np.concatenate([p[key] for p in parts])[:n] for key in parts[0] if key != "clipped"}
+    return _finish(rng, survey, s)
+
+
+def _finish(rng: np.random.Generator, survey: Survey, s: dict) -> dict[str, np.ndarray]:
+    """Kinematics, the label and the survey's measurements for placed stars."""
+    pop, d = s["pop"], s["d"]
+    nx, ny, nz = s["nx"], s["ny"], s["nz"]
+    x, y, _ = galaxy.galactocentric(nx, ny, nz, d)
+    vx, vy, vz = galaxy.draw_velocity(rng, pop, x, y)
+    vr = galaxy.line_of_sight(vx, vy, vz, nx, ny, nz)
+    evr = galaxy.expected_vr(pop, x, y, nx, ny, nz)
+    ra, dec = galaxy.galactic_to_icrs(nx, ny, nz)
+    l_deg = np.degrees(np.arctan2(ny, nx)) % 360.0
+    b_deg = np.degrees(np.arcsin(np.clip(nz, -1.0, 1.0)))
+    g_abs = stars.absolute_magnitude(s["teff"], s["logl"], "G", log_teff=s["logt"])
+    g_mag = g_abs + s["mu"] + galaxy.EXTINCTION_RATIO["G"] * s["av"]
+    plx = 1000.0 / d
+    snr, teff_o, logg_o, feh_o, plx_o, vr_o = observe(
+        rng, survey, s["mag"], g_mag, s["teff"], s["logg"], s["feh"], plx, vr
+    )
+    f32 = np.float32
+    return {
+        "ra": ra, "dec": dec, "teff": teff_o, "logg": logg_o, "fe_h": feh_o,
+        "snr": snr, "parallax": plx_o, "z": vr_o / galaxy.C_KMS,
+        "population": pop.astype(np.int8), "true_phase": s["phase"].astype(np.int8),
+        "true_l": l_deg.astype(f32), "true_b": b_deg.astype(f32),
+        "true_distance_pc": d.astype(f32), "true_parallax_mas": plx.astype(f32),
+        "true_teff": s["teff"].astype(f32), "true_logg": s["logg"].astype(f32),
+        "true_fe_h": s["feh"].astype(f32), "true_mass_msun": np.power(10.0, s["lm"]).astype(f32),
+        "true_age_gyr": s["age"].astype(f32), "true_mag": s["mag"].astype(f32),
+        "true_gaia_g": g_mag.astype(f32), "true_av": s["av"].astype(f32),
+        "true_vr_kms": vr, "true_z": vr / galaxy.C_KMS, "expected_z": evr / galaxy.C_KMS,
+    }
+
+
+def _workers() -> int:
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        n = os.cpu_count() or 1
+    return max(1, min(n, 8))
+
+
+def simulate_catalog(
+    n_stars: int | None = None,
+    seed: int = 0,
+    surveys: Sequence[str] | None = None,
+    sizes: Mapping[str, int] | None = None,
+) -> pd.DataFrame:
+    """Simulate the stars four spectroscopic surveys would observe in a model Milky Way.
+
+    Parameters
+    ----------
+    n_stars
+        Total rows; ``None`` means the default mix (19,000 stars: apogee 7000, sdss 5000,
+        rave 4000, gaia 3000), or ``sizes`` exactly.  With ``sizes`` it rescales them.
+    seed
+        Non-negative integer; the same seed (and sizes) give an identical frame.  Each survey
+        and each 65,536-row chunk has its own random stream, so adding a survey does not change
+        the others.
+    surveys
+        Subset of ``apogee, sdss, rave, gaia`` (default: all four, or the keys of ``sizes``).
+    sizes
+        Rows (or, with ``n_stars``, proportions) per survey.
+
+    Returns
+    -------
+    A frame with :data:`INPUT_COLUMNS` (degrees, K, dex cgs, dex, S/N, mas), the label ``z``
+    (measured heliocentric v_r / c), ``survey`` and the truth columns :data:`TRUTH_COLUMNS`
+    (``expected_z`` is E[v_r | position, distance, population] / c; see :func:`ceiling_r2`).
+    Rows are grouped by survey in the order given.
+    """
+    seed = _check_int("seed", seed, 0)
+    counts = resolve_sizes(n_stars, surveys, sizes)
+    jobs = []
+    for name, n in counts.items():
+        survey = get_survey(name)
+        sampler.survey_tables(survey)  # build the (seed-independent) tables before threading
+        for c, start in enumerate(range(0, n, CHUNK)):
+            jobs.append((name, survey, c, min(CHUNK, n - start)))
+    if len(jobs) > 1 and _workers() > 1:
+        with ThreadPoolExecutor(max_workers=_workers()) as pool:
+            results = list(pool.map(lambda j: _simulate_chunk(seed, j[1], j[2], j[3]), jobs))
+    else:
+        results = [_simulate_chunk(seed, j[1], j[2], j[3]) for j in jobs]
+    return _to_frame(results, [j[0] for j in jobs], [j[3] for j in jobs])
+
+
+def _to_frame(results, names, lengths) -> pd.DataFrame:
+    if results:
+        cols = {k: np.concatenate([r[k] for r in results]) for k in results[0]}
+    else:
+        cols = {k: np.empty(0) for k in COLUMNS if k != "survey"}
+    n = sum(lengths)
+    survey_codes = np.repeat(
+        np.array([SURVEY_NAMES.index(s) for s in names], dtype=np.int8), np.asarray(lengths, dtype=np.intp)
+    ) if names else np.empty(0, dtype=np.int8)
+    data = {}
+    for k in COLUMNS:
+        if k == "survey":
+            data[k] = pd.Categorical.from_codes(survey_codes, categories=list(SURVEY_NAMES))
+        elif k == "population":
+            data[k] = pd.Categorical.from_codes(
+                cols[k].astype(np.int8), categories=list(galaxy.POPULATION_NAMES)
+            )
+        elif k == "true_phase":
+            data[k] = pd.Categorical.from_codes(cols[k].astype(np.int8), categories=list(stars.PHASE_NAMES))
+        else:
+            data[k] = cols[k]
+    df = pd.DataFrame(data, index=pd.RangeIndex(n))
+    return df
+
+
+def ceiling_r2(df: pd.DataFrame) -> float:
+    """R^2 of ``expected_z`` (the simulator's own E[z | position, distance, population]) against ``z``.
+
+    No model of the observed inputs can beat it in expectation: the inputs are noisy functions of
+    the position, distance and star, and the rest of z is the star's random peculiar velocity and
+    the survey's velocity error.
+    """
+    for col in (TARGET, "expected_z"):
+        if col not in df.columns:
+            raise DataError(f"ceiling_r2 needs column {col!r}; the frame has {list(df.columns)}")
+    z = np.asarray(df[TARGET], dtype=float)
+    ez = np.asarray(df["expected_z"], dtype=float)
+    if z.size < 2:
+        raise DataError(f"ceiling_r2 needs at least 2 rows, got {z.size}")
+    ss_tot = float(np.sum((z - z.mean()) ** 2))
+    if ss_tot == 0.0:
+        raise DataError("ceiling_r2: z is constant; R^2 is undefined")
+    return 1.0 - float(np.sum((z - ez) ** 2)) / ss_tot
+
+
+def write_parquet(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
+    """Write a simulated frame to Parquet atomically, with the units in the schema metadata."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    meta = dict(table.schema.metadata or {})
+    meta[b"astroscale_fl.simulator"] = json.dumps(
+        {"inputs": INPUT_COLUMNS, "units": INPUT_UNITS, "target": TARGET, "c_kms": galaxy.C_KMS}
+    ).encode()
+    table = table.replace_schema_metadata(meta)
+    final = Path(path)
+    with atomic_path(final) as tmp:
+        pq.write_table(table, tmp)
+    return final

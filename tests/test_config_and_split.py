@@ -1,0 +1,81 @@
+"""Config validation and partitions."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+from astroscale_fl import config
+from astroscale_fl.errors import ConfigError, DataError
+from astroscale_fl.split import assign_nodes, train_test_split
+
+
+def test_default_config_validates():
+    cfg = config.validate(config.compose([]))
+    assert cfg.task.name == "hipparcos_absmag" and cfg.strategy.name == "fedavg" and cfg.partition.name == "sky"
+    assert cfg.privacy.name == "none" and cfg.device == "auto"
+    for key in ("num_nodes", "num_rounds", "fraction_train"):
+        assert key in cfg.federation
+    for key in ("local_epochs", "batch_size", "lr"):
+        assert key in cfg.train
+    assert config.from_json(config.to_json(cfg)) == cfg
+
+
+@pytest.mark.parametrize("override, message", [
+    ("foo=1", "foo"),
+    ("federation.num_rounds=abc", "federation.num_rounds"),
+    ("federation.fraction_train=1.5", "federation.fraction_train"),
+    ("train.lr=-1", "train.lr"),
+    ("device=tpu", "device"),
+    ("strategy=nope", "strategy"),
+    ("+task.bogus=1", "task.bogus"),
+    ("train.batch_size=0", "train.batch_size"),
+])
+def test_bad_overrides_are_one_line_errors(override, message):
+    with pytest.raises(ConfigError) as info:
+        config.validate(config.compose([override]))
+    text = str(info.value)
+    assert message in text and "\n" not in text
+
+
+def test_cuda_requested_without_cuda_is_clear():
+    import torch
+
+    from astroscale_fl.device import resolve_device
+
+    if torch.cuda.is_available():
+        assert resolve_device("cuda").type == "cuda"
+    else:
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            resolve_device("cuda")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_test_split_is_seeded_and_disjoint(absmag_frame):
+    train, test = train_test_split(absmag_frame, 0.2, seed=0)
+    train2, test2 = train_test_split(absmag_frame, 0.2, seed=0)
+    assert train["id"].equals(train2["id"]) and test["id"].equals(test2["id"])
+    assert not set(train["id"]) & set(test["id"])
+    assert len(train) + len(test) == len(absmag_frame)
+    assert 0.18 < len(test) / len(absmag_frame) < 0.22
+
+
+@pytest.mark.parametrize("name", ["iid", "sky"])
+def test_partitions_cover_rows_disjointly(absmag_frame, name):
+    nodes = assign_nodes(absmag_frame, OmegaConf.create({"name": name}), 5, seed=0)
+    assert nodes.shape == (len(absmag_frame),) and set(np.unique(nodes)) == set(range(5))
+
+
+def test_sky_partition_is_declination_bands(absmag_frame):
+    nodes = assign_nodes(absmag_frame, OmegaConf.create({"name": "sky"}), 4, seed=0)
+    dec = absmag_frame["DErad"].to_numpy()
+    highs = [dec[nodes == k].max() for k in range(4)]
+    lows = [dec[nodes == k].min() for k in range(4)]
+    assert all(highs[k] <= lows[k + 1] for k in range(3))  # disjoint, ordered bands
+    assert abs(np.sin(highs[1])) < 0.01  # equal-area bands: the middle edge is the equator
+
+
+def test_more_nodes_than_rows_is_a_clear_error():
+    frame = pd.DataFrame({"DErad": [0.1, 0.2, 0.3]})
+    with pytest.raises(DataError, match="would get no rows"):
+        assign_nodes(frame, OmegaConf.create({"name": "iid"}), 5, seed=0)

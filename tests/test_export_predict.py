@@ -1,0 +1,126 @@
+"""Export -> predict round trip, in process and through the predict CLI."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from astroscale_fl import config
+from astroscale_fl.export import build_card, export_model, load_exported
+from astroscale_fl.models import build_model
+from astroscale_fl.predict import Predictor
+from astroscale_fl.preprocessing import Pipeline
+from astroscale_fl.tasks import get_task
+from astroscale_fl.training import make_optimizer, predict, shuffled_batches, train_local
+from tests.conftest import ROOT, cli_env
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, absmag_frame):
+    """A briefly trained MLP exported to a model directory, with its in-memory twin."""
+    cfg = config.validate(config.compose(["model.widths=[32,16]"]))
+    task = get_task("hipparcos_absmag")
+    train = absmag_frame.iloc[:3000]
+    pipeline = Pipeline.build(task).fit(train)
+    x = torch.from_numpy(pipeline.transform_features(train))
+    y = torch.from_numpy(pipeline.transform_target(train))
+    model = build_model(cfg.model, x.shape[1], seed=0)
+    train_local(model, make_optimizer(model.parameters(), "adam", 1e-3), x, y, shuffled_batches(len(y), 64, 2, torch.Generator().manual_seed(0)))
+    card = build_card(task, cfg, pipeline, {"test_r2": 0.0}, {"server_lr": 1.0})
+    path = export_model(tmp_path_factory.mktemp("export") / "model", model, pipeline, card)
+    return path, model, pipeline, absmag_frame.iloc[3000:3200].reset_index(drop=True)
+
+
+def test_model_card_fields(exported):
+    path, _, pipeline, _ = exported
+    card = json.loads((path / "model_card.json").read_text())
+    for key in ("task", "target", "inputs", "metrics", "strategy", "rounds", "num_nodes", "privacy",
+                "package_version", "git_commit", "created"):
+        assert key in card
+    assert [i["name"] for i in card["inputs"]] == pipeline.inputs
+    assert all("unit" in i for i in card["inputs"])
+    assert card["privacy"] == {"name": "none"} and card["target"] == {"name": "M_Hp", "unit": "mag"}
+
+
+def test_reloaded_model_reproduces_in_memory_outputs_exactly(exported):
+    path, model, pipeline, rows = exported
+    expected = pipeline.target.inverse(predict(model, torch.from_numpy(pipeline.transform_features(rows))))
+    np.testing.assert_array_equal(Predictor(path).predict_frame(rows), expected)
+    reloaded, pipe2, _ = load_exported(path)
+    for (k, a), (_, b) in zip(model.state_dict().items(), reloaded.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert pipe2.state_dict() == pipeline.state_dict()
+
+
+def run_predict(*args):
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "predict.py"), *map(str, args)],
+                          capture_output=True, text=True, env=cli_env(), timeout=120)
+
+
+def test_predict_cli_single_star_matches_in_memory(exported):
+    path, _, _, rows = exported
+    predictor = Predictor(path)
+    values = [rows[n].iloc[0] for n in predictor.inputs]
+    out = run_predict("--model", path, *[repr(float(v)) for v in values])
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert list(result) == ["predicted_M_Hp"]
+    assert result["predicted_M_Hp"] == predictor.predict_one([float(v) for v in values])
+    listed = run_predict("--model", path, "--list-inputs")
+    assert [line.split("\t")[0] for line in listed.stdout.strip().splitlines()] == predictor.inputs
+
+
+def test_predict_cli_batch_keeps_rows_and_quarantines_bad_ones(exported, tmp_path):
+    path, _, _, rows = exported
+    predictor = Predictor(path)
+    table = rows[predictor.inputs].copy()
+    table.insert(0, "name", [f"star{i}" for i in range(len(table))])  # extra columns are kept, ignored
+    table.loc[5, "B-V"] = np.nan
+    table.loc[7, "Hpmag"] = 99.0
+    src = tmp_path / "in.csv"
+    table.to_csv(src, index=False)
+    before = src.read_bytes()
+    out = run_predict("--model", path, "--input", src, "--output", tmp_path / "out.parquet")
+    assert out.returncode == 0, out.stderr
+    assert src.read_bytes() == before  # input untouched
+    result = pd.read_parquet(tmp_path / "out.parquet")
+    assert list(result["name"]) == list(table["name"])
+    good = ~result.index.isin([5, 7])
+    np.testing.assert_array_equal(result.loc[good, "predicted_M_Hp"].to_numpy(), predictor.predict_frame(table.loc[good]))
+    assert result.loc[[5, 7], "predicted_M_Hp"].isna().all()
+    quarantine = pd.read_csv(f"{tmp_path / 'out.parquet'}.quarantine.csv")
+    assert list(quarantine["row"]) == [6, 8]
+    assert "B-V" in quarantine["reason"][0] and "Hpmag" in quarantine["reason"][1]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["1", "2"], "expected 9 values"),
+    (["0.1", "0.2", "1", "1", "8", "0.001", "0.01", "0.5", "abc"], "input V-I: expected a number"),
+    (["0.1", "0.2", "1", "1", "8", "0.001", "0.01", "0.5", "inf"], "input V-I: expected a finite number"),
+    (["0.1", "0.2", "1", "1", "80", "0.001", "0.01", "0.5", "0.6"], "input Hpmag"),
+])
+def test_predict_cli_bad_values(exported, args, needle):
+    path = exported[0]
+    out = run_predict("--model", path, *args)
+    assert out.returncode == 2
+    assert needle in out.stderr and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+
+
+def test_predict_cli_missing_batch_columns(exported, tmp_path):
+    path = exported[0]
+    src = tmp_path / "in.csv"
+    pd.DataFrame({"Hpmag": [8.0]}).to_csv(src, index=False)
+    out = run_predict("--model", path, "--input", src, "--output", tmp_path / "out.csv")
+    assert out.returncode == 2 and "missing input column(s)" in out.stderr and "RArad" in out.stderr
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_predict_cli_without_model_says_how_to_make_one(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "predict.py"), "1"], capture_output=True, text=True,
+                         cwd=tmp_path, env=cli_env(), timeout=120)
+    assert out.returncode == 2 and "astroscale-fl train" in out.stderr

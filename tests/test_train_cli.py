@@ -1,0 +1,88 @@
+"""`astroscale-fl train`: a real 2-node x 2-round Flower simulation, and bad inputs."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from astroscale_fl import config
+from astroscale_fl.data import task_split
+from astroscale_fl.predict import Predictor
+from tests.conftest import ROOT, cli_env
+
+CLI = [sys.executable, "-m", "astroscale_fl.cli"]
+
+
+def train(*overrides, cwd=ROOT, timeout=600):
+    return subprocess.run([*CLI, "train", *overrides], capture_output=True, text=True, cwd=cwd, env=cli_env(), timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sim")
+    out = train("federation.num_nodes=2", "federation.num_rounds=2", "model.widths=[32]",
+                f"output.models_dir={tmp / 'models'}", f"hydra.run.dir={tmp / 'run'}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    return tmp
+
+
+@pytest.mark.slow
+def test_simulation_writes_history_metrics_and_model(run_dir):
+    run = run_dir / "run"
+    with open(run / "history.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["round"]) for r in rows] == [1, 2]
+    for col in ("train_loss", "eval_loss", "eval_rmse", "eval_r2", "test_rmse", "test_r2", "wall_seconds"):
+        assert all(np.isfinite(float(r[col])) for r in rows), col
+    assert all(int(r["nodes_replied"]) == 2 and int(r["nodes_failed"]) == 0 for r in rows)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test_r2"] == pytest.approx(float(rows[-1]["test_r2"]))
+    assert metrics["test_r2"] > 0.5 > metrics["initial_test_r2"]  # it learned
+    assert metrics["config"]["federation"]["num_nodes"] == 2 and metrics["wall_seconds"] > 0
+    card = json.loads((run / "model" / "model_card.json").read_text())
+    assert card["rounds"] == 2 and card["num_nodes"] == 2 and card["strategy"]["name"] == "fedavg"
+    assert (run_dir / "models" / "hipparcos_absmag" / "latest" / "model_card.json").is_file()
+
+
+@pytest.mark.slow
+def test_exported_model_reproduces_server_test_metrics(run_dir):
+    """The export alone (directory + package) gives the server's final test RMSE."""
+    run = run_dir / "run"
+    metrics = json.loads((run / "metrics.json").read_text())
+    from omegaconf import OmegaConf
+
+    cfg = config.validate(OmegaConf.create(metrics["config"]))
+    _, test = task_split(cfg)
+    predictor = Predictor(run / "model")
+    pred = predictor.predict_frame(test)
+    y = predictor.pipeline.target.inverse(predictor.pipeline.transform_target(test))  # as the server saw it
+    assert np.sqrt(np.mean((pred - y) ** 2)) == pytest.approx(metrics["test_rmse"], rel=1e-9)
+    example = json.loads((run / "model" / "model_card.json").read_text())["example"]
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "predict.py"), "--model", str(run / "model"),
+                          *map(repr, example["inputs"])], capture_output=True, text=True, env=cli_env(), timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["predicted_M_Hp"] == predictor.predict_one(example["inputs"])
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("foo=1", "foo"),
+    ("federation.num_rounds=abc", "federation.num_rounds"),
+    ("task.path=/nonexistent/hip2.dat", "/nonexistent/hip2.dat"),
+    ("federation.num_nodes=100000", "would get no rows"),
+    ("strategy=nope", "strategy"),
+])
+def test_bad_inputs_fail_with_one_line_and_write_nothing(tmp_path, override, needle):
+    out = train(override, f"hydra.run.dir={tmp_path / 'run'}", "output.publish=false", timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert needle in out.stderr and "Traceback" not in out.stderr
+    assert out.stderr.strip().count("\n") == 0 and out.stderr.startswith("error: ")
+    assert not (tmp_path / "run").exists()
+
+
+def test_help_explains():
+    out = subprocess.run([*CLI, "--help"], capture_output=True, text=True, env=cli_env(), timeout=60)
+    assert out.returncode == 0 and "train" in out.stdout and "predict" in out.stdout
