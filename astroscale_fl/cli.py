@@ -3,6 +3,7 @@
 Subcommands
   train     federated training as a Hydra app (``astroscale-fl train --help`` for Hydra's help)
   predict   predictions from an exported model (same as ``python scripts/predict.py``)
+  compare   summary table and curves of a multirun
   ingest    download a survey catalog into the common schema
 """
 
@@ -18,6 +19,7 @@ commands:
   train [overrides...]   run a federated simulation (Hydra app; -m for multirun sweeps)
                          e.g. astroscale-fl train strategy=fedavg partition=iid federation.num_rounds=10
   predict                predict with an exported model (see astroscale-fl predict --help)
+  compare DIR            summarise a multirun: summary.csv, summary.md, curves.png
   ingest                 download a survey catalog (see astroscale-fl ingest --help)
 
 Run `astroscale-fl <command> --help` for a command's options.
@@ -39,11 +41,15 @@ def main(argv: list[str] | None = None) -> int:
         from astroscale_fl.predict import main as predict_main
 
         return predict_main(rest)
+    if command == "compare":
+        from astroscale_fl.compare import main as compare_main
+
+        return compare_main(rest)
     if command == "ingest":
         from astroscale_fl.ingest.cli import main as ingest_main
 
         return ingest_main(rest)
-    print(f"error: unknown command {command!r}; expected train, predict or ingest", file=sys.stderr)
+    print(f"error: unknown command {command!r}; expected train, predict, compare or ingest", file=sys.stderr)
     return 2
 
 

@@ -38,6 +38,21 @@ class HipparcosAbsmagTask:
 
 
 @dataclass
+class CatalogTask:
+    """Any CSV or Parquet table a user brings: named feature columns and a target column."""
+
+    name: str = "catalog"
+    path: str = "???"
+    features: list[str] = field(default_factory=list)
+    target: str = "???"
+    filter: Optional[str] = None  # a pandas query selecting rows, e.g. "snr > 20 and parallax > 0"
+    id_column: Optional[str] = None
+    dec_column: Optional[str] = None  # for partition=sky (degrees)
+    magnitude_column: Optional[str] = None  # for partition=depth
+    test_fraction: float = 0.2
+
+
+@dataclass
 class MLPModel:
     name: str = "mlp"
     widths: list[int] = field(default_factory=lambda: [128, 128])
@@ -57,6 +72,35 @@ class FedAvgStrategy:
 
 
 @dataclass
+class FedProxStrategy:
+    """FedProx (Li et al. 2020): local objective + mu/2 ||w - w_global||^2."""
+
+    name: str = "fedprox"
+    mu: float = 0.01
+    server_lr: float = 1.0
+
+
+@dataclass
+class FedAdamStrategy:
+    """FedAdam (Reddi et al. 2021): server-side Adam on the pseudo-gradient."""
+
+    name: str = "fedadam"
+    server_lr: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.99
+    tau: float = 1e-3
+
+
+@dataclass
+class ScaffoldStrategy:
+    """SCAFFOLD (Karimireddy et al. 2020), option II control variates, plain local SGD."""
+
+    name: str = "scaffold"
+    server_lr: float = 1.0
+    local_lr: float = 0.05
+
+
+@dataclass
 class IidPartition:
     name: str = "iid"
 
@@ -64,6 +108,24 @@ class IidPartition:
 @dataclass
 class SkyPartition:
     name: str = "sky"
+
+
+@dataclass
+class DepthPartition:
+    name: str = "depth"
+
+
+@dataclass
+class DirichletPartition:
+    name: str = "dirichlet"
+    alpha: float = 0.5
+    bins: int = 10
+
+
+@dataclass
+class ByColumnPartition:
+    name: str = "by_column"
+    column: str = "???"
 
 
 @dataclass
@@ -81,6 +143,13 @@ class Federation:
     round_timeout: float = 600.0  # seconds to wait for replies in a round
     client_cpus: float = 1.0  # simulation: CPUs reserved per ClientApp (Ray)
     client_threads: int = 1  # torch threads per ClientApp
+    # deployment resilience, checkpoints and metrics (issue 6)
+    min_replies: int = 1  # aggregate a round only when at least this many valid training replies came back
+    max_update_norm: Optional[float] = None  # reject replies whose L2 update norm exceeds this (null = no bound)
+    metrics_port: int = 9090  # Prometheus /metrics of the ServerApp (0 = off)
+    metrics_host: str = "127.0.0.1"  # 0.0.0.0 lets a remote Prometheus scrape
+    checkpoint: bool = True  # write <output dir>/checkpoint.npz after every round
+    resume_from: Optional[str] = None  # run directory (or checkpoint.npz) to continue from
 
 
 @dataclass
@@ -105,10 +174,11 @@ class Output:
 
 
 SCHEMAS: dict[str, dict[str, type]] = {
-    "task": {"hipparcos_absmag": HipparcosAbsmagTask},
+    "task": {"hipparcos_absmag": HipparcosAbsmagTask, "catalog": CatalogTask},
     "model": {"mlp": MLPModel, "linear": LinearModel},
-    "strategy": {"fedavg": FedAvgStrategy},
-    "partition": {"iid": IidPartition, "sky": SkyPartition},
+    "strategy": {"fedavg": FedAvgStrategy, "fedprox": FedProxStrategy, "fedadam": FedAdamStrategy, "scaffold": ScaffoldStrategy},
+    "partition": {"iid": IidPartition, "sky": SkyPartition, "depth": DepthPartition,
+                  "dirichlet": DirichletPartition, "by_column": ByColumnPartition},
     "privacy": {"none": NoPrivacy},
 }
 SECTIONS: dict[str, type] = {"federation": Federation, "train": Train, "preprocess": Preprocess, "output": Output}
@@ -217,7 +287,27 @@ def _check_values(cfg: DictConfig) -> None:
     _require(train.lr > 0, "train.lr", "a positive number", train.lr)
     _require(train.optimizer in ("sgd", "adam"), "train.optimizer", "sgd or adam", train.optimizer)
     _require(cfg.preprocess.scaling in ("robust", "standard"), "preprocess.scaling", "robust or standard", cfg.preprocess.scaling)
-    _require(cfg.mode in ("federated",), "mode", "federated", cfg.mode)
+    _require(cfg.mode in ("federated", "centralized"), "mode", "federated or centralized", cfg.mode)
+    for key in ("server_lr", "local_lr", "tau"):
+        if key in cfg.strategy:
+            _require(cfg.strategy[key] > 0, f"strategy.{key}", "a positive number", cfg.strategy[key])
+    if "mu" in cfg.strategy:
+        _require(cfg.strategy.mu >= 0, "strategy.mu", "a number >= 0", cfg.strategy.mu)
+    for key in ("beta1", "beta2"):
+        if key in cfg.strategy:
+            _require(0 <= cfg.strategy[key] < 1, f"strategy.{key}", "a number in [0, 1)", cfg.strategy[key])
+    if cfg.partition.name == "dirichlet":
+        _require(cfg.partition.alpha > 0, "partition.alpha", "a positive number", cfg.partition.alpha)
+        _require(cfg.partition.bins >= 1, "partition.bins", "an integer >= 1", cfg.partition.bins)
+    _check_missing(cfg)
+
+
+def _check_missing(cfg: DictConfig) -> None:
+    """Mandatory values (``???`` in a schema) must be given."""
+    for group in ("task", "partition"):
+        for key in cfg[group]:
+            if OmegaConf.is_missing(cfg[group], key):
+                raise ConfigError(f"{group}.{key}: a value is required for {group}={cfg[group].name} (e.g. {group}.{key}=...)")
 
 
 def to_json(cfg: DictConfig) -> str:

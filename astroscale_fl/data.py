@@ -24,7 +24,7 @@ NODE_DATA_FILE = "train.parquet"
 @functools.lru_cache(maxsize=4)
 def _split(task_json: str, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     task_cfg = OmegaConf.create(json.loads(task_json))
-    frame = get_task(task_cfg.name).load(task_cfg)
+    frame = get_task(task_cfg).load(task_cfg)
     return train_test_split(frame, float(task_cfg.test_fraction), seed)
 
 
@@ -37,7 +37,7 @@ def task_split(cfg: DictConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
 def partition_frame(cfg: DictConfig, node: int, num_nodes: int) -> pd.DataFrame:
     """Rows of training partition ``node`` out of ``num_nodes``."""
     train, _ = task_split(cfg)
-    return node_rows(train, cfg.partition, num_nodes, node, int(cfg.seed))
+    return node_rows(train, cfg.partition, num_nodes, node, int(cfg.seed), get_task(cfg.task).partition_columns)
 
 
 def read_node_dir(data_dir: str | Path) -> pd.DataFrame:

@@ -6,10 +6,22 @@ the server evaluates the global model on them after every round.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
 from astroscale_fl.errors import ConfigError, DataError
+
+
+@dataclass(frozen=True)
+class PartitionColumns:
+    """Which task columns the geometric and label partitions use."""
+
+    dec: str | None = None
+    dec_unit: str = "deg"
+    magnitude: str | None = None
+    target: str | None = None
 
 
 def train_test_split(frame: pd.DataFrame, test_fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -21,7 +33,7 @@ def train_test_split(frame: pd.DataFrame, test_fraction: float, seed: int) -> tu
     return frame.loc[~is_test].reset_index(drop=True), frame.loc[is_test].reset_index(drop=True)
 
 
-def assign_iid(frame: pd.DataFrame, num_nodes: int, seed: int) -> np.ndarray:
+def assign_iid(frame: pd.DataFrame, num_nodes: int, seed: int, columns: PartitionColumns, **_) -> np.ndarray:
     """Node index per row: a seeded random permutation dealt out in equal shares."""
     rng = np.random.default_rng([seed, 0x11D])
     nodes = np.empty(len(frame), dtype=np.int64)
@@ -29,30 +41,84 @@ def assign_iid(frame: pd.DataFrame, num_nodes: int, seed: int) -> np.ndarray:
     return nodes
 
 
-def assign_sky(frame: pd.DataFrame, num_nodes: int, seed: int, dec_column: str = "DErad") -> np.ndarray:
+def assign_sky(frame: pd.DataFrame, num_nodes: int, seed: int, columns: PartitionColumns, **_) -> np.ndarray:
     """Node index per row: disjoint declination bands of equal sky area, as survey footprints.
 
     Bands are equal in ``sin(dec)``, so each node owns the same solid angle (and the node
     sizes differ as the stars' distribution on the sky does).
     """
-    del seed  # the footprint split is geometric
-    if dec_column not in frame:
-        raise ConfigError(f"partition=sky needs a declination column {dec_column!r} in the task's inputs")
-    sin_dec = np.sin(frame[dec_column].to_numpy())
+    dec = _column(frame, columns.dec, "sky", "task.dec_column")
+    dec_rad = dec if columns.dec_unit == "rad" else np.radians(dec)
     edges = np.linspace(-1.0, 1.0, num_nodes + 1)
-    return np.clip(np.searchsorted(edges, sin_dec, side="right") - 1, 0, num_nodes - 1)
+    return np.clip(np.searchsorted(edges, np.sin(dec_rad), side="right") - 1, 0, num_nodes - 1)
 
 
-PARTITIONERS = {"iid": assign_iid, "sky": assign_sky}
+def assign_depth(frame: pd.DataFrame, num_nodes: int, seed: int, columns: PartitionColumns, **_) -> np.ndarray:
+    """Node index per row: equal-count apparent-magnitude bands, node 0 the brightest (shallow)."""
+    mag = _column(frame, columns.magnitude, "depth", "task.magnitude_column")
+    ranks = np.argsort(np.argsort(mag, kind="stable"), kind="stable")
+    return (ranks * num_nodes) // max(len(frame), 1)
 
 
-def assign_nodes(frame: pd.DataFrame, partition_cfg, num_nodes: int, seed: int) -> np.ndarray:
+def assign_dirichlet(frame: pd.DataFrame, num_nodes: int, seed: int, columns: PartitionColumns,
+                     alpha: float = 0.5, bins: int = 10, **_) -> np.ndarray:
+    """Label skew: rows binned by target quantile; each bin's rows go to nodes in Dirichlet(alpha) shares.
+
+    Small ``alpha`` gives each node a few target ranges; large ``alpha`` tends to IID.
+    """
+    target = _column(frame, columns.target, "dirichlet", "task.target")
+    rng = np.random.default_rng([seed, 0xD12])
+    edges = np.quantile(target, np.linspace(0, 1, bins + 1)[1:-1])
+    bin_of = np.searchsorted(edges, target, side="right")
+    nodes = np.empty(len(frame), dtype=np.int64)
+    for b in range(bins):
+        rows = np.flatnonzero(bin_of == b)
+        rng.shuffle(rows)
+        shares = rng.dirichlet(np.full(num_nodes, alpha))
+        cuts = (np.cumsum(shares)[:-1] * len(rows)).astype(np.int64)
+        for node, part in enumerate(np.split(rows, cuts)):
+            nodes[part] = node
+    return nodes
+
+
+def assign_by_column(frame: pd.DataFrame, num_nodes: int, seed: int, columns: PartitionColumns,
+                     column: str = "", **_) -> np.ndarray:
+    """Node index per row from a column's value: node k owns the k-th of the sorted distinct values."""
+    if column not in frame.columns:
+        raise ConfigError(f"partition.column: {column!r} is not a column of the task data; columns are {list(frame.columns)}")
+    values = frame[column].astype(str).to_numpy()
+    distinct, nodes = np.unique(values, return_inverse=True)
+    if len(distinct) != num_nodes:
+        raise ConfigError(
+            f"partition=by_column: column {column!r} has {len(distinct)} distinct values {list(distinct)[:10]}; "
+            f"set federation.num_nodes={len(distinct)}"
+        )
+    return nodes.astype(np.int64)
+
+
+def node_names(frame: pd.DataFrame, partition_cfg, num_nodes: int) -> list[str]:
+    """Readable node names: the column values for ``by_column``, else ``node-<k>``."""
+    if partition_cfg.name == "by_column" and partition_cfg.column in frame.columns:
+        return [str(v) for v in np.unique(frame[partition_cfg.column].astype(str).to_numpy())]
+    return [f"node-{k}" for k in range(num_nodes)]
+
+
+def _column(frame: pd.DataFrame, name: str | None, partition: str, key: str) -> np.ndarray:
+    if not name or name not in frame.columns:
+        raise ConfigError(f"partition={partition} needs a column for it in the task data; set {key} (got {name!r})")
+    return frame[name].to_numpy(dtype=np.float64)
+
+
+PARTITIONERS = {"iid": assign_iid, "sky": assign_sky, "depth": assign_depth, "dirichlet": assign_dirichlet, "by_column": assign_by_column}
+
+
+def assign_nodes(frame: pd.DataFrame, partition_cfg, num_nodes: int, seed: int, columns: PartitionColumns | None = None) -> np.ndarray:
     """Node index (0..num_nodes-1) for every row of ``frame``, by the configured partition."""
     name = partition_cfg.name
     if name not in PARTITIONERS:
         raise ConfigError(f"partition: unknown partition {name!r}; expected one of {sorted(PARTITIONERS)}")
     kwargs = {k: v for k, v in dict(partition_cfg).items() if k != "name"}
-    nodes = PARTITIONERS[name](frame, num_nodes, seed, **kwargs)
+    nodes = PARTITIONERS[name](frame, num_nodes, seed, columns or PartitionColumns(), **kwargs)
     counts = np.bincount(nodes, minlength=num_nodes)
     if (counts == 0).any():
         empty = [int(i) for i in np.flatnonzero(counts == 0)]
@@ -63,7 +129,7 @@ def assign_nodes(frame: pd.DataFrame, partition_cfg, num_nodes: int, seed: int) 
     return nodes
 
 
-def node_rows(frame: pd.DataFrame, partition_cfg, num_nodes: int, node: int, seed: int) -> pd.DataFrame:
+def node_rows(frame: pd.DataFrame, partition_cfg, num_nodes: int, node: int, seed: int, columns: PartitionColumns | None = None) -> pd.DataFrame:
     """The training rows that node ``node`` owns."""
-    nodes = assign_nodes(frame, partition_cfg, num_nodes, seed)
+    nodes = assign_nodes(frame, partition_cfg, num_nodes, seed, columns)
     return frame.loc[nodes == node].reset_index(drop=True)

@@ -15,6 +15,7 @@ import pandas as pd
 
 from astroscale_fl.errors import ConfigError, DataError
 from astroscale_fl.sources import hipparcos
+from astroscale_fl.split import PartitionColumns
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class TaskSpec:
     derived: tuple[str, ...] = ()
     description: str = ""
     loader: Callable[[object], pd.DataFrame] = field(default=lambda cfg: pd.DataFrame(), repr=False)
+    partition_columns: PartitionColumns = PartitionColumns()
 
     @property
     def input_names(self) -> list[str]:
@@ -95,14 +97,84 @@ HIPPARCOS_ABSMAG = TaskSpec(
     derived=("pm_total", "reduced_pm", "sin_b", "cos_b"),
     description="Absolute Hipparcos magnitude from photometry and astrometry without parallax",
     loader=load_hipparcos_absmag,
+    partition_columns=PartitionColumns(dec="DErad", dec_unit="rad", magnitude="Hpmag", target="M_Hp"),
 )
 
-TASKS: dict[str, TaskSpec] = {HIPPARCOS_ABSMAG.name: HIPPARCOS_ABSMAG}
+
+# --- catalog: any table a user brings -------------------------------------------------------
 
 
-def get_task(name: str) -> TaskSpec:
-    """Look up a task by name."""
+def read_catalog_table(path: str) -> pd.DataFrame:
+    """A CSV or Parquet table, by extension, with a one-line error naming the file."""
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"task.path: catalog file not found: {p}")
     try:
+        if p.suffix.lower() == ".parquet":
+            return pd.read_parquet(p)
+        if p.suffix.lower() == ".csv":
+            return pd.read_csv(p)
+    except Exception as exc:  # pyarrow / pandas parse errors
+        raise DataError(f"{p}: cannot read ({str(exc).splitlines()[0]})") from None
+    raise DataError(f"task.path: {p} is not a .csv or .parquet file")
+
+
+def load_catalog(task_cfg) -> pd.DataFrame:
+    """Rows of ``task.path`` passing ``task.filter`` with a finite target; all columns kept.
+
+    Rows whose target is missing or non-finite cannot be learned from; they are dropped
+    (the count is logged by the caller through the frame's ``attrs``).
+    """
+    table = read_catalog_table(str(task_cfg.path))
+    needed = list(task_cfg.features) + [task_cfg.target]
+    missing = [c for c in needed if c not in table.columns]
+    if missing:
+        raise DataError(f"{task_cfg.path}: missing column(s) {missing}; columns are {list(table.columns)}")
+    if task_cfg.get("filter"):
+        try:
+            table = table.query(str(task_cfg.filter))
+        except Exception as exc:  # pandas raises many types for a bad expression
+            raise DataError(f"task.filter: cannot apply {task_cfg.filter!r} ({str(exc).splitlines()[0]})") from None
+    frame = table.reset_index(drop=True).copy()
+    for column in needed:
+        frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(np.float64)
+    id_column = task_cfg.get("id_column")
+    frame.insert(0, "id", frame[id_column].astype(str) if id_column else np.arange(len(frame)).astype(str))
+    keep = np.isfinite(frame[task_cfg.target].to_numpy())
+    frame = frame.loc[keep].reset_index(drop=True)
+    frame.attrs["dropped_rows"] = int((~keep).sum())
+    return frame
+
+
+def catalog_task(task_cfg) -> TaskSpec:
+    """The task a catalog config describes (inputs = ``task.features``)."""
+    features = list(task_cfg.features)
+    if not features:
+        raise ConfigError("task.features: list the input columns, e.g. 'task.features=[teff,logg,fe_h]'")
+    return TaskSpec(
+        name="catalog",
+        target=str(task_cfg.target),
+        target_unit="",
+        inputs=tuple(Feature(name, "") for name in features),
+        description=f"{task_cfg.target} from {', '.join(features)} ({task_cfg.path})",
+        loader=load_catalog,
+        partition_columns=PartitionColumns(dec=task_cfg.get("dec_column"), dec_unit="deg",
+                                           magnitude=task_cfg.get("magnitude_column"), target=str(task_cfg.target)),
+    )
+
+
+TASKS: dict[str, TaskSpec] = {HIPPARCOS_ABSMAG.name: HIPPARCOS_ABSMAG}
+DYNAMIC_TASKS: dict[str, Callable[[object], TaskSpec]] = {"catalog": catalog_task}
+
+
+def get_task(task) -> TaskSpec:
+    """The task spec for a task config (or, for tasks whose spec is fixed, a task name)."""
+    name = task if isinstance(task, str) else task.name
+    if name in TASKS:
         return TASKS[name]
-    except KeyError:
-        raise ConfigError(f"task.name: unknown task {name!r}; expected one of {sorted(TASKS)}") from None
+    if name in DYNAMIC_TASKS and not isinstance(task, str):
+        return DYNAMIC_TASKS[name](task)
+    known = sorted(TASKS) + sorted(DYNAMIC_TASKS)
+    raise ConfigError(f"task.name: unknown task {name!r} (or it needs its config); expected one of {known}")

@@ -31,7 +31,12 @@ def run_job(cfg: DictConfig) -> dict:
         typed = config.validate(cfg)
         preflight(typed)
         out_dir = HydraConfig.get().runtime.output_dir
-        run_simulation(make_server_app(typed, out_dir), client_app, typed)
+        if typed.mode == "centralized":
+            from astroscale_fl.centralized import run_centralized
+
+            run_centralized(typed, out_dir)
+        else:
+            run_simulation(make_server_app(typed, out_dir), client_app, typed)
     except AstroScaleError as exc:
         # Hydra would print a traceback; a user mistake gets one line and exit code 2.
         print(f"error: {one_line(str(exc))}", file=sys.stderr)
@@ -45,10 +50,12 @@ def preflight(cfg: DictConfig) -> None:
     from astroscale_fl.data import task_split
     from astroscale_fl.device import resolve_device
     from astroscale_fl.split import assign_nodes
+    from astroscale_fl.tasks import get_task
 
     resolve_device(cfg.device)
     train, _ = task_split(cfg)
-    assign_nodes(train, cfg.partition, int(cfg.federation.num_nodes), int(cfg.seed))
+    if cfg.mode == "federated":
+        assign_nodes(train, cfg.partition, int(cfg.federation.num_nodes), int(cfg.seed), get_task(cfg.task).partition_columns)
 
 
 def user_overrides(argv: list[str]) -> list[str]:

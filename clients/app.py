@@ -21,7 +21,7 @@ def query(msg: Message, context: Context) -> Message:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train the global model locally and return it."""
-    return Message(content=client.handle_train(msg, dict(context.node_config)), reply_to=msg)
+    return Message(content=client.handle_train(msg, context), reply_to=msg)
 
 
 @app.evaluate()

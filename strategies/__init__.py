@@ -5,9 +5,12 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from astroscale_fl.errors import ConfigError
+from strategies.fedadam import FedAdam
 from strategies.fedavg import FedAvg
+from strategies.fedprox import FedProx
+from strategies.scaffold import Scaffold
 
-STRATEGIES = {"fedavg": FedAvg}
+STRATEGIES = {"fedavg": FedAvg, "fedprox": FedProx, "fedadam": FedAdam, "scaffold": Scaffold}
 
 
 def build_strategy(cfg: DictConfig) -> FedAvg:
@@ -27,4 +30,4 @@ def build_strategy(cfg: DictConfig) -> FedAvg:
     )
 
 
-__all__ = ["FedAvg", "STRATEGIES", "build_strategy"]
+__all__ = ["FedAdam", "FedAvg", "FedProx", "STRATEGIES", "Scaffold", "build_strategy"]

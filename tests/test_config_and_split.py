@@ -8,6 +8,9 @@ from omegaconf import OmegaConf
 from astroscale_fl import config
 from astroscale_fl.errors import ConfigError, DataError
 from astroscale_fl.split import assign_nodes, train_test_split
+from astroscale_fl.tasks import get_task
+
+HIP_COLUMNS = get_task("hipparcos_absmag").partition_columns
 
 
 def test_default_config_validates():
@@ -60,14 +63,44 @@ def test_test_split_is_seeded_and_disjoint(absmag_frame):
     assert 0.18 < len(test) / len(absmag_frame) < 0.22
 
 
-@pytest.mark.parametrize("name", ["iid", "sky"])
-def test_partitions_cover_rows_disjointly(absmag_frame, name):
-    nodes = assign_nodes(absmag_frame, OmegaConf.create({"name": name}), 5, seed=0)
+@pytest.mark.parametrize("name", ["iid", "sky", "depth", "dirichlet"])
+def test_partitions_cover_rows_disjointly_and_are_seeded(absmag_frame, name):
+    cfg = OmegaConf.create({"name": name, **({"alpha": 0.5, "bins": 10} if name == "dirichlet" else {})})
+    nodes = assign_nodes(absmag_frame, cfg, 5, seed=0, columns=HIP_COLUMNS)
     assert nodes.shape == (len(absmag_frame),) and set(np.unique(nodes)) == set(range(5))
+    np.testing.assert_array_equal(nodes, assign_nodes(absmag_frame, cfg, 5, seed=0, columns=HIP_COLUMNS))
+
+
+def test_depth_partition_orders_nodes_by_magnitude(absmag_frame):
+    nodes = assign_nodes(absmag_frame, OmegaConf.create({"name": "depth"}), 4, seed=0, columns=HIP_COLUMNS)
+    mag = absmag_frame["Hpmag"].to_numpy()
+    assert all(mag[nodes == k].max() <= mag[nodes == k + 1].min() for k in range(3))
+    assert np.ptp(np.bincount(nodes)) <= 1  # equal-count bands
+
+
+def test_dirichlet_partition_skews_labels_more_for_small_alpha(absmag_frame):
+    def skew(alpha):
+        cfg = OmegaConf.create({"name": "dirichlet", "alpha": alpha, "bins": 10})
+        nodes = assign_nodes(absmag_frame, cfg, 5, seed=0, columns=HIP_COLUMNS)
+        means = [absmag_frame["M_Hp"].to_numpy()[nodes == k].mean() for k in range(5)]
+        return np.std(means)
+
+    assert skew(0.1) > 3 * skew(100.0)
+
+
+def test_by_column_partition_follows_values():
+    frame = pd.DataFrame({"survey": ["gaia", "rave", "gaia", "apogee", "rave"], "x": range(5)})
+    cfg = OmegaConf.create({"name": "by_column", "column": "survey"})
+    nodes = assign_nodes(frame, cfg, 3, seed=0)
+    assert list(nodes) == [1, 2, 1, 0, 2]  # sorted values: apogee, gaia, rave
+    with pytest.raises(ConfigError, match="federation.num_nodes=3"):
+        assign_nodes(frame, cfg, 2, seed=0)
+    with pytest.raises(ConfigError, match="not a column"):
+        assign_nodes(frame, OmegaConf.create({"name": "by_column", "column": "nope"}), 3, seed=0)
 
 
 def test_sky_partition_is_declination_bands(absmag_frame):
-    nodes = assign_nodes(absmag_frame, OmegaConf.create({"name": "sky"}), 4, seed=0)
+    nodes = assign_nodes(absmag_frame, OmegaConf.create({"name": "sky"}), 4, seed=0, columns=HIP_COLUMNS)
     dec = absmag_frame["DErad"].to_numpy()
     highs = [dec[nodes == k].max() for k in range(4)]
     lows = [dec[nodes == k].min() for k in range(4)]

@@ -19,13 +19,14 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from omegaconf import DictConfig
 
 from astroscale_fl import data
 from astroscale_fl.device import resolve_device
+from astroscale_fl.federation import local_objectives as objectives
 from astroscale_fl.federation.messages import read_pipeline, read_run_config
-from astroscale_fl.federation.records import load_arrays, model_to_arrays, numpy_to_arrays
+from astroscale_fl.federation.records import arrays_to_numpy, load_arrays, model_to_arrays, numpy_to_arrays
 from astroscale_fl.models import build_model
 from astroscale_fl.preprocessing import Pipeline
 from astroscale_fl.tasks import get_task
@@ -80,7 +81,7 @@ def node_tensors(cfg: DictConfig, node_config: dict, pipeline: Pipeline, pipelin
 def handle_query(msg: Message, node_config: dict) -> RecordDict:
     """Statistics round: this node's column statistics (no rows leave the node)."""
     cfg = read_run_config(msg.content["config"])
-    task = get_task(cfg.task.name)
+    task = get_task(cfg.task)
     train, _ = node_split(cfg, node_config)
     stats = Pipeline.build(task, cfg.preprocess.scaling).compute_statistics(train)
     return RecordDict({
@@ -102,18 +103,46 @@ def _prepare(msg: Message, node_config: dict) -> tuple[DictConfig, torch.nn.Modu
     return cfg, model, tensors, pipeline
 
 
-def handle_train(msg: Message, node_config: dict) -> RecordDict:
-    """Train the received global model on this node's rows; return it and the example count."""
+def handle_train(msg: Message, context: Context) -> RecordDict:
+    """Train the received global model on this node's rows; return it and the example count.
+
+    The round config says which strategy terms apply: FedProx' ``proximal-mu`` adds the
+    proximal gradient; SCAFFOLD's ``control`` record switches to corrected plain SGD and adds
+    the control-variate delta to the reply.
+    """
+    from strategies.fedprox import MU_KEY
+    from strategies.scaffold import CONTROL_DELTA_KEY, CONTROL_KEY, LOCAL_LR_KEY
+
+    node_config = dict(context.node_config)
+    config = msg.content["config"]
     cfg, model, tensors, _ = _prepare(msg, node_config)
-    server_round = int(msg.content["config"]["server-round"])
+    server_round = int(config["server-round"])
     generator = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + server_round * 7919 + _node_salt(node_config))
-    optimizer = make_optimizer(model.parameters(), cfg.train.optimizer, cfg.train.lr, cfg.train.momentum, cfg.train.weight_decay)
     batches = shuffled_batches(len(tensors.train_y), int(cfg.train.batch_size), int(cfg.train.local_epochs), generator)
-    report = train_local(model, optimizer, tensors.train_x, tensors.train_y, batches)
-    return RecordDict({
+    hooks: list[objectives.GradHook] = []
+    if MU_KEY in config:
+        hooks.append(objectives.proximal_gradient(model, float(config[MU_KEY])))
+    scaffold = CONTROL_KEY in msg.content.array_records
+    if scaffold:
+        local_lr = float(config[LOCAL_LR_KEY])
+        optimizer = torch.optim.SGD(model.parameters(), lr=local_lr)
+        global_arrays = arrays_to_numpy(msg.content["arrays"])
+        server_c = objectives.read_control(msg.content[CONTROL_KEY])
+        store = objectives.ControlVariateStore(context.state, context.run_id, node_config.get("data-dir"))
+        node_c = store.load(server_c)
+        hooks.append(objectives.control_correction(model, server_c, node_c))
+    else:
+        optimizer = make_optimizer(model.parameters(), cfg.train.optimizer, cfg.train.lr, cfg.train.momentum, cfg.train.weight_decay)
+    report = train_local(model, optimizer, tensors.train_x, tensors.train_y, batches, after_backward=objectives.combine(hooks))
+    reply = RecordDict({
         "arrays": model_to_arrays(model),
         "metrics": MetricRecord({"num-examples": report.examples, "train_loss": report.loss}),
     })
+    if scaffold:
+        new_c = objectives.updated_control(global_arrays, arrays_to_numpy(reply["arrays"]), server_c, node_c, report.steps, local_lr)
+        store.save(new_c)
+        reply[CONTROL_DELTA_KEY] = numpy_to_arrays({k: (new_c[k] - node_c[k]).astype(np.float32) for k in new_c})
+    return reply
 
 
 def handle_evaluate(msg: Message, node_config: dict) -> RecordDict:

@@ -1,7 +1,11 @@
 """The ServerApp's work: fit preprocessing federatedly, run the rounds, export the result.
 
 ``run_federation`` is what ``server/app.py`` calls with Flower's Grid, both in simulation
-(``astroscale-fl train``) and in deployment (``flwr run .``).
+(``astroscale-fl train``) and in deployment (``flwr run .``). It serves Prometheus metrics
+(``federation.metrics_port``), writes ``checkpoint.npz`` after every round
+(``federation.checkpoint``) and continues a run from one (``federation.resume_from``): the
+statistics round is skipped and the checkpoint's preprocessing, model, strategy state and
+history are restored.
 """
 
 from __future__ import annotations
@@ -18,14 +22,17 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from omegaconf import DictConfig, OmegaConf
 
+from astroscale_fl import checkpoint as ckpt_mod
 from astroscale_fl.atomic import atomic_directory, write_json
+from astroscale_fl.errors import ConfigError
 from astroscale_fl.data import task_split
 from astroscale_fl.export import build_card, export_model
 from astroscale_fl.federation.messages import round_config
-from astroscale_fl.federation.records import load_arrays, model_to_arrays
-from astroscale_fl.federation.rounds import federated_statistics, run_rounds, wait_for_nodes
+from astroscale_fl.federation.records import arrays_to_numpy, load_arrays, model_to_arrays, numpy_to_arrays
+from astroscale_fl.federation.rounds import RoundPolicy, federated_statistics, run_rounds, wait_for_nodes
 from astroscale_fl.history import RoundRecord, write_history
 from astroscale_fl.models import build_model
+from astroscale_fl.observability import RunMetrics, serve
 from astroscale_fl.preprocessing import Pipeline
 from astroscale_fl.tasks import get_task
 from astroscale_fl.training import evaluate
@@ -37,13 +44,34 @@ def run_federation(grid: Grid, cfg: DictConfig, strategy: Strategy, out_dir: str
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     fed = cfg.federation
-    task = get_task(cfg.task.name)
+    task = get_task(cfg.task)
     device = torch.device("cpu")  # the server only aggregates and evaluates; nodes train on cfg.device
 
+    config_dict = OmegaConf.to_container(cfg, resolve=True)
+    resumed = None
+    if fed.resume_from:
+        resumed = ckpt_mod.load(fed.resume_from)
+        ckpt_mod.check_compatible(resumed, config_dict, fed.resume_from)
+        log(INFO, "resuming from %s after round %d", ckpt_mod.checkpoint_path(fed.resume_from), resumed.round)
+    if fed.min_replies < 1:
+        raise ConfigError(f"federation.min_replies: expected an integer >= 1, got {fed.min_replies}")
+    if fed.max_update_norm is not None and not fed.max_update_norm > 0:
+        raise ConfigError(f"federation.max_update_norm: expected a positive number or null, got {fed.max_update_norm}")
+
+    metrics_obj = RunMetrics()
+    metrics_obj.describe(cfg.strategy.name, cfg.task.name, cfg.model.name)
+    if serve(metrics_obj, int(fed.metrics_port), str(fed.metrics_host)):
+        log(INFO, "Prometheus metrics on http://%s:%d/metrics", fed.metrics_host, fed.metrics_port)
+
     node_ids = wait_for_nodes(grid, int(fed.num_nodes), timeout=float(fed.round_timeout))
-    stats = federated_statistics(grid, node_ids, round_config(cfg), timeout=float(fed.round_timeout))
-    pipeline = Pipeline.build(task, cfg.preprocess.scaling).fit_statistics(stats)
-    log(INFO, "preprocessing fitted from %d nodes' statistics (%d rows)", len(node_ids), int(stats.count[-1]))
+    if resumed is None:
+        stats = federated_statistics(grid, node_ids, round_config(cfg), timeout=float(fed.round_timeout))
+        pipeline = Pipeline.build(task, cfg.preprocess.scaling).fit_statistics(stats)
+        train_rows = int(stats.count[-1])
+        log(INFO, "preprocessing fitted from %d nodes' statistics (%d rows)", len(node_ids), train_rows)
+    else:
+        pipeline = Pipeline.from_state(resumed.pipeline)
+        train_rows = int(resumed.extra.get("train_rows", 0))
 
     model = build_model(cfg.model, len(pipeline.features), int(cfg.seed)).to(device)
     _, test = task_split(cfg)
@@ -58,16 +86,35 @@ def run_federation(grid: Grid, cfg: DictConfig, strategy: Strategy, out_dir: str
     initial = model_to_arrays(model)
     initial_rmse, initial_r2 = central_eval(initial)
     rows: list[RoundRecord] = []
-
-    def on_round(row: RoundRecord, _: ArrayRecord) -> None:
-        rows.append(row)
+    extra = {"train_rows": train_rows, "initial_test_r2": initial_r2, "initial_test_rmse": initial_rmse, "declined": {}}
+    start_round = 1
+    if resumed is not None:
+        initial = numpy_to_arrays(resumed.model)
+        if hasattr(strategy, "load_state_dict"):
+            strategy.load_state_dict(resumed.strategy)
+        rows = list(resumed.history)
+        extra.update({k: v for k, v in resumed.extra.items() if k in extra})
+        start_round = resumed.round + 1
+        metrics_obj.restore(rows)
         write_history(out_dir / "history.csv", rows)
 
+    def on_round(row: RoundRecord, arrays: ArrayRecord) -> None:
+        rows.append(row)
+        extra["declined"][str(row.round)] = int(getattr(row, "nodes_declined", 0))
+        write_history(out_dir / "history.csv", rows)
+        if fed.checkpoint:
+            state = strategy.state_dict() if hasattr(strategy, "state_dict") else {}
+            ckpt_mod.save(out_dir, ckpt_mod.Checkpoint(row.round, arrays_to_numpy(arrays), state, rows, pipeline.state_dict(),
+                                                       config_dict, extra))
+
     strategy.summary()
-    arrays, history = run_rounds(
+    policy = RoundPolicy(timeout=float(fed.round_timeout), min_replies=int(fed.min_replies),
+                         max_update_norm=None if fed.max_update_norm is None else float(fed.max_update_norm))
+    arrays, _ = run_rounds(
         strategy, grid, initial, int(fed.num_rounds), round_config(cfg, pipeline), central_eval,
-        timeout=float(fed.round_timeout), on_round=on_round, show_progress=show_progress,
+        on_round=on_round, show_progress=show_progress, policy=policy, start_round=start_round, metrics=metrics_obj,
     )
+    history = rows
     load_arrays(model, arrays)
     final = evaluate(model, test_x, test_y, pipeline.target.inverse)
     wall = time.perf_counter() - started
@@ -75,14 +122,16 @@ def run_federation(grid: Grid, cfg: DictConfig, strategy: Strategy, out_dir: str
         "test_rmse": final.rmse,
         "test_r2": final.r2,
         "test_rows": final.examples,
-        "initial_test_r2": initial_r2,
-        "initial_test_rmse": initial_rmse,
+        "initial_test_r2": extra["initial_test_r2"],
+        "initial_test_rmse": extra["initial_test_rmse"],
         "wall_seconds": wall,
         "rounds": len(history),
         "bytes_down": sum(r.bytes_down for r in history),
         "bytes_up": sum(r.bytes_up for r in history),
         "nodes_failed": sum(r.nodes_failed for r in history),
-        "train_rows": int(stats.count[-1]),
+        "nodes_declined": sum(int(v) for v in extra["declined"].values()),
+        "resumed_from_round": None if resumed is None else resumed.round,
+        "train_rows": train_rows,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
     params = strategy.params() if hasattr(strategy, "params") else {}

@@ -7,14 +7,14 @@ Deliberately simple, but each relation is a textbook one:
 * Main-sequence lifetime t_MS = 10 Gyr (M/Msun)^-2.5; a star older than t_MS is evolved.
 * Zero-age main sequence: L ~ 0.23 M^2.3 (M < 0.43), M^4 (0.43-2), 1.4 M^3.5 (M > 2) (the usual
   piecewise mass-luminosity relation, e.g. Salaris & Cassisi 2005), R ~ M^0.8 (M < 1), M^0.57
-  (M > 1) (e.g. Demircan & Kahraman 1991); along the main sequence L = L_ZAMS 0.7 (1 + 1.8
-  tau^1.5) and R = R_ZAMS (0.88 + 0.5 tau^2), tau = age / t_MS (the Sun today, tau = 0.46, has
-  L = R = 1, and turns off at L ~ 2, R ~ 1.4).  Metal-poor stars are hotter and
+  (M > 1) (e.g. Demircan & Kahraman 1991); along the main sequence L = L_ZAMS 0.7 (1 + 1.6
+  tau^1.5) and R = R_ZAMS (0.92 + 0.45 tau^2), tau = age / t_MS (the Sun today, tau = 0.46, has
+  L ~ R ~ 1, and turns off at L ~ 1.8, R ~ 1.4).  Metal-poor stars are hotter and
   brighter at a fixed mass: Teff x 10^(-0.025 [Fe/H]), L x 10^(-0.1 [Fe/H]).
-* Evolved stars spend a further 15% of t_MS as giants: the first 10% of that as a subgiant
-  (from the turn-off to the base of the red giant branch at L = max(10, L_TO) Lsun), 60% on the
+* Evolved stars spend a further 12% of t_MS as giants: the first 35% of that as a subgiant
+  (from the turn-off to the base of the red giant branch at L = max(10, L_TO) Lsun), 45% on the
   red giant branch (log L rising as the cube of the elapsed fraction to the tip at 10^3.3 Lsun,
-  so that the luminosity function falls steeply), and 30% in the red clump / horizontal branch
+  so that the luminosity function falls steeply) and 20% in the red clump / horizontal branch
   (log L = 1.7 +- 0.05).  RGB Teff = 4850 - 450 (log L - 1) - 230 [Fe/H] K; clump Teff =
   4750 - 300 [Fe/H] K.  Older stars are remnants (white dwarfs), which no survey here targets.
 * log g = 4.438 + log M - 2 log R (cgs; solar 4.438), R from L and Teff (Teff_sun = 5772 K).
@@ -89,8 +89,8 @@ def turnoff_mass(age_gyr):
 
 _LOG_TSUN = float(np.log10(TEFF_SUN))
 _LOG_043, _LOG_023, _LOG_14, _LOG2 = np.log10(0.43), np.log10(0.23), np.log10(1.4), np.log10(2.0)
-#: log10 of the turn-off L and R in units of the ZAMS values (0.7 x 2.8 and 1.38; see below)
-_LOG_LFAC_TO, _LOG_RFAC_TO = float(np.log10(0.7 * 2.8)), float(np.log10(1.38))
+#: log10 of the turn-off L and R in units of the ZAMS values (0.7 x 2.6 and 1.37; see below)
+_LOG_LFAC_TO, _LOG_RFAC_TO = float(np.log10(0.7 * 2.6)), float(np.log10(1.37))
 
 
 def zams_log(lm):
@@ -103,13 +103,13 @@ def zams_log(lm):
 def main_sequence(lm, tau, feh):
     """log10 L and log10 Teff of main-sequence stars at fractional age ``tau`` = age / t_MS.
 
-    L = L_ZAMS 0.7 (1 + 1.8 tau^1.5), R = R_ZAMS (0.88 + 0.5 tau^2): the Sun (tau = 0.46) has
-    L = R = 1 and leaves the main sequence at L ~ 2, R ~ 1.4; metal-poor stars are hotter and
+    L = L_ZAMS 0.7 (1 + 1.6 tau^1.5), R = R_ZAMS (0.92 + 0.45 tau^2): the Sun (tau = 0.46) has
+    L ~ R ~ 1 and leaves the main sequence at L ~ 1.8, R ~ 1.4; metal-poor stars are hotter and
     brighter (Teff x 10^(-0.025 [Fe/H]), L x 10^(-0.1 [Fe/H])).
     """
     ll0, lr0 = zams_log(lm)
-    lfac = np.log10(0.7 * (1.0 + 1.8 * tau * np.sqrt(tau)))
-    rfac = np.log10(0.88 + 0.5 * tau * tau)
+    lfac = np.log10(0.7 * (1.0 + 1.6 * tau * np.sqrt(tau)))
+    rfac = np.log10(0.92 + 0.45 * tau * tau)
     lt = _LOG_TSUN + 0.25 * (ll0 + lfac - 2.0 * (lr0 + rfac)) - 0.025 * feh
     return ll0 + lfac - 0.1 * feh, lt
 

@@ -1,0 +1,149 @@
+"""``astroscale-fl compare DIR``: summarise a multirun of strategies x partitions.
+
+Reads every job directory under DIR that holds ``metrics.json`` and ``history.csv`` (Hydra
+multirun job directories, and any ``mode=centralized`` run placed there or given with
+``--reference``) and writes into DIR:
+
+- ``summary.csv`` / ``summary.md``: per strategy x partition, the final test RMSE and R²,
+  rounds to reach ``--target-r2``, wall seconds, bytes up and down; centralized runs as
+  reference rows, with each row's gap to the centralized R²;
+- ``curves.png``: centralized test R² per round, one panel per partition, one line per
+  strategy (the centralized reference as a dashed line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from astroscale_fl.atomic import atomic_path, write_text
+from astroscale_fl.errors import DataError, report_user_errors
+
+SUMMARY_COLUMNS = ["mode", "strategy", "partition", "seed", "test_rmse", "test_r2", "gap_to_centralized_r2",
+                   "rounds_to_target", "rounds", "wall_seconds", "bytes_up", "bytes_down", "job"]
+
+
+def find_jobs(root: Path) -> list[Path]:
+    """Job directories below ``root`` (any depth) with a metrics.json and a history.csv."""
+    return sorted(p.parent for p in root.rglob("metrics.json") if (p.parent / "history.csv").is_file() and "model" != p.parent.name)
+
+
+def load_job(job: Path, target_r2: float) -> tuple[dict, pd.DataFrame]:
+    """One summary row and the per-round history of a job directory."""
+    try:
+        metrics = json.loads((job / "metrics.json").read_text())
+        history = pd.read_csv(job / "history.csv")
+    except (OSError, json.JSONDecodeError, pd.errors.ParserError) as exc:
+        raise DataError(f"{job}: unreadable run outputs ({exc})") from None
+    cfg = metrics.get("config", {})
+    mode = metrics.get("mode", cfg.get("mode", "federated"))
+    reached = history.loc[history["test_r2"] >= target_r2, "round"]
+    row = {
+        "mode": mode,
+        "strategy": "centralized" if mode == "centralized" else cfg.get("strategy", {}).get("name", "?"),
+        "partition": "-" if mode == "centralized" else cfg.get("partition", {}).get("name", "?"),
+        "seed": cfg.get("seed"),
+        "test_rmse": metrics["test_rmse"],
+        "test_r2": metrics["test_r2"],
+        "rounds_to_target": int(reached.iloc[0]) if len(reached) else None,
+        "rounds": int(metrics.get("rounds", len(history))),
+        "wall_seconds": metrics.get("wall_seconds"),
+        "bytes_up": int(metrics.get("bytes_up", 0)),
+        "bytes_down": int(metrics.get("bytes_down", 0)),
+        "job": str(job),
+    }
+    return row, history
+
+
+def summarise(root: Path, target_r2: float, references: list[Path]) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """Summary table (rows sorted by partition, strategy) and histories by job path."""
+    jobs = find_jobs(root) + [r for ref in references for r in find_jobs(ref)]
+    if not jobs:
+        raise DataError(f"{root}: no run outputs found (expected job directories with metrics.json and history.csv)")
+    rows, histories = [], {}
+    for job in dict.fromkeys(jobs):
+        row, history = load_job(job, target_r2)
+        rows.append(row)
+        histories[str(job)] = history
+    table = pd.DataFrame(rows)
+    central = table.loc[table["mode"] == "centralized", "test_r2"]
+    table["gap_to_centralized_r2"] = (central.max() - table["test_r2"]) if len(central) else np.nan
+    table = table.sort_values(["mode", "partition", "strategy", "seed"], ascending=[False, True, True, True], kind="stable")
+    return table[SUMMARY_COLUMNS].reset_index(drop=True), histories
+
+
+def to_markdown(table: pd.DataFrame, target_r2: float) -> str:
+    """The summary as a Markdown table with readable numbers."""
+    def fmt(value, spec):
+        return "" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+
+    head = ["strategy", "partition", "test RMSE", "test R²", "gap to centralized R²", f"rounds to R² ≥ {target_r2}",
+            "wall s", "MB up", "MB down"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in table.itertuples():
+        lines.append("| " + " | ".join([
+            r.strategy, r.partition, fmt(r.test_rmse, ".4f"), fmt(r.test_r2, ".4f"), fmt(r.gap_to_centralized_r2, "+.4f"),
+            "—" if r.rounds_to_target is None or (isinstance(r.rounds_to_target, float) and math.isnan(r.rounds_to_target)) else str(int(r.rounds_to_target)),
+            fmt(r.wall_seconds, ".1f"), fmt(r.bytes_up / 1e6, ".2f"), fmt(r.bytes_down / 1e6, ".2f"),
+        ]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(table: pd.DataFrame, histories: dict[str, pd.DataFrame], path: Path) -> None:
+    """Test R² per round: one panel per partition, one line per strategy (mean over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    federated = table[table["mode"] != "centralized"]
+    central = table[table["mode"] == "centralized"]
+    partitions = sorted(federated["partition"].unique()) or ["-"]
+    fig, axes = plt.subplots(1, len(partitions), figsize=(5.5 * len(partitions), 4.2), squeeze=False, sharey=True)
+    for ax, partition in zip(axes[0], partitions):
+        for strategy, group in federated[federated["partition"] == partition].groupby("strategy"):
+            curves = [histories[j].set_index("round")["test_r2"] for j in group["job"]]
+            mean = pd.concat(curves, axis=1).mean(axis=1)
+            ax.plot(mean.index, mean.to_numpy(), marker=".", label=strategy)
+        for job in central["job"]:
+            ax.axhline(histories[job]["test_r2"].iloc[-1], color="k", ls="--", lw=1, label="centralized")
+        ax.set_title(f"partition = {partition}")
+        ax.set_xlabel("round")
+        ax.grid(alpha=0.3)
+        finals = table["test_r2"].dropna()
+        if len(finals):
+            ax.set_ylim(max(0.0, finals.min() - 0.1), min(1.0, finals.max() + 0.02))
+    axes[0][0].set_ylabel("centralized test R²")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    fig.legend(unique.values(), unique.keys(), loc="lower center", ncol=len(unique), frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+
+
+@report_user_errors
+def main(argv: list[str] | None = None) -> int:
+    """Entry for ``astroscale-fl compare DIR``."""
+    parser = argparse.ArgumentParser(prog="astroscale-fl compare", description=__doc__.split("\n\n")[0] + ".")
+    parser.add_argument("dir", type=Path, help="a multirun directory (e.g. multirun/2026-11-23/13-00-00)")
+    parser.add_argument("--target-r2", type=float, default=0.9, help="R² for the rounds-to-target column (default 0.9)")
+    parser.add_argument("--reference", type=Path, action="append", default=[],
+                        help="a centralized run directory to show as the reference (repeatable)")
+    args = parser.parse_args(argv)
+    if not args.dir.is_dir():
+        raise DataError(f"not a directory: {args.dir}")
+    table, histories = summarise(args.dir, args.target_r2, args.reference)
+    with atomic_path(args.dir / "summary.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    write_text(args.dir / "summary.md", to_markdown(table, args.target_r2))
+    plot_curves(table, histories, args.dir / "curves.png")
+    print(to_markdown(table, args.target_r2))
+    print(f"wrote {args.dir / 'summary.csv'}, {args.dir / 'summary.md'}, {args.dir / 'curves.png'}")
+    return 0

@@ -1,0 +1,101 @@
+"""Command-line entry points of the deployment helpers.
+
+- ``node_data_main(argv)``: ``astroscale-fl node-data`` (write N node data directories);
+- ``status_main(argv)``: ``astroscale-fl status`` (runs and SuperNodes of a SuperLink);
+- ``certs_main(argv)``: test CA, server certificate and node keys (``scripts/make-certs.sh``).
+
+``python -m astroscale_fl.deploy.cli {node-data,status,certs} ...`` runs them too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from astroscale_fl.errors import report_user_errors
+
+
+@report_user_errors
+def node_data_main(argv: list[str]) -> int:
+    """``astroscale-fl node-data OUT_DIR --nodes N [overrides...]``."""
+    parser = argparse.ArgumentParser(
+        prog="astroscale-fl node-data",
+        description="Write OUT_DIR/node-<i>/train.parquet (i = 1..N): node i's share of the configured task's "
+                    "training split (same task, partition and seed as a simulation with N nodes), for SuperNodes "
+                    "started with --node-config \"data-dir=OUT_DIR/node-<i>\".")
+    parser.add_argument("out_dir", help="directory to write node-1 .. node-N into")
+    parser.add_argument("--nodes", "-n", type=int, required=True, help="number of nodes N")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides of conf/ (task, partition, seed), e.g. partition=iid")
+    args = parser.parse_args(argv)
+    if args.nodes < 1:
+        parser.error("--nodes must be >= 1")
+    from astroscale_fl import config
+    from astroscale_fl.deploy.node_data import source_name, write_node_dirs
+
+    cfg = config.validate(config.compose(args.overrides))
+    for path in write_node_dirs(cfg, args.out_dir, args.nodes):
+        meta = json.loads((path / "node.json").read_text())
+        print(f"{path}  rows={meta['rows']}  --node-config 'data-dir=\"{path.resolve()}\" source=\"{source_name(cfg)}\"'")
+    return 0
+
+
+@report_user_errors
+def status_main(argv: list[str]) -> int:
+    """``astroscale-fl status [--superlink HOST:PORT --root-certificates CA | --connection NAME]``."""
+    parser = argparse.ArgumentParser(prog="astroscale-fl status",
+                                     description="Show the runs and SuperNodes a SuperLink knows, as tables.")
+    parser.add_argument("--superlink", metavar="HOST:PORT", help="SuperLink address (its one HTTPS port)")
+    parser.add_argument("--root-certificates", "--ca", dest="ca", metavar="CA.crt",
+                        help="CA certificate that signed the SuperLink's certificate")
+    parser.add_argument("--insecure", action="store_true", help="connect without TLS (test SuperLinks started with --insecure)")
+    parser.add_argument("--connection", metavar="NAME",
+                        help="a connection in $FLWR_HOME/config.toml instead of --superlink (default: flwr's default)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each query (default 30)")
+    args = parser.parse_args(argv)
+    if args.superlink and not (args.ca or args.insecure):
+        parser.error("--superlink needs --root-certificates CA.crt (or --insecure)")
+    from astroscale_fl.deploy.status import Connection, query, render
+
+    status = query(Connection(name=args.connection, address=args.superlink, root_certificates=args.ca, insecure=args.insecure),
+                   timeout=args.timeout)
+    if args.json:
+        print(json.dumps(status, indent=2))
+    else:
+        render(status)
+    return 0
+
+
+@report_user_errors
+def certs_main(argv: list[str]) -> int:
+    """Write a test CA, a SuperLink certificate and node keys."""
+    parser = argparse.ArgumentParser(
+        prog="make-certs", description="Write a local CA (ca.crt), a SuperLink certificate (server.pem, server.key) and "
+                                       "SuperNode key pairs (node-<i>, node-<i>.pub) for TESTING. Real deployments bring "
+                                       "their own certificates and keys.")
+    parser.add_argument("out_dir")
+    parser.add_argument("--nodes", "-n", type=int, default=2, help="node key pairs to write (default 2)")
+    parser.add_argument("--host", action="append", dest="hosts",
+                        help="name or IP the SuperLink is reached at (repeatable; default 127.0.0.1, localhost, ::1)")
+    parser.add_argument("--days", type=int, default=30, help="certificate validity (default 30 days)")
+    args = parser.parse_args(argv)
+    from astroscale_fl.deploy.certs import DEFAULT_HOSTS, make_all
+
+    paths = make_all(args.out_dir, args.nodes, tuple(args.hosts or DEFAULT_HOSTS), args.days)
+    for key, path in paths.items():
+        print(f"{key:12s} {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {"node-data": node_data_main, "status": status_main, "certs": certs_main}
+    if not argv or argv[0] not in commands:
+        print(f"usage: python -m astroscale_fl.deploy.cli {{{','.join(commands)}}} [args...]", file=sys.stderr)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    return commands[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""``astroscale-fl status``: what a SuperLink knows (runs and SuperNodes), as readable tables.
+
+It asks the SuperLink through the ``flwr`` CLI (``flwr ls`` and ``flwr supernode ls`` with
+``--format json``), over the same TLS connection an operator uses for ``flwr run``: either a
+named connection in ``$FLWR_HOME/config.toml`` or ``--superlink HOST:PORT`` with the CA that
+signed its certificate (a temporary FLWR_HOME is written for the query).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from astroscale_fl.errors import AstroScaleError
+
+CONNECTION = "astroscale"
+
+
+class StatusError(AstroScaleError):
+    """The SuperLink could not be queried."""
+
+
+@dataclass
+class Connection:
+    """How to reach a SuperLink's Control API."""
+
+    name: str | None = None  # a connection already in $FLWR_HOME/config.toml
+    address: str | None = None  # host:port
+    root_certificates: str | None = None
+    insecure: bool = False
+
+
+def write_flwr_home(home: str | Path, address: str, root_certificates: str | None, insecure: bool = False,
+                    name: str = CONNECTION) -> Path:
+    """Write ``home/config.toml`` with one connection ``name`` (what ``flwr`` commands read)."""
+    home = Path(home)
+    home.mkdir(parents=True, exist_ok=True)
+    lines = [f"[superlink.{name}]", f'address = "{address}"']
+    if insecure:
+        lines.append("insecure = true")
+    elif root_certificates:
+        lines.append(f'root-certificates = "{Path(root_certificates).resolve()}"')
+    (home / "config.toml").write_text("\n".join(lines) + "\n")
+    return home / "config.toml"
+
+
+def _flwr() -> str:
+    exe = shutil.which("flwr")
+    if exe is None:
+        import sys
+
+        candidate = Path(sys.executable).with_name("flwr")
+        if candidate.is_file():
+            return str(candidate)
+        raise StatusError("the `flwr` command was not found on PATH (activate the environment astroscale-fl is installed in)")
+    return exe
+
+
+def _query(args: list[str], conn: Connection, timeout: float) -> Any:
+    env = dict(os.environ)
+    tmp = None
+    name = conn.name
+    if conn.address:
+        tmp = tempfile.mkdtemp(prefix="astroscale-status-")
+        write_flwr_home(tmp, conn.address, conn.root_certificates, conn.insecure)
+        env["FLWR_HOME"] = tmp
+        name = CONNECTION
+    bin_dir = str(Path(_flwr()).parent)
+    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+    try:
+        out = subprocess.run([_flwr(), *args, *([name] if name else []), "--format", "json"], capture_output=True,
+                             text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        raise StatusError(f"`flwr {' '.join(args)}` did not answer within {timeout:.0f} s") from None
+    finally:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+    text = out.stdout.strip()
+    start = text.find("{")
+    try:
+        data = json.loads(text[start:]) if start >= 0 else None
+    except json.JSONDecodeError:
+        data = None
+    if data is None or out.returncode != 0 or data.get("success") is False:
+        detail = (data or {}).get("error-message") or (out.stderr or out.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise StatusError(f"`flwr {' '.join(args)}` failed: {detail if isinstance(detail, str) else detail[0]}")
+    return data
+
+
+def query(conn: Connection, timeout: float = 30.0) -> dict[str, Any]:
+    """``{"runs": [...], "nodes": [...]}`` as the SuperLink reports them."""
+    runs = _query(["ls"], conn, timeout)
+    nodes = _query(["supernode", "ls"], conn, timeout)
+    return {"runs": runs.get("runs", []), "nodes": nodes.get("nodes", [])}
+
+
+def _get(row: dict[str, Any], *keys: str) -> str:
+    for key in keys:
+        if key in row and row[key] not in (None, ""):
+            return str(row[key])
+    return ""
+
+
+def render(status: dict[str, Any]) -> None:
+    """Print the runs and nodes tables."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    runs = Table(title=f"Runs ({len(status['runs'])})")
+    for col in ("run id", "app", "status", "elapsed", "status changed"):
+        runs.add_column(col)
+    for r in status["runs"]:
+        runs.add_row(_get(r, "run-id", "run_id"), _get(r, "app", "fab-id"), _get(r, "status"), _get(r, "elapsed"),
+                     _get(r, "status-changed-at", "status_changed_at", "pending-at"))
+    nodes = Table(title=f"SuperNodes ({len(status['nodes'])})")
+    for col in ("node id", "status", "owner", "elapsed", "status changed"):
+        nodes.add_column(col)
+    for n in status["nodes"]:
+        state = _get(n, "status")
+        style = {"online": "green", "offline": "red"}.get(state, "")
+        nodes.add_row(_get(n, "node-id", "node_id"), f"[{style}]{state}[/]" if style else state, _get(n, "owner-name", "owner"),
+                      _get(n, "elapsed"), _get(n, "status-changed-at", "online-at", "registered-at"))
+    console.print(runs)
+    console.print(nodes)

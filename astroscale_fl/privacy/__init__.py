@@ -1,0 +1,42 @@
+"""Differential privacy for AstroScale FL nodes (GitHub issue 5).
+
+- :mod:`.dp_sgd`: DP-SGD for the tensor-slicing loop (Poisson masks, per-sample clipping,
+  Gaussian noise; FedProx / SCAFFOLD terms as post-processing);
+- :mod:`.ledger`: a node's lifetime accountant history, ε, budget check, persistence;
+- :mod:`.calibrate`: δ, sample rate, steps, σ for a target ε, the validated settings;
+- :mod:`.card`: reply records and the model card's ``privacy`` section (recomputable);
+- :mod:`.client_dp`: optional server-side client-level DP-FedAvg helpers.
+"""
+
+from astroscale_fl.privacy.calibrate import (
+    PrivacySettings,
+    RoundPlan,
+    default_delta,
+    noise_for_target_epsilon,
+    planned_steps,
+    sample_rate,
+    steps_per_round,
+)
+from astroscale_fl.privacy.card import entry_from_record, node_entry, privacy_section, recompute_epsilon, reply_record, verify_section
+from astroscale_fl.privacy.dp_sgd import make_private, poisson_batches, train_local_dp, unwrap
+from astroscale_fl.privacy.ledger import (
+    LEDGER_FILENAME,
+    PrivacyError,
+    PrivacyLedger,
+    commit_ledger,
+    epsilon_of,
+    ledger_from_state,
+    ledger_to_state,
+    open_ledger,
+)
+
+#: ``Error.code`` of a train reply declined because the round would exceed the node's budget.
+BUDGET_EXCEEDED_CODE = 4005
+
+__all__ = [
+    "BUDGET_EXCEEDED_CODE", "LEDGER_FILENAME", "PrivacyError", "PrivacyLedger", "PrivacySettings", "RoundPlan",
+    "commit_ledger", "default_delta", "entry_from_record", "epsilon_of", "ledger_from_state", "ledger_to_state",
+    "make_private", "node_entry", "noise_for_target_epsilon", "open_ledger", "planned_steps", "poisson_batches",
+    "privacy_section", "recompute_epsilon", "reply_record", "sample_rate", "steps_per_round", "train_local_dp",
+    "unwrap", "verify_section",
+]

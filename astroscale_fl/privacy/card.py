@@ -1,0 +1,123 @@
+"""The privacy record in train replies and the model card's ``privacy`` section.
+
+Each DP train reply carries a ``ConfigRecord`` (:func:`reply_record`) with the node's name,
+accountant, δ, ε so far and its whole accountant history (JSON: ConfigRecords hold no nested
+lists). The server keeps the latest record per node and writes the model card section::
+
+    "privacy": {
+      "mechanism": "dp_sgd",
+      "max_epsilon": 2.31,
+      "nodes": [
+        {"node": "band-0", "accountant": "rdp", "delta": 1e-4, "epsilon": 2.31,
+         "history": [[1.1, 0.0145, 1380]]},
+        ...
+      ]
+    }
+
+Anyone can recompute each ε with Opacus alone (this is :func:`recompute_epsilon`)::
+
+    from opacus.accountants import create_accountant
+    acc = create_accountant(mechanism=node["accountant"])
+    acc.history = [tuple(h) for h in node["history"]]
+    acc.get_epsilon(delta=node["delta"])
+
+``python -m astroscale_fl.privacy.card model_card.json`` does that for every node.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import warnings
+from collections.abc import Iterable, Mapping
+
+from flwr.app import ConfigRecord
+
+from astroscale_fl.privacy.ledger import PrivacyLedger
+
+REPLY_KEY = "privacy"
+
+
+def node_entry(node: str, ledger: PrivacyLedger) -> dict:
+    """The model card's record of one node."""
+    return {"node": str(node), "accountant": ledger.accountant, "delta": ledger.delta, "epsilon": ledger.epsilon(), "history": [list(h) for h in ledger.history]}
+
+
+def reply_record(node: str, ledger: PrivacyLedger) -> ConfigRecord:
+    """The ``ConfigRecord`` a DP train reply carries under :data:`REPLY_KEY`."""
+    entry = node_entry(node, ledger)
+    return ConfigRecord({
+        "node": entry["node"], "accountant": entry["accountant"], "delta": entry["delta"],
+        "epsilon": entry["epsilon"], "steps": ledger.steps, "history": json.dumps(entry["history"]),
+    })
+
+
+def entry_from_record(record: Mapping) -> dict:
+    """A model-card node entry from a reply's privacy ``ConfigRecord``."""
+    return {
+        "node": str(record["node"]), "accountant": str(record["accountant"]), "delta": float(record["delta"]),
+        "epsilon": float(record["epsilon"]), "history": json.loads(str(record["history"])),
+    }
+
+
+def _steps(entry: Mapping) -> int:
+    return sum(int(n) for _, _, n in entry["history"])
+
+
+def privacy_section(entries: Iterable[Mapping], mechanism: str = "dp_sgd") -> dict:
+    """The model card's ``privacy`` section: the latest (most steps) entry per node, and the max ε."""
+    latest: dict[str, Mapping] = {}
+    for entry in entries:
+        kept = latest.get(entry["node"])
+        if kept is None or _steps(entry) >= _steps(kept):
+            latest[entry["node"]] = entry
+    nodes = [dict(latest[k]) for k in sorted(latest)]
+    return {"mechanism": mechanism, "max_epsilon": max((float(n["epsilon"]) for n in nodes), default=0.0), "nodes": nodes}
+
+
+def recompute_epsilon(entry: Mapping) -> float:
+    """ε of a card entry by Opacus' own accountant (independent of :class:`PrivacyLedger`)."""
+    from opacus.accountants import create_accountant
+
+    if not entry["history"]:
+        return 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        acc = create_accountant(mechanism=entry["accountant"])
+    acc.history = [tuple(h) for h in entry["history"]]
+    return float(acc.get_epsilon(delta=float(entry["delta"])))
+
+
+def verify_section(section: Mapping, rel_tol: float = 0.01) -> list[str]:
+    """Problems found by recomputing every node's ε (empty list: the section checks out)."""
+    problems = []
+    for entry in section.get("nodes", []):
+        claimed, actual = float(entry["epsilon"]), recompute_epsilon(entry)
+        if not (math.isclose(claimed, actual, rel_tol=rel_tol) or (math.isinf(claimed) and math.isinf(actual))):
+            problems.append(f"node {entry['node']}: card says epsilon={claimed:.6g}, Opacus recomputes {actual:.6g}")
+    top = max((float(e["epsilon"]) for e in section.get("nodes", [])), default=0.0)
+    if not math.isclose(float(section.get("max_epsilon", 0.0)), top, rel_tol=1e-9):
+        problems.append(f"max_epsilon={section.get('max_epsilon')} but the largest node epsilon is {top}")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m astroscale_fl.privacy.card CARD.json``: recompute every node's ε."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m astroscale_fl.privacy.card MODEL_CARD.json", file=sys.stderr)
+        return 2
+    with open(args[0], encoding="utf-8") as fh:
+        card = json.load(fh)
+    section = card.get("privacy", card)
+    for entry in section.get("nodes", []):
+        print(f"{entry['node']}: claimed epsilon={float(entry['epsilon']):.6g} recomputed={recompute_epsilon(entry):.6g} (delta={entry['delta']:g}, {entry['accountant']})")
+    problems = verify_section(section)
+    for problem in problems:
+        print(f"MISMATCH {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

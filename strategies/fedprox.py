@@ -1,0 +1,30 @@
+"""FedProx (Li et al. 2020): FedAvg aggregation, a proximal term on the nodes.
+
+The server sends ``mu`` with every training round; each node then minimises
+``loss(w) + mu/2 * ||w - w_global||^2`` (see
+:func:`astroscale_fl.federation.local_objectives.proximal_gradient`). With ``mu = 0`` the
+proximal gradient is exactly zero and the run is bit-identical to FedAvg.
+"""
+
+from __future__ import annotations
+
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+
+from strategies.fedavg import FedAvg
+
+MU_KEY = "proximal-mu"
+
+
+class FedProx(FedAvg):
+    """FedAvg with a proximal term ``mu`` sent to the nodes in the round config."""
+
+    def __init__(self, mu: float = 0.01, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.mu = mu
+
+    def params(self) -> dict[str, float]:
+        return {**super().params(), "mu": self.mu}
+
+    def train_content(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord) -> RecordDict:
+        config[MU_KEY] = float(self.mu)
+        return super().train_content(server_round, arrays, config)

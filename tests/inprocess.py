@@ -1,0 +1,57 @@
+"""An in-process Grid for algorithm tests: our real ClientApp handlers, no Ray, no network.
+
+Each node has its own Flower ``Context`` (node config and persistent state), as a SuperNode
+would; messages go straight to ``clients.app``'s handler functions.
+"""
+
+from __future__ import annotations
+
+from flwr.app import Context, Message, MessageType, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from astroscale_fl.federation import client
+
+
+class InProcessGrid:
+    """Minimal Grid: ``get_node_ids`` and ``send_and_receive`` over local node contexts."""
+
+    def __init__(self, num_nodes: int, run_id: int = 1, node_configs: list[dict] | None = None):
+        TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, run_id, 0
+        configs = node_configs or [{"partition-id": i, "num-partitions": num_nodes} for i in range(num_nodes)]
+        self.contexts = {
+            100 + i: Context(run_id=run_id, node_id=100 + i, node_config=cfg, state=RecordDict(), run_config={})
+            for i, cfg in enumerate(configs)
+        }
+        self.received: list[Message] = []
+
+    def get_node_ids(self):
+        return list(self.contexts)
+
+    def _handle(self, msg: Message) -> Message:
+        self.received.append(msg)
+        context = self.contexts[msg.metadata.dst_node_id]
+        kind = msg.metadata.message_type
+        if kind == MessageType.TRAIN:
+            content = client.handle_train(msg, context)
+        elif kind == MessageType.EVALUATE:
+            content = client.handle_evaluate(msg, dict(context.node_config))
+        else:
+            content = client.handle_query(msg, dict(context.node_config))
+        return Message(content=content, reply_to=msg)
+
+    def send_and_receive(self, messages, timeout=None):
+        return [self._handle(m) for m in messages]
+
+    def push_messages(self, messages):
+        ids = []
+        self._replies = getattr(self, "_replies", {})
+        for i, msg in enumerate(messages):
+            msg.metadata.__dict__["_message_id"] = mid = f"m{len(self.received)}-{i}"
+            reply = self._handle(msg)
+            reply.metadata.__dict__["_reply_to_message_id"] = mid
+            self._replies[mid] = reply
+            ids.append(mid)
+        return ids
+
+    def pull_messages(self, message_ids):
+        return [self._replies.pop(mid) for mid in message_ids if mid in self._replies]
