@@ -36,7 +36,7 @@ def run_centralized(cfg: DictConfig, out_dir: str | Path, show_progress: bool = 
     device = resolve_device(cfg.device)
     task = get_task(cfg.task)
     train, test = task_split(cfg)
-    pipeline = Pipeline.build(task, cfg.preprocess.scaling).fit(train)
+    pipeline = Pipeline.from_config(task, cfg).fit(train)
     encode = lambda f: (torch.from_numpy(pipeline.transform_features(f)).to(device),  # noqa: E731
                         torch.from_numpy(pipeline.transform_target(f)).to(device))
     (train_x, train_y), (test_x, test_y) = encode(train), encode(test)

@@ -53,6 +53,17 @@ class CatalogTask:
 
 
 @dataclass
+class SurveyRedshiftTask:
+    """Doppler redshift z = v_r / c of simulated stars, one node per survey."""
+
+    name: str = "survey_redshift"
+    n_stars: int = 19_000
+    seed: int = 0  # seed of the simulated catalog (the training seed is the top-level `seed`)
+    surveys: list[str] = field(default_factory=lambda: ["apogee", "sdss", "rave", "gaia"])
+    test_fraction: float = 0.2
+
+
+@dataclass
 class MLPModel:
     name: str = "mlp"
     widths: list[int] = field(default_factory=lambda: [128, 128])
@@ -129,13 +140,25 @@ class ByColumnPartition:
 
 
 @dataclass
+class BySurveyPartition:
+    name: str = "by_survey"
+
+
+@dataclass
+class AutoPartition:
+    """The task's natural split (sky for hipparcos_absmag, by_survey for survey_redshift, iid for catalog)."""
+
+    name: str = "auto"
+
+
+@dataclass
 class NoPrivacy:
     name: str = "none"
 
 
 @dataclass
 class Federation:
-    num_nodes: int = 5
+    num_nodes: Optional[int] = None  # null: 5, or one node per survey / per by_column value
     num_rounds: int = 20
     fraction_train: float = 1.0
     fraction_evaluate: float = 1.0
@@ -165,6 +188,7 @@ class Train:
 @dataclass
 class Preprocess:
     scaling: str = "robust"
+    clip: Optional[float] = 10.0  # clip scaled features to [-clip, clip]; null = no clipping
 
 
 @dataclass
@@ -174,11 +198,12 @@ class Output:
 
 
 SCHEMAS: dict[str, dict[str, type]] = {
-    "task": {"hipparcos_absmag": HipparcosAbsmagTask, "catalog": CatalogTask},
+    "task": {"hipparcos_absmag": HipparcosAbsmagTask, "catalog": CatalogTask, "survey_redshift": SurveyRedshiftTask},
     "model": {"mlp": MLPModel, "linear": LinearModel},
     "strategy": {"fedavg": FedAvgStrategy, "fedprox": FedProxStrategy, "fedadam": FedAdamStrategy, "scaffold": ScaffoldStrategy},
     "partition": {"iid": IidPartition, "sky": SkyPartition, "depth": DepthPartition,
-                  "dirichlet": DirichletPartition, "by_column": ByColumnPartition},
+                  "dirichlet": DirichletPartition, "by_column": ByColumnPartition, "by_survey": BySurveyPartition,
+                  "auto": AutoPartition},
     "privacy": {"none": NoPrivacy},
 }
 SECTIONS: dict[str, type] = {"federation": Federation, "train": Train, "preprocess": Preprocess, "output": Output}
@@ -262,10 +287,31 @@ def validate(cfg: DictConfig) -> DictConfig:
             raise ConfigError(f"{key}: expected {typ.__name__}, got {value!r}")
         out[key] = value
     out["mode"] = cfg.get("mode", "federated")
+    if out["partition"].name == "auto":
+        from astroscale_fl.tasks import DEFAULT_PARTITION
+
+        chosen = DEFAULT_PARTITION.get(out["task"].name, "iid")
+        out["partition"] = OmegaConf.structured(SCHEMAS["partition"][chosen])
+    if out["federation"].num_nodes is None:
+        out["federation"].num_nodes = _default_num_nodes(out)
     typed = OmegaConf.create(out)
     _check_values(typed)
     OmegaConf.set_readonly(typed, True)
     return typed
+
+
+DEFAULT_NUM_NODES = 5
+
+
+def _default_num_nodes(cfg: dict) -> int | None:
+    """``federation.num_nodes: null`` means one node per survey for by_survey, the number of
+    distinct values for by_column (resolved when the data is read), else 5."""
+    partition = cfg["partition"].name
+    if partition == "by_survey":
+        return len(cfg["task"].surveys) if "surveys" in cfg["task"] else None
+    if partition == "by_column":
+        return None
+    return DEFAULT_NUM_NODES
 
 
 def _require(ok: bool, key: str, expected: str, value: Any) -> None:
@@ -276,7 +322,7 @@ def _require(ok: bool, key: str, expected: str, value: Any) -> None:
 def _check_values(cfg: DictConfig) -> None:
     fed, train = cfg.federation, cfg.train
     _require(cfg.device in DEVICES or str(cfg.device).startswith("cuda:"), "device", "auto, cpu or cuda", cfg.device)
-    _require(fed.num_nodes >= 1, "federation.num_nodes", "an integer >= 1", fed.num_nodes)
+    _require(fed.num_nodes is None or fed.num_nodes >= 1, "federation.num_nodes", "an integer >= 1", fed.num_nodes)
     _require(fed.num_rounds >= 1, "federation.num_rounds", "an integer >= 1", fed.num_rounds)
     _require(0.0 < fed.fraction_train <= 1.0, "federation.fraction_train", "a number in (0, 1]", fed.fraction_train)
     _require(0.0 <= fed.fraction_evaluate <= 1.0, "federation.fraction_evaluate", "a number in [0, 1]", fed.fraction_evaluate)
@@ -286,6 +332,7 @@ def _check_values(cfg: DictConfig) -> None:
     _require(train.batch_size >= 1, "train.batch_size", "an integer >= 1", train.batch_size)
     _require(train.lr > 0, "train.lr", "a positive number", train.lr)
     _require(train.optimizer in ("sgd", "adam"), "train.optimizer", "sgd or adam", train.optimizer)
+    _require(cfg.preprocess.clip is None or cfg.preprocess.clip > 0, "preprocess.clip", "a positive number or null", cfg.preprocess.clip)
     _require(cfg.preprocess.scaling in ("robust", "standard"), "preprocess.scaling", "robust or standard", cfg.preprocess.scaling)
     _require(cfg.mode in ("federated", "centralized"), "mode", "federated or centralized", cfg.mode)
     for key in ("server_lr", "local_lr", "tau"):

@@ -34,6 +34,22 @@ def task_split(cfg: DictConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     return _split(task_json, int(cfg.seed))
 
 
+def resolve_num_nodes(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with ``federation.num_nodes`` set: a ``null`` under ``partition=by_column``
+    becomes the number of distinct values of the partition column in the training rows."""
+    if cfg.federation.num_nodes is not None:
+        return cfg
+    train, _ = task_split(cfg)
+    column = cfg.partition.get("column") if cfg.partition.name == "by_column" else "survey"
+    if column not in train.columns:
+        raise DataError(f"partition.column: {column!r} is not a column of the task data; columns are {list(train.columns)}")
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved["federation"]["num_nodes"] = int(train[column].astype(str).nunique())
+    out = OmegaConf.create(resolved)
+    OmegaConf.set_readonly(out, True)
+    return out
+
+
 def partition_frame(cfg: DictConfig, node: int, num_nodes: int) -> pd.DataFrame:
     """Rows of training partition ``node`` out of ``num_nodes``."""
     train, _ = task_split(cfg)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
-import pandas as pd
 
 # ICRS -> Galactic rotation matrix (Hipparcos catalogue, vol. 1, sec. 1.5.3).
 _ICRS_TO_GAL = np.array(
@@ -31,18 +32,21 @@ def reduced_proper_motion(mag: np.ndarray, pm_total_mas_yr: np.ndarray) -> np.nd
     return mag + 5.0 * np.log10(mu_arcsec) + 5.0
 
 
-def _pm_total(frame: pd.DataFrame) -> np.ndarray:
-    return np.hypot(frame["pmRA"].to_numpy(), frame["pmDE"].to_numpy())
+Columns = Mapping[str, np.ndarray]
 
 
-def _sin_b(frame: pd.DataFrame) -> np.ndarray:
-    return galactic_latitude_sin(frame["RArad"].to_numpy(), frame["DErad"].to_numpy())
+def _pm_total(c: Columns) -> np.ndarray:
+    return np.hypot(c["pmRA"], c["pmDE"])
 
 
-#: Derived feature name -> function of the frame. Formulas are documented on the helpers.
+def _sin_b(c: Columns) -> np.ndarray:
+    return galactic_latitude_sin(c["RArad"], c["DErad"])
+
+
+#: Derived feature name -> function of the columns. Formulas are documented on the helpers.
 DERIVED_FEATURES = {
     "pm_total": _pm_total,
-    "reduced_pm": lambda f: reduced_proper_motion(f["Hpmag"].to_numpy(), _pm_total(f)),
+    "reduced_pm": lambda c: reduced_proper_motion(c["Hpmag"], _pm_total(c)),
     "sin_b": _sin_b,
     "cos_b": lambda f: np.sqrt(np.clip(1.0 - _sin_b(f) ** 2, 0.0, 1.0)),
 }

@@ -24,7 +24,7 @@ from astroscale_fl.errors import DataError, report_user_errors
 from astroscale_fl.export import load_exported
 from astroscale_fl.training import predict as model_predict
 
-DEFAULT_TASK = "hipparcos_absmag"
+DEFAULT_TASK = "survey_redshift"
 
 
 class Predictor:

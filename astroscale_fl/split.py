@@ -96,10 +96,16 @@ def assign_by_column(frame: pd.DataFrame, num_nodes: int, seed: int, columns: Pa
     return nodes.astype(np.int64)
 
 
+def assign_by_survey(frame: pd.DataFrame, num_nodes: int, seed: int, columns: PartitionColumns, **_) -> np.ndarray:
+    """One node per survey: ``by_column`` on the task's ``survey`` column."""
+    return assign_by_column(frame, num_nodes, seed, columns, column="survey")
+
+
 def node_names(frame: pd.DataFrame, partition_cfg, num_nodes: int) -> list[str]:
     """Readable node names: the column values for ``by_column``, else ``node-<k>``."""
-    if partition_cfg.name == "by_column" and partition_cfg.column in frame.columns:
-        return [str(v) for v in np.unique(frame[partition_cfg.column].astype(str).to_numpy())]
+    column = {"by_column": partition_cfg.get("column"), "by_survey": "survey"}.get(partition_cfg.name)
+    if column and column in frame.columns:
+        return [str(v) for v in np.unique(frame[column].astype(str).to_numpy())]
     return [f"node-{k}" for k in range(num_nodes)]
 
 
@@ -109,7 +115,8 @@ def _column(frame: pd.DataFrame, name: str | None, partition: str, key: str) -> 
     return frame[name].to_numpy(dtype=np.float64)
 
 
-PARTITIONERS = {"iid": assign_iid, "sky": assign_sky, "depth": assign_depth, "dirichlet": assign_dirichlet, "by_column": assign_by_column}
+PARTITIONERS = {"iid": assign_iid, "sky": assign_sky, "depth": assign_depth, "dirichlet": assign_dirichlet, "by_column": assign_by_column,
+               "by_survey": assign_by_survey}
 
 
 def assign_nodes(frame: pd.DataFrame, partition_cfg, num_nodes: int, seed: int, columns: PartitionColumns | None = None) -> np.ndarray:

@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
 SKETCH_SIZE = 512
 
@@ -36,9 +35,10 @@ class ColumnStatistics:
     sketch_weights: np.ndarray
 
     @classmethod
-    def compute(cls, frame: pd.DataFrame, columns: list[str], k: int = SKETCH_SIZE) -> ColumnStatistics:
-        """Statistics of ``columns`` over the rows of ``frame`` (NaN counts as missing)."""
-        values = frame[columns].to_numpy(dtype=np.float64)
+    def compute(cls, frame, columns: list[str], k: int = SKETCH_SIZE) -> ColumnStatistics:
+        """Statistics of ``columns`` over the rows of ``frame`` (a DataFrame or a mapping of
+        column -> array; NaN counts as missing)."""
+        values = np.column_stack([np.asarray(frame[c], dtype=np.float64).reshape(-1) for c in columns])
         finite = np.isfinite(values)
         count = finite.sum(axis=0).astype(np.float64)
         zeroed = np.where(finite, values, 0.0)

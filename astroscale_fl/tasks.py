@@ -165,7 +165,43 @@ def catalog_task(task_cfg) -> TaskSpec:
     )
 
 
-TASKS: dict[str, TaskSpec] = {HIPPARCOS_ABSMAG.name: HIPPARCOS_ABSMAG}
+# --- survey_redshift: the multi-survey stellar simulator -----------------------------------
+
+SURVEY_REDSHIFT_INPUTS = (
+    Feature("ra", "deg", 0.0, 359.999999999, "right ascension (ICRS), in [0, 360)"),
+    Feature("dec", "deg", -90.0, 90.0, "declination (ICRS)"),
+    Feature("teff", "K", 2000.0, 60000.0, "effective temperature"),
+    Feature("logg", "dex (cgs)", -1.0, 6.0, "surface gravity"),
+    Feature("fe_h", "dex", -5.0, 1.5, "metallicity [Fe/H]"),
+    Feature("snr", "", 0.0, 1e5, "spectrum signal-to-noise ratio (>= 0)"),
+    Feature("parallax", "mas", -1000.0, 1000.0, "parallax (may be negative for distant stars)"),
+)
+
+
+def load_survey_redshift(task_cfg) -> pd.DataFrame:
+    """Simulated stars of the configured surveys (cached as Parquet under ``data/cache/``)."""
+    from astroscale_fl.simulator.cache import cached_catalog
+
+    frame = cached_catalog(int(task_cfg.n_stars), int(task_cfg.seed), list(task_cfg.surveys))
+    out = frame[[f.name for f in SURVEY_REDSHIFT_INPUTS] + ["z", "expected_z"]].copy()
+    out.insert(0, "id", np.arange(len(out)).astype(str))
+    out["survey"] = frame["survey"].astype(str).to_numpy()
+    return out
+
+
+SURVEY_REDSHIFT = TaskSpec(
+    name="survey_redshift",
+    target="z",
+    target_unit="",
+    inputs=SURVEY_REDSHIFT_INPUTS,
+    description="Doppler redshift z = v_r / c of stars from ra, dec, teff, logg, fe_h, snr, parallax (simulated surveys)",
+    loader=load_survey_redshift,
+    partition_columns=PartitionColumns(dec="dec", dec_unit="deg", target="z"),
+)
+
+TASKS: dict[str, TaskSpec] = {HIPPARCOS_ABSMAG.name: HIPPARCOS_ABSMAG, SURVEY_REDSHIFT.name: SURVEY_REDSHIFT}
+#: The partition ``partition=auto`` picks for each task: how its data is naturally split.
+DEFAULT_PARTITION = {"hipparcos_absmag": "sky", "survey_redshift": "by_survey", "catalog": "iid"}
 DYNAMIC_TASKS: dict[str, Callable[[object], TaskSpec]] = {"catalog": catalog_task}
 
 

@@ -28,8 +28,7 @@ def run_job(cfg: DictConfig) -> dict:
     from server.app import make_server_app
 
     try:
-        typed = config.validate(cfg)
-        preflight(typed)
+        typed = preflight(config.validate(cfg))
         out_dir = HydraConfig.get().runtime.output_dir
         if typed.mode == "centralized":
             from astroscale_fl.centralized import run_centralized
@@ -45,17 +44,20 @@ def run_job(cfg: DictConfig) -> dict:
     return {"out_dir": out_dir}
 
 
-def preflight(cfg: DictConfig) -> None:
-    """Check what the nodes would fail on (data, partitions, device) before starting them."""
-    from astroscale_fl.data import task_split
+def preflight(cfg: DictConfig) -> DictConfig:
+    """Check what the nodes would fail on (data, partitions, device) before starting them;
+    return the config with ``federation.num_nodes`` resolved."""
+    from astroscale_fl.data import resolve_num_nodes, task_split
     from astroscale_fl.device import resolve_device
     from astroscale_fl.split import assign_nodes
     from astroscale_fl.tasks import get_task
 
     resolve_device(cfg.device)
     train, _ = task_split(cfg)
+    cfg = resolve_num_nodes(cfg)
     if cfg.mode == "federated":
         assign_nodes(train, cfg.partition, int(cfg.federation.num_nodes), int(cfg.seed), get_task(cfg.task).partition_columns)
+    return cfg
 
 
 def user_overrides(argv: list[str]) -> list[str]:

@@ -23,7 +23,7 @@ def federate(overrides, rounds, node_configs=None):
     cfg = config.validate(config.compose(overrides))
     grid = InProcessGrid(int(cfg.federation.num_nodes), node_configs=node_configs)
     stats = federated_statistics(grid, grid.get_node_ids(), round_config(cfg), timeout=60)
-    pipeline = Pipeline.build(get_task(cfg.task), cfg.preprocess.scaling).fit_statistics(stats)
+    pipeline = Pipeline.from_config(get_task(cfg.task), cfg).fit_statistics(stats)
     model = build_model(cfg.model, len(pipeline.features), int(cfg.seed))
     strategy = build_strategy(cfg)
     arrays, history = run_rounds(strategy, grid, model_to_arrays(model), rounds, round_config(cfg, pipeline),

@@ -41,7 +41,8 @@ def free_port() -> int:
 
 def run_config_arg(overrides: list[str] | str, out_dir: str | Path) -> str:
     """The ``--run-config`` value: ``overrides="..." output-dir="..."`` (TOML strings)."""
-    text = overrides if isinstance(overrides, str) else " ".join(shlex.quote(o) for o in overrides)
+    quote = lambda o: shlex.quote(o) if any(c.isspace() or c in "'\"" for c in o) else o  # noqa: E731
+    text = overrides if isinstance(overrides, str) else " ".join(quote(o) for o in overrides)
     esc = lambda s: str(s).replace("\\", "\\\\").replace('"', '\\"')  # noqa: E731
     return f'overrides="{esc(text)}" output-dir="{esc(Path(out_dir).resolve())}"'
 

@@ -114,18 +114,33 @@ def render(status: dict[str, Any]) -> None:
 
     console = Console()
     runs = Table(title=f"Runs ({len(status['runs'])})")
-    for col in ("run id", "app", "status", "elapsed", "status changed"):
+    for col in ("run id", "app", "status", "elapsed", "started", "finished", "traffic"):
         runs.add_column(col)
     for r in status["runs"]:
-        runs.add_row(_get(r, "run-id", "run_id"), _get(r, "app", "fab-id"), _get(r, "status"), _get(r, "elapsed"),
-                     _get(r, "status-changed-at", "status_changed_at", "pending-at"))
+        app = _get(r, "fab-id", "app")
+        if r.get("fab-version"):
+            app += f"=={r['fab-version']}"
+        traffic = (r.get("network-traffic") or {}).get("total-bytes")
+        runs.add_row(_get(r, "run-id", "run_id"), app, _get(r, "status"), _get(r, "elapsed"),
+                     _get(r, "running-at", "starting-at", "pending-at"), _get(r, "finished-at"),
+                     _bytes(traffic) if isinstance(traffic, (int, float)) else "")
     nodes = Table(title=f"SuperNodes ({len(status['nodes'])})")
-    for col in ("node id", "status", "owner", "elapsed", "status changed"):
+    for col in ("node id", "status", "owner", "online for", "online at", "offline at"):
         nodes.add_column(col)
     for n in status["nodes"]:
         state = _get(n, "status")
         style = {"online": "green", "offline": "red"}.get(state, "")
+        elapsed = n.get("online-elapsed")
         nodes.add_row(_get(n, "node-id", "node_id"), f"[{style}]{state}[/]" if style else state, _get(n, "owner-name", "owner"),
-                      _get(n, "elapsed"), _get(n, "status-changed-at", "online-at", "registered-at"))
+                      f"{float(elapsed):.0f} s" if isinstance(elapsed, (int, float)) else "",
+                      _get(n, "online-at"), _get(n, "offline-at"))
     console.print(runs)
     console.print(nodes)
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)

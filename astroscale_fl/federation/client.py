@@ -83,7 +83,7 @@ def handle_query(msg: Message, node_config: dict) -> RecordDict:
     cfg = read_run_config(msg.content["config"])
     task = get_task(cfg.task)
     train, _ = node_split(cfg, node_config)
-    stats = Pipeline.build(task, cfg.preprocess.scaling).compute_statistics(train)
+    stats = Pipeline.from_config(task, cfg).compute_statistics(train)
     return RecordDict({
         "stats": numpy_to_arrays(stats.to_arrays()),
         "columns": ConfigRecord({"names": list(stats.columns)}),

@@ -117,9 +117,8 @@ def federated_statistics(grid: Grid, node_ids: list[int], config: ConfigRecord, 
     return ColumnStatistics.merge(parts)
 
 
-def check_reply(reply: Message, global_arrays: dict[str, np.ndarray], max_update_norm: float | None) -> str | None:
-    """Why a training reply must not be aggregated, or None when it is fine."""
-    content = reply.content
+def check_reply(content: RecordDict, global_arrays: dict[str, np.ndarray], max_update_norm: float | None) -> str | None:
+    """Why a training reply's content must not be aggregated, or None when it is fine."""
     for rec_name, record in content.array_records.items():
         for name, array in record.items():
             values = array.numpy()
@@ -193,7 +192,7 @@ def run_rounds(
                     log(WARNING, "round %d: node %s failed: %s", server_round, reply.metadata.src_node_id, reply.error.reason)
                     continue
                 row.bytes_up += record_nbytes(reply.content)
-                reason = check_reply(reply, global_np, policy.max_update_norm)
+                reason = check_reply(reply.content, global_np, policy.max_update_norm)
                 if reason is not None:
                     declined += 1
                     log(WARNING, "round %d: reply of node %s rejected: %s", server_round, reply.metadata.src_node_id, reason)

@@ -66,7 +66,7 @@ def run_federation(grid: Grid, cfg: DictConfig, strategy: Strategy, out_dir: str
     node_ids = wait_for_nodes(grid, int(fed.num_nodes), timeout=float(fed.round_timeout))
     if resumed is None:
         stats = federated_statistics(grid, node_ids, round_config(cfg), timeout=float(fed.round_timeout))
-        pipeline = Pipeline.build(task, cfg.preprocess.scaling).fit_statistics(stats)
+        pipeline = Pipeline.from_config(task, cfg).fit_statistics(stats)
         train_rows = int(stats.count[-1])
         log(INFO, "preprocessing fitted from %d nodes' statistics (%d rows)", len(node_ids), train_rows)
     else:

@@ -11,6 +11,7 @@ ledger at the start of the run) the target covers the node's whole life.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -68,7 +69,9 @@ def noise_for_target_epsilon(
     if not target_epsilon > 0:
         raise PrivacyError(f"privacy.target_epsilon: expected a positive number, got {target_epsilon}")
     prior = tuple(tuple(h) for h in prior_history)
-    return _calibrate(float(target_epsilon), float(delta), float(sample_rate), int(steps), accountant, prior, float(rel_tolerance))
+    with warnings.catch_warnings():  # bisection probes large σ (RDP's "largest alpha" note), gdp's notice
+        warnings.simplefilter("ignore")
+        return _calibrate(float(target_epsilon), float(delta), float(sample_rate), int(steps), accountant, prior, float(rel_tolerance))
 
 
 @lru_cache(maxsize=64)

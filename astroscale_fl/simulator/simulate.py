@@ -14,7 +14,7 @@ import pandas as pd
 from ..atomic import atomic_path
 from ..errors import ConfigError, DataError
 from . import galaxy, sampler, stars
-from .surveys import SURVEY_NAMES, Survey, get_survey, observe
+from .surveys import SURVEY_NAMES, Survey, get_survey, observe, standard_normal
 
 #: The seven observed inputs, in this order.
 INPUT_COLUMNS: list[str] = ["ra", "dec", "teff", "logg", "fe_h", "snr", "parallax"]
@@ -101,7 +101,20 @@ def resolve_sizes(
     return counts
 
 
-def _simulate_chunk(seed: int, survey: Survey, chunk: int, n: int) -> dict[str, np.ndarray]:
+#: Column dtypes: the inputs, the label and the velocity truth are float64 (computed in float32
+#: km/s and divided by c in float64), the other truth columns float32, the categories int8 codes.
+_F64_COLUMNS = {*INPUT_COLUMNS, TARGET, "true_vr_kms", "true_z", "expected_z"}
+_INT8_COLUMNS = {"population", "true_phase"}
+
+
+def _column_dtype(name: str):
+    if name in _INT8_COLUMNS:
+        return np.int8
+    return np.float64 if name in _F64_COLUMNS else np.float32
+
+
+def _simulate_chunk(seed: int, survey: Survey, chunk: int, n: int, out: dict[str, np.ndarray]) -> None:
+    """Simulate ``n`` rows of one survey's chunk into the given (length-``n``) column slices."""
     rng = np.random.default_rng(
         np.random.SeedSequence(seed, spawn_key=(sampler.hash_name(survey.name), chunk))
     )
@@ -109,47 +122,85 @@ def _simulate_chunk(seed: int, survey: Survey, chunk: int, n: int) -> dict[str, 
     parts: list[dict] = []
     got, eff = 0, 0.25
     while got < n:
-        m = max(2048, int((n - got) / eff * 1.05))
-        s = sampler.draw_stars(rng, tables, m)
-        p = sampler.place_stars(rng, tables, s)
+        m = max(2048, int((n - got) / eff * 1.08))
+        p = sampler.sample(rng, tables, m)
         k = p["M"].size
         eff = max(k / m, 1e-3)
         parts.append(p)
         got += k
-    s = {key: np.concatenate([p[key] for p in parts])[:n] for key in parts[0] if key != "clipped"}
-    return _finish(rng, survey, s)
+    if len(parts) == 1:
+        s = {key: v[:n] for key, v in parts[0].items()}
+    else:
+        s = {key: np.concatenate([p[key] for p in parts])[:n] for key in parts[0]}
+    _finish(rng, survey, s, out)
 
 
-def _finish(rng: np.random.Generator, survey: Survey, s: dict) -> dict[str, np.ndarray]:
-    """Kinematics, the label and the survey's measurements for placed stars."""
+_VPHI = np.array([p.mean_vphi_kms for p in galaxy.POPULATIONS], dtype=np.float32)
+_SIGMA = np.array([p.sigma_kms for p in galaxy.POPULATIONS], dtype=np.float32).T.copy()  # (3, NPOP)
+_RAD2DEG = np.float32(180.0 / np.pi)
+_A_G32 = galaxy._A_G.astype(np.float32)
+
+
+def _radec32(nx, ny, nz):
+    """(ra, dec) in degrees of Galactic unit vectors, float32 (arctan and arccos, which are SIMD)."""
+    A = _A_G32
+    ex = A[0, 0] * nx + A[1, 0] * ny + A[2, 0] * nz
+    ey = A[0, 1] * nx + A[1, 1] * ny + A[2, 1] * nz
+    ez = A[0, 2] * nx + A[1, 2] * ny + A[2, 2] * nz
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ra = np.arctan(ey / ex)
+    ra += np.where(ex < 0, np.float32(np.pi), np.where(ey < 0, np.float32(2 * np.pi), np.float32(0)))
+    ra[np.isnan(ra)] = 0.0  # ex = ey = 0: a pole
+    ra *= _RAD2DEG
+    ra[ra >= 360.0] -= 360.0
+    dec = np.float32(90.0) - np.arccos(np.clip(ez, -1.0, 1.0)) * _RAD2DEG
+    return ra, dec
+
+
+def _finish(rng: np.random.Generator, survey: Survey, s: dict, out: dict[str, np.ndarray]) -> None:
+    """Kinematics, the label and the survey's measurements for placed stars, written into ``out``.
+
+    Float32 arithmetic; v_r is in km/s (resolution ~3e-5 km/s) and divided by c in float64.
+    """
     pop, d = s["pop"], s["d"]
     nx, ny, nz = s["nx"], s["ny"], s["nz"]
-    x, y, _ = galaxy.galactocentric(nx, ny, nz, d)
-    vx, vy, vz = galaxy.draw_velocity(rng, pop, x, y)
-    vr = galaxy.line_of_sight(vx, vy, vz, nx, ny, nz)
-    evr = galaxy.expected_vr(pop, x, y, nx, ny, nz)
-    ra, dec = galaxy.galactic_to_icrs(nx, ny, nz)
-    l_deg = np.degrees(np.arctan2(ny, nx)) % 360.0
-    b_deg = np.degrees(np.arcsin(np.clip(nz, -1.0, 1.0)))
-    g_abs = stars.absolute_magnitude(s["teff"], s["logl"], "G", log_teff=s["logt"])
-    g_mag = g_abs + s["mu"] + galaxy.EXTINCTION_RATIO["G"] * s["av"]
+    n = d.size
+    g = standard_normal(rng, 9, n)  # 3 velocity components, 6 measurement errors
+    # Galactocentric x, y (pc); v_r = v_R (e_R . n) + v_phi (e_phi . n) + v_z n_z - v_sun . n
+    x = d * nx - galaxy.R0_PC
+    y = d * ny
+    inv_r = 1.0 / np.maximum(np.sqrt(x * x + y * y), 1e-6)
+    e_r = (x * nx + y * ny) * inv_r
+    e_phi = (y * nx - x * ny) * inv_r
+    vs = galaxy.sun_velocity()
+    v_sun = vs[0] * nx + vs[1] * ny + vs[2] * nz
+    vphi = _VPHI.take(pop)
+    evr = vphi * e_phi - v_sun
+    vr = _SIGMA[0].take(pop) * g[0] * e_r + _SIGMA[1].take(pop) * g[1] * e_phi + _SIGMA[2].take(pop) * g[2] * nz
+    vr += evr
+    # measurements
+    logt = s["logt"]
+    g_abs = s["M"] if survey.band == "G" else stars.absolute_magnitude(s["teff"], s["logl"], "G", log_teff=logt)
+    g_mag = g_abs + s["mu"] + np.float32(galaxy.EXTINCTION_RATIO["G"]) * s["av"]
     plx = 1000.0 / d
     snr, teff_o, logg_o, feh_o, plx_o, vr_o = observe(
-        rng, survey, s["mag"], g_mag, s["teff"], s["logg"], s["feh"], plx, vr
+        rng, survey, s["mag"], g_mag, s["teff"], s["logg"], s["feh"], plx, vr, g=g[3:]
     )
-    f32 = np.float32
-    return {
-        "ra": ra, "dec": dec, "teff": teff_o, "logg": logg_o, "fe_h": feh_o,
-        "snr": snr, "parallax": plx_o, "z": vr_o / galaxy.C_KMS,
-        "population": pop.astype(np.int8), "true_phase": s["phase"].astype(np.int8),
-        "true_l": l_deg.astype(f32), "true_b": b_deg.astype(f32),
-        "true_distance_pc": d.astype(f32), "true_parallax_mas": plx.astype(f32),
-        "true_teff": s["teff"].astype(f32), "true_logg": s["logg"].astype(f32),
-        "true_fe_h": s["feh"].astype(f32), "true_mass_msun": np.power(10.0, s["lm"]).astype(f32),
-        "true_age_gyr": s["age"].astype(f32), "true_mag": s["mag"].astype(f32),
-        "true_gaia_g": g_mag.astype(f32), "true_av": s["av"].astype(f32),
-        "true_vr_kms": vr, "true_z": vr / galaxy.C_KMS, "expected_z": evr / galaxy.C_KMS,
+    ra, dec = _radec32(nx, ny, nz)
+    cols = {
+        "ra": ra, "dec": dec, "teff": teff_o, "logg": logg_o, "fe_h": feh_o, "snr": snr, "parallax": plx_o,
+        "population": pop, "true_phase": s["phase"],
+        "true_l": s["l"] * _RAD2DEG, "true_b": np.float32(90.0) - np.arccos(np.clip(nz, -1.0, 1.0)) * _RAD2DEG,
+        "true_distance_pc": d, "true_parallax_mas": plx, "true_teff": s["teff"], "true_logg": s["logg"],
+        "true_fe_h": s["feh"], "true_mass_msun": stars.exp10(s["lm"]), "true_age_gyr": s["age"],
+        "true_mag": s["mag"], "true_gaia_g": g_mag, "true_av": s["av"], "true_vr_kms": vr,
     }
+    for k, v in cols.items():
+        out[k][...] = v
+    inv_c = 1.0 / galaxy.C_KMS
+    np.multiply(vr_o, inv_c, out=out["z"], dtype=np.float64)
+    np.multiply(out["true_vr_kms"], inv_c, out=out["true_z"])
+    np.multiply(evr, inv_c, out=out["expected_z"], dtype=np.float64)
 
 
 def _workers() -> int:
@@ -191,43 +242,45 @@ def simulate_catalog(
     """
     seed = _check_int("seed", seed, 0)
     counts = resolve_sizes(n_stars, surveys, sizes)
+    total = sum(counts.values())
+    cols = {k: np.empty(total, dtype=_column_dtype(k)) for k in COLUMNS if k != "survey"}
+    survey_codes = np.empty(total, dtype=np.int8)
     jobs = []
+    offset = 0
     for name, n in counts.items():
         survey = get_survey(name)
         sampler.survey_tables(survey)  # build the (seed-independent) tables before threading
+        survey_codes[offset : offset + n] = SURVEY_NAMES.index(name)
         for c, start in enumerate(range(0, n, CHUNK)):
-            jobs.append((name, survey, c, min(CHUNK, n - start)))
+            m = min(CHUNK, n - start)
+            jobs.append((survey, c, m, {k: v[offset + start : offset + start + m] for k, v in cols.items()}))
+        offset += n
+
+    def run(job) -> None:
+        _simulate_chunk(seed, *job)
+
     if len(jobs) > 1 and _workers() > 1:
         with ThreadPoolExecutor(max_workers=_workers()) as pool:
-            results = list(pool.map(lambda j: _simulate_chunk(seed, j[1], j[2], j[3]), jobs))
+            list(pool.map(run, jobs))
     else:
-        results = [_simulate_chunk(seed, j[1], j[2], j[3]) for j in jobs]
-    return _to_frame(results, [j[0] for j in jobs], [j[3] for j in jobs])
+        for job in jobs:
+            run(job)
+    return _to_frame(cols, survey_codes)
 
 
-def _to_frame(results, names, lengths) -> pd.DataFrame:
-    if results:
-        cols = {k: np.concatenate([r[k] for r in results]) for k in results[0]}
-    else:
-        cols = {k: np.empty(0) for k in COLUMNS if k != "survey"}
-    n = sum(lengths)
-    survey_codes = np.repeat(
-        np.array([SURVEY_NAMES.index(s) for s in names], dtype=np.int8), np.asarray(lengths, dtype=np.intp)
-    ) if names else np.empty(0, dtype=np.int8)
+def _to_frame(cols: dict[str, np.ndarray], survey_codes: np.ndarray) -> pd.DataFrame:
+    """The frame, in :data:`COLUMNS` order, without copying the columns."""
     data = {}
     for k in COLUMNS:
         if k == "survey":
             data[k] = pd.Categorical.from_codes(survey_codes, categories=list(SURVEY_NAMES))
         elif k == "population":
-            data[k] = pd.Categorical.from_codes(
-                cols[k].astype(np.int8), categories=list(galaxy.POPULATION_NAMES)
-            )
+            data[k] = pd.Categorical.from_codes(cols[k], categories=list(galaxy.POPULATION_NAMES))
         elif k == "true_phase":
-            data[k] = pd.Categorical.from_codes(cols[k].astype(np.int8), categories=list(stars.PHASE_NAMES))
+            data[k] = pd.Categorical.from_codes(cols[k], categories=list(stars.PHASE_NAMES))
         else:
             data[k] = cols[k]
-    df = pd.DataFrame(data, index=pd.RangeIndex(n))
-    return df
+    return pd.DataFrame(data, index=pd.RangeIndex(survey_codes.size), copy=False)
 
 
 def ceiling_r2(df: pd.DataFrame) -> float:

@@ -47,6 +47,20 @@ PHASE_NAMES = ("ms", "subgiant", "rgb", "clump")
 BANDS = ("V", "I", "H", "G", "g")
 
 
+_LN10 = float(np.log(10.0))
+_INV_LN10 = 1.0 / _LN10
+
+
+def log10(x):
+    """log10 that keeps float32 float32 and uses the fast (SIMD) natural log."""
+    return np.log(x) * _INV_LN10
+
+
+def exp10(x):
+    """10**x through the fast (SIMD) exp; keeps float32 float32."""
+    return np.exp(x * _LN10)
+
+
 # ---- Kroupa IMF over [M_MIN, M_UP], normalised CDF and its inverse ----
 def _seg_int(a: float, m0: float, m1):
     """Integral of m^-a from m0 to m1 (a != 1)."""
@@ -88,7 +102,8 @@ def turnoff_mass(age_gyr):
 
 
 _LOG_TSUN = float(np.log10(TEFF_SUN))
-_LOG_043, _LOG_023, _LOG_14, _LOG2 = np.log10(0.43), np.log10(0.23), np.log10(1.4), np.log10(2.0)
+# Python floats (not numpy scalars), so that float32 arrays stay float32 (NEP 50).
+_LOG_043, _LOG_023, _LOG_14, _LOG2 = (float(np.log10(v)) for v in (0.43, 0.23, 1.4, 2.0))
 #: log10 of the turn-off L and R in units of the ZAMS values (0.7 x 2.6 and 1.37; see below)
 _LOG_LFAC_TO, _LOG_RFAC_TO = float(np.log10(0.7 * 2.6)), float(np.log10(1.37))
 
@@ -108,10 +123,14 @@ def main_sequence(lm, tau, feh):
     brighter (Teff x 10^(-0.025 [Fe/H]), L x 10^(-0.1 [Fe/H])).
     """
     ll0, lr0 = zams_log(lm)
-    lfac = np.log10(0.7 * (1.0 + 1.6 * tau * np.sqrt(tau)))
-    rfac = np.log10(0.92 + 0.45 * tau * tau)
+    lfac = log10(0.7 * (1.0 + 1.6 * tau * np.sqrt(tau)))
+    rfac = log10(0.92 + 0.45 * tau * tau)
     lt = _LOG_TSUN + 0.25 * (ll0 + lfac - 2.0 * (lr0 + rfac)) - 0.025 * feh
     return ll0 + lfac - 0.1 * feh, lt
+
+
+_LOG_22 = float(np.log10(2.2))
+_LOG_M_BREAK, _LOG_K2, _LOG_N_TOT = float(np.log10(M_BREAK)), float(np.log10(_K2)), float(np.log10(_N_TOT))
 
 
 def giant_branch(lm, x, feh, clump_dev):
@@ -120,8 +139,8 @@ def giant_branch(lm, x, feh, clump_dev):
     ll_to = ll0 + _LOG_LFAC_TO - 0.1 * feh
     lt_to = _LOG_TSUN + 0.25 * (ll0 + _LOG_LFAC_TO - 2.0 * (lr0 + _LOG_RFAC_TO)) - 0.025 * feh
     ll_base = np.maximum(LOGL_RGB_BASE, ll_to)
-    ll_tip = np.where(lm > np.log10(2.2), ll_base + 1.0, LOGL_RGB_TIP)  # no He flash above 2.2
-    lt_base = np.log10(4850.0 - 450.0 * (ll_base - LOGL_RGB_BASE) - 230.0 * feh)
+    ll_tip = np.where(lm > _LOG_22, ll_base + 1.0, LOGL_RGB_TIP)  # no He flash above 2.2
+    lt_base = log10(4850.0 - 450.0 * (ll_base - LOGL_RGB_BASE) - 230.0 * feh)
     f = np.minimum(x / SUBGIANT_END, 1.0)
     u = np.clip((x - SUBGIANT_END) / (RGB_END - SUBGIANT_END), 0.0, 1.0)
     ll_rgb = ll_base + (ll_tip - ll_base) * u * u * u
@@ -132,7 +151,7 @@ def giant_branch(lm, x, feh, clump_dev):
         is_rgb, 4850.0 - 450.0 * (ll_rgb - LOGL_RGB_BASE) - 230.0 * feh,
         np.clip(4750.0 - 300.0 * feh, 4400.0, 6500.0),
     )
-    lt = np.where(is_sg, lt_to + f * (lt_base - lt_to), np.log10(t_lin))
+    lt = np.where(is_sg, lt_to + f * (lt_base - lt_to), log10(t_lin))
     phase = np.where(is_sg, SUBGIANT, np.where(is_rgb, RGB, CLUMP)).astype(np.int8)
     return ll, lt, phase
 
@@ -146,8 +165,8 @@ def log_g(lm, ll, lt):
 def imf_log_density(lm):
     """log10 of dN/dlog10(m) (up to ln 10) for the Kroupa IMF normalised over [M_MIN, M_UP]."""
     return np.where(
-        lm < np.log10(M_BREAK), (1.0 - ALPHA_LOW) * lm, np.log10(_K2) + (1.0 - ALPHA_HIGH) * lm
-    ) - np.log10(_N_TOT)
+        lm < _LOG_M_BREAK, (1.0 - ALPHA_LOW) * lm, _LOG_K2 + (1.0 - ALPHA_HIGH) * lm
+    ) - _LOG_N_TOT
 
 
 def stellar_parameters(mass, age_gyr, feh, phase, x, clump_dlogl):
@@ -168,7 +187,7 @@ def stellar_parameters(mass, age_gyr, feh, phase, x, clump_dlogl):
 
 def bc_v(teff=None, log_teff=None):
     """Bolometric correction in V (Reed 1998 fit to Flower 1996)."""
-    t = (np.log10(teff) if log_teff is None else log_teff) - 4.0
+    t = (log10(teff) if log_teff is None else log_teff) - 4.0
     return (((-8.499 * t + 13.421) * t - 8.131) * t - 3.901) * t - 0.438
 
 

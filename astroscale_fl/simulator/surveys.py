@@ -42,21 +42,30 @@ def _sin(deg: float) -> float:
     return float(np.sin(np.radians(deg)))
 
 
+# Weights as float32 scalars: float32 inputs give float32 weights, float64 inputs float64 ones.
+def _f(x: float) -> np.float32:
+    return np.float32(x)
+
+
+_ONE, _ZERO = _f(1.0), _f(0.0)
+
+
 def _apogee_footprint(sin_b, sin_dec):
-    return np.where(sin_dec > _sin(-80.0), np.where(np.abs(sin_b) < _sin(16.0), 1.0, 0.12), 0.0)
+    return np.where(sin_dec > _sin(-80.0), np.where(np.abs(sin_b) < _sin(16.0), _ONE, _f(0.12)), _ZERO)
 
 
 def _sdss_footprint(sin_b, sin_dec):
     ok = sin_dec > _sin(-15.0)
-    return np.where(ok & (sin_b > _sin(25.0)), 1.0, np.where(ok & (sin_b < -_sin(25.0)), 0.25, 0.0))
+    return np.where(ok & (sin_b > _sin(25.0)), _ONE, np.where(ok & (sin_b < -_sin(25.0)), _f(0.25), _ZERO))
 
 
 def _rave_footprint(sin_b, sin_dec):
-    return np.where(sin_dec < _sin(2.0), np.where(np.abs(sin_b) > _sin(15.0), 1.0, 0.25), 0.0)
+    return np.where(sin_dec < _sin(2.0), np.where(np.abs(sin_b) > _sin(15.0), _ONE, _f(0.25)), _ZERO)
 
 
 def _gaia_footprint(sin_b, sin_dec):
-    return np.ones_like(np.asarray(sin_b, dtype=float))
+    sin_b = np.asarray(sin_b)
+    return np.ones_like(sin_b, dtype=np.result_type(sin_b, np.float32))
 
 
 def _logistic(x):
@@ -65,7 +74,7 @@ def _logistic(x):
 
 def _apogee_targets(teff, logg):
     cool = _logistic((5500.0 - teff) / 120.0)  # (J-Ks)_0 >= 0.5
-    return cool * np.where(logg < 3.8, 1.0, 0.35)
+    return cool * np.where(logg < 3.8, _ONE, _f(0.35))
 
 
 def _sdss_targets(teff, logg):
@@ -73,11 +82,13 @@ def _sdss_targets(teff, logg):
 
 
 def _rave_targets(teff, logg):
-    return np.ones_like(teff)
+    teff = np.asarray(teff)
+    return np.ones_like(teff, dtype=np.result_type(teff, np.float32))
 
 
 def _gaia_targets(teff, logg):
-    return ((teff > 3100.0) & (teff < 14500.0)).astype(float)
+    teff = np.asarray(teff)
+    return ((teff > 3100.0) & (teff < 14500.0)).astype(np.result_type(teff, np.float32))
 
 
 @dataclass(frozen=True)
@@ -156,20 +167,52 @@ def get_survey(name: str) -> Survey:
         ) from None
 
 
+_LN10 = float(np.log(10.0))
+
+
 def parallax_sigma_mas(g_mag: np.ndarray) -> np.ndarray:
-    """Gaia parallax uncertainty (mas) at apparent G (science-performance formula + floor)."""
-    z = np.power(10.0, 0.4 * (np.maximum(g_mag, 12.09) - 15.0))
-    sig_uas = np.sqrt(np.maximum(-1.631 + 680.766 * z + 32.732 * z * z, 0.0))
-    return np.sqrt(sig_uas**2 + 10.0**2) * 1e-3
+    """Gaia parallax uncertainty (mas) at apparent G (science-performance formula + floor).
+
+    Keeps the input's float dtype (float32 in the simulator's hot path).
+    """
+    z = np.exp((0.4 * _LN10) * (np.maximum(g_mag, 12.09) - 15.0))
+    sig_uas2 = np.maximum(-1.631 + 680.766 * z + 32.732 * z * z, 0.0)
+    return np.sqrt(sig_uas2 + 10.0**2) * 1e-3
 
 
-def observe(rng: np.random.Generator, survey: Survey, mag, g_mag, teff, logg, feh, parallax_mas, vr_kms):
-    """Apply the survey's noise model; returns observed (snr, teff, logg, feh, parallax, vr)."""
+def standard_normal(rng: np.random.Generator, k: int, n: int) -> np.ndarray:
+    """``(k, n)`` float32 standard normal deviates by the Box-Muller transform.
+
+    About 3x faster than ``rng.standard_normal`` here, because float32 log/sin/cos are
+    vectorised (SIMD) and the float64 ones are not.  Uniforms are multiples of 2^-24, so the
+    deviates are exact normal draws truncated at |g| = 5.77 (a probability of 8e-9).
+    """
+    h = (k + 1) // 2
+    u = rng.random((2, h, n), dtype=np.float32)
+    r = np.subtract(1.0, u[0], out=u[0])  # in (0, 1]
+    np.log(r, out=r)
+    np.sqrt(np.multiply(r, -2.0, out=r), out=r)
+    t = np.multiply(u[1], 2.0 * np.pi, out=u[1])
+    out = np.empty((2 * h, n), dtype=np.float32)
+    np.multiply(r, np.cos(t), out=out[:h])
+    np.multiply(r, np.sin(t), out=out[h:])
+    return out[:k]
+
+
+def observe(rng: np.random.Generator, survey: Survey, mag, g_mag, teff, logg, feh, parallax_mas, vr_kms,
+            g: np.ndarray | None = None):
+    """Apply the survey's noise model; returns observed (snr, teff, logg, feh, parallax, vr).
+
+    ``g`` may pass the six rows of standard normal deviates to use (drawn here otherwise).
+    Float32 inputs give float32 outputs.
+    """
     n = mag.size
-    g = rng.standard_normal((6, n))
-    snr = survey.snr_ref * np.power(10.0, -0.2 * (mag - survey.mag_ref) + 0.1 * g[0])
-    snr = np.clip(snr, 1.0, survey.snr_max)
-    k = np.sqrt(1.0 + (survey.snr_knee / snr) ** 2)
+    if g is None:
+        g = standard_normal(rng, 6, n)
+    snr = survey.snr_ref * np.exp(_LN10 * (-0.2 * (mag - survey.mag_ref) + 0.1 * g[0]))
+    np.clip(snr, 1.0, survey.snr_max, out=snr)
+    k = survey.snr_knee / snr
+    k = np.sqrt(k * k + 1.0)
     teff_o = teff + survey.teff_bias + survey.sigma_teff * k * g[1]
     logg_o = logg + survey.logg_bias + survey.sigma_logg * k * g[2]
     feh_o = feh + survey.feh_bias + survey.sigma_feh * k * g[3]

@@ -52,6 +52,25 @@ def test_two_nodes_tls_auth_three_rounds_and_metrics(uninterrupted):
     assert seen[-1] >= 2, seen
 
 
+def test_status_lists_runs_and_nodes(federation, uninterrupted):
+    import subprocess
+    import sys
+
+    from astroscale_fl.deploy.local import ROOT
+
+    out = subprocess.run([sys.executable, "-m", "astroscale_fl.deploy.cli", "status", "--superlink", f"127.0.0.1:{federation.port}",
+                          "--root-certificates", str(federation.certs / "ca.crt"), "--json"],
+                         capture_output=True, text=True, cwd=ROOT, env=federation.env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    status = json.loads(out.stdout)
+    assert sum(n["status"] == "online" for n in status["nodes"]) >= 2
+    assert any(r["status"].startswith("finished") for r in status["runs"])
+    table = subprocess.run([sys.executable, "-m", "astroscale_fl.deploy.cli", "status", "--superlink", f"127.0.0.1:{federation.port}",
+                            "--root-certificates", str(federation.certs / "ca.crt")],
+                           capture_output=True, text=True, cwd=ROOT, env={**federation.env, "COLUMNS": "160"}, timeout=120)
+    assert table.returncode == 0 and "SuperNodes" in table.stdout and "Runs" in table.stdout
+
+
 def test_node_without_authorised_key_is_refused(federation):
     # key 4 exists but was never registered with `flwr supernode register`
     proc = federation.start_node(9, data_index=3, key_index=4)
@@ -92,6 +111,7 @@ def test_resume_after_round_two_matches_uninterrupted(federation, uninterrupted,
 
 
 def test_killed_node_does_not_stall_the_run(federation, tmp_path):
+    federation.register(3)
     federation.start_node(3)
     wait_for(lambda: _online(federation) >= 3, 60, "3 nodes online")
     out = tmp_path / "killed"
@@ -112,3 +132,4 @@ def _online(federation) -> int:
     except ValueError:
         return 0
     return sum(1 for n in nodes if n.get("status") == "online")
+

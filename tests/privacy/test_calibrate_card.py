@@ -1,0 +1,144 @@
+"""Calibration to a target ε, settings, the model card's recomputable privacy section, DP-FedAvg."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from astroscale_fl.privacy import (
+    PrivacyError,
+    PrivacyLedger,
+    PrivacySettings,
+    default_delta,
+    entry_from_record,
+    node_entry,
+    noise_for_target_epsilon,
+    planned_steps,
+    privacy_section,
+    recompute_epsilon,
+    reply_record,
+    sample_rate,
+    steps_per_round,
+    verify_section,
+)
+from astroscale_fl.privacy import card as card_module
+from astroscale_fl.privacy.client_dp import clip_update, dp_fedavg, noisy_mean_update, update_norm
+from astroscale_fl.privacy.ledger import create_accountant
+
+ACCOUNTANTS = ["rdp", "prv", "gdp"]
+
+
+def test_default_delta_is_one_over_n_rounded_down_to_a_power_of_ten():
+    assert default_delta(4400) == 1e-4
+    assert default_delta(1000) == 1e-3
+    assert default_delta(1001) == 1e-4
+    assert default_delta(99_999) == 1e-5
+    assert default_delta(2) == 0.1
+    for n in (2, 9, 10, 11, 4400, 10**6, 10**6 + 1):
+        assert default_delta(n) <= 1 / n < 10 * default_delta(n)
+    with pytest.raises(PrivacyError):
+        default_delta(1)
+
+
+def test_steps_and_sample_rate():
+    assert sample_rate(4400, 64) == 64 / 4400
+    assert sample_rate(30, 64) == 1.0
+    assert steps_per_round(4400, 64, 2) == 2 * 69
+    assert planned_steps(69, 20, 1.0) == 69 * 20
+    assert planned_steps(69, 20, 0.3) == 69 * 6
+    assert planned_steps(69, 10, 0.25) == 69 * 3  # rounds up: never plan for fewer steps
+
+
+@pytest.mark.parametrize("accountant", ACCOUNTANTS)
+def test_calibration_hits_the_target_within_one_percent(accountant):
+    q, steps, delta = 64 / 4400, 400, 1e-4
+    sigma = noise_for_target_epsilon(2.0, delta, q, steps, accountant)
+    acc = create_accountant(accountant)
+    acc.history = [(sigma, q, steps)]
+    eps = acc.get_epsilon(delta=delta)
+    assert eps <= 2.0
+    assert eps == pytest.approx(2.0, rel=0.01)
+
+
+def test_calibration_over_a_node_life_counts_earlier_steps():
+    q, delta = 0.02, 1e-4
+    prior = [(1.5, q, 300)]
+    sigma = noise_for_target_epsilon(3.0, delta, q, 200, "rdp", prior_history=prior)
+    assert PrivacyLedger("rdp", delta, [*prior, (sigma, q, 200)]).epsilon() == pytest.approx(3.0, rel=0.01)
+    assert sigma > noise_for_target_epsilon(3.0, delta, q, 200, "rdp")  # less room left: more noise
+    with pytest.raises(PrivacyError, match="already spent"):
+        noise_for_target_epsilon(0.1, delta, q, 200, "rdp", prior_history=prior)
+
+
+def test_settings_from_config_and_plan():
+    section = {"name": "dp_sgd", "target_epsilon": 4.0, "max_grad_norm": 1.0, "accountant": "rdp", "epsilon_budget": 8.0}
+    settings = PrivacySettings.from_config(section)
+    plan = settings.plan(n_rows=4400, batch_size=64, local_epochs=1, num_rounds=10, participation=0.5)
+    assert (plan.steps, plan.sample_rate, plan.expected_batch_size) == (69, 64 / 4400, pytest.approx(64.0))
+    total = PrivacyLedger("rdp", settings.delta_for(4400), [(plan.noise_multiplier, plan.sample_rate, 69 * 5)])
+    assert total.epsilon() == pytest.approx(4.0, rel=0.01)
+    fixed = PrivacySettings.from_config({"name": "dp_sgd", "noise_multiplier": 1.1, "max_grad_norm": 0.5, "delta": 1e-6})
+    assert fixed.plan(n_rows=100, batch_size=10, local_epochs=2, num_rounds=3).noise_multiplier == 1.1
+    assert fixed.delta_for(100) == 1e-6
+    assert PrivacySettings.from_config({"name": "none"}) is None
+    for bad in (
+        {"name": "dp_sgd", "max_grad_norm": 1.0},  # neither σ nor target
+        {"name": "dp_sgd", "max_grad_norm": 1.0, "noise_multiplier": 1.0, "target_epsilon": 1.0},
+        {"name": "dp_sgd", "noise_multiplier": 1.0},  # no max_grad_norm
+        {"name": "dp_sgd", "noise_multiplier": 1.0, "max_grad_norm": 1.0, "accountant": "moments"},
+        {"name": "dp_sgd", "noise_multiplier": 1.0, "max_grad_norm": 1.0, "delta": 2},
+        {"name": "dp_sgd", "noise_multiplier": 1.0, "max_grad_norm": 1.0, "budget": 3},  # unknown key
+        {"name": "dp_sgd", "noise_multiplier": "lots", "max_grad_norm": 1.0},
+    ):
+        with pytest.raises(PrivacyError):
+            PrivacySettings.from_config(bad)
+
+
+@pytest.mark.parametrize("accountant", ACCOUNTANTS)
+def test_model_card_epsilon_recomputes_with_opacus(accountant, tmp_path):
+    """The card's fields alone, through JSON, give Opacus' own ε within 1%."""
+    histories = {"band-0": [(1.1, 0.0145, 690)], "band-1": [(1.1, 0.02, 500)] if accountant == "gdp" else [(1.1, 0.02, 300), (0.9, 0.02, 200)]}
+    entries = []
+    for node, history in histories.items():
+        ledger = PrivacyLedger(accountant, 1e-4, history)
+        record = reply_record(node, ledger)  # what travels in the reply
+        entries.append(entry_from_record(record))
+    entries.append(node_entry("band-0", PrivacyLedger(accountant, 1e-4, [(1.1, 0.0145, 345)])))  # an older reply
+    section = privacy_section(entries)
+    card = json.loads(json.dumps({"privacy": section}))["privacy"]
+    assert [n["node"] for n in card["nodes"]] == ["band-0", "band-1"]
+    assert card["nodes"][0]["history"] == [[1.1, 0.0145, 690]]  # the latest record per node
+    for node in card["nodes"]:
+        acc = create_accountant(node["accountant"])  # what anyone would do
+        acc.history = [tuple(h) for h in node["history"]]
+        assert node["epsilon"] == pytest.approx(acc.get_epsilon(delta=node["delta"]), rel=0.01)
+        assert recompute_epsilon(node) == pytest.approx(node["epsilon"], rel=0.01)
+    assert card["max_epsilon"] == max(n["epsilon"] for n in card["nodes"])
+    assert verify_section(card) == []
+    path = tmp_path / "model_card.json"
+    path.write_text(json.dumps({"privacy": card}))
+    assert card_module.main([str(path)]) == 0
+    card["nodes"][1]["epsilon"] *= 0.9  # an understated ε is caught
+    assert verify_section(card)
+    path.write_text(json.dumps({"privacy": card}))
+    assert card_module.main([str(path)]) == 1
+
+
+def test_dp_fedavg_clips_each_update_and_adds_noise_to_the_sum():
+    rng = np.random.default_rng(0)
+    global_arrays = [np.zeros((30, 20), np.float32), np.zeros(20, np.float32)]
+    nodes = [[rng.normal(0, s, (30, 20)).astype(np.float32), rng.normal(0, s, 20).astype(np.float32)] for s in (0.01, 1.0, 100.0)]
+    clipped, norm = clip_update(nodes[2], 1.0)
+    assert norm > 100 and update_norm(clipped) == pytest.approx(1.0, rel=1e-6)
+    small, _ = clip_update(nodes[0], 1.0)
+    assert all(np.allclose(a, b) for a, b in zip(small, nodes[0]))  # below C: untouched
+    exact = dp_fedavg(global_arrays, nodes, 1.0, 0.0, rng)
+    expected = noisy_mean_update([[a.astype(np.float64) for a in n] for n in nodes], 1.0, 0.0, rng)
+    assert all(np.allclose(a, b, atol=1e-6) for a, b in zip(exact, expected))
+    assert update_norm(exact) <= 1.0 + 1e-6  # mean of clipped updates
+    noisy = noisy_mean_update([[a.astype(np.float64) for a in n] for n in nodes], 1.0, 2.0, np.random.default_rng(1), denominator=1.0)
+    residual = np.concatenate([(a - b * 3).ravel() for a, b in zip(noisy, expected)])
+    assert residual.std() == pytest.approx(2.0, rel=0.1)
+    assert exact[0].dtype == np.float32
