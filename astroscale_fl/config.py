@@ -157,6 +157,21 @@ class NoPrivacy:
 
 
 @dataclass
+class DpSgdPrivacy:
+    """Per-node DP-SGD with a lifetime ledger (astroscale_fl/privacy)."""
+
+    name: str = "dp_sgd"
+    noise_multiplier: Optional[float] = None  # set this or target_epsilon
+    target_epsilon: Optional[float] = 8.0
+    delta: Optional[float] = None  # null: 1/N_node rounded down to a power of ten
+    max_grad_norm: float = 1.0
+    accountant: str = "rdp"  # rdp | prv | gdp
+    epsilon_budget: Optional[float] = None  # per node, lifetime; null: no limit
+    backend: str = "auto"  # auto | ghost | opacus
+    secure_mode: bool = False
+
+
+@dataclass
 class Federation:
     num_nodes: Optional[int] = None  # null: 5, or one node per survey / per by_column value
     num_rounds: int = 20
@@ -204,7 +219,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "partition": {"iid": IidPartition, "sky": SkyPartition, "depth": DepthPartition,
                   "dirichlet": DirichletPartition, "by_column": ByColumnPartition, "by_survey": BySurveyPartition,
                   "auto": AutoPartition},
-    "privacy": {"none": NoPrivacy},
+    "privacy": {"none": NoPrivacy, "dp_sgd": DpSgdPrivacy},
 }
 SECTIONS: dict[str, type] = {"federation": Federation, "train": Train, "preprocess": Preprocess, "output": Output}
 TOP_LEVEL: dict[str, type] = {"seed": int, "device": str}
@@ -347,6 +362,10 @@ def _check_values(cfg: DictConfig) -> None:
         _require(cfg.partition.alpha > 0, "partition.alpha", "a positive number", cfg.partition.alpha)
         _require(cfg.partition.bins >= 1, "partition.bins", "an integer >= 1", cfg.partition.bins)
     _check_missing(cfg)
+    if cfg.privacy.name != "none":
+        from astroscale_fl.privacy import PrivacySettings
+
+        PrivacySettings.from_config(cfg.privacy)  # raises a one-line PrivacyError
 
 
 def _check_missing(cfg: DictConfig) -> None:

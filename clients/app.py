@@ -4,10 +4,12 @@ Run by every SuperNode (and by the simulation's virtual nodes). Where a node's d
 comes from its node config: ``data-dir=<dir>`` in deployment, ``partition-id`` in simulation.
 """
 
-from flwr.app import Context, Message
+from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
 
 from astroscale_fl.federation import client
+from astroscale_fl.privacy import BUDGET_EXCEEDED_CODE
+from astroscale_fl.privacy.node import BudgetExceeded
 
 app = ClientApp()
 
@@ -20,8 +22,11 @@ def query(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Train the global model locally and return it."""
-    return Message(content=client.handle_train(msg, context), reply_to=msg)
+    """Train the global model locally and return it (or decline: privacy budget spent)."""
+    try:
+        return Message(content=client.handle_train(msg, context), reply_to=msg)
+    except BudgetExceeded as exc:
+        return Message(Error(code=BUDGET_EXCEEDED_CODE, reason=str(exc)), reply_to=msg)
 
 
 @app.evaluate()

@@ -346,16 +346,21 @@ def main(argv: list[str] | None = None) -> int:
         times = []
         for _ in range(3 if args.quick else 5):
             t = time.perf_counter()
-            subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT)
+            out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
             times.append(time.perf_counter() - t)
+            if out.returncode != 0:
+                raise RuntimeError((out.stderr.strip().splitlines() or ["exit %d" % out.returncode])[-1])
         return statistics.median(times)
 
     base = wall([sys.executable, "-c", "pass"])
     torch_t = wall([sys.executable, "-c", "import torch"])
-    cli = wall([sys.executable, str(ROOT / "scripts" / "predict.py"), "--model", str(model_dir), *map(repr, values)])
     add("python -c pass", f"{base * 1e3:.0f} ms", "median of 5")
     add("python -c 'import torch'", f"{torch_t * 1e3:.0f} ms", f"{torch_t / base:.1f}x pass")
-    add("python scripts/predict.py (one star, cold)", f"{cli * 1e3:.0f} ms", f"{cli / base:.1f}x pass, {cli / torch_t:.2f}x import torch")
+    try:
+        cli = wall([sys.executable, str(ROOT / "scripts" / "predict.py"), "--model", str(model_dir), *map(repr, values)])
+        add("python scripts/predict.py (one star, cold)", f"{cli * 1e3:.0f} ms", f"{cli / base:.1f}x pass, {cli / torch_t:.2f}x import torch")
+    except RuntimeError as exc:
+        add("python scripts/predict.py (one star, cold)", "failed", str(exc)[:120])
 
     if not args.skip_service:
         bodies_file = Path(tmp.name) / "bodies.jsonl"

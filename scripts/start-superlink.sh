@@ -19,6 +19,10 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(dirname "$here")"
 [[ -x "$root/.venv/bin/flower-superlink" ]] && export PATH="$root/.venv/bin:$PATH"
 
+# Flower's SuperExec polls for new ClientApp/ServerApp tasks every 1 s by default; 0.2 s takes ~0.4 s
+# off each message on average for a negligible idle cost (override by exporting it).
+export FLWR_SUPEREXEC_TASK_POLL_INTERVAL="${FLWR_SUPEREXEC_TASK_POLL_INTERVAL:-0.2}"
+
 certs="" host="127.0.0.1" port="9092" database="" install_deps=0 insecure=0 auth=1
 extra=()
 while [[ $# -gt 0 ]]; do

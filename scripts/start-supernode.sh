@@ -14,6 +14,10 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(dirname "$here")"
 [[ -x "$root/.venv/bin/flower-supernode" ]] && export PATH="$root/.venv/bin:$PATH"
 
+# Flower's SuperExec polls for new ClientApp/ServerApp tasks every 1 s by default; 0.2 s takes ~0.4 s
+# off each message on average for a negligible idle cost (override by exporting it).
+export FLWR_SUPEREXEC_TASK_POLL_INTERVAL="${FLWR_SUPEREXEC_TASK_POLL_INTERVAL:-0.2}"
+
 superlink="" data_dir="" ca="" key="" source="" port="9094" insecure=0
 extra=()
 while [[ $# -gt 0 ]]; do

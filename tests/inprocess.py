@@ -1,7 +1,7 @@
 """An in-process Grid for algorithm tests: our real ClientApp handlers, no Ray, no network.
 
 Each node has its own Flower ``Context`` (node config and persistent state), as a SuperNode
-would; messages go straight to ``clients.app``'s handler functions.
+would; messages go straight to the handler functions of ``clients/app.py``.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from astroscale_fl.federation import client
+import clients.app as client_app
 
 
 class InProcessGrid:
@@ -30,14 +30,9 @@ class InProcessGrid:
     def _handle(self, msg: Message) -> Message:
         self.received.append(msg)
         context = self.contexts[msg.metadata.dst_node_id]
-        kind = msg.metadata.message_type
-        if kind == MessageType.TRAIN:
-            content = client.handle_train(msg, context)
-        elif kind == MessageType.EVALUATE:
-            content = client.handle_evaluate(msg, dict(context.node_config))
-        else:
-            content = client.handle_query(msg, dict(context.node_config))
-        return Message(content=content, reply_to=msg)
+        handler = {MessageType.TRAIN: client_app.train, MessageType.EVALUATE: client_app.evaluate,
+                   MessageType.QUERY: client_app.query}[msg.metadata.message_type]
+        return handler(msg, context)
 
     def send_and_receive(self, messages, timeout=None):
         return [self._handle(m) for m in messages]

@@ -320,3 +320,26 @@ def test_cli_port_in_use_is_a_one_line_error(exported, url):
     port = url.rsplit(":", 1)[1]
     out = serve_cli("--model", str(exported[0]), "--port", port)
     assert out.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in out.stderr and "Traceback" not in out.stderr
+
+
+class DataFrameOnlyPredictor:
+    """A stand-in whose pipeline takes DataFrames only (as before the numpy-dict pipeline)."""
+
+    model_dir = "fake"
+    inputs = ["a", "b"]
+    output_name = "predicted_y"
+    card = {"task": "fake", "inputs": [{"name": "a", "valid_range": [0, 1]}, {"name": "b", "valid_range": [0, 1]}]}
+
+    def predict_frame(self, frame):
+        if not isinstance(frame, pd.DataFrame):
+            raise TypeError("expected a DataFrame")
+        return (frame["a"] + 2 * frame["b"]).to_numpy()
+
+
+def test_service_falls_back_to_dataframes():
+    from astroscale_fl.serve import Service
+
+    service = Service(DataFrameOnlyPredictor())
+    assert not service.columns_as_mapping
+    assert json.loads(service.predict_single_body(b'{"a": 0.5, "b": 0.25}')) == {"predicted_y": 1.0}
+    assert json.loads(service.predict_batch_body(b'[{"a": 0, "b": 1}, {"b": 0, "a": 1}]')) == {"predicted_y": [2.0, 1.0]}

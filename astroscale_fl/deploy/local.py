@@ -221,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)  # also when started with SIGINT ignored (background jobs)
     started = time.perf_counter()
     try:
         print(f"[deploy-local] writing certificates and {args.nodes} node data directories under {fed.work}", flush=True)

@@ -28,6 +28,8 @@ from astroscale_fl.federation import local_objectives as objectives
 from astroscale_fl.federation.messages import read_pipeline, read_run_config
 from astroscale_fl.federation.records import arrays_to_numpy, load_arrays, model_to_arrays, numpy_to_arrays
 from astroscale_fl.models import build_model
+from astroscale_fl.privacy import PrivacySettings, card, make_private, poisson_batches, train_local_dp
+from astroscale_fl.privacy import node as dp_node
 from astroscale_fl.preprocessing import Pipeline
 from astroscale_fl.tasks import get_task
 from astroscale_fl.training import evaluate, make_optimizer, shuffled_batches, train_local
@@ -133,16 +135,40 @@ def handle_train(msg: Message, context: Context) -> RecordDict:
         hooks.append(objectives.control_correction(model, server_c, node_c))
     else:
         optimizer = make_optimizer(model.parameters(), cfg.train.optimizer, cfg.train.lr, cfg.train.momentum, cfg.train.weight_decay)
-    report = train_local(model, optimizer, tensors.train_x, tensors.train_y, batches, after_backward=objectives.combine(hooks))
-    reply = RecordDict({
-        "arrays": model_to_arrays(model),
-        "metrics": MetricRecord({"num-examples": report.examples, "train_loss": report.loss}),
-    })
+    settings = PrivacySettings.from_config(cfg.privacy)
+    if settings is None:
+        report = train_local(model, optimizer, tensors.train_x, tensors.train_y, batches, after_backward=objectives.combine(hooks))
+        metrics = {"num-examples": report.examples, "train_loss": report.loss}
+        privacy_record = None
+    else:
+        report, metrics, privacy_record = _train_private(settings, cfg, context, model, optimizer, tensors, hooks)
+    reply = RecordDict({"arrays": model_to_arrays(model), "metrics": MetricRecord(metrics)})
+    if privacy_record is not None:
+        reply[card.REPLY_KEY] = privacy_record
     if scaffold:
         new_c = objectives.updated_control(global_arrays, arrays_to_numpy(reply["arrays"]), server_c, node_c, report.steps, local_lr)
         store.save(new_c)
         reply[CONTROL_DELTA_KEY] = numpy_to_arrays({k: (new_c[k] - node_c[k]).astype(np.float32) for k in new_c})
     return reply
+
+
+def _train_private(settings: PrivacySettings, cfg: DictConfig, context: Context, model: torch.nn.Module,
+                   optimizer: torch.optim.Optimizer, tensors: NodeTensors, hooks: list) -> tuple:
+    """DP-SGD round: spend in the ledger first (or decline), then train with clipping and noise.
+
+    Strategy terms (FedProx, SCAFFOLD) are added after clip + noise: see astroscale_fl.privacy.dp_sgd.
+    The reply carries ε so far and the node's ledger (for the model card); no noiseless loss.
+    """
+    node_config = dict(context.node_config)
+    n = len(tensors.train_y)
+    ledger, plan = dp_node.spend_round(settings, cfg, context.state, node_config, n)
+    private, dp_optimizer = make_private(model, optimizer, noise_multiplier=plan.noise_multiplier,
+                                         max_grad_norm=plan.max_grad_norm, expected_batch_size=plan.expected_batch_size,
+                                         backend=settings.backend, secure_mode=settings.secure_mode)
+    batches = poisson_batches(n, plan.sample_rate, plan.steps, generator=None)
+    report = train_local_dp(private, dp_optimizer, tensors.train_x, tensors.train_y, batches, after_backward=objectives.combine(hooks))
+    metrics = {"num-examples": n, "epsilon": ledger.epsilon(), "delta": ledger.delta}
+    return report, metrics, card.reply_record(dp_node.node_name(node_config), ledger)
 
 
 def handle_evaluate(msg: Message, node_config: dict) -> RecordDict:

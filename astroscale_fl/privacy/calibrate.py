@@ -141,7 +141,7 @@ class PrivacySettings:
 
     def __post_init__(self) -> None:
         if (self.noise_multiplier is None) == (self.target_epsilon is None):
-            raise PrivacyError("privacy: set exactly one of noise_multiplier and target_epsilon")
+            raise PrivacyError("privacy: set exactly one of noise_multiplier and target_epsilon (e.g. privacy.noise_multiplier=1.1 privacy.target_epsilon=null)")
         if self.noise_multiplier is not None and not (self.noise_multiplier > 0 and math.isfinite(self.noise_multiplier)):
             raise PrivacyError(f"privacy.noise_multiplier: expected a positive number, got {self.noise_multiplier}")
         if self.target_epsilon is not None and not self.target_epsilon > 0:

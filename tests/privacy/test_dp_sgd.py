@@ -294,3 +294,28 @@ def test_cuda_matches_the_cpu_reference(backend, data):
     torch.testing.assert_close(grad.cpu(), reference, rtol=1e-3, atol=1e-5)
     noisy, _, _ = one_step(backend, copy.deepcopy(model), x.cuda(), y.cuda(), index.cuda(), noise_multiplier=1.0, ebs=8.0)
     assert noisy.is_cuda and not torch.allclose(noisy.cpu(), reference)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_repository_fedprox_and_scaffold_hooks_run_as_post_processing(backend, data):
+    """astroscale_fl.federation.local_objectives' hooks (keyed by parameter name) through train_local_dp."""
+    objectives = pytest.importorskip("astroscale_fl.federation.local_objectives")
+    x, y = data
+    torch.manual_seed(10)
+    model = MLP(6, [16])
+    index = torch.arange(0, 16)
+    mu = 0.5
+    server_c = {name: torch.full(p.shape, 2.0).numpy() for name, p in model.named_parameters()}
+    node_c = {name: torch.full(p.shape, -1.0).numpy() for name, p in model.named_parameters()}
+    hooks = objectives.combine([objectives.proximal_gradient(model, mu), objectives.control_correction(model, server_c, node_c)])
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(4.0)  # w − w_g = 4 everywhere
+    reference = clipped_mean(per_sample_grads(copy.deepcopy(model), x[index], y[index]), C, 8.0)
+    before = flat(model.parameters()).detach().clone()
+    private, dp = make_private(model, torch.optim.SGD(model.parameters(), lr=1.0), noise_multiplier=0.0, max_grad_norm=C, expected_batch_size=8.0, backend=backend)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train_local_dp(private, dp, x, y, iter([index]), after_backward=hooks)
+    step = before - flat(model.parameters()).detach()
+    torch.testing.assert_close(step, reference + mu * 4.0 + 3.0, rtol=1e-4, atol=1e-5)  # + μ(w − w_g) + (c − c_i), unclipped
