@@ -26,6 +26,8 @@ class RoundRecord:
     nodes_sampled: int = 0
     nodes_replied: int = 0
     nodes_failed: int = 0
+    nodes_declined: int = 0  # declined to train (privacy budget spent)
+    max_epsilon: float = math.nan  # largest lifetime ε any training node reported (DP runs)
     bytes_down: int = 0  # array payload sent to nodes (train + evaluate)
     bytes_up: int = 0  # array payload received from nodes
 

@@ -13,7 +13,8 @@ astroscale_fl_last_round_duration_seconds      gauge      wall time of the last 
 astroscale_fl_nodes_sampled_total              counter    training messages sent
 astroscale_fl_nodes_replied_total              counter    replies accepted for aggregation
 astroscale_fl_nodes_failed_total               counter    replies that were errors or never came (timeout)
-astroscale_fl_nodes_declined_total             counter    replies rejected: non-finite values or update norm too large
+astroscale_fl_nodes_declined_total             counter    nodes that declined a round (DP: privacy budget spent)
+astroscale_fl_replies_rejected_total           counter    replies rejected: non-finite values or update norm too large
 astroscale_fl_train_loss                       gauge      example-weighted training loss of the last round
 astroscale_fl_eval_loss / _eval_r2             gauge      federated evaluation on the nodes' validation rows
 astroscale_fl_test_rmse / _test_r2             gauge      centralised evaluation on the held-out test split
@@ -53,8 +54,10 @@ class RunMetrics:
         self.nodes_sampled = Counter(f"{PREFIX}_nodes_sampled", "Training messages sent to nodes", registry=r)
         self.nodes_replied = Counter(f"{PREFIX}_nodes_replied", "Training replies accepted for aggregation", registry=r)
         self.nodes_failed = Counter(f"{PREFIX}_nodes_failed", "Training replies that were errors or timed out", registry=r)
-        self.nodes_declined = Counter(f"{PREFIX}_nodes_declined", "Training replies rejected (non-finite or update norm too large)",
+        self.nodes_declined = Counter(f"{PREFIX}_nodes_declined", "Nodes that declined a training round (privacy budget spent)",
                                       registry=r)
+        self.replies_rejected = Counter(f"{PREFIX}_replies_rejected", "Training replies rejected (non-finite or update norm too large)",
+                                        registry=r)
         self.train_loss = Gauge(f"{PREFIX}_train_loss", "Example-weighted local training loss of the last round", registry=r)
         self.eval_loss = Gauge(f"{PREFIX}_eval_loss", "Federated evaluation loss (nodes' validation rows)", registry=r)
         self.eval_r2 = Gauge(f"{PREFIX}_eval_r2", "Federated evaluation R² (nodes' validation rows)", registry=r)
@@ -73,7 +76,7 @@ class RunMetrics:
     def round_started(self, server_round: int) -> None:
         self.current_round.set(server_round)
 
-    def round_finished(self, row: Any, declined: int = 0, epsilon: float | None = None) -> None:
+    def round_finished(self, row: Any, declined: int = 0, rejected: int = 0, epsilon: float | None = None) -> None:
         """Record a completed round (a :class:`~astroscale_fl.history.RoundRecord`)."""
         self.current_round.set(row.round)
         self.rounds_completed.inc()
@@ -84,6 +87,7 @@ class RunMetrics:
         self.nodes_replied.inc(row.nodes_replied)
         self.nodes_failed.inc(row.nodes_failed)
         self.nodes_declined.inc(declined)
+        self.replies_rejected.inc(rejected)
         self.bytes_down.inc(row.bytes_down)
         self.bytes_up.inc(row.bytes_up)
         for gauge, value in ((self.train_loss, row.train_loss), (self.eval_loss, row.eval_loss), (self.eval_r2, row.eval_r2),
@@ -96,7 +100,7 @@ class RunMetrics:
     def restore(self, rows: list[Any]) -> None:
         """After a resume: count the checkpointed rounds so the counters reflect the whole run."""
         for row in rows:
-            self.round_finished(row)
+            self.round_finished(row, declined=int(getattr(row, "nodes_declined", 0)), rejected=int(getattr(row, "nodes_rejected", 0)))
 
 
 class _Delegating:

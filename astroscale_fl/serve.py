@@ -94,7 +94,7 @@ def _bound(value: Any, default: float) -> float:
 
 
 def _fmt(x: float) -> str:
-    return f"{x:g}" if math.isfinite(x) else ("inf" if x > 0 else "-inf")
+    return f"{x:.12g}" if math.isfinite(x) else ("inf" if x > 0 else "-inf")
 
 
 class InputSchema:
@@ -107,8 +107,6 @@ class InputSchema:
         for f in card_inputs:
             low, high = (list(f.get("valid_range") or [None, None]) + [None, None])[:2]
             self.ranges[f["name"]] = (_bound(low, -math.inf), _bound(high, math.inf))
-        self.low = np.array([self.ranges[n][0] for n in self.names])
-        self.high = np.array([self.ranges[n][1] for n in self.names])
 
     def field_errors(self, name: str, value: Any, loc: Sequence[Any]) -> dict[str, Any] | None:
         """The error for one field value, or None when it is a valid number in range."""
@@ -251,6 +249,10 @@ class Service:
         probe = {n: np.array([v, v], dtype=np.float64) for n, v in zip(self.schema.names, mid)}
         try:
             expected = self.predictor.predict_frame(pd.DataFrame(probe))
+        except Exception as exc:  # refuse to start rather than answer 500 to every request
+            raise DataError(f"{self.predictor.model_dir}: the model cannot predict "
+                            f"({type(exc).__name__}: {one_line(str(exc))})") from None
+        try:
             got = self.predictor.predict_frame(probe)
         except Exception:  # the pipeline needs a DataFrame
             return False
@@ -650,6 +652,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.batch_window_ms >= 0 and math.isfinite(args.batch_window_ms)):
         raise DataError(f"--batch-window-ms: expected a number >= 0, got {args.batch_window_ms}")
     model_dir = resolve_model_dir(args.model)
+    sock = _listen(args.host, args.port)  # before the slow imports: a taken port fails at once
 
     import torch
     import uvicorn
@@ -666,7 +669,6 @@ def main(argv: list[str] | None = None) -> int:
     origins = [o.strip() for o in args.cors_origins.split(",") if o.strip()]
     app = create_app(predictor, args.max_body_bytes, args.max_batch, micro_batch=args.micro_batch,
                      batch_window_ms=args.batch_window_ms, max_micro_batch=args.max_micro_batch, cors_origins=origins)
-    sock = _listen(args.host, args.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(f"serving {predictor.card.get('task')} model {model_dir} on http://{shown}:{port} "

@@ -57,9 +57,9 @@ from flwr.supercore.task_identity import TaskIdentity
 TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1  # what Flower sets in a ClientApp process
 args = json.loads(sys.argv[1])
 cfg = config.validate(config.compose(args["overrides"]))
-task = get_task(cfg.task.name)
+task = get_task(cfg.task)
 frames = [read_node_dir(d) for d in args["dirs"]]
-pipe = Pipeline.build(task, cfg.preprocess.scaling)
+pipe = Pipeline.from_config(task, cfg) if hasattr(Pipeline, "from_config") else Pipeline.build(task, cfg.preprocess.scaling)
 import pandas as pd
 pipe = pipe.fit_statistics(pipe.compute_statistics(pd.concat(frames)))
 rc = round_config(cfg, pipe)

@@ -268,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, default=100, help="concurrent HTTP clients")
     p.add_argument("--requests", type=int, default=20000, help="HTTP requests per load run (after warm-up)")
     p.add_argument("--rate", type=float, default=500.0, help="open-loop request rate (req/s) for the fixed-rate runs; 0 skips them")
+    p.add_argument("--windows", type=lambda t: [float(x) for x in t.split(",") if x], default=[1.0],
+                   help="micro-batch windows (ms, comma-separated; 0 = same event-loop turn) to load-test (default: 1)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (in process and for the service)")
     p.add_argument("--skip-service", action="store_true", help="in-process and CLI numbers only")
     p.add_argument("--quick", action="store_true", help="smoke run: few repetitions")
@@ -365,8 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_service:
         bodies_file = Path(tmp.name) / "bodies.jsonl"
         bodies_file.write_text("\n".join(json.dumps(r) for r in rows[:5000]))
-        variants = [("plain", []), ("micro-batch 1 ms", ["--micro-batch", "--batch-window-ms", "1"]),
-                    ("micro-batch same tick", ["--micro-batch", "--batch-window-ms", "0"])]
+        variants = [("plain", [])] + [(f"micro-batch {w:g} ms", ["--micro-batch", "--batch-window-ms", f"{w:g}"])
+                                      for w in args.windows]
         for label, extra in variants:
             proc, url, startup = start_service(model_dir, extra, args.threads)
             try:

@@ -80,3 +80,29 @@ def test_node_at_budget_declines_and_others_continue(tmp_path):
         assert PrivacyLedger.load(d / ".astroscale" / LEDGER_FILENAME).epsilon() < 5.0
     assert json.loads(json.dumps(after.to_dict()))
     assert np.isfinite(after.epsilon())
+
+
+def test_run_summary_and_model_card_privacy_section(tmp_path):
+    """A whole run (our ServerApp logic) with one node at its budget: the card's ε can be recomputed."""
+    from astroscale_fl.federation.server import run_federation
+
+    overrides = DP + ["privacy.epsilon_budget=5.0", "federation.num_rounds=2", "federation.metrics_port=0", "output.publish=false"]
+    cfg, _, _, dirs = setup(overrides, tmp_path / "nodes")
+    PrivacyLedger(accountant="rdp", delta=1e-3, history=[[1.0, 0.03, 1000]]).save(dirs[0] / ".astroscale" / LEDGER_FILENAME)
+    grid = InProcessGrid(len(dirs), node_configs=[{"data-dir": str(d)} for d in dirs])
+    metrics = run_federation(grid, cfg, build_strategy(cfg), tmp_path / "run", show_progress=False)
+    assert metrics["rounds"] == 2 and metrics["nodes_declined"] == 2
+    stopped = metrics["privacy"]["stopped_nodes"]
+    assert [s["node"] for s in stopped] == [dirs[0].name] and stopped[0]["first_declined_round"] == 1
+    card = json.loads((tmp_path / "run" / "model" / "model_card.json").read_text())
+    section = card["privacy"]
+    assert section["name"] == "dp_sgd" and {n["node"] for n in section["nodes"]} == {d.name for d in dirs[1:]}
+    for node in section["nodes"]:
+        assert set(node) >= {"node", "accountant", "history", "delta", "epsilon"}
+        assert fresh_epsilon(node["history"], node["delta"]) == pytest.approx(node["epsilon"], rel=0.01)
+    assert section["max_epsilon"] == max(n["epsilon"] for n in section["nodes"])
+    import pandas as pd
+
+    history = pd.read_csv(tmp_path / "run" / "history.csv")
+    assert list(history["nodes_declined"]) == [1, 1]
+    assert history["max_epsilon"].iloc[-1] == pytest.approx(section["max_epsilon"])

@@ -155,7 +155,7 @@ BAD_SINGLE = {  # id: (body builder -> raw bytes, loc, type, message fragment)
     "infinity": (lambda r: json.dumps(with_(r, sHp=-math.inf)), ["body", "sHp"], "finite_number", "finite"),
     "overflow": (lambda r: json.dumps(with_(r, sHp=0.5)).replace('"sHp": 0.5', '"sHp": 1e999'), ["body", "sHp"], "finite_number", "finite"),
     "below range": (lambda r: json.dumps(with_(r, e_Hpmag=-0.1)), ["body", "e_Hpmag"], "greater_than_equal", "[0, 2]"),
-    "above range": (lambda r: json.dumps(with_(r, DErad=2.0)), ["body", "DErad"], "less_than_equal", "1.5708"),
+    "above range": (lambda r: json.dumps(with_(r, DErad=2.0)), ["body", "DErad"], "less_than_equal", "[-1.57079632679, 1.57079632679]"),
     "unknown field": (lambda r: json.dumps(with_(r, colour=1.0)), ["body", "colour"], "extra_forbidden", "colour"),
     "not an object": (lambda r: "[1, 2]", ["body"], "model_attributes_type", "/predict/batch"),
     "malformed": (lambda r: '{"RArad": 1.0,', ["body", 14], "json_invalid", "JSON"),
@@ -301,6 +301,10 @@ def test_schema_open_ranges_and_null_bounds():
         schema.row({"snr": -1, "z": 6})
     assert [e["type"] for e in exc.value.detail] == ["greater_than_equal", "less_than_equal"]
     assert "[0, inf]" in exc.value.detail[0]["msg"]
+    ra = InputSchema([{"name": "ra", "valid_range": [0.0, 359.999999999]}])
+    with pytest.raises(Invalid) as exc:
+        ra.row({"ra": 360})
+    assert "359.999999999" in exc.value.detail[0]["msg"] and ra.row({"ra": 0}) == [0.0]
 
 
 def serve_cli(*args, cwd=ROOT):
@@ -343,3 +347,15 @@ def test_service_falls_back_to_dataframes():
     assert not service.columns_as_mapping
     assert json.loads(service.predict_single_body(b'{"a": 0.5, "b": 0.25}')) == {"predicted_y": 1.0}
     assert json.loads(service.predict_batch_body(b'[{"a": 0, "b": 1}, {"b": 0, "a": 1}]')) == {"predicted_y": [2.0, 1.0]}
+
+
+def test_service_refuses_a_model_that_cannot_predict():
+    from astroscale_fl.errors import DataError
+    from astroscale_fl.serve import Service
+
+    class Broken(DataFrameOnlyPredictor):
+        def predict_frame(self, frame):
+            raise AttributeError("'Scaler' object has no attribute 'clip'")
+
+    with pytest.raises(DataError, match="cannot predict.*clip"):
+        Service(Broken())

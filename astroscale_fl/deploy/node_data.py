@@ -29,7 +29,7 @@ def node_dir(root: str | Path, index: int) -> Path:
 
 def write_node_dirs(cfg: DictConfig, root: str | Path, num_nodes: int) -> list[Path]:
     """Write ``num_nodes`` node data directories under ``root``; return them in order."""
-    task = get_task(cfg.task.name)
+    task = get_task(cfg.task)  # dynamic tasks (catalog) need their config
     columns = ["id", *task.input_names, task.target]
     out = []
     for i in range(1, num_nodes + 1):

@@ -7,9 +7,10 @@ each way, Prometheus metrics, a checkpoint hook, and resilience:
 
 - replies are awaited with a timeout (``federation.round_timeout``), polling the SuperLink
   every 0.2 s instead of Flower's 3 s; a node that leaves the federation is not waited for;
-- a reply that is an error or never arrives counts as *failed*; a reply with non-finite
-  values or an update norm beyond ``federation.max_update_norm`` is *declined* (rejected and
-  never aggregated);
+- a reply that is an error or never arrives counts as *failed*; a node that refuses the round
+  (DP: its privacy budget is spent, ``BUDGET_EXCEEDED_CODE``) counts as *declined*; a reply with
+  non-finite values or an update norm beyond ``federation.max_update_norm`` is *rejected*
+  (counted, logged, never aggregated);
 - a round aggregates when at least ``federation.min_replies`` valid replies arrived.
 """
 
@@ -31,6 +32,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from astroscale_fl.errors import AstroScaleError
 from astroscale_fl.federation.records import record_nbytes
 from astroscale_fl.history import RoundRecord
+from astroscale_fl.privacy.card import REPLY_KEY as PRIVACY_KEY
+from astroscale_fl.privacy.card import entry_from_record
 from astroscale_fl.statistics import ColumnStatistics
 
 CentralEval = Callable[[ArrayRecord], tuple[float, float]]  # arrays -> (rmse, r2)
@@ -185,8 +188,14 @@ def run_rounds(
             replies, missing = send_and_receive(grid, train_msgs, policy.timeout)
             for node in missing:
                 log(WARNING, "round %d: node %s did not reply within %.0f s", server_round, node, policy.timeout)
-            accepted, declined, failed = [], 0, len(missing)
+            accepted, declined, rejected, failed = [], 0, 0, len(missing)
+            row.declines = []  # (round, reason) of nodes that declined: their budget is spent
             for reply in replies:
+                if reply.has_error() and reply.error.code == _budget_code():
+                    declined += 1
+                    row.declines.append(reply.error.reason)
+                    log(INFO, "round %d: node %s declined: %s", server_round, reply.metadata.src_node_id, reply.error.reason)
+                    continue
                 if reply.has_error():
                     failed += 1
                     log(WARNING, "round %d: node %s failed: %s", server_round, reply.metadata.src_node_id, reply.error.reason)
@@ -194,16 +203,16 @@ def run_rounds(
                 row.bytes_up += record_nbytes(reply.content)
                 reason = check_reply(reply.content, global_np, policy.max_update_norm)
                 if reason is not None:
-                    declined += 1
+                    rejected += 1
                     log(WARNING, "round %d: reply of node %s rejected: %s", server_round, reply.metadata.src_node_id, reason)
                     continue
                 accepted.append(reply)
             row.nodes_replied, row.nodes_failed = len(accepted), failed
-            row.nodes_declined = declined  # not a history.csv column (yet); metrics.json and /metrics carry it
+            row.nodes_declined, row.nodes_rejected = declined, rejected  # not history.csv columns; metrics.json, /metrics
             if len(accepted) < max(1, policy.min_replies):
                 raise FederationError(
                     f"round {server_round}: {len(accepted)} valid replies, fewer than federation.min_replies={policy.min_replies} "
-                    f"({failed} failed, {declined} declined of {len(train_msgs)} sampled)")
+                    f"({failed} failed, {declined} declined, {rejected} rejected of {len(train_msgs)} sampled)")
             new_arrays, train_metrics = strategy.aggregate_train(server_round, accepted)
             if new_arrays is None:
                 raise FederationError(f"round {server_round}: no node returned a model ({row.nodes_failed} failed)")
@@ -212,6 +221,9 @@ def run_rounds(
                 row.train_loss = float(train_metrics["train_loss"])
             epsilons = [float(r.content["metrics"]["epsilon"]) for r in accepted
                         if "metrics" in r.content.metric_records and "epsilon" in r.content["metrics"]]
+            row.max_epsilon = max(epsilons) if epsilons else float("nan")
+            row.privacy_entries = [entry_from_record(r.content[PRIVACY_KEY]) for r in accepted
+                                   if PRIVACY_KEY in r.content.config_records]
 
             eval_msgs = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(dict(config)), grid))
             row.bytes_down += sum(record_nbytes(m.content) for m in eval_msgs)
@@ -229,8 +241,17 @@ def run_rounds(
             row.wall_seconds = time.perf_counter() - start
             history.append(row)
             if metrics is not None:
-                metrics.round_finished(row, declined=declined, epsilon=max(epsilons) if epsilons else None)
+                metrics.round_finished(row, declined=declined, rejected=rejected, epsilon=max(epsilons) if epsilons else None)
             if on_round is not None:
                 on_round(row, arrays)
             progress.update(task, advance=1, status=f"test R²={row.test_r2:.4f} loss={row.train_loss:.4f}")
     return arrays, history
+
+
+def _budget_code() -> int:
+    """``Error.code`` of a node declining a round (privacy budget spent)."""
+    try:
+        from astroscale_fl.privacy import BUDGET_EXCEEDED_CODE
+    except ImportError:  # privacy package absent
+        return -1
+    return int(BUDGET_EXCEEDED_CODE)

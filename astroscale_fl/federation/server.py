@@ -10,6 +10,7 @@ history are restored.
 
 from __future__ import annotations
 
+import re
 import time
 from logging import INFO
 from pathlib import Path
@@ -34,6 +35,7 @@ from astroscale_fl.history import RoundRecord, write_history
 from astroscale_fl.models import build_model
 from astroscale_fl.observability import RunMetrics, serve
 from astroscale_fl.preprocessing import Pipeline
+from astroscale_fl.privacy.card import privacy_section
 from astroscale_fl.tasks import get_task
 from astroscale_fl.training import evaluate
 
@@ -86,13 +88,17 @@ def run_federation(grid: Grid, cfg: DictConfig, strategy: Strategy, out_dir: str
     initial = model_to_arrays(model)
     initial_rmse, initial_r2 = central_eval(initial)
     rows: list[RoundRecord] = []
-    extra = {"train_rows": train_rows, "initial_test_r2": initial_r2, "initial_test_rmse": initial_rmse, "declined": {}}
+    extra = {"train_rows": train_rows, "initial_test_r2": initial_r2, "initial_test_rmse": initial_rmse, "declined": {}, "rejected": {},
+             "privacy_entries": [], "privacy_declines": []}
     start_round = 1
     if resumed is not None:
         initial = numpy_to_arrays(resumed.model)
         if hasattr(strategy, "load_state_dict"):
             strategy.load_state_dict(resumed.strategy)
         rows = list(resumed.history)
+        for row in rows:  # per-round counts that history.csv does not hold
+            row.nodes_declined = int(resumed.extra.get("declined", {}).get(str(row.round), 0))
+            row.nodes_rejected = int(resumed.extra.get("rejected", {}).get(str(row.round), 0))
         extra.update({k: v for k, v in resumed.extra.items() if k in extra})
         start_round = resumed.round + 1
         metrics_obj.restore(rows)
@@ -101,6 +107,9 @@ def run_federation(grid: Grid, cfg: DictConfig, strategy: Strategy, out_dir: str
     def on_round(row: RoundRecord, arrays: ArrayRecord) -> None:
         rows.append(row)
         extra["declined"][str(row.round)] = int(getattr(row, "nodes_declined", 0))
+        extra["rejected"][str(row.round)] = int(getattr(row, "nodes_rejected", 0))
+        extra["privacy_entries"].extend(getattr(row, "privacy_entries", []))
+        extra["privacy_declines"].extend({"round": row.round, "reason": r} for r in getattr(row, "declines", []))
         write_history(out_dir / "history.csv", rows)
         if fed.checkpoint:
             state = strategy.state_dict() if hasattr(strategy, "state_dict") else {}
@@ -130,13 +139,17 @@ def run_federation(grid: Grid, cfg: DictConfig, strategy: Strategy, out_dir: str
         "bytes_up": sum(r.bytes_up for r in history),
         "nodes_failed": sum(r.nodes_failed for r in history),
         "nodes_declined": sum(int(v) for v in extra["declined"].values()),
+        "replies_rejected": sum(int(v) for v in extra["rejected"].values()),
         "resumed_from_round": None if resumed is None else resumed.round,
         "train_rows": train_rows,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
+    privacy = privacy_summary(cfg, extra["privacy_entries"], extra["privacy_declines"])
+    metrics["privacy"] = privacy
     params = strategy.params() if hasattr(strategy, "params") else {}
     example = test.iloc[0]
     card = build_card(task, cfg, pipeline, {k: metrics[k] for k in ("test_rmse", "test_r2", "test_rows", "train_rows")}, params, extra={
+        "privacy": privacy["card"],
         "example": {"inputs": [float(example[n]) for n in task.input_names], "target": float(example[task.target]), "id": str(test["id"].iloc[0])},
     })
     model_dir = export_model(out_dir / "model", model, pipeline, card)
@@ -145,6 +158,24 @@ def run_federation(grid: Grid, cfg: DictConfig, strategy: Strategy, out_dir: str
         publish(model_dir, Path(cfg.output.models_dir) / task.name / "latest")
     log(INFO, "done: test R²=%.4f RMSE=%.4f in %.1f s -> %s", final.r2, final.rmse, wall, out_dir)
     return metrics
+
+
+def privacy_summary(cfg: DictConfig, entries: list[dict], declines: list[dict]) -> dict[str, Any]:
+    """The run's privacy outcome: the model card section (recomputable ε per node), the
+    largest ε, and which nodes stopped (declined for budget) at what ε."""
+    if cfg.privacy.name == "none":
+        return {"card": {"name": "none"}, "max_epsilon": None, "stopped_nodes": []}
+    section = {"name": cfg.privacy.name, **privacy_section(entries, mechanism=cfg.privacy.name)}
+    spent = {n["node"]: n["epsilon"] for n in section["nodes"]}
+    stopped: dict[str, dict] = {}
+    for decline in declines:
+        match = re.match(r"node (\S+) declines", decline["reason"])
+        node = match.group(1) if match else "?"
+        stopped.setdefault(node, {"node": node, "first_declined_round": decline["round"],
+                                  "epsilon": spent.get(node), "reason": decline["reason"]})
+    if stopped:
+        log(INFO, "privacy: node(s) %s stopped at their ε budget", ", ".join(sorted(stopped)))
+    return {"card": section, "max_epsilon": section["max_epsilon"], "stopped_nodes": list(stopped.values())}
 
 
 def publish(model_dir: Path, target: Path) -> Path:

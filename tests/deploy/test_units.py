@@ -60,10 +60,11 @@ def test_metrics_names_and_http():
     assert serve(metrics, port, "127.0.0.1")
     metrics.round_started(1)
     metrics.round_finished(RoundRecord(round=1, wall_seconds=1.5, nodes_sampled=3, nodes_replied=2, nodes_failed=1,
-                                       bytes_down=100, bytes_up=50, train_loss=0.2, test_r2=0.9), declined=1, epsilon=2.0)
+                                       bytes_down=100, bytes_up=50, train_loss=0.2, test_r2=0.9), declined=1, rejected=2,
+                           epsilon=2.0)
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     for line in ("astroscale_fl_rounds_completed_total 1.0", "astroscale_fl_current_round 1.0",
-                 "astroscale_fl_nodes_failed_total 1.0", "astroscale_fl_nodes_declined_total 1.0",
+                 "astroscale_fl_nodes_failed_total 1.0", "astroscale_fl_nodes_declined_total 1.0", "astroscale_fl_replies_rejected_total 2.0",
                  "astroscale_fl_download_bytes_total 100.0", "astroscale_fl_upload_bytes_total 50.0",
                  "astroscale_fl_round_duration_seconds_count 1.0", "astroscale_fl_test_r2 0.9",
                  "astroscale_fl_privacy_epsilon_max 2.0"):
