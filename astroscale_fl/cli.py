@@ -4,6 +4,7 @@ Subcommands
   train     federated training as a Hydra app (``astroscale-fl train --help`` for Hydra's help)
   predict   predictions from an exported model (same as ``python scripts/predict.py``)
   compare   summary table and curves of a multirun
+  serve     HTTP predict service (POST /predict, /predict/batch, /healthz, /metrics)
   ingest    download a survey catalog into the common schema
 """
 
@@ -20,6 +21,7 @@ commands:
                          e.g. astroscale-fl train strategy=fedavg partition=iid federation.num_rounds=10
   predict                predict with an exported model (see astroscale-fl predict --help)
   compare DIR            summarise a multirun: summary.csv, summary.md, curves.png
+  serve                  HTTP predict service (see astroscale-fl serve --help)
   ingest                 download a survey catalog (see astroscale-fl ingest --help)
 
 Run `astroscale-fl <command> --help` for a command's options.
@@ -45,11 +47,15 @@ def main(argv: list[str] | None = None) -> int:
         from astroscale_fl.compare import main as compare_main
 
         return compare_main(rest)
+    if command == "serve":
+        from astroscale_fl.serve import main as serve_main
+
+        return serve_main(rest)
     if command == "ingest":
         from astroscale_fl.ingest.cli import main as ingest_main
 
         return ingest_main(rest)
-    print(f"error: unknown command {command!r}; expected train, predict, compare or ingest", file=sys.stderr)
+    print(f"error: unknown command {command!r}; expected train, predict, compare, serve or ingest", file=sys.stderr)
     return 2
 
 

@@ -39,8 +39,8 @@ class Predictor:
         self.target = self.card["target"]["name"]
         self.output_name = f"predicted_{self.target}"
 
-    def predict_frame(self, frame: pd.DataFrame) -> np.ndarray:
-        """Predictions (target units) for every row of a frame with the input columns."""
+    def predict_frame(self, frame) -> np.ndarray:
+        """Predictions (target units) for every row of a DataFrame (or mapping of column -> array)."""
         features = torch.from_numpy(self.pipeline.transform_features(frame)).to(self.device)
         return self.pipeline.target.inverse(model_predict(self.model, features))
 
@@ -58,7 +58,7 @@ class Predictor:
         """Prediction for one object; ``values`` in the model card's input order."""
         row = dict(zip(self.inputs, values, strict=True))
         self.check_values(row)
-        return float(self.predict_frame(pd.DataFrame([row]))[0])
+        return float(self.predict_frame({k: np.array([v], dtype=np.float64) for k, v in row.items()})[0])
 
     def invalid_reasons(self, frame: pd.DataFrame) -> pd.Series:
         """Per row: '' when all inputs are valid, else why not (first problem per row)."""

@@ -171,6 +171,10 @@ class Scaler(Step):
         self.scale = _select(stats, self.columns, spread)
         return self
 
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Scaler:
+        return super().from_state({"clip": None, **state})  # models exported before clipping existed
+
     def transform(self, frame) -> Columns:
         columns = dict(frame) if isinstance(frame, dict) else {k: np.asarray(frame[k]) for k in frame.keys()}
         for name in self.columns:

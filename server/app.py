@@ -15,6 +15,7 @@ from flwr.serverapp import Grid, ServerApp
 from omegaconf import DictConfig
 
 from astroscale_fl import config
+from astroscale_fl.data import resolve_num_nodes
 from astroscale_fl.federation.server import run_federation
 from strategies import build_strategy
 
@@ -36,6 +37,6 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Entry point for ``flwr run .``: config from run-config ``overrides``."""
-    cfg = config.validate(config.compose(str(context.run_config.get("overrides", ""))))
+    cfg = resolve_num_nodes(config.validate(config.compose(str(context.run_config.get("overrides", "")))))
     out_dir = str(context.run_config.get("output-dir", "")) or f"outputs/flwr/{dt.datetime.now():%Y-%m-%d/%H-%M-%S}"
     run_federation(grid, cfg, build_strategy(cfg), out_dir)
