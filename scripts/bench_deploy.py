@@ -97,12 +97,21 @@ print("BENCH " + json.dumps(out))
 """
 
 
+CPU: dict[str, float] = {}  # CPU seconds (user + sys) of the same commands: robust to a busy machine
+
+
 def median_of(cmd: list[str], repeat: int, env: dict) -> float:
-    vals = []
+    import resource
+
+    vals, cpu = [], []
     for _ in range(repeat):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t = time.perf_counter()
         subprocess.run(cmd, check=True, capture_output=True, env=env, cwd=ROOT)
         vals.append(time.perf_counter() - t)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+    CPU[cmd[-1]] = statistics.median(cpu)
     return statistics.median(vals)
 
 
@@ -136,6 +145,7 @@ def main() -> int:
             print(out.stdout[-3000:], out.stderr[-3000:], file=sys.stderr)
             return 1
         results["message"] = json.loads(line[0][6:])
+        results["import_cpu_seconds"] = dict(CPU)
         if not args.no_deploy:
             from astroscale_fl.deploy.local import LocalFederation
 
@@ -170,6 +180,9 @@ def report(r: dict) -> None:
     print(f"rows per node: {[n['rows'] for n in nodes]}; slowest node's local training: {train:.3f} s")
     print(f"fresh process: python {r['python_startup']:.2f} s, +flwr {r['import_flwr']:.2f} s, "
           f"torch alone {r['import_torch']:.2f} s, clients.app (ours, includes flwr+torch+pandas) {r['import_clients_app']:.2f} s")
+    cpu = r.get("import_cpu_seconds", {})
+    if cpu:
+        print("CPU seconds of a fresh process: " + ", ".join(f"`{k}` {v:.2f}" for k, v in cpu.items()))
     print(f"per message, ours: imports beyond flwr {ours_import:.2f} s, read+encode rows {data:.3f} s "
           f"(disk cache load instead: {disk:.4f} s), config+pipeline decode {decode:.3f} s, serialise reply {ser:.4f} s")
     if "round_wall" in r:

@@ -35,3 +35,30 @@ def cli_env() -> dict[str, str]:
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("RAY_DEDUP_LOGS", "1")
     return env
+
+
+def train_and_export(directory: Path, frame, rows: int = 3000, epochs: int = 2):
+    """A briefly trained MLP (hipparcos_absmag, widths [32, 16]) exported to ``directory``.
+
+    Returns (model directory, in-memory model, pipeline).
+    """
+    import torch
+
+    from astroscale_fl import config
+    from astroscale_fl.export import build_card, export_model
+    from astroscale_fl.models import build_model
+    from astroscale_fl.preprocessing import Pipeline
+    from astroscale_fl.tasks import get_task
+    from astroscale_fl.training import make_optimizer, shuffled_batches, train_local
+
+    cfg = config.validate(config.compose(["model.widths=[32,16]"]))
+    task = get_task("hipparcos_absmag")
+    train = frame.iloc[:rows]
+    pipeline = Pipeline.build(task).fit(train)
+    x = torch.from_numpy(pipeline.transform_features(train))
+    y = torch.from_numpy(pipeline.transform_target(train))
+    model = build_model(cfg.model, x.shape[1], seed=0)
+    train_local(model, make_optimizer(model.parameters(), "adam", 1e-3), x, y,
+                shuffled_batches(len(y), 64, epochs, torch.Generator().manual_seed(0)))
+    card = build_card(task, cfg, pipeline, {"test_r2": 0.0}, {"server_lr": 1.0})
+    return export_model(directory / "model", model, pipeline, card), model, pipeline

@@ -8,31 +8,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-from astroscale_fl import config
-from astroscale_fl.export import build_card, export_model, load_exported
-from astroscale_fl.models import build_model
+from astroscale_fl.export import load_exported
 from astroscale_fl.predict import Predictor
-from astroscale_fl.preprocessing import Pipeline
-from astroscale_fl.tasks import get_task
-from astroscale_fl.training import make_optimizer, predict, shuffled_batches, train_local
-from tests.conftest import ROOT, cli_env
+from astroscale_fl.training import predict
+from tests.conftest import ROOT, cli_env, train_and_export
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, absmag_frame):
     """A briefly trained MLP exported to a model directory, with its in-memory twin."""
-    cfg = config.validate(config.compose(["model.widths=[32,16]"]))
-    task = get_task("hipparcos_absmag")
-    train = absmag_frame.iloc[:3000]
-    pipeline = Pipeline.build(task).fit(train)
-    x = torch.from_numpy(pipeline.transform_features(train))
-    y = torch.from_numpy(pipeline.transform_target(train))
-    model = build_model(cfg.model, x.shape[1], seed=0)
-    train_local(model, make_optimizer(model.parameters(), "adam", 1e-3), x, y, shuffled_batches(len(y), 64, 2, torch.Generator().manual_seed(0)))
-    card = build_card(task, cfg, pipeline, {"test_r2": 0.0}, {"server_lr": 1.0})
-    path = export_model(tmp_path_factory.mktemp("export") / "model", model, pipeline, card)
+    path, model, pipeline = train_and_export(tmp_path_factory.mktemp("export"), absmag_frame)
     return path, model, pipeline, absmag_frame.iloc[3000:3200].reset_index(drop=True)
 
 

@@ -13,17 +13,11 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
-from astroscale_fl import config
-from astroscale_fl.export import build_card, export_model
-from astroscale_fl.models import build_model
 from astroscale_fl.predict import Predictor
-from astroscale_fl.preprocessing import Pipeline
 from astroscale_fl.serve import InputSchema, Invalid, MicroBatcher
 from astroscale_fl.tasks import get_task
-from astroscale_fl.training import make_optimizer, shuffled_batches, train_local
-from tests.conftest import ROOT, cli_env
+from tests.conftest import ROOT, cli_env, train_and_export
 
 pytestmark = pytest.mark.slow
 MAX_BODY = 64 * 1024
@@ -33,17 +27,7 @@ MAX_BATCH = 50
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, absmag_frame):
     """A briefly trained MLP exported to a model directory, and rows it has not seen."""
-    cfg = config.validate(config.compose(["model.widths=[32,16]"]))
-    task = get_task("hipparcos_absmag")
-    train = absmag_frame.iloc[:3000]
-    pipeline = Pipeline.build(task).fit(train)
-    x = torch.from_numpy(pipeline.transform_features(train))
-    y = torch.from_numpy(pipeline.transform_target(train))
-    model = build_model(cfg.model, x.shape[1], seed=0)
-    train_local(model, make_optimizer(model.parameters(), "adam", 1e-3), x, y,
-                shuffled_batches(len(y), 64, 1, torch.Generator().manual_seed(0)))
-    card = build_card(task, cfg, pipeline, {"test_r2": 0.0}, {"server_lr": 1.0})
-    path = export_model(tmp_path_factory.mktemp("serve") / "model", model, pipeline, card)
+    path, _, _ = train_and_export(tmp_path_factory.mktemp("serve"), absmag_frame, epochs=1)
     return path, absmag_frame.iloc[3000:3100].reset_index(drop=True)
 
 

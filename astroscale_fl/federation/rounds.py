@@ -208,7 +208,7 @@ def run_rounds(
                     continue
                 accepted.append(reply)
             row.nodes_replied, row.nodes_failed = len(accepted), failed
-            row.nodes_declined, row.nodes_rejected = declined, rejected  # not history.csv columns; metrics.json, /metrics
+            row.nodes_declined, row.nodes_rejected = declined, rejected  # rejected: metrics.json and /metrics only
             if len(accepted) < max(1, policy.min_replies):
                 raise FederationError(
                     f"round {server_round}: {len(accepted)} valid replies, fewer than federation.min_replies={policy.min_replies} "
@@ -244,7 +244,8 @@ def run_rounds(
                 metrics.round_finished(row, declined=declined, rejected=rejected, epsilon=max(epsilons) if epsilons else None)
             if on_round is not None:
                 on_round(row, arrays)
-            progress.update(task, advance=1, status=f"test R²={row.test_r2:.4f} loss={row.train_loss:.4f}")
+            detail = f"ε={row.max_epsilon:.2f}" if math.isfinite(row.max_epsilon) else f"loss={row.train_loss:.4f}"
+            progress.update(task, advance=1, status=f"test R²={row.test_r2:.4f} {detail}")
     return arrays, history
 
 

@@ -112,29 +112,6 @@ def _cumulative_scalar(rhoT, CT, sl: slice, log_d: float):
 EDGES3 = EDGES**3
 
 
-galactocentric = galaxy.galactocentric
-
-
-def cumulative_at(rho, C, row, log_d):
-    """Integral of rho d^2 from 0 to d = 10**log_d along table row(s) ``row`` (C flattened)."""
-    log_d = np.minimum(log_d, LOG_D_MAX)
-    j = np.clip(np.floor((log_d - LOG_D_MIN) / DLOG_D) + 1.0, 0.0, ND - 1.0).astype(np.intp)
-    j = np.where(log_d < LOG_D_MIN, 0, j)
-    flat_r = row * ND + j
-    flat_c = row * (ND + 1) + j
-    return C.ravel()[flat_c] + rho.ravel()[flat_r] * (np.power(10.0, 3.0 * log_d) - EDGES3[j]) / 3.0
-
-
-def _cumulative_scalar(rhoT, CT, sl: slice, log_d: float):
-    """:func:`cumulative_at` for one distance and a slice of rows (transposed tables)."""
-    log_d = min(log_d, LOG_D_MAX)
-    j = 0 if log_d < LOG_D_MIN else int(min(np.floor((log_d - LOG_D_MIN) / DLOG_D) + 1, ND - 1))
-    return CT[j, sl] + rhoT[j, sl] * ((10.0 ** (3.0 * log_d) - EDGES3[j]) / 3.0)
-
-
-EDGES3 = EDGES**3
-
-
 def log_window(M, survey: Survey):
     """Extinction-free window in log10 distance (pc) where absolute magnitude M is inside the survey."""
     return (survey.mag_bright - M + 5.0) / 5.0, (survey.mag_faint - M + 5.0) / 5.0

@@ -6,7 +6,6 @@ import hashlib
 import re
 
 import numpy as np
-import pytest
 from astropy.io import fits
 
 from .conftest import read_out
