@@ -22,6 +22,8 @@ commands:
   predict                predict with an exported model (see astroscale-fl predict --help)
   compare DIR            summarise a multirun: summary.csv, summary.md, curves.png
   serve                  HTTP predict service (see astroscale-fl serve --help)
+  node-data DIR          write N node data directories for a deployment (see --help)
+  status                 runs and SuperNodes the SuperLink knows (see --help)
   ingest                 download a survey catalog (see astroscale-fl ingest --help)
 
 Run `astroscale-fl <command> --help` for a command's options.
@@ -51,11 +53,19 @@ def main(argv: list[str] | None = None) -> int:
         from astroscale_fl.serve import main as serve_main
 
         return serve_main(rest)
+    if command == "node-data":
+        from astroscale_fl.deploy.cli import node_data_main
+
+        return node_data_main(rest)
+    if command == "status":
+        from astroscale_fl.deploy.cli import status_main
+
+        return status_main(rest)
     if command == "ingest":
         from astroscale_fl.ingest.cli import main as ingest_main
 
         return ingest_main(rest)
-    print(f"error: unknown command {command!r}; expected train, predict, compare, serve or ingest", file=sys.stderr)
+    print(f"error: unknown command {command!r}; expected train, predict, compare, serve, node-data, status or ingest", file=sys.stderr)
     return 2
 
 

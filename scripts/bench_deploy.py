@@ -147,7 +147,9 @@ def main() -> int:
         results["message"] = json.loads(line[0][6:])
         results["import_cpu_seconds"] = dict(CPU)
         if not args.no_deploy:
-            from astroscale_fl.deploy.local import LocalFederation
+            from astroscale_fl.deploy.local import LocalFederation, install_cleanup_handlers
+
+            install_cleanup_handlers()
 
             run_dir = Path(tmp) / "run"
             with LocalFederation(Path(tmp) / "fed") as fed:

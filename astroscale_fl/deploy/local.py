@@ -47,6 +47,35 @@ def run_config_arg(overrides: list[str] | str, out_dir: str | Path) -> str:
     return f'overrides="{esc(text)}" output-dir="{esc(Path(out_dir).resolve())}"'
 
 
+_LIVE: list[LocalFederation] = []
+
+
+def close_all() -> None:
+    """Stop every federation this process started that is still up (signal handlers, atexit)."""
+    for fed in list(_LIVE):
+        fed.close(grace=5.0)
+
+
+def install_cleanup_handlers() -> None:
+    """On SIGTERM / SIGHUP (a CI timeout, a closed terminal) and at exit, stop our federations first.
+
+    Their processes live in their own sessions (so Ctrl-C reaches only us), hence nothing else
+    would stop them if this process died without running its ``finally`` blocks.
+    """
+    import atexit
+
+    atexit.register(close_all)
+
+    def handler(signum, _frame):
+        close_all()
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) in (signal.SIG_DFL, None):
+            signal.signal(sig, handler)
+
+
 class LocalFederation:
     """Start, drive and stop a local SuperLink and its SuperNodes."""
 
@@ -68,6 +97,7 @@ class LocalFederation:
         self.env["FLWR_HOME"] = str(self.home)
         self.env.setdefault("PYTHONUNBUFFERED", "1")
         self.env.pop("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", None)
+        _LIVE.append(self)
 
     # -- set-up ------------------------------------------------------------------------------
 
@@ -185,6 +215,8 @@ class LocalFederation:
                 proc.wait(timeout=5)
         self.procs.clear()
         self.nodes.clear()
+        if self in _LIVE:
+            _LIVE.remove(self)
 
     def __enter__(self) -> LocalFederation:
         return self

@@ -72,11 +72,18 @@ def node_tensors(cfg: DictConfig, node_config: dict, pipeline: Pipeline, pipelin
     """Encode the node's rows with the global pipeline, once per (node, pipeline, device)."""
     key = _key(repr(sorted(node_config.items())), str(cfg.task), str(cfg.partition), str(cfg.seed), pipeline_key, str(device))
     if key not in _TENSORS:
-        train, val = node_split(cfg, node_config)
-        encode = lambda frame: torch.from_numpy(pipeline.transform_features(frame)).to(device)  # noqa: E731
-        target = lambda frame: torch.from_numpy(pipeline.transform_target(frame)).to(device)  # noqa: E731
+        from astroscale_fl.deploy.cache import cached_arrays
+
+        def compute() -> dict[str, np.ndarray]:
+            train, val = node_split(cfg, node_config)
+            return {"train_x": pipeline.transform_features(train), "train_y": pipeline.transform_target(train),
+                    "val_x": pipeline.transform_features(val), "val_y": pipeline.transform_target(val)}
+
+        # deployment: Flower starts a fresh process per message; keep encoded rows in <data-dir>/.astroscale-cache
+        cache_key = _key(str(cfg.task), str(cfg.partition), str(cfg.seed), str(LOCAL_VAL_FRACTION), pipeline_key)
+        arrays = cached_arrays(node_config.get("data-dir"), cache_key, compute)
         _TENSORS.clear()  # one node's tensors at a time per process keeps memory flat
-        _TENSORS[key] = NodeTensors(encode(train), target(train), encode(val), target(val))
+        _TENSORS[key] = NodeTensors(*(torch.from_numpy(arrays[k]).to(device) for k in ("train_x", "train_y", "val_x", "val_y")))
     return _TENSORS[key]
 
 

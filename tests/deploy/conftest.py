@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from astroscale_fl.deploy.local import LocalFederation, free_port
+from astroscale_fl.deploy.local import LocalFederation, free_port, install_cleanup_handlers
 
 # Tiny rounds: ~1,900 stars, a 16-unit MLP, no federated evaluation (one message per node per round).
 TINY = ["model.widths=[16]", "task.min_parallax_snr=50", "federation.fraction_evaluate=0", "output.publish=false"]
@@ -25,6 +25,7 @@ RUN_TIMEOUT = 240.0
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory):
     """SuperLink (TLS + node auth) with 3 node keys and data for 3 nodes; 2 SuperNodes running."""
+    install_cleanup_handlers()  # pytest killed by SIGTERM (CI timeout) skips finalizers: stop the processes anyway
     fed = LocalFederation(tmp_path_factory.mktemp("federation"))
     try:
         fed.prepare(3, [*TINY, "federation.num_nodes=3"], num_keys=4)
