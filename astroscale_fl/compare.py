@@ -87,7 +87,7 @@ def to_markdown(table: pd.DataFrame, target_r2: float) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in table.itertuples():
         lines.append("| " + " | ".join([
-            r.strategy, r.partition, fmt(r.test_rmse, ".4f"), fmt(r.test_r2, ".4f"), fmt(r.gap_to_centralized_r2, "+.4f"),
+            r.strategy, r.partition, fmt(r.test_rmse, ".4g"), fmt(r.test_r2, ".4f"), fmt(r.gap_to_centralized_r2, "+.4f"),
             "—" if r.rounds_to_target is None or (isinstance(r.rounds_to_target, float) and math.isnan(r.rounds_to_target)) else str(int(r.rounds_to_target)),
             fmt(r.wall_seconds, ".1f"), fmt(r.bytes_up / 1e6, ".2f"), fmt(r.bytes_down / 1e6, ".2f"),
         ]) + " |")
