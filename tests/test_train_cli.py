@@ -85,3 +85,25 @@ def test_bad_inputs_fail_with_one_line_and_write_nothing(tmp_path, override, nee
 def test_help_explains():
     out = subprocess.run([*CLI, "--help"], capture_output=True, text=True, env=cli_env(), timeout=60)
     assert out.returncode == 0 and "train" in out.stdout and "predict" in out.stdout
+
+
+@pytest.mark.slow
+def test_centralized_reference_and_compare(run_dir):
+    """mode=centralized writes the same outputs; compare summarises runs beside it."""
+    out = train("mode=centralized", "federation.num_rounds=2", "model.widths=[32]", "output.publish=false",
+                f"hydra.run.dir={run_dir / 'centralized'}")
+    assert out.returncode == 0, out.stderr[-2000:]
+    central = json.loads((run_dir / "centralized" / "metrics.json").read_text())
+    assert central["mode"] == "centralized" and central["rounds"] == 2
+    done = subprocess.run([*CLI, "compare", str(run_dir), "--target-r2", "0.5"], capture_output=True, text=True,
+                          env=cli_env(), timeout=120)
+    assert done.returncode == 0, done.stderr
+    with open(run_dir / "summary.csv") as fh:
+        rows = {r["strategy"]: r for r in csv.DictReader(fh)}
+    assert set(rows) == {"fedavg", "centralized"}
+    fed = json.loads((run_dir / "run" / "metrics.json").read_text())
+    assert float(rows["fedavg"]["test_r2"]) == pytest.approx(fed["test_r2"])
+    assert float(rows["fedavg"]["gap_to_centralized_r2"]) == pytest.approx(central["test_r2"] - fed["test_r2"])
+    assert int(rows["fedavg"]["bytes_up"]) == fed["bytes_up"] > 0
+    assert (run_dir / "summary.md").read_text().startswith("| strategy")
+    assert (run_dir / "curves.png").read_bytes()[:4] == b"\x89PNG"
