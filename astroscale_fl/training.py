@@ -49,6 +49,12 @@ def shuffled_batches(num_rows: int, batch_size: int, epochs: int, generator: tor
         yield from torch.split(order, batch_size)
 
 
+def batch_loss(model: nn.Module, features: torch.Tensor, target: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Mean squared error on the rows ``index`` (an empty batch gives a zero loss with a graph)."""
+    prediction = model(features[index])
+    return nn.functional.mse_loss(prediction, target[index]) if len(index) else prediction.sum() * 0.0
+
+
 def train_local(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -65,8 +71,7 @@ def train_local(
     for index in batches:
         index = index.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
-        prediction = model(features[index])
-        loss = nn.functional.mse_loss(prediction, target[index]) if len(index) else prediction.sum() * 0.0
+        loss = batch_loss(model, features, target, index)
         total += loss.detach()
         if extra_loss is not None:
             loss = loss + extra_loss(model)

@@ -70,7 +70,7 @@ import torch
 from torch import nn
 
 from astroscale_fl.errors import ConfigError
-from astroscale_fl.training import ExtraLoss, GradHook, TrainReport
+from astroscale_fl.training import ExtraLoss, GradHook, TrainReport, batch_loss
 
 BACKENDS = ("auto", "ghost", "opacus")
 
@@ -420,8 +420,7 @@ def _dp_loop(private_model, model, dp_optimizer, params, features, target, batch
     for index in batches:
         index = index.to(device, non_blocking=True)
         dp_optimizer.zero_grad(set_to_none=True)
-        prediction = private_model(features[index])
-        loss = nn.functional.mse_loss(prediction, target[index]) if len(index) else prediction.sum() * 0.0
+        loss = batch_loss(private_model, features, target, index)
         total += loss.detach()
         if fast:
             dp_optimizer.private_backward(loss)
