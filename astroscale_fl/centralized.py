@@ -24,7 +24,7 @@ from astroscale_fl.history import RoundRecord, write_history
 from astroscale_fl.models import build_model
 from astroscale_fl.preprocessing import Pipeline
 from astroscale_fl.tasks import get_task
-from astroscale_fl.training import evaluate, make_optimizer, shuffled_batches, train_local
+from astroscale_fl.training import encode_rows, evaluate, make_optimizer, shuffled_batches, train_local
 
 
 def run_centralized(cfg: DictConfig, out_dir: str | Path, show_progress: bool = True) -> dict[str, Any]:
@@ -37,9 +37,7 @@ def run_centralized(cfg: DictConfig, out_dir: str | Path, show_progress: bool = 
     task = get_task(cfg.task)
     train, test = task_split(cfg)
     pipeline = Pipeline.from_config(task, cfg).fit(train)
-    encode = lambda f: (torch.from_numpy(pipeline.transform_features(f)).to(device),  # noqa: E731
-                        torch.from_numpy(pipeline.transform_target(f)).to(device))
-    (train_x, train_y), (test_x, test_y) = encode(train), encode(test)
+    (train_x, train_y), (test_x, test_y) = encode_rows(pipeline, train, device), encode_rows(pipeline, test, device)
     model = build_model(cfg.model, len(pipeline.features), int(cfg.seed)).to(device)
     optimizer = make_optimizer(model.parameters(), cfg.train.optimizer, cfg.train.lr, cfg.train.momentum, cfg.train.weight_decay)
     generator = torch.Generator().manual_seed(int(cfg.seed))

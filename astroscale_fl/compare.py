@@ -30,7 +30,7 @@ SUMMARY_COLUMNS = ["mode", "strategy", "partition", "seed", "test_rmse", "test_r
 
 def find_jobs(root: Path) -> list[Path]:
     """Job directories below ``root`` (any depth) with a metrics.json and a history.csv."""
-    return sorted(p.parent for p in root.rglob("metrics.json") if (p.parent / "history.csv").is_file() and "model" != p.parent.name)
+    return sorted(p.parent for p in root.rglob("metrics.json") if (p.parent / "history.csv").is_file())
 
 
 def load_job(job: Path, target_r2: float) -> tuple[dict, pd.DataFrame]:

@@ -22,6 +22,7 @@ import torch
 from astroscale_fl.atomic import atomic_path
 from astroscale_fl.errors import DataError, report_user_errors
 from astroscale_fl.export import load_exported
+from astroscale_fl.tables import read_table, write_table
 from astroscale_fl.training import predict as model_predict
 
 DEFAULT_TASK = "survey_redshift"
@@ -73,30 +74,6 @@ class Predictor:
             out = np.isfinite(values) & ((values < low) | (values > high))
             reasons[out] = f"{name}: outside [{low}, {high}]"
         return reasons
-
-
-def read_table(path: Path) -> pd.DataFrame:
-    """A CSV or Parquet table (by extension)."""
-    if not path.is_file():
-        raise DataError(f"input file not found: {path}")
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".parquet":
-            return pd.read_parquet(path)
-        if suffix == ".csv":
-            return pd.read_csv(path)
-    except Exception as exc:  # pyarrow / pandas parse errors
-        raise DataError(f"{path}: cannot read ({str(exc).splitlines()[0]})") from None
-    raise DataError(f"{path}: expected a .csv or .parquet file")
-
-
-def write_table(frame: pd.DataFrame, path: Path) -> None:
-    """Write a table as CSV or Parquet (by extension), atomically."""
-    suffix = path.suffix.lower()
-    if suffix not in (".csv", ".parquet"):
-        raise DataError(f"{path}: expected a .csv or .parquet output file")
-    with atomic_path(path) as tmp:
-        frame.to_parquet(tmp, index=False) if suffix == ".parquet" else frame.to_csv(tmp, index=False)
 
 
 def predict_table(predictor: Predictor, input_path: Path, output_path: Path) -> tuple[int, int]:

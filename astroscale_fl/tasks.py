@@ -16,6 +16,7 @@ import pandas as pd
 from astroscale_fl.errors import ConfigError, DataError
 from astroscale_fl.sources import hipparcos
 from astroscale_fl.split import PartitionColumns
+from astroscale_fl.tables import read_table
 
 
 @dataclass(frozen=True)
@@ -104,30 +105,13 @@ HIPPARCOS_ABSMAG = TaskSpec(
 # --- catalog: any table a user brings -------------------------------------------------------
 
 
-def read_catalog_table(path: str) -> pd.DataFrame:
-    """A CSV or Parquet table, by extension, with a one-line error naming the file."""
-    from pathlib import Path
-
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"task.path: catalog file not found: {p}")
-    try:
-        if p.suffix.lower() == ".parquet":
-            return pd.read_parquet(p)
-        if p.suffix.lower() == ".csv":
-            return pd.read_csv(p)
-    except Exception as exc:  # pyarrow / pandas parse errors
-        raise DataError(f"{p}: cannot read ({str(exc).splitlines()[0]})") from None
-    raise DataError(f"task.path: {p} is not a .csv or .parquet file")
-
-
 def load_catalog(task_cfg) -> pd.DataFrame:
     """Rows of ``task.path`` passing ``task.filter`` with a finite target; all columns kept.
 
     Rows whose target is missing or non-finite cannot be learned from; they are dropped
     (the count is logged by the caller through the frame's ``attrs``).
     """
-    table = read_catalog_table(str(task_cfg.path))
+    table = read_table(str(task_cfg.path), role="task.path: catalog file")
     needed = list(task_cfg.features) + [task_cfg.target]
     missing = [c for c in needed if c not in table.columns]
     if missing:

@@ -83,6 +83,12 @@ def train_local(
     return TrainReport(loss=float(total) / max(steps, 1), steps=steps, examples=int(features.shape[0]))
 
 
+def encode_rows(pipeline, frame, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features, standardised target) of ``frame``'s rows as tensors on ``device``."""
+    return (torch.from_numpy(pipeline.transform_features(frame)).to(device),
+            torch.from_numpy(pipeline.transform_target(frame)).to(device))
+
+
 @torch.no_grad()
 def predict(model: nn.Module, features: torch.Tensor, chunk: int = 65536) -> np.ndarray:
     """Model outputs for every row, in chunks, as float64 numpy."""

@@ -37,7 +37,7 @@ from astroscale_fl.observability import RunMetrics, serve
 from astroscale_fl.preprocessing import Pipeline
 from astroscale_fl.privacy.card import privacy_section
 from astroscale_fl.tasks import get_task
-from astroscale_fl.training import evaluate
+from astroscale_fl.training import encode_rows, evaluate
 
 
 def run_federation(grid: Grid, cfg: DictConfig, strategy: Strategy, out_dir: str | Path, show_progress: bool = True) -> dict[str, Any]:
@@ -77,8 +77,7 @@ def run_federation(grid: Grid, cfg: DictConfig, strategy: Strategy, out_dir: str
 
     model = build_model(cfg.model, len(pipeline.features), int(cfg.seed)).to(device)
     _, test = task_split(cfg)
-    test_x = torch.from_numpy(pipeline.transform_features(test)).to(device)
-    test_y = torch.from_numpy(pipeline.transform_target(test)).to(device)
+    test_x, test_y = encode_rows(pipeline, test, device)
 
     def central_eval(arrays: ArrayRecord) -> tuple[float, float]:
         load_arrays(model, arrays)

@@ -1,0 +1,36 @@
+"""CSV / Parquet tables chosen by file extension, with one-line errors naming the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from astroscale_fl.atomic import atomic_path
+from astroscale_fl.errors import DataError
+
+SUFFIXES = (".csv", ".parquet")
+
+
+def read_table(path: str | Path, role: str = "input file") -> pd.DataFrame:
+    """Read a ``.csv`` or ``.parquet`` file; ``role`` names it in errors (e.g. ``task.path``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{role} not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise DataError(f"{role} {path}: expected a .csv or .parquet file")
+    try:
+        return pd.read_parquet(path) if suffix == ".parquet" else pd.read_csv(path)
+    except Exception as exc:  # pyarrow / pandas parse errors
+        raise DataError(f"{path}: cannot read ({str(exc).splitlines()[0]})") from None
+
+
+def write_table(frame: pd.DataFrame, path: str | Path) -> None:
+    """Write a table as CSV or Parquet (by extension), atomically."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise DataError(f"{path}: expected a .csv or .parquet output file")
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False) if suffix == ".parquet" else frame.to_csv(tmp, index=False)
