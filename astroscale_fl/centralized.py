@@ -16,10 +16,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from astroscale_fl.atomic import write_json
 from astroscale_fl.data import task_split
 from astroscale_fl.device import resolve_device
-from astroscale_fl.export import build_card, export_model
+from astroscale_fl.export import finish_run
 from astroscale_fl.history import RoundRecord, write_history
 from astroscale_fl.models import build_model
 from astroscale_fl.preprocessing import Pipeline
@@ -63,8 +62,5 @@ def run_centralized(cfg: DictConfig, out_dir: str | Path, show_progress: bool = 
         "rounds": epochs, "bytes_down": 0, "bytes_up": 0, "nodes_failed": 0, "train_rows": len(train),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
-    card = build_card(task, cfg, pipeline, {k: metrics[k] for k in ("test_rmse", "test_r2", "test_rows", "train_rows")},
-                      {}, extra={"mode": "centralized", "num_nodes": 1})
-    export_model(out_dir / "model", model.cpu(), pipeline, card)
-    write_json(out_dir / "metrics.json", metrics)
+    finish_run(out_dir, task, cfg, pipeline, model.cpu(), metrics, test, card_extra={"mode": "centralized", "num_nodes": 1})
     return metrics

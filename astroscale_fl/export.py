@@ -78,6 +78,38 @@ def export_model(path: str | Path, model: nn.Module, pipeline: Pipeline, card: d
     return Path(path)
 
 
+#: The metrics every model card repeats from the run's metrics.json.
+CARD_METRICS = ("test_rmse", "test_r2", "test_rows", "train_rows")
+
+
+def publish(model_dir: Path, target: Path) -> Path:
+    """Copy an exported model to ``target`` (e.g. models/<task>/latest), replacing it atomically."""
+    import shutil
+
+    with atomic_directory(target) as tmp:
+        for item in model_dir.iterdir():
+            shutil.copy2(item, tmp / item.name)
+    return target
+
+
+def finish_run(out_dir: Path, task, cfg, pipeline: Pipeline, model: nn.Module, metrics: dict[str, Any], test,
+               strategy_params: dict[str, Any] | None = None, card_extra: dict[str, Any] | None = None) -> Path:
+    """The end of every training run: export ``model/`` (its card carries the first test row as a
+    worked example), write ``metrics.json`` and, with ``output.publish``, publish the export as
+    ``<output.models_dir>/<task>/latest``.  Returns the model directory."""
+    example = test.iloc[0]
+    card = build_card(task, cfg, pipeline, {k: metrics[k] for k in CARD_METRICS}, strategy_params or {}, extra={
+        **(card_extra or {}),
+        "example": {"inputs": [float(example[n]) for n in task.input_names], "target": float(example[task.target]),
+                    "id": str(example["id"])},
+    })
+    model_dir = export_model(out_dir / "model", model, pipeline, card)
+    write_json(out_dir / "metrics.json", metrics)
+    if cfg.output.publish:
+        publish(model_dir, Path(cfg.output.models_dir) / task.name / "latest")
+    return model_dir
+
+
 def read_card(path: str | Path) -> dict[str, Any]:
     """The model card of an exported model directory."""
     card_path = Path(path) / CARD_FILE

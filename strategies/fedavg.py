@@ -153,11 +153,21 @@ class FedAvg(Strategy):
         return pooled_regression_metrics([m.content[METRICS_KEY] for m in valid])
 
 
+#: Per-node privacy guarantees: aggregated as the worst node's value, never averaged.
+WORST_CASE_METRICS = ("epsilon", "delta")
+
+
 def weighted_metrics(replies: list[Message], weights: list[float]) -> MetricRecord:
-    """Example-weighted mean of every numeric metric the replies share."""
+    """Example-weighted mean of every numeric metric the replies share (the max for privacy ones)."""
     total = float(sum(weights))
     keys = set.intersection(*(set(m.content[METRICS_KEY].keys()) for m in replies)) - {WEIGHT_KEY}
-    out = {k: float(sum(float(m.content[METRICS_KEY][k]) * w for m, w in zip(replies, weights)) / total) for k in sorted(keys)}
+    out = {}
+    for k in sorted(keys):
+        values = [float(m.content[METRICS_KEY][k]) for m in replies]
+        if k in WORST_CASE_METRICS:
+            out[k] = max(values)
+        else:
+            out[k] = sum(v * w for v, w in zip(values, weights)) / total
     out[WEIGHT_KEY] = int(total)
     return MetricRecord(out)
 

@@ -55,6 +55,15 @@ def test_weighting_by_examples_exact():
     assert out["x"][0] == 2.0
 
 
+def test_train_metrics_weighted_but_privacy_worst_case():
+    replies = [reply({"x": np.zeros(1, np.float32)}, 100, train_loss=1.0, epsilon=0.5, delta=1e-6),
+               reply({"x": np.zeros(1, np.float32)}, 300, train_loss=3.0, epsilon=4.0, delta=1e-5)]
+    _, metrics = FedAvg().aggregate_train(1, replies)
+    assert metrics["train_loss"] == pytest.approx(2.5)  # (100 * 1 + 300 * 3) / 400
+    assert metrics["epsilon"] == 4.0 and metrics["delta"] == 1e-5  # a guarantee is only as good as its worst node
+    assert metrics["num-examples"] == 400
+
+
 def test_order_of_replies_does_not_matter():
     _, _, replies = random_replies(7)
     a, _ = FedAvg().aggregate_train(1, replies)

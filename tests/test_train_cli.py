@@ -90,11 +90,16 @@ def test_help_explains():
 @pytest.mark.slow
 def test_centralized_reference_and_compare(run_dir):
     """mode=centralized writes the same outputs; compare summarises runs beside it."""
-    out = train("mode=centralized", "federation.num_rounds=2", "model.widths=[32]", "output.publish=false",
+    models = run_dir.parent / "central-models"
+    out = train("mode=centralized", "federation.num_rounds=2", "model.widths=[32]", f"output.models_dir={models}",
                 f"hydra.run.dir={run_dir / 'centralized'}")
     assert out.returncode == 0, out.stderr[-2000:]
     central = json.loads((run_dir / "centralized" / "metrics.json").read_text())
     assert central["mode"] == "centralized" and central["rounds"] == 2
+    # like a federated run, it publishes its export, whose card carries a worked example
+    card = json.loads((models / "hipparcos_absmag" / "latest" / "model_card.json").read_text())
+    assert card["mode"] == "centralized" and card["metrics"]["test_r2"] == pytest.approx(central["test_r2"])
+    assert len(card["example"]["inputs"]) == len(card["inputs"])
     done = subprocess.run([*CLI, "compare", str(run_dir), "--target-r2", "0.5"], capture_output=True, text=True,
                           env=cli_env(), timeout=120)
     assert done.returncode == 0, done.stderr

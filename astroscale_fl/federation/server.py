@@ -24,10 +24,9 @@ from flwr.serverapp.strategy import Strategy
 from omegaconf import DictConfig, OmegaConf
 
 from astroscale_fl import checkpoint as ckpt_mod
-from astroscale_fl.atomic import atomic_directory, write_json
 from astroscale_fl.errors import ConfigError
 from astroscale_fl.data import task_split
-from astroscale_fl.export import build_card, export_model
+from astroscale_fl.export import finish_run
 from astroscale_fl.federation.messages import round_config
 from astroscale_fl.federation.records import arrays_to_numpy, load_arrays, model_to_arrays, numpy_to_arrays
 from astroscale_fl.federation.rounds import RoundPolicy, federated_statistics, run_rounds, wait_for_nodes
@@ -146,15 +145,7 @@ def run_federation(grid: Grid, cfg: DictConfig, strategy: Strategy, out_dir: str
     privacy = privacy_summary(cfg, extra["privacy_entries"], extra["privacy_declines"])
     metrics["privacy"] = privacy
     params = strategy.params() if hasattr(strategy, "params") else {}
-    example = test.iloc[0]
-    card = build_card(task, cfg, pipeline, {k: metrics[k] for k in ("test_rmse", "test_r2", "test_rows", "train_rows")}, params, extra={
-        "privacy": privacy["card"],
-        "example": {"inputs": [float(example[n]) for n in task.input_names], "target": float(example[task.target]), "id": str(test["id"].iloc[0])},
-    })
-    model_dir = export_model(out_dir / "model", model, pipeline, card)
-    write_json(out_dir / "metrics.json", metrics)
-    if cfg.output.publish:
-        publish(model_dir, Path(cfg.output.models_dir) / task.name / "latest")
+    finish_run(out_dir, task, cfg, pipeline, model, metrics, test, params, card_extra={"privacy": privacy["card"]})
     log(INFO, "done: test R²=%.4f RMSE=%.4f in %.1f s -> %s", final.r2, final.rmse, wall, out_dir)
     return metrics
 
@@ -175,14 +166,4 @@ def privacy_summary(cfg: DictConfig, entries: list[dict], declines: list[dict]) 
     if stopped:
         log(INFO, "privacy: node(s) %s stopped at their ε budget", ", ".join(sorted(stopped)))
     return {"card": section, "max_epsilon": section["max_epsilon"], "stopped_nodes": list(stopped.values())}
-
-
-def publish(model_dir: Path, target: Path) -> Path:
-    """Copy an exported model to ``target`` (e.g. models/<task>/latest), replacing it atomically."""
-    import shutil
-
-    with atomic_directory(target) as tmp:
-        for item in model_dir.iterdir():
-            shutil.copy2(item, tmp / item.name)
-    return target
 

@@ -23,7 +23,7 @@ def cache_dir() -> Path:
 
 def cached_catalog(n_stars: int, seed: int, surveys: list[str]) -> pd.DataFrame:
     """``simulate_catalog(n_stars, seed, surveys)``, read from the cache when already made."""
-    key = hashlib.sha256(f"{n_stars}|{seed}|{','.join(surveys)}|v2".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{n_stars}|{seed}|{','.join(surveys)}|v3".encode()).hexdigest()[:16]
     path = cache_dir() / f"survey-catalog-{key}.parquet"
     if path.is_file():
         try:

@@ -120,14 +120,14 @@ def _simulate_chunk(seed: int, survey: Survey, chunk: int, n: int, out: dict[str
     )
     tables = sampler.survey_tables(survey)
     parts: list[dict] = []
-    got, eff = 0, 0.25
+    got = 0
     while got < n:
-        m = max(2048, int((n - got) / eff * 1.08))
+        # enough proposals that one round is short only about once in a thousand chunks
+        want = (n - got) / tables.acceptance
+        m = max(1024, int(want * 1.01 + 3.5 * np.sqrt(want)))
         p = sampler.sample(rng, tables, m)
-        k = p["M"].size
-        eff = max(k / m, 1e-3)
         parts.append(p)
-        got += k
+        got += p["M"].size
     if len(parts) == 1:
         s = {key: v[:n] for key, v in parts[0].items()}
     else:
