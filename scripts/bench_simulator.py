@@ -68,9 +68,9 @@ def main() -> int:
 
     print(f"cores available: {len(os.sched_getaffinity(0))}; simulator threads: {sim._workers()}")
     t0 = time.perf_counter()
-    for s in SURVEYS.values():
-        sampler.survey_tables(s)
-    print(f"sampling tables (once per process, seed-independent): {time.perf_counter() - t0:.2f} s")
+    sampler.build_tables(list(SURVEYS.values()), sim._workers())
+    print(f"sampling tables (once per process, seed-independent, {sim._workers()} threads): "
+          f"{time.perf_counter() - t0:.2f} s")
 
     best = 0.0
     for n in [int(float(x)) for x in args.sizes.split(",") if x]:

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import galaxy, stars
-from .surveys import Survey, standard_normal
+from .surveys import SURVEYS, Survey, standard_normal
 
 # ---- grids ----
 NL, NB = 180, 90
@@ -326,18 +326,32 @@ def _footprint_max(survey: Survey) -> np.ndarray:
     return best
 
 
-_LOCK = threading.Lock()
+_LOCKS = {name: threading.Lock() for name in SURVEYS}  # one per survey: builds run in parallel
 _TABLES: dict[str, SurveyTables] = {}
 
 
 def survey_tables(survey: Survey) -> SurveyTables:
     """The (cached) sampling tables of one survey; independent of the user's seed."""
-    with _LOCK:
+    with _LOCKS[survey.name]:
         t = _TABLES.get(survey.name)
         if t is None:
             t = _build_tables(survey)
             _TABLES[survey.name] = t
         return t
+
+
+def build_tables(surveys, workers: int) -> None:
+    """Build the tables of several surveys, ``workers`` at a time (numpy releases the GIL)."""
+    _row_major_tables()  # shared by all surveys: once, before the threads
+    missing = [s for s in surveys if s.name not in _TABLES]
+    if len(missing) > 1 and workers > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(survey_tables, missing))
+    else:
+        for s in missing:
+            survey_tables(s)
 
 
 @functools.cache

@@ -247,9 +247,10 @@ def simulate_catalog(
     survey_codes = np.empty(total, dtype=np.int8)
     jobs = []
     offset = 0
+    # the seed-independent tables of every survey with rows, before the chunks start
+    sampler.build_tables([get_survey(name) for name, n in counts.items() if n], _workers())
     for name, n in counts.items():
         survey = get_survey(name)
-        sampler.survey_tables(survey)  # build the (seed-independent) tables before threading
         survey_codes[offset : offset + n] = SURVEY_NAMES.index(name)
         for c, start in enumerate(range(0, n, CHUNK)):
             m = min(CHUNK, n - start)
@@ -260,6 +261,7 @@ def simulate_catalog(
         _simulate_chunk(seed, *job)
 
     if len(jobs) > 1 and _workers() > 1:
+        jobs.sort(key=lambda job: -job[2])  # largest first: the threads finish together
         with ThreadPoolExecutor(max_workers=_workers()) as pool:
             list(pool.map(run, jobs))
     else:

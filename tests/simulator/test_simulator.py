@@ -88,6 +88,15 @@ def test_deterministic_for_a_seed():
     assert not np.allclose(a["z"].values, c["z"].values)
 
 
+def test_same_catalog_on_any_number_of_threads(monkeypatch):
+    """Chunks have their own random streams and rows: threads change the speed, not the stars."""
+    from astroscale_fl.simulator import simulate as sim
+
+    threaded = simulate_catalog(300_000, seed=4)  # 6 chunks of up to 65,536 rows
+    monkeypatch.setattr(sim, "_workers", lambda: 1)
+    pd.testing.assert_frame_equal(threaded, simulate_catalog(300_000, seed=4))
+
+
 def test_survey_streams_are_independent():
     both = simulate_catalog(seed=5, sizes={"rave": 500, "gaia": 400})
     alone = simulate_catalog(seed=5, sizes={"gaia": 400})
