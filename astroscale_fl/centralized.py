@@ -22,6 +22,7 @@ from astroscale_fl.export import finish_run
 from astroscale_fl.history import RoundRecord, write_history
 from astroscale_fl.models import build_model
 from astroscale_fl.preprocessing import Pipeline
+from astroscale_fl.reference import fit_reference
 from astroscale_fl.tasks import get_task
 from astroscale_fl.training import encode_rows, evaluate, make_optimizer, shuffled_batches, train_local
 
@@ -35,7 +36,10 @@ def run_centralized(cfg: DictConfig, out_dir: str | Path, show_progress: bool = 
     device = resolve_device(cfg.device)
     task = get_task(cfg.task)
     train, test = task_split(cfg)
-    pipeline = Pipeline.from_config(task, cfg).fit(train)
+    if cfg.preprocess.reference:  # the same preprocessing as a federated run with this reference
+        pipeline, _ = fit_reference(task, cfg, cfg.preprocess.reference)
+    else:
+        pipeline = Pipeline.from_config(task, cfg).fit(train)
     (train_x, train_y), (test_x, test_y) = encode_rows(pipeline, train, device), encode_rows(pipeline, test, device)
     model = build_model(cfg.model, len(pipeline.features), int(cfg.seed)).to(device)
     optimizer = make_optimizer(model.parameters(), cfg.train.optimizer, cfg.train.lr, cfg.train.momentum, cfg.train.weight_decay)

@@ -204,6 +204,7 @@ class Train:
 class Preprocess:
     scaling: str = "robust"
     clip: Optional[float] = 10.0  # clip scaled features to [-clip, clip]; null = no clipping
+    reference: Optional[str] = None  # public table or preprocessing.json to fit on instead of the statistics round
 
 
 @dataclass

@@ -54,6 +54,10 @@ def preflight(cfg: DictConfig) -> DictConfig:
 
     resolve_device(cfg.device)
     train, _ = task_split(cfg)
+    if cfg.preprocess.reference:
+        from astroscale_fl.reference import fit_reference
+
+        fit_reference(get_task(cfg.task), cfg, cfg.preprocess.reference)
     cfg = resolve_num_nodes(cfg)
     if cfg.mode == "federated":
         assign_nodes(train, cfg.partition, int(cfg.federation.num_nodes), int(cfg.seed), get_task(cfg.task).partition_columns)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import time
-from logging import INFO
+from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from astroscale_fl.models import build_model
 from astroscale_fl.observability import RunMetrics, serve
 from astroscale_fl.preprocessing import Pipeline
 from astroscale_fl.privacy.card import privacy_section
+from astroscale_fl.reference import NODE_STATISTICS, fit_reference
 from astroscale_fl.tasks import get_task
 from astroscale_fl.training import encode_rows, evaluate
 
@@ -65,14 +66,23 @@ def run_federation(grid: Grid, cfg: DictConfig, strategy: Strategy, out_dir: str
         log(INFO, "Prometheus metrics on http://%s:%d/metrics", fed.metrics_host, fed.metrics_port)
 
     node_ids = wait_for_nodes(grid, int(fed.num_nodes), timeout=float(fed.round_timeout))
-    if resumed is None:
+    if resumed is not None:
+        pipeline = Pipeline.from_state(resumed.pipeline)
+        train_rows = resumed.extra.get("train_rows")
+        statistics = resumed.extra.get("statistics", NODE_STATISTICS)
+    elif cfg.preprocess.reference:
+        pipeline, statistics = fit_reference(task, cfg, cfg.preprocess.reference)
+        train_rows = None  # no statistics round: the nodes' row counts are not asked for
+        log(INFO, "preprocessing fitted on the public reference %s; no statistics round", statistics["path"])
+    else:
+        if cfg.privacy.name != "none":
+            log(WARNING, "the statistics round releases exact per-node aggregates that %s does not cover; "
+                "set preprocess.reference to a public table to fit preprocessing without it", cfg.privacy.name)
         stats = federated_statistics(grid, node_ids, round_config(cfg), timeout=float(fed.round_timeout))
         pipeline = Pipeline.from_config(task, cfg).fit_statistics(stats)
         train_rows = int(stats.count[-1])
+        statistics = NODE_STATISTICS
         log(INFO, "preprocessing fitted from %d nodes' statistics (%d rows)", len(node_ids), train_rows)
-    else:
-        pipeline = Pipeline.from_state(resumed.pipeline)
-        train_rows = int(resumed.extra.get("train_rows", 0))
 
     model = build_model(cfg.model, len(pipeline.features), int(cfg.seed)).to(device)
     _, test = task_split(cfg)
@@ -86,7 +96,7 @@ def run_federation(grid: Grid, cfg: DictConfig, strategy: Strategy, out_dir: str
     initial = model_to_arrays(model)
     initial_rmse, initial_r2 = central_eval(initial)
     rows: list[RoundRecord] = []
-    extra = {"train_rows": train_rows, "initial_test_r2": initial_r2, "initial_test_rmse": initial_rmse, "declined": {}, "rejected": {},
+    extra = {"train_rows": train_rows, "statistics": statistics, "initial_test_r2": initial_r2, "initial_test_rmse": initial_rmse, "declined": {}, "rejected": {},
              "privacy_entries": [], "privacy_declines": []}
     start_round = 1
     if resumed is not None:
@@ -142,7 +152,7 @@ def run_federation(grid: Grid, cfg: DictConfig, strategy: Strategy, out_dir: str
         "train_rows": train_rows,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
-    privacy = privacy_summary(cfg, extra["privacy_entries"], extra["privacy_declines"])
+    privacy = privacy_summary(cfg, extra["privacy_entries"], extra["privacy_declines"], statistics)
     metrics["privacy"] = privacy
     params = strategy.params() if hasattr(strategy, "params") else {}
     finish_run(out_dir, task, cfg, pipeline, model, metrics, test, params, card_extra={"privacy": privacy["card"]})
@@ -150,12 +160,15 @@ def run_federation(grid: Grid, cfg: DictConfig, strategy: Strategy, out_dir: str
     return metrics
 
 
-def privacy_summary(cfg: DictConfig, entries: list[dict], declines: list[dict]) -> dict[str, Any]:
-    """The run's privacy outcome: the model card section (recomputable ε per node), the
-    largest ε, and which nodes stopped (declined for budget) at what ε."""
+def privacy_summary(cfg: DictConfig, entries: list[dict], declines: list[dict],
+                    statistics: dict[str, Any] = NODE_STATISTICS) -> dict[str, Any]:
+    """The run's privacy outcome: the model card section (recomputable ε per node, and where the
+    preprocessing statistics came from), the largest ε, and which nodes stopped (declined for
+    budget) at what ε."""
     if cfg.privacy.name == "none":
         return {"card": {"name": "none"}, "max_epsilon": None, "stopped_nodes": []}
-    section = {"name": cfg.privacy.name, **privacy_section(entries, mechanism=cfg.privacy.name)}
+    section = {"name": cfg.privacy.name, **privacy_section(entries, mechanism=cfg.privacy.name),
+               "preprocessing_statistics": statistics}
     spent = {n["node"]: n["epsilon"] for n in section["nodes"]}
     stopped: dict[str, dict] = {}
     for decline in declines:
