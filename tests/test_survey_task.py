@@ -63,3 +63,25 @@ def test_train_then_seed_predict_command(tmp_path):
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert list(result) == ["predicted_z"] and abs(result["predicted_z"]) < 0.01  # |v_r| < 3000 km/s
+
+
+def test_simulator_parquet_trains_through_the_catalog_task(tmp_path):
+    """The simulator's Parquet output is an ordinary catalog: one node per survey via by_column."""
+    from astroscale_fl.federation.server import run_federation
+    from strategies import build_strategy
+    from tests.inprocess import InProcessGrid
+
+    path = tmp_path / "sim.parquet"
+    subprocess.run([sys.executable, "-m", "astroscale_fl.simulator", "--n", "3000", "--seed", "5", "--out", str(path),
+                    "--no-truth"], check=True, capture_output=True, env=cli_env(), timeout=120)
+    overrides = ["task=catalog", f"task.path={path}", "task.features=[ra,dec,teff,logg,fe_h,snr,parallax]",
+                 "task.target=z", "partition=by_column", "partition.column=survey", "federation.num_rounds=1",
+                 "model.widths=[16]", "federation.metrics_port=0", "output.publish=false", "federation.checkpoint=false"]
+    cfg = preflight(config.validate(config.compose(overrides)))
+    assert cfg.federation.num_nodes == 4
+    train, _ = task_split(cfg)
+    assert node_names(train, cfg.partition, 4) == ["apogee", "gaia", "rave", "sdss"]
+    grid = InProcessGrid(4)
+    metrics = run_federation(grid, cfg, build_strategy(cfg), tmp_path / "run", show_progress=False)
+    assert metrics["rounds"] == 1 and np.isfinite(metrics["test_r2"])
+    assert 0.8 * len(train) < metrics["train_rows"] < len(train)  # less each node's local validation share
