@@ -33,13 +33,14 @@ The density law is tabulated on 180 x 90 equal-area sky pixels (2 deg in l, 1/45
 101 distance bins (1 pc to 100 kpc, 0.05 dex): within a pixel and bin the density is constant,
 which is the model's only approximation beyond the physics itself.
 
-Speed (see ``scripts/bench_simulator.py``; about 1.6M stars/s on 2 cores): the per-star arithmetic runs in float32, whose
-exp/log/sin/cos are vectorised (SIMD) in numpy where the float64 ones are not -- about 10x
-cheaper -- while the cumulative distance tables and their inverse stay float64.  Discrete draws
-(cells, sky pixels) use guide tables (O(1) expected per draw) instead of binary searches, main
-sequence and giant proposals are drawn in two contiguous blocks (each branch of the stellar
-model is evaluated on its own stars only; the survivors are shuffled back into random order),
-and the columns are gathered once, for the stars that survive every stage.
+Speed (``scripts/bench_simulator.py``: 1.7-1.8M stars/s on 2 cores): the per-star arithmetic
+runs in float32, whose exp/log/sin/cos are vectorised (SIMD) in numpy where the float64 ones are
+not -- about 10x cheaper -- while the cumulative distance tables and their inverse stay float64.
+Discrete draws (cells, sky pixels) use guide tables (O(1) expected per draw) instead of binary
+searches, main sequence and giant proposals are drawn in two contiguous blocks (each branch of the
+stellar model is evaluated on its own stars only; the survivors are shuffled back into random
+order), and the columns are gathered once, for the stars that survive every stage.  Batches are
+sized from each survey's measured acceptance, so few proposals are drawn in vain.
 """
 
 from __future__ import annotations
