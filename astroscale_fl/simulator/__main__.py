@@ -7,9 +7,16 @@ import sys
 import time
 from pathlib import Path
 
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
 from ..errors import ConfigError, report_user_errors
 from .simulate import DEFAULT_N_STARS, INPUT_COLUMNS, TARGET, ceiling_r2, simulate_catalog, write_parquet
 from .surveys import SURVEY_NAMES
+
+
+#: Catalogs at least this large show a progress bar (on a terminal).
+PROGRESS_FROM_ROWS = 500_000
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     if not surveys:
         raise ConfigError("--surveys is empty; expected e.g. apogee,sdss")
     t0 = time.perf_counter()
-    df = simulate_catalog(args.n, seed=args.seed, surveys=surveys)
+    with Progress(TextColumn("[bold]simulating stars"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  disable=args.n < PROGRESS_FROM_ROWS or not sys.stderr.isatty(),
+                  console=Console(stderr=True)) as bar:
+        task = bar.add_task("stars", total=args.n)
+        df = simulate_catalog(args.n, seed=args.seed, surveys=surveys,
+                              progress=lambda rows: bar.advance(task, rows))
     dt = time.perf_counter() - t0
     ceiling = ceiling_r2(df) if len(df) > 1 else float("nan")
     if args.no_truth:
@@ -57,8 +69,9 @@ def main(argv: list[str] | None = None) -> int:
             write_parquet(part, out / f"{name}.parquet")
             print(f"wrote {out / f'{name}.parquet'}: {len(part)} stars")
     else:
+        t1 = time.perf_counter()
         write_parquet(df, out)
-        print(f"wrote {out}: {len(df)} stars")
+        print(f"wrote {out}: {len(df)} stars ({time.perf_counter() - t1:.1f} s)")
     print(f"simulated {len(df)} stars in {dt:.2f} s; ceiling R^2 (expected_z vs z) = {ceiling:.3f}")
     return 0
 

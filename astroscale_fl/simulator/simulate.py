@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -216,6 +216,7 @@ def simulate_catalog(
     seed: int = 0,
     surveys: Sequence[str] | None = None,
     sizes: Mapping[str, int] | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> pd.DataFrame:
     """Simulate the stars four spectroscopic surveys would observe in a model Milky Way.
 
@@ -232,6 +233,8 @@ def simulate_catalog(
         Subset of ``apogee, sdss, rave, gaia`` (default: all four, or the keys of ``sizes``).
     sizes
         Rows (or, with ``n_stars``, proportions) per survey.
+    progress
+        Called with the number of rows just finished after each chunk (from worker threads).
 
     Returns
     -------
@@ -259,6 +262,8 @@ def simulate_catalog(
 
     def run(job) -> None:
         _simulate_chunk(seed, *job)
+        if progress is not None:
+            progress(job[2])
 
     if len(jobs) > 1 and _workers() > 1:
         jobs.sort(key=lambda job: -job[2])  # largest first: the threads finish together
