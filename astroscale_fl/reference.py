@@ -16,24 +16,16 @@ A reference is either
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 from astroscale_fl.errors import ConfigError, DataError
+from astroscale_fl.ingest.cache import file_sha256
 from astroscale_fl.preprocessing import Pipeline
 from astroscale_fl.tables import read_table
 
 KEY = "preprocess.reference"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fit_reference(task, cfg, path: str | Path) -> tuple[Pipeline, dict[str, Any]]:
@@ -62,7 +54,7 @@ def fit_reference(task, cfg, path: str | Path) -> tuple[Pipeline, dict[str, Any]
             raise DataError(f"{KEY}: {path} has no rows")
         pipeline = expected.fit(frame)
         rows = len(frame)
-    return pipeline, {"source": "public reference", "path": str(path), "sha256": _sha256(path), "rows": rows}
+    return pipeline, {"source": "public reference", "path": str(path), "sha256": file_sha256(path), "rows": rows}
 
 
 #: How the card describes the default statistics round.

@@ -10,6 +10,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+#: The package CLI, run by this interpreter.
+CLI = [sys.executable, "-m", "astroscale_fl.cli"]
 
 
 @pytest.fixture(scope="session")

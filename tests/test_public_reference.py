@@ -3,7 +3,6 @@
 import hashlib
 import json
 import subprocess
-import sys
 
 import pytest
 
@@ -15,10 +14,9 @@ from astroscale_fl.preprocessing import Pipeline
 from astroscale_fl.reference import fit_reference
 from astroscale_fl.tasks import get_task
 from strategies import build_strategy
-from tests.conftest import cli_env
+from tests.conftest import CLI, cli_env
 from tests.inprocess import InProcessGrid
 
-CLI = [sys.executable, "-m", "astroscale_fl.cli"]
 DP = ["privacy=dp_sgd", "privacy.target_epsilon=null", "privacy.noise_multiplier=1.0", "federation.num_nodes=2",
       "task.min_parallax_snr=40", "model.widths=[16]", "train.batch_size=32", "federation.num_rounds=2",
       "federation.metrics_port=0", "output.publish=false"]

@@ -11,9 +11,8 @@ import pytest
 from astroscale_fl import config
 from astroscale_fl.data import task_split
 from astroscale_fl.predict import Predictor
-from tests.conftest import ROOT, cli_env
+from tests.conftest import CLI, ROOT, cli_env
 
-CLI = [sys.executable, "-m", "astroscale_fl.cli"]
 
 
 def train(*overrides, cwd=ROOT, timeout=600):

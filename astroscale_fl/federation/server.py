@@ -161,7 +161,7 @@ def run_federation(grid: Grid, cfg: DictConfig, strategy: Strategy, out_dir: str
 
 
 def privacy_summary(cfg: DictConfig, entries: list[dict], declines: list[dict],
-                    statistics: dict[str, Any] = NODE_STATISTICS) -> dict[str, Any]:
+                    statistics: dict[str, Any]) -> dict[str, Any]:
     """The run's privacy outcome: the model card section (recomputable ε per node, and where the
     preprocessing statistics came from), the largest ε, and which nodes stopped (declined for
     budget) at what ε."""

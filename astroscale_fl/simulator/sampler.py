@@ -137,10 +137,9 @@ class WindowTables:
         y = y0 + WINDOW_Y_STEP * np.arange(ny)
         ld = np.arange(LOG_D_MIN - 6.0, LOG_D_MAX + WINDOW_LD_STEP / 2, WINDOW_LD_STEP)
         d = 10.0**ld
-        edges = np.abs(-1.0 + DS * np.arange(NB + 1))
-        s_hi = np.maximum(edges[:-1], edges[1:])
-        s_lo = np.where(np.sign(-1.0 + DS * np.arange(NB)) != np.sign(-1.0 + DS * np.arange(1, NB + 1)),
-                        0.0, np.minimum(edges[:-1], edges[1:]))
+        lower, upper = -1.0 + DS * np.arange(NB), -1.0 + DS * np.arange(1, NB + 1)  # each row's sin b range
+        s_hi = np.maximum(np.abs(lower), np.abs(upper))
+        s_lo = np.where((lower < 0) & (upper > 0), 0.0, np.minimum(np.abs(lower), np.abs(upper)))
         near = np.empty((NB, ny), dtype=F32)
         far = np.empty((NB, ny), dtype=F32)
         for ib in range(NB):
