@@ -22,17 +22,19 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike[str], mode: int | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
 
+    ``mode`` (e.g. ``0o600`` for a private key) holds from the temporary file's creation on,
+    so no other user can ever read a byte; by default the file gets the umask's permissions.
     On an exception the temporary file is removed and ``path`` is left untouched.
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)  # created 0600
     os.close(fd)
     tmp = Path(tmp_name)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
+    os.chmod(tmp, (0o666 & ~_umask()) if mode is None else mode)
     try:
         yield tmp
         os.replace(tmp, final)
@@ -48,9 +50,9 @@ def write_text(path: str | os.PathLike[str], text: str) -> Path:
     return Path(path)
 
 
-def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically."""
-    with atomic_path(path) as tmp:
+def write_bytes(path: str | os.PathLike[str], data: bytes, mode: int | None = None) -> Path:
+    """Write ``data`` to ``path`` atomically (with permissions ``mode`` from the first byte, if given)."""
+    with atomic_path(path, mode) as tmp:
         tmp.write_bytes(data)
     return Path(path)
 

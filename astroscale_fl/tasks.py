@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from astroscale_fl.errors import ConfigError, DataError
+from astroscale_fl.data_checks import DEFAULT_MAX_BAD_FRACTION, check_has_rows, check_task_columns, check_task_frame, coerce_numeric
+from astroscale_fl.errors import ConfigError, DataError, short_list
 from astroscale_fl.sources import hipparcos
 from astroscale_fl.split import PartitionColumns
 from astroscale_fl.tables import read_table
@@ -50,8 +51,11 @@ class TaskSpec:
     def load(self, task_cfg: object) -> pd.DataFrame:
         """Build the task frame (``id``, inputs, target) from the task's config section."""
         frame = self.loader(task_cfg)
-        if frame.empty:
-            raise DataError(f"task {self.name}: no rows left after selection (check the task's filters)")
+        get = getattr(task_cfg, "get", lambda key, default=None: default)
+        frame = coerce_numeric(frame, self.input_names, self.target, get("path") and f"task.path {get('path')}" or f"task {self.name}",
+                               float(get("max_bad_fraction", DEFAULT_MAX_BAD_FRACTION)))
+        frame = frame.loc[np.isfinite(frame[self.target].to_numpy())].reset_index(drop=True)  # empty target cells
+        check_task_frame(frame, self.name, self.input_names, self.target, get("filter"))
         return frame
 
 
@@ -106,30 +110,25 @@ HIPPARCOS_ABSMAG = TaskSpec(
 
 
 def load_catalog(task_cfg) -> pd.DataFrame:
-    """Rows of ``task.path`` passing ``task.filter`` with a finite target; all columns kept.
+    """Rows of ``task.path`` passing ``task.filter``; all columns kept, as read.
 
-    Rows whose target is missing or non-finite cannot be learned from; they are dropped
-    (the count is logged by the caller through the frame's ``attrs``).
+    :meth:`TaskSpec.load` then makes the inputs and target numbers (garbage stops the run or
+    goes to the quarantine) and drops rows whose target is empty.
     """
     table = read_table(str(task_cfg.path), role="task.path: catalog file")
     needed = list(task_cfg.features) + [task_cfg.target]
     missing = [c for c in needed if c not in table.columns]
     if missing:
-        raise DataError(f"{task_cfg.path}: missing column(s) {missing}; columns are {list(table.columns)}")
+        raise DataError(f"{task_cfg.path}: missing column(s) {short_list(missing)}; columns are {short_list(table.columns, 30)}")
+    check_has_rows(table, f"task.path {task_cfg.path}")
     if task_cfg.get("filter"):
         try:
             table = table.query(str(task_cfg.filter))
         except Exception as exc:  # pandas raises many types for a bad expression
             raise DataError(f"task.filter: cannot apply {task_cfg.filter!r} ({str(exc).splitlines()[0]})") from None
-    frame = table.reset_index(drop=True).copy()
-    for column in needed:
-        frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(np.float64)
     id_column = task_cfg.get("id_column")
-    frame.insert(0, "id", frame[id_column].astype(str) if id_column else np.arange(len(frame)).astype(str))
-    keep = np.isfinite(frame[task_cfg.target].to_numpy())
-    frame = frame.loc[keep].reset_index(drop=True)
-    frame.attrs["dropped_rows"] = int((~keep).sum())
-    return frame
+    table.insert(0, "id", table[id_column].astype(str) if id_column else np.arange(len(table)).astype(str))
+    return table
 
 
 def catalog_task(task_cfg) -> TaskSpec:
@@ -137,6 +136,7 @@ def catalog_task(task_cfg) -> TaskSpec:
     features = list(task_cfg.features)
     if not features:
         raise ConfigError("task.features: list the input columns, e.g. 'task.features=[teff,logg,fe_h]'")
+    check_task_columns(features, str(task_cfg.target))
     return TaskSpec(
         name="catalog",
         target=str(task_cfg.target),

@@ -30,6 +30,7 @@ def run_job(cfg: DictConfig) -> dict:
     try:
         typed = preflight(config.validate(cfg))
         out_dir = HydraConfig.get().runtime.output_dir
+        write_quarantine(typed, out_dir)
         if typed.mode == "centralized":
             from astroscale_fl.centralized import run_centralized
 
@@ -44,9 +45,25 @@ def run_job(cfg: DictConfig) -> dict:
     return {"out_dir": out_dir}
 
 
+def write_quarantine(cfg: DictConfig, out_dir: str) -> None:
+    """``<run dir>/quarantine.csv``: task rows left out for values that are not numbers, with the reason."""
+    from pathlib import Path
+
+    from astroscale_fl.data import task_quarantine
+    from astroscale_fl.tables import write_table
+
+    rejected = task_quarantine(cfg)
+    if rejected is not None and len(rejected):
+        write_table(rejected, Path(out_dir) / "quarantine.csv")
+        print(f"{len(rejected)} bad value(s) in the task table -> {Path(out_dir) / 'quarantine.csv'}", file=sys.stderr)
+
+
 def preflight(cfg: DictConfig) -> DictConfig:
     """Check what the nodes would fail on (data, partitions, device) before starting them;
     return the config with ``federation.num_nodes`` resolved."""
+    import numpy as np
+
+    from astroscale_fl.config_checks import check_run, node_training_rows
     from astroscale_fl.data import resolve_num_nodes, task_split
     from astroscale_fl.device import resolve_device
     from astroscale_fl.split import assign_nodes
@@ -60,7 +77,9 @@ def preflight(cfg: DictConfig) -> DictConfig:
         fit_reference(get_task(cfg.task), cfg, cfg.preprocess.reference)
     cfg = resolve_num_nodes(cfg)
     if cfg.mode == "federated":
-        assign_nodes(train, cfg.partition, int(cfg.federation.num_nodes), int(cfg.seed), get_task(cfg.task).partition_columns)
+        num_nodes = int(cfg.federation.num_nodes)
+        nodes = assign_nodes(train, cfg.partition, num_nodes, int(cfg.seed), get_task(cfg.task).partition_columns)
+        check_run(cfg, node_training_rows(np.bincount(nodes, minlength=num_nodes), int(cfg.seed)))
     return cfg
 
 
@@ -105,6 +124,7 @@ def main(argv: list[str]) -> int:
     """Entry for ``astroscale-fl train [overrides]``."""
     import hydra
 
+    argv = config.noise_overrides_target(list(argv))
     if not any(a in ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c") for a in argv):
         check_overrides(user_overrides(argv))
     conf = str(config.conf_dir())

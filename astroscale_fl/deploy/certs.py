@@ -24,8 +24,7 @@ DEFAULT_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    write_bytes(path, data)
-    os.chmod(path, 0o600)
+    write_bytes(path, data, mode=0o600)  # 0600 from the temporary file's first byte, not after the rename
 
 
 def _san(hosts: list[str]):

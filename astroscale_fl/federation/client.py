@@ -55,15 +55,20 @@ def _key(*parts: str) -> str:
     return hashlib.sha256("\x00".join(parts).encode()).hexdigest()
 
 
+def local_val_mask(n_rows: int, seed: int) -> np.ndarray:
+    """Which of a node's rows are its local validation rows (seeded; none for a tiny node)."""
+    is_val = np.random.default_rng([seed, 0x5A1]).random(n_rows) < LOCAL_VAL_FRACTION
+    if is_val.all() or n_rows < 2:
+        is_val[:] = False
+    return is_val
+
+
 def node_split(cfg: DictConfig, node_config: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The node's (training, local validation) rows; seeded and cached per process."""
     key = _key(repr(sorted(node_config.items())), str(cfg.task), str(cfg.partition), str(cfg.seed))
     if key not in _FRAMES:
         frame = data.node_frame(cfg, node_config)
-        rng = np.random.default_rng([int(cfg.seed), 0x5A1])
-        is_val = rng.random(len(frame)) < LOCAL_VAL_FRACTION
-        if is_val.all() or len(frame) < 2:
-            is_val[:] = False
+        is_val = local_val_mask(len(frame), int(cfg.seed))
         _FRAMES[key] = (frame.loc[~is_val].reset_index(drop=True), frame.loc[is_val].reset_index(drop=True))
     return _FRAMES[key]
 

@@ -171,7 +171,7 @@ class PrivacyLedger:
         if after > epsilon_budget:
             return (
                 f"privacy budget: this node has spent epsilon={spent:.4g} (delta={self.delta:g}, {self.accountant}) of its "
-                f"lifetime budget {epsilon_budget:g}; this round ({steps} steps, noise multiplier {noise_multiplier:.4g}, "
+                f"lifetime budget privacy.epsilon_budget={epsilon_budget:g}; this round ({steps} steps, noise multiplier {noise_multiplier:.4g}, "
                 f"sample rate {sample_rate:.4g}) would take it to {after:.4g}, so it declines"
             )
         return None

@@ -1,0 +1,106 @@
+"""Config mistakes caught before anything is written (no run directory, no model, no ledger).
+
+:func:`check_values` runs inside :func:`astroscale_fl.config.validate` (keys on their own);
+:func:`check_run` runs in the training preflight, once the data and the node count are known
+(keys against each other and against the data: ``min_replies`` vs the nodes, a checkpoint to
+resume from, a privacy budget that could not pay for one round).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from astroscale_fl.errors import ConfigError
+
+MAX_PORT = 65535
+#: a hidden layer wider than this is a typo, not a model (its weights alone would be gigabytes)
+MAX_LAYER_WIDTH = 65536
+MAX_HIDDEN_LAYERS = 64
+
+
+def _require(ok: bool, key: str, expected: str, value) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: expected {expected}, got {value!r}")
+
+
+def _finite_positive(value) -> bool:
+    return value is not None and math.isfinite(value) and value > 0
+
+
+def check_values(cfg: DictConfig) -> None:
+    """Federation, model and task keys that have a valid range of their own."""
+    fed = cfg.federation
+    _require(0 <= fed.metrics_port <= MAX_PORT, "federation.metrics_port", f"a port in 0..{MAX_PORT} (0 = off)", fed.metrics_port)
+    _require(_finite_positive(fed.round_timeout), "federation.round_timeout", "a positive number of seconds", fed.round_timeout)
+    _require(fed.min_replies >= 1, "federation.min_replies", "an integer >= 1", fed.min_replies)
+    _require(fed.max_update_norm is None or _finite_positive(fed.max_update_norm), "federation.max_update_norm",
+             "a positive number or null", fed.max_update_norm)
+    if fed.num_nodes is not None:
+        _require(fed.min_replies <= fed.num_nodes, "federation.min_replies",
+                 f"at most federation.num_nodes={fed.num_nodes} (a round could never aggregate)", fed.min_replies)
+    if fed.resume_from:
+        from astroscale_fl.checkpoint import checkpoint_path
+
+        path = checkpoint_path(fed.resume_from)
+        _require(path.is_file(), "federation.resume_from", "a run directory holding checkpoint.npz, or a .npz file",
+                 str(fed.resume_from))
+    if cfg.model.name == "mlp":
+        check_mlp(list(cfg.model.widths), str(cfg.model.activation), float(cfg.model.dropout))
+    fraction = cfg.task.get("max_bad_fraction")
+    if fraction is not None:
+        _require(0 <= fraction < 1, "task.max_bad_fraction", "a number in [0, 1)", fraction)
+
+
+def check_mlp(widths: list, activation: str, dropout: float) -> None:
+    """``model.widths``, ``model.activation`` and ``model.dropout`` of an MLP."""
+    from astroscale_fl.models import ACTIVATIONS
+
+    _require(activation in ACTIVATIONS, "model.activation", f"one of {sorted(ACTIVATIONS)}", activation)
+    _require(0.0 <= dropout < 1.0, "model.dropout", "a number in [0, 1)", dropout)
+    _require(len(widths) <= MAX_HIDDEN_LAYERS, "model.widths", f"at most {MAX_HIDDEN_LAYERS} hidden layers", len(widths))
+    bad = [w for w in widths if isinstance(w, bool) or not isinstance(w, int) or not 1 <= w <= MAX_LAYER_WIDTH]
+    _require(not bad, "model.widths", f"layer widths in 1..{MAX_LAYER_WIDTH}", widths)
+
+
+def check_run(cfg: DictConfig, node_rows: np.ndarray | None) -> None:
+    """Checks that need the resolved node count and, in simulation, each node's row count."""
+    fed = cfg.federation
+    _require(fed.min_replies <= fed.num_nodes, "federation.min_replies",
+             f"at most federation.num_nodes={fed.num_nodes} (a round could never aggregate)", fed.min_replies)
+    if fed.resume_from:
+        from astroscale_fl import checkpoint
+
+        resumed = checkpoint.load(fed.resume_from)
+        checkpoint.check_compatible(resumed, OmegaConf.to_container(cfg, resolve=True), fed.resume_from)
+    if node_rows is not None and cfg.privacy.name != "none" and cfg.privacy.get("epsilon_budget") is not None:
+        check_first_round_budget(cfg, node_rows)
+
+
+def check_first_round_budget(cfg: DictConfig, node_rows: np.ndarray) -> None:
+    """A lifetime budget smaller than one round's ε would make every node decline round 1."""
+    from flwr.app import RecordDict
+
+    from astroscale_fl.privacy import PrivacySettings
+    from astroscale_fl.privacy.ledger import PrivacyLedger
+    from astroscale_fl.privacy.node import plan_round
+
+    settings = PrivacySettings.from_config(cfg.privacy)
+    for n_rows in sorted({int(n) for n in node_rows}):
+        ledger = PrivacyLedger(settings.accountant, settings.delta_for(n_rows))
+        plan = plan_round(settings, cfg, RecordDict(), ledger, n_rows, int(cfg.train.batch_size))
+        cost = ledger.epsilon_after(plan.noise_multiplier, plan.sample_rate, plan.steps)
+        if cost > settings.epsilon_budget:
+            raise ConfigError(
+                f"privacy.epsilon_budget={settings.epsilon_budget:g}: one round costs epsilon={cost:.4g} on a node with "
+                f"{n_rows} training rows (noise multiplier {plan.noise_multiplier:.4g}, {plan.steps} steps, "
+                f"delta={ledger.delta:g}); every node would decline round 1: raise the budget or privacy.noise_multiplier")
+
+
+def node_training_rows(partition_sizes: np.ndarray, seed: int) -> np.ndarray:
+    """Rows each simulated node trains on: its partition less the local validation rows."""
+    from astroscale_fl.federation.client import local_val_mask
+
+    return np.asarray([int(n) - int(local_val_mask(int(n), seed).sum()) for n in partition_sizes])
