@@ -7,8 +7,9 @@ multirun job directories, and any ``mode=centralized`` run placed there or given
 - ``summary.csv`` / ``summary.md``: per strategy x partition, the final test RMSE and R²,
   rounds to reach ``--target-r2``, wall seconds, bytes up and down; centralized runs as
   reference rows, with each row's gap to the centralized R²;
-- ``curves.png``: centralized test R² per round, one panel per partition, one line per
-  strategy (the centralized reference as a dashed line).
+- ``curves.png``: centralized test R² (top) and test RMSE in the task's natural unit (bottom,
+  km/s for survey_redshift) per round, one column per partition, one line per strategy (the
+  centralized reference dashed, the simulator's R² ceiling dotted when the runs report one).
 """
 
 from __future__ import annotations
@@ -24,8 +25,16 @@ import pandas as pd
 from astroscale_fl.atomic import atomic_path, write_text
 from astroscale_fl.errors import DataError, report_user_errors
 
-SUMMARY_COLUMNS = ["mode", "strategy", "partition", "seed", "test_rmse", "test_r2", "gap_to_centralized_r2",
+SUMMARY_COLUMNS = ["mode", "task", "strategy", "partition", "seed", "test_rmse", "test_r2", "r2_ceiling", "gap_to_centralized_r2",
                    "rounds_to_target", "rounds", "wall_seconds", "bytes_up", "bytes_down", "job"]
+C_KMS = 299_792.458
+#: (unit, factor) that turns a task's target RMSE into its natural unit (z -> km/s for v_r = cz)
+NATURAL_UNITS = {"survey_redshift": ("km/s", C_KMS), "hipparcos_absmag": ("mag", 1.0)}
+
+
+def natural_unit(task: str) -> tuple[str, float]:
+    """The unit a task's RMSE reads best in, and the factor from the target's own unit."""
+    return NATURAL_UNITS.get(task, ("", 1.0))
 
 
 def find_jobs(root: Path) -> list[Path]:
@@ -45,11 +54,13 @@ def load_job(job: Path, target_r2: float) -> tuple[dict, pd.DataFrame]:
     reached = history.loc[history["test_r2"] >= target_r2, "round"]
     row = {
         "mode": mode,
+        "task": cfg.get("task", {}).get("name", "?"),
         "strategy": "centralized" if mode == "centralized" else cfg.get("strategy", {}).get("name", "?"),
         "partition": "-" if mode == "centralized" else cfg.get("partition", {}).get("name", "?"),
         "seed": cfg.get("seed"),
         "test_rmse": metrics["test_rmse"],
         "test_r2": metrics["test_r2"],
+        "r2_ceiling": metrics.get("r2_ceiling"),
         "rounds_to_target": int(reached.iloc[0]) if len(reached) else None,
         "rounds": int(metrics.get("rounds", len(history))),
         "wall_seconds": metrics.get("wall_seconds"),
@@ -82,12 +93,14 @@ def to_markdown(table: pd.DataFrame, target_r2: float) -> str:
     def fmt(value, spec):
         return "" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
-    head = ["strategy", "partition", "test RMSE", "test R²", "gap to centralized R²", f"rounds to R² ≥ {target_r2}",
-            "wall s", "MB up", "MB down"]
+    unit, factor = natural_unit(table["task"].iloc[0]) if table["task"].nunique() == 1 else ("", 1.0)
+    head = ["strategy", "partition", f"test RMSE ({unit})" if unit else "test RMSE", "test R²", "R² ceiling",
+            "gap to centralized R²", f"rounds to R² ≥ {target_r2}", "wall s", "MB up", "MB down"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in table.itertuples():
         lines.append("| " + " | ".join([
-            r.strategy, r.partition, fmt(r.test_rmse, ".4g"), fmt(r.test_r2, ".4f"), fmt(r.gap_to_centralized_r2, "+.4f"),
+            r.strategy, r.partition, fmt(r.test_rmse * factor, ".4g"), fmt(r.test_r2, ".4f"), fmt(r.r2_ceiling, ".4f"),
+            fmt(r.gap_to_centralized_r2, "+.4f"),
             "—" if r.rounds_to_target is None or (isinstance(r.rounds_to_target, float) and math.isnan(r.rounds_to_target)) else str(int(r.rounds_to_target)),
             fmt(r.wall_seconds, ".1f"), fmt(r.bytes_up / 1e6, ".2f"), fmt(r.bytes_down / 1e6, ".2f"),
         ]) + " |")
@@ -95,34 +108,42 @@ def to_markdown(table: pd.DataFrame, target_r2: float) -> str:
 
 
 def plot_curves(table: pd.DataFrame, histories: dict[str, pd.DataFrame], path: Path) -> None:
-    """Test R² per round: one panel per partition, one line per strategy (mean over seeds)."""
+    """Test R² (top) and RMSE (bottom) per round: one column per partition, one line per strategy (mean over seeds)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     federated = table[table["mode"] != "centralized"]
     central = table[table["mode"] == "centralized"]
     partitions = sorted(federated["partition"].unique()) or ["-"]
-    fig, axes = plt.subplots(1, len(partitions), figsize=(5.5 * len(partitions), 4.2), squeeze=False, sharey=True)
-    for ax, partition in zip(axes[0], partitions):
+    unit, factor = natural_unit(table["task"].iloc[0]) if table["task"].nunique() == 1 else ("", 1.0)
+    ceiling = pd.to_numeric(table["r2_ceiling"], errors="coerce").dropna()
+    fig, axes = plt.subplots(2, len(partitions), figsize=(5.5 * len(partitions), 7.5), squeeze=False, sharex="col", sharey="row")
+    for col, partition in enumerate(partitions):
+        top, bottom = axes[0][col], axes[1][col]
         for strategy, group in federated[federated["partition"] == partition].groupby("strategy"):
-            curves = [histories[j].set_index("round")["test_r2"] for j in group["job"]]
-            mean = pd.concat(curves, axis=1).mean(axis=1)
-            ax.plot(mean.index, mean.to_numpy(), marker=".", label=strategy)
+            for ax, metric, scale in ((top, "test_r2", 1.0), (bottom, "test_rmse", factor)):
+                mean = pd.concat([histories[j].set_index("round")[metric] for j in group["job"]], axis=1).mean(axis=1)
+                ax.plot(mean.index, mean.to_numpy() * scale, marker=".", label=strategy)
         for job in central["job"]:
-            ax.axhline(histories[job]["test_r2"].iloc[-1], color="k", ls="--", lw=1, label="centralized")
-        ax.set_title(f"partition = {partition}")
-        ax.set_xlabel("round")
-        ax.grid(alpha=0.3)
-        finals = table["test_r2"].dropna()
+            top.axhline(histories[job]["test_r2"].iloc[-1], color="k", ls="--", lw=1, label="centralized")
+            bottom.axhline(histories[job]["test_rmse"].iloc[-1] * factor, color="k", ls="--", lw=1, label="centralized")
+        if len(ceiling):
+            top.axhline(ceiling.mean(), color="0.4", ls=":", lw=1.5, label=f"R² ceiling ({ceiling.mean():.3f})")
+        top.set_title(f"partition = {partition}")
+        bottom.set_xlabel("round")
+        for ax in (top, bottom):
+            ax.grid(alpha=0.3)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        finals = pd.concat([table["test_r2"], ceiling]).dropna()
         if len(finals):
-            ax.set_ylim(max(0.0, finals.min() - 0.1), min(1.0, finals.max() + 0.02))
+            top.set_ylim(max(0.0, finals.min() - 0.1), min(1.0, finals.max() + 0.02))
+        top.legend(loc="lower right", fontsize="small", framealpha=0.85)
     axes[0][0].set_ylabel("centralized test R²")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    unique = dict(zip(labels, handles))
-    fig.legend(unique.values(), unique.keys(), loc="lower center", ncol=len(unique), frameon=False)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    axes[1][0].set_ylabel(f"test RMSE ({unit})" if unit else "test RMSE")
+    fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)

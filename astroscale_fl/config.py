@@ -103,6 +103,7 @@ class FedAdamStrategy:
     beta1: float = 0.9
     beta2: float = 0.99
     tau: float = 1e-3
+    bias_correction: bool = True  # Adam's (Kingma & Ba) step-size correction, as Flower's FedAdam
 
 
 @dataclass

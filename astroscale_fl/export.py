@@ -79,7 +79,20 @@ def export_model(path: str | Path, model: nn.Module, pipeline: Pipeline, card: d
 
 
 #: The metrics every model card repeats from the run's metrics.json.
-CARD_METRICS = ("test_rmse", "test_r2", "test_rows", "train_rows")
+CARD_METRICS = ("test_rmse", "test_r2", "r2_ceiling", "test_rows", "train_rows")
+
+
+def add_r2_ceiling(metrics: dict[str, Any], test) -> None:
+    """For simulated data (an ``expected_z`` column), put the simulator's R² ceiling on the test
+    rows into ``metrics`` right after ``test_r2``: the best R² any model could reach there."""
+    if "expected_z" not in getattr(test, "columns", ()) or len(test) < 2:
+        return
+    from astroscale_fl.simulator import ceiling_r2
+
+    items = list(metrics.items())
+    at = next((i + 1 for i, (k, _) in enumerate(items) if k == "test_r2"), len(items))
+    metrics.clear()
+    metrics.update([*items[:at], ("r2_ceiling", ceiling_r2(test)), *items[at:]])
 
 
 def publish(model_dir: Path, target: Path) -> Path:
@@ -97,8 +110,9 @@ def finish_run(out_dir: Path, task, cfg, pipeline: Pipeline, model: nn.Module, m
     """The end of every training run: export ``model/`` (its card carries the first test row as a
     worked example), write ``metrics.json`` and, with ``output.publish``, publish the export as
     ``<output.models_dir>/<task>/latest``.  Returns the model directory."""
+    add_r2_ceiling(metrics, test)
     example = test.iloc[0]
-    card = build_card(task, cfg, pipeline, {k: metrics[k] for k in CARD_METRICS}, strategy_params or {}, extra={
+    card = build_card(task, cfg, pipeline, {k: metrics[k] for k in CARD_METRICS if k in metrics}, strategy_params or {}, extra={
         **(card_extra or {}),
         "example": {"inputs": [float(example[n]) for n in task.input_names], "target": float(example[task.target]),
                     "id": str(example["id"])},

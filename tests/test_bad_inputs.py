@@ -163,7 +163,7 @@ def test_long_error_lines_are_cut_in_the_middle():
     assert len(line) == MAX_LINE_CHARS and line.startswith("start ") and line.endswith("advice at the end")
 
 
-@pytest.mark.parametrize("overrides", [["federation.metrics_port=99999"], ["model.activation=bogus"], ["federation.num_nodes=100000"],
+@pytest.mark.parametrize("overrides", [["federation.metrics_port=99999"],
                                        ["task=catalog", "task.path={csv}", "task.features=[a,b]", "task.target=y"]])
 def test_train_cli_exits_2_with_one_line_and_no_run_directory(tmp_path, overrides):
     csv = _catalog(tmp_path / "garbage.csv", _set("a", slice(0, 400), "??"))

@@ -54,25 +54,28 @@ def test_fedprox_term_pulls_towards_global_model():
     assert dist[10.0] < 0.5 * dist[0.0]
 
 
-def test_fedadam_server_step_equals_hand_computed_adam():
-    strategy = FedAdam(server_lr=0.1, beta1=0.9, beta2=0.99, tau=1e-3)
+@pytest.mark.parametrize("bias_correction", [False, True])
+def test_fedadam_server_step_equals_hand_computed_adam(bias_correction):
+    strategy = FedAdam(server_lr=0.1, beta1=0.9, beta2=0.99, tau=1e-3, bias_correction=bias_correction)
     w = np.array([1.0, -2.0, 0.5], dtype=np.float32)
-    deltas = [np.array([0.2, -0.1, 0.0]), np.array([0.1, 0.3, -0.2])]
+    deltas = [np.array([0.2, -0.1, 0.0]), np.array([0.1, 0.3, -0.2]), np.array([-0.05, 0.1, 0.1])]
     m = v = np.zeros(3)
-    for delta in deltas:
+    for t, delta in enumerate(deltas, start=1):
         strategy.global_arrays = {"w": w}
         new = strategy.server_step({"w": (w.astype(np.float64) + delta).astype(np.float32)})["w"]
         d = (w.astype(np.float64) + delta).astype(np.float32).astype(np.float64) - w.astype(np.float64)
         m = 0.9 * m + 0.1 * d
         v = 0.99 * v + 0.01 * d**2
-        expected = (w.astype(np.float64) + 0.1 * m / (np.sqrt(v) + 1e-3)).astype(np.float32)
+        eta = 0.1 * np.sqrt(1 - 0.99**t) / (1 - 0.9**t) if bias_correction else 0.1  # Kingma & Ba's alpha_t
+        expected = (w.astype(np.float64) + eta * m / (np.sqrt(v) + 1e-3)).astype(np.float32)
         np.testing.assert_array_equal(new, expected)
         w = new
     state = strategy.state_dict()
-    restored = FedAdam(server_lr=0.1)
+    restored = FedAdam(server_lr=0.1, bias_correction=bias_correction)
     restored.load_state_dict(state)
     np.testing.assert_array_equal(restored.m["w"], strategy.m["w"])
     np.testing.assert_array_equal(restored.v["w"], strategy.v["w"])
+    assert restored.steps == strategy.steps == 3 and restored.step_size() == strategy.step_size()
 
 
 @pytest.fixture(scope="module")
