@@ -195,3 +195,21 @@ def test_private_keys_are_0600_from_the_first_byte(tmp_path, monkeypatch):
     assert stat.S_IMODE(os.stat(public).st_mode) == 0o666 & ~atomic._umask()
     paths = certs.make_ca_and_server(tmp_path / "ca")
     assert all(stat.S_IMODE(os.stat(paths[k]).st_mode) == 0o600 for k in ("ca_key", "server_key"))
+
+
+@pytest.mark.parametrize("layout, out_dir, words", [
+    ({"afile": "x"}, "afile", ["afile is a file, not a directory"]),
+    ({"afile": "x"}, "afile/sub", ["afile is a file, not a directory"]),
+    ({"nodes/node-1": "x"}, "nodes", ["cannot write", "nodes/node-1"]),
+])
+def test_node_data_into_a_file_is_one_line(tmp_path, monkeypatch, capsys, layout, out_dir, words):
+    from astroscale_fl.deploy.cli import node_data_main
+
+    for name, text in layout.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        node_data_main([out_dir, "--nodes", "2", "model.widths=[8]"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1 and all(w in err for w in words), err

@@ -12,8 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
-from astroscale_fl.errors import report_user_errors
+from astroscale_fl.errors import DataError, report_user_errors
 
 
 @report_user_errors
@@ -27,14 +28,22 @@ def node_data_main(argv: list[str]) -> int:
     parser.add_argument("out_dir", help="directory to write node-1 .. node-N into")
     parser.add_argument("--nodes", "-n", type=int, required=True, help="number of nodes N")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of conf/ (task, partition, seed), e.g. partition=iid")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may follow --nodes N
     if args.nodes < 1:
         parser.error("--nodes must be >= 1")
+    out = Path(args.out_dir)
+    blocking = next((p for p in (out, *out.parents) if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise DataError(f"node-data OUT_DIR {args.out_dir}: {blocking} is a file, not a directory; give a directory to write node-1 .. node-N into")
     from astroscale_fl import config
     from astroscale_fl.deploy.node_data import source_name, write_node_dirs
 
     cfg = config.validate(config.compose(args.overrides))
-    for path in write_node_dirs(cfg, args.out_dir, args.nodes):
+    try:
+        paths = write_node_dirs(cfg, args.out_dir, args.nodes)
+    except OSError as exc:  # permissions, a full disk, a file where a node directory goes
+        raise DataError(f"node-data OUT_DIR {args.out_dir}: cannot write ({exc.strerror or exc}: {exc.filename})") from None
+    for path in paths:
         meta = json.loads((path / "node.json").read_text())
         print(f"{path}  rows={meta['rows']}  --node-config 'data-dir=\"{path.resolve()}\" source=\"{source_name(cfg)}\"'")
     return 0

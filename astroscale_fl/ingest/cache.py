@@ -5,6 +5,8 @@ Layout under the cache directory::
     objects/<aa>/<sha256>        the bytes, named by their SHA-256 (stored once)
     index/<key-hash>.json        request key -> object, size, created/expires time, metadata
     partial/<key-hash>.part      in-progress downloads (+ ``.part.json`` resume state)
+    tmp/<key-hash>.<pid>.<kind>  a query result being fetched (deleted when the fetch fails or is
+                                 interrupted; left by a killed process, removed by the next ingest)
 
 A *key* describes what was asked for (endpoint, query, format, or a file URL); a hit returns
 the stored object without any network request. Entries are written atomically, so a crash
@@ -36,6 +38,16 @@ def file_sha256(path: Path, chunk: int = 8 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 @dataclass
@@ -83,6 +95,17 @@ class Cache:
         except OSError:
             return None
         return CacheEntry(obj, entry["sha256"], entry["size"], entry["created"], entry.get("meta", {}))
+
+    def remove_stale_tmp(self) -> int:
+        """Delete ``tmp/<key>.<pid>.<kind>`` query results of processes that no longer run (an ingest
+        killed mid-download); return how many were removed."""
+        removed = 0
+        for path in (self.root / "tmp").glob("*.*.*"):
+            pid = path.name.split(".")[1]
+            if pid.isdigit() and not _alive(int(pid)):
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
 
     def put(self, key: dict | str, src: Path, *, sha256: str | None = None, meta: dict | None = None,
             move: bool = True, ttl_s: float | None = None) -> CacheEntry:

@@ -117,6 +117,7 @@ def run_ingest(opts: IngestOptions) -> IngestResult:
     columns = select_columns(cfg, opts.columns)
     out_dir = Path(opts.out) if opts.out else DEFAULT_OUT / cfg.name
     cache = Cache(Path(opts.cache_dir) if opts.cache_dir else DEFAULT_CACHE, cfg.cache_ttl_s)
+    cache.remove_stale_tmp()
 
     with Reporter(opts.progress) as rep:
         acquired, requests = asyncio.run(_acquire(cfg, opts, columns, limit, cache, rep))
@@ -240,19 +241,23 @@ async def _acquire_query(cfg, opts, columns, limit, transport: HttpTransport, ca
 
     retrieved_at = _now()
     skip = 0
-    if cfg.protocol == "skyserver":
-        fetched, skip = await skyserver.query(transport, cfg.endpoint, query, dest, on_bytes)
-        mode = "sql"
-    else:
-        client = TapClient(transport, cfg.endpoint, result_format=kind,
-                           status=lambda msg: rep.update(task, description=f"{cfg.name}: {msg}"))
-        mode = opts.mode
-        if mode == "auto":
-            mode = "sync" if limit and limit <= cfg.sync_max_rows else "async"
-        if mode == "sync":
-            fetched = await client.sync(query, limit, dest, on_bytes)
+    try:
+        if cfg.protocol == "skyserver":
+            fetched, skip = await skyserver.query(transport, cfg.endpoint, query, dest, on_bytes)
+            mode = "sql"
         else:
-            fetched = await _run_async_job(client, cfg, opts, query, limit, dest, cache, khash, on_bytes)
+            client = TapClient(transport, cfg.endpoint, result_format=kind,
+                               status=lambda msg: rep.update(task, description=f"{cfg.name}: {msg}"))
+            mode = opts.mode
+            if mode == "auto":
+                mode = "sync" if limit and limit <= cfg.sync_max_rows else "async"
+            if mode == "sync":
+                fetched = await client.sync(query, limit, dest, on_bytes)
+            else:
+                fetched = await _run_async_job(client, cfg, opts, query, limit, dest, cache, khash, on_bytes)
+    except BaseException:  # failed or interrupted (Ctrl-C cancels the task): no partial result left in tmp/
+        dest.unlink(missing_ok=True)
+        raise
     return Acquired(fetched.path, kind, query, fetched.sha256, fetched.size, False, retrieved_at, mode, skip, key)
 
 

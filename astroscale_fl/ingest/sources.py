@@ -14,7 +14,6 @@ from pathlib import Path
 
 import yaml
 
-import astroscale_fl
 from astroscale_fl.errors import ConfigError
 from astroscale_fl.ingest.schema import MAPPABLE, REQUIRED
 from astroscale_fl.ingest.transport import TransportSettings
@@ -29,11 +28,14 @@ _KEYS = {
 
 
 def conf_dir() -> Path:
-    """The configuration directory (``$ASTROSCALE_FL_CONF`` or ``<repo>/conf``)."""
+    """The configuration directory (``$ASTROSCALE_FL_CONF``, else the training config's tree:
+    ``<repo>/conf`` or the copy inside an installed wheel)."""
     env = os.environ.get("ASTROSCALE_FL_CONF")
     if env:
         return Path(env)
-    return Path(astroscale_fl.__file__).resolve().parent.parent / "conf"
+    from astroscale_fl.config import conf_dir as config_tree
+
+    return config_tree()
 
 
 def available_sources() -> list[str]:

@@ -13,12 +13,12 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-import astroscale_fl
+from astroscale_fl.config import conf_dir
 from astroscale_fl.ingest.cli import main
 
 from .servers import Archive, LoopbackServer
 
-REAL_CONF = Path(astroscale_fl.__file__).resolve().parent.parent / "conf"
+REAL_CONF = conf_dir()  # the repository's conf/, or the copy inside an installed wheel
 
 FAST_TRANSPORT = {
     "max_concurrency": 4, "rate_per_s": 0, "burst": 1, "timeout_s": 0.5, "connect_timeout_s": 1.0,

@@ -149,3 +149,30 @@ def test_failed_run_keeps_previous_complete_output(baseline, conf, ingest, archi
     assert code == 2
     assert hashlib.sha256((out / "gaia.parquet").read_bytes()).hexdigest() == before
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_interrupted_query_leaves_no_file_in_cache_tmp(conf, ingest, monkeypatch, tmp_path):
+    """Ctrl-C while the result downloads: exit 130 and nothing (not even 0 bytes) under cache/tmp/."""
+    from astroscale_fl.ingest.tap import TapClient
+
+    async def interrupted(self, query, limit, dest, on_bytes):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.touch()  # the download has opened its file
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(TapClient, "sync", interrupted)
+    code, _ = ingest("--source", "gaia", "--limit", "400")
+    assert code == 130
+    assert (tmp_path / "cache" / "tmp").is_dir() and not list((tmp_path / "cache" / "tmp").iterdir())
+
+
+def test_result_left_by_a_killed_ingest_is_removed_by_the_next(conf, ingest, tmp_path):
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid that no longer runs
+    stale = tmp_path / "cache" / "tmp" / f"{'a' * 64}.{dead.pid}.csv"
+    stale.parent.mkdir(parents=True)
+    stale.touch()
+    code, _ = ingest("--source", "gaia", "--limit", "400")
+    assert code == 0 and not stale.exists()
