@@ -139,8 +139,8 @@ def plot_curves(table: pd.DataFrame, histories: dict[str, pd.DataFrame], path: P
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         finals = pd.concat([table["test_r2"], ceiling]).dropna()
         if len(finals):
-            top.set_ylim(max(0.0, finals.min() - 0.1), min(1.0, finals.max() + 0.02))
-        top.legend(loc="lower right", fontsize="small", framealpha=0.85)
+            top.set_ylim(max(-1.0, min(0.0, finals.min() - 0.1)), min(1.0, finals.max() + 0.02))  # a negative R² stays visible
+        top.legend(loc="best", fontsize="small", framealpha=0.85)
     axes[0][0].set_ylabel("centralized test R²")
     axes[1][0].set_ylabel(f"test RMSE ({unit})" if unit else "test RMSE")
     fig.tight_layout()
