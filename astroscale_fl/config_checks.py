@@ -39,8 +39,7 @@ def check_values(cfg: DictConfig) -> None:
     _require(fed.max_update_norm is None or _finite_positive(fed.max_update_norm), "federation.max_update_norm",
              "a positive number or null", fed.max_update_norm)
     if fed.num_nodes is not None:
-        _require(fed.min_replies <= fed.num_nodes, "federation.min_replies",
-                 f"at most federation.num_nodes={fed.num_nodes} (a round could never aggregate)", fed.min_replies)
+        check_min_replies(fed)
     if fed.resume_from:
         from astroscale_fl.checkpoint import checkpoint_path
 
@@ -65,11 +64,20 @@ def check_mlp(widths: list, activation: str, dropout: float) -> None:
     _require(not bad, "model.widths", f"layer widths in 1..{MAX_LAYER_WIDTH}", widths)
 
 
+def check_min_replies(fed: DictConfig) -> None:
+    """``min_replies`` no larger than the nodes a round samples (else no round could aggregate)."""
+    _require(fed.min_replies <= fed.num_nodes, "federation.min_replies",
+             f"at most federation.num_nodes={fed.num_nodes} (a round could never aggregate)", fed.min_replies)
+    sampled = min(fed.num_nodes, max(fed.min_train_nodes, int(round(fed.fraction_train * fed.num_nodes))))
+    _require(fed.min_replies <= sampled, "federation.min_replies",
+             f"at most the {sampled} nodes a round samples (federation.fraction_train={fed.fraction_train:g} of "
+             f"{fed.num_nodes}, at least federation.min_train_nodes={fed.min_train_nodes})", fed.min_replies)
+
+
 def check_run(cfg: DictConfig, node_rows: np.ndarray | None) -> None:
     """Checks that need the resolved node count and, in simulation, each node's row count."""
     fed = cfg.federation
-    _require(fed.min_replies <= fed.num_nodes, "federation.min_replies",
-             f"at most federation.num_nodes={fed.num_nodes} (a round could never aggregate)", fed.min_replies)
+    check_min_replies(fed)
     if fed.resume_from:
         from astroscale_fl import checkpoint
 

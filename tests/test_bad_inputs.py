@@ -116,6 +116,8 @@ CONFIG_CASES = {
     ("federation.round_timeout=inf",): ["federation.round_timeout"],
     ("federation.min_replies=0",): ["federation.min_replies", ">= 1"],
     ("federation.num_nodes=2", "federation.min_replies=3"): ["federation.min_replies", "federation.num_nodes=2"],
+    ("federation.num_nodes=10", "federation.fraction_train=0.2", "federation.min_replies=3"):
+        ["federation.min_replies", "at most the 2 nodes a round samples"],
     ("federation.max_update_norm=-1",): ["federation.max_update_norm"],
     ("federation.max_update_norm=0",): ["federation.max_update_norm"],
     ("federation.max_update_norm=nan",): ["federation.max_update_norm"],

@@ -24,7 +24,6 @@ from flwr.serverapp.strategy import Strategy
 from omegaconf import DictConfig, OmegaConf
 
 from astroscale_fl import checkpoint as ckpt_mod
-from astroscale_fl.errors import ConfigError
 from astroscale_fl.data import task_split
 from astroscale_fl.export import finish_run
 from astroscale_fl.federation.messages import round_config
@@ -55,10 +54,6 @@ def run_federation(grid: Grid, cfg: DictConfig, strategy: Strategy, out_dir: str
         resumed = ckpt_mod.load(fed.resume_from)
         ckpt_mod.check_compatible(resumed, config_dict, fed.resume_from)
         log(INFO, "resuming from %s after round %d", ckpt_mod.checkpoint_path(fed.resume_from), resumed.round)
-    if fed.min_replies < 1:
-        raise ConfigError(f"federation.min_replies: expected an integer >= 1, got {fed.min_replies}")
-    if fed.max_update_norm is not None and not fed.max_update_norm > 0:
-        raise ConfigError(f"federation.max_update_norm: expected a positive number or null, got {fed.max_update_norm}")
 
     metrics_obj = RunMetrics()
     metrics_obj.describe(cfg.strategy.name, cfg.task.name, cfg.model.name)
