@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_predict import sample_rows, start_service, train_small_model  # noqa: E402
+from bench_predict import sample_rows, start_service, train_small_model
 
 
 async def measure(url: str, good: dict, bodies: int, keys: int) -> dict:

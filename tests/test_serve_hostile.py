@@ -36,19 +36,16 @@ def exported(tmp_path_factory, absmag_frame):
 def servers(exported, tmp_path_factory):
     """(url, stderr log path) of a server with a short body timeout, and of one with --max-connections 8."""
     logs = tmp_path_factory.mktemp("logs")
-    procs, handles = [], []
+    procs = []
     for i, extra in enumerate([[], ["--max-connections", str(SMALL_LIMIT)]]):
-        log = open(logs / f"server{i}.log", "w")
-        handles.append(log)
-        procs.append(subprocess.Popen([sys.executable, "-m", "astroscale_fl.serve", "--model", str(exported[0]), "--port", "0",
-                                       "--body-timeout-s", str(BODY_TIMEOUT_S), "--log-level", "warning", *extra],
-                                      stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT, env=cli_env()))
+        with open(logs / f"server{i}.log", "w") as log:  # the child keeps its own descriptor
+            procs.append(subprocess.Popen([sys.executable, "-m", "astroscale_fl.serve", "--model", str(exported[0]), "--port", "0",
+                                           "--body-timeout-s", str(BODY_TIMEOUT_S), "--log-level", "warning", *extra],
+                                          stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT, env=cli_env()))
     try:
         yield [(wait_ready(p), logs / f"server{i}.log") for i, p in enumerate(procs)]
     finally:
         stop(procs)
-        for h in handles:
-            h.close()
 
 
 def half_sent(url: str, declared: int = 400, sent: bytes = b'{"RArad": 0.1, ') -> socket.socket:
@@ -90,7 +87,7 @@ def test_unknown_keys_are_counted_not_echoed(exported, servers):
     errors = answer.json()["detail"]
     assert len(errors) <= MAX_LISTED_ERRORS and len(answer.content) < 30_000
     assert "69901 more unknown fields" in errors[-1]["msg"]
-    row = {**good(exported[1]), **{"y" * 5000: [1] * 10_000}}  # a long key holding a long list
+    row = {**good(exported[1]), "y" * 5000: [1] * 10_000}  # a long key holding a long list
     answer = httpx.post(f"{url}/predict/batch", json=[good(exported[1]), row], timeout=30)
     assert answer.status_code == 422 and len(answer.content) < 2_000
     assert answer.json()["detail"][0]["input"] == "<list of 10000 items>"

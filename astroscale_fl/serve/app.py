@@ -73,7 +73,7 @@ def create_app(predictor, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, max_batc
         return Response(body, status_code=status, media_type=JSON_TYPE)
 
     def failure(exc: Exception) -> Response:
-        log.error("prediction failed: %s: %s", type(exc).__name__, one_line(str(exc)))
+        log.exception("prediction failed")  # valid input the model could not predict: a bug, keep its traceback
         return json_response(json.dumps({"detail": f"prediction failed: {one_line(str(exc)) or type(exc).__name__}"}).encode(), 500)
 
     async def single(body: bytes) -> tuple[bytes, int]:
