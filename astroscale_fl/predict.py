@@ -78,8 +78,8 @@ class Predictor:
         self.check_values(row)
         value = float(self.predict_frame({k: np.array([v], dtype=np.float64) for k, v in row.items()})[0])
         if not math.isfinite(value):
-            raise DataError(f"{self.model_dir}: the model's prediction for these inputs is {value}, not a number; "
-                            "no prediction printed")
+            raise DataError(f"{self.model_dir}: the model's prediction for these inputs is {value}, not a finite number; "
+                            "nothing printed")
         return value
 
     def invalid_reasons(self, frame: pd.DataFrame) -> pd.Series:

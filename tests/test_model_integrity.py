@@ -323,7 +323,7 @@ def test_predict_never_prints_nan(overflowing, exported, capsys, tmp_path):
     rows = exported[1]
     names = predict_module_inputs(overflowing)
     err = assert_one_line_exit_2(lambda: predict_module.main(["--model", str(overflowing), *[repr(float(rows[n].iloc[0])) for n in names]]), capsys)
-    assert "not a number" in err
+    assert "not a finite number" in err
     assert capsys.readouterr().out == ""
     src, dst = tmp_path / "in.csv", tmp_path / "out.csv"
     rows[names].to_csv(src, index=False)
