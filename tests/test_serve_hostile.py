@@ -130,6 +130,22 @@ def test_half_sent_bodies_time_out_while_others_are_served(exported, servers):
     assert metric(url, "/predict", 408) == before + 150
 
 
+def test_half_sent_headers_are_closed(exported, servers):
+    url, log = servers[0]
+    parts = urlsplit(url)
+    stalled = [socket.create_connection((parts.hostname, parts.port), timeout=10) for _ in range(150)]
+    try:
+        for s in stalled:
+            s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: appl")  # and never the rest
+        assert httpx.post(f"{url}/predict", json=good(exported[1]), timeout=30).status_code == 200
+        deadline = time.monotonic() + BODY_TIMEOUT_S + 15
+        assert all(answer_and_close(s, deadline) == b"" for s in stalled)  # closed without an answer
+    finally:
+        for s in stalled:
+            s.close()
+    assert log.read_text().count("request headers not complete") >= 150
+
+
 def test_connections_beyond_the_limit_get_503(exported, servers):
     url = servers[1][0]
     stalled = [half_sent(url) for _ in range(SMALL_LIMIT)]

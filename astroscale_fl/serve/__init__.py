@@ -17,9 +17,10 @@ unknown field gets 422 ``{"detail": [{"loc": ["body", field], "msg": ..., "type"
 (batch rows: ``["body", row, field]``; at most ``MAX_LISTED_ERRORS`` errors, client keys and
 values echoed at most 80 characters). POST bodies must declare ``Content-Type:
 application/json`` (else 415). A body larger than ``--max-body-bytes`` or a batch of more than
-``--max-batch`` rows gets 413, a body not complete within ``--body-timeout-s`` gets 408, a client
-that leaves mid-body is counted as 499; past ``--max-connections`` the server answers 503. CORS
-is off unless ``--cors-origins`` names the origins allowed.
+``--max-batch`` rows gets 413, a body not complete within ``--body-timeout-s`` gets 408 (and a
+connection whose headers take as long is closed), a client that leaves mid-body is counted as
+499; past ``--max-connections`` the server answers 503. CORS is off unless ``--cors-origins``
+names the origins allowed.
 
 The model directory must match the SHA-256 its card records, and a probe prediction must be
 finite, or the service does not start. Predictions are the same numbers ``scripts/predict.py``
@@ -29,7 +30,7 @@ agree with the script to float32 rounding, ~1e-6 relative, not bit for bit).
 
 Modules: :mod:`.schema` (request validation), :mod:`.service` (validation + prediction without
 HTTP), :mod:`.batching` (micro-batcher), :mod:`.middleware` (metrics, body limits),
-:mod:`.app` (the ASGI app), :mod:`.cli` (the command).
+:mod:`.protocol` (header deadline), :mod:`.app` (the ASGI app), :mod:`.cli` (the command).
 """
 
 from astroscale_fl.serve.app import THREAD_OFFLOAD_ROWS, content_type_error, create_app

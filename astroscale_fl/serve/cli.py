@@ -52,7 +52,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, help="most rows in one /predict/batch request; more get 413 (default: 10000)")
     p.add_argument("--body-timeout-s", type=float, default=DEFAULT_BODY_TIMEOUT_S,
                    help=f"a request body not complete this many seconds after its headers gets 408 and the connection "
-                   f"is closed (default: {DEFAULT_BODY_TIMEOUT_S:g})")
+                   f"is closed; a connection whose request headers take longer is closed (default: {DEFAULT_BODY_TIMEOUT_S:g})")
     p.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS,
                    help=f"open connections or in-flight requests beyond this get 503 (default: {DEFAULT_MAX_CONNECTIONS})")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default: 1; one star gains nothing from more)")
@@ -114,6 +114,7 @@ def _serve(args: argparse.Namespace, model_dir: Path, sock: socket.socket) -> in
 
     from astroscale_fl.predict import Predictor
     from astroscale_fl.serve.app import create_app
+    from astroscale_fl.serve.protocol import header_deadline_protocol
 
     torch.set_num_threads(args.threads)
     try:
@@ -131,7 +132,8 @@ def _serve(args: argparse.Namespace, model_dir: Path, sock: socket.socket) -> in
     print(f"serving {predictor.card.get('task')} model {model_dir} on http://{shown}:{port} "
           f"(POST /predict, POST /predict/batch, GET /healthz, GET /metrics)", flush=True)
     config = uvicorn.Config(app, log_level=args.log_level, access_log=args.access_log, server_header=False,
-                            lifespan="off", timeout_graceful_shutdown=5, limit_concurrency=args.max_connections)
+                            lifespan="off", timeout_graceful_shutdown=5, limit_concurrency=args.max_connections,
+                            http=header_deadline_protocol(args.body_timeout_s))
     uvicorn.Server(config).run(sockets=[sock])
     return 0
 
