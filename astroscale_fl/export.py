@@ -22,6 +22,7 @@ import json
 import math
 import pickle
 import subprocess
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -224,10 +225,13 @@ def _load_pipeline(path: Path) -> Pipeline:
 def _load_state(path: Path) -> dict[str, torch.Tensor]:
     """A plain ``{name: tensor}`` state dict; pickled objects and anything else are refused."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about odd pickle protocols; the error line says enough
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        lines = [line.strip() for line in str(exc).splitlines() if "WeightsUnpickler error" in line] or [one_line(str(exc))]
-        raise DataError(f"{path}: refused: holds objects other than tensors ({lines[0][:160]})") from None
+        boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
+        reasons = [line.strip() for line in str(exc).splitlines() if line.strip() and not line.strip().startswith(boilerplate)]
+        raise DataError(f"{path}: refused: holds objects other than tensors ({(reasons or ['unpickling refused'])[0][:160]})") from None
     except Exception as exc:  # torch reports garbage as RuntimeError, EOFError, ValueError, ...
         raise DataError(f"{path}: not a torch state dict ({type(exc).__name__}: {one_line(str(exc))[:120]})") from None
     if not (isinstance(state, dict) and state and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())):
