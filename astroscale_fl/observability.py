@@ -31,6 +31,7 @@ swaps in its own registry. A port that is taken is logged and skipped: metrics n
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 import threading
 from logging import WARNING
 from typing import Any
@@ -97,10 +98,11 @@ class RunMetrics:
             current = self.epsilon_max._value.get()  # noqa: SLF001 (prometheus_client has no public getter)
             self.epsilon_max.set(epsilon if math.isnan(current) else max(current, epsilon))
 
-    def restore(self, rows: list[Any]) -> None:
-        """After a resume: count the checkpointed rounds so the counters reflect the whole run."""
+    def restore(self, rows: list[Any], rejected: Mapping[int, int] | None = None) -> None:
+        """After a resume: count the checkpointed rounds (``rejected``: replies rejected per
+        round, which history.csv does not hold) so the counters reflect the whole run."""
         for row in rows:
-            self.round_finished(row, declined=int(getattr(row, "nodes_declined", 0)), rejected=int(getattr(row, "nodes_rejected", 0)))
+            self.round_finished(row, declined=row.nodes_declined, rejected=(rejected or {}).get(row.round, 0))
 
 
 class _Delegating:

@@ -13,10 +13,8 @@ from flwr.app import ConfigRecord
 from omegaconf import DictConfig
 
 from astroscale_fl import config as config_mod
+from astroscale_fl.federation.protocol import PIPELINE_KEY, RUN_CONFIG_KEY
 from astroscale_fl.preprocessing import Pipeline
-
-RUN_CONFIG_KEY = "astroscale-config"
-PIPELINE_KEY = "astroscale-pipeline"
 
 
 def round_config(cfg: DictConfig, pipeline: Pipeline | None = None) -> ConfigRecord:

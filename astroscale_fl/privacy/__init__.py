@@ -4,6 +4,7 @@
   Gaussian noise; FedProx / SCAFFOLD terms as post-processing);
 - :mod:`.ledger`: a node's lifetime accountant history, ε, budget check, persistence;
 - :mod:`.calibrate`: δ, sample rate, steps, σ for a target ε, the validated settings;
+- :mod:`.node`: a node's privacy round as one call (``NoPrivacy`` or DP-SGD), declines;
 - :mod:`.card`: reply records and the model card's ``privacy`` section (recomputable);
 - :mod:`.client_dp`: optional server-side client-level DP-FedAvg helpers.
 """
@@ -30,8 +31,7 @@ from astroscale_fl.privacy.ledger import (
     open_ledger,
 )
 
-#: ``Error.code`` of a train reply declined because the round would exceed the node's budget.
-BUDGET_EXCEEDED_CODE = 4005
+from astroscale_fl.federation.protocol import BUDGET_EXCEEDED_CODE  # noqa: E402  (re-exported)
 
 __all__ = [
     "BUDGET_EXCEEDED_CODE", "LEDGER_FILENAME", "PrivacyError", "PrivacyLedger", "PrivacySettings", "RoundPlan",

@@ -71,7 +71,7 @@ def test_node_at_budget_declines_and_others_continue(tmp_path):
     assert 4.9 < spent.epsilon() < 5.0
     spent.save(path)
     _, history = rounds(cfg, grid, pipeline, 1, 2)
-    assert all(row.nodes_replied == 2 for row in history)
+    assert all(outcome.record.nodes_replied == 2 for outcome in history)
     replies = [m for m in grid.received if m.metadata.message_type == "train"]
     assert len(replies) == 6
     after = PrivacyLedger.load(path)
