@@ -31,8 +31,8 @@ swaps in its own registry. A port that is taken is logged and skipped: metrics n
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 import threading
+from collections.abc import Mapping
 from logging import WARNING
 from typing import Any
 
@@ -123,9 +123,8 @@ def serve(metrics: RunMetrics, port: int, host: str = "0.0.0.0") -> bool:
     """Serve ``metrics`` on ``host:port`` (0 = off); return whether they are served."""
     if port <= 0:
         return False
-    from prometheus_client import start_http_server
-
     from flwr.common import log
+    from prometheus_client import start_http_server
 
     with _LOCK:
         key = (host, int(port))

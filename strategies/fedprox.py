@@ -18,7 +18,7 @@ class FedProx(FedAvg):
     """FedAvg with a proximal term ``mu`` sent to the nodes in the round config
     (as :class:`~astroscale_fl.federation.protocol.ProximalTerm`)."""
 
-    def __init__(self, mu: float = 0.01, **kwargs) -> None:
+    def __init__(self, *, mu: float, **kwargs) -> None:  # mu: from conf/strategy/fedprox.yaml, no second default
         super().__init__(**kwargs)
         self.mu = mu
 

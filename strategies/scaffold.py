@@ -38,7 +38,7 @@ class Scaffold(FedAvg):
     and ``delta_c_i`` back (defaults from :mod:`astroscale_fl.federation.protocol`).
     """
 
-    def __init__(self, server_lr: float = 1.0, local_lr: float = 0.05, control_key: str = CONTROL_KEY,
+    def __init__(self, *, server_lr: float, local_lr: float, control_key: str = CONTROL_KEY,
                  control_delta_key: str = CONTROL_DELTA_KEY, **kwargs) -> None:
         super().__init__(server_lr=server_lr, **kwargs)
         self.control_key = control_key

@@ -25,8 +25,8 @@ from flwr.serverapp.strategy import Strategy
 from omegaconf import DictConfig, OmegaConf
 
 from astroscale_fl import checkpoint as ckpt_mod
-from astroscale_fl.errors import ConfigError
 from astroscale_fl.data import task_split
+from astroscale_fl.errors import ConfigError
 from astroscale_fl.export import finish_run
 from astroscale_fl.federation.messages import round_config
 from astroscale_fl.federation.records import arrays_to_numpy, load_arrays, model_to_arrays, numpy_to_arrays

@@ -9,6 +9,7 @@
 - :mod:`.client_dp`: optional server-side client-level DP-FedAvg helpers.
 """
 
+from astroscale_fl.federation.protocol import BUDGET_EXCEEDED_CODE  # noqa: E402  (re-exported)
 from astroscale_fl.privacy.calibrate import (
     PrivacySettings,
     RoundPlan,
@@ -18,7 +19,14 @@ from astroscale_fl.privacy.calibrate import (
     sample_rate,
     steps_per_round,
 )
-from astroscale_fl.privacy.card import entry_from_record, node_entry, privacy_section, recompute_epsilon, reply_record, verify_section
+from astroscale_fl.privacy.card import (
+    entry_from_record,
+    node_entry,
+    privacy_section,
+    recompute_epsilon,
+    reply_record,
+    verify_section,
+)
 from astroscale_fl.privacy.dp_sgd import make_private, poisson_batches, train_local_dp, unwrap
 from astroscale_fl.privacy.ledger import (
     LEDGER_FILENAME,
@@ -30,8 +38,6 @@ from astroscale_fl.privacy.ledger import (
     ledger_to_state,
     open_ledger,
 )
-
-from astroscale_fl.federation.protocol import BUDGET_EXCEEDED_CODE  # noqa: E402  (re-exported)
 
 __all__ = [
     "BUDGET_EXCEEDED_CODE", "LEDGER_FILENAME", "PrivacyError", "PrivacyLedger", "PrivacySettings", "RoundPlan",
