@@ -9,16 +9,13 @@ unknown keys, ill-typed values and out-of-range values are rejected with a one-l
 The same tree configures ``astroscale-fl train`` (a Hydra app), Hydra multiruns and
 ``flwr run .`` (its run-config carries Hydra overrides), so there is one source of truth.
 
-Defaults live in the YAML alone; the schemas below hold names, types and comments, and no
-defaults (every field is required: a key missing from the YAML is a one-line error). Why YAML
-and not dataclass defaults registered with Hydra's ConfigStore: the ``conf/`` tree is what
-every entry point composes (the Hydra app, multiruns, ``flwr run .``, an alternative tree
-via ``$ASTROSCALE_FL_CONF``), what ``--cfg job`` prints and what users read and copy, with
-its comments; a ConfigStore node and a YAML file of the same name are ambiguous in Hydra's
-search path, so ConfigStore defaults would mean deleting the YAML that documents them. The
-schemas stay what they are good at: one ``name`` per choice, types, ``???`` for values the
-user must give. Library constructors (strategies, :class:`~astroscale_fl.privacy.PrivacySettings`)
-take these values from the validated config, not from defaults of their own.
+Defaults live in the YAML alone; the schemas hold names, types and comments, no defaults
+(a key the YAML lacks is a one-line error). Why YAML rather than dataclass defaults in Hydra's
+ConfigStore: ``conf/`` is what every entry point composes (the Hydra app, multiruns, ``flwr run .``,
+another tree via ``$ASTROSCALE_FL_CONF``), what ``--cfg job`` prints and what users read, with its
+comments; a ConfigStore node and a YAML file of one name are ambiguous in Hydra's search path,
+so ConfigStore defaults would mean deleting the YAML that documents them. Strategies take their
+parameters from the validated config, with no defaults of their own.
 """
 
 from __future__ import annotations
@@ -397,16 +394,11 @@ def _check_values(cfg: DictConfig) -> None:
 
 
 def _check_missing(cfg: DictConfig) -> None:
-    """Every schema field must have a value: ``???`` in the YAML (task.path, partition.column)
-    or a key the YAML does not set."""
-    for group in (g for g in SCHEMAS if g in cfg):
-        for key in cfg[group]:
-            if OmegaConf.is_missing(cfg[group], key):
-                raise ConfigError(f"{group}.{key}: a value is required for {group}={cfg[group].name} (e.g. {group}.{key}=...)")
-    for section in SECTIONS:
-        for key in cfg[section]:
-            if OmegaConf.is_missing(cfg[section], key):
-                raise ConfigError(f"{section}.{key}: a value is required (set it in the config tree or override {section}.{key}=...)")
+    """Every schema field needs a value: not ``???`` (task.path, partition.column), not absent from the YAML."""
+    for group in (g for g in (*SCHEMAS, *SECTIONS) if g in cfg):
+        for key in (k for k in cfg[group] if OmegaConf.is_missing(cfg[group], k)):
+            choice = f" for {group}={cfg[group].name}" if group in SCHEMAS else ""
+            raise ConfigError(f"{group}.{key}: a value is required{choice} (e.g. {group}.{key}=...)")
 
 
 def to_json(cfg: DictConfig, without: tuple[str, ...] = ()) -> str:

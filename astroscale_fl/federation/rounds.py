@@ -12,6 +12,11 @@ each way, Prometheus metrics, a checkpoint hook, and resilience:
   non-finite values or an update norm beyond ``federation.max_update_norm`` is *rejected*
   (counted, logged, never aggregated);
 - a round aggregates when at least ``federation.min_replies`` valid replies arrived.
+
+Each round is :func:`train_phase` (configure, send and receive, :func:`sort_replies`, aggregate)
+then :func:`evaluate_phase`; :func:`run_rounds` returns one typed :class:`RoundOutcome` per
+round (its ``history.csv`` row, the accepted replies, the structured declines, the DP ledger
+entries and the rejection reasons).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@
 - :mod:`.client_dp`: optional server-side client-level DP-FedAvg helpers.
 """
 
-from astroscale_fl.federation.protocol import BUDGET_EXCEEDED_CODE  # noqa: E402  (re-exported)
+from astroscale_fl.federation.protocol import BUDGET_EXCEEDED_CODE  # re-exported
 from astroscale_fl.privacy.calibrate import (
     PrivacySettings,
     RoundPlan,
