@@ -4,10 +4,12 @@
   Gaussian noise; FedProx / SCAFFOLD terms as post-processing);
 - :mod:`.ledger`: a node's lifetime accountant history, ε, budget check, persistence;
 - :mod:`.calibrate`: δ, sample rate, steps, σ for a target ε, the validated settings;
+- :mod:`.node`: a node's privacy round as one call (``NoPrivacy`` or DP-SGD), declines;
 - :mod:`.card`: reply records and the model card's ``privacy`` section (recomputable);
 - :mod:`.client_dp`: optional server-side client-level DP-FedAvg helpers.
 """
 
+from astroscale_fl.federation.protocol import BUDGET_EXCEEDED_CODE  # re-exported
 from astroscale_fl.privacy.calibrate import (
     PrivacySettings,
     RoundPlan,
@@ -41,9 +43,6 @@ def __getattr__(name: str):
         return getattr(card, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-
-#: ``Error.code`` of a train reply declined because the round would exceed the node's budget.
-BUDGET_EXCEEDED_CODE = 4005
 
 __all__ = [
     "BUDGET_EXCEEDED_CODE", "LEDGER_FILENAME", "PrivacyError", "PrivacyLedger", "PrivacySettings", "RoundPlan",

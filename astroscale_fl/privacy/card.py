@@ -41,8 +41,6 @@ from flwr.app import ConfigRecord
 from astroscale_fl.errors import DataError, report_user_errors
 from astroscale_fl.privacy.ledger import PrivacyLedger
 
-REPLY_KEY = "privacy"
-
 
 def node_entry(node: str, ledger: PrivacyLedger) -> dict:
     """The model card's record of one node."""
@@ -50,7 +48,7 @@ def node_entry(node: str, ledger: PrivacyLedger) -> dict:
 
 
 def reply_record(node: str, ledger: PrivacyLedger) -> ConfigRecord:
-    """The ``ConfigRecord`` a DP train reply carries under :data:`REPLY_KEY`."""
+    """The ``ConfigRecord`` a DP train reply carries under ``federation.protocol.PRIVACY_KEY``."""
     entry = node_entry(node, ledger)
     return ConfigRecord({
         "node": entry["node"], "accountant": entry["accountant"], "delta": entry["delta"],
@@ -118,6 +116,7 @@ def read_verified_card(path: str | Path) -> dict:
         raise DataError(f"{card_path}: expected a JSON object, got {type(card).__name__}")
     if "files" in card or (card_path.parent / WEIGHTS_FILE).exists():
         verify_files(card_path.parent, card)
+        print(f"{card_path.parent}: {', '.join(sorted(card['files']))} match the SHA-256 in the card")
     section = card.get("privacy", card)
     if not (isinstance(section, dict) and isinstance(section.get("nodes", []), list)
             and all(isinstance(n, dict) and {"node", "epsilon", "delta", "accountant", "history"} <= set(n) for n in section.get("nodes", []))):
