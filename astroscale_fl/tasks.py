@@ -141,7 +141,7 @@ def catalog_task(task_cfg) -> TaskSpec:
         name="catalog",
         target=str(task_cfg.target),
         target_unit="",
-        inputs=tuple(Feature(name, "") for name in features),
+        inputs=tuple(KNOWN_COLUMNS.get(name, Feature(name, "")) for name in features),
         description=f"{task_cfg.target} from {', '.join(features)} ({task_cfg.path})",
         loader=load_catalog,
         partition_columns=PartitionColumns(dec=task_cfg.get("dec_column"), dec_unit="deg",
@@ -182,6 +182,9 @@ SURVEY_REDSHIFT = TaskSpec(
     loader=load_survey_redshift,
     partition_columns=PartitionColumns(dec="dec", dec_unit="deg", target="z"),
 )
+
+#: Physical ranges a ``catalog`` task applies to columns it knows by name (the survey schema's).
+KNOWN_COLUMNS: dict[str, Feature] = {f.name: f for f in SURVEY_REDSHIFT_INPUTS}
 
 TASKS: dict[str, TaskSpec] = {HIPPARCOS_ABSMAG.name: HIPPARCOS_ABSMAG, SURVEY_REDSHIFT.name: SURVEY_REDSHIFT}
 #: The partition ``partition=auto`` picks for each task: how its data is naturally split.

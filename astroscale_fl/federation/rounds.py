@@ -34,7 +34,7 @@ from astroscale_fl.federation.records import record_nbytes
 from astroscale_fl.history import RoundRecord
 from astroscale_fl.privacy.card import REPLY_KEY as PRIVACY_KEY
 from astroscale_fl.privacy.card import entry_from_record
-from astroscale_fl.statistics import ColumnStatistics
+from astroscale_fl.preprocessing import ColumnStatistics
 
 CentralEval = Callable[[ArrayRecord], tuple[float, float]]  # arrays -> (rmse, r2)
 POLL_SECONDS = 0.2

@@ -1,0 +1,366 @@
+"""Preprocessing steps with inspectable, serialisable state (scikit-learn transformer shape).
+
+``transform(columns)`` applies a step to a mapping of column name -> 1-D float64 array,
+``state_dict()`` returns its state as plain JSON data, ``from_state(state)`` (validated by
+:mod:`.schema`) rebuilds it. Steps that learn state learn it with ``fit_statistics`` from
+:class:`~.statistics.ColumnStatistics`, which merge across record batches and nodes, so fitting
+on one table, federatedly or on a public reference is one code path.
+
+Row-wise steps (validation, derived features) run before the statistics are taken; learning
+steps (imputer, outliers, scaler) after.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, ClassVar
+
+import numpy as np
+
+from astroscale_fl.errors import ConfigError, DataError
+from astroscale_fl.preprocessing import derived
+from astroscale_fl.preprocessing.statistics import ColumnStatistics
+
+Columns = dict[str, np.ndarray]
+
+
+class Step:
+    """Base class of a preprocessing step (columns in, columns out)."""
+
+    kind: ClassVar[str]
+    learns: ClassVar[bool] = False
+
+    def transform(self, columns: Columns) -> Columns:
+        raise NotImplementedError
+
+    def fit_statistics(self, stats: ColumnStatistics) -> Step:
+        return self
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Step:
+        step = cls.__new__(cls)
+        step.__dict__.update(state)  # already checked field by field by schema.validate_step
+        return step
+
+
+class RangeValidator(Step):
+    """Physical ranges per column. In training, rows with a finite value outside its range (or
+    +-inf) go to the quarantine (:meth:`failures`); in prediction the value becomes missing."""
+
+    kind = "range_validator"
+
+    def __init__(self, ranges: dict[str, tuple[float, float]]):
+        self.ranges = {k: [float(lo), float(hi)] for k, (lo, hi) in ranges.items()}
+        self.invalid_counts: dict[str, int] = {}
+
+    def failures(self, columns: Columns) -> tuple[np.ndarray, np.ndarray]:
+        """(row fails, index into ``ranges`` of the first failing column or -1) per row."""
+        n = len(next(iter(columns.values()))) if columns else 0
+        first = np.full(n, -1, dtype=np.int64)
+        for j, (name, (lo, hi)) in reversed(list(enumerate(self.ranges.items()))):
+            values = columns[name]
+            with np.errstate(invalid="ignore"):
+                bad = ~np.isnan(values) & ~((values >= lo) & (values <= hi))
+            first[bad] = j
+        return first >= 0, first
+
+    def transform(self, columns: Columns) -> Columns:
+        out = dict(columns)
+        for name, (lo, hi) in self.ranges.items():
+            values = columns[name]
+            with np.errstate(invalid="ignore"):
+                out[name] = np.where((values >= lo) & (values <= hi), values, np.nan)
+        return out
+
+
+class DerivedFeatures(Step):
+    """Append named derived feature columns (formulas in :mod:`.derived`)."""
+
+    kind = "derived_features"
+
+    def __init__(self, names: list[str]):
+        unknown = [n for n in names if n not in derived.DERIVED_FEATURES]
+        if unknown:
+            raise ConfigError(f"unknown derived feature(s) {unknown}; expected some of {sorted(derived.DERIVED_FEATURES)}")
+        self.names = list(names)
+
+    def transform(self, columns: Columns) -> Columns:
+        out = dict(columns)
+        for name in self.names:
+            out[name] = np.asarray(derived.DERIVED_FEATURES[name](out), dtype=np.float64)
+        return out
+
+
+class DistanceFeature(Step):
+    """``distance_pc`` = 1000 / parallax where parallax / error >= ``min_snr``, else missing."""
+
+    kind = "distance_pc"
+
+    def __init__(self, parallax: str, parallax_error: str, min_snr: float):
+        self.parallax, self.parallax_error, self.min_snr = parallax, parallax_error, float(min_snr)
+
+    def transform(self, columns: Columns) -> Columns:
+        return {**columns, "distance_pc": derived.distance_pc(columns[self.parallax], columns[self.parallax_error], self.min_snr)}
+
+
+class PolynomialFeatures(Step):
+    """Powers ``col^2 .. col^degree`` of each chosen column (named ``col^k``)."""
+
+    kind = "polynomial"
+
+    def __init__(self, columns: list[str], degree: int):
+        if int(degree) < 2:
+            raise ConfigError(f"preprocess.polynomial_degree: expected an integer >= 2, got {degree}")
+        self.columns, self.degree = list(columns), int(degree)
+
+    @property
+    def outputs(self) -> list[str]:
+        return [f"{c}^{k}" for c in self.columns for k in range(2, self.degree + 1)]
+
+    def transform(self, columns: Columns) -> Columns:
+        out = dict(columns)
+        for c in self.columns:
+            for k in range(2, self.degree + 1):
+                out[f"{c}^{k}"] = columns[c] ** k
+        return out
+
+
+class InteractionFeatures(Step):
+    """Pairwise products ``a*b`` of the chosen columns."""
+
+    kind = "interactions"
+
+    def __init__(self, columns: list[str]):
+        self.columns = list(columns)
+
+    @property
+    def outputs(self) -> list[str]:
+        return [f"{a}*{b}" for a, b in itertools.combinations(self.columns, 2)]
+
+    def transform(self, columns: Columns) -> Columns:
+        out = dict(columns)
+        for a, b in itertools.combinations(self.columns, 2):
+            out[f"{a}*{b}"] = columns[a] * columns[b]
+        return out
+
+
+class TemporalFeatures(Step):
+    """From a time column (MJD or ISO 8601): decimal year, day-of-year sin/cos, days since the
+    first epoch. The first epoch is learned: the minimum time over the (merged) statistics."""
+
+    kind = "temporal"
+    learns = True
+
+    def __init__(self, column: str):
+        self.column = column
+        self.first_epoch = 0.0
+
+    @property
+    def outputs(self) -> list[str]:
+        return [f"{self.column}_year", f"{self.column}_doy_sin", f"{self.column}_doy_cos", f"{self.column}_days"]
+
+    def fit_statistics(self, stats: ColumnStatistics) -> TemporalFeatures:
+        # statistics are taken with first_epoch 0, so <column>_days holds the raw MJD there
+        first = _select(stats, [self.outputs[3]], stats.minimum)[self.outputs[3]]
+        self.first_epoch = first if np.isfinite(first) else 0.0
+        return self
+
+    def transform(self, columns: Columns) -> Columns:
+        mjd = derived.to_mjd(columns[self.column])
+        year, phase = derived.decimal_year_and_day_phase(mjd)
+        angle = 2 * np.pi * phase
+        names = self.outputs
+        return {**columns, names[0]: year, names[1]: np.sin(angle), names[2]: np.cos(angle), names[3]: mjd - self.first_epoch}
+
+
+class Imputer(Step):
+    """Fill missing values: ``median`` / ``mean`` (learned), or ``ffill`` / ``bfill`` / ``interpolate``
+    along ``order_by`` within the rows transformed together (a record batch of a node's table);
+    gaps those cannot fill (at a batch's edges) take the learned median."""
+
+    kind = "imputer"
+    learns = True
+    METHODS = ("median", "mean", "ffill", "bfill", "interpolate")
+
+    def __init__(self, columns: list[str], method: str = "median", order_by: str | None = None):
+        if method not in self.METHODS:
+            raise ConfigError(f"preprocess.impute: expected one of {list(self.METHODS)}, got {method!r}")
+        if method in ("ffill", "bfill", "interpolate") and not order_by:
+            raise ConfigError(f"preprocess.order_by: preprocess.impute={method} needs a column to order rows by (e.g. an epoch)")
+        self.columns, self.method, self.order_by = list(columns), method, order_by
+        self.fill: dict[str, float] = {}
+
+    def fit_statistics(self, stats: ColumnStatistics) -> Imputer:
+        values = stats.mean() if self.method == "mean" else stats.quantile(0.5)
+        self.fill = {k: (v if np.isfinite(v) else 0.0) for k, v in _select(stats, self.columns, values).items()}
+        return self
+
+    def transform(self, columns: Columns) -> Columns:
+        out = dict(columns)
+        order = None
+        if self.method in ("ffill", "bfill", "interpolate"):
+            order = np.argsort(np.asarray(columns[self.order_by], dtype=np.float64), kind="stable")
+        for name in self.columns:
+            values = columns[name]
+            if order is not None:
+                filled = np.empty_like(values)
+                filled[order] = _fill_ordered(values[order], self.method)
+                values = filled
+            out[name] = np.where(np.isnan(values), self.fill[name], values)
+        return out
+
+
+def _fill_ordered(values: np.ndarray, method: str) -> np.ndarray:
+    """Forward fill, backward fill or linear interpolation (by position) of NaNs in order."""
+    valid = ~np.isnan(values)
+    if valid.all() or not valid.any():
+        return values
+    positions = np.arange(values.size)
+    if method == "interpolate":
+        known = positions[valid]
+        out = np.interp(positions, known, values[valid])
+        out[(positions < known[0]) | (positions > known[-1])] = np.nan  # no extrapolation
+        return out
+    if method == "ffill":
+        last = np.maximum.accumulate(np.where(valid, positions, -1))
+        return np.where(last >= 0, values[np.maximum(last, 0)], np.nan)
+    nxt = np.minimum.accumulate(np.where(valid, positions, values.size)[::-1])[::-1]
+    return np.where(nxt < values.size, values[np.minimum(nxt, values.size - 1)], np.nan)
+
+
+class OutlierFilter(Step):
+    """Outliers by ``zscore`` (|x - mean| / std > t) or ``iqr`` (outside [Q1 - t IQR, Q3 + t IQR]),
+    from the merged statistics. ``clip`` clips values to the bounds, ``flag`` appends an
+    ``outlier`` column (1 where any column is outside), ``drop`` removes training rows
+    (:meth:`outlier_rows`) and never a row in prediction."""
+
+    kind = "outliers"
+    learns = True
+    METHODS = ("zscore", "iqr")
+    ACTIONS = ("drop", "clip", "flag")
+
+    def __init__(self, columns: list[str], method: str, threshold: float, action: str):
+        if method not in self.METHODS:
+            raise ConfigError(f"preprocess.outliers: expected one of none, {', '.join(self.METHODS)}, isolation_forest; got {method!r}")
+        if action not in self.ACTIONS:
+            raise ConfigError(f"preprocess.outlier_action: expected one of {list(self.ACTIONS)}, got {action!r}")
+        if not float(threshold) > 0:
+            raise ConfigError(f"preprocess.outlier_threshold: expected a positive number, got {threshold}")
+        self.columns, self.method, self.threshold, self.action = list(columns), method, float(threshold), action
+        self.low: dict[str, float] = {}
+        self.high: dict[str, float] = {}
+
+    def fit_statistics(self, stats: ColumnStatistics) -> OutlierFilter:
+        t = self.threshold
+        if self.method == "zscore":
+            center, spread = stats.mean(), stats.std()
+            low, high = center - t * spread, center + t * spread
+        else:
+            q1, q3 = stats.quantile(0.25), stats.quantile(0.75)
+            low, high = q1 - t * (q3 - q1), q3 + t * (q3 - q1)
+        self.low = {k: (v if np.isfinite(v) else -np.inf) for k, v in _select(stats, self.columns, low).items()}
+        self.high = {k: (v if np.isfinite(v) else np.inf) for k, v in _select(stats, self.columns, high).items()}
+        return self
+
+    def outlier_rows(self, columns: Columns) -> np.ndarray:
+        """True where any column is outside its bounds."""
+        flags = np.zeros(len(columns[self.columns[0]]), dtype=bool) if self.columns else np.zeros(0, bool)
+        for name in self.columns:
+            values = columns[name]
+            flags |= (values < self.low[name]) | (values > self.high[name])
+        return flags
+
+    def transform(self, columns: Columns) -> Columns:
+        out = dict(columns)
+        if self.action == "flag":
+            out["outlier"] = self.outlier_rows(columns).astype(np.float64)
+        elif self.action == "clip":
+            for name in self.columns:
+                out[name] = np.clip(columns[name], self.low[name], self.high[name])
+        return out
+
+
+class Scaler(Step):
+    """Centre and scale columns: ``robust`` (median, IQR), ``standard`` (mean, std) or ``minmax``
+    (to [0, 1]), then clip to ``[-clip, clip]`` (``clip=None``: no clipping).
+
+    A column with zero spread keeps a scale of 1, as scikit-learn does. Clipping matters:
+    catalogue columns such as photometric errors have tails hundreds of IQRs long, which
+    destabilise plain SGD.
+    """
+
+    kind = "scaler"
+    learns = True
+    METHODS = ("robust", "standard", "minmax")
+
+    def __init__(self, columns: list[str], method: str = "robust", clip: float | None = 10.0):
+        if method not in self.METHODS:
+            raise ConfigError(f"preprocess.scaling: expected one of {list(self.METHODS)}, got {method!r}")
+        if clip is not None and not clip > 0:
+            raise ConfigError(f"preprocess.clip: expected a positive number or null, got {clip}")
+        self.columns, self.method = list(columns), method
+        self.clip = None if clip is None else float(clip)
+        self.center: dict[str, float] = {}
+        self.scale: dict[str, float] = {}
+
+    def fit_statistics(self, stats: ColumnStatistics) -> Scaler:
+        if self.method == "robust":
+            center, spread = stats.quantile(0.5), stats.quantile(0.75) - stats.quantile(0.25)
+        elif self.method == "standard":
+            center, spread = stats.mean(), stats.std()
+        else:
+            center, spread = stats.minimum, stats.maximum - stats.minimum
+        center = np.where(np.isfinite(center), center, 0.0)
+        spread = np.where(np.isfinite(spread) & (spread > 1e-12), spread, 1.0)
+        self.center = _select(stats, self.columns, center)
+        self.scale = _select(stats, self.columns, spread)
+        return self
+
+    def transform(self, columns: Columns) -> Columns:
+        out = dict(columns)
+        for name in self.columns:
+            scaled = (columns[name] - self.center[name]) / self.scale[name]
+            out[name] = scaled if self.clip is None else np.clip(scaled, -self.clip, self.clip, out=scaled)
+        return out
+
+
+class TargetScaler(Step):
+    """Standardise the target for training; ``inverse`` maps model outputs back to its units."""
+
+    kind = "target_scaler"
+    learns = True
+
+    def __init__(self, target: str):
+        self.target = target
+        self.mean = 0.0
+        self.std = 1.0
+
+    def fit_statistics(self, stats: ColumnStatistics) -> TargetScaler:
+        self.mean = _select(stats, [self.target], stats.mean())[self.target]
+        std = _select(stats, [self.target], stats.std())[self.target]
+        self.mean = self.mean if np.isfinite(self.mean) else 0.0
+        self.std = std if np.isfinite(std) and std > 1e-12 else 1.0
+        return self
+
+    def transform(self, columns: Columns) -> Columns:
+        return {self.target: (np.asarray(columns[self.target], dtype=np.float64) - self.mean) / self.std}
+
+    def inverse(self, values: np.ndarray) -> np.ndarray:
+        return np.asarray(values, dtype=np.float64) * self.std + self.mean
+
+
+def _select(stats: ColumnStatistics, columns: list[str], values: np.ndarray) -> dict[str, float]:
+    """``{column: value}`` for ``columns`` out of per-column ``values`` of ``stats``."""
+    index = {name: i for i, name in enumerate(stats.columns)}
+    missing = [c for c in columns if c not in index]
+    if missing:
+        raise DataError(f"statistics lack column(s) {missing}")
+    return {c: float(values[index[c]]) for c in columns}
+
+
+STEP_TYPES: dict[str, type[Step]] = {cls.kind: cls for cls in (
+    RangeValidator, DerivedFeatures, DistanceFeature, PolynomialFeatures, InteractionFeatures, TemporalFeatures,
+    Imputer, OutlierFilter, Scaler, TargetScaler)}
