@@ -104,8 +104,9 @@ def encode_table(path: str | Path, pipeline: Pipeline, out_dir: str | Path, *, f
 
     def batches():
         for batch in iter_batches(path, columns, chunk_rows):
-            if id_column:
-                batch[ROW] = np.asarray(batch[id_column]).astype(np.int64)
+            ids = np.asarray(batch[id_column]) if id_column else None
+            if ids is not None and ids.dtype.kind in "iuf" and np.isfinite(ids).all():
+                batch[ROW] = ids.astype(np.int64)  # integer ids are the row ids; others keep table positions
             if progress:
                 progress(len(batch[ROW]))
             yield _select(batch, select)
@@ -189,11 +190,12 @@ class _QuarantineWriter:
 
 
 def open_tensors(directory: str | Path) -> dict[str, np.ndarray]:
-    """The tensor files of ``directory``, memory-mapped read-only (``target`` only when written)."""
+    """The tensor files of ``directory``, memory-mapped (``target`` only when written)."""
     directory = Path(directory)
-    out = {"features": np.load(directory / FEATURES, mmap_mode="r"), "row_ids": np.load(directory / ROW_IDS, mmap_mode="r")}
+    # copy-on-write maps: torch.from_numpy needs writable arrays; nothing is ever written back
+    out = {"features": np.load(directory / FEATURES, mmap_mode="c"), "row_ids": np.load(directory / ROW_IDS, mmap_mode="c")}
     if (directory / TARGET).is_file():
-        out["target"] = np.load(directory / TARGET, mmap_mode="r")
+        out["target"] = np.load(directory / TARGET, mmap_mode="c")
     return out
 
 
@@ -204,15 +206,15 @@ def cache_key(path: str | Path, pipeline: Pipeline, *parts: str) -> str:
 
 
 def cached_tensors(cache_dir: str | Path, path: str | Path, pipeline: Pipeline, selection_key: str, select: Selector | None,
-                   chunk_rows: int | None = None, id_column: str | None = None) -> dict[str, np.ndarray]:
+                   chunk_rows: int | None = None, id_column: str | None = None, training: bool = True) -> dict[str, np.ndarray]:
     """Memory-mapped tensor files of the selected rows of ``path`` under the fitted ``pipeline``,
     written into ``cache_dir/<key>/`` on first use."""
-    final = Path(cache_dir) / cache_key(path, pipeline, selection_key, str(id_column))
+    final = Path(cache_dir) / cache_key(path, pipeline, selection_key, str(id_column), str(training))
     if not (final / FEATURES).is_file():
         tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         try:
-            encode_table(path, pipeline, tmp, fit=False, chunk_rows=chunk_rows, id_column=id_column, select=select)
+            encode_table(path, pipeline, tmp, fit=False, chunk_rows=chunk_rows, id_column=id_column, select=select, training=training)
             try:
                 os.rename(tmp, final)
             except OSError:  # another process finished first: use its files

@@ -114,6 +114,9 @@ def federated_statistics(grid: Grid, node_ids: list[int], config: ConfigRecord, 
         columns = list(reply.content["columns"]["names"])
         arrays = {k: v.numpy() for k, v in reply.content["stats"].items()}
         parts.append(ColumnStatistics.from_arrays(columns, arrays))
+        quarantined = int(reply.content["metrics"].get("quarantined", 0)) if "metrics" in reply.content.metric_records else 0
+        if quarantined:
+            log(INFO, "statistics round: node %s quarantined %d rows failing validation", reply.metadata.src_node_id, quarantined)
     if not parts:
         reasons = "; ".join(r.error.reason for r in replies if r.has_error())[:500]
         raise FederationError(f"statistics round: no node replied ({reasons or 'timeout'})")

@@ -116,11 +116,16 @@ def fingerprint(path: str | Path) -> str:
 
 
 def hash_unit(row_ids: np.ndarray, seed: int, salt: int) -> np.ndarray:
-    """A uniform number in [0, 1) per row id, fixed by (seed, salt): splitmix64 of the id.
+    """A uniform number in [0, 1) per row id, fixed by (seed, salt): splitmix64 of the id
+    (string ids are first hashed with pandas' stable ``hash_array``).
 
     Test split, node partitions and local validation shares compare it with a fraction, so a
     row's assignment depends on its id alone, never on which rows were read with it."""
-    x = np.asarray(row_ids).astype(np.uint64, copy=True)
+    ids = np.asarray(row_ids)
+    if ids.dtype.kind in "iu":
+        x = ids.astype(np.uint64, copy=True)
+    else:
+        x = pd.util.hash_array(ids.astype(str).astype(object) if ids.dtype.kind != "O" else ids).astype(np.uint64)
     with np.errstate(over="ignore"):
         x += np.uint64((seed * 0x9E3779B97F4A7C15 + salt * 0xD1B54A32D192ED03) & 0xFFFFFFFFFFFFFFFF)
         x ^= x >> np.uint64(30)
