@@ -125,7 +125,9 @@ def load_catalog(task_cfg) -> pd.DataFrame:
     for column in needed:
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(np.float64)
     id_column = task_cfg.get("id_column")
-    frame.insert(0, "id", frame[id_column].astype(str) if id_column else np.arange(len(frame)).astype(str))
+    ids = frame[id_column].astype(str) if id_column else np.arange(len(frame)).astype(str)
+    frame = frame.drop(columns=["id"], errors="ignore")
+    frame.insert(0, "id", ids)
     keep = np.isfinite(frame[task_cfg.target].to_numpy())
     frame = frame.loc[keep].reset_index(drop=True)
     frame.attrs["dropped_rows"] = int((~keep).sum())

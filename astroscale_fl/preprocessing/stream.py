@@ -26,7 +26,8 @@ def default_chunk_rows(num_columns: int) -> int:
     return max(1024, BATCH_BYTES // (8 * max(num_columns, 1)))
 
 
-def _dataset(path: Path, role: str):
+def dataset(path: Path, role: str):
+    """A pyarrow dataset over one Parquet file or every ``.parquet`` file under a directory."""
     import pyarrow.dataset as ds
 
     if not path.exists():
@@ -47,7 +48,7 @@ def columns_of(path: str | Path, role: str = "input") -> list[str]:
     if path.is_file() and path.suffix.lower() == ".csv":
         return list(pd.read_csv(path, nrows=0).columns)
     try:
-        return list(_dataset(path, role).schema.names)
+        return list(dataset(path, role).schema.names)
     except DataError:
         raise
     except Exception as exc:  # pyarrow: not a Parquet file, corrupt footer, ...
@@ -59,7 +60,7 @@ def count_rows(path: str | Path, role: str = "input") -> int:
     path = Path(path)
     if path.is_file() and path.suffix.lower() == ".csv":
         return sum(len(c) for c in pd.read_csv(path, usecols=[0], chunksize=1 << 20))
-    return int(_dataset(path, role).count_rows())
+    return int(dataset(path, role).count_rows())
 
 
 def iter_batches(path: str | Path, columns: list[str], chunk_rows: int | None = None, role: str = "input") -> Iterator[dict[str, np.ndarray]]:
@@ -75,7 +76,7 @@ def iter_batches(path: str | Path, columns: list[str], chunk_rows: int | None = 
         reader = pd.read_csv(path, usecols=columns, chunksize=chunk_rows)
         source = ({c: chunk[c].to_numpy() for c in columns} for chunk in reader)
     else:
-        scanner = _dataset(path, role).scanner(columns=columns, batch_size=chunk_rows, use_threads=True)
+        scanner = dataset(path, role).scanner(columns=columns, batch_size=chunk_rows, use_threads=True)
         source = ({c: _numpy(b.column(c)) for c in columns} for b in scanner.to_batches() if b.num_rows)
     try:
         for batch in source:
@@ -90,10 +91,13 @@ def iter_batches(path: str | Path, columns: list[str], chunk_rows: int | None = 
 
 
 def _numpy(array) -> np.ndarray:
-    """An Arrow column as numpy: numbers (nulls -> NaN) as float64, anything else as objects."""
+    """An Arrow column as numpy: integers without nulls as they are, other numbers as float64
+    (nulls -> NaN), anything else as objects."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    if pa.types.is_integer(array.type) and not array.null_count:
+        return array.to_numpy(zero_copy_only=False)  # integer ids stay integers
     if pa.types.is_floating(array.type) or pa.types.is_integer(array.type) or pa.types.is_boolean(array.type):
         if array.null_count:
             array = pc.cast(array, pa.float64())
@@ -122,6 +126,8 @@ def hash_unit(row_ids: np.ndarray, seed: int, salt: int) -> np.ndarray:
     Test split, node partitions and local validation shares compare it with a fraction, so a
     row's assignment depends on its id alone, never on which rows were read with it."""
     ids = np.asarray(row_ids)
+    if ids.dtype.kind == "f" and np.isfinite(ids).all() and (ids == np.round(ids)).all():
+        ids = ids.astype(np.int64)  # 3.0 and 3 are one id
     if ids.dtype.kind in "iu":
         x = ids.astype(np.uint64, copy=True)
     else:
