@@ -79,7 +79,7 @@ def encode_frame(pipeline: Pipeline, frame, training: bool) -> tuple[np.ndarray,
     if training:
         keep &= ~pipeline.outlier_rows(frame)
     rows = frame.loc[keep] if hasattr(frame, "loc") else {k: v[keep] for k, v in frame.items()}
-    return pipeline.transform_features(rows), pipeline.transform_target(rows)
+    return pipeline.transform_features(rows, validated=True), pipeline.transform_target(rows)
 
 
 def node_arrays(cfg, node_config: dict, pipeline: Pipeline, frames=None) -> dict[str, np.ndarray]:

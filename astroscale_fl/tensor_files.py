@@ -126,14 +126,14 @@ def encode_table(path: str | Path, pipeline: Pipeline, out_dir: str | Path, *, f
         for batch in batches():
             rows_in += len(batch[ROW])
             failing, names, reasons = pipeline.quarantine(batch, with_target)
-            quarantine.append(batch[ROW][failing], names[failing], reasons[failing])
+            quarantine.append(batch[ROW][failing], names, reasons)
             keep = ~failing
             if training and keep.any():
                 outliers = pipeline.outlier_rows(batch) & keep
                 dropped += int(outliers.sum())
                 keep &= ~outliers
             rows = batch if keep.all() else {k: v[keep] for k, v in batch.items()}
-            writers["x"].append(pipeline.transform_features(rows))
+            writers["x"].append(pipeline.transform_features(rows, validated=True))
             writers["ids"].append(rows[ROW])
             if with_target:
                 writers["y"].append(pipeline.transform_target(rows))

@@ -142,9 +142,11 @@ class Pipeline:
             raise DataError(f"missing input column(s) {missing}; expected {names}")
         return as_columns(frame, names, self.time_column)
 
-    def _row_stage(self, columns: Columns) -> Columns:
+    def _row_stage(self, columns: Columns, validated: bool = False) -> Columns:
+        """Row-wise steps; ``validated``: rows passed :meth:`quarantine`, so the range check has nothing to do."""
         for step in self.steps[: self._split]:
-            columns = step.transform(columns)
+            if not (validated and self.validate and isinstance(step, RangeValidator)):
+                columns = step.transform(columns)
         return columns
 
     @property
@@ -155,7 +157,7 @@ class Pipeline:
     # --- validation -------------------------------------------------------------------------
 
     def quarantine(self, frame, with_target: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Rows that fail validation: (row fails, failing column per row, reason per row).
+        """Rows that fail validation: (row fails, then for the failing rows only: failing column, reason).
 
         A finite value outside its column's physical range or an infinite one fails (``NaN`` is
         missing and imputed); so does a missing target when ``with_target``. With
@@ -164,22 +166,21 @@ class Pipeline:
         columns = self._columns(frame, self.inputs)
         validator = self.steps[0]
         n = len(next(iter(columns.values())))
-        names = np.full(n, "", dtype=object)
-        reasons = np.full(n, "", dtype=object)
-        failing = np.zeros(n, dtype=bool)
+        labels, reasons = [], []
+        first = np.full(n, -1, dtype=np.int64)
         if self.validate and isinstance(validator, RangeValidator):
-            failing, first = validator.failures(columns)
-            for j, (name, (lo, hi)) in enumerate(validator.ranges.items()):
-                rows = first == j
-                if rows.any():
-                    names[rows] = name
-                    reasons[rows] = f"outside the physical range [{lo:g}, {hi:g}] or infinite"
+            _, first = validator.failures(columns)
+            for name, (lo, hi) in validator.ranges.items():
+                labels.append(name)
+                reasons.append(f"outside the physical range [{lo:g}, {hi:g}] or infinite")
         if with_target:
             target = np.asarray(frame[self.target.target], dtype=np.float64)
-            bad = ~np.isfinite(target) & ~failing
-            names[bad], reasons[bad] = self.target.target, "target missing or not finite"
-            failing = failing | ~np.isfinite(target)
-        return failing, names, reasons
+            first[~np.isfinite(target) & (first < 0)] = len(labels)
+            labels.append(self.target.target)
+            reasons.append("target missing or not finite")
+        failing = first >= 0
+        index = first[failing]
+        return failing, np.array(labels, dtype=object)[index], np.array(reasons, dtype=object)[index]
 
     # --- fitting ------------------------------------------------------------------------------
 
@@ -190,7 +191,7 @@ class Pipeline:
         columns[self.target.target] = np.asarray(frame[self.target.target], dtype=np.float64)
         if failing.any():
             columns = {k: v[~failing] for k, v in columns.items()}
-        columns = self._row_stage(columns)
+        columns = self._row_stage(columns, validated=True)
         for step in self.steps:  # statistics see raw times: the first epoch is what they fit
             if isinstance(step, TemporalFeatures):
                 columns[step.outputs[3]] = columns[step.outputs[3]] + step.first_epoch
@@ -225,22 +226,40 @@ class Pipeline:
 
     # --- transforming -------------------------------------------------------------------------
 
-    def transform_columns(self, frame) -> Columns:
+    def transform_columns(self, frame, validated: bool = False) -> Columns:
         """Raw inputs -> every feature column (float64), before stacking."""
-        columns = self._row_stage(self._columns(frame, self.inputs))
+        columns = self._row_stage(self._columns(frame, self.inputs), validated)
         for step in self.steps[self._split:]:
             columns = step.transform(columns)
         return columns
 
-    def transform_features(self, frame, out: np.ndarray | None = None) -> np.ndarray:
+    def transform_features(self, frame, out: np.ndarray | None = None, validated: bool = False) -> np.ndarray:
         """Raw inputs (DataFrame or mapping of column -> values) -> float32 matrix (rows x features).
 
-        ``out`` (e.g. a slice of a memory-mapped tensor file) receives the rows when given."""
-        columns = self.transform_columns(frame)
+        ``out`` (e.g. a slice of a memory-mapped tensor file) receives the rows when given;
+        ``validated``: the rows passed :meth:`quarantine` (training), so the range check is skipped."""
+        learned = self.steps[self._split:]
+        fused = (len(learned) == 2 and isinstance(learned[0], Imputer) and learned[0].method in ("median", "mean")
+                 and isinstance(learned[1], Scaler) and learned[0].columns == learned[1].columns == self.features)
+        columns = self._row_stage(self._columns(frame, self.inputs), validated) if fused else self.transform_columns(frame, validated)
         n = len(columns[self.features[0]])
         out = np.empty((n, len(self.features)), dtype=np.float32) if out is None else out
-        for j, name in enumerate(self.features):
-            out[:, j] = columns[name]
+        if not fused:
+            for j, name in enumerate(self.features):
+                out[:, j] = columns[name]
+            return out
+        imputer, scaler = learned
+        scratch = np.empty(n)
+        for j, name in enumerate(self.features):  # impute + scale + clip in one scratch buffer per column
+            center, scale = scaler.center[name], scaler.scale[name]
+            np.subtract(columns[name], center, out=scratch)
+            scratch *= 1.0 / scale
+            filled = (imputer.fill[name] - center) / scale
+            if scaler.clip is not None:
+                np.clip(scratch, -scaler.clip, scaler.clip, out=scratch)
+                filled = min(max(filled, -scaler.clip), scaler.clip)
+            np.copyto(scratch, filled, where=np.isnan(scratch))
+            out[:, j] = scratch
         return out
 
     def transform_target(self, frame) -> np.ndarray:

@@ -52,10 +52,14 @@ class ColumnStatistics:
                 continue
             col = values if count == values.size else values[finite]
             out.count[j] = count
-            out.mean_[j] = col.mean()
-            centred = col - out.mean_[j]
-            out.m2[j] = np.dot(centred, centred)
-            out.minimum[j], out.maximum[j] = col.min(), col.max()
+            out.mean_[j] = mean = np.add.reduce(col) / count
+            # one batch's sum of squares about its mean; batches then merge with Chan's update
+            m2 = np.dot(col, col) - count * mean * mean
+            if m2 < 1e-4 * count * mean * mean:  # spread small against the mean: cancellation; centre first
+                centred = col - mean
+                m2 = np.dot(centred, centred)
+            out.m2[j] = max(m2, 0.0)
+            out.minimum[j], out.maximum[j] = np.minimum.reduce(col), np.maximum.reduce(col)
             out.sketch[j] = sketch.bin_counts(col)
         return out
 

@@ -56,23 +56,31 @@ class RangeValidator(Step):
         self.ranges = {k: [float(lo), float(hi)] for k, (lo, hi) in ranges.items()}
         self.invalid_counts: dict[str, int] = {}
 
+    def _inside(self, values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+        with np.errstate(invalid="ignore"):
+            inside = (values >= lo) & (values <= hi)
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            inside &= np.abs(values) != np.inf
+        return inside
+
     def failures(self, columns: Columns) -> tuple[np.ndarray, np.ndarray]:
         """(row fails, index into ``ranges`` of the first failing column or -1) per row."""
         n = len(next(iter(columns.values()))) if columns else 0
         first = np.full(n, -1, dtype=np.int64)
         for j, (name, (lo, hi)) in reversed(list(enumerate(self.ranges.items()))):
             values = columns[name]
-            with np.errstate(invalid="ignore"):
-                bad = ~np.isnan(values) & ~((values >= lo) & (values <= hi))
-            first[bad] = j
+            inside = self._inside(values, lo, hi)
+            if inside.all():  # the common case: one pass, no more
+                continue
+            first[~inside & ~np.isnan(values)] = j
         return first >= 0, first
 
     def transform(self, columns: Columns) -> Columns:
         out = dict(columns)
         for name, (lo, hi) in self.ranges.items():
-            values = columns[name]
-            with np.errstate(invalid="ignore"):
-                out[name] = np.where((values >= lo) & (values <= hi), values, np.nan)
+            inside = self._inside(columns[name], lo, hi)
+            if not inside.all():
+                out[name] = np.where(inside, columns[name], np.nan)
         return out
 
 
