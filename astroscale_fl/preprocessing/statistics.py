@@ -54,10 +54,10 @@ class ColumnStatistics:
             out.count[j] = count
             out.mean_[j] = mean = np.add.reduce(col) / count
             # one batch's sum of squares about its mean; batches then merge with Chan's update
-            m2 = np.dot(col, col) - count * mean * mean
+            m2 = np.einsum("i,i->", col, col) - count * mean * mean  # einsum: no BLAS threads to contend
             if m2 < 1e-4 * count * mean * mean:  # spread small against the mean: cancellation; centre first
                 centred = col - mean
-                m2 = np.dot(centred, centred)
+                m2 = np.einsum("i,i->", centred, centred)
             out.m2[j] = max(m2, 0.0)
             out.minimum[j], out.maximum[j] = np.minimum.reduce(col), np.maximum.reduce(col)
             out.sketch[j] = sketch.bin_counts(col)
