@@ -209,7 +209,7 @@ class Preprocess:
     validate: bool = True  # schema + physical ranges; failing rows go to the quarantine
     impute: str = "median"  # median | mean | ffill | bfill | interpolate
     order_by: Optional[str] = None  # column ordering ffill / bfill / interpolate within a node
-    outliers: str = "none"  # none | zscore | iqr
+    outliers: str = "none"  # none | zscore | iqr | isolation_forest
     outlier_threshold: float = 3.0
     outlier_action: str = "drop"  # drop (training rows only) | clip | flag
     features: list = field(default_factory=list)  # some of distance_pc, polynomial, interactions, temporal
@@ -391,8 +391,12 @@ def _check_preprocess(section) -> None:
              "median, mean, ffill, bfill or interpolate", section.impute)
     _require(section.impute in ("median", "mean") or bool(section.order_by), "preprocess.order_by",
              f"a column to order rows by for preprocess.impute={section.impute}", section.order_by)
-    _require(section.outliers in ("none", "zscore", "iqr"), "preprocess.outliers",
-             "none, zscore or iqr (isolation_forest is not implemented yet)", section.outliers)
+    _require(section.outliers in ("none", "zscore", "iqr", "isolation_forest"), "preprocess.outliers",
+             "none, zscore, iqr or isolation_forest", section.outliers)
+    _require(section.outliers != "isolation_forest" or 0 < section.outlier_threshold < 1, "preprocess.outlier_threshold",
+             "an anomaly score in (0, 1) for isolation_forest (e.g. 0.6)", section.outlier_threshold)
+    _require(section.outliers != "isolation_forest" or section.outlier_action == "drop", "preprocess.outlier_action",
+             "drop for isolation_forest (the node's forest stays on the node)", section.outlier_action)
     _require(section.outlier_action in ("drop", "clip", "flag"), "preprocess.outlier_action", "drop, clip or flag", section.outlier_action)
     _require(section.outlier_threshold > 0, "preprocess.outlier_threshold", "a positive number", section.outlier_threshold)
     _require(section.polynomial_degree >= 2, "preprocess.polynomial_degree", "an integer >= 2", section.polynomial_degree)

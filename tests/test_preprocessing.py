@@ -243,3 +243,21 @@ def test_hash_split_is_uniform_and_depends_on_id_only():
     assert not np.array_equal(hash_unit(ids, 4, 1), u)
     strings = ids.astype(str).astype(object)
     np.testing.assert_array_equal(hash_unit(strings[:10], 3, 1), hash_unit(strings[:10].copy(), 3, 1))
+
+
+def test_isolation_forest_drops_what_scikit_learn_scores_anomalous_and_stays_on_the_node():
+    from sklearn.ensemble import IsolationForest
+
+    frame = toy(5000).dropna().reset_index(drop=True)
+    frame.loc[:20, "b"] = 1e3  # planted anomalies
+    pipe = fitted(frame, outliers="isolation_forest", outlier_threshold=0.6, outlier_action="drop", seed=4)
+    dropped = pipe.outlier_rows(frame)
+    x = frame[["a", "b", "parallax"]].to_numpy()
+    reference = -IsolationForest(n_estimators=100, random_state=4).fit(x).score_samples(x) > 0.6
+    np.testing.assert_array_equal(dropped, reference)
+    assert dropped[:21].all() and dropped.mean() < 0.05
+    state = json.loads(json.dumps(pipe.state_dict()))
+    assert state["steps"][3] == {"kind": "isolation_forest", "state": {"columns": ["a", "b", "parallax"], "threshold": 0.6, "seed": 4}}
+    assert len(roundtrip(pipe).transform_features(frame)) == len(frame)  # prediction never drops
+    with pytest.raises(Exception, match="outlier_action"):
+        fitted(frame, outliers="isolation_forest", outlier_threshold=0.6, outlier_action="flag")

@@ -12,9 +12,10 @@
 from astroscale_fl.preprocessing.pipeline import Options, Pipeline, as_columns
 from astroscale_fl.preprocessing.statistics import ColumnStatistics
 from astroscale_fl.preprocessing.steps import (STEP_TYPES, DerivedFeatures, DistanceFeature, Imputer, InteractionFeatures,
+                                               IsolationForestFilter,
                                                OutlierFilter, PolynomialFeatures, RangeValidator, Scaler, Step, TargetScaler,
                                                TemporalFeatures)
 
-__all__ = ["STEP_TYPES", "ColumnStatistics", "DerivedFeatures", "DistanceFeature", "Imputer", "InteractionFeatures", "Options",
+__all__ = ["STEP_TYPES", "ColumnStatistics", "DerivedFeatures", "DistanceFeature", "Imputer", "InteractionFeatures", "IsolationForestFilter", "Options",
            "OutlierFilter", "Pipeline", "PolynomialFeatures", "RangeValidator", "Scaler", "Step", "TargetScaler",
            "TemporalFeatures", "as_columns"]

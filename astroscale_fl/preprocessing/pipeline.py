@@ -10,7 +10,7 @@ a federation and a public reference all go through these two calls.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -20,6 +20,7 @@ from astroscale_fl.errors import ConfigError, DataError
 from astroscale_fl.preprocessing import derived, schema
 from astroscale_fl.preprocessing.statistics import ColumnStatistics
 from astroscale_fl.preprocessing.steps import (Columns, DerivedFeatures, DistanceFeature, Imputer, InteractionFeatures,
+                                               IsolationForestFilter,
                                                OutlierFilter, PolynomialFeatures, RangeValidator, Scaler, STEP_TYPES, Step,
                                                TargetScaler, TemporalFeatures)
 
@@ -45,12 +46,12 @@ class Options:
     parallax_column: str = "parallax"
     parallax_error_column: str = "parallax_error"
     time_column: str | None = None
-    extra: dict = field(default_factory=dict, compare=False)
+    seed: int = 0  # of the node's isolation forest
 
     @classmethod
     def from_config(cls, section) -> Options:
         """Options from a ``cfg.preprocess`` section (keys it lacks keep their defaults)."""
-        names = {f.name for f in fields(cls)} - {"extra"}
+        names = {f.name for f in fields(cls)}
         values = {k: section.get(k) for k in names if section is not None and section.get(k, None) is not None}
         for key in ("features", "feature_columns"):
             if key in values:
@@ -78,7 +79,7 @@ class Pipeline:
     def __init__(self, inputs: list[str], features: list[str], steps: list[Step], target: TargetScaler, validate: bool = True):
         self.inputs, self.features, self.steps, self.target = list(inputs), list(features), steps, target
         self.validate = bool(validate)
-        learning = [i for i, s in enumerate(steps) if isinstance(s, (Imputer, OutlierFilter, Scaler))]
+        learning = [i for i, s in enumerate(steps) if isinstance(s, (Imputer, OutlierFilter, IsolationForestFilter, Scaler))]
         self._split = learning[0] if learning else len(steps)
 
     @classmethod
@@ -119,7 +120,12 @@ class Pipeline:
             need(opts.order_by, "preprocess.order_by")
         learned = list(features)
         steps.append(Imputer(learned, opts.impute, opts.order_by))
-        if opts.outliers != "none":
+        if opts.outliers == "isolation_forest":
+            if opts.outlier_action != "drop":
+                raise ConfigError("preprocess.outlier_action: preprocess.outliers=isolation_forest supports drop only "
+                                  "(each node's forest stays on the node, so prediction cannot flag or clip with it)")
+            steps.append(IsolationForestFilter(learned, opts.outlier_threshold, opts.seed))
+        elif opts.outliers != "none":
             steps.append(OutlierFilter(learned, opts.outliers, opts.outlier_threshold, opts.outlier_action))
         steps.append(Scaler(learned, opts.scaling, opts.clip))
         if opts.outliers in ("zscore", "iqr") and opts.outlier_action == "flag":
@@ -129,7 +135,8 @@ class Pipeline:
     @classmethod
     def from_config(cls, task, cfg) -> Pipeline:
         """The task's pipeline with the run config's ``preprocess`` settings."""
-        return cls.build(task, options=Options.from_config(cfg.preprocess))
+        options = Options.from_config(cfg.preprocess)
+        return cls.build(task, options=Options(**{**options.__dict__, "seed": int(cfg.get("seed", 0))}))
 
     @property
     def time_column(self) -> str | None:
@@ -271,7 +278,7 @@ class Pipeline:
         columns = self._row_stage(self._columns(frame, self.inputs))
         n = len(next(iter(columns.values())))
         for step in self.steps[self._split:]:
-            if isinstance(step, OutlierFilter) and step.action == "drop":
+            if isinstance(step, IsolationForestFilter) or (isinstance(step, OutlierFilter) and step.action == "drop"):
                 return step.outlier_rows(columns)
             columns = step.transform(columns)
         return np.zeros(n, dtype=bool)

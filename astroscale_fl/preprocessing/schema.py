@@ -99,6 +99,8 @@ FIELDS: dict[str, dict[str, tuple[Callable, bool]]] = {
     "outliers": {"columns": (_names, True), "method": (_choice(("zscore", "iqr")), True),
                  "threshold": (lambda p, v: _number(p, v, positive=True), True), "action": (_choice(("drop", "clip", "flag")), True),
                  "low": (_mapping(_any_number, "columns"), True), "high": (_mapping(_any_number, "columns"), True)},
+    "isolation_forest": {"columns": (_names, True), "threshold": (lambda p, v: _number(p, v, positive=True), True),
+                         "seed": (_count, True)},
     "scaler": {"columns": (_names, True), "method": (_choice(("robust", "standard", "minmax")), True),
                "clip": (_optional(lambda p, v: _number(p, v, positive=True)), False),
                "center": (_mapping(_finite, "columns"), True), "scale": (_mapping(_nonzero, "columns"), True)},

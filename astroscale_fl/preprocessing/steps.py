@@ -291,6 +291,38 @@ class OutlierFilter(Step):
         return out
 
 
+class IsolationForestFilter(Step):
+    """Training rows a scikit-learn isolation forest scores as anomalous (score > ``threshold``,
+    Liu et al. 2008: ~0.5 normal, -> 1 anomalous) are dropped; prediction never drops a row.
+
+    The forest is fitted on the node's own rows (the first :data:`FIT_ROWS` it encodes, after
+    imputation) and never leaves the node: it is not part of ``preprocessing.json`` and the exported
+    model does not apply it. Only ``threshold`` and ``seed`` are shared state.
+    """
+
+    kind = "isolation_forest"
+    FIT_ROWS = 65_536
+
+    def __init__(self, columns: list[str], threshold: float, seed: int = 0):
+        if not 0.0 < float(threshold) < 1.0:
+            raise ConfigError(f"preprocess.outlier_threshold: expected an anomaly score in (0, 1) for isolation_forest (e.g. 0.6), got {threshold}")
+        self.columns, self.threshold, self.seed = list(columns), float(threshold), int(seed)
+
+    def outlier_rows(self, columns: Columns) -> np.ndarray:
+        """True where the node's forest scores a row above the threshold (fitted on first use)."""
+        matrix = np.column_stack([columns[c] for c in self.columns])
+        forest = self.__dict__.get("_forest")
+        if forest is None:
+            from sklearn.ensemble import IsolationForest
+
+            forest = IsolationForest(n_estimators=100, random_state=self.seed).fit(matrix[: self.FIT_ROWS])
+            self._forest = forest
+        return -forest.score_samples(matrix) > self.threshold
+
+    def transform(self, columns: Columns) -> Columns:
+        return columns
+
+
 class Scaler(Step):
     """Centre and scale columns: ``robust`` (median, IQR), ``standard`` (mean, std) or ``minmax``
     (to [0, 1]), then clip to ``[-clip, clip]`` (``clip=None``: no clipping).
@@ -371,4 +403,4 @@ def _select(stats: ColumnStatistics, columns: list[str], values: np.ndarray) -> 
 
 STEP_TYPES: dict[str, type[Step]] = {cls.kind: cls for cls in (
     RangeValidator, DerivedFeatures, DistanceFeature, PolynomialFeatures, InteractionFeatures, TemporalFeatures,
-    Imputer, OutlierFilter, Scaler, TargetScaler)}
+    Imputer, OutlierFilter, IsolationForestFilter, Scaler, TargetScaler)}
