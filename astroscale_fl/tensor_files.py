@@ -97,10 +97,14 @@ def encode_table(path: str | Path, pipeline: Pipeline, out_dir: str | Path, *, f
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     target = pipeline.target.target
-    with_target = target in columns_of(path)
+    present = columns_of(path)
+    with_target = target in present
     columns = list(dict.fromkeys(pipeline.inputs + ([target] if with_target else []) + ([id_column] if id_column else [])))
+    missing = [c for c in columns if c not in present]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing}; columns are {present[:20]}")
+    out_dir.mkdir(parents=True, exist_ok=True)  # only once the input is known to fit
 
     def batches():
         for batch in iter_batches(path, columns, chunk_rows):

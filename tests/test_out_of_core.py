@@ -135,6 +135,9 @@ def test_preprocess_command_writes_tensor_files(tmp_path):
                           "--preprocessing", str(tmp_path / "bad.json"), *OVERRIDES[1:]], capture_output=True, text=True, env=cli_env(), timeout=300)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "scale.teff" in bad.stderr
     assert not (tmp_path / "enc3" / FEATURES).exists()
+    missing = subprocess.run([sys.executable, "-m", "astroscale_fl.cli", "preprocess", "--input", str(path), "--output", str(tmp_path / "enc4"),
+                              "task.features=[ra,nope]", "task.target=z"], capture_output=True, text=True, env=cli_env(), timeout=300)
+    assert missing.returncode == 2 and "missing column(s) ['nope']" in missing.stderr and not (tmp_path / "enc4").exists()
 
 
 @pytest.mark.slow
