@@ -261,3 +261,24 @@ def test_isolation_forest_drops_what_scikit_learn_scores_anomalous_and_stays_on_
     assert len(roundtrip(pipe).transform_features(frame)) == len(frame)  # prediction never drops
     with pytest.raises(Exception, match="outlier_action"):
         fitted(frame, outliers="isolation_forest", outlier_threshold=0.6, outlier_action="flag")
+
+
+def test_config_keys_shape_the_pipeline():
+    from astroscale_fl import config
+    from astroscale_fl.errors import ConfigError
+
+    overrides = ["task=catalog", "task.path=x.parquet", "task.features=[ra,dec,parallax]", "task.target=z", "preprocess.clip=null",
+                 "preprocess.scaling=minmax", "preprocess.impute=ffill", "preprocess.order_by=mjd", "preprocess.outliers=iqr",
+                 "preprocess.outlier_action=flag", "preprocess.features=[distance_pc,temporal,polynomial]", "preprocess.time_column=mjd",
+                 "preprocess.feature_columns=[dec]", "preprocess.polynomial_degree=3", "preprocess.validate=false"]
+    cfg = config.validate(config.compose(overrides))
+    pipe = Pipeline.from_config(get_task(cfg.task), cfg)
+    assert [s.kind for s in pipe.steps] == ["range_validator", "derived_features", "distance_pc", "temporal", "polynomial",
+                                            "imputer", "outliers", "scaler"]
+    assert pipe.inputs == ["ra", "dec", "parallax", "parallax_error", "mjd"] and not pipe.validate
+    assert pipe.features[-1] == "outlier" and "dec^3" in pipe.features and pipe.steps[-1].clip is None
+    assert pipe.steps[0].ranges["dec"] == [-90.0, 90.0]  # the survey schema's physical range, by column name
+    for bad, key in (("preprocess.impute=ffill", "preprocess.order_by"), ("preprocess.outliers=lof", "preprocess.outliers"),
+                     ("preprocess.features=[magic]", "preprocess.features"), ("preprocess.chunk_rows=0", "preprocess.chunk_rows")):
+        with pytest.raises(ConfigError, match=key):
+            config.validate(config.compose(overrides[:4] + [bad]))

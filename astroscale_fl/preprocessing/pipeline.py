@@ -52,9 +52,9 @@ class Options:
     def from_config(cls, section) -> Options:
         """Options from a ``cfg.preprocess`` section (keys it lacks keep their defaults)."""
         names = {f.name for f in fields(cls)}
-        values = {k: section.get(k) for k in names if section is not None and section.get(k, None) is not None}
+        values = {k: section.get(k) for k in names if section is not None and k in section}
         for key in ("features", "feature_columns"):
-            if key in values:
+            if values.get(key) is not None:
                 values[key] = tuple(values[key])
         return cls(**values)
 
