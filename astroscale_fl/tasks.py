@@ -78,7 +78,7 @@ def absolute_magnitude(apparent_mag: np.ndarray, parallax_mas: np.ndarray) -> np
 def load_hipparcos_absmag(task_cfg: object) -> pd.DataFrame:
     """Stars with ``Plx / e_Plx >= task.min_parallax_snr``; target ``M_Hp`` from Hpmag and Plx."""
     catalog = hipparcos.read_hipparcos(getattr(task_cfg, "path", None) or None)
-    min_snr = float(getattr(task_cfg, "min_parallax_snr"))
+    min_snr = float(task_cfg.min_parallax_snr)
     plx, e_plx = catalog["Plx"].to_numpy(), catalog["e_Plx"].to_numpy()
     with np.errstate(divide="ignore", invalid="ignore"):
         keep = (plx > 0) & (e_plx > 0) & (plx / e_plx >= min_snr)

@@ -28,7 +28,12 @@ import numpy as np
 from astroscale_fl.atomic import write_text
 from astroscale_fl.errors import DataError
 from astroscale_fl.preprocessing import Pipeline
-from astroscale_fl.preprocessing.stream import ROW, columns_of, count_rows, fingerprint, iter_batches
+from astroscale_fl.preprocessing.stream import (
+    ROW,
+    columns_of,
+    fingerprint,
+    iter_batches,
+)
 
 FEATURES, TARGET, ROW_IDS, QUARANTINE, PIPELINE = "features.npy", "target.npy", "row_ids.npy", "quarantine.parquet", "preprocessing.json"
 _HEADER = 128  # bytes of NPY header we reserve, so the final shape is written in place at the end

@@ -15,7 +15,15 @@ import pytest
 from astroscale_fl import config, node_arrays
 from astroscale_fl.preprocessing import Options, Pipeline
 from astroscale_fl.tasks import get_task
-from astroscale_fl.tensor_files import FEATURES, QUARANTINE, ROW_IDS, TARGET, cached_tensors, encode_table, open_tensors
+from astroscale_fl.tensor_files import (
+    FEATURES,
+    QUARANTINE,
+    ROW_IDS,
+    TARGET,
+    cached_tensors,
+    encode_table,
+    open_tensors,
+)
 from tests.conftest import cli_env
 
 COLUMNS = ["ra", "dec", "teff", "logg", "fe_h", "snr", "parallax"]

@@ -6,11 +6,20 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.preprocessing import MinMaxScaler, PolynomialFeatures, RobustScaler, StandardScaler
+from sklearn.preprocessing import (
+    MinMaxScaler,
+    PolynomialFeatures,
+    RobustScaler,
+    StandardScaler,
+)
 
 from astroscale_fl.errors import DataError
 from astroscale_fl.preprocessing import ColumnStatistics, Options, Pipeline, sketch
-from astroscale_fl.preprocessing.derived import galactic_latitude_sin, reduced_proper_motion, to_mjd
+from astroscale_fl.preprocessing.derived import (
+    galactic_latitude_sin,
+    reduced_proper_motion,
+    to_mjd,
+)
 from astroscale_fl.preprocessing.stream import hash_unit
 from astroscale_fl.tasks import Feature, TaskSpec, get_task
 
@@ -147,7 +156,7 @@ def test_derived_features_against_numpy_and_scikit_learn():
     poly = PolynomialFeatures(3, include_bias=False).fit(frame[["a", "b"]])
     expected = pd.DataFrame(poly.transform(frame[["a", "b"]]), columns=poly.get_feature_names_out(["a", "b"]))
     scaler = pipe.steps[-1]
-    unscale = lambda name: columns[name] * scaler.scale[name] + scaler.center[name]  # noqa: E731
+    unscale = lambda name: columns[name] * scaler.scale[name] + scaler.center[name]
     np.testing.assert_allclose(unscale("a^3"), expected["a^3"], rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(unscale("a*b"), expected["a b"], rtol=1e-6, atol=1e-9)
     temporal = pipe.steps[3]

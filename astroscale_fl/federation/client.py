@@ -26,13 +26,29 @@ from astroscale_fl import data, node_arrays
 from astroscale_fl.device import resolve_device
 from astroscale_fl.federation import local_objectives as objectives
 from astroscale_fl.federation.messages import read_pipeline, read_run_config
-from astroscale_fl.federation.records import arrays_to_numpy, load_arrays, model_to_arrays, numpy_to_arrays
+from astroscale_fl.federation.records import (
+    arrays_to_numpy,
+    load_arrays,
+    model_to_arrays,
+    numpy_to_arrays,
+)
 from astroscale_fl.models import build_model
-from astroscale_fl.privacy import PrivacySettings, card, make_private, poisson_batches, train_local_dp
-from astroscale_fl.privacy import node as dp_node
 from astroscale_fl.preprocessing import Pipeline
+from astroscale_fl.privacy import (
+    PrivacySettings,
+    card,
+    make_private,
+    poisson_batches,
+    train_local_dp,
+)
+from astroscale_fl.privacy import node as dp_node
 from astroscale_fl.tasks import get_task
-from astroscale_fl.training import evaluate, make_optimizer, shuffled_batches, train_local
+from astroscale_fl.training import (
+    evaluate,
+    make_optimizer,
+    shuffled_batches,
+    train_local,
+)
 
 LOCAL_VAL_FRACTION = node_arrays.LOCAL_VAL_FRACTION
 
@@ -82,7 +98,7 @@ def handle_query(msg: Message, node_config: dict) -> RecordDict:
     """Statistics round: this node's column statistics (no rows leave the node)."""
     cfg = read_run_config(msg.content["config"])
     task = get_task(cfg.task)
-    frame_batches = lambda: [{c: v.to_numpy() for c, v in data.node_frame(cfg, node_config).items()}]  # noqa: E731
+    frame_batches = lambda: [{c: v.to_numpy() for c, v in data.node_frame(cfg, node_config).items()}]
     stats, rows, quarantined = node_arrays.node_statistics(cfg, node_config, Pipeline.from_config(task, cfg), frame_batches)
     return RecordDict({
         "stats": numpy_to_arrays(stats.to_arrays()),

@@ -62,7 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     id_column = cfg.task.get("id_column") if cfg.task.name == "catalog" else None
     show = not args.no_progress and sys.stderr.isatty()
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     with Progress(TextColumn("preprocess"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=Console(stderr=True), disable=not show) as bar:

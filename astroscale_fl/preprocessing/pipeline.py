@@ -18,13 +18,28 @@ import pandas as pd
 
 from astroscale_fl.errors import ConfigError, DataError
 from astroscale_fl.preprocessing import derived, schema
+from astroscale_fl.preprocessing.base import Columns, Step
+from astroscale_fl.preprocessing.features import (
+    DerivedFeatures,
+    DistanceFeature,
+    InteractionFeatures,
+    PolynomialFeatures,
+    TemporalFeatures,
+)
 from astroscale_fl.preprocessing.statistics import ColumnStatistics
-from astroscale_fl.preprocessing.steps import (Columns, DerivedFeatures, DistanceFeature, Imputer, InteractionFeatures,
-                                               IsolationForestFilter,
-                                               OutlierFilter, PolynomialFeatures, RangeValidator, Scaler, STEP_TYPES, Step,
-                                               TargetScaler, TemporalFeatures)
+from astroscale_fl.preprocessing.steps import (
+    Imputer,
+    IsolationForestFilter,
+    OutlierFilter,
+    RangeValidator,
+    Scaler,
+    TargetScaler,
+)
 
 FEATURES = ("distance_pc", "polynomial", "interactions", "temporal")
+STEP_TYPES: dict[str, type[Step]] = {cls.kind: cls for cls in (
+    RangeValidator, DerivedFeatures, DistanceFeature, PolynomialFeatures, InteractionFeatures, TemporalFeatures,
+    Imputer, OutlierFilter, IsolationForestFilter, Scaler, TargetScaler)}
 
 
 @dataclass(frozen=True)

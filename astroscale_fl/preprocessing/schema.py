@@ -82,9 +82,9 @@ def _range(path, value) -> list[float]:
 
 
 _finite = _number
-_nonzero = lambda p, v: _number(p, v, nonzero=True)  # noqa: E731
-_any_number = lambda p, v: _number(p, v, finite=False)  # noqa: E731
-_count = lambda p, v: int(_number(p, v, integer=True))  # noqa: E731
+_nonzero = lambda p, v: _number(p, v, nonzero=True)
+_any_number = lambda p, v: _number(p, v, finite=False)
+_count = lambda p, v: int(_number(p, v, integer=True))
 
 #: step kind -> {field: (checker, required)}
 FIELDS: dict[str, dict[str, tuple[Callable, bool]]] = {

@@ -1,4 +1,4 @@
-"""Preprocessing steps with inspectable, serialisable state (scikit-learn transformer shape).
+"""Validation and learning steps: range check, imputer, outliers, scalers, target scaler.
 
 ``transform(columns)`` applies a step to a mapping of column name -> 1-D float64 array,
 ``state_dict()`` returns its state as plain JSON data, ``from_state(state)`` (validated by
@@ -12,38 +12,11 @@ steps (imputer, outliers, scaler) after.
 
 from __future__ import annotations
 
-import itertools
-from typing import Any, ClassVar
-
 import numpy as np
 
-from astroscale_fl.errors import ConfigError, DataError
-from astroscale_fl.preprocessing import derived
+from astroscale_fl.errors import ConfigError
+from astroscale_fl.preprocessing.base import Columns, Step, select
 from astroscale_fl.preprocessing.statistics import ColumnStatistics
-
-Columns = dict[str, np.ndarray]
-
-
-class Step:
-    """Base class of a preprocessing step (columns in, columns out)."""
-
-    kind: ClassVar[str]
-    learns: ClassVar[bool] = False
-
-    def transform(self, columns: Columns) -> Columns:
-        raise NotImplementedError
-
-    def fit_statistics(self, stats: ColumnStatistics) -> Step:
-        return self
-
-    def state_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
-
-    @classmethod
-    def from_state(cls, state: dict[str, Any]) -> Step:
-        step = cls.__new__(cls)
-        step.__dict__.update(state)  # already checked field by field by schema.validate_step
-        return step
 
 
 class RangeValidator(Step):
@@ -84,106 +57,6 @@ class RangeValidator(Step):
         return out
 
 
-class DerivedFeatures(Step):
-    """Append named derived feature columns (formulas in :mod:`.derived`)."""
-
-    kind = "derived_features"
-
-    def __init__(self, names: list[str]):
-        unknown = [n for n in names if n not in derived.DERIVED_FEATURES]
-        if unknown:
-            raise ConfigError(f"unknown derived feature(s) {unknown}; expected some of {sorted(derived.DERIVED_FEATURES)}")
-        self.names = list(names)
-
-    def transform(self, columns: Columns) -> Columns:
-        out = dict(columns)
-        for name in self.names:
-            out[name] = np.asarray(derived.DERIVED_FEATURES[name](out), dtype=np.float64)
-        return out
-
-
-class DistanceFeature(Step):
-    """``distance_pc`` = 1000 / parallax where parallax / error >= ``min_snr``, else missing."""
-
-    kind = "distance_pc"
-
-    def __init__(self, parallax: str, parallax_error: str, min_snr: float):
-        self.parallax, self.parallax_error, self.min_snr = parallax, parallax_error, float(min_snr)
-
-    def transform(self, columns: Columns) -> Columns:
-        return {**columns, "distance_pc": derived.distance_pc(columns[self.parallax], columns[self.parallax_error], self.min_snr)}
-
-
-class PolynomialFeatures(Step):
-    """Powers ``col^2 .. col^degree`` of each chosen column (named ``col^k``)."""
-
-    kind = "polynomial"
-
-    def __init__(self, columns: list[str], degree: int):
-        if int(degree) < 2:
-            raise ConfigError(f"preprocess.polynomial_degree: expected an integer >= 2, got {degree}")
-        self.columns, self.degree = list(columns), int(degree)
-
-    @property
-    def outputs(self) -> list[str]:
-        return [f"{c}^{k}" for c in self.columns for k in range(2, self.degree + 1)]
-
-    def transform(self, columns: Columns) -> Columns:
-        out = dict(columns)
-        for c in self.columns:
-            for k in range(2, self.degree + 1):
-                out[f"{c}^{k}"] = columns[c] ** k
-        return out
-
-
-class InteractionFeatures(Step):
-    """Pairwise products ``a*b`` of the chosen columns."""
-
-    kind = "interactions"
-
-    def __init__(self, columns: list[str]):
-        self.columns = list(columns)
-
-    @property
-    def outputs(self) -> list[str]:
-        return [f"{a}*{b}" for a, b in itertools.combinations(self.columns, 2)]
-
-    def transform(self, columns: Columns) -> Columns:
-        out = dict(columns)
-        for a, b in itertools.combinations(self.columns, 2):
-            out[f"{a}*{b}"] = columns[a] * columns[b]
-        return out
-
-
-class TemporalFeatures(Step):
-    """From a time column (MJD or ISO 8601): decimal year, day-of-year sin/cos, days since the
-    first epoch. The first epoch is learned: the minimum time over the (merged) statistics."""
-
-    kind = "temporal"
-    learns = True
-
-    def __init__(self, column: str):
-        self.column = column
-        self.first_epoch = 0.0
-
-    @property
-    def outputs(self) -> list[str]:
-        return [f"{self.column}_year", f"{self.column}_doy_sin", f"{self.column}_doy_cos", f"{self.column}_days"]
-
-    def fit_statistics(self, stats: ColumnStatistics) -> TemporalFeatures:
-        # statistics are taken with first_epoch 0, so <column>_days holds the raw MJD there
-        first = _select(stats, [self.outputs[3]], stats.minimum)[self.outputs[3]]
-        self.first_epoch = first if np.isfinite(first) else 0.0
-        return self
-
-    def transform(self, columns: Columns) -> Columns:
-        mjd = derived.to_mjd(columns[self.column])
-        year, phase = derived.decimal_year_and_day_phase(mjd)
-        angle = 2 * np.pi * phase
-        names = self.outputs
-        return {**columns, names[0]: year, names[1]: np.sin(angle), names[2]: np.cos(angle), names[3]: mjd - self.first_epoch}
-
-
 class Imputer(Step):
     """Fill missing values: ``median`` / ``mean`` (learned), or ``ffill`` / ``bfill`` / ``interpolate``
     along ``order_by`` within the rows transformed together (a record batch of a node's table);
@@ -203,7 +76,7 @@ class Imputer(Step):
 
     def fit_statistics(self, stats: ColumnStatistics) -> Imputer:
         values = stats.mean() if self.method == "mean" else stats.quantile(0.5)
-        self.fill = {k: (v if np.isfinite(v) else 0.0) for k, v in _select(stats, self.columns, values).items()}
+        self.fill = {k: (v if np.isfinite(v) else 0.0) for k, v in select(stats, self.columns, values).items()}
         return self
 
     def transform(self, columns: Columns) -> Columns:
@@ -269,8 +142,8 @@ class OutlierFilter(Step):
         else:
             q1, q3 = stats.quantile(0.25), stats.quantile(0.75)
             low, high = q1 - t * (q3 - q1), q3 + t * (q3 - q1)
-        self.low = {k: (v if np.isfinite(v) else -np.inf) for k, v in _select(stats, self.columns, low).items()}
-        self.high = {k: (v if np.isfinite(v) else np.inf) for k, v in _select(stats, self.columns, high).items()}
+        self.low = {k: (v if np.isfinite(v) else -np.inf) for k, v in select(stats, self.columns, low).items()}
+        self.high = {k: (v if np.isfinite(v) else np.inf) for k, v in select(stats, self.columns, high).items()}
         return self
 
     def outlier_rows(self, columns: Columns) -> np.ndarray:
@@ -355,8 +228,8 @@ class Scaler(Step):
             center, spread = stats.minimum, stats.maximum - stats.minimum
         center = np.where(np.isfinite(center), center, 0.0)
         spread = np.where(np.isfinite(spread) & (spread > 1e-12), spread, 1.0)
-        self.center = _select(stats, self.columns, center)
-        self.scale = _select(stats, self.columns, spread)
+        self.center = select(stats, self.columns, center)
+        self.scale = select(stats, self.columns, spread)
         return self
 
     def transform(self, columns: Columns) -> Columns:
@@ -379,8 +252,8 @@ class TargetScaler(Step):
         self.std = 1.0
 
     def fit_statistics(self, stats: ColumnStatistics) -> TargetScaler:
-        self.mean = _select(stats, [self.target], stats.mean())[self.target]
-        std = _select(stats, [self.target], stats.std())[self.target]
+        self.mean = select(stats, [self.target], stats.mean())[self.target]
+        std = select(stats, [self.target], stats.std())[self.target]
         self.mean = self.mean if np.isfinite(self.mean) else 0.0
         self.std = std if np.isfinite(std) and std > 1e-12 else 1.0
         return self
@@ -390,17 +263,3 @@ class TargetScaler(Step):
 
     def inverse(self, values: np.ndarray) -> np.ndarray:
         return np.asarray(values, dtype=np.float64) * self.std + self.mean
-
-
-def _select(stats: ColumnStatistics, columns: list[str], values: np.ndarray) -> dict[str, float]:
-    """``{column: value}`` for ``columns`` out of per-column ``values`` of ``stats``."""
-    index = {name: i for i, name in enumerate(stats.columns)}
-    missing = [c for c in columns if c not in index]
-    if missing:
-        raise DataError(f"statistics lack column(s) {missing}")
-    return {c: float(values[index[c]]) for c in columns}
-
-
-STEP_TYPES: dict[str, type[Step]] = {cls.kind: cls for cls in (
-    RangeValidator, DerivedFeatures, DistanceFeature, PolynomialFeatures, InteractionFeatures, TemporalFeatures,
-    Imputer, OutlierFilter, IsolationForestFilter, Scaler, TargetScaler)}
