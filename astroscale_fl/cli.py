@@ -25,6 +25,7 @@ commands:
   node-data DIR          write N node data directories for a deployment (see --help)
   status                 runs and SuperNodes the SuperLink knows (see --help)
   ingest                 download a survey catalog (see astroscale-fl ingest --help)
+  preprocess             encode a table into tensor files (see astroscale-fl preprocess --help)
 
 Run `astroscale-fl <command> --help` for a command's options.
 """
@@ -65,7 +66,11 @@ def main(argv: list[str] | None = None) -> int:
         from astroscale_fl.ingest.cli import main as ingest_main
 
         return ingest_main(rest)
-    print(f"error: unknown command {command!r}; expected train, predict, compare, serve, node-data, status or ingest", file=sys.stderr)
+    if command == "preprocess":
+        from astroscale_fl.preprocessing.cli import main as preprocess_main
+
+        return preprocess_main(rest)
+    print(f"error: unknown command {command!r}; expected train, predict, compare, serve, node-data, status, ingest or preprocess", file=sys.stderr)
     return 2
 
 

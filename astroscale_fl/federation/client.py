@@ -22,7 +22,7 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from omegaconf import DictConfig
 
-from astroscale_fl import data
+from astroscale_fl import data, node_arrays
 from astroscale_fl.device import resolve_device
 from astroscale_fl.federation import local_objectives as objectives
 from astroscale_fl.federation import protocol
@@ -34,7 +34,7 @@ from astroscale_fl.privacy.node import LocalJob, node_privacy
 from astroscale_fl.tasks import get_task
 from astroscale_fl.training import GradHook, evaluate, make_optimizer
 
-LOCAL_VAL_FRACTION = 0.1
+LOCAL_VAL_FRACTION = node_arrays.LOCAL_VAL_FRACTION
 
 
 @dataclass
@@ -60,8 +60,7 @@ def node_split(cfg: DictConfig, node_config: dict) -> tuple[pd.DataFrame, pd.Dat
     key = _key(repr(sorted(node_config.items())), str(cfg.task), str(cfg.partition), str(cfg.seed))
     if key not in _FRAMES:
         frame = data.node_frame(cfg, node_config)
-        rng = np.random.default_rng([int(cfg.seed), 0x5A1])
-        is_val = rng.random(len(frame)) < LOCAL_VAL_FRACTION
+        is_val = node_arrays.is_local_val({"id": frame["id"].to_numpy()}, int(cfg.seed))
         if is_val.all() or len(frame) < 2:
             is_val[:] = False
         _FRAMES[key] = (frame.loc[~is_val].reset_index(drop=True), frame.loc[is_val].reset_index(drop=True))
@@ -72,16 +71,8 @@ def node_tensors(cfg: DictConfig, node_config: dict, pipeline: Pipeline, pipelin
     """Encode the node's rows with the global pipeline, once per (node, pipeline, device)."""
     key = _key(repr(sorted(node_config.items())), str(cfg.task), str(cfg.partition), str(cfg.seed), pipeline_key, str(device))
     if key not in _TENSORS:
-        from astroscale_fl.deploy.cache import cached_arrays
-
-        def compute() -> dict[str, np.ndarray]:
-            train, val = node_split(cfg, node_config)
-            return {"train_x": pipeline.transform_features(train), "train_y": pipeline.transform_target(train),
-                    "val_x": pipeline.transform_features(val), "val_y": pipeline.transform_target(val)}
-
-        # deployment: Flower starts a fresh process per message; keep encoded rows in <data-dir>/.astroscale-cache
-        cache_key = _key(str(cfg.task), str(cfg.partition), str(cfg.seed), str(LOCAL_VAL_FRACTION), pipeline_key)
-        arrays = cached_arrays(node_config.get("data-dir"), cache_key, compute)
+        # deployment: memory-mapped tensor files in <data-dir>/.astroscale-cache (streamed, reused across messages)
+        arrays = node_arrays.node_arrays(cfg, node_config, pipeline, frames=lambda: node_split(cfg, node_config))
         _TENSORS.clear()  # one node's tensors at a time per process keeps memory flat
         _TENSORS[key] = NodeTensors(*(torch.from_numpy(arrays[k]).to(device) for k in ("train_x", "train_y", "val_x", "val_y")))
     return _TENSORS[key]
@@ -91,12 +82,12 @@ def handle_query(msg: Message, node_config: dict) -> RecordDict:
     """Statistics round: this node's column statistics (no rows leave the node)."""
     cfg = read_run_config(msg.content[protocol.CONFIG_KEY])
     task = get_task(cfg.task)
-    train, _ = node_split(cfg, node_config)
-    stats = Pipeline.from_config(task, cfg).compute_statistics(train)
+    frame_batches = lambda: [{c: v.to_numpy() for c, v in data.node_frame(cfg, node_config).items()}]  # noqa: E731
+    stats, rows, quarantined = node_arrays.node_statistics(cfg, node_config, Pipeline.from_config(task, cfg), frame_batches)
     return RecordDict({
         protocol.STATS_KEY: numpy_to_arrays(stats.to_arrays()),
         protocol.COLUMNS_KEY: ConfigRecord({protocol.COLUMN_NAMES_KEY: list(stats.columns)}),
-        protocol.METRICS_KEY: MetricRecord({protocol.WEIGHT_KEY: len(train)}),
+        protocol.METRICS_KEY: MetricRecord({protocol.WEIGHT_KEY: rows, protocol.QUARANTINED_KEY: quarantined}),
     })
 
 

@@ -44,6 +44,7 @@ from astroscale_fl.federation.protocol import (
     EPSILON_KEY,
     METRICS_KEY,
     PRIVACY_KEY,
+    QUARANTINED_KEY,
     STATS_KEY,
     TRAIN_LOSS_KEY,
     Decline,
@@ -51,7 +52,7 @@ from astroscale_fl.federation.protocol import (
 from astroscale_fl.federation.records import record_nbytes
 from astroscale_fl.history import RoundRecord
 from astroscale_fl.privacy.card import entry_from_record
-from astroscale_fl.statistics import ColumnStatistics
+from astroscale_fl.preprocessing import ColumnStatistics
 
 CentralEval = Callable[[ArrayRecord], tuple[float, float]]  # arrays -> (rmse, r2)
 POLL_SECONDS = 0.2
@@ -130,6 +131,10 @@ def federated_statistics(grid: Grid, node_ids: list[int], config: ConfigRecord, 
         columns = list(reply.content[COLUMNS_KEY][COLUMN_NAMES_KEY])
         arrays = {k: v.numpy() for k, v in reply.content[STATS_KEY].items()}
         parts.append(ColumnStatistics.from_arrays(columns, arrays))
+        metrics = reply.content.metric_records.get(METRICS_KEY)
+        quarantined = int(metrics.get(QUARANTINED_KEY, 0)) if metrics is not None else 0
+        if quarantined:
+            log(INFO, "statistics round: node %s quarantined %d rows failing validation", reply.metadata.src_node_id, quarantined)
     if not parts:
         reasons = "; ".join(r.error.reason for r in replies if r.has_error())[:500]
         raise FederationError(f"statistics round: no node replied ({reasons or 'timeout'})")
