@@ -188,6 +188,7 @@ class Federation:
     metrics_host: str = "127.0.0.1"  # 0.0.0.0 lets a remote Prometheus scrape
     checkpoint: bool = True  # write <output dir>/checkpoint.npz after every round
     resume_from: Optional[str] = None  # run directory (or checkpoint.npz) to continue from
+    evaluate_in_train: bool = True  # one message per round: round r's evaluation rides on round r+1's training message
 
 
 @dataclass

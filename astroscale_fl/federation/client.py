@@ -25,11 +25,13 @@ from omegaconf import DictConfig
 from astroscale_fl import data
 from astroscale_fl.device import resolve_device
 from astroscale_fl.federation import local_objectives as objectives
+from astroscale_fl.federation.folded_eval import EVAL_METRICS_KEY, EVAL_ROUND_KEY
 from astroscale_fl.federation.messages import read_pipeline, read_run_config
 from astroscale_fl.federation.records import arrays_to_numpy, load_arrays, model_to_arrays, numpy_to_arrays
 from astroscale_fl.models import build_model
 from astroscale_fl.privacy import PrivacySettings, card, make_private, poisson_batches, train_local_dp
 from astroscale_fl.privacy import node as dp_node
+from astroscale_fl.privacy.floor import PrivacyFloor
 from astroscale_fl.preprocessing import Pipeline
 from astroscale_fl.tasks import get_task
 from astroscale_fl.training import evaluate, make_optimizer, shuffled_batches, train_local
@@ -100,9 +102,9 @@ def handle_query(msg: Message, node_config: dict) -> RecordDict:
     })
 
 
-def _prepare(msg: Message, node_config: dict) -> tuple[DictConfig, torch.nn.Module, NodeTensors, Pipeline]:
+def _prepare(msg: Message, node_config: dict, cfg: DictConfig | None = None) -> tuple[DictConfig, torch.nn.Module, NodeTensors, Pipeline]:
     config = msg.content["config"]
-    cfg = read_run_config(config)
+    cfg = cfg if cfg is not None else read_run_config(config)
     torch.set_num_threads(int(cfg.federation.client_threads))
     device = resolve_device(cfg.device)
     pipeline, pipeline_key = read_pipeline(config)
@@ -124,7 +126,12 @@ def handle_train(msg: Message, context: Context) -> RecordDict:
 
     node_config = dict(context.node_config)
     config = msg.content["config"]
-    cfg, model, tensors, _ = _prepare(msg, node_config)
+    floor = PrivacyFloor.from_node_config(node_config)
+    cfg = read_run_config(config)
+    floor.check_run(cfg, dp_node.node_name(node_config))  # before any data is touched
+    cfg, model, tensors, pipeline = _prepare(msg, node_config, cfg)
+    # one message per round: evaluate the received global model (the previous round's) before training it
+    evaluation = _evaluation_metrics(model, tensors, pipeline) if EVAL_ROUND_KEY in config else None
     server_round = int(config["server-round"])
     generator = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + server_round * 7919 + _node_salt(node_config))
     batches = shuffled_batches(len(tensors.train_y), int(cfg.train.batch_size), int(cfg.train.local_epochs), generator)
@@ -148,8 +155,10 @@ def handle_train(msg: Message, context: Context) -> RecordDict:
         metrics = {"num-examples": report.examples, "train_loss": report.loss}
         privacy_record = None
     else:
-        report, metrics, privacy_record = _train_private(settings, cfg, context, model, optimizer, tensors, hooks)
+        report, metrics, privacy_record = _train_private(settings, cfg, context, model, optimizer, tensors, hooks, floor)
     reply = RecordDict({"arrays": model_to_arrays(model), "metrics": MetricRecord(metrics)})
+    if evaluation is not None:
+        reply[EVAL_METRICS_KEY] = evaluation
     if privacy_record is not None:
         reply[card.REPLY_KEY] = privacy_record
     if scaffold:
@@ -160,7 +169,7 @@ def handle_train(msg: Message, context: Context) -> RecordDict:
 
 
 def _train_private(settings: PrivacySettings, cfg: DictConfig, context: Context, model: torch.nn.Module,
-                   optimizer: torch.optim.Optimizer, tensors: NodeTensors, hooks: list) -> tuple:
+                   optimizer: torch.optim.Optimizer, tensors: NodeTensors, hooks: list, floor: PrivacyFloor) -> tuple:
     """DP-SGD round: spend in the ledger first (or decline), then train with clipping and noise.
 
     Strategy terms (FedProx, SCAFFOLD) are added after clip + noise: see astroscale_fl.privacy.dp_sgd.
@@ -168,7 +177,7 @@ def _train_private(settings: PrivacySettings, cfg: DictConfig, context: Context,
     """
     node_config = dict(context.node_config)
     n = len(tensors.train_y)
-    ledger, plan = dp_node.spend_round(settings, cfg, context.state, node_config, n)
+    ledger, plan = dp_node.spend_round(settings, cfg, context.state, node_config, n, floor)
     private, dp_optimizer = make_private(model, optimizer, noise_multiplier=plan.noise_multiplier,
                                          max_grad_norm=plan.max_grad_norm, expected_batch_size=plan.expected_batch_size,
                                          backend=settings.backend, secure_mode=settings.secure_mode)
@@ -181,19 +190,30 @@ def _train_private(settings: PrivacySettings, cfg: DictConfig, context: Context,
 def handle_evaluate(msg: Message, node_config: dict) -> RecordDict:
     """Evaluate the global model on the node's local validation rows, as poolable sums."""
     _, model, tensors, pipeline = _prepare(msg, node_config)
+    return RecordDict({"metrics": _evaluation_metrics(model, tensors, pipeline)})
+
+
+def _evaluation_metrics(model: torch.nn.Module, tensors: NodeTensors, pipeline: Pipeline) -> MetricRecord:
+    """The model on the node's local validation rows, as sums the server pools exactly."""
     x, y = (tensors.val_x, tensors.val_y) if len(tensors.val_y) else (tensors.train_x, tensors.train_y)
     report = evaluate(model, x, y, pipeline.target.inverse)
     y_true = pipeline.target.inverse(y.double().cpu().numpy())
-    return RecordDict({"metrics": MetricRecord({
+    return MetricRecord({
         "num-examples": report.examples,
         "loss": report.loss,
         "sse": report.rmse**2 * report.examples,
         "sum_y": float(y_true.sum()),
         "sum_y2": float((y_true**2).sum()),
-    })})
+    })
 
 
 def _node_salt(node_config: dict) -> int:
     """A stable per-node integer, so nodes shuffle differently under one seed."""
     ident = str(node_config.get("partition-id", node_config.get("data-dir", "")))
     return int(hashlib.sha256(ident.encode()).hexdigest()[:8], 16)
+
+
+def node_epsilon_budget(msg: Message, context: Context) -> float | None:
+    """The lifetime ε budget that applies on this node: the centre's, capped by the node's max-epsilon."""
+    centre = read_run_config(msg.content["config"]).privacy.get("epsilon_budget")
+    return PrivacyFloor.from_node_config(dict(context.node_config)).budget(None if centre is None else float(centre))

@@ -8,10 +8,14 @@ each way, Prometheus metrics, a checkpoint hook, and resilience:
 - replies are awaited with a timeout (``federation.round_timeout``), polling the SuperLink
   every 0.2 s instead of Flower's 3 s; a node that leaves the federation is not waited for;
 - a reply that is an error or never arrives counts as *failed*; a node that refuses the round
-  (DP: its privacy budget is spent, ``BUDGET_EXCEEDED_CODE``) counts as *declined*; a reply with
+  (DP: its privacy budget is spent, ``BUDGET_EXCEEDED_CODE``; the round is weaker than its own
+  privacy floor, ``FLOOR_REFUSED_CODE``) counts as *declined*; a reply with
   non-finite values or an update norm beyond ``federation.max_update_norm`` is *rejected*
   (counted, logged, never aggregated);
-- a round aggregates when at least ``federation.min_replies`` valid replies arrived.
+- a round aggregates when at least ``federation.min_replies`` valid replies arrived;
+- with ``federation.evaluate_in_train`` (default) a round is one message per node: the
+  evaluation of round r's model rides on round r+1's training message (``folded_eval``), and a
+  final evaluate-only message covers the last model. History values are the same either way.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from flwr.serverapp.strategy import Strategy
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from astroscale_fl.errors import AstroScaleError
+from astroscale_fl.federation import folded_eval
 from astroscale_fl.federation.records import record_nbytes
 from astroscale_fl.history import RoundRecord
 from astroscale_fl.privacy.card import REPLY_KEY as PRIVACY_KEY
@@ -52,6 +57,7 @@ class RoundPolicy:
     timeout: float = 600.0
     min_replies: int = 1
     max_update_norm: float | None = None
+    evaluate_in_train: bool = True  # fold round r's evaluation into round r+1's training messages
 
 
 def wait_for_nodes(grid: Grid, count: int, timeout: float) -> list[int]:
@@ -176,6 +182,21 @@ def run_rounds(
     )
     with progress:
         task = progress.add_task("rounds", total=num_rounds, completed=start_round - 1, status="")
+        pending: _PendingEvaluation | None = None  # a finished round whose evaluation rides on the next round's messages
+
+        def finish(done: _PendingEvaluation, eval_replies: list[Message]) -> None:
+            eval_metrics = strategy.aggregate_evaluate(done.row.round, eval_replies)
+            if eval_metrics is not None:
+                done.row.eval_loss, done.row.eval_rmse, done.row.eval_r2 = (float(eval_metrics[k]) for k in ("loss", "rmse", "r2"))
+            history.append(done.row)
+            if metrics is not None:
+                metrics.round_finished(done.row, declined=done.declined, rejected=done.rejected, epsilon=done.epsilon)
+            if on_round is not None:
+                on_round(done.row, done.arrays)
+            row = done.row
+            detail = f"ε={row.max_epsilon:.2f}" if math.isfinite(row.max_epsilon) else f"loss={row.train_loss:.4f}"
+            progress.update(task, advance=1, status=f"test R²={row.test_r2:.4f} {detail}")
+
         for server_round in range(start_round, num_rounds + 1):
             if metrics is not None:
                 metrics.round_started(server_round)
@@ -185,13 +206,36 @@ def run_rounds(
             train_msgs = list(strategy.configure_train(server_round, arrays, ConfigRecord(dict(config)), grid))
             row.nodes_sampled = len(train_msgs)
             row.bytes_down += sum(record_nbytes(m.content) for m in train_msgs)
-            replies, missing = send_and_receive(grid, train_msgs, policy.timeout)
+            own_eval_msgs: list[Message] = []
+            if pending is not None:  # evaluate the previous round's model in this round's messages
+                train_msgs, own_eval_msgs, flagged = folded_eval.fold(train_msgs, pending.eval_msgs, pending.row.round)
+                pending.row.bytes_down += sum(record_nbytes(m.content) for m in own_eval_msgs)
+            all_replies, missing = send_and_receive(grid, train_msgs + own_eval_msgs, policy.timeout)
+            replies = [r for r in all_replies if not folded_eval.is_evaluation(r)]
+            if pending is not None:
+                folded, evaluated = folded_eval.folded_results(replies)
+                eval_replies = [r for r in all_replies if folded_eval.is_evaluation(r)] + folded
+                eval_only = {m.metadata.dst_node_id for m in own_eval_msgs}
+                _log_evaluation(pending.row.round, eval_replies, [n for n in missing if n in eval_only], policy.timeout)
+                errored = {r.metadata.src_node_id for r in replies if r.has_error()}
+                retry = [m for m in pending.eval_msgs if m.metadata.dst_node_id in flagged - evaluated
+                         and m.metadata.dst_node_id in errored]  # e.g. a declined round: evaluate on its own
+                if retry:
+                    pending.row.bytes_down += sum(record_nbytes(m.content) for m in retry)
+                    again, again_missing = send_and_receive(grid, retry, policy.timeout)
+                    _log_evaluation(pending.row.round, again, again_missing, policy.timeout)
+                    eval_replies += again
+                finish(pending, sorted(eval_replies, key=lambda r: r.metadata.src_node_id))
+                pending = None
+                missing = [n for n in missing if n in {m.metadata.dst_node_id for m in train_msgs}]
+            for reply in replies:
+                folded_eval.strip(reply)
             for node in missing:
                 log(WARNING, "round %d: node %s did not reply within %.0f s", server_round, node, policy.timeout)
             accepted, declined, rejected, failed = [], 0, 0, len(missing)
             row.declines = []  # (round, reason) of nodes that declined: their budget is spent
             for reply in replies:
-                if reply.has_error() and reply.error.code == _budget_code():
+                if reply.has_error() and reply.error.code in _decline_codes():
                     declined += 1
                     row.declines.append(reply.error.reason)
                     log(INFO, "round %d: node %s declined: %s", server_round, reply.metadata.src_node_id, reply.error.reason)
@@ -226,33 +270,46 @@ def run_rounds(
                                    if PRIVACY_KEY in r.content.config_records]
 
             eval_msgs = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(dict(config)), grid))
-            row.bytes_down += sum(record_nbytes(m.content) for m in eval_msgs)
-            eval_replies, eval_missing = send_and_receive(grid, eval_msgs, policy.timeout)
-            for reply in eval_replies:
-                if reply.has_error():
-                    log(WARNING, "round %d: evaluation on node %s failed: %s", server_round, reply.metadata.src_node_id, reply.error.reason)
-            for node in eval_missing:
-                log(WARNING, "round %d: node %s did not evaluate within %.0f s", server_round, node, policy.timeout)
-            eval_metrics = strategy.aggregate_evaluate(server_round, eval_replies)
-            if eval_metrics is not None:
-                row.eval_loss, row.eval_rmse, row.eval_r2 = (float(eval_metrics[k]) for k in ("loss", "rmse", "r2"))
             if central_eval is not None:
                 row.test_rmse, row.test_r2 = central_eval(arrays)
             row.wall_seconds = time.perf_counter() - start
-            history.append(row)
-            if metrics is not None:
-                metrics.round_finished(row, declined=declined, rejected=rejected, epsilon=max(epsilons) if epsilons else None)
-            if on_round is not None:
-                on_round(row, arrays)
-            detail = f"ε={row.max_epsilon:.2f}" if math.isfinite(row.max_epsilon) else f"loss={row.train_loss:.4f}"
-            progress.update(task, advance=1, status=f"test R²={row.test_r2:.4f} {detail}")
+            done = _PendingEvaluation(row, arrays, eval_msgs, declined, rejected, max(epsilons) if epsilons else None)
+            if policy.evaluate_in_train and eval_msgs and server_round < num_rounds:
+                pending = done  # evaluated by the nodes in round server_round + 1's training messages
+                continue
+            row.bytes_down += sum(record_nbytes(m.content) for m in eval_msgs)
+            eval_replies, eval_missing = send_and_receive(grid, eval_msgs, policy.timeout)
+            _log_evaluation(server_round, eval_replies, eval_missing, policy.timeout)
+            row.wall_seconds = time.perf_counter() - start
+            finish(done, eval_replies)
     return arrays, history
 
 
-def _budget_code() -> int:
-    """``Error.code`` of a node declining a round (privacy budget spent)."""
+def _decline_codes() -> tuple[int, ...]:
+    """``Error.code`` values of a node declining a round: its privacy budget is spent, or the round
+    is weaker than the node's own privacy floor (``astroscale_fl.privacy.floor``)."""
     try:
-        from astroscale_fl.privacy import BUDGET_EXCEEDED_CODE
+        from astroscale_fl.privacy import BUDGET_EXCEEDED_CODE, FLOOR_REFUSED_CODE
     except ImportError:  # privacy package absent
-        return -1
-    return int(BUDGET_EXCEEDED_CODE)
+        return ()
+    return int(BUDGET_EXCEEDED_CODE), int(FLOOR_REFUSED_CODE)
+
+
+@dataclass
+class _PendingEvaluation:
+    """A trained and aggregated round waiting for its federated evaluation."""
+
+    row: RoundRecord
+    arrays: ArrayRecord
+    eval_msgs: list[Message]
+    declined: int
+    rejected: int
+    epsilon: float | None
+
+
+def _log_evaluation(server_round: int, replies: list[Message], missing: list[int], timeout: float) -> None:
+    for reply in replies:
+        if reply.has_error():
+            log(WARNING, "round %d: evaluation on node %s failed: %s", server_round, reply.metadata.src_node_id, reply.error.reason)
+    for node in missing:
+        log(WARNING, "round %d: node %s did not evaluate within %.0f s", server_round, node, timeout)

@@ -126,7 +126,8 @@ def run_federation(grid: Grid, cfg: DictConfig, strategy: Strategy, out_dir: str
 
     strategy.summary()
     policy = RoundPolicy(timeout=float(fed.round_timeout), min_replies=int(fed.min_replies),
-                         max_update_norm=None if fed.max_update_norm is None else float(fed.max_update_norm))
+                         max_update_norm=None if fed.max_update_norm is None else float(fed.max_update_norm),
+                         evaluate_in_train=bool(fed.evaluate_in_train))
     arrays, _ = run_rounds(
         strategy, grid, initial, int(fed.num_rounds), round_config(cfg, pipeline), central_eval,
         on_round=on_round, show_progress=show_progress, policy=policy, start_round=start_round, metrics=metrics_obj,

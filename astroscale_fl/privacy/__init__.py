@@ -32,9 +32,11 @@ from astroscale_fl.privacy.ledger import (
 
 #: ``Error.code`` of a train reply declined because the round would exceed the node's budget.
 BUDGET_EXCEEDED_CODE = 4005
+#: ``Error.code`` of a train reply refused because the round is weaker than the node's privacy floor.
+FLOOR_REFUSED_CODE = 4006
 
 __all__ = [
-    "BUDGET_EXCEEDED_CODE", "LEDGER_FILENAME", "PrivacyError", "PrivacyLedger", "PrivacySettings", "RoundPlan",
+    "BUDGET_EXCEEDED_CODE", "FLOOR_REFUSED_CODE", "LEDGER_FILENAME", "PrivacyError", "PrivacyLedger", "PrivacySettings", "RoundPlan",
     "commit_ledger", "default_delta", "entry_from_record", "epsilon_of", "ledger_from_state", "ledger_to_state",
     "make_private", "node_entry", "noise_for_target_epsilon", "open_ledger", "planned_steps", "poisson_batches",
     "privacy_section", "recompute_epsilon", "reply_record", "sample_rate", "steps_per_round", "train_local_dp",

@@ -23,6 +23,7 @@ from pathlib import Path
 from flwr.app import ConfigRecord, RecordDict
 
 from astroscale_fl.privacy.calibrate import PrivacySettings, RoundPlan
+from astroscale_fl.privacy.floor import PrivacyFloor
 from astroscale_fl.privacy.ledger import LEDGER_FILENAME, PrivacyError, PrivacyLedger, commit_ledger, open_ledger
 
 PLAN_KEY = "privacy-plan"
@@ -61,13 +62,20 @@ def plan_round(settings: PrivacySettings, cfg, state: RecordDict, ledger: Privac
     return plan
 
 
-def spend_round(settings: PrivacySettings, cfg, state: RecordDict, node_config: dict, n_rows: int) -> tuple[PrivacyLedger, RoundPlan]:
-    """Plan the round, check the budget and record the spend; raise :class:`BudgetExceeded`."""
+def spend_round(settings: PrivacySettings, cfg, state: RecordDict, node_config: dict, n_rows: int,
+                floor: PrivacyFloor | None = None) -> tuple[PrivacyLedger, RoundPlan]:
+    """Plan the round, check the node's floor and budget, and record the spend; raise
+    :class:`BudgetExceeded` or :class:`~astroscale_fl.privacy.floor.FloorRefused`."""
+    floor = floor or PrivacyFloor()
     path = ledger_path(node_config)
     ledger = open_ledger(settings.accountant, settings.delta_for(n_rows), state=state, path=path)
     plan = plan_round(settings, cfg, state, ledger, n_rows, int(cfg.train.batch_size))
-    reason = ledger.budget_refusal(settings.epsilon_budget, plan.noise_multiplier, plan.sample_rate, plan.steps)
+    floor.check_noise(plan.noise_multiplier, node_name(node_config))
+    budget = floor.budget(settings.epsilon_budget)
+    reason = ledger.budget_refusal(budget, plan.noise_multiplier, plan.sample_rate, plan.steps)
     if reason:
+        if budget != settings.epsilon_budget:
+            reason += f" (node config max-epsilon={floor.max_epsilon:g})"
         raise BudgetExceeded(f"node {node_name(node_config)} declines: {reason}")
     ledger.record(plan.noise_multiplier, plan.sample_rate, plan.steps)
     commit_ledger(ledger, state=state, path=path)
