@@ -69,8 +69,9 @@ def cuda_initialised() -> bool:
     return bool(torch is not None and torch.cuda.is_initialized())
 
 
-def runtime_client(address: str, secret: bytes | None, root_certificates: str | None = None):
-    """A client of the SuperNode's Runtime API, signing ``AcquireTask`` with the SuperExec secret."""
+def runtime_client(address: str, secret: bytes | None, root_certificates: str | None = None, retry_invoker=None):
+    """A client of the SuperNode's Runtime API, signing ``AcquireTask`` with the SuperExec secret
+    (``retry_invoker``: Flower's simple HTTP retries by default)."""
     from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor, SuperExecAuthHttpInterceptor
     from flwr.supercore.retry import make_simple_http_retry_invoker
     from flwr.supercore.runtime import RuntimeHttpClient
@@ -84,7 +85,7 @@ def runtime_client(address: str, secret: bytes | None, root_certificates: str | 
     return RuntimeHttpClient.from_server_address(
         server_address=address, insecure=insecure,
         root_certificates=validate_and_resolve_root_certificates(root_certificates, insecure),
-        interceptors=interceptors, retry_invoker=make_simple_http_retry_invoker())
+        interceptors=interceptors, retry_invoker=retry_invoker or make_simple_http_retry_invoker())
 
 
 def _die_with_parent() -> None:

@@ -51,9 +51,11 @@ class PrivacyFloor:
                 return None
             value = node_config[key]
             try:
-                parsed = int(value) if integer and not isinstance(value, float) else float(value)
+                parsed = float(value)
             except (TypeError, ValueError):
                 parsed = None
+            if integer and parsed is not None:
+                parsed = int(parsed) if parsed.is_integer() else None
             if isinstance(value, bool) or parsed is None or not math.isfinite(parsed) or parsed <= 0:
                 kind = "a positive integer" if integer else "a positive number"
                 raise NodeConfigError(f"node config {key}: expected {kind}, got {value!r}")
