@@ -156,7 +156,7 @@ class LocalFederation:
         return self.node_ids[index]
 
     def start_node(self, index: int, data_index: int | None = None, key_index: int | None = None, warm: bool | None = None,
-                   metrics_port: int = 0, node_config: str = "") -> subprocess.Popen:
+                   metrics_port: int = 0, node_config: str = "", trusted_entities: str | None = None) -> subprocess.Popen:
         """Start SuperNode ``index`` on ``nodes/node-<data_index>`` with key ``node-<key_index>``; ``warm``
         (default: the federation's) adds the warm ClientApp runtime, ``node_config`` extra node config."""
         data_index = data_index or index
@@ -167,6 +167,8 @@ class LocalFederation:
             argv += ["--warm", "--metrics-port", str(metrics_port)]
         if node_config:
             argv += ["--node-config", node_config]
+        if trusted_entities:
+            argv += ["--trusted-entities", str(trusted_entities)]
         argv += ["--ca", str(self.certs / "ca.crt")] if self.tls else ["--insecure"]
         if self.node_auth:
             argv += ["--key", str(self.certs / f"node-{key_index}")]
@@ -200,7 +202,11 @@ class LocalFederation:
         """Kill SuperNode ``index`` and its children (a crashed archive)."""
         proc = self.nodes.pop(index)
         _signal_group(proc, sig)
-        proc.wait(timeout=10)
+        try:
+            proc.wait(timeout=10 if sig == signal.SIGKILL else 60)  # a SIGTERM'd SuperNode leaves the federation first
+        except subprocess.TimeoutExpired:
+            _signal_group(proc, signal.SIGKILL)
+            proc.wait(timeout=10)
 
     # -- shutdown ----------------------------------------------------------------------------
 

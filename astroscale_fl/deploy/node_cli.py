@@ -16,7 +16,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from astroscale_fl.atomic import write_text
+from astroscale_fl.deploy.node_status import write_private
 from astroscale_fl.errors import ConfigError, report_user_errors
 
 LAUNCHER_FILE = "launcher.json"  # <data-dir>/.astroscale/launcher.json: pid and metrics port of the running launcher
@@ -27,15 +27,6 @@ def _data_dir(value: str) -> Path:
     if not path.is_dir():
         raise ConfigError(f"--data-dir {value}: not a directory")
     return path.resolve()
-
-
-def _private_write(path: Path, text: str) -> None:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    old = os.umask(0o077)
-    try:
-        write_text(path, text)
-    finally:
-        os.umask(old)
 
 
 @report_user_errors
@@ -88,7 +79,7 @@ def launcher_main(argv: list[str]) -> int:
                   file=sys.stderr)
         port = serve(data_dir, stats, args.metrics_port, args.metrics_host).server_address[1]
     info = data_dir / ".astroscale" / LAUNCHER_FILE
-    _private_write(info, json.dumps({"pid": os.getpid(), "metrics_port": port, "metrics_host": args.metrics_host,
+    write_private(info, json.dumps({"pid": os.getpid(), "metrics_port": port, "metrics_host": args.metrics_host,
                                      "runtime_api_address": args.runtime_api_address, "started": time.time()}))
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))

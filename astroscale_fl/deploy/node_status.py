@@ -39,14 +39,18 @@ def read_status(data_dir: str | Path) -> dict[str, Any]:
         return {"rounds_trained": 0, "declines": 0, "messages": []}
 
 
-def _write(data_dir: str | Path, status: dict[str, Any]) -> None:
-    path = status_path(data_dir)
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` atomically, owner-only (file 0600 in a 0700 directory): it says what the node did."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    old = os.umask(0o077)  # the file says what the node did: owner only
+    old = os.umask(0o077)
     try:
-        write_text(path, json.dumps(status, indent=1, sort_keys=True))
+        write_text(path, text)
     finally:
         os.umask(old)
+
+
+def _write(data_dir: str | Path, status: dict[str, Any]) -> None:
+    write_private(status_path(data_dir), json.dumps(status, indent=1, sort_keys=True))
 
 
 def process_seconds() -> float | None:

@@ -25,7 +25,8 @@ from tests.deploy.conftest import TINY, free_port, scrape, wait_for, wait_run, w
 
 pytestmark = pytest.mark.slow
 
-PLAIN = [*TINY, "federation.num_nodes=2", "federation.num_rounds=2", "federation.fraction_evaluate=1"]
+PLAIN = [*TINY, "federation.num_nodes=2", "federation.num_rounds=2", "federation.fraction_evaluate=1", "federation.metrics_port=0"]
+SLOW_MACHINE = 480.0  # seconds for a run: CI machines are shared
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,7 @@ def launcher_pid(fed: LocalFederation, i: int) -> int:
 @pytest.fixture(scope="module")
 def warm_run(warm_fed, tmp_path_factory):
     out = tmp_path_factory.mktemp("warm-run")
-    wait_run(warm_fed.run(PLAIN, out), fed=warm_fed)
+    wait_run(warm_fed.run(PLAIN, out), timeout=SLOW_MACHINE, fed=warm_fed)
     return out
 
 
@@ -129,10 +130,10 @@ def test_warm_process_is_reachable_only_from_the_node(warm_fed, warm_run):
 
 
 def test_node_privacy_floor_declines_weaker_rounds(warm_fed, tmp_path):
-    warm_fed.start_node(3, node_config="require-dp=true max-rounds=50")
+    warm_fed.start_node(3, warm=True, node_config="require-dp=true max-rounds=50")
     try:
         out = tmp_path / "floor"
-        wait_run(warm_fed.run([*PLAIN, "federation.num_nodes=3"], out), fed=warm_fed)
+        wait_run(warm_fed.run([*PLAIN, "federation.num_nodes=3"], out), timeout=SLOW_MACHINE, fed=warm_fed)
     finally:
         warm_fed.kill_node(3, signal.SIGTERM)  # a clean leave: the next runs do not wait for it
     history = list(csv.DictReader((out / "history.csv").open()))
@@ -143,6 +144,25 @@ def test_node_privacy_floor_declines_weaker_rounds(warm_fed, tmp_path):
     assert status["declines"] == 2 and "require-dp" in status["last_decline"]
     assert status.get("rounds_trained", 0) == 0
     assert sum(m["kind"] == "evaluate" for m in status["messages"]) == 2  # declined round: evaluated on its own
+
+
+def test_node_with_trusted_entities_refuses_an_unsigned_app(warm_fed, tmp_path):
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    key = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode()
+    trusted = tmp_path / "trusted.yaml"
+    trusted.write_text(f'archive-signer: "{key}"\n')
+    handled = len(read_status(node_dir(warm_fed, 3)).get("messages", []))
+    warm_fed.start_node(3, warm=False, trusted_entities=str(trusted))
+    try:
+        out = tmp_path / "unsigned"
+        wait_run(warm_fed.run([*PLAIN, "federation.num_nodes=3", "federation.num_rounds=1"], out), timeout=SLOW_MACHINE, fed=warm_fed)
+    finally:
+        warm_fed.kill_node(3, signal.SIGTERM)
+    assert json.loads((out / "metrics.json").read_text())["nodes_failed"] == 1
+    assert "could not be verified" in warm_fed.log_text("supernode-3")
+    assert len(read_status(node_dir(warm_fed, 3)).get("messages", [])) == handled  # our ClientApp never ran there
 
 
 def test_killed_launcher_fails_the_round_and_keeps_the_ledger(warm_fed, tmp_path):
@@ -160,11 +180,11 @@ def test_killed_launcher_fails_the_round_and_keeps_the_ledger(warm_fed, tmp_path
         busy = read_status(node_dir(warm_fed, 2)).get("in_progress") or {}
         return busy.get("kind") == "train" and busy.get("round", 0) >= 2 and entries() >= before + busy["round"]
 
-    wait_for(lambda: training_after_spend() or proc.poll() is not None, 200, "node 2 training round 2", interval=0.02)
+    wait_for(lambda: training_after_spend() or proc.poll() is not None, SLOW_MACHINE, "node 2 training round 2", interval=0.02)
     assert proc.poll() is None, "run ended before node 2 trained round 2"
     killed_round = read_status(node_dir(warm_fed, 2))["in_progress"]["round"]
     os.kill(launcher_pid(warm_fed, 2), signal.SIGKILL)  # the warm process; its ClientApp child dies with it
-    wait_run(proc, fed=warm_fed)
+    wait_run(proc, timeout=SLOW_MACHINE, fed=warm_fed)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["rounds"] == 4 and metrics["nodes_failed"] >= 1
     history = list(csv.DictReader((out / "history.csv").open()))
@@ -189,7 +209,7 @@ def test_cold_nodes_give_the_warm_runs_weights(warm_fed, warm_run, tmp_path):
         warm_fed.kill_node(i, signal.SIGTERM)
         warm_fed.start_node(i, warm=False)
     out = tmp_path / "cold"
-    wait_run(warm_fed.run(PLAIN, out), fed=warm_fed)
+    wait_run(warm_fed.run(PLAIN, out), timeout=SLOW_MACHINE, fed=warm_fed)
     warm, cold = weights(warm_run), weights(out)
     assert warm.keys() == cold.keys()
     for name in warm:
