@@ -227,6 +227,8 @@ def run_rounds(
                     eval_replies += again
                 finish(pending, sorted(eval_replies, key=lambda r: r.metadata.src_node_id))
                 pending = None
+                if metrics is not None:
+                    metrics.round_started(server_round)  # the finished row set the gauge back to its round
                 missing = [n for n in missing if n in {m.metadata.dst_node_id for m in train_msgs}]
             for reply in replies:
                 folded_eval.strip(reply)
