@@ -214,7 +214,10 @@ def _alive(pid: int) -> bool:
 def test_cold_nodes_give_the_warm_runs_weights(warm_fed, warm_run, tmp_path):
     for i in (1, 2):
         warm_fed.kill_node(i, signal.SIGTERM)
-        warm_fed.start_node(i, warm=False)
+    # same data directories; node 2 with key 3: after its killed launcher the old node id may still be
+    # active at the SuperLink until its heartbeat expires (two nodes: reply order does not change a sum)
+    warm_fed.start_node(1, warm=False)
+    warm_fed.start_node(2, data_index=2, key_index=3, warm=False)
     out = tmp_path / "cold"
     wait_run(warm_fed.run(PLAIN, out), timeout=SLOW_MACHINE, fed=warm_fed)
     warm, cold = weights(warm_run), weights(out)
