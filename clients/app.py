@@ -12,7 +12,14 @@ from flwr.clientapp import ClientApp
 
 from astroscale_fl.deploy.node_status import recording
 from astroscale_fl.federation import client
-from astroscale_fl.privacy import BUDGET_EXCEEDED_CODE, FLOOR_REFUSED_CODE
+from astroscale_fl.federation.protocol import (
+    BUDGET_EXCEEDED_CODE,
+    CONFIG_KEY,
+    FLOOR_REFUSED_CODE,
+    METRICS_KEY,
+    SERVER_ROUND_KEY,
+    WEIGHT_KEY,
+)
 from astroscale_fl.privacy.floor import FloorRefused
 from astroscale_fl.privacy.node import BudgetExceeded
 
@@ -20,8 +27,8 @@ app = ClientApp()
 
 
 def _round(msg: Message) -> int:
-    config = msg.content.config_records.get("config")
-    return int(config.get("server-round", 0)) if config is not None else 0
+    config = msg.content.config_records.get(CONFIG_KEY)
+    return int(config.get(SERVER_ROUND_KEY, 0)) if config is not None else 0
 
 
 @app.query()
@@ -29,7 +36,7 @@ def query(msg: Message, context: Context) -> Message:
     """Statistics round: column statistics of this node's rows."""
     with recording(dict(context.node_config), "query", 0) as outcome:
         content = client.handle_query(msg, dict(context.node_config))
-        outcome["rows"] = int(content["metrics"]["num-examples"])
+        outcome["rows"] = int(content[METRICS_KEY][WEIGHT_KEY])
     return Message(content=content, reply_to=msg)
 
 
@@ -41,11 +48,11 @@ def train(msg: Message, context: Context) -> Message:
         try:
             content = client.handle_train(msg, context)
         except (BudgetExceeded, FloorRefused) as exc:
-            outcome["declined"] = str(exc)
+            outcome["declined"] = str(exc.decline)
             code = FLOOR_REFUSED_CODE if isinstance(exc, FloorRefused) else BUDGET_EXCEEDED_CODE
-            return Message(Error(code=code, reason=str(exc)), reply_to=msg)
-        metrics = content["metrics"]
-        outcome["rows"] = int(metrics["num-examples"])
+            return Message(Error(code=code, reason=exc.decline.to_reason()), reply_to=msg)
+        metrics = content[METRICS_KEY]
+        outcome["rows"] = int(metrics[WEIGHT_KEY])
         if "epsilon" in metrics:
             outcome["epsilon"] = float(metrics["epsilon"])
             outcome["epsilon_budget"] = client.node_epsilon_budget(msg, context)

@@ -21,13 +21,18 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from astroscale_fl.federation.protocol import Decline
 from astroscale_fl.privacy.ledger import PrivacyError
 
 KEYS = ("require-dp", "min-noise-multiplier", "max-epsilon", "max-rounds")
 
 
 class FloorRefused(PrivacyError):
-    """The round is weaker than this node's privacy floor."""
+    """The round is weaker than this node's privacy floor (``decline``: node and reason, for the reply)."""
+
+    def __init__(self, node: str, reason: str):
+        self.decline = Decline(node, f"refused by its privacy floor: {reason}")
+        super().__init__(str(self.decline))
 
 
 class NodeConfigError(PrivacyError):
@@ -73,18 +78,18 @@ class PrivacyFloor:
         """Refuse a run config weaker than the floor (before any data is touched)."""
         dp = cfg.privacy.name != "none"
         if self.require_dp and not dp:
-            raise FloorRefused(f"node {node} refuses: it requires differential privacy (node config require-dp=true) "
-                               f"and the run has privacy={cfg.privacy.name}")
+            raise FloorRefused(node, f"it requires differential privacy (node config require-dp=true) "
+                                     f"and the run has privacy={cfg.privacy.name}")
         rounds = int(cfg.federation.num_rounds)
         if self.max_rounds is not None and rounds > self.max_rounds:
-            raise FloorRefused(f"node {node} refuses: the run asks for federation.num_rounds={rounds}, "
-                               f"more than its node config max-rounds={self.max_rounds}")
+            raise FloorRefused(node, f"the run asks for federation.num_rounds={rounds}, "
+                                     f"more than its node config max-rounds={self.max_rounds}")
 
     def check_noise(self, noise_multiplier: float, node: str) -> None:
         """Refuse a DP round noised less than ``min-noise-multiplier``."""
         if self.min_noise_multiplier is not None and noise_multiplier < self.min_noise_multiplier:
-            raise FloorRefused(f"node {node} refuses: noise multiplier {noise_multiplier:.4g} is below its node config "
-                               f"min-noise-multiplier={self.min_noise_multiplier:g}")
+            raise FloorRefused(node, f"noise multiplier {noise_multiplier:.4g} is below its node config "
+                                     f"min-noise-multiplier={self.min_noise_multiplier:g}")
 
     def budget(self, centre_budget: float | None) -> float | None:
         """The lifetime ε budget that applies: the smaller of the centre's and ``max-epsilon``."""
