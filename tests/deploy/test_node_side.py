@@ -79,10 +79,11 @@ def test_floor_refusal_is_a_counted_decline_and_the_node_still_evaluates(tmp_pat
     stats = federated_statistics(grid, grid.get_node_ids(), round_config(cfg), timeout=60)
     pipeline = Pipeline.from_config(get_task(cfg.task), cfg).fit_statistics(stats)
     model = build_model(cfg.model, len(pipeline.features), 0)
-    _, history = run_rounds(build_strategy(cfg), grid, model_to_arrays(model), 2, round_config(cfg, pipeline), None, 60,
-                            show_progress=False)
+    _, outcomes = run_rounds(build_strategy(cfg), grid, model_to_arrays(model), 2, round_config(cfg, pipeline), None, 60,
+                             show_progress=False)
+    history = [o.record for o in outcomes]
     assert [r.nodes_declined for r in history] == [1, 1] and [r.nodes_replied for r in history] == [2, 2]
-    assert "require-dp" in history[0].declines[0]
+    assert outcomes[0].declines[0].node == dirs[2].name and "require-dp" in outcomes[0].declines[0].reason
     to_node3 = [m.metadata.message_type for m in grid.received if m.metadata.dst_node_id == 102]
     assert to_node3 == ["query", "train", "train", "evaluate", "evaluate"]  # declined: evaluated on its own
     status = read_status(dirs[2])

@@ -26,9 +26,9 @@ def federate(overrides, rounds, folded):
     stats = federated_statistics(grid, grid.get_node_ids(), round_config(cfg), timeout=60)
     pipeline = Pipeline.from_config(get_task(cfg.task), cfg).fit_statistics(stats)
     model = build_model(cfg.model, len(pipeline.features), int(cfg.seed))
-    arrays, history = run_rounds(build_strategy(cfg), grid, model_to_arrays(model), rounds, round_config(cfg, pipeline),
+    arrays, outcomes = run_rounds(build_strategy(cfg), grid, model_to_arrays(model), rounds, round_config(cfg, pipeline),
                                  None, show_progress=False, policy=RoundPolicy(timeout=60, evaluate_in_train=folded))
-    return arrays_to_numpy(arrays), history, grid
+    return arrays_to_numpy(arrays), [o.record for o in outcomes], grid
 
 
 @pytest.mark.parametrize("extra", [[], ["strategy=scaffold", "federation.fraction_train=0.67", "federation.fraction_evaluate=0.67"]],
