@@ -197,6 +197,7 @@ class Federation:
     metrics_host: str  # 0.0.0.0 lets a remote Prometheus scrape
     checkpoint: bool  # write <output dir>/checkpoint.npz after every round
     resume_from: Optional[str]  # run directory (or checkpoint.npz) to continue from
+    evaluate_in_train: bool  # one message per round: round r's evaluation rides on round r+1's training message
 
 
 @dataclass

@@ -30,7 +30,8 @@ from astroscale_fl.federation.messages import read_pipeline, read_run_config
 from astroscale_fl.federation.records import load_arrays, model_to_arrays, numpy_to_arrays
 from astroscale_fl.models import build_model
 from astroscale_fl.preprocessing import Pipeline
-from astroscale_fl.privacy.node import LocalJob, node_privacy
+from astroscale_fl.privacy.floor import PrivacyFloor
+from astroscale_fl.privacy.node import LocalJob, node_name, node_privacy
 from astroscale_fl.tasks import get_task
 from astroscale_fl.training import GradHook, evaluate, make_optimizer
 
@@ -91,9 +92,9 @@ def handle_query(msg: Message, node_config: dict) -> RecordDict:
     })
 
 
-def _prepare(msg: Message, node_config: dict) -> tuple[DictConfig, torch.nn.Module, NodeTensors, Pipeline]:
+def _prepare(msg: Message, node_config: dict, cfg: DictConfig | None = None) -> tuple[DictConfig, torch.nn.Module, NodeTensors, Pipeline]:
     config = msg.content[protocol.CONFIG_KEY]
-    cfg = read_run_config(config)
+    cfg = cfg if cfg is not None else read_run_config(config)
     torch.set_num_threads(int(cfg.federation.client_threads))
     device = resolve_device(cfg.device)
     pipeline, pipeline_key = read_pipeline(config)
@@ -114,7 +115,11 @@ def handle_train(msg: Message, context: Context) -> RecordDict:
     """
     node_config = dict(context.node_config)
     config = msg.content[protocol.CONFIG_KEY]
-    cfg, model, tensors, _ = _prepare(msg, node_config)
+    cfg = read_run_config(config)
+    PrivacyFloor.from_node_config(node_config).check_run(cfg, node_name(node_config))  # before any data is touched
+    cfg, model, tensors, pipeline = _prepare(msg, node_config, cfg)
+    # one message per round: evaluate the received global model (the previous round's) before training it
+    evaluation = _evaluation_metrics(model, tensors, pipeline) if protocol.EVAL_ROUND_KEY in config else None
     server_round = int(config[protocol.SERVER_ROUND_KEY])
     wanted = protocol.local_objectives(config)
     hooks: list[GradHook] = []
@@ -134,6 +139,8 @@ def handle_train(msg: Message, context: Context) -> RecordDict:
     trained = node_privacy(cfg, context.state, node_config).train(job)
     reply = RecordDict({protocol.ARRAYS_KEY: model_to_arrays(model), protocol.METRICS_KEY: MetricRecord(trained.metrics),
                         **trained.records})
+    if evaluation is not None:
+        reply[protocol.EVAL_METRICS_KEY] = evaluation
     if scaffold is not None:
         reply[protocol.CONTROL_DELTA_KEY] = scaffold.finish(reply[protocol.ARRAYS_KEY], trained.report.steps)
     return reply
@@ -142,19 +149,30 @@ def handle_train(msg: Message, context: Context) -> RecordDict:
 def handle_evaluate(msg: Message, node_config: dict) -> RecordDict:
     """Evaluate the global model on the node's local validation rows, as poolable sums."""
     _, model, tensors, pipeline = _prepare(msg, node_config)
+    return RecordDict({protocol.METRICS_KEY: _evaluation_metrics(model, tensors, pipeline)})
+
+
+def _evaluation_metrics(model: torch.nn.Module, tensors: NodeTensors, pipeline: Pipeline) -> MetricRecord:
+    """The model on the node's local validation rows, as sums the server pools exactly."""
     x, y = (tensors.val_x, tensors.val_y) if len(tensors.val_y) else (tensors.train_x, tensors.train_y)
     report = evaluate(model, x, y, pipeline.target.inverse)
     y_true = pipeline.target.inverse(y.double().cpu().numpy())
-    return RecordDict({protocol.METRICS_KEY: MetricRecord({
+    return MetricRecord({
         protocol.WEIGHT_KEY: report.examples,
         protocol.LOSS_KEY: report.loss,
         protocol.SSE_KEY: report.rmse**2 * report.examples,
         protocol.SUM_Y_KEY: float(y_true.sum()),
         protocol.SUM_Y2_KEY: float((y_true**2).sum()),
-    })})
+    })
 
 
 def _node_salt(node_config: dict) -> int:
     """A stable per-node integer, so nodes shuffle differently under one seed."""
     ident = str(node_config.get("partition-id", node_config.get("data-dir", "")))
     return int(hashlib.sha256(ident.encode()).hexdigest()[:8], 16)
+
+
+def node_epsilon_budget(msg: Message, context: Context) -> float | None:
+    """The lifetime ε budget that applies on this node: the centre's, capped by the node's max-epsilon."""
+    centre = read_run_config(msg.content[protocol.CONFIG_KEY]).privacy.get("epsilon_budget")
+    return PrivacyFloor.from_node_config(dict(context.node_config)).budget(None if centre is None else float(centre))

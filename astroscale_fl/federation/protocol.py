@@ -7,7 +7,8 @@ their names from here; nothing else spells a key. The module depends on Flower's
 A training message (server -> node)::
 
     RecordDict{ "arrays":  ArrayRecord   global model
-                "config":  ConfigRecord  server-round, run config, pipeline, local objectives
+                "config":  ConfigRecord  server-round, run config, pipeline, local objectives,
+                                         evaluate-round (one message per round: evaluate first)
                 "control": ArrayRecord   SCAFFOLD only: server control variate c }
 
 A training reply (node -> server)::
@@ -15,9 +16,11 @@ A training reply (node -> server)::
     RecordDict{ "arrays":        ArrayRecord   the node's model
                 "metrics":       MetricRecord  num-examples, train_loss | epsilon, delta
                 "privacy":       ConfigRecord  DP only: the node's ledger (model card entry)
-                "control-delta": ArrayRecord   SCAFFOLD only: c_i+ - c_i }
+                "control-delta": ArrayRecord   SCAFFOLD only: c_i+ - c_i
+                "evaluate-metrics": MetricRecord  with evaluate-round: the received model's evaluation }
 
-or an ``Error(code=BUDGET_EXCEEDED_CODE, reason=Decline.to_reason())`` when a DP node declines.
+or an ``Error(code=BUDGET_EXCEEDED_CODE | FLOOR_REFUSED_CODE, reason=Decline.to_reason())`` when
+a node declines (DP budget spent, or the round is weaker than the node's own privacy floor).
 
 Algorithm parameters reach the node once, typed: a strategy writes a frozen
 :class:`ProximalTerm` / :class:`ScaffoldCorrection` into the round config and the node reads
@@ -37,6 +40,7 @@ from flwr.app import ConfigRecord
 ARRAYS_KEY = "arrays"  # ArrayRecord: model weights (both ways)
 CONFIG_KEY = "config"  # ConfigRecord: round config (server -> node)
 METRICS_KEY = "metrics"  # MetricRecord: a reply's metrics
+EVAL_METRICS_KEY = "evaluate-metrics"  # MetricRecord: a training reply's evaluation of the received arrays
 PRIVACY_KEY = "privacy"  # ConfigRecord: a DP reply's ledger entry
 CONTROL_KEY = "control"  # ArrayRecord: SCAFFOLD server control variate
 CONTROL_DELTA_KEY = "control-delta"  # ArrayRecord: SCAFFOLD node control variate change
@@ -45,6 +49,7 @@ COLUMNS_KEY = "columns"  # ConfigRecord: statistics round, the statistics' colum
 
 # -- keys inside the round ConfigRecord --------------------------------------------------------
 SERVER_ROUND_KEY = "server-round"
+EVAL_ROUND_KEY = "evaluate-round"  # one message per round: evaluate the received arrays (round r's model) first
 RUN_CONFIG_KEY = "astroscale-config"  # the validated run config (JSON)
 PIPELINE_KEY = "astroscale-pipeline"  # the fitted preprocessing state (JSON)
 MU_KEY = "proximal-mu"  # FedProx' mu (ProximalTerm)
@@ -63,6 +68,10 @@ LOSS_KEY, SSE_KEY, SUM_Y_KEY, SUM_Y2_KEY = "loss", "sse", "sum_y", "sum_y2"
 # -- error codes -------------------------------------------------------------------------------
 #: ``Error.code`` of a train reply declined because the round would exceed the node's budget.
 BUDGET_EXCEEDED_CODE = 4005
+#: ``Error.code`` of a train reply refused because the round is weaker than the node's privacy floor
+#: (node config, :mod:`astroscale_fl.privacy.floor`); counted as a decline like the budget's.
+FLOOR_REFUSED_CODE = 4006
+DECLINE_CODES = (BUDGET_EXCEEDED_CODE, FLOOR_REFUSED_CODE)
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,15 @@ each way, Prometheus metrics, a checkpoint hook, and resilience:
 - replies are awaited with a timeout (``federation.round_timeout``), polling the SuperLink
   every 0.2 s instead of Flower's 3 s; a node that leaves the federation is not waited for;
 - a reply that is an error or never arrives counts as *failed*; a node that refuses the round
-  (DP: its privacy budget is spent, ``BUDGET_EXCEEDED_CODE``) counts as *declined*; a reply with
+  (DP: its privacy budget is spent, ``BUDGET_EXCEEDED_CODE``; the round is weaker than its own
+  privacy floor, ``FLOOR_REFUSED_CODE``) counts as *declined*; a reply with
   non-finite values or an update norm beyond ``federation.max_update_norm`` is *rejected*
   (counted, logged, never aggregated);
-- a round aggregates when at least ``federation.min_replies`` valid replies arrived.
+- a round aggregates when at least ``federation.min_replies`` valid replies arrived;
+- with ``federation.evaluate_in_train`` (default) a round is one message per node: the
+  evaluation of round r's model rides on round r+1's training message
+  (:class:`~astroscale_fl.federation.folded_eval.FoldedEvaluation`), and a final evaluate-only
+  message covers the last model. History values are the same either way.
 
 Each round is :func:`train_phase` (configure, send and receive, :func:`sort_replies`, aggregate)
 then :func:`evaluate_phase`; :func:`run_rounds` returns one typed :class:`RoundOutcome` per
@@ -35,12 +40,13 @@ from flwr.serverapp.strategy import Strategy
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from astroscale_fl.errors import AstroScaleError
+from astroscale_fl.federation.folded_eval import FoldedEvaluation
 from astroscale_fl.federation.protocol import (
     ARRAYS_KEY,
-    BUDGET_EXCEEDED_CODE,
     COLUMN_NAMES_KEY,
     COLUMNS_KEY,
     CONFIG_KEY,
+    DECLINE_CODES,
     EPSILON_KEY,
     METRICS_KEY,
     PRIVACY_KEY,
@@ -69,6 +75,7 @@ class RoundPolicy:
     timeout: float = 600.0
     min_replies: int = 1
     max_update_norm: float | None = None
+    evaluate_in_train: bool = True  # fold round r's evaluation into round r+1's training messages
 
 
 def wait_for_nodes(grid: Grid, count: int, timeout: float) -> list[int]:
@@ -213,7 +220,7 @@ def sort_replies(server_round: int, replies: list[Message], missing: list[int], 
         log(WARNING, "round %d: node %s did not reply within %.0f s", server_round, node, policy.timeout)
     for reply in replies:
         node = reply.metadata.src_node_id
-        if reply.has_error() and reply.error.code == BUDGET_EXCEEDED_CODE:
+        if reply.has_error() and reply.error.code in DECLINE_CODES:
             decline = Decline.from_reason(reply.error.reason)
             out.declines.append(decline)
             log(INFO, "round %d: node %s declined: %s", server_round, node, decline)
@@ -232,14 +239,19 @@ def sort_replies(server_round: int, replies: list[Message], missing: list[int], 
 
 
 def train_phase(strategy: Strategy, grid: Grid, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                policy: RoundPolicy) -> tuple[ArrayRecord, RoundOutcome]:
-    """configure_train -> send and receive -> sort replies -> aggregate_train; the new arrays."""
+                policy: RoundPolicy, fold: FoldedEvaluation | None = None) -> tuple[ArrayRecord, RoundOutcome]:
+    """configure_train -> send and receive -> sort replies -> aggregate_train; the new arrays.
+
+    ``fold``: the previous round's evaluation, sent with (and taken out of) this round's messages."""
     row = RoundRecord(round=server_round)
     global_np = {k: v.numpy() for k, v in arrays.items()}
     train_msgs = list(strategy.configure_train(server_round, arrays, ConfigRecord(dict(config)), grid))
     row.nodes_sampled = len(train_msgs)
     row.bytes_down += sum(record_nbytes(m.content) for m in train_msgs)
-    replies, missing = send_and_receive(grid, train_msgs, policy.timeout)
+    if fold is None:
+        replies, missing = send_and_receive(grid, train_msgs, policy.timeout)
+    else:
+        replies, missing = fold.split(*send_and_receive(grid, fold.attach(train_msgs), policy.timeout))
     sorted_ = sort_replies(server_round, replies, missing, global_np, policy)
     row.nodes_replied, row.nodes_failed, row.nodes_declined = len(sorted_.accepted), sorted_.failed, len(sorted_.declines)
     row.bytes_up = sorted_.bytes_up
@@ -260,12 +272,22 @@ def train_phase(strategy: Strategy, grid: Grid, server_round: int, arrays: Array
 
 
 def evaluate_phase(strategy: Strategy, grid: Grid, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                   policy: RoundPolicy, row: RoundRecord, central_eval: CentralEval | None) -> None:
+                   policy: RoundPolicy, row: RoundRecord, central_eval: CentralEval | None,
+                   eval_msgs: list[Message] | None = None) -> None:
     """Federated evaluation (configure_evaluate -> send and receive -> aggregate_evaluate), then
     centralized evaluation; fills ``row``'s evaluation columns and bytes down."""
-    eval_msgs = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(dict(config)), grid))
+    if eval_msgs is None:
+        eval_msgs = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(dict(config)), grid))
     row.bytes_down += sum(record_nbytes(m.content) for m in eval_msgs)
     eval_replies, eval_missing = send_and_receive(grid, eval_msgs, policy.timeout)
+    record_evaluation(strategy, server_round, eval_replies, eval_missing, policy, row)
+    if central_eval is not None:
+        row.test_rmse, row.test_r2 = central_eval(arrays)
+
+
+def record_evaluation(strategy: Strategy, server_round: int, eval_replies: list[Message], eval_missing: list[int],
+                      policy: RoundPolicy, row: RoundRecord) -> None:
+    """Log the evaluations that failed or never came; aggregate the others into ``row``."""
     for reply in eval_replies:
         if reply.has_error():
             log(WARNING, "round %d: evaluation on node %s failed: %s", server_round, reply.metadata.src_node_id, reply.error.reason)
@@ -274,8 +296,6 @@ def evaluate_phase(strategy: Strategy, grid: Grid, server_round: int, arrays: Ar
     eval_metrics = strategy.aggregate_evaluate(server_round, eval_replies)
     if eval_metrics is not None:
         row.eval_loss, row.eval_rmse, row.eval_r2 = (float(eval_metrics[k]) for k in ("loss", "rmse", "r2"))
-    if central_eval is not None:
-        row.test_rmse, row.test_r2 = central_eval(arrays)
 
 
 def run_rounds(
@@ -294,7 +314,9 @@ def run_rounds(
 ) -> tuple[ArrayRecord, list[RoundOutcome]]:
     """Run rounds ``start_round .. num_rounds`` of ``strategy``; return the final arrays and each round's outcome.
 
-    Each round is :func:`train_phase` then :func:`evaluate_phase`. ``metrics`` (an
+    Each round is :func:`train_phase` then :func:`evaluate_phase`; with ``policy.evaluate_in_train``
+    a round's evaluation is folded into the next round's :func:`train_phase` (one message per node
+    and round) and its outcome completes then. ``metrics`` (an
     :class:`astroscale_fl.observability.RunMetrics`) is updated as rounds go;
     ``on_round(outcome, arrays)`` runs after each completed round (checkpoints, history.csv).
     """
@@ -306,20 +328,46 @@ def run_rounds(
     )
     with progress:
         task = progress.add_task("rounds", total=num_rounds, completed=start_round - 1, status="")
-        for server_round in range(start_round, num_rounds + 1):
-            if metrics is not None:
-                metrics.round_started(server_round)
-            start = time.perf_counter()
-            arrays, outcome = train_phase(strategy, grid, server_round, arrays, config, policy)
+
+        def complete(outcome: RoundOutcome, round_arrays: ArrayRecord) -> None:
             row = outcome.record
-            evaluate_phase(strategy, grid, server_round, arrays, config, policy, row, central_eval)
-            row.wall_seconds = time.perf_counter() - start
             outcomes.append(outcome)
             if metrics is not None:
                 metrics.round_finished(row, declined=len(outcome.declines), rejected=len(outcome.rejections),
                                        epsilon=outcome.max_epsilon)
             if on_round is not None:
-                on_round(outcome, arrays)
+                on_round(outcome, round_arrays)
             detail = f"ε={row.max_epsilon:.2f}" if math.isfinite(row.max_epsilon) else f"loss={row.train_loss:.4f}"
             progress.update(task, advance=1, status=f"test R²={row.test_r2:.4f} {detail}")
+
+        pending: tuple[RoundOutcome, ArrayRecord, FoldedEvaluation] | None = None  # evaluated by the next round's messages
+        for server_round in range(start_round, num_rounds + 1):
+            if metrics is not None:
+                metrics.round_started(server_round)
+            start = time.perf_counter()
+            fold = pending[2] if pending is not None else None
+            arrays, outcome = train_phase(strategy, grid, server_round, arrays, config, policy, fold)
+            if pending is not None:
+                done, done_arrays, _ = pending
+                eval_replies, eval_missing = fold.finish(lambda msgs: send_and_receive(grid, msgs, policy.timeout))
+                done.record.bytes_down += fold.bytes_down
+                record_evaluation(strategy, done.record.round, eval_replies, eval_missing, policy, done.record)
+                complete(done, done_arrays)
+                pending = None
+                if metrics is not None:
+                    metrics.round_started(server_round)  # the completed round set the gauge back to its number
+            row = outcome.record
+            if policy.evaluate_in_train and server_round < num_rounds:
+                eval_msgs = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(dict(config)), grid))
+                if eval_msgs:
+                    if central_eval is not None:
+                        row.test_rmse, row.test_r2 = central_eval(arrays)
+                    row.wall_seconds = time.perf_counter() - start
+                    pending = (outcome, arrays, FoldedEvaluation(eval_msgs, server_round))
+                    continue
+                evaluate_phase(strategy, grid, server_round, arrays, config, policy, row, central_eval, eval_msgs)
+            else:
+                evaluate_phase(strategy, grid, server_round, arrays, config, policy, row, central_eval)
+            row.wall_seconds = time.perf_counter() - start
+            complete(outcome, arrays)
     return arrays, outcomes

@@ -200,7 +200,8 @@ def federated_rounds(grid: Grid, cfg: DictConfig, strategy: Strategy, source: Pr
 
     strategy.summary()
     policy = RoundPolicy(timeout=float(fed.round_timeout), min_replies=int(fed.min_replies),
-                         max_update_norm=None if fed.max_update_norm is None else float(fed.max_update_norm))
+                         max_update_norm=None if fed.max_update_norm is None else float(fed.max_update_norm),
+                         evaluate_in_train=bool(fed.evaluate_in_train))
     arrays, _ = run_rounds(
         strategy, grid, initial, int(fed.num_rounds), round_config(cfg, source.pipeline), evaluator,
         on_round=on_round, show_progress=show_progress, policy=policy, start_round=start_round, metrics=run_metrics,

@@ -9,7 +9,7 @@
 - :mod:`.client_dp`: optional server-side client-level DP-FedAvg helpers.
 """
 
-from astroscale_fl.federation.protocol import BUDGET_EXCEEDED_CODE  # re-exported
+from astroscale_fl.federation.protocol import BUDGET_EXCEEDED_CODE, FLOOR_REFUSED_CODE  # re-exported
 from astroscale_fl.privacy.calibrate import (
     PrivacySettings,
     RoundPlan,
@@ -45,7 +45,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "BUDGET_EXCEEDED_CODE", "LEDGER_FILENAME", "PrivacyError", "PrivacyLedger", "PrivacySettings", "RoundPlan",
+    "BUDGET_EXCEEDED_CODE", "FLOOR_REFUSED_CODE", "LEDGER_FILENAME", "PrivacyError", "PrivacyLedger", "PrivacySettings", "RoundPlan",
     "commit_ledger", "default_delta", "entry_from_record", "epsilon_of", "ledger_from_state", "ledger_to_state",
     "make_private", "node_entry", "noise_for_target_epsilon", "open_ledger", "planned_steps", "poisson_batches",
     "privacy_section", "recompute_epsilon", "reply_record", "sample_rate", "steps_per_round", "train_local_dp",

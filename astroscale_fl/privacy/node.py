@@ -33,6 +33,7 @@ from astroscale_fl.federation.protocol import DELTA_KEY, EPSILON_KEY, PRIVACY_KE
 from astroscale_fl.privacy import card
 from astroscale_fl.privacy.calibrate import PrivacySettings, RoundPlan
 from astroscale_fl.privacy.dp_sgd import make_private, poisson_batches, train_local_dp
+from astroscale_fl.privacy.floor import PrivacyFloor
 from astroscale_fl.privacy.ledger import LEDGER_FILENAME, PrivacyError, PrivacyLedger, commit_ledger, open_ledger
 from astroscale_fl.training import GradHook, TrainReport, shuffled_batches, train_local
 
@@ -138,13 +139,20 @@ def plan_round(settings: PrivacySettings, cfg, state: RecordDict, ledger: Privac
     return plan
 
 
-def spend_round(settings: PrivacySettings, cfg, state: RecordDict, node_config: dict, n_rows: int) -> tuple[PrivacyLedger, RoundPlan]:
-    """Plan the round, check the budget and record the spend; raise :class:`BudgetExceeded`."""
+def spend_round(settings: PrivacySettings, cfg, state: RecordDict, node_config: dict, n_rows: int,
+                floor: PrivacyFloor | None = None) -> tuple[PrivacyLedger, RoundPlan]:
+    """Plan the round, check the node's floor and budget, and record the spend; raise
+    :class:`BudgetExceeded` or :class:`~astroscale_fl.privacy.floor.FloorRefused`."""
+    floor = floor or PrivacyFloor.from_node_config(node_config)
     path = ledger_path(node_config)
     ledger = open_ledger(settings.accountant, settings.delta_for(n_rows), state=state, path=path)
     plan = plan_round(settings, cfg, state, ledger, n_rows, int(cfg.train.batch_size))
-    reason = ledger.budget_refusal(settings.epsilon_budget, plan.noise_multiplier, plan.sample_rate, plan.steps)
+    floor.check_noise(plan.noise_multiplier, node_name(node_config))
+    budget = floor.budget(settings.epsilon_budget)
+    reason = ledger.budget_refusal(budget, plan.noise_multiplier, plan.sample_rate, plan.steps)
     if reason:
+        if budget != settings.epsilon_budget:
+            reason += f" (node config max-epsilon={floor.max_epsilon:g})"
         raise BudgetExceeded(Decline(node_name(node_config), reason, ledger.epsilon()))
     ledger.record(plan.noise_multiplier, plan.sample_rate, plan.steps)
     commit_ledger(ledger, state=state, path=path)
