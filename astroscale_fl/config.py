@@ -188,6 +188,7 @@ class Federation:
     metrics_host: str = "127.0.0.1"  # 0.0.0.0 lets a remote Prometheus scrape
     checkpoint: bool = True  # write <output dir>/checkpoint.npz after every round
     resume_from: Optional[str] = None  # run directory (or checkpoint.npz) to continue from
+    vectorize: bool = True  # train a round's nodes together as one stacked model where they share it (issue 13)
 
 
 @dataclass
@@ -198,6 +199,7 @@ class Train:
     optimizer: str = "adam"
     momentum: float = 0.0
     weight_decay: float = 0.0
+    cuda_graph: bool = True  # on CUDA, replay the local step from a CUDA graph; ignored on CPU
 
 
 @dataclass

@@ -36,14 +36,11 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
+from astroscale_fl.cuda_graphs import GraphedStep
 from astroscale_fl.errors import ConfigError
 from astroscale_fl.models import ACTIVATIONS, MLP, Linear
 from astroscale_fl.stacked_optim import StackedOptimizer
 from astroscale_fl.training import TrainReport
-
-#: Eager steps before a CUDA graph is captured (they train; the graph replays the rest).
-WARMUP_STEPS = 3
-
 
 @dataclass(frozen=True)
 class LocalOptimizer:
@@ -245,28 +242,18 @@ class StackedTrainer:
     def run(self, cuda_graph: bool = False) -> None:
         """Train every node through all its batches (replaying a CUDA graph when asked and on CUDA)."""
         total = self.batches.num_steps
-        use_graph = cuda_graph and self.device.type == "cuda" and total > WARMUP_STEPS
+        use_graph = cuda_graph and self.device.type == "cuda"
         seed = None
         if self.dp is not None and self.noise_std > 0:
             seed = secrets.randbits(63) if self.dp.noise_seed is None else int(self.dp.noise_seed)
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else [], enabled=seed is not None):
             if seed is not None:
                 torch.manual_seed(seed)
-            if not use_graph:
+            if use_graph:
+                GraphedStep(self.step, self.device).run(total)
+            else:
                 for _ in range(total):
                     self.step()
-                return
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):
-                for _ in range(WARMUP_STEPS):
-                    self.step()
-            torch.cuda.current_stream(self.device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self.step()
-            for _ in range(total - WARMUP_STEPS):
-                graph.replay()
 
     def results(self) -> list[tuple[dict[str, torch.Tensor], TrainReport]]:
         """Per node: its trained parameters (by name, detached) and a :class:`TrainReport`."""

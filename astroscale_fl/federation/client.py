@@ -144,7 +144,8 @@ def handle_train(msg: Message, context: Context) -> RecordDict:
         optimizer = make_optimizer(model.parameters(), cfg.train.optimizer, cfg.train.lr, cfg.train.momentum, cfg.train.weight_decay)
     settings = PrivacySettings.from_config(cfg.privacy)
     if settings is None:
-        report = train_local(model, optimizer, tensors.train_x, tensors.train_y, batches, after_backward=objectives.combine(hooks))
+        report = train_local(model, optimizer, tensors.train_x, tensors.train_y, batches, after_backward=objectives.combine(hooks),
+                             cuda_graph=bool(cfg.train.cuda_graph))
         metrics = {"num-examples": report.examples, "train_loss": report.loss}
         privacy_record = None
     else:
