@@ -39,7 +39,11 @@ class GraphedStep:
         self.eager_steps = 0
 
     def run(self, count: int) -> None:
-        """Take ``count`` steps."""
+        """Take ``count`` steps (eagerly off CUDA)."""
+        if self.device.type != "cuda":
+            for _ in range(count):
+                self.step()
+            return
         while count > 0 and self.eager_steps < self.warmup:
             current = torch.cuda.current_stream(self.device)
             side = torch.cuda.Stream(self.device)
@@ -73,15 +77,15 @@ def train_local_graphed(model: nn.Module, optimizer: torch.optim.Optimizer, feat
     """:func:`astroscale_fl.training.train_local` (no ``extra_loss``) with full-size steps replayed from a CUDA graph.
 
     Same steps, same order, same result as the eager loop (to float rounding: capturable Adam
-    computes its bias corrections on the device).
+    computes its bias corrections on the device). Off CUDA the same bookkeeping runs eagerly.
     """
     device = features.device
-    if device.type != "cuda":
-        raise ValueError("train_local_graphed needs rows on a CUDA device")
-    order = [b.to(device, non_blocking=True) for b in batches]
+    host = list(batches)
+    order = list(torch.cat(host).to(device).split([len(b) for b in host])) if host else []  # one copy to the device
     width = max((len(b) for b in order), default=0)
     full = [b for b in order if len(b) == width and width > 0]
-    make_capturable(optimizer)
+    if device.type == "cuda":
+        make_capturable(optimizer)
     model.train()
     total = torch.zeros((), device=device)
     counter = torch.zeros(1, dtype=torch.long, device=device)

@@ -242,14 +242,13 @@ class StackedTrainer:
     def run(self, cuda_graph: bool = False) -> None:
         """Train every node through all its batches (replaying a CUDA graph when asked and on CUDA)."""
         total = self.batches.num_steps
-        use_graph = cuda_graph and self.device.type == "cuda"
         seed = None
         if self.dp is not None and self.noise_std > 0:
             seed = secrets.randbits(63) if self.dp.noise_seed is None else int(self.dp.noise_seed)
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else [], enabled=seed is not None):
             if seed is not None:
                 torch.manual_seed(seed)
-            if use_graph:
+            if cuda_graph:
                 GraphedStep(self.step, self.device).run(total)
             else:
                 for _ in range(total):

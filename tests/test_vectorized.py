@@ -212,7 +212,7 @@ def test_cuda_graph_replay_equals_eager_and_the_cpu_reference(private):
     graphed = train_stacked(gpu_model, cuda_nodes, spec, dp=dp, cuda_graph=True)
     for (c, cr), (e, _), (g, gr) in zip(cpu, eager, graphed):
         torch.testing.assert_close(flat(g.values()), flat(e.values()), rtol=1e-6, atol=1e-7)
-        torch.testing.assert_close(flat(g.values()).cpu(), flat(c.values()), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(flat(g.values()).cpu(), flat(c.values()), rtol=1e-4, atol=1e-4)
         assert gr.steps == cr.steps and gr.loss == pytest.approx(cr.loss, rel=1e-4)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
