@@ -56,10 +56,10 @@ class LocalOptimizer:
 
 @dataclass(frozen=True)
 class StackedDP:
-    """DP-SGD for every node: clip each row's gradient to ``max_grad_norm``, add N(0, (σC)²), divide
+    """DP-SGD for every node: clip each row's gradient to ``max_grad_norm`` C, add N(0, (σ_k C)²), divide
     by the node's expected batch size. ``noise_seed=None`` seeds the noise from OS randomness."""
 
-    noise_multiplier: float
+    noise_multipliers: tuple[float, ...]  # one per node (each node calibrates its own σ)
     max_grad_norm: float
     expected_batch_sizes: tuple[float, ...]  # one per node: sample rate x the node's rows
     noise_seed: int | None = None
@@ -151,8 +151,8 @@ class StackedTrainer:
             raise ConfigError(f"forward: expected 'bmm' or 'vmap', got {forward!r}")
         if dp is not None and forward != "bmm":
             raise ConfigError("DP-SGD needs the bmm forward (per-layer inputs and output gradients)")
-        if dp is not None and len(dp.expected_batch_sizes) != len(nodes):
-            raise ValueError(f"expected one expected batch size per node ({len(nodes)}), got {len(dp.expected_batch_sizes)}")
+        if dp is not None and not len(dp.expected_batch_sizes) == len(dp.noise_multipliers) == len(nodes):
+            raise ValueError(f"DP-SGD: expected one expected batch size and one noise multiplier per node ({len(nodes)})")
         self.model, self.plan, self.dp, self.forward_kind = model, layer_plan(model), dp, forward
         self.device = nodes[0].features.device
         self.num_nodes = len(nodes)
@@ -175,7 +175,8 @@ class StackedTrainer:
         self.loss_sum = torch.zeros(self.num_nodes, device=self.device)
         if dp is not None:
             self.inverse_ebs = torch.tensor([1.0 / e for e in dp.expected_batch_sizes], device=self.device)
-            self.noise_std = float(dp.noise_multiplier) * float(dp.max_grad_norm)
+            self.noise_std = torch.tensor([float(s) * float(dp.max_grad_norm) for s in dp.noise_multipliers], device=self.device)
+            self.noisy = bool((self.noise_std > 0).any())
 
     # ---- one step, reading everything from device buffers (graph-capturable) --------------
     def _batch(self):
@@ -233,9 +234,10 @@ class StackedTrainer:
                 grads[w_name] = torch.bmm(clipped.transpose(1, 2), a)
                 grads[b_name] = clipped.sum(1)
             for name, g in grads.items():
-                if self.noise_std > 0:
-                    g.add_(torch.randn_like(g), alpha=self.noise_std)
-                g.mul_(self.inverse_ebs.view(-1, *([1] * (g.dim() - 1))))
+                per_node = [-1, *([1] * (g.dim() - 1))]
+                if self.noisy:
+                    g.add_(torch.randn_like(g) * self.noise_std.view(per_node))
+                g.mul_(self.inverse_ebs.view(per_node))
         return grads
 
     # ---- the loop ------------------------------------------------------------------------
@@ -243,7 +245,7 @@ class StackedTrainer:
         """Train every node through all its batches (replaying a CUDA graph when asked and on CUDA)."""
         total = self.batches.num_steps
         seed = None
-        if self.dp is not None and self.noise_std > 0:
+        if self.dp is not None and self.noisy:
             seed = secrets.randbits(63) if self.dp.noise_seed is None else int(self.dp.noise_seed)
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else [], enabled=seed is not None):
             if seed is not None:

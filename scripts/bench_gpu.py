@@ -174,7 +174,7 @@ def dp_cost(device, rows, batch, steps, num_nodes):
     for k in (1, num_nodes):
         nodes_plain = [NodeWork(x, y, plain[i]) for i in range(k)]
         nodes_dp = [NodeWork(x, y, poisson[i]) for i in range(k)]
-        dp = StackedDP(1.0, clip, tuple([batch] * k), noise_seed=0)
+        dp = StackedDP((1.0,) * k, clip, (float(batch),) * k, noise_seed=0)
         t_plain = timed(lambda: train_stacked(model_on(device), nodes_plain, spec, cuda_graph=graph), device) / steps
         t_dp = timed(lambda: train_stacked(model_on(device), nodes_dp, spec, dp=dp, cuda_graph=graph), device) / steps
         tag = f"vectorised K={k}{' graph' if graph else ''}"

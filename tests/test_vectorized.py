@@ -155,7 +155,7 @@ def test_dp_clipping_matches_train_local_dp_without_noise(optimizer):
     corrections = [{n: torch.full_like(p, 0.05 * k) for n, p in start.named_parameters()} for k in range(len(data))]
     spec = LocalOptimizer(optimizer, lr=0.01 if optimizer == "adam" else 0.1, momentum=0.5 if optimizer == "sgd" else 0.0)
     nodes = [NodeWork(x, y, b, correction=c) for (x, y), b, c in zip(data, batches, corrections)]
-    stacked = train_stacked(start, nodes, spec, proximal_mu=0.2, dp=StackedDP(0.0, 0.5, ebs))
+    stacked = train_stacked(start, nodes, spec, proximal_mu=0.2, dp=StackedDP((0.0,) * len(data), 0.5, ebs))
     assert_same(stacked, dp_reference(start, data, batches, spec, ebs, mu=0.2, corrections=corrections), start, rtol=1e-4, atol=1e-5)
     assert [r.steps for _, r in stacked] == steps
 
@@ -168,14 +168,17 @@ def test_dp_noise_has_the_right_scale_per_node_and_follows_the_seed():
     ebs = (5.0, 20.0)
     spec = LocalOptimizer("sgd", lr=1.0)
 
-    def step(sigma, seed):
-        nodes = [NodeWork(x, y, b) for (x, y), b in zip(data, batches)]
-        return [flat(p.values()) for p, _ in train_stacked(start, nodes, spec, dp=StackedDP(sigma, 0.5, ebs, noise_seed=seed))]
+    sigmas = (2.0, 1.0)  # each node's own noise multiplier
 
-    clean, noisy, again, other = step(0.0, None), step(2.0, 7), step(2.0, 7), step(2.0, 8)
+    def step(scale, seed):
+        nodes = [NodeWork(x, y, b) for (x, y), b in zip(data, batches)]
+        dp = StackedDP(tuple(scale * s for s in sigmas), 0.5, ebs, noise_seed=seed)
+        return [flat(p.values()) for p, _ in train_stacked(start, nodes, spec, dp=dp)]
+
+    clean, noisy, again, other = step(0.0, None), step(1.0, 7), step(1.0, 7), step(1.0, 8)
     for k in range(2):
         noise = (clean[k] - noisy[k]) * ebs[k]
-        assert abs(noise.std().item() / (2.0 * 0.5) - 1) < 0.05  # N(0, (σC)²) on the clipped sum (~4,700 coordinates)
+        assert abs(noise.std().item() / (sigmas[k] * 0.5) - 1) < 0.05  # N(0, (σ_k C)²) on the clipped sum (~4,700 coordinates)
         torch.testing.assert_close(noisy[k], again[k])  # same seed, same noise
         assert not torch.allclose(noisy[k], other[k])
     assert not torch.allclose((clean[0] - noisy[0]) * ebs[0], (clean[1] - noisy[1]) * ebs[1])  # independent per node
@@ -200,7 +203,7 @@ def test_cuda_graph_replay_equals_eager_and_the_cpu_reference(private):
     data = node_data(sizes=[300, 1000, 77], seed=7)
     if private:
         batches = [list(poisson_batches(len(y), 0.05, 12, torch.Generator().manual_seed(k))) for k, (_, y) in enumerate(data)]
-        dp = StackedDP(0.0, 0.5, tuple(0.05 * len(y) for _, y in data))
+        dp = StackedDP((0.0,) * 3, 0.5, tuple(0.05 * len(y) for _, y in data))
     else:
         batches = seeded_batches(data, batch_size=64, epochs=2)
         dp = None
@@ -216,6 +219,6 @@ def test_cuda_graph_replay_equals_eager_and_the_cpu_reference(private):
         assert gr.steps == cr.steps and gr.loss == pytest.approx(cr.loss, rel=1e-4)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        noisy = train_stacked(gpu_model, cuda_nodes, spec, dp=StackedDP(1.0, 0.5, (5.0, 5.0, 5.0), noise_seed=1), cuda_graph=True) if private else None
+        noisy = train_stacked(gpu_model, cuda_nodes, spec, dp=StackedDP((1.0,) * 3, 0.5, (5.0, 5.0, 5.0), noise_seed=1), cuda_graph=True) if private else None
     if noisy is not None:
         assert not torch.allclose(flat(noisy[0][0].values()), flat(graphed[0][0].values()))
