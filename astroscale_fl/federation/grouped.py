@@ -1,0 +1,181 @@
+"""A round's training messages trained together (``federation.vectorize``), each node answered.
+
+:func:`train_grouped` takes the round's ``(Message, Context)`` pairs, sets up each node exactly
+as :func:`astroscale_fl.federation.client.handle_train` does - its rows, its seeded batch order,
+its strategy terms (FedProx' mu, SCAFFOLD's ``c - c_i`` read from its ``Context.state``), its
+DP round planned and spent in its own ledger - then trains every node that shares the global
+model and the training settings in one :func:`astroscale_fl.vectorized.train_stacked` call, and
+builds each node's reply as the handler does (its model, metrics, SCAFFOLD control delta with
+``c_i`` saved in its state, DP ledger record). Messages it cannot group - vectorize off, a model
+that does not stack, the Opacus DP backend, secure-mode noise, a node alone in its group, a node
+whose set-up raises (a spent privacy budget, say) - return ``None`` and are served one by one
+through the ClientApp by the caller, so their replies and errors are the handler's own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from flwr.app import Context, Message, MetricRecord, RecordDict
+
+from astroscale_fl.device import resolve_device
+from astroscale_fl.federation import client
+from astroscale_fl.federation import local_objectives as objectives
+from astroscale_fl.federation.messages import read_pipeline, read_run_config
+from astroscale_fl.federation.records import arrays_to_numpy, load_arrays, model_to_arrays, numpy_to_arrays
+from astroscale_fl.models import build_model
+from astroscale_fl.privacy import PrivacySettings, card, poisson_batches
+from astroscale_fl.privacy import node as dp_node
+from astroscale_fl.privacy.dp_sgd import ghost_supported
+from astroscale_fl.training import TrainReport, shuffled_batches
+from astroscale_fl.vectorized import LocalOptimizer, NodeWork, StackedDP, stackable, train_stacked
+
+
+@dataclass
+class Member:
+    """One node's share of a group: what its handler would have set up."""
+
+    msg: Message
+    context: Context
+    work: NodeWork
+    key: tuple
+    model: torch.nn.Module  # the received global model
+    cfg: object
+    optimizer: LocalOptimizer
+    mu: float = 0.0
+    scaffold: dict = field(default_factory=dict)  # server_c, node_c, store, local_lr, global arrays
+    privacy: tuple | None = None  # (ledger, plan) once spent
+    privacy_settings: PrivacySettings | None = None
+
+
+def _eligible(cfg, model: torch.nn.Module) -> PrivacySettings | None | bool:
+    """False when the node must train alone; else its privacy settings (None: no privacy)."""
+    if not bool(cfg.federation.vectorize) or not stackable(model):
+        return False
+    settings = PrivacySettings.from_config(cfg.privacy)
+    if settings is not None and (settings.backend == "opacus" or settings.secure_mode or not ghost_supported(model)):
+        return False
+    return settings
+
+
+def _setup(msg: Message, context: Context) -> Member | None:
+    """The node's training set-up (no privacy spent yet), or None when it cannot be grouped."""
+    from strategies.fedprox import MU_KEY
+    from strategies.scaffold import CONTROL_KEY, LOCAL_LR_KEY
+
+    config = msg.content["config"]
+    cfg = read_run_config(config)
+    device = resolve_device(cfg.device)
+    pipeline, pipeline_key = read_pipeline(config)
+    model = build_model(cfg.model, len(pipeline.features), int(cfg.seed)).to(device)
+    settings = _eligible(cfg, model)
+    if settings is False:
+        return None
+    load_arrays(model, msg.content["arrays"])
+    node_config = dict(context.node_config)
+    tensors = client.node_tensors(cfg, node_config, pipeline, pipeline_key, device)
+    mu = float(config[MU_KEY]) if MU_KEY in config else 0.0
+    scaffold, correction = {}, None
+    if CONTROL_KEY in msg.content.array_records:
+        server_c = objectives.read_control(msg.content[CONTROL_KEY])
+        store = objectives.ControlVariateStore(context.state, context.run_id, node_config.get("data-dir"))
+        node_c = store.load(server_c)
+        scaffold = {"server_c": server_c, "node_c": node_c, "store": store, "local_lr": float(config[LOCAL_LR_KEY]),
+                    "global": arrays_to_numpy(msg.content["arrays"])}
+        correction = {n: torch.as_tensor(server_c[n] - node_c[n], dtype=p.dtype, device=device) for n, p in model.named_parameters()}
+        optimizer = LocalOptimizer("sgd", scaffold["local_lr"])
+    else:
+        t = cfg.train
+        optimizer = LocalOptimizer(str(t.optimizer), float(t.lr), float(t.momentum), float(t.weight_decay))
+    arrays_digest = hashlib.sha256(b"".join(a.data for a in msg.content["arrays"].values())).hexdigest()
+    key = (arrays_digest, str(cfg.model), str(device), optimizer, mu, bool(scaffold), settings is not None,
+           float(cfg.privacy.max_grad_norm) if settings is not None else None, bool(cfg.train.cuda_graph))
+    work = NodeWork(tensors.train_x, tensors.train_y, [], correction)
+    return Member(msg, context, work, key, model, cfg, optimizer, mu, scaffold, None, settings or None)
+
+
+def _batches(member: Member) -> None:
+    """Draw the node's batches as its handler would (seeded shuffle, or Poisson after the DP spend)."""
+    cfg, node_config = member.cfg, dict(member.context.node_config)
+    n = len(member.work.target)
+    if member.privacy_settings is None:
+        server_round = int(member.msg.content["config"]["server-round"])
+        generator = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + server_round * 7919 + client._node_salt(node_config))
+        member.work.batches = list(shuffled_batches(n, int(cfg.train.batch_size), int(cfg.train.local_epochs), generator))
+    else:
+        ledger, plan = dp_node.spend_round(member.privacy_settings, cfg, member.context.state, node_config, n)
+        member.privacy = (ledger, plan)
+        member.work.batches = list(poisson_batches(n, plan.sample_rate, plan.steps, generator=None))
+
+
+def _reply(member: Member, params: dict[str, torch.Tensor], report: TrainReport) -> Message:
+    """The node's reply, as its handler builds it; SCAFFOLD's new ``c_i`` is saved in its state."""
+    from strategies.scaffold import CONTROL_DELTA_KEY
+
+    with torch.no_grad():
+        for name, p in member.model.named_parameters():
+            p.copy_(params[name])
+    reply = RecordDict({"arrays": model_to_arrays(member.model)})
+    if member.privacy is None:
+        reply["metrics"] = MetricRecord({"num-examples": report.examples, "train_loss": report.loss})
+    else:
+        ledger, _ = member.privacy
+        reply["metrics"] = MetricRecord({"num-examples": report.examples, "epsilon": ledger.epsilon(), "delta": ledger.delta})
+        reply[card.REPLY_KEY] = card.reply_record(dp_node.node_name(dict(member.context.node_config)), ledger)
+    if member.scaffold:
+        s = member.scaffold
+        new_c = objectives.updated_control(s["global"], arrays_to_numpy(reply["arrays"]), s["server_c"], s["node_c"], report.steps, s["local_lr"])
+        s["store"].save(new_c)
+        reply[CONTROL_DELTA_KEY] = numpy_to_arrays({k: (new_c[k] - s["node_c"][k]).astype(np.float32) for k in new_c})
+    return Message(content=reply, reply_to=member.msg)
+
+
+def train_grouped(work: list[tuple[Message, Context]], threads: int | None = None) -> list[Message | None]:
+    """Replies to the round's training ``work`` in its order; ``None`` where a node must be served alone.
+
+    ``threads``: torch threads while a group trains on the CPU (the caller's setting is restored).
+    """
+    members: list[Member | None] = []
+    for msg, context in work:
+        try:
+            members.append(_setup(msg, context))
+        except Exception:  # the handler, run alone, reports it as it always does
+            members.append(None)
+    groups: dict[tuple, list[int]] = {}
+    for i, member in enumerate(members):
+        if member is not None:
+            groups.setdefault(member.key, []).append(i)
+    replies: list[Message | None] = [None] * len(work)
+    previous = torch.get_num_threads()
+    try:
+        if threads:
+            torch.set_num_threads(threads)
+        for indices in groups.values():
+            if len(indices) < 2:
+                continue
+            ready = []
+            for i in indices:
+                try:
+                    _batches(members[i])
+                    ready.append(i)
+                except dp_node.BudgetExceeded:  # declined: nothing spent; the handler declines it alone
+                    continue
+            if not ready:
+                continue
+            group = [members[i] for i in ready]
+            first = group[0]
+            dp = None
+            if first.privacy is not None:
+                plans = [m.privacy[1] for m in group]
+                dp = StackedDP(tuple(p.noise_multiplier for p in plans), float(first.cfg.privacy.max_grad_norm),
+                               tuple(p.expected_batch_size for p in plans))
+            results = train_stacked(first.model, [m.work for m in group], first.optimizer, proximal_mu=first.mu, dp=dp,
+                                    cuda_graph=bool(first.cfg.train.cuda_graph))
+            for i, member, (params, report) in zip(ready, group, results, strict=True):
+                replies[i] = _reply(member, params, report)
+    finally:
+        torch.set_num_threads(previous)
+    return replies
