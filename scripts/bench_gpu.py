@@ -138,6 +138,14 @@ def vectorised(device, sizes, steps, batch):
         report(f"vectorised K={k}{' (graph)' if graph else ''}", rows,
                timed(lambda: train_stacked(model_on(device), nodes, spec, cuda_graph=graph), device))
         if k == 100:
+            def node_by_node():
+                for node in nodes:
+                    model = model_on(device)
+                    train_local(model, make_optimizer(model.parameters(), "adam", 1e-3), node.features, node.target,
+                                iter(node.batches), cuda_graph=graph)
+            report("node by node K=100 (train_local)", rows, timed(node_by_node, device, repeats=1))
+            RESULTS["vectorised K=100 / node by node"] = RESULTS[f"vectorised K=100{' (graph)' if graph else ''}"] / RESULTS["node by node K=100 (train_local)"]
+            print(f"{'  vectorised / node by node':<44} {RESULTS['vectorised K=100 / node by node']:10.2f}x")
             report("vectorised K=100 eager", rows, timed(lambda: train_stacked(model_on(device), nodes, spec), device))
             report("vectorised K=100 vmap eager", rows, timed(lambda: train_stacked(model_on(device), nodes, spec, forward="vmap"), device))
             if graph:

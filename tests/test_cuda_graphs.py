@@ -20,6 +20,13 @@ def rows(n=1000, seed=0):
     return x, x[:, 0] - 0.5 * x[:, 3] + 0.1 * torch.randn(n, generator=gen)
 
 
+def strategy_hooks(model, shift):
+    """FedProx (mu 0.1) and SCAFFOLD (c - c_i = ``shift`` everywhere) hooks, as the ClientApp combines them."""
+    server_c = {n: np.full(p.shape, shift, np.float64) for n, p in model.named_parameters()}
+    node_c = {n: np.zeros(p.shape, np.float64) for n, p in model.named_parameters()}
+    return objectives.combine([objectives.proximal_gradient(model, 0.1), objectives.control_correction(model, server_c, node_c)])
+
+
 def test_cuda_graph_is_ignored_on_cpu():
     x, y = rows(300)
     torch.manual_seed(0)
@@ -43,9 +50,7 @@ def test_graph_bookkeeping_matches_the_eager_loop_on_cpu(optimizer):
     out = []
     for loop in (train_local, train_local_graphed):
         model = copy.deepcopy(start)
-        server_c = {n: np.full(p.shape, 0.02, np.float64) for n, p in model.named_parameters()}
-        node_c = {n: np.zeros(p.shape, np.float64) for n, p in model.named_parameters()}
-        hooks = objectives.combine([objectives.proximal_gradient(model, 0.1), objectives.control_correction(model, server_c, node_c)])
+        hooks = strategy_hooks(model, 0.02)
         opt = make_optimizer(model.parameters(), optimizer, 0.01, momentum=0.5 if optimizer == "sgd" else 0.0)
         report = loop(model, opt, x, y, shuffled_batches(500, 64, 3, torch.Generator().manual_seed(4)), after_backward=hooks)
         out.append((torch.cat([p.detach().reshape(-1) for p in model.parameters()]), report))
@@ -75,9 +80,7 @@ def test_cuda_graph_replay_matches_the_eager_loop_with_strategy_hooks(optimizer)
     results = []
     for graph in (False, True):
         model = copy.deepcopy(start)
-        server_c = {n: np.full(p.shape, 0.01, np.float64) for n, p in model.named_parameters()}
-        node_c = {n: np.zeros(p.shape, np.float64) for n, p in model.named_parameters()}
-        hooks = objectives.combine([objectives.proximal_gradient(model, 0.1), objectives.control_correction(model, server_c, node_c)])
+        hooks = strategy_hooks(model, 0.01)
         opt = make_optimizer(model.parameters(), optimizer, 0.01 if optimizer == "adam" else 0.05, momentum=0.5 if optimizer == "sgd" else 0.0)
         report = train_local(model, opt, x, y, shuffled_batches(1000, 64, 3, torch.Generator().manual_seed(2)),
                              after_backward=hooks, cuda_graph=graph)

@@ -33,19 +33,23 @@ def flat(params) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1) for p in params])
 
 
+def strategy_hooks(model, mu, correction):
+    """The repository's FedProx and SCAFFOLD hooks, as the ClientApp combines them (c_i = 0, c = correction)."""
+    hooks = [objectives.proximal_gradient(model, mu)] if mu else []
+    if correction is not None:
+        server_c = {n: c.numpy() for n, c in correction.items()}
+        hooks.append(objectives.control_correction(model, server_c, {n: 0 * c for n, c in server_c.items()}))
+    return objectives.combine(hooks)
+
+
 def one_by_one(start, data, batches, spec: LocalOptimizer, mu=0.0, corrections=None):
     """Reference: each node trained alone with training.train_local and the repository's hooks."""
     results = []
     for k, ((x, y), node_batches) in enumerate(zip(data, batches)):
         model = copy.deepcopy(start)
-        hooks = []
-        if mu:
-            hooks.append(objectives.proximal_gradient(model, mu))
-        if corrections is not None:
-            server_c = {n: c.numpy() for n, c in corrections[k].items()}
-            hooks.append(objectives.control_correction(model, server_c, {n: 0 * c for n, c in server_c.items()}))
+        hooks = strategy_hooks(model, mu, corrections[k] if corrections is not None else None)
         optimizer = make_optimizer(model.parameters(), spec.name, spec.lr, spec.momentum, spec.weight_decay)
-        report = train_local(model, optimizer, x, y, iter(node_batches), after_backward=objectives.combine(hooks))
+        report = train_local(model, optimizer, x, y, iter(node_batches), after_backward=hooks)
         results.append((model, report))
     return results
 
@@ -125,15 +129,10 @@ def dp_reference(start, data, batches, spec, ebs, mu=0.0, corrections=None, clip
     results = []
     for k, ((x, y), node_batches) in enumerate(zip(data, batches)):
         model = copy.deepcopy(start)
-        hooks = []
-        if mu:
-            hooks.append(objectives.proximal_gradient(model, mu))
-        if corrections is not None:
-            server_c = {n: c.numpy() for n, c in corrections[k].items()}
-            hooks.append(objectives.control_correction(model, server_c, {n: 0 * c for n, c in server_c.items()}))
+        hooks = strategy_hooks(model, mu, corrections[k] if corrections is not None else None)
         optimizer = make_optimizer(model.parameters(), spec.name, spec.lr, spec.momentum, spec.weight_decay)
         private, dp = make_private(model, optimizer, noise_multiplier=0.0, max_grad_norm=clip, expected_batch_size=ebs[k], backend="ghost")
-        report = train_local_dp(private, dp, x, y, iter(node_batches), after_backward=objectives.combine(hooks))
+        report = train_local_dp(private, dp, x, y, iter(node_batches), after_backward=hooks)
         results.append((model, report))
     return results
 

@@ -7,9 +7,15 @@ DP round planned and spent in its own ledger - then trains every node that share
 model and the training settings in one :func:`astroscale_fl.vectorized.train_stacked` call, and
 builds each node's reply as the handler does (its model, metrics, SCAFFOLD control delta with
 ``c_i`` saved in its state, DP ledger record). Messages it cannot group - vectorize off, a model
-that does not stack, the Opacus DP backend, secure-mode noise, a node alone in its group, a node
-whose set-up raises (a spent privacy budget, say) - return ``None`` and are served one by one
-through the ClientApp by the caller, so their replies and errors are the handler's own.
+that does not stack, the Opacus DP backend, secure-mode noise, a node alone in its group on the
+CPU, a node whose set-up raises (a spent privacy budget, say) - return ``None`` and are served
+one by one through the ClientApp by the caller, so their replies and errors are the handler's own.
+On CUDA even a lone node trains here: the stacked trainer replays its step (DP included) from a
+CUDA graph.
+
+Grouped results equal node-by-node training to float rounding, not bit for bit (batched matmuls
+sum in another order): a run is bit-reproducible across repeats either way, but compare it bit for
+bit with the Ray backend (which trains node by node) with ``federation.vectorize=false``.
 """
 
 from __future__ import annotations
@@ -154,8 +160,8 @@ def train_grouped(work: list[tuple[Message, Context]], threads: int | None = Non
         if threads:
             torch.set_num_threads(threads)
         for indices in groups.values():
-            if len(indices) < 2:
-                continue
+            if len(indices) < 2 and members[indices[0]].work.features.device.type != "cuda":
+                continue  # alone on the CPU: the handler's own loop is as fast; on CUDA the graphed trainer pays
             ready = []
             for i in indices:
                 try:
