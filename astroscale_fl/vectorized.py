@@ -176,7 +176,7 @@ class StackedTrainer:
         if dp is not None:
             self.inverse_ebs = torch.tensor([1.0 / e for e in dp.expected_batch_sizes], device=self.device)
             self.noise_std = torch.tensor([float(s) * float(dp.max_grad_norm) for s in dp.noise_multipliers], device=self.device)
-            self.noisy = bool((self.noise_std > 0).any())
+            self.noisy = any(float(s) > 0 for s in dp.noise_multipliers)
 
     # ---- one step, reading everything from device buffers (graph-capturable) --------------
     def _batch(self):
@@ -187,8 +187,8 @@ class StackedTrainer:
         active = b.active.index_select(0, self.counter).squeeze(0)
         return self.features[index], self.target[index], mask, count, active
 
-    def _forward(self, x: torch.Tensor, keep: bool = False):
-        """Outputs (K, B); with ``keep``, also each layer's input and pre-activation output."""
+    def _forward(self, x: torch.Tensor):
+        """Outputs (K, B), each linear layer's inputs and its outputs (bmm forward; empty lists for vmap)."""
         if self.forward_kind == "vmap":
             return torch.func.vmap(lambda p, xs: torch.func.functional_call(self.model, p, (xs,)))(self.params, x), [], []
         inputs, outputs = [], []
@@ -210,7 +210,7 @@ class StackedTrainer:
             grads = torch.autograd.grad(per_node.sum(), list(self.params.values()))
             grads = dict(zip(self.params, grads, strict=True))
         else:
-            prediction, inputs, outputs = self._forward(x, keep=True)
+            prediction, inputs, outputs = self._forward(x)
             squared = (prediction - y).square() * mask
             per_node = squared.sum(1) / count.clamp(min=1.0)
             backprops = torch.autograd.grad(squared.sum(), outputs)
