@@ -117,6 +117,11 @@ class InProcessGrid(Grid):
     def _is_node(self, node_id: int) -> bool:
         return 0 <= node_id - FIRST_NODE_ID < len(self.node_configs)
 
+    @property
+    def contexts(self) -> dict[int, Context]:
+        """The Contexts of the nodes addressed so far, by node id."""
+        return dict(self._contexts)
+
     def context(self, node_id: int) -> Context:
         """The node's Context, created when the node is first addressed and kept for the run."""
         with self._lock:
