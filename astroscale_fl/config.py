@@ -188,6 +188,8 @@ class Federation:
     metrics_host: str = "127.0.0.1"  # 0.0.0.0 lets a remote Prometheus scrape
     checkpoint: bool = True  # write <output dir>/checkpoint.npz after every round
     resume_from: Optional[str] = None  # run directory (or checkpoint.npz) to continue from
+    backend: str = "inprocess"  # simulation engine: inprocess | ray (issue 13)
+    ray_address: Optional[str] = None  # backend=ray: address of a running Ray cluster; null = start one here
     vectorize: bool = True  # train a round's nodes together as one stacked model where they share it (issue 13)
 
 
@@ -346,6 +348,7 @@ def _check_values(cfg: DictConfig) -> None:
     _require(0.0 <= fed.fraction_evaluate <= 1.0, "federation.fraction_evaluate", "a number in [0, 1]", fed.fraction_evaluate)
     _require(fed.min_train_nodes >= 1, "federation.min_train_nodes", "an integer >= 1", fed.min_train_nodes)
     _require(fed.client_threads >= 1, "federation.client_threads", "an integer >= 1", fed.client_threads)
+    _require(fed.backend in ("inprocess", "ray"), "federation.backend", "inprocess or ray", fed.backend)
     _require(train.local_epochs >= 1, "train.local_epochs", "an integer >= 1", train.local_epochs)
     _require(train.batch_size >= 1, "train.batch_size", "an integer >= 1", train.batch_size)
     _require(train.lr > 0, "train.lr", "a positive number", train.lr)

@@ -7,25 +7,31 @@
   the server can pool RMSE and R² exactly.
 
 Each node keeps a local validation share (``federation.local_val_fraction``) out of training.
-Tensors are cached per process (simulation actors serve many messages) keyed by node and
-pipeline, so repeated rounds do not re-read or re-encode data.
+Frames and tensors are cached per process (simulation serves many messages) keyed by node and
+pipeline, least recently used first out beyond a byte budget, so repeated rounds do not re-read
+or re-encode data and a thousand-node simulation does not hold every node's rows.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
+import json
+import threading
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from astroscale_fl import data
 from astroscale_fl.device import resolve_device
 from astroscale_fl.federation import local_objectives as objectives
-from astroscale_fl.federation.messages import read_pipeline, read_run_config
+from astroscale_fl.federation.messages import config_digest, read_pipeline, read_run_config
+from astroscale_fl.federation.node_cache import NodeCache
 from astroscale_fl.federation.records import arrays_to_numpy, load_arrays, model_to_arrays, numpy_to_arrays
 from astroscale_fl.models import build_model
 from astroscale_fl.privacy import PrivacySettings, card, make_private, poisson_batches, train_local_dp
@@ -47,8 +53,11 @@ class NodeTensors:
     val_y: torch.Tensor
 
 
-_FRAMES: dict[str, tuple[pd.DataFrame, pd.DataFrame]] = {}
-_TENSORS: dict[str, NodeTensors] = {}
+CACHE_BYTES = 256 * 2**20  # per process: encoded rows and frames of the recently served nodes
+_FRAMES: NodeCache[tuple[pd.DataFrame, pd.DataFrame]] = NodeCache(
+    CACHE_BYTES, lambda frames: sum(8 * f.shape[0] * f.shape[1] for f in frames))  # about: 8 bytes a cell
+_TENSORS: NodeCache[NodeTensors] = NodeCache(
+    CACHE_BYTES, lambda t: sum(x.element_size() * x.nelement() for x in (t.train_x, t.train_y, t.val_x, t.val_y)))
 
 
 def _key(*parts: str) -> str:
@@ -57,21 +66,36 @@ def _key(*parts: str) -> str:
 
 def node_split(cfg: DictConfig, node_config: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The node's (training, local validation) rows; seeded and cached per process."""
-    key = _key(repr(sorted(node_config.items())), str(cfg.task), str(cfg.partition), str(cfg.seed))
-    if key not in _FRAMES:
-        frame = data.node_frame(cfg, node_config)
+    key = _key(repr(sorted(node_config.items())), config_digest(cfg))
+
+    def split() -> tuple[pd.DataFrame, pd.DataFrame]:
+        frame = data.node_frame(cfg, node_config, _pipeline_columns(cfg))
         rng = np.random.default_rng([int(cfg.seed), 0x5A1])
         is_val = rng.random(len(frame)) < LOCAL_VAL_FRACTION
         if is_val.all() or len(frame) < 2:
             is_val[:] = False
-        _FRAMES[key] = (frame.loc[~is_val].reset_index(drop=True), frame.loc[is_val].reset_index(drop=True))
-    return _FRAMES[key]
+        return frame.loc[~is_val].reset_index(drop=True), frame.loc[is_val].reset_index(drop=True)
+
+    return _FRAMES.get(key, split)
+
+
+@functools.lru_cache(maxsize=8)
+def _columns_of(task_and_preprocess_json: str) -> tuple[str, ...]:
+    cfg = OmegaConf.create(json.loads(task_and_preprocess_json))
+    pipeline = Pipeline.from_config(get_task(cfg.task), cfg)
+    return (*pipeline.inputs, pipeline.target.target)
+
+
+def _pipeline_columns(cfg: DictConfig) -> tuple[str, ...]:
+    """The columns a node's pipeline reads (its inputs and the target): all a node needs."""
+    return _columns_of(data.config_json(cfg, ("task", "preprocess")))
 
 
 def node_tensors(cfg: DictConfig, node_config: dict, pipeline: Pipeline, pipeline_key: str, device: torch.device) -> NodeTensors:
     """Encode the node's rows with the global pipeline, once per (node, pipeline, device)."""
-    key = _key(repr(sorted(node_config.items())), str(cfg.task), str(cfg.partition), str(cfg.seed), pipeline_key, str(device))
-    if key not in _TENSORS:
+    key = _key(repr(sorted(node_config.items())), config_digest(cfg), pipeline_key, str(device))
+
+    def encode() -> NodeTensors:
         from astroscale_fl.deploy.cache import cached_arrays
 
         def compute() -> dict[str, np.ndarray]:
@@ -80,11 +104,11 @@ def node_tensors(cfg: DictConfig, node_config: dict, pipeline: Pipeline, pipelin
                     "val_x": pipeline.transform_features(val), "val_y": pipeline.transform_target(val)}
 
         # deployment: Flower starts a fresh process per message; keep encoded rows in <data-dir>/.astroscale-cache
-        cache_key = _key(str(cfg.task), str(cfg.partition), str(cfg.seed), str(LOCAL_VAL_FRACTION), pipeline_key)
+        cache_key = _key(config_digest(cfg, ("task", "partition", "seed")), str(LOCAL_VAL_FRACTION), pipeline_key)
         arrays = cached_arrays(node_config.get("data-dir"), cache_key, compute)
-        _TENSORS.clear()  # one node's tensors at a time per process keeps memory flat
-        _TENSORS[key] = NodeTensors(*(torch.from_numpy(arrays[k]).to(device) for k in ("train_x", "train_y", "val_x", "val_y")))
-    return _TENSORS[key]
+        return NodeTensors(*(torch.from_numpy(arrays[k]).to(device) for k in ("train_x", "train_y", "val_x", "val_y")))
+
+    return _TENSORS.get(key, encode)
 
 
 def handle_query(msg: Message, node_config: dict) -> RecordDict:
@@ -107,9 +131,26 @@ def _prepare(msg: Message, node_config: dict) -> tuple[DictConfig, torch.nn.Modu
     device = resolve_device(cfg.device)
     pipeline, pipeline_key = read_pipeline(config)
     tensors = node_tensors(cfg, node_config, pipeline, pipeline_key, device)
-    model = build_model(cfg.model, len(pipeline.features), int(cfg.seed)).to(device)
+    model = _fresh_model(cfg, len(pipeline.features), device)
     load_arrays(model, msg.content["arrays"])
     return cfg, model, tensors, pipeline
+
+
+_MODELS = threading.local()  # per thread: architecture key -> a model reused for each message
+
+
+def _fresh_model(cfg: DictConfig, in_features: int, device: torch.device) -> torch.nn.Module:
+    """A model of the run's architecture whose values the message's arrays then overwrite.
+
+    ``build_model`` seeds torch's global generator (~6 ms, and not for threads to race on), so
+    each thread builds one per architecture and reuses it; DP-SGD hooks its model (Opacus), so
+    it gets a fresh copy of that one instead.
+    """
+    key = _key(config_digest(cfg, ("model",)), str(in_features), str(device))
+    models = _MODELS.__dict__
+    if key not in models:
+        models[key] = build_model(cfg.model, in_features, int(cfg.seed)).to(device)
+    return copy.deepcopy(models[key]) if cfg.privacy.name != "none" else models[key]
 
 
 def handle_train(msg: Message, context: Context) -> RecordDict:

@@ -20,7 +20,9 @@ bit with the Ray backend (which trains node by node) with ``federation.vectorize
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import uuid
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,7 +34,6 @@ from astroscale_fl.federation import client
 from astroscale_fl.federation import local_objectives as objectives
 from astroscale_fl.federation.messages import read_pipeline, read_run_config
 from astroscale_fl.federation.records import arrays_to_numpy, load_arrays, model_to_arrays, numpy_to_arrays
-from astroscale_fl.models import build_model
 from astroscale_fl.privacy import PrivacySettings, card, poisson_batches
 from astroscale_fl.privacy import node as dp_node
 from astroscale_fl.privacy.dp_sgd import ghost_supported
@@ -48,7 +49,7 @@ class Member:
     context: Context
     work: NodeWork
     key: tuple
-    model: torch.nn.Module  # the received global model
+    model: torch.nn.Module  # a model of the run's architecture (values not yet the received ones)
     cfg: object
     optimizer: LocalOptimizer
     mu: float = 0.0
@@ -76,11 +77,10 @@ def _setup(msg: Message, context: Context) -> Member | None:
     cfg = read_run_config(config)
     device = resolve_device(cfg.device)
     pipeline, pipeline_key = read_pipeline(config)
-    model = build_model(cfg.model, len(pipeline.features), int(cfg.seed)).to(device)
+    model = client._fresh_model(cfg, len(pipeline.features), device)
     settings = _eligible(cfg, model)
     if settings is False:
         return None
-    load_arrays(model, msg.content["arrays"])
     node_config = dict(context.node_config)
     tensors = client.node_tensors(cfg, node_config, pipeline, pipeline_key, device)
     mu = float(config[MU_KEY]) if MU_KEY in config else 0.0
@@ -124,7 +124,7 @@ def _reply(member: Member, params: dict[str, torch.Tensor], report: TrainReport)
     with torch.no_grad():
         for name, p in member.model.named_parameters():
             p.copy_(params[name])
-    reply = RecordDict({"arrays": model_to_arrays(member.model)})
+    reply = RecordDict({"arrays": model_to_arrays(member.model)})  # member.model: the group's scratch copy
     if member.privacy is None:
         reply["metrics"] = MetricRecord({"num-examples": report.examples, "train_loss": report.loss})
     else:
@@ -139,10 +139,11 @@ def _reply(member: Member, params: dict[str, torch.Tensor], report: TrainReport)
     return Message(content=reply, reply_to=member.msg)
 
 
-def train_grouped(work: list[tuple[Message, Context]], threads: int | None = None) -> list[Message | None]:
+def train_grouped(work: list[tuple[Message, Context]]) -> list[Message | None]:
     """Replies to the round's training ``work`` in its order; ``None`` where a node must be served alone.
 
-    ``threads``: torch threads while a group trains on the CPU (the caller's setting is restored).
+    Groups train on the calling thread with its torch threads (``federation.client_threads``
+    under the engine), so results do not depend on the engine's worker count.
     """
     members: list[Member | None] = []
     for msg, context in work:
@@ -155,33 +156,45 @@ def train_grouped(work: list[tuple[Message, Context]], threads: int | None = Non
         if member is not None:
             groups.setdefault(member.key, []).append(i)
     replies: list[Message | None] = [None] * len(work)
-    previous = torch.get_num_threads()
-    try:
-        if threads:
-            torch.set_num_threads(threads)
-        for indices in groups.values():
-            if len(indices) < 2 and members[indices[0]].work.features.device.type != "cuda":
-                continue  # alone on the CPU: the handler's own loop is as fast; on CUDA the graphed trainer pays
-            ready = []
-            for i in indices:
-                try:
-                    _batches(members[i])
-                    ready.append(i)
-                except dp_node.BudgetExceeded:  # declined: nothing spent; the handler declines it alone
-                    continue
-            if not ready:
+    for indices in groups.values():
+        if len(indices) < 2 and members[indices[0]].work.features.device.type != "cuda":
+            continue  # alone on the CPU: the handler's own loop is as fast; on CUDA the graphed trainer pays
+        ready = []
+        for i in indices:
+            try:
+                _batches(members[i])
+                ready.append(i)
+            except dp_node.BudgetExceeded:  # declined: nothing spent; the handler declines it alone
                 continue
-            group = [members[i] for i in ready]
-            first = group[0]
-            dp = None
-            if first.privacy is not None:
-                plans = [m.privacy[1] for m in group]
-                dp = StackedDP(tuple(p.noise_multiplier for p in plans), float(first.cfg.privacy.max_grad_norm),
-                               tuple(p.expected_batch_size for p in plans))
-            results = train_stacked(first.model, [m.work for m in group], first.optimizer, proximal_mu=first.mu, dp=dp,
-                                    cuda_graph=bool(first.cfg.train.cuda_graph))
-            for i, member, (params, report) in zip(ready, group, results, strict=True):
-                replies[i] = _reply(member, params, report)
-    finally:
-        torch.set_num_threads(previous)
+        if not ready:
+            continue
+        group = [members[i] for i in ready]
+        first = group[0]
+        start = copy.deepcopy(first.model)  # the shared per-thread model is not ours to keep
+        load_arrays(start, first.msg.content["arrays"])
+        scratch = copy.deepcopy(start)
+        for member in group:
+            member.model = scratch
+        dp = None
+        if first.privacy is not None:
+            plans = [m.privacy[1] for m in group]
+            dp = StackedDP(tuple(p.noise_multiplier for p in plans), float(first.cfg.privacy.max_grad_norm),
+                           tuple(p.expected_batch_size for p in plans))
+        results = train_stacked(start, [m.work for m in group], first.optimizer, proximal_mu=first.mu, dp=dp,
+                                cuda_graph=bool(first.cfg.train.cuda_graph))
+        for i, member, (params, report) in zip(ready, group, results, strict=True):
+            replies[i] = _reply(member, params, report)
+    return replies
+
+
+def run_train_grouped(grid, work: list[tuple[Message, Context]]) -> list[Message]:
+    """The in-process engine's train runner (``InProcessGrid.train_runner``) under ``federation.vectorize``:
+    groups through :func:`train_grouped`, every other message through the grid's ClientApp."""
+    replies = train_grouped(work)
+    for reply in replies:
+        if reply is not None:
+            reply.metadata.__dict__["_message_id"] = uuid.uuid4().hex  # as the grid ids the ClientApp's replies
+    alone = [i for i, reply in enumerate(replies) if reply is None]
+    for i, reply in zip(alone, grid.run_each([work[i] for i in alone]), strict=True):
+        replies[i] = reply
     return replies

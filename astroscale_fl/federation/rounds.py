@@ -30,7 +30,7 @@ from flwr.serverapp.strategy import Strategy
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from astroscale_fl.errors import AstroScaleError
-from astroscale_fl.federation.records import record_nbytes
+from astroscale_fl.federation.records import array_numpy, arrays_to_numpy, record_nbytes
 from astroscale_fl.history import RoundRecord
 from astroscale_fl.privacy.card import REPLY_KEY as PRIVACY_KEY
 from astroscale_fl.privacy.card import entry_from_record
@@ -112,7 +112,7 @@ def federated_statistics(grid: Grid, node_ids: list[int], config: ConfigRecord, 
             log(INFO, "statistics round: node %s failed: %s", reply.metadata.src_node_id, reply.error.reason)
             continue
         columns = list(reply.content["columns"]["names"])
-        arrays = {k: v.numpy() for k, v in reply.content["stats"].items()}
+        arrays = dict(arrays_to_numpy(reply.content["stats"]))
         parts.append(ColumnStatistics.from_arrays(columns, arrays))
     if not parts:
         reasons = "; ".join(r.error.reason for r in replies if r.has_error())[:500]
@@ -124,7 +124,7 @@ def check_reply(content: RecordDict, global_arrays: dict[str, np.ndarray], max_u
     """Why a training reply's content must not be aggregated, or None when it is fine."""
     for rec_name, record in content.array_records.items():
         for name, array in record.items():
-            values = array.numpy()
+            values = array_numpy(array)
             if values.dtype.kind in "fc" and not np.isfinite(values).all():
                 return f"non-finite values in {rec_name}/{name}"
     for rec_name, record in content.metric_records.items():
@@ -139,7 +139,7 @@ def check_reply(content: RecordDict, global_arrays: dict[str, np.ndarray], max_u
         return "model arrays do not match the global model's"
     squared = 0.0
     for name, array in model.items():
-        values = array.numpy()
+        values = array_numpy(array)
         if values.shape != global_arrays[name].shape:
             return f"array {name} has shape {values.shape}, expected {global_arrays[name].shape}"
         if max_update_norm is not None:
@@ -181,7 +181,7 @@ def run_rounds(
                 metrics.round_started(server_round)
             start = time.perf_counter()
             row = RoundRecord(round=server_round)
-            global_np = {k: v.numpy() for k, v in arrays.items()}
+            global_np = dict(arrays_to_numpy(arrays))
             train_msgs = list(strategy.configure_train(server_round, arrays, ConfigRecord(dict(config)), grid))
             row.nodes_sampled = len(train_msgs)
             row.bytes_down += sum(record_nbytes(m.content) for m in train_msgs)
