@@ -139,6 +139,24 @@ def _reply(member: Member, params: dict[str, torch.Tensor], report: TrainReport)
     return Message(content=reply, reply_to=member.msg)
 
 
+def _train_group(group: list[Member]) -> list[Message]:
+    """Train the members (same model, same settings, batches drawn) as one stacked model; their replies."""
+    first = group[0]
+    start = copy.deepcopy(first.model)  # the shared per-thread model is not ours to keep
+    load_arrays(start, first.msg.content["arrays"])
+    scratch = copy.deepcopy(start)
+    for member in group:
+        member.model = scratch
+    dp = None
+    if first.privacy is not None:
+        plans = [m.privacy[1] for m in group]
+        dp = StackedDP(tuple(p.noise_multiplier for p in plans), float(first.cfg.privacy.max_grad_norm),
+                       tuple(p.expected_batch_size for p in plans))
+    results = train_stacked(start, [m.work for m in group], first.optimizer, proximal_mu=first.mu, dp=dp,
+                            cuda_graph=bool(first.cfg.train.cuda_graph))
+    return [_reply(member, params, report) for member, (params, report) in zip(group, results, strict=True)]
+
+
 def train_grouped(work: list[tuple[Message, Context]]) -> list[Message | None]:
     """Replies to the round's training ``work`` in its order; ``None`` where a node must be served alone.
 
@@ -164,26 +182,14 @@ def train_grouped(work: list[tuple[Message, Context]]) -> list[Message | None]:
             try:
                 _batches(members[i])
                 ready.append(i)
-            except dp_node.BudgetExceeded:  # declined: nothing spent; the handler declines it alone
-                continue
+            except Exception:  # e.g. a spent budget: nothing was spent; alone, the handler declines or reports it
+                if members[i].privacy is not None:
+                    raise
+
         if not ready:
             continue
-        group = [members[i] for i in ready]
-        first = group[0]
-        start = copy.deepcopy(first.model)  # the shared per-thread model is not ours to keep
-        load_arrays(start, first.msg.content["arrays"])
-        scratch = copy.deepcopy(start)
-        for member in group:
-            member.model = scratch
-        dp = None
-        if first.privacy is not None:
-            plans = [m.privacy[1] for m in group]
-            dp = StackedDP(tuple(p.noise_multiplier for p in plans), float(first.cfg.privacy.max_grad_norm),
-                           tuple(p.expected_batch_size for p in plans))
-        results = train_stacked(start, [m.work for m in group], first.optimizer, proximal_mu=first.mu, dp=dp,
-                                cuda_graph=bool(first.cfg.train.cuda_graph))
-        for i, member, (params, report) in zip(ready, group, results, strict=True):
-            replies[i] = _reply(member, params, report)
+        for i, reply in zip(ready, _train_group([members[i] for i in ready]), strict=True):
+            replies[i] = reply
     return replies
 
 
