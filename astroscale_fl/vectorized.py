@@ -158,6 +158,9 @@ class StackedTrainer:
         self.num_nodes = len(nodes)
         self.features = torch.cat([node.features for node in nodes])
         self.target = torch.cat([node.target for node in nodes]).to(self.features.dtype)
+        if not len(self.target):  # no rows at all: padding indices need one (masked) row to point at
+            self.features = self.features.new_zeros((1, self.features.shape[1]))
+            self.target = self.target.new_zeros(1)
         self.batches = StackedBatches(nodes, self.device)
         self.rows = self.batches.rows
         self.params = stack_parameters(model, self.num_nodes)

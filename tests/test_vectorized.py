@@ -183,6 +183,15 @@ def test_dp_noise_has_the_right_scale_per_node_and_follows_the_seed():
     assert not torch.allclose((clean[0] - noisy[0]) * ebs[0], (clean[1] - noisy[1]) * ebs[1])  # independent per node
 
 
+def test_nodes_without_rows_take_dp_noise_only_steps():
+    torch.manual_seed(9)
+    start = MLP(6, [8])
+    empty = NodeWork(torch.zeros(0, 6), torch.zeros(0), [torch.zeros(0, dtype=torch.long)] * 3)
+    (params, report), = train_stacked(start, [empty], LocalOptimizer("sgd", 0.1), dp=StackedDP((1.0,), 0.5, (4.0,), noise_seed=0))
+    assert report.steps == 3 and report.loss == 0.0
+    assert not torch.allclose(flat(params.values()), flat(start.parameters()))  # noise moved the weights
+
+
 def test_models_that_cannot_be_stacked_are_refused():
     assert stackable(MLP(6, [8])) and stackable(Linear(6))
     assert not stackable(MLP(6, [8], dropout=0.1))
