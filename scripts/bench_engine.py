@@ -35,8 +35,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from astroscale_fl import config  # noqa: E402
-from astroscale_fl.federation.client import LOCAL_VAL_FRACTION  # noqa: E402
+from astroscale_fl import config
+from astroscale_fl.federation.client import LOCAL_VAL_FRACTION
 
 QUIET = ["federation.metrics_port=0", "output.publish=false", "federation.checkpoint=false"]
 
@@ -68,7 +68,7 @@ def bare_fedavg(overrides: list[str]) -> tuple[float, float, float]:
     rounds_started, rounds_cpu = time.perf_counter(), time.process_time()
     for server_round in range(1, int(fed.num_rounds) + 1):
         rng = np.random.default_rng([int(cfg.seed), server_round, 0])
-        count = max(int(fed.min_train_nodes), int(round(fed.fraction_train * len(nodes))))
+        count = max(int(fed.min_train_nodes), round(fed.fraction_train * len(nodes)))
         chosen = sorted(rng.choice(len(nodes), size=min(count, len(nodes)), replace=False))
         states, weights = [], []
         for k in chosen:
@@ -121,7 +121,7 @@ def run_bare_process(overrides: list[str]) -> tuple[float, float]:
 
 def engine_rounds(overrides: list[str], workers: int | None = None, profile: cProfile.Profile | None = None) -> tuple[float, int]:
     """(seconds spent in rounds, messages served) of an in-process federation in this process."""
-    import astroscale_fl.federation.engine as engine
+    from astroscale_fl.federation import engine
     from astroscale_fl.train import preflight
     from clients.app import app as client_app
     from server.app import make_server_app
@@ -163,7 +163,7 @@ def main() -> None:
     for section in (default_job, per_node_overhead, multirun, many_nodes, profile_top):
         try:
             section(args, tmp, job)
-        except Exception as exc:  # one failing section should not hide the others' figures
+        except Exception as exc:  # noqa: BLE001 -- one failing section should not hide the others
             print(f"{section.__name__}: failed: {type(exc).__name__}: {exc}")
 
 
