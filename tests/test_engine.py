@@ -9,12 +9,24 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from flwr.app import ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import (
+    ConfigRecord,
+    Context,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
 
 from astroscale_fl import config
 from astroscale_fl.federation import engine
-from astroscale_fl.federation.engine import FIRST_NODE_ID, InProcessGrid, run_inprocess, simulation_node_configs
+from astroscale_fl.federation.engine import (
+    FIRST_NODE_ID,
+    InProcessGrid,
+    run_inprocess,
+    simulation_node_configs,
+)
 from astroscale_fl.train import preflight, simulate
 from clients.app import app as astroscale_client_app
 from server.app import make_server_app

@@ -163,7 +163,7 @@ class InProcessGrid(Grid):
         """One node handles one message through the ClientApp; an exception becomes an error reply."""
         try:
             reply = self.client_app(msg, context)
-        except Exception as exc:  # a SuperNode reports a raising ClientApp the same way
+        except Exception as exc:  # noqa: BLE001 -- a SuperNode reports any raising ClientApp as an error reply
             reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"{type(exc).__name__}: {exc}"),
                             reply_to=msg)
         reply.metadata.__dict__["_message_id"] = uuid.uuid4().hex
