@@ -29,10 +29,9 @@ import numpy as np
 import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 
-from astroscale_fl.device import resolve_device
 from astroscale_fl.federation import client
 from astroscale_fl.federation import local_objectives as objectives
-from astroscale_fl.federation.messages import read_pipeline, read_run_config
+from astroscale_fl.federation.messages import config_digest, read_pipeline, read_run_config
 from astroscale_fl.federation.records import arrays_to_numpy, load_arrays, model_to_arrays, numpy_to_arrays
 from astroscale_fl.privacy import PrivacySettings, card, poisson_batches
 from astroscale_fl.privacy import node as dp_node
@@ -56,16 +55,34 @@ class Member:
     scaffold: dict = field(default_factory=dict)  # server_c, node_c, store, local_lr, global arrays
     privacy: tuple | None = None  # (ledger, plan) once spent
     privacy_settings: PrivacySettings | None = None
+    run: _RunSettings | None = None
 
 
-def _eligible(cfg, model: torch.nn.Module) -> PrivacySettings | None | bool:
-    """False when the node must train alone; else its privacy settings (None: no privacy)."""
-    if not bool(cfg.federation.vectorize) or not stackable(model):
+@dataclass(frozen=True)
+class _RunSettings:
+    """What grouping reads from a run config, read once per config (OmegaConf reads are slow)."""
+
+    vectorize: bool
+    cuda_graph: bool
+    max_grad_norm: float | None
+
+
+_RUN_SETTINGS: dict[str, _RunSettings] = {}
+
+
+def _run_settings(cfg) -> tuple[str, _RunSettings]:
+    digest = config_digest(cfg)
+    if digest not in _RUN_SETTINGS:
+        clip = float(cfg.privacy.max_grad_norm) if cfg.privacy.name != "none" else None
+        _RUN_SETTINGS[digest] = _RunSettings(bool(cfg.federation.vectorize), bool(cfg.train.cuda_graph), clip)
+    return digest, _RUN_SETTINGS[digest]
+
+
+def _eligible(run: _RunSettings, privacy: PrivacySettings | None, model: torch.nn.Module) -> bool:
+    """Whether the node can train in a group (else its handler trains it alone)."""
+    if not run.vectorize or not stackable(model):
         return False
-    settings = PrivacySettings.from_config(cfg.privacy)
-    if settings is not None and (settings.backend == "opacus" or settings.secure_mode or not ghost_supported(model)):
-        return False
-    return settings
+    return privacy is None or not (privacy.backend == "opacus" or privacy.secure_mode or not ghost_supported(model))
 
 
 def _setup(msg: Message, context: Context) -> Member | None:
@@ -75,14 +92,14 @@ def _setup(msg: Message, context: Context) -> Member | None:
 
     config = msg.content["config"]
     cfg = read_run_config(config)
-    device = resolve_device(cfg.device)
+    local = client.local_settings(cfg)
+    digest, run = _run_settings(cfg)
     pipeline, pipeline_key = read_pipeline(config)
-    model = client._fresh_model(cfg, len(pipeline.features), device)
-    settings = _eligible(cfg, model)
-    if settings is False:
+    model = client._fresh_model(cfg, len(pipeline.features), local.device)
+    if not _eligible(run, local.privacy, model):
         return None
     node_config = dict(context.node_config)
-    tensors = client.node_tensors(cfg, node_config, pipeline, pipeline_key, device)
+    tensors = client.node_tensors(cfg, node_config, pipeline, pipeline_key, local.device)
     mu = float(config[MU_KEY]) if MU_KEY in config else 0.0
     scaffold, correction = {}, None
     if CONTROL_KEY in msg.content.array_records:
@@ -91,16 +108,14 @@ def _setup(msg: Message, context: Context) -> Member | None:
         node_c = store.load(server_c)
         scaffold = {"server_c": server_c, "node_c": node_c, "store": store, "local_lr": float(config[LOCAL_LR_KEY]),
                     "global": arrays_to_numpy(msg.content["arrays"])}
-        correction = {n: torch.as_tensor(server_c[n] - node_c[n], dtype=p.dtype, device=device) for n, p in model.named_parameters()}
+        correction = {n: torch.as_tensor(server_c[n] - node_c[n], dtype=p.dtype, device=local.device) for n, p in model.named_parameters()}
         optimizer = LocalOptimizer("sgd", scaffold["local_lr"])
     else:
-        t = cfg.train
-        optimizer = LocalOptimizer(str(t.optimizer), float(t.lr), float(t.momentum), float(t.weight_decay))
+        optimizer = LocalOptimizer(local.optimizer, local.lr, local.momentum, local.weight_decay)
     arrays_digest = hashlib.sha256(b"".join(a.data for a in msg.content["arrays"].values())).hexdigest()
-    key = (arrays_digest, str(cfg.model), str(device), optimizer, mu, bool(scaffold), settings is not None,
-           float(cfg.privacy.max_grad_norm) if settings is not None else None, bool(cfg.train.cuda_graph))
+    key = (arrays_digest, digest, optimizer, mu, bool(scaffold))
     work = NodeWork(tensors.train_x, tensors.train_y, [], correction)
-    return Member(msg, context, work, key, model, cfg, optimizer, mu, scaffold, None, settings or None)
+    return Member(msg, context, work, key, model, cfg, optimizer, mu, scaffold, None, local.privacy, run)
 
 
 def _batches(member: Member) -> None:
@@ -108,9 +123,10 @@ def _batches(member: Member) -> None:
     cfg, node_config = member.cfg, dict(member.context.node_config)
     n = len(member.work.target)
     if member.privacy_settings is None:
+        local = client.local_settings(cfg)
         server_round = int(member.msg.content["config"]["server-round"])
-        generator = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + server_round * 7919 + client._node_salt(node_config))
-        member.work.batches = list(shuffled_batches(n, int(cfg.train.batch_size), int(cfg.train.local_epochs), generator))
+        generator = torch.Generator().manual_seed(local.seed * 1_000_003 + server_round * 7919 + client._node_salt(node_config))
+        member.work.batches = list(shuffled_batches(n, local.batch_size, local.local_epochs, generator))
     else:
         ledger, plan = dp_node.spend_round(member.privacy_settings, cfg, member.context.state, node_config, n)
         member.privacy = (ledger, plan)
@@ -150,10 +166,10 @@ def _train_group(group: list[Member]) -> list[Message]:
     dp = None
     if first.privacy is not None:
         plans = [m.privacy[1] for m in group]
-        dp = StackedDP(tuple(p.noise_multiplier for p in plans), float(first.cfg.privacy.max_grad_norm),
+        dp = StackedDP(tuple(p.noise_multiplier for p in plans), first.run.max_grad_norm,
                        tuple(p.expected_batch_size for p in plans))
     results = train_stacked(start, [m.work for m in group], first.optimizer, proximal_mu=first.mu, dp=dp,
-                            cuda_graph=bool(first.cfg.train.cuda_graph))
+                            cuda_graph=first.run.cuda_graph)
     return [_reply(member, params, report) for member, (params, report) in zip(group, results, strict=True)]
 
 
