@@ -42,6 +42,7 @@ from astroscale_fl.models import ACTIVATIONS, MLP, Linear
 from astroscale_fl.stacked_optim import StackedOptimizer
 from astroscale_fl.training import TrainReport
 
+
 @dataclass(frozen=True)
 class LocalOptimizer:
     """The nodes' local optimizer, as ``train.optimizer`` / ``train.lr`` / ... configure it."""
