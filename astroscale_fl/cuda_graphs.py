@@ -74,7 +74,7 @@ def make_capturable(optimizer: torch.optim.Optimizer) -> None:
 
 def train_local_graphed(model: nn.Module, optimizer: torch.optim.Optimizer, features: torch.Tensor, target: torch.Tensor,
                         batches: Iterable[torch.Tensor], after_backward: GradHook | None = None) -> TrainReport:
-    """:func:`astroscale_fl.training.train_local` (no ``extra_loss``) with full-size steps replayed from a CUDA graph.
+    """:func:`astroscale_fl.training.train_local` with full-size steps replayed from a CUDA graph.
 
     Same steps, same order, same result as the eager loop (to float rounding: capturable Adam
     computes its bias corrections on the device). Off CUDA the same bookkeeping runs eagerly.

@@ -8,7 +8,7 @@ from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
 
 from astroscale_fl.federation import client
-from astroscale_fl.privacy import BUDGET_EXCEEDED_CODE
+from astroscale_fl.federation.protocol import BUDGET_EXCEEDED_CODE
 from astroscale_fl.privacy.node import BudgetExceeded
 
 app = ClientApp()
@@ -26,7 +26,7 @@ def train(msg: Message, context: Context) -> Message:
     try:
         return Message(content=client.handle_train(msg, context), reply_to=msg)
     except BudgetExceeded as exc:
-        return Message(Error(code=BUDGET_EXCEEDED_CODE, reason=str(exc)), reply_to=msg)
+        return Message(Error(code=BUDGET_EXCEEDED_CODE, reason=exc.decline.to_reason()), reply_to=msg)
 
 
 @app.evaluate()

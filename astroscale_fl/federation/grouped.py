@@ -23,16 +23,15 @@ from __future__ import annotations
 import copy
 import hashlib
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 
-from astroscale_fl.federation import client
+from astroscale_fl.federation import client, protocol
 from astroscale_fl.federation import local_objectives as objectives
 from astroscale_fl.federation.messages import config_digest, read_pipeline, read_run_config
-from astroscale_fl.federation.records import arrays_to_numpy, load_arrays, model_to_arrays, numpy_to_arrays
+from astroscale_fl.federation.records import load_arrays, model_to_arrays
 from astroscale_fl.privacy import PrivacySettings, card, poisson_batches
 from astroscale_fl.privacy import node as dp_node
 from astroscale_fl.privacy.dp_sgd import ghost_supported
@@ -52,7 +51,7 @@ class Member:
     cfg: object
     optimizer: LocalOptimizer
     mu: float = 0.0
-    scaffold: dict = field(default_factory=dict)  # server_c, node_c, store, local_lr, global arrays
+    scaffold: objectives.ScaffoldRound | None = None  # c, c_i (from the node's state), local_lr
     privacy: tuple | None = None  # (ledger, plan) once spent
     privacy_settings: PrivacySettings | None = None
     run: _RunSettings | None = None
@@ -87,10 +86,7 @@ def _eligible(run: _RunSettings, privacy: PrivacySettings | None, model: torch.n
 
 def _setup(msg: Message, context: Context) -> Member | None:
     """The node's training set-up (no privacy spent yet), or None when it cannot be grouped."""
-    from strategies.fedprox import MU_KEY
-    from strategies.scaffold import CONTROL_KEY, LOCAL_LR_KEY
-
-    config = msg.content["config"]
+    config = msg.content[protocol.CONFIG_KEY]
     cfg = read_run_config(config)
     local = client.local_settings(cfg)
     digest, run = _run_settings(cfg)
@@ -100,20 +96,19 @@ def _setup(msg: Message, context: Context) -> Member | None:
         return None
     node_config = dict(context.node_config)
     tensors = client.node_tensors(cfg, node_config, pipeline, pipeline_key, local.device)
-    mu = float(config[MU_KEY]) if MU_KEY in config else 0.0
-    scaffold, correction = {}, None
-    if CONTROL_KEY in msg.content.array_records:
-        server_c = objectives.read_control(msg.content[CONTROL_KEY])
+    wanted = protocol.local_objectives(config)
+    mu = wanted.proximal.mu if wanted.proximal is not None else 0.0
+    scaffold, correction = None, None
+    if wanted.scaffold is not None:
         store = objectives.ControlVariateStore(context.state, context.run_id, node_config.get("data-dir"))
-        node_c = store.load(server_c)
-        scaffold = {"server_c": server_c, "node_c": node_c, "store": store, "local_lr": float(config[LOCAL_LR_KEY]),
-                    "global": arrays_to_numpy(msg.content["arrays"])}
-        correction = {n: torch.as_tensor(server_c[n] - node_c[n], dtype=p.dtype, device=local.device) for n, p in model.named_parameters()}
-        optimizer = LocalOptimizer("sgd", scaffold["local_lr"])
+        scaffold = objectives.ScaffoldRound(model, wanted.scaffold, msg.content, store)
+        correction = {n: torch.as_tensor(scaffold.server_c[n] - scaffold.node_c[n], dtype=p.dtype, device=local.device)
+                      for n, p in model.named_parameters()}
+        optimizer = LocalOptimizer("sgd", scaffold.local_lr)
     else:
         optimizer = LocalOptimizer(local.optimizer, local.lr, local.momentum, local.weight_decay)
-    arrays_digest = hashlib.sha256(b"".join(a.data for a in msg.content["arrays"].values())).hexdigest()
-    key = (arrays_digest, digest, optimizer, mu, bool(scaffold))
+    arrays_digest = hashlib.sha256(b"".join(a.data for a in msg.content[protocol.ARRAYS_KEY].values())).hexdigest()
+    key = (arrays_digest, digest, optimizer, mu, scaffold is not None)
     work = NodeWork(tensors.train_x, tensors.train_y, [], correction)
     return Member(msg, context, work, key, model, cfg, optimizer, mu, scaffold, None, local.privacy, run)
 
@@ -124,7 +119,7 @@ def _batches(member: Member) -> None:
     n = len(member.work.target)
     if member.privacy_settings is None:
         local = client.local_settings(cfg)
-        server_round = int(member.msg.content["config"]["server-round"])
+        server_round = int(member.msg.content[protocol.CONFIG_KEY][protocol.SERVER_ROUND_KEY])
         generator = torch.Generator().manual_seed(local.seed * 1_000_003 + server_round * 7919 + client._node_salt(node_config))
         member.work.batches = list(shuffled_batches(n, local.batch_size, local.local_epochs, generator))
     else:
@@ -135,23 +130,19 @@ def _batches(member: Member) -> None:
 
 def _reply(member: Member, params: dict[str, torch.Tensor], report: TrainReport) -> Message:
     """The node's reply, as its handler builds it; SCAFFOLD's new ``c_i`` is saved in its state."""
-    from strategies.scaffold import CONTROL_DELTA_KEY
-
     with torch.no_grad():
         for name, p in member.model.named_parameters():
             p.copy_(params[name])
-    reply = RecordDict({"arrays": model_to_arrays(member.model)})  # member.model: the group's scratch copy
+    reply = RecordDict({protocol.ARRAYS_KEY: model_to_arrays(member.model)})  # member.model: the group's scratch copy
     if member.privacy is None:
-        reply["metrics"] = MetricRecord({"num-examples": report.examples, "train_loss": report.loss})
+        metrics = {protocol.WEIGHT_KEY: report.examples, protocol.TRAIN_LOSS_KEY: report.loss}
     else:
         ledger, _ = member.privacy
-        reply["metrics"] = MetricRecord({"num-examples": report.examples, "epsilon": ledger.epsilon(), "delta": ledger.delta})
-        reply[card.REPLY_KEY] = card.reply_record(dp_node.node_name(dict(member.context.node_config)), ledger)
-    if member.scaffold:
-        s = member.scaffold
-        new_c = objectives.updated_control(s["global"], arrays_to_numpy(reply["arrays"]), s["server_c"], s["node_c"], report.steps, s["local_lr"])
-        s["store"].save(new_c)
-        reply[CONTROL_DELTA_KEY] = numpy_to_arrays({k: (new_c[k] - s["node_c"][k]).astype(np.float32) for k in new_c})
+        metrics = {protocol.WEIGHT_KEY: report.examples, protocol.EPSILON_KEY: ledger.epsilon(), protocol.DELTA_KEY: ledger.delta}
+        reply[protocol.PRIVACY_KEY] = card.reply_record(dp_node.node_name(dict(member.context.node_config)), ledger)
+    reply[protocol.METRICS_KEY] = MetricRecord(metrics)
+    if member.scaffold is not None:
+        reply[protocol.CONTROL_DELTA_KEY] = member.scaffold.finish(reply[protocol.ARRAYS_KEY], report.steps)
     return Message(content=reply, reply_to=member.msg)
 
 
@@ -159,7 +150,7 @@ def _train_group(group: list[Member]) -> list[Message]:
     """Train the members (same model, same settings, batches drawn) as one stacked model; their replies."""
     first = group[0]
     start = copy.deepcopy(first.model)  # the shared per-thread model is not ours to keep
-    load_arrays(start, first.msg.content["arrays"])
+    load_arrays(start, first.msg.content[protocol.ARRAYS_KEY])
     scratch = copy.deepcopy(start)
     for member in group:
         member.model = scratch

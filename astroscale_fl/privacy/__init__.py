@@ -4,10 +4,12 @@
   Gaussian noise; FedProx / SCAFFOLD terms as post-processing);
 - :mod:`.ledger`: a node's lifetime accountant history, ε, budget check, persistence;
 - :mod:`.calibrate`: δ, sample rate, steps, σ for a target ε, the validated settings;
+- :mod:`.node`: a node's privacy round as one call (``NoPrivacy`` or DP-SGD), declines;
 - :mod:`.card`: reply records and the model card's ``privacy`` section (recomputable);
 - :mod:`.client_dp`: optional server-side client-level DP-FedAvg helpers.
 """
 
+from astroscale_fl.federation.protocol import BUDGET_EXCEEDED_CODE  # re-exported
 from astroscale_fl.privacy.calibrate import (
     PrivacySettings,
     RoundPlan,
@@ -17,7 +19,14 @@ from astroscale_fl.privacy.calibrate import (
     sample_rate,
     steps_per_round,
 )
-from astroscale_fl.privacy.card import entry_from_record, node_entry, privacy_section, recompute_epsilon, reply_record, verify_section
+from astroscale_fl.privacy.card import (
+    entry_from_record,
+    node_entry,
+    privacy_section,
+    recompute_epsilon,
+    reply_record,
+    verify_section,
+)
 from astroscale_fl.privacy.dp_sgd import make_private, poisson_batches, train_local_dp, unwrap
 from astroscale_fl.privacy.ledger import (
     LEDGER_FILENAME,
@@ -29,9 +38,6 @@ from astroscale_fl.privacy.ledger import (
     ledger_to_state,
     open_ledger,
 )
-
-#: ``Error.code`` of a train reply declined because the round would exceed the node's budget.
-BUDGET_EXCEEDED_CODE = 4005
 
 __all__ = [
     "BUDGET_EXCEEDED_CODE", "LEDGER_FILENAME", "PrivacyError", "PrivacyLedger", "PrivacySettings", "RoundPlan",
