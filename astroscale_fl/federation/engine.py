@@ -136,8 +136,9 @@ class InProcessGrid(Grid):
     def execute(self, work: Work) -> list[Message]:
         """Replies to ``work`` in its order: training messages through :meth:`run_train`."""
         replies: list[Message | None] = [None] * len(work)
-        train = [i for i, (msg, _) in enumerate(work) if msg.metadata.message_type == MessageType.TRAIN]
-        other = [i for i in range(len(work)) if i not in set(train)]
+        is_train = [msg.metadata.message_type == MessageType.TRAIN for msg, _ in work]
+        train = [i for i, flag in enumerate(is_train) if flag]
+        other = [i for i, flag in enumerate(is_train) if not flag]
         for indices, runner in ((train, self.run_train), (other, self.run_each)):
             if indices:
                 for i, reply in zip(indices, runner([work[i] for i in indices]), strict=True):
