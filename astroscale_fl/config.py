@@ -198,6 +198,9 @@ class Federation:
     checkpoint: bool  # write <output dir>/checkpoint.npz after every round
     resume_from: Optional[str]  # run directory (or checkpoint.npz) to continue from
     evaluate_in_train: bool  # one message per round: round r's evaluation rides on round r+1's training message
+    backend: str  # simulation engine: inprocess | ray (issue 13)
+    ray_address: Optional[str]  # backend=ray: address of a running Ray cluster; null = start one here
+    vectorize: bool  # train a round's nodes together as one stacked model where they share it (issue 13)
 
 
 @dataclass
@@ -208,6 +211,7 @@ class Train:
     optimizer: str
     momentum: float
     weight_decay: float
+    cuda_graph: bool  # on CUDA, replay the local step from a CUDA graph; ignored on CPU
 
 
 @dataclass
@@ -384,6 +388,7 @@ def _check_values(cfg: DictConfig) -> None:
     _require(0.0 <= fed.fraction_evaluate <= 1.0, "federation.fraction_evaluate", "a number in [0, 1]", fed.fraction_evaluate)
     _require(fed.min_train_nodes >= 1, "federation.min_train_nodes", "an integer >= 1", fed.min_train_nodes)
     _require(fed.client_threads >= 1, "federation.client_threads", "an integer >= 1", fed.client_threads)
+    _require(fed.backend in ("inprocess", "ray"), "federation.backend", "inprocess or ray", fed.backend)
     _require(train.local_epochs >= 1, "train.local_epochs", "an integer >= 1", train.local_epochs)
     _require(train.batch_size >= 1, "train.batch_size", "an integer >= 1", train.batch_size)
     _require(train.lr > 0, "train.lr", "a positive number", train.lr)

@@ -148,9 +148,3 @@ def assign_nodes(frame: pd.DataFrame, partition_cfg, num_nodes: int, seed: int, 
             f"federation.num_nodes={num_nodes}); use fewer nodes or more data"
         )
     return nodes
-
-
-def node_rows(frame: pd.DataFrame, partition_cfg, num_nodes: int, node: int, seed: int, columns: PartitionColumns | None = None) -> pd.DataFrame:
-    """The training rows that node ``node`` owns."""
-    nodes = assign_nodes(frame, partition_cfg, num_nodes, seed, columns)
-    return frame.loc[nodes == node].reset_index(drop=True)
