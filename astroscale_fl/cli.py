@@ -24,7 +24,9 @@ commands:
   serve                  HTTP predict service (see astroscale-fl serve --help)
   node-data DIR          write N node data directories for a deployment (see --help)
   status                 runs and SuperNodes the SuperLink knows (see --help)
+  node launcher|status   a SuperNode's warm ClientApp runtime / what the node did (see --help)
   ingest                 download a survey catalog (see astroscale-fl ingest --help)
+  preprocess             encode a table into tensor files (see astroscale-fl preprocess --help)
 
 Run `astroscale-fl <command> --help` for a command's options.
 """
@@ -61,11 +63,19 @@ def main(argv: list[str] | None = None) -> int:
         from astroscale_fl.deploy.cli import status_main
 
         return status_main(rest)
+    if command == "node":
+        from astroscale_fl.deploy.node_cli import main as node_main
+
+        return node_main(rest)
     if command == "ingest":
         from astroscale_fl.ingest.cli import main as ingest_main
 
         return ingest_main(rest)
-    print(f"error: unknown command {command!r}; expected train, predict, compare, serve, node-data, status or ingest", file=sys.stderr)
+    if command == "preprocess":
+        from astroscale_fl.preprocessing.cli import main as preprocess_main
+
+        return preprocess_main(rest)
+    print(f"error: unknown command {command!r}; expected train, predict, compare, serve, node-data, status, node, ingest or preprocess", file=sys.stderr)
     return 2
 
 

@@ -107,8 +107,11 @@ def check_first_round_budget(cfg: DictConfig, node_rows: np.ndarray) -> None:
                 f"delta={ledger.delta:g}); every node would decline round 1: raise the budget or privacy.noise_multiplier")
 
 
-def node_training_rows(partition_sizes: np.ndarray, seed: int) -> np.ndarray:
-    """Rows each simulated node trains on: its partition less the local validation rows."""
-    from astroscale_fl.federation.client import local_val_mask
+def node_training_rows(train, nodes: np.ndarray, num_nodes: int, seed: int) -> np.ndarray:
+    """Rows each simulated node trains on: its partition less its local validation rows (by row id)."""
+    from astroscale_fl.node_arrays import is_local_val
 
-    return np.asarray([int(n) - int(local_val_mask(int(n), seed).sum()) for n in partition_sizes])
+    is_val = is_local_val({"id": train["id"].to_numpy()}, seed)
+    total = np.bincount(nodes, minlength=num_nodes)
+    val = np.bincount(nodes, weights=is_val, minlength=num_nodes).astype(np.int64)
+    return np.where((val == total) | (total < 2), total, total - val)  # a node all-validation trains on all

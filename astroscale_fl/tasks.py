@@ -82,7 +82,7 @@ def absolute_magnitude(apparent_mag: np.ndarray, parallax_mas: np.ndarray) -> np
 def load_hipparcos_absmag(task_cfg: object) -> pd.DataFrame:
     """Stars with ``Plx / e_Plx >= task.min_parallax_snr``; target ``M_Hp`` from Hpmag and Plx."""
     catalog = hipparcos.read_hipparcos(getattr(task_cfg, "path", None) or None)
-    min_snr = float(getattr(task_cfg, "min_parallax_snr"))
+    min_snr = float(task_cfg.min_parallax_snr)
     plx, e_plx = catalog["Plx"].to_numpy(), catalog["e_Plx"].to_numpy()
     with np.errstate(divide="ignore", invalid="ignore"):
         keep = (plx > 0) & (e_plx > 0) & (plx / e_plx >= min_snr)
@@ -127,7 +127,9 @@ def load_catalog(task_cfg) -> pd.DataFrame:
         except Exception as exc:  # pandas raises many types for a bad expression
             raise DataError(f"task.filter: cannot apply {task_cfg.filter!r} ({str(exc).splitlines()[0]})") from None
     id_column = task_cfg.get("id_column")
-    table.insert(0, "id", table[id_column].astype(str) if id_column else np.arange(len(table)).astype(str))
+    ids = table[id_column].astype(str) if id_column else np.arange(len(table)).astype(str)
+    table = table.drop(columns=["id"], errors="ignore")
+    table.insert(0, "id", ids)
     return table
 
 
@@ -141,7 +143,7 @@ def catalog_task(task_cfg) -> TaskSpec:
         name="catalog",
         target=str(task_cfg.target),
         target_unit="",
-        inputs=tuple(Feature(name, "") for name in features),
+        inputs=tuple(KNOWN_COLUMNS.get(name, Feature(name, "")) for name in features),
         description=f"{task_cfg.target} from {', '.join(features)} ({task_cfg.path})",
         loader=load_catalog,
         partition_columns=PartitionColumns(dec=task_cfg.get("dec_column"), dec_unit="deg",
@@ -182,6 +184,9 @@ SURVEY_REDSHIFT = TaskSpec(
     loader=load_survey_redshift,
     partition_columns=PartitionColumns(dec="dec", dec_unit="deg", target="z"),
 )
+
+#: Physical ranges a ``catalog`` task applies to columns it knows by name (the survey schema's).
+KNOWN_COLUMNS: dict[str, Feature] = {f.name: f for f in SURVEY_REDSHIFT_INPUTS}
 
 TASKS: dict[str, TaskSpec] = {HIPPARCOS_ABSMAG.name: HIPPARCOS_ABSMAG, SURVEY_REDSHIFT.name: SURVEY_REDSHIFT}
 #: The partition ``partition=auto`` picks for each task: how its data is naturally split.

@@ -23,7 +23,6 @@ def run_job(cfg: DictConfig) -> dict:
     """One training job from a composed config (called by Hydra for every job)."""
     from hydra.core.hydra_config import HydraConfig
 
-    from astroscale_fl.simulation import run_simulation
     from clients.app import app as client_app
     from server.app import make_server_app
 
@@ -36,7 +35,7 @@ def run_job(cfg: DictConfig) -> dict:
 
             run_centralized(typed, out_dir)
         else:
-            run_simulation(make_server_app(typed, out_dir), client_app, typed)
+            simulate(make_server_app(typed, out_dir), client_app, typed)
     except AstroScaleError as exc:
         # Hydra would print a traceback; a user mistake gets one line and exit code 2.
         print(f"error: {one_line(str(exc))}", file=sys.stderr)
@@ -58,11 +57,21 @@ def write_quarantine(cfg: DictConfig, out_dir: str) -> None:
         print(f"{len(rejected)} bad value(s) in the task table -> {Path(out_dir) / 'quarantine.csv'}", file=sys.stderr)
 
 
+def simulate(server_app, client_app, cfg: DictConfig) -> None:
+    """Run the federation on the simulation engine named in ``federation.backend``."""
+    if cfg.federation.backend == "ray":
+        from astroscale_fl.federation.ray_backend import run_simulation
+
+        run_simulation(server_app, client_app, cfg)
+    else:
+        from astroscale_fl.federation.engine import run_inprocess
+
+        run_inprocess(server_app, client_app, cfg)
+
+
 def preflight(cfg: DictConfig) -> DictConfig:
     """Check what the nodes would fail on (data, partitions, device) before starting them;
     return the config with ``federation.num_nodes`` resolved."""
-    import numpy as np
-
     from astroscale_fl.config_checks import check_run, node_training_rows
     from astroscale_fl.data import resolve_num_nodes, task_split
     from astroscale_fl.device import resolve_device
@@ -79,7 +88,7 @@ def preflight(cfg: DictConfig) -> DictConfig:
     if cfg.mode == "federated":
         num_nodes = int(cfg.federation.num_nodes)
         nodes = assign_nodes(train, cfg.partition, num_nodes, int(cfg.seed), get_task(cfg.task).partition_columns)
-        check_run(cfg, node_training_rows(np.bincount(nodes, minlength=num_nodes), int(cfg.seed)))
+        check_run(cfg, node_training_rows(train, nodes, num_nodes, int(cfg.seed)))
     return cfg
 
 

@@ -1,28 +1,35 @@
 #!/usr/bin/env python
-"""Per-round overhead of a deployment on loopback, and which part of it is ours.
+"""Deployment round time on loopback (TLS + node auth), and which part of it is Flower's waiting.
 
-    .venv/bin/python scripts/bench_deploy.py [--nodes 2] [--rounds 4] [--no-deploy] [overrides...]
+    .venv/bin/python scripts/bench_deploy.py [--nodes 2] [--rounds 10] [--warm] [--two-messages]
+                                             [--json PATH] [overrides...]
 
-1. Runs a local deployment (SuperLink + N SuperNodes, TLS + node auth; federation.fraction_evaluate=0
-   so each round is one message per node) and reads each round's wall time from history.csv.
-2. Times, in fresh processes (Flower starts one ClientApp process per message), what a message
-   costs on a node: ``import flwr`` (Flower's own), ``import clients.app`` (ours: torch, pandas,
-   our modules), and inside the handler: config + pipeline decoding, reading and encoding the
-   node's rows (cold vs in-process cache vs the on-disk cache of astroscale_fl.deploy.cache),
-   local training, and serialising the reply.
-3. Prints overhead = round wall time - slowest node's training time, split into our part and
-   the remainder (Flower: SuperNode pull interval, process spawn, FAB install, transport).
+Runs a real local deployment (SuperLink + N SuperNodes through scripts/start-*.sh, TLS and node
+authentication on), the default task and model unless overrides say otherwise, and reads:
 
-Default model (conf/model/mlp.yaml) and default task unless overrides say otherwise.
+- ``round_seconds``: each round's wall time from history.csv (training + its evaluation:
+  with one message per round, round r's message also evaluates round r-1's model; the last round
+  includes the final evaluate-only message), and their median ``round_seconds_median``;
+- per message, from each node's status file (astroscale_fl.deploy.node_status): seconds in our
+  handler (decode, data, evaluate, train, serialise) and seconds since the ClientApp process
+  started (adds Python start-up and imports for a fresh ``flwr-clientapp``, or the fork for the
+  warm launcher, plus Flower's Runtime API pull of the message);
+- the split per round: ``ours`` = the slowest node's ClientApp process seconds in that round,
+  ``flower_waiting`` = wall - ours (SuperNode pull interval (3 s sleep when idle), its 0.5 s reply
+  polling, SuperExec/launcher polling, transport, the server's 0.2 s reply polling).
+
+``--warm`` starts the SuperNodes with the warm ClientApp runtime (start-supernode.sh --warm);
+``--two-messages`` sets federation.evaluate_in_train=false (the train + evaluate messages of before).
+The machine's load average is recorded: timings on a shared machine are noisy.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,171 +37,73 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-PY = sys.executable
-
-_IMPORT_SNIPPET = """
-import time; t=time.perf_counter()
-import {module}
-print(time.perf_counter()-t)
-"""
-
-_MESSAGE_SNIPPET = r"""
-import json, sys, time
-T = {}
-t = time.perf_counter(); import clients.app; T["import_clients_app"] = time.perf_counter() - t
-from flwr.app import Message, RecordDict, ConfigRecord
-from astroscale_fl import config
-from astroscale_fl.data import read_node_dir
-from astroscale_fl.federation import client
-from astroscale_fl.federation.messages import round_config, read_run_config, read_pipeline
-from astroscale_fl.federation.records import model_to_arrays
-from astroscale_fl.models import build_model
-from astroscale_fl.preprocessing import Pipeline
-from astroscale_fl.tasks import get_task
-from astroscale_fl.training import make_optimizer, shuffled_batches, train_local
-import numpy as np, torch
-from flwr.supercore.task_identity import TaskIdentity
-TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1  # what Flower sets in a ClientApp process
-args = json.loads(sys.argv[1])
-cfg = config.validate(config.compose(args["overrides"]))
-task = get_task(cfg.task)
-frames = [read_node_dir(d) for d in args["dirs"]]
-pipe = Pipeline.from_config(task, cfg) if hasattr(Pipeline, "from_config") else Pipeline.build(task, cfg.preprocess.scaling)
-import pandas as pd
-pipe = pipe.fit_statistics(pipe.compute_statistics(pd.concat(frames)))
-rc = round_config(cfg, pipe)
-model = build_model(cfg.model, len(pipe.features), int(cfg.seed))
-out = {"nodes": []}
-import inspect
-from flwr.app import Context
-wants_context = "context" in inspect.signature(client.handle_train).parameters
-for d in args["dirs"]:
-    node_config = {"data-dir": d}
-    second = Context(1, 1, node_config, RecordDict(), {}) if wants_context else node_config
-    conf = ConfigRecord(dict(rc)); conf["server-round"] = 1
-    msg = Message(RecordDict({"arrays": model_to_arrays(model), "config": conf}), dst_node_id=1, message_type="train")
-    R = {}
-    t = time.perf_counter(); c = read_run_config(msg.content["config"]); p, key = read_pipeline(msg.content["config"]); R["decode_config_pipeline"] = time.perf_counter() - t
-    client._FRAMES.clear(); client._TENSORS.clear()
-    t = time.perf_counter(); client.handle_train(msg, second); R["handle_train_cold"] = time.perf_counter() - t
-    t = time.perf_counter(); reply = client.handle_train(msg, second); R["handle_train_warm"] = time.perf_counter() - t
-    client._FRAMES.clear(); client._TENSORS.clear()
-    t = time.perf_counter(); tensors = client.node_tensors(c, node_config, p, key, torch.device("cpu")); R["read_encode_rows"] = time.perf_counter() - t
-    from astroscale_fl.deploy.cache import cached_arrays
-    arrays = {"train_x": tensors.train_x.numpy(), "train_y": tensors.train_y.numpy(), "val_x": tensors.val_x.numpy(), "val_y": tensors.val_y.numpy()}
-    cached_arrays(d, key, lambda: arrays)
-    t = time.perf_counter(); cached_arrays(d, key, lambda: 1 / 0); R["disk_cache_load"] = time.perf_counter() - t
-    m = build_model(c.model, len(p.features), int(c.seed))
-    opt = make_optimizer(m.parameters(), c.train.optimizer, c.train.lr, c.train.momentum, c.train.weight_decay)
-    g = torch.Generator().manual_seed(1)
-    b = shuffled_batches(len(tensors.train_y), int(c.train.batch_size), int(c.train.local_epochs), g)
-    t = time.perf_counter(); train_local(m, opt, tensors.train_x, tensors.train_y, b); R["training"] = time.perf_counter() - t
-    t = time.perf_counter(); rd = RecordDict({"arrays": model_to_arrays(m)}); _ = [a.data for a in rd["arrays"].values()]; R["serialise_reply"] = time.perf_counter() - t
-    R["rows"] = int(len(tensors.train_y))
-    out["nodes"].append(R)
-out.update(T)
-print("BENCH " + json.dumps(out))
-"""
 
 
-CPU: dict[str, float] = {}  # CPU seconds (user + sys) of the same commands: robust to a busy machine
+def round_split(node_dirs: list[Path], walls: list[float]) -> list[dict]:
+    """Per round: the slowest node's handler and ClientApp process seconds, and the rest (Flower's)."""
+    from astroscale_fl.deploy.node_status import read_status
 
-
-def median_of(cmd: list[str], repeat: int, env: dict) -> float:
-    import resource
-
-    vals, cpu = [], []
-    for _ in range(repeat):
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        t = time.perf_counter()
-        subprocess.run(cmd, check=True, capture_output=True, env=env, cwd=ROOT)
-        vals.append(time.perf_counter() - t)
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
-    CPU[cmd[-1]] = statistics.median(cpu)
-    return statistics.median(vals)
+    per_node = [[m for m in read_status(d).get("messages", []) if m["kind"] != "query"] for d in node_dirs]
+    out = []
+    for r, wall in enumerate(walls, start=1):
+        handler = max(sum(m["seconds"] for m in msgs if m["round"] == r) for msgs in per_node)
+        process = max(sum(m.get("process_seconds") or m["seconds"] for m in msgs if m["round"] == r) for msgs in per_node)
+        count = max(sum(1 for m in msgs if m["round"] == r) for msgs in per_node)
+        out.append({"round": r, "wall": round(wall, 3), "messages_per_node": count, "ours_handler": round(handler, 3),
+                    "ours_clientapp_process": round(process, 3), "flower_waiting": round(wall - process, 3)})
+    return out
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--repeat", type=int, default=3, help="fresh-process repetitions (median)")
-    parser.add_argument("--no-deploy", action="store_true", help="skip the deployment; only time message costs")
-    parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--warm", action="store_true", help="SuperNodes with the warm ClientApp runtime")
+    parser.add_argument("--two-messages", action="store_true", help="federation.evaluate_in_train=false (train + evaluate)")
+    parser.add_argument("--json", help="write the results to this file")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
-    env = dict(os.environ, PATH=f"{Path(PY).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    overrides = [f"federation.num_nodes={args.nodes}", f"federation.num_rounds={args.rounds}", "federation.fraction_evaluate=0",
-                 "output.publish=false", "federation.metrics_port=0", *args.overrides]
-    results: dict = {"overrides": overrides}
+    overrides = [f"federation.num_nodes={args.nodes}", f"federation.num_rounds={args.rounds}", "output.publish=false",
+                 "federation.metrics_port=0", f"federation.evaluate_in_train={str(not args.two_messages).lower()}",
+                 *args.overrides]
+    from astroscale_fl.deploy.local import LocalFederation, install_cleanup_handlers
+
+    install_cleanup_handlers()
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-deploy-") as tmp:
-        from astroscale_fl import config
-        from astroscale_fl.deploy.node_data import write_node_dirs
-
-        dirs = [str(d) for d in write_node_dirs(config.validate(config.compose(overrides)), Path(tmp) / "nodes", args.nodes)]
-        # fresh-process costs
-        results["python_startup"] = median_of([PY, "-c", "pass"], args.repeat, env)
-        results["import_flwr"] = median_of([PY, "-c", "import flwr.clientapp, flwr.app"], args.repeat, env)
-        results["import_torch"] = median_of([PY, "-c", "import torch"], args.repeat, env)
-        results["import_clients_app"] = median_of([PY, "-c", "import clients.app"], args.repeat, env)
-        out = subprocess.run([PY, "-c", _MESSAGE_SNIPPET, json.dumps({"overrides": overrides, "dirs": dirs})],
-                             capture_output=True, text=True, env=env, cwd=ROOT)
-        line = [ln for ln in out.stdout.splitlines() if ln.startswith("BENCH ")]
-        if not line:
-            print(out.stdout[-3000:], out.stderr[-3000:], file=sys.stderr)
-            return 1
-        results["message"] = json.loads(line[0][6:])
-        results["import_cpu_seconds"] = dict(CPU)
-        if not args.no_deploy:
-            from astroscale_fl.deploy.local import LocalFederation, install_cleanup_handlers
-
-            install_cleanup_handlers()
-
-            run_dir = Path(tmp) / "run"
-            with LocalFederation(Path(tmp) / "fed") as fed:
-                fed.prepare(args.nodes, overrides)
-                fed.start(args.nodes)
-                t = time.perf_counter()
-                code = fed.run(overrides, run_dir).wait(timeout=1800)
-                results["deploy_total"] = time.perf_counter() - t
-                if code != 0:
-                    print(fed.log_text("run-1")[-3000:], file=sys.stderr)
-                    return 1
-            import csv
-
-            rows = list(csv.DictReader((run_dir / "history.csv").open()))
-            results["round_wall"] = [float(r["wall_seconds"]) for r in rows]
-    report(results)
+        run_dir = Path(tmp) / "run"
+        with LocalFederation(Path(tmp) / "fed", warm=args.warm) as fed:
+            fed.prepare(args.nodes, overrides)
+            fed.start(args.nodes)
+            started = time.perf_counter()
+            code = fed.run(overrides, run_dir).wait(timeout=3600)
+            total = time.perf_counter() - started
+            if code != 0:
+                print(fed.log_text("run-1")[-3000:], file=sys.stderr)
+                return 1
+            walls = [float(r["wall_seconds"]) for r in csv.DictReader((run_dir / "history.csv").open())]
+            split = round_split([fed.nodes_dir / f"node-{i}" for i in range(1, args.nodes + 1)], walls)
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+    med = lambda key: round(statistics.median(s[key] for s in split), 3)  # noqa: E731
+    results = {
+        "nodes": args.nodes, "rounds": args.rounds, "warm_runtime": args.warm, "evaluate_in_train": not args.two_messages,
+        "tls": True, "node_auth": True, "overrides": overrides,
+        "round_seconds": [round(w, 3) for w in walls], "round_seconds_median": round(statistics.median(walls), 3),
+        "split_median": {"ours_handler": med("ours_handler"), "ours_clientapp_process": med("ours_clientapp_process"),
+                         "flower_waiting": med("flower_waiting")},
+        "per_round": split, "run_seconds": round(total, 1), "test_r2": metrics["test_r2"],
+        "load_average": {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in os.getloadavg()]},
+    }
+    s = results["split_median"]
+    mode = f"{'warm' if args.warm else 'cold'} runtime, {'two messages' if args.two_messages else 'one message'} per round"
+    print(f"{args.nodes} nodes, {args.rounds} rounds, {mode}, TLS + node auth (load average {load_before[0]:.1f}: shared machine)")
+    print(f"round seconds: {results['round_seconds']}")
+    print(f"median round {results['round_seconds_median']:.2f} s = ours {s['ours_clientapp_process']:.2f} s "
+          f"(handler {s['ours_handler']:.2f} s, rest: process start/imports/fork + Flower's in-process message pull) "
+          f"+ Flower's waiting {s['flower_waiting']:.2f} s; ours/round {s['ours_clientapp_process'] / results['round_seconds_median']:.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
-
-
-def report(r: dict) -> None:
-    nodes = r["message"]["nodes"]
-    train = max(n["training"] for n in nodes)
-    ours_import = r["import_clients_app"] - r["import_flwr"]
-    data = statistics.median(n["handle_train_cold"] - n["handle_train_warm"] for n in nodes)
-    decode = statistics.median(n["decode_config_pipeline"] for n in nodes)
-    ser = statistics.median(n["serialise_reply"] for n in nodes)
-    disk = statistics.median(n["disk_cache_load"] for n in nodes)
-    print(f"rows per node: {[n['rows'] for n in nodes]}; slowest node's local training: {train:.3f} s")
-    print(f"fresh process: python {r['python_startup']:.2f} s, +flwr {r['import_flwr']:.2f} s, "
-          f"torch alone {r['import_torch']:.2f} s, clients.app (ours, includes flwr+torch+pandas) {r['import_clients_app']:.2f} s")
-    cpu = r.get("import_cpu_seconds", {})
-    if cpu:
-        print("CPU seconds of a fresh process: " + ", ".join(f"`{k}` {v:.2f}" for k, v in cpu.items()))
-    print(f"per message, ours: imports beyond flwr {ours_import:.2f} s, read+encode rows {data:.3f} s "
-          f"(disk cache load instead: {disk:.4f} s), config+pipeline decode {decode:.3f} s, serialise reply {ser:.4f} s")
-    if "round_wall" in r:
-        walls = r["round_wall"][1:] or r["round_wall"]
-        wall = statistics.median(walls)
-        overhead = wall - train
-        ours = ours_import + data + decode + ser
-        print(f"round wall time (median of rounds 2..): {wall:.2f} s  (all: {[round(w, 2) for w in r['round_wall']]})")
-        print(f"per-round overhead = wall - slowest training = {overhead:.2f} s; ours ≈ {ours:.2f} s "
-              f"(of which torch import {r['import_torch'] - r['python_startup']:.2f} s); Flower's remainder ≈ {overhead - ours:.2f} s")
 
 
 if __name__ == "__main__":

@@ -79,9 +79,10 @@ def install_cleanup_handlers() -> None:
 class LocalFederation:
     """Start, drive and stop a local SuperLink and its SuperNodes."""
 
-    def __init__(self, work_dir: str | Path, tls: bool = True, node_auth: bool = True, verbose: bool = False) -> None:
+    def __init__(self, work_dir: str | Path, tls: bool = True, node_auth: bool = True, verbose: bool = False,
+                 warm: bool = False) -> None:
         self.work = Path(work_dir).resolve()
-        self.tls, self.node_auth, self.verbose = tls, node_auth, verbose
+        self.tls, self.node_auth, self.verbose, self.warm = tls, node_auth, verbose, warm
         self.certs = self.work / "certs"
         self.nodes_dir = self.work / "nodes"
         self.logs = self.work / "logs"
@@ -154,12 +155,20 @@ class LocalFederation:
         self.node_ids[index] = words[0] if words else ""
         return self.node_ids[index]
 
-    def start_node(self, index: int, data_index: int | None = None, key_index: int | None = None) -> subprocess.Popen:
-        """Start SuperNode ``index`` on ``nodes/node-<data_index>`` with key ``node-<key_index>``."""
+    def start_node(self, index: int, data_index: int | None = None, key_index: int | None = None, warm: bool | None = None,
+                   metrics_port: int = 0, node_config: str = "", trusted_entities: str | None = None) -> subprocess.Popen:
+        """Start SuperNode ``index`` on ``nodes/node-<data_index>`` with key ``node-<key_index>``; ``warm``
+        (default: the federation's) adds the warm ClientApp runtime, ``node_config`` extra node config."""
         data_index = data_index or index
         key_index = key_index or index
         argv = [str(SCRIPTS / "start-supernode.sh"), "--superlink", f"127.0.0.1:{self.port}",
                 "--data-dir", str(self.nodes_dir / f"node-{data_index}"), "--source", "hipparcos", "--port", str(free_port())]
+        if self.warm if warm is None else warm:
+            argv += ["--warm", "--metrics-port", str(metrics_port)]
+        if node_config:
+            argv += ["--node-config", node_config]
+        if trusted_entities:
+            argv += ["--trusted-entities", str(trusted_entities)]
         argv += ["--ca", str(self.certs / "ca.crt")] if self.tls else ["--insecure"]
         if self.node_auth:
             argv += ["--key", str(self.certs / f"node-{key_index}")]
@@ -193,7 +202,11 @@ class LocalFederation:
         """Kill SuperNode ``index`` and its children (a crashed archive)."""
         proc = self.nodes.pop(index)
         _signal_group(proc, sig)
-        proc.wait(timeout=10)
+        try:
+            proc.wait(timeout=10 if sig == signal.SIGKILL else 60)  # a SIGTERM'd SuperNode leaves the federation first
+        except subprocess.TimeoutExpired:
+            _signal_group(proc, signal.SIGKILL)
+            proc.wait(timeout=10)
 
     # -- shutdown ----------------------------------------------------------------------------
 

@@ -7,34 +7,41 @@
   the server can pool RMSE and R² exactly.
 
 Each node keeps a local validation share (``federation.local_val_fraction``) out of training.
-Tensors are cached per process (simulation actors serve many messages) keyed by node and
-pipeline, so repeated rounds do not re-read or re-encode data.
+Frames and tensors are cached per process (simulation serves many messages) keyed by node and
+pipeline, least recently used first out beyond a byte budget, so repeated rounds do not re-read
+or re-encode data and a thousand-node simulation does not hold every node's rows.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
+import json
+import threading
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from astroscale_fl import data
+from astroscale_fl import data, node_arrays
 from astroscale_fl.device import resolve_device
 from astroscale_fl.federation import local_objectives as objectives
-from astroscale_fl.federation.messages import read_pipeline, read_run_config
-from astroscale_fl.federation.records import arrays_to_numpy, load_arrays, model_to_arrays, numpy_to_arrays
+from astroscale_fl.federation import protocol
+from astroscale_fl.federation.messages import config_digest, read_pipeline, read_run_config
+from astroscale_fl.federation.node_cache import NodeCache
+from astroscale_fl.federation.records import load_arrays, model_to_arrays, numpy_to_arrays
 from astroscale_fl.models import build_model
-from astroscale_fl.privacy import PrivacySettings, card, make_private, poisson_batches, train_local_dp
-from astroscale_fl.privacy import node as dp_node
 from astroscale_fl.preprocessing import Pipeline
+from astroscale_fl.privacy.calibrate import PrivacySettings
+from astroscale_fl.privacy.floor import PrivacyFloor
+from astroscale_fl.privacy.node import LocalJob, node_name, node_privacy
 from astroscale_fl.tasks import get_task
-from astroscale_fl.training import evaluate, make_optimizer, shuffled_batches, train_local
+from astroscale_fl.training import GradHook, evaluate, make_optimizer
 
-LOCAL_VAL_FRACTION = 0.1
+LOCAL_VAL_FRACTION = node_arrays.LOCAL_VAL_FRACTION
 
 
 @dataclass
@@ -47,158 +54,202 @@ class NodeTensors:
     val_y: torch.Tensor
 
 
-_FRAMES: dict[str, tuple[pd.DataFrame, pd.DataFrame]] = {}
-_TENSORS: dict[str, NodeTensors] = {}
+CACHE_BYTES = 256 * 2**20  # per process: encoded rows and frames of the recently served nodes
+_FRAMES: NodeCache[tuple[pd.DataFrame, pd.DataFrame]] = NodeCache(
+    CACHE_BYTES, lambda frames: sum(8 * f.shape[0] * f.shape[1] for f in frames))  # about: 8 bytes a cell
+_TENSORS: NodeCache[NodeTensors] = NodeCache(
+    CACHE_BYTES, lambda t: sum(x.element_size() * x.nelement() for x in (t.train_x, t.train_y, t.val_x, t.val_y)))
 
 
 def _key(*parts: str) -> str:
     return hashlib.sha256("\x00".join(parts).encode()).hexdigest()
 
 
-def local_val_mask(n_rows: int, seed: int) -> np.ndarray:
-    """Which of a node's rows are its local validation rows (seeded; none for a tiny node)."""
-    is_val = np.random.default_rng([seed, 0x5A1]).random(n_rows) < LOCAL_VAL_FRACTION
-    if is_val.all() or n_rows < 2:
-        is_val[:] = False
-    return is_val
-
-
 def node_split(cfg: DictConfig, node_config: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The node's (training, local validation) rows; seeded and cached per process."""
-    key = _key(repr(sorted(node_config.items())), str(cfg.task), str(cfg.partition), str(cfg.seed))
-    if key not in _FRAMES:
-        frame = data.node_frame(cfg, node_config)
-        is_val = local_val_mask(len(frame), int(cfg.seed))
-        _FRAMES[key] = (frame.loc[~is_val].reset_index(drop=True), frame.loc[is_val].reset_index(drop=True))
-    return _FRAMES[key]
+    key = _key(repr(sorted(node_config.items())), config_digest(cfg))
+
+    def split() -> tuple[pd.DataFrame, pd.DataFrame]:
+        frame = data.node_frame(cfg, node_config, _pipeline_columns(cfg))
+        is_val = node_arrays.is_local_val({"id": frame["id"].to_numpy()}, int(cfg.seed))
+        if is_val.all() or len(frame) < 2:
+            is_val[:] = False
+        return frame.loc[~is_val].reset_index(drop=True), frame.loc[is_val].reset_index(drop=True)
+
+    return _FRAMES.get(key, split)
+
+
+@functools.lru_cache(maxsize=8)
+def _columns_of(task_and_preprocess_json: str) -> tuple[str, ...]:
+    cfg = OmegaConf.create(json.loads(task_and_preprocess_json))
+    pipeline = Pipeline.from_config(get_task(cfg.task), cfg)
+    return (*pipeline.inputs, pipeline.target.target, node_arrays.ID)  # the id decides the local validation share
+
+
+def _pipeline_columns(cfg: DictConfig) -> tuple[str, ...]:
+    """The columns a node's pipeline reads (inputs, target, row id): all a node needs."""
+    return _columns_of(data.config_json(cfg, ("task", "preprocess")))
 
 
 def node_tensors(cfg: DictConfig, node_config: dict, pipeline: Pipeline, pipeline_key: str, device: torch.device) -> NodeTensors:
     """Encode the node's rows with the global pipeline, once per (node, pipeline, device)."""
-    key = _key(repr(sorted(node_config.items())), str(cfg.task), str(cfg.partition), str(cfg.seed), pipeline_key, str(device))
-    if key not in _TENSORS:
-        from astroscale_fl.deploy.cache import cached_arrays
+    key = _key(repr(sorted(node_config.items())), config_digest(cfg), pipeline_key, str(device))
 
-        def compute() -> dict[str, np.ndarray]:
-            train, val = node_split(cfg, node_config)
-            return {"train_x": pipeline.transform_features(train), "train_y": pipeline.transform_target(train),
-                    "val_x": pipeline.transform_features(val), "val_y": pipeline.transform_target(val)}
+    def encode() -> NodeTensors:
+        # deployment: memory-mapped tensor files in <data-dir>/.astroscale-cache (streamed, reused across messages)
+        arrays = node_arrays.node_arrays(cfg, node_config, pipeline, frames=lambda: node_split(cfg, node_config))
+        return NodeTensors(*(torch.from_numpy(arrays[k]).to(device) for k in ("train_x", "train_y", "val_x", "val_y")))
 
-        # deployment: Flower starts a fresh process per message; keep encoded rows in <data-dir>/.astroscale-cache
-        cache_key = _key(str(cfg.task), str(cfg.partition), str(cfg.seed), str(LOCAL_VAL_FRACTION), pipeline_key)
-        arrays = cached_arrays(node_config.get("data-dir"), cache_key, compute)
-        _TENSORS.clear()  # one node's tensors at a time per process keeps memory flat
-        _TENSORS[key] = NodeTensors(*(torch.from_numpy(arrays[k]).to(device) for k in ("train_x", "train_y", "val_x", "val_y")))
-    return _TENSORS[key]
+    return _TENSORS.get(key, encode)
 
 
 def handle_query(msg: Message, node_config: dict) -> RecordDict:
     """Statistics round: this node's column statistics (no rows leave the node)."""
-    cfg = read_run_config(msg.content["config"])
+    cfg = read_run_config(msg.content[protocol.CONFIG_KEY])
     task = get_task(cfg.task)
-    train, _ = node_split(cfg, node_config)
-    stats = Pipeline.from_config(task, cfg).compute_statistics(train)
+    frame_batches = lambda: [{c: v.to_numpy() for c, v in data.node_frame(cfg, node_config).items()}]  # noqa: E731
+    stats, rows, quarantined = node_arrays.node_statistics(cfg, node_config, Pipeline.from_config(task, cfg), frame_batches)
     return RecordDict({
-        "stats": numpy_to_arrays(stats.to_arrays()),
-        "columns": ConfigRecord({"names": list(stats.columns)}),
-        "metrics": MetricRecord({"num-examples": len(train)}),
+        protocol.STATS_KEY: numpy_to_arrays(stats.to_arrays()),
+        protocol.COLUMNS_KEY: ConfigRecord({protocol.COLUMN_NAMES_KEY: list(stats.columns)}),
+        protocol.METRICS_KEY: MetricRecord({protocol.WEIGHT_KEY: rows, protocol.QUARANTINED_KEY: quarantined}),
     })
 
 
-def _prepare(msg: Message, node_config: dict) -> tuple[DictConfig, torch.nn.Module, NodeTensors, Pipeline]:
-    config = msg.content["config"]
-    cfg = read_run_config(config)
-    torch.set_num_threads(int(cfg.federation.client_threads))
-    device = resolve_device(cfg.device)
+@dataclass(frozen=True)
+class LocalSettings:
+    """The run-config values every message's handling reads, read once per run config (an
+    OmegaConf attribute costs ~30 µs, and a message reads a dozen)."""
+
+    seed: int
+    batch_size: int
+    local_epochs: int
+    optimizer: str
+    lr: float
+    momentum: float
+    weight_decay: float
+    threads: int
+    device: torch.device
+    privacy: PrivacySettings | None
+    cuda_graph: bool  # train.cuda_graph
+
+
+_SETTINGS: dict[str, LocalSettings] = {}
+
+
+def local_settings(cfg: DictConfig) -> LocalSettings:
+    """:class:`LocalSettings` of a run config (memoised by its digest)."""
+    digest = config_digest(cfg)
+    if digest not in _SETTINGS:
+        train = cfg.train
+        _SETTINGS[digest] = LocalSettings(int(cfg.seed), int(train.batch_size), int(train.local_epochs), str(train.optimizer),
+                                          float(train.lr), float(train.momentum), float(train.weight_decay),
+                                          int(cfg.federation.client_threads), resolve_device(cfg.device),
+                                          PrivacySettings.from_config(cfg.privacy), bool(train.cuda_graph))
+    return _SETTINGS[digest]
+
+
+def _prepare(msg: Message, node_config: dict, cfg: DictConfig | None = None) -> tuple[DictConfig, torch.nn.Module, NodeTensors, Pipeline]:
+    config = msg.content[protocol.CONFIG_KEY]
+    cfg = cfg if cfg is not None else read_run_config(config)
+    settings = local_settings(cfg)
+    if torch.get_num_threads() != settings.threads:
+        torch.set_num_threads(settings.threads)
+    device = settings.device
     pipeline, pipeline_key = read_pipeline(config)
     tensors = node_tensors(cfg, node_config, pipeline, pipeline_key, device)
-    model = build_model(cfg.model, len(pipeline.features), int(cfg.seed)).to(device)
-    load_arrays(model, msg.content["arrays"])
+    model = _fresh_model(cfg, len(pipeline.features), device)
+    load_arrays(model, msg.content[protocol.ARRAYS_KEY])
     return cfg, model, tensors, pipeline
+
+
+_MODELS = threading.local()  # per thread: architecture key -> a model reused for each message
+
+
+def _fresh_model(cfg: DictConfig, in_features: int, device: torch.device) -> torch.nn.Module:
+    """A model of the run's architecture whose values the message's arrays then overwrite.
+
+    ``build_model`` seeds torch's global generator (~6 ms, and not for threads to race on), so
+    each thread builds one per architecture and reuses it; DP-SGD hooks its model (Opacus), so
+    it gets a fresh copy of that one instead.
+    """
+    key = _key(config_digest(cfg, ("model",)), str(in_features), str(device))
+    models = _MODELS.__dict__
+    if key not in models:
+        models[key] = build_model(cfg.model, in_features, int(cfg.seed)).to(device)
+    return copy.deepcopy(models[key]) if local_settings(cfg).privacy is not None else models[key]
 
 
 def handle_train(msg: Message, context: Context) -> RecordDict:
     """Train the received global model on this node's rows; return it and the example count.
 
-    The round config says which strategy terms apply: FedProx' ``proximal-mu`` adds the
-    proximal gradient; SCAFFOLD's ``control`` record switches to corrected plain SGD and adds
-    the control-variate delta to the reply.
+    The round config's typed local objectives (:func:`protocol.local_objectives`) say which
+    strategy terms apply: FedProx' :class:`~protocol.ProximalTerm` adds the proximal
+    gradient; SCAFFOLD's :class:`~protocol.ScaffoldCorrection` switches to corrected plain SGD
+    and adds the control-variate delta to the reply. The node's privacy round
+    (:func:`astroscale_fl.privacy.node.node_privacy`) trains, with or without DP.
     """
-    from strategies.fedprox import MU_KEY
-    from strategies.scaffold import CONTROL_DELTA_KEY, CONTROL_KEY, LOCAL_LR_KEY
-
     node_config = dict(context.node_config)
-    config = msg.content["config"]
-    cfg, model, tensors, _ = _prepare(msg, node_config)
-    server_round = int(config["server-round"])
-    generator = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + server_round * 7919 + _node_salt(node_config))
-    batches = shuffled_batches(len(tensors.train_y), int(cfg.train.batch_size), int(cfg.train.local_epochs), generator)
-    hooks: list[objectives.GradHook] = []
-    if MU_KEY in config:
-        hooks.append(objectives.proximal_gradient(model, float(config[MU_KEY])))
-    scaffold = CONTROL_KEY in msg.content.array_records
-    if scaffold:
-        local_lr = float(config[LOCAL_LR_KEY])
-        optimizer = torch.optim.SGD(model.parameters(), lr=local_lr)
-        global_arrays = arrays_to_numpy(msg.content["arrays"])
-        server_c = objectives.read_control(msg.content[CONTROL_KEY])
+    config = msg.content[protocol.CONFIG_KEY]
+    cfg = read_run_config(config)
+    PrivacyFloor.from_node_config(node_config).check_run(cfg, node_name(node_config))  # before any data is touched
+    cfg, model, tensors, pipeline = _prepare(msg, node_config, cfg)
+    local = local_settings(cfg)
+    # one message per round: evaluate the received global model (the previous round's) before training it
+    evaluation = _evaluation_metrics(model, tensors, pipeline) if protocol.EVAL_ROUND_KEY in config else None
+    server_round = int(config[protocol.SERVER_ROUND_KEY])
+    wanted = protocol.local_objectives(config)
+    hooks: list[GradHook] = []
+    if wanted.proximal is not None:
+        hooks.append(objectives.proximal_gradient(model, wanted.proximal.mu))
+    scaffold = None
+    if wanted.scaffold is not None:
         store = objectives.ControlVariateStore(context.state, context.run_id, node_config.get("data-dir"))
-        node_c = store.load(server_c)
-        hooks.append(objectives.control_correction(model, server_c, node_c))
+        scaffold = objectives.ScaffoldRound(model, wanted.scaffold, msg.content, store)
+        hooks.append(scaffold.hook)
+        optimizer = scaffold.optimizer(model)
     else:
-        optimizer = make_optimizer(model.parameters(), cfg.train.optimizer, cfg.train.lr, cfg.train.momentum, cfg.train.weight_decay)
-    settings = PrivacySettings.from_config(cfg.privacy)
-    if settings is None:
-        report = train_local(model, optimizer, tensors.train_x, tensors.train_y, batches, after_backward=objectives.combine(hooks))
-        metrics = {"num-examples": report.examples, "train_loss": report.loss}
-        privacy_record = None
-    else:
-        report, metrics, privacy_record = _train_private(settings, cfg, context, model, optimizer, tensors, hooks)
-    reply = RecordDict({"arrays": model_to_arrays(model), "metrics": MetricRecord(metrics)})
-    if privacy_record is not None:
-        reply[card.REPLY_KEY] = privacy_record
-    if scaffold:
-        new_c = objectives.updated_control(global_arrays, arrays_to_numpy(reply["arrays"]), server_c, node_c, report.steps, local_lr)
-        store.save(new_c)
-        reply[CONTROL_DELTA_KEY] = numpy_to_arrays({k: (new_c[k] - node_c[k]).astype(np.float32) for k in new_c})
+        optimizer = make_optimizer(model.parameters(), local.optimizer, local.lr, local.momentum, local.weight_decay)
+    generator = torch.Generator().manual_seed(local.seed * 1_000_003 + server_round * 7919 + _node_salt(node_config))
+    job = LocalJob(model, optimizer, tensors.train_x, tensors.train_y, local.batch_size, local.local_epochs,
+                   generator, after_backward=objectives.combine(hooks), cuda_graph=local.cuda_graph)
+    trained = node_privacy(cfg, context.state, node_config).train(job)
+    reply = RecordDict({protocol.ARRAYS_KEY: model_to_arrays(model), protocol.METRICS_KEY: MetricRecord(trained.metrics),
+                        **trained.records})
+    if evaluation is not None:
+        reply[protocol.EVAL_METRICS_KEY] = evaluation
+    if scaffold is not None:
+        reply[protocol.CONTROL_DELTA_KEY] = scaffold.finish(reply[protocol.ARRAYS_KEY], trained.report.steps)
     return reply
-
-
-def _train_private(settings: PrivacySettings, cfg: DictConfig, context: Context, model: torch.nn.Module,
-                   optimizer: torch.optim.Optimizer, tensors: NodeTensors, hooks: list) -> tuple:
-    """DP-SGD round: spend in the ledger first (or decline), then train with clipping and noise.
-
-    Strategy terms (FedProx, SCAFFOLD) are added after clip + noise: see astroscale_fl.privacy.dp_sgd.
-    The reply carries ε so far and the node's ledger (for the model card); no noiseless loss.
-    """
-    node_config = dict(context.node_config)
-    n = len(tensors.train_y)
-    ledger, plan = dp_node.spend_round(settings, cfg, context.state, node_config, n)
-    private, dp_optimizer = make_private(model, optimizer, noise_multiplier=plan.noise_multiplier,
-                                         max_grad_norm=plan.max_grad_norm, expected_batch_size=plan.expected_batch_size,
-                                         backend=settings.backend, secure_mode=settings.secure_mode)
-    batches = poisson_batches(n, plan.sample_rate, plan.steps, generator=None)
-    report = train_local_dp(private, dp_optimizer, tensors.train_x, tensors.train_y, batches, after_backward=objectives.combine(hooks))
-    metrics = {"num-examples": n, "epsilon": ledger.epsilon(), "delta": ledger.delta}
-    return report, metrics, card.reply_record(dp_node.node_name(node_config), ledger)
 
 
 def handle_evaluate(msg: Message, node_config: dict) -> RecordDict:
     """Evaluate the global model on the node's local validation rows, as poolable sums."""
     _, model, tensors, pipeline = _prepare(msg, node_config)
+    return RecordDict({protocol.METRICS_KEY: _evaluation_metrics(model, tensors, pipeline)})
+
+
+def _evaluation_metrics(model: torch.nn.Module, tensors: NodeTensors, pipeline: Pipeline) -> MetricRecord:
+    """The model on the node's local validation rows, as sums the server pools exactly."""
     x, y = (tensors.val_x, tensors.val_y) if len(tensors.val_y) else (tensors.train_x, tensors.train_y)
     report = evaluate(model, x, y, pipeline.target.inverse)
     y_true = pipeline.target.inverse(y.double().cpu().numpy())
-    return RecordDict({"metrics": MetricRecord({
-        "num-examples": report.examples,
-        "loss": report.loss,
-        "sse": report.rmse**2 * report.examples,
-        "sum_y": float(y_true.sum()),
-        "sum_y2": float((y_true**2).sum()),
-    })})
+    return MetricRecord({
+        protocol.WEIGHT_KEY: report.examples,
+        protocol.LOSS_KEY: report.loss,
+        protocol.SSE_KEY: report.rmse**2 * report.examples,
+        protocol.SUM_Y_KEY: float(y_true.sum()),
+        protocol.SUM_Y2_KEY: float((y_true**2).sum()),
+    })
 
 
 def _node_salt(node_config: dict) -> int:
     """A stable per-node integer, so nodes shuffle differently under one seed."""
     ident = str(node_config.get("partition-id", node_config.get("data-dir", "")))
     return int(hashlib.sha256(ident.encode()).hexdigest()[:8], 16)
+
+
+def node_epsilon_budget(msg: Message, context: Context) -> float | None:
+    """The lifetime ε budget that applies on this node: the centre's, capped by the node's max-epsilon."""
+    centre = read_run_config(msg.content[protocol.CONFIG_KEY]).privacy.get("epsilon_budget")
+    return PrivacyFloor.from_node_config(dict(context.node_config)).budget(None if centre is None else float(centre))

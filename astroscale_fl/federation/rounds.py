@@ -8,10 +8,20 @@ each way, Prometheus metrics, a checkpoint hook, and resilience:
 - replies are awaited with a timeout (``federation.round_timeout``), polling the SuperLink
   every 0.2 s instead of Flower's 3 s; a node that leaves the federation is not waited for;
 - a reply that is an error or never arrives counts as *failed*; a node that refuses the round
-  (DP: its privacy budget is spent, ``BUDGET_EXCEEDED_CODE``) counts as *declined*; a reply with
+  (DP: its privacy budget is spent, ``BUDGET_EXCEEDED_CODE``; the round is weaker than its own
+  privacy floor, ``FLOOR_REFUSED_CODE``) counts as *declined*; a reply with
   non-finite values or an update norm beyond ``federation.max_update_norm`` is *rejected*
   (counted, logged, never aggregated);
-- a round aggregates when at least ``federation.min_replies`` valid replies arrived.
+- a round aggregates when at least ``federation.min_replies`` valid replies arrived;
+- with ``federation.evaluate_in_train`` (default) a round is one message per node: the
+  evaluation of round r's model rides on round r+1's training message
+  (:class:`~astroscale_fl.federation.folded_eval.FoldedEvaluation`), and a final evaluate-only
+  message covers the last model. History values are the same either way.
+
+Each round is :func:`train_phase` (configure, send and receive, :func:`sort_replies`, aggregate)
+then :func:`evaluate_phase`; :func:`run_rounds` returns one typed :class:`RoundOutcome` per
+round (its ``history.csv`` row, the accepted replies, the structured declines, the DP ledger
+entries and the rejection reasons).
 """
 
 from __future__ import annotations
@@ -19,7 +29,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from logging import INFO, WARNING
 
 import numpy as np
@@ -30,15 +40,28 @@ from flwr.serverapp.strategy import Strategy
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from astroscale_fl.errors import AstroScaleError
-from astroscale_fl.federation.records import record_nbytes
+from astroscale_fl.federation.folded_eval import FoldedEvaluation
+from astroscale_fl.federation.protocol import (
+    ARRAYS_KEY,
+    COLUMN_NAMES_KEY,
+    COLUMNS_KEY,
+    CONFIG_KEY,
+    DECLINE_CODES,
+    EPSILON_KEY,
+    METRICS_KEY,
+    PRIVACY_KEY,
+    QUARANTINED_KEY,
+    STATS_KEY,
+    TRAIN_LOSS_KEY,
+    Decline,
+)
+from astroscale_fl.federation.records import array_numpy, arrays_to_numpy, record_nbytes
 from astroscale_fl.history import RoundRecord
-from astroscale_fl.privacy.card import REPLY_KEY as PRIVACY_KEY
 from astroscale_fl.privacy.card import entry_from_record
-from astroscale_fl.statistics import ColumnStatistics
+from astroscale_fl.preprocessing import ColumnStatistics
 
 CentralEval = Callable[[ArrayRecord], tuple[float, float]]  # arrays -> (rmse, r2)
 POLL_SECONDS = 0.2
-MODEL_RECORD = "arrays"  # the ArrayRecord holding a reply's model (strategies.fedavg.ARRAYS_KEY)
 
 
 class FederationError(AstroScaleError):
@@ -52,6 +75,7 @@ class RoundPolicy:
     timeout: float = 600.0
     min_replies: int = 1
     max_update_norm: float | None = None
+    evaluate_in_train: bool = True  # fold round r's evaluation into round r+1's training messages
 
 
 def wait_for_nodes(grid: Grid, count: int, timeout: float) -> list[int]:
@@ -102,7 +126,7 @@ def send_and_receive(grid: Grid, messages: Iterable[Message], timeout: float, po
 
 def federated_statistics(grid: Grid, node_ids: list[int], config: ConfigRecord, timeout: float) -> ColumnStatistics:
     """Statistics round: every node sends column statistics of its rows; merge them."""
-    messages = [Message(RecordDict({"config": config}), message_type=MessageType.QUERY, dst_node_id=n) for n in node_ids]
+    messages = [Message(RecordDict({CONFIG_KEY: config}), message_type=MessageType.QUERY, dst_node_id=n) for n in node_ids]
     replies, missing = send_and_receive(grid, messages, timeout)
     parts = []
     for node in missing:
@@ -111,9 +135,13 @@ def federated_statistics(grid: Grid, node_ids: list[int], config: ConfigRecord, 
         if reply.has_error():
             log(INFO, "statistics round: node %s failed: %s", reply.metadata.src_node_id, reply.error.reason)
             continue
-        columns = list(reply.content["columns"]["names"])
-        arrays = {k: v.numpy() for k, v in reply.content["stats"].items()}
+        columns = list(reply.content[COLUMNS_KEY][COLUMN_NAMES_KEY])
+        arrays = dict(arrays_to_numpy(reply.content[STATS_KEY]))
         parts.append(ColumnStatistics.from_arrays(columns, arrays))
+        metrics = reply.content.metric_records.get(METRICS_KEY)
+        quarantined = int(metrics.get(QUARANTINED_KEY, 0)) if metrics is not None else 0
+        if quarantined:
+            log(INFO, "statistics round: node %s quarantined %d rows failing validation", reply.metadata.src_node_id, quarantined)
     if not parts:
         reasons = "; ".join(r.error.reason for r in replies if r.has_error())[:500]
         raise FederationError(f"statistics round: no node replied ({reasons or 'timeout'})")
@@ -124,7 +152,7 @@ def check_reply(content: RecordDict, global_arrays: dict[str, np.ndarray], max_u
     """Why a training reply's content must not be aggregated, or None when it is fine."""
     for rec_name, record in content.array_records.items():
         for name, array in record.items():
-            values = array.numpy()
+            values = array_numpy(array)
             if values.dtype.kind in "fc" and not np.isfinite(values).all():
                 return f"non-finite values in {rec_name}/{name}"
     for rec_name, record in content.metric_records.items():
@@ -132,14 +160,14 @@ def check_reply(content: RecordDict, global_arrays: dict[str, np.ndarray], max_u
             items = value if isinstance(value, list) else [value]
             if any(isinstance(v, float) and not math.isfinite(v) for v in items):
                 return f"non-finite metric {rec_name}/{name}"
-    if MODEL_RECORD not in content.array_records:
-        return f"no {MODEL_RECORD!r} ArrayRecord"
-    model = content.array_records[MODEL_RECORD]
+    if ARRAYS_KEY not in content.array_records:
+        return f"no {ARRAYS_KEY!r} ArrayRecord"
+    model = content.array_records[ARRAYS_KEY]
     if set(model.keys()) != set(global_arrays):
         return "model arrays do not match the global model's"
     squared = 0.0
     for name, array in model.items():
-        values = array.numpy()
+        values = array_numpy(array)
         if values.shape != global_arrays[name].shape:
             return f"array {name} has shape {values.shape}, expected {global_arrays[name].shape}"
         if max_update_norm is not None:
@@ -147,6 +175,127 @@ def check_reply(content: RecordDict, global_arrays: dict[str, np.ndarray], max_u
     if max_update_norm is not None and math.sqrt(squared) > max_update_norm:
         return f"update norm {math.sqrt(squared):.3g} > federation.max_update_norm={max_update_norm:g}"
     return None
+
+
+@dataclass
+class SortedReplies:
+    """A training round's replies, sorted: accepted for aggregation, declined, rejected, failed."""
+
+    accepted: list[Message] = field(default_factory=list)
+    declines: list[Decline] = field(default_factory=list)
+    rejections: list[str] = field(default_factory=list)  # why each rejected reply was not aggregated
+    failed: int = 0  # error replies and nodes that never replied
+    bytes_up: int = 0
+
+
+@dataclass
+class RoundOutcome:
+    """What one round produced: the history row and what ``history.csv`` does not hold."""
+
+    record: RoundRecord
+    replies: list[Message]  # accepted training replies (aggregated)
+    declines: list[Decline]  # nodes that declined (privacy budget spent)
+    privacy_entries: list[dict]  # model-card entries of the DP replies
+    rejections: list[str]  # reasons of the replies not aggregated
+
+    @property
+    def bytes_down(self) -> int:
+        return self.record.bytes_down
+
+    @property
+    def bytes_up(self) -> int:
+        return self.record.bytes_up
+
+    @property
+    def max_epsilon(self) -> float | None:
+        """Largest lifetime ε a training node reported this round (None without DP)."""
+        return self.record.max_epsilon if math.isfinite(self.record.max_epsilon) else None
+
+
+def sort_replies(server_round: int, replies: list[Message], missing: list[int], global_arrays: dict[str, np.ndarray],
+                 policy: RoundPolicy) -> SortedReplies:
+    """Sort training replies into accepted / declined / failed / rejected, logging each that is not accepted."""
+    out = SortedReplies(failed=len(missing))
+    for node in missing:
+        log(WARNING, "round %d: node %s did not reply within %.0f s", server_round, node, policy.timeout)
+    for reply in replies:
+        node = reply.metadata.src_node_id
+        if reply.has_error() and reply.error.code in DECLINE_CODES:
+            decline = Decline.from_reason(reply.error.reason)
+            out.declines.append(decline)
+            log(INFO, "round %d: node %s declined: %s", server_round, node, decline)
+        elif reply.has_error():
+            out.failed += 1
+            log(WARNING, "round %d: node %s failed: %s", server_round, node, reply.error.reason)
+        else:
+            out.bytes_up += record_nbytes(reply.content)
+            reason = check_reply(reply.content, global_arrays, policy.max_update_norm)
+            if reason is None:
+                out.accepted.append(reply)
+            else:
+                out.rejections.append(reason)
+                log(WARNING, "round %d: reply of node %s rejected: %s", server_round, node, reason)
+    return out
+
+
+def train_phase(strategy: Strategy, grid: Grid, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                policy: RoundPolicy, fold: FoldedEvaluation | None = None) -> tuple[ArrayRecord, RoundOutcome]:
+    """configure_train -> send and receive -> sort replies -> aggregate_train; the new arrays.
+
+    ``fold``: the previous round's evaluation, sent with (and taken out of) this round's messages."""
+    row = RoundRecord(round=server_round)
+    global_np = dict(arrays_to_numpy(arrays))
+    train_msgs = list(strategy.configure_train(server_round, arrays, ConfigRecord(dict(config)), grid))
+    row.nodes_sampled = len(train_msgs)
+    row.bytes_down += sum(record_nbytes(m.content) for m in train_msgs)
+    if fold is None:
+        replies, missing = send_and_receive(grid, train_msgs, policy.timeout)
+    else:
+        replies, missing = fold.split(*send_and_receive(grid, fold.attach(train_msgs), policy.timeout))
+    sorted_ = sort_replies(server_round, replies, missing, global_np, policy)
+    row.nodes_replied, row.nodes_failed, row.nodes_declined = len(sorted_.accepted), sorted_.failed, len(sorted_.declines)
+    row.bytes_up = sorted_.bytes_up
+    if len(sorted_.accepted) < max(1, policy.min_replies):
+        raise FederationError(
+            f"round {server_round}: {len(sorted_.accepted)} valid replies, fewer than federation.min_replies={policy.min_replies} "
+            f"({sorted_.failed} failed, {len(sorted_.declines)} declined, {len(sorted_.rejections)} rejected of {len(train_msgs)} sampled)")
+    new_arrays, train_metrics = strategy.aggregate_train(server_round, sorted_.accepted)
+    if new_arrays is None:
+        raise FederationError(f"round {server_round}: no node returned a model ({row.nodes_failed} failed)")
+    if train_metrics is not None and TRAIN_LOSS_KEY in train_metrics:
+        row.train_loss = float(train_metrics[TRAIN_LOSS_KEY])
+    metric_records = [r.content[METRICS_KEY] for r in sorted_.accepted if METRICS_KEY in r.content.metric_records]
+    epsilons = [float(m[EPSILON_KEY]) for m in metric_records if EPSILON_KEY in m]
+    row.max_epsilon = max(epsilons) if epsilons else float("nan")
+    entries = [entry_from_record(r.content[PRIVACY_KEY]) for r in sorted_.accepted if PRIVACY_KEY in r.content.config_records]
+    return new_arrays, RoundOutcome(row, sorted_.accepted, sorted_.declines, entries, sorted_.rejections)
+
+
+def evaluate_phase(strategy: Strategy, grid: Grid, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                   policy: RoundPolicy, row: RoundRecord, central_eval: CentralEval | None,
+                   eval_msgs: list[Message] | None = None) -> None:
+    """Federated evaluation (configure_evaluate -> send and receive -> aggregate_evaluate), then
+    centralized evaluation; fills ``row``'s evaluation columns and bytes down."""
+    if eval_msgs is None:
+        eval_msgs = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(dict(config)), grid))
+    row.bytes_down += sum(record_nbytes(m.content) for m in eval_msgs)
+    eval_replies, eval_missing = send_and_receive(grid, eval_msgs, policy.timeout)
+    record_evaluation(strategy, server_round, eval_replies, eval_missing, policy, row)
+    if central_eval is not None:
+        row.test_rmse, row.test_r2 = central_eval(arrays)
+
+
+def record_evaluation(strategy: Strategy, server_round: int, eval_replies: list[Message], eval_missing: list[int],
+                      policy: RoundPolicy, row: RoundRecord) -> None:
+    """Log the evaluations that failed or never came; aggregate the others into ``row``."""
+    for reply in eval_replies:
+        if reply.has_error():
+            log(WARNING, "round %d: evaluation on node %s failed: %s", server_round, reply.metadata.src_node_id, reply.error.reason)
+    for node in eval_missing:
+        log(WARNING, "round %d: node %s did not evaluate within %.0f s", server_round, node, policy.timeout)
+    eval_metrics = strategy.aggregate_evaluate(server_round, eval_replies)
+    if eval_metrics is not None:
+        row.eval_loss, row.eval_rmse, row.eval_r2 = (float(eval_metrics[k]) for k in ("loss", "rmse", "r2"))
 
 
 def run_rounds(
@@ -157,102 +306,68 @@ def run_rounds(
     config: ConfigRecord,
     central_eval: CentralEval | None,
     timeout: float | None = None,
-    on_round: Callable[[RoundRecord, ArrayRecord], None] | None = None,
+    on_round: Callable[[RoundOutcome, ArrayRecord], None] | None = None,
     show_progress: bool = True,
     policy: RoundPolicy | None = None,
     start_round: int = 1,
     metrics=None,
-) -> tuple[ArrayRecord, list[RoundRecord]]:
-    """Run rounds ``start_round .. num_rounds`` of ``strategy``; return the final arrays and their history.
+) -> tuple[ArrayRecord, list[RoundOutcome]]:
+    """Run rounds ``start_round .. num_rounds`` of ``strategy``; return the final arrays and each round's outcome.
 
-    ``metrics`` (an :class:`astroscale_fl.observability.RunMetrics`) is updated as rounds go;
-    ``on_round(row, arrays)`` runs after each completed round (checkpoints, history.csv).
+    Each round is :func:`train_phase` then :func:`evaluate_phase`; with ``policy.evaluate_in_train``
+    a round's evaluation is folded into the next round's :func:`train_phase` (one message per node
+    and round) and its outcome completes then. ``metrics`` (an
+    :class:`astroscale_fl.observability.RunMetrics`) is updated as rounds go;
+    ``on_round(outcome, arrays)`` runs after each completed round (checkpoints, history.csv).
     """
     policy = policy or RoundPolicy(timeout=600.0 if timeout is None else timeout)
-    history: list[RoundRecord] = []
+    outcomes: list[RoundOutcome] = []
     progress = Progress(
         TextColumn("[bold]federated rounds"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         TextColumn("{task.fields[status]}"), disable=not show_progress,
     )
     with progress:
         task = progress.add_task("rounds", total=num_rounds, completed=start_round - 1, status="")
+
+        def complete(outcome: RoundOutcome, round_arrays: ArrayRecord) -> None:
+            row = outcome.record
+            outcomes.append(outcome)
+            if metrics is not None:
+                metrics.round_finished(row, declined=len(outcome.declines), rejected=len(outcome.rejections),
+                                       epsilon=outcome.max_epsilon)
+            if on_round is not None:
+                on_round(outcome, round_arrays)
+            detail = f"ε={row.max_epsilon:.2f}" if math.isfinite(row.max_epsilon) else f"loss={row.train_loss:.4f}"
+            progress.update(task, advance=1, status=f"test R²={row.test_r2:.4f} {detail}")
+
+        pending: tuple[RoundOutcome, ArrayRecord, FoldedEvaluation] | None = None  # evaluated by the next round's messages
         for server_round in range(start_round, num_rounds + 1):
             if metrics is not None:
                 metrics.round_started(server_round)
             start = time.perf_counter()
-            row = RoundRecord(round=server_round)
-            global_np = {k: v.numpy() for k, v in arrays.items()}
-            train_msgs = list(strategy.configure_train(server_round, arrays, ConfigRecord(dict(config)), grid))
-            row.nodes_sampled = len(train_msgs)
-            row.bytes_down += sum(record_nbytes(m.content) for m in train_msgs)
-            replies, missing = send_and_receive(grid, train_msgs, policy.timeout)
-            for node in missing:
-                log(WARNING, "round %d: node %s did not reply within %.0f s", server_round, node, policy.timeout)
-            accepted, declined, rejected, failed = [], 0, 0, len(missing)
-            row.declines = []  # (round, reason) of nodes that declined: their budget is spent
-            for reply in replies:
-                if reply.has_error() and reply.error.code == _budget_code():
-                    declined += 1
-                    row.declines.append(reply.error.reason)
-                    log(INFO, "round %d: node %s declined: %s", server_round, reply.metadata.src_node_id, reply.error.reason)
+            fold = pending[2] if pending is not None else None
+            arrays, outcome = train_phase(strategy, grid, server_round, arrays, config, policy, fold)
+            if pending is not None:
+                done, done_arrays, _ = pending
+                eval_replies, eval_missing = fold.finish(lambda msgs: send_and_receive(grid, msgs, policy.timeout))
+                done.record.bytes_down += fold.bytes_down
+                record_evaluation(strategy, done.record.round, eval_replies, eval_missing, policy, done.record)
+                complete(done, done_arrays)
+                pending = None
+                if metrics is not None:
+                    metrics.round_started(server_round)  # the completed round set the gauge back to its number
+            row = outcome.record
+            if policy.evaluate_in_train and server_round < num_rounds:
+                eval_msgs = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(dict(config)), grid))
+                if eval_msgs:
+                    if central_eval is not None:
+                        row.test_rmse, row.test_r2 = central_eval(arrays)
+                    row.wall_seconds = time.perf_counter() - start
+                    pending = (outcome, arrays, FoldedEvaluation(eval_msgs, server_round))
                     continue
-                if reply.has_error():
-                    failed += 1
-                    log(WARNING, "round %d: node %s failed: %s", server_round, reply.metadata.src_node_id, reply.error.reason)
-                    continue
-                row.bytes_up += record_nbytes(reply.content)
-                reason = check_reply(reply.content, global_np, policy.max_update_norm)
-                if reason is not None:
-                    rejected += 1
-                    log(WARNING, "round %d: reply of node %s rejected: %s", server_round, reply.metadata.src_node_id, reason)
-                    continue
-                accepted.append(reply)
-            row.nodes_replied, row.nodes_failed = len(accepted), failed
-            row.nodes_declined, row.nodes_rejected = declined, rejected  # rejected: metrics.json and /metrics only
-            if len(accepted) < max(1, policy.min_replies):
-                raise FederationError(
-                    f"round {server_round}: {len(accepted)} valid replies, fewer than federation.min_replies={policy.min_replies} "
-                    f"({failed} failed, {declined} declined, {rejected} rejected of {len(train_msgs)} sampled)")
-            new_arrays, train_metrics = strategy.aggregate_train(server_round, accepted)
-            if new_arrays is None:
-                raise FederationError(f"round {server_round}: no node returned a model ({row.nodes_failed} failed)")
-            arrays = new_arrays
-            if train_metrics is not None and "train_loss" in train_metrics:
-                row.train_loss = float(train_metrics["train_loss"])
-            epsilons = [float(r.content["metrics"]["epsilon"]) for r in accepted
-                        if "metrics" in r.content.metric_records and "epsilon" in r.content["metrics"]]
-            row.max_epsilon = max(epsilons) if epsilons else float("nan")
-            row.privacy_entries = [entry_from_record(r.content[PRIVACY_KEY]) for r in accepted
-                                   if PRIVACY_KEY in r.content.config_records]
-
-            eval_msgs = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(dict(config)), grid))
-            row.bytes_down += sum(record_nbytes(m.content) for m in eval_msgs)
-            eval_replies, eval_missing = send_and_receive(grid, eval_msgs, policy.timeout)
-            for reply in eval_replies:
-                if reply.has_error():
-                    log(WARNING, "round %d: evaluation on node %s failed: %s", server_round, reply.metadata.src_node_id, reply.error.reason)
-            for node in eval_missing:
-                log(WARNING, "round %d: node %s did not evaluate within %.0f s", server_round, node, policy.timeout)
-            eval_metrics = strategy.aggregate_evaluate(server_round, eval_replies)
-            if eval_metrics is not None:
-                row.eval_loss, row.eval_rmse, row.eval_r2 = (float(eval_metrics[k]) for k in ("loss", "rmse", "r2"))
-            if central_eval is not None:
-                row.test_rmse, row.test_r2 = central_eval(arrays)
+                evaluate_phase(strategy, grid, server_round, arrays, config, policy, row, central_eval, eval_msgs)
+            else:
+                evaluate_phase(strategy, grid, server_round, arrays, config, policy, row, central_eval)
             row.wall_seconds = time.perf_counter() - start
-            history.append(row)
-            if metrics is not None:
-                metrics.round_finished(row, declined=declined, rejected=rejected, epsilon=max(epsilons) if epsilons else None)
-            if on_round is not None:
-                on_round(row, arrays)
-            detail = f"ε={row.max_epsilon:.2f}" if math.isfinite(row.max_epsilon) else f"loss={row.train_loss:.4f}"
-            progress.update(task, advance=1, status=f"test R²={row.test_r2:.4f} {detail}")
-    return arrays, history
-
-
-def _budget_code() -> int:
-    """``Error.code`` of a node declining a round (privacy budget spent)."""
-    try:
-        from astroscale_fl.privacy import BUDGET_EXCEEDED_CODE
-    except ImportError:  # privacy package absent
-        return -1
-    return int(BUDGET_EXCEEDED_CODE)
+            complete(outcome, arrays)
+    return arrays, outcomes

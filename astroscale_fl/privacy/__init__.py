@@ -4,10 +4,12 @@
   Gaussian noise; FedProx / SCAFFOLD terms as post-processing);
 - :mod:`.ledger`: a node's lifetime accountant history, ε, budget check, persistence;
 - :mod:`.calibrate`: δ, sample rate, steps, σ for a target ε, the validated settings;
+- :mod:`.node`: a node's privacy round as one call (``NoPrivacy`` or DP-SGD), declines;
 - :mod:`.card`: reply records and the model card's ``privacy`` section (recomputable);
 - :mod:`.client_dp`: optional server-side client-level DP-FedAvg helpers.
 """
 
+from astroscale_fl.federation.protocol import BUDGET_EXCEEDED_CODE, FLOOR_REFUSED_CODE  # re-exported
 from astroscale_fl.privacy.calibrate import (
     PrivacySettings,
     RoundPlan,
@@ -17,7 +19,6 @@ from astroscale_fl.privacy.calibrate import (
     sample_rate,
     steps_per_round,
 )
-from astroscale_fl.privacy.card import entry_from_record, node_entry, privacy_section, recompute_epsilon, reply_record, verify_section
 from astroscale_fl.privacy.dp_sgd import make_private, poisson_batches, train_local_dp, unwrap
 from astroscale_fl.privacy.ledger import (
     LEDGER_FILENAME,
@@ -30,11 +31,21 @@ from astroscale_fl.privacy.ledger import (
     open_ledger,
 )
 
-#: ``Error.code`` of a train reply declined because the round would exceed the node's budget.
-BUDGET_EXCEEDED_CODE = 4005
+_CARD_NAMES = frozenset({"entry_from_record", "node_entry", "privacy_section", "recompute_epsilon", "reply_record", "verify_section"})
+
+
+def __getattr__(name: str):
+    """The :mod:`.card` names, imported on first use: importing :mod:`.card` here would make
+    ``python -m astroscale_fl.privacy.card`` warn that the module was imported twice."""
+    if name in _CARD_NAMES:
+        from astroscale_fl.privacy import card
+
+        return getattr(card, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
-    "BUDGET_EXCEEDED_CODE", "LEDGER_FILENAME", "PrivacyError", "PrivacyLedger", "PrivacySettings", "RoundPlan",
+    "BUDGET_EXCEEDED_CODE", "FLOOR_REFUSED_CODE", "LEDGER_FILENAME", "PrivacyError", "PrivacyLedger", "PrivacySettings", "RoundPlan",
     "commit_ledger", "default_delta", "entry_from_record", "epsilon_of", "ledger_from_state", "ledger_to_state",
     "make_private", "node_entry", "noise_for_target_epsilon", "open_ledger", "planned_steps", "poisson_batches",
     "privacy_section", "recompute_epsilon", "reply_record", "sample_rate", "steps_per_round", "train_local_dp",

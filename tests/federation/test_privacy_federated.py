@@ -9,6 +9,7 @@ from opacus.accountants import create_accountant
 
 from astroscale_fl import config
 from astroscale_fl.deploy.node_data import write_node_dirs
+from astroscale_fl.federation.engine import FIRST_NODE_ID
 from astroscale_fl.federation.messages import round_config
 from astroscale_fl.federation.records import model_to_arrays
 from astroscale_fl.federation.rounds import federated_statistics, run_rounds
@@ -51,11 +52,11 @@ def test_ledger_spans_rounds_partial_participation_and_restarts(tmp_path):
     # "restart": new contexts (Context.state lost), the ledger files in the data dirs remain
     grid2 = InProcessGrid(len(dirs), node_configs=[{"data-dir": str(d)} for d in dirs], run_id=2)
     _, _ = rounds(cfg, grid2, pipeline, 4, 5, arrays)
-    trained = {m.metadata.dst_node_id - 100 for g in (grid, grid2) for m in g.received if m.metadata.message_type == "train"}
+    trained = {m.metadata.dst_node_id - FIRST_NODE_ID for g in (grid, grid2) for m in g.received if m.metadata.message_type == "train"}
     for i, d in enumerate(dirs):
         ledger = PrivacyLedger.load(d / ".astroscale" / LEDGER_FILENAME)
         sampled = sum(1 for g in (grid, grid2) for m in g.received
-                      if m.metadata.message_type == "train" and m.metadata.dst_node_id == 100 + i)
+                      if m.metadata.message_type == "train" and m.metadata.dst_node_id == FIRST_NODE_ID + i)
         assert ledger.steps > 0 if i in trained else ledger.steps == 0
         q, steps = ledger.history[0][1], ledger.history[0][2]
         assert ledger.steps == sampled * math.ceil(1 / q - 1e-9)  # every round's steps counted once, merged
@@ -71,7 +72,11 @@ def test_node_at_budget_declines_and_others_continue(tmp_path):
     assert 4.9 < spent.epsilon() < 5.0
     spent.save(path)
     _, history = rounds(cfg, grid, pipeline, 1, 2)
-    assert all(row.nodes_replied == 2 for row in history)
+    assert all(outcome.record.nodes_replied == 2 for outcome in history)
+    # the server reads who declined, and at what ε, from the structured decline (no message parsing)
+    declines = [d for outcome in history for d in outcome.declines]
+    assert [d.node for d in declines] == [dirs[0].name] * 2
+    assert declines[0].epsilon == pytest.approx(spent.epsilon()) and "budget" in declines[0].reason
     replies = [m for m in grid.received if m.metadata.message_type == "train"]
     assert len(replies) == 6
     after = PrivacyLedger.load(path)
@@ -94,6 +99,7 @@ def test_run_summary_and_model_card_privacy_section(tmp_path):
     assert metrics["rounds"] == 2 and metrics["nodes_declined"] == 2
     stopped = metrics["privacy"]["stopped_nodes"]
     assert [s["node"] for s in stopped] == [dirs[0].name] and stopped[0]["first_declined_round"] == 1
+    assert 4.9 < stopped[0]["epsilon"] < 5.0  # the ε the node reported when it declined
     card = json.loads((tmp_path / "run" / "model" / "model_card.json").read_text())
     section = card["privacy"]
     assert section["name"] == "dp_sgd" and {n["node"] for n in section["nodes"]} == {d.name for d in dirs[1:]}

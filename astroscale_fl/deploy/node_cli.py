@@ -1,0 +1,151 @@
+"""``astroscale-fl node {launcher,status}``: the warm ClientApp runtime and a node's own status.
+
+``node launcher`` runs next to a ``flower-supernode --isolation process`` (``scripts/start-supernode.sh
+--warm`` starts both); ``node status --data-dir DIR`` prints what the node did, from its launcher's
+``GET /status`` when one runs, else from the status file the ClientApp keeps in DIR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from astroscale_fl.deploy.node_status import write_private
+from astroscale_fl.errors import ConfigError, report_user_errors
+
+LAUNCHER_FILE = "launcher.json"  # <data-dir>/.astroscale/launcher.json: pid and metrics port of the running launcher
+
+
+def _data_dir(value: str) -> Path:
+    path = Path(value)
+    if not path.is_dir():
+        raise ConfigError(f"--data-dir {value}: not a directory")
+    return path.resolve()
+
+
+@report_user_errors
+def launcher_main(argv: list[str]) -> int:
+    """``astroscale-fl node launcher --data-dir DIR --runtime-api-address HOST:PORT [...]``."""
+    parser = argparse.ArgumentParser(
+        prog="astroscale-fl node launcher",
+        description="Warm ClientApp runtime for a SuperNode started with --isolation process: imports torch, pandas "
+                    "and pyarrow once and forks one flwr-clientapp per message (no per-message import cost). "
+                    "scripts/start-supernode.sh --warm starts it for you.")
+    parser.add_argument("--data-dir", required=True, help="the node's data directory (status file, launcher.json)")
+    parser.add_argument("--runtime-api-address", default="127.0.0.1:9094",
+                        help="the SuperNode's Runtime API (its --port), loopback only (default 127.0.0.1:9094)")
+    parser.add_argument("--superexec-auth-secret-file", help="the secret the SuperNode was given (signs AcquireTask)")
+    parser.add_argument("--metrics-port", type=int, default=0,
+                        help="serve Prometheus /metrics and GET /status on 127.0.0.1:PORT (default 0: off)")
+    parser.add_argument("--metrics-host", default="127.0.0.1",
+                        help="address to bind the metrics to (default 127.0.0.1; anything else exposes the node's "
+                             "row count, rounds and epsilon to whoever can reach that address)")
+    parser.add_argument("--poll", type=float, default=0.05, help="seconds between AcquireTask polls (default 0.05)")
+    args = parser.parse_args(argv)
+    data_dir = _data_dir(args.data_dir)
+    if not 0 <= args.metrics_port <= 65535:
+        raise ConfigError(f"--metrics-port: expected 0..65535, got {args.metrics_port}")
+    if not 0.01 <= args.poll <= 10:
+        raise ConfigError(f"--poll: expected 0.01..10 seconds, got {args.poll}")
+    host = args.runtime_api_address.rsplit(":", 1)[0].strip("[]")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        raise ConfigError(f"--runtime-api-address {args.runtime_api_address}: the Runtime API hands out task tokens; "
+                          "keep it on loopback (127.0.0.1)")
+    secret = None
+    if args.superexec_auth_secret_file:
+        try:
+            secret = Path(args.superexec_auth_secret_file).read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"--superexec-auth-secret-file {args.superexec_auth_secret_file}: {exc.strerror}") from None
+        if not secret:
+            raise ConfigError(f"--superexec-auth-secret-file {args.superexec_auth_secret_file}: empty")
+
+    from astroscale_fl.deploy import launcher
+
+    stats = launcher.LauncherStats()
+    stats.warm_import_seconds = launcher.preimport()
+    port = 0
+    if args.metrics_port:
+        from astroscale_fl.deploy.node_metrics import serve
+
+        if args.metrics_host not in ("127.0.0.1", "localhost", "::1"):
+            print(f"warning: node metrics on {args.metrics_host}:{args.metrics_port} are readable by anyone who can reach it",
+                  file=sys.stderr)
+        port = serve(data_dir, stats, args.metrics_port, args.metrics_host).server_address[1]
+    info = data_dir / ".astroscale" / LAUNCHER_FILE
+    write_private(info, json.dumps({"pid": os.getpid(), "metrics_port": port, "metrics_host": args.metrics_host,
+                                     "runtime_api_address": args.runtime_api_address, "started": time.time()}))
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    signal.signal(signal.SIGINT, lambda *_: stopping.append(True))
+    try:
+        launcher.serve_forever(args.runtime_api_address, secret, args.poll, stats, should_stop=lambda: bool(stopping))
+    finally:
+        info.unlink(missing_ok=True)
+    return 0
+
+
+def _launcher_status(data_dir: Path) -> dict | None:
+    try:
+        info = json.loads((data_dir / ".astroscale" / LAUNCHER_FILE).read_text())
+        os.kill(int(info["pid"]), 0)
+    except (OSError, ValueError, KeyError):
+        return None
+    if not info.get("metrics_port"):
+        return None
+    host = info.get("metrics_host", "127.0.0.1")
+    host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    try:
+        with urllib.request.urlopen(f"http://{host}:{info['metrics_port']}/status", timeout=5) as resp:
+            return json.loads(resp.read())
+    except (OSError, ValueError):
+        return None
+
+
+@report_user_errors
+def status_main(argv: list[str]) -> int:
+    """``astroscale-fl node status --data-dir DIR [--json]``."""
+    parser = argparse.ArgumentParser(prog="astroscale-fl node status",
+                                     description="What this node did: rows, rounds trained, last round's seconds, "
+                                                 "epsilon spent vs budget, declines (from its launcher's /status, or "
+                                                 "from the status file in DIR when no launcher serves metrics).")
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--json", action="store_true", help="print the JSON document")
+    args = parser.parse_args(argv)
+    data_dir = _data_dir(args.data_dir)
+    status = _launcher_status(data_dir)
+    if status is None:
+        from astroscale_fl.deploy.node_status import read_status
+
+        status = {**read_status(data_dir), "data_dir": str(data_dir), "launcher": None}
+    if args.json:
+        print(json.dumps(status, indent=1))
+        return 0
+    fmt = lambda v, spec=".4g": "-" if v is None else format(v, spec)  # noqa: E731
+    print(f"node data dir     {status['data_dir']}")
+    print(f"rows              {status.get('rows', '-')}")
+    print(f"rounds trained    {status.get('rounds_trained', 0)}")
+    print(f"last train        {fmt(status.get('last_train_seconds'), '.3f')} s")
+    print(f"epsilon spent     {fmt(status.get('epsilon'))} of budget {fmt(status.get('epsilon_budget'))}")
+    print(f"declines          {status.get('declines', 0)}" + (f" (last: {status['last_decline']})" if status.get("last_decline") else ""))
+    busy = status.get("in_progress")
+    print(f"in progress       {busy['kind'] + ' round ' + str(busy['round']) if busy else '-'}")
+    launcher = status.get("launcher")
+    print("warm launcher     " + (f"pid {launcher['pid']}, {launcher['clientapps_started']} ClientApps "
+                                  f"({launcher['clientapps_failed']} failed)" if launcher else "not running (or no --metrics-port)"))
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    """``astroscale-fl node <launcher|status> ...``."""
+    commands = {"launcher": launcher_main, "status": status_main}
+    if not argv or argv[0] not in commands:
+        print("usage: astroscale-fl node {launcher,status} [args...]  (see --help of each)", file=sys.stderr)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    return commands[argv[0]](argv[1:])
