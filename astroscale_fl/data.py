@@ -16,6 +16,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from astroscale_fl import config
+from astroscale_fl.data_checks import QUARANTINE_ATTR
 from astroscale_fl.errors import DataError
 from astroscale_fl.split import assign_nodes, train_test_split
 from astroscale_fl.tasks import get_task
