@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from astroscale_fl import config
-from astroscale_fl.compare import C_KMS, main as compare_main
+from astroscale_fl.compare import C_KMS
+from astroscale_fl.compare import main as compare_main
 from astroscale_fl.data import task_split
 from astroscale_fl.federation.server import run_federation
 from astroscale_fl.simulator import ceiling_r2
