@@ -290,6 +290,8 @@ class Pipeline:
 
     def outlier_rows(self, frame) -> np.ndarray:
         """Rows ``preprocess.outlier_action=drop`` removes from training (all False otherwise)."""
+        if not any(isinstance(s, IsolationForestFilter) or (isinstance(s, OutlierFilter) and s.action == "drop") for s in self.steps):
+            return np.zeros(len(frame[self.inputs[0]]), dtype=bool)  # nothing to drop: no transform to run
         columns = self._row_stage(self._columns(frame, self.inputs))
         n = len(next(iter(columns.values())))
         for step in self.steps[self._split:]:
