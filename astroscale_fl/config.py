@@ -154,6 +154,7 @@ class AutoPartition:
 @dataclass
 class NoPrivacy:
     name: str = "none"
+    statistics_epsilon: Optional[float] = None  # DP statistics round (Gaussian mechanism); null: exact statistics
 
 
 @dataclass
@@ -169,6 +170,7 @@ class DpSgdPrivacy:
     epsilon_budget: Optional[float] = None  # per node, lifetime; null: no limit
     backend: str = "auto"  # auto | ghost | opacus
     secure_mode: bool = False
+    statistics_epsilon: Optional[float] = None  # DP statistics round, composed in the node's ledger
 
 
 @dataclass

@@ -50,3 +50,12 @@ DERIVED_FEATURES = {
     "sin_b": _sin_b,
     "cos_b": lambda f: np.sqrt(np.clip(1.0 - _sin_b(f) ** 2, 0.0, 1.0)),
 }
+
+#: Physical bounds of each derived feature, from the bounds of its inputs (hipparcos_absmag:
+#: |pm| <= 2e4 mas/yr per axis, Hpmag in [-2, 16]); used to clip values for DP statistics.
+DERIVED_RANGES = {
+    "pm_total": (0.0, 2e4 * 2**0.5),
+    "reduced_pm": (-17.0, 28.3),  # Hpmag + 5 log10(pm / 1000) + 5, pm in [0.1, 28,285] mas/yr
+    "sin_b": (-1.0, 1.0),
+    "cos_b": (0.0, 1.0),
+}

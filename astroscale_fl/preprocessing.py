@@ -264,15 +264,19 @@ class Pipeline:
         """Columns whose statistics fit the pipeline: the model features and the target."""
         return self.features + [self.target.target]
 
-    def compute_statistics(self, frame) -> ColumnStatistics:
-        """A node's share of a federated fit: statistics of its validated, derived columns."""
+    def statistics_frame(self, frame) -> Columns:
+        """The validated, derived columns whose statistics fit the pipeline (before imputation)."""
         self._check_columns(frame, self.inputs + [self.target.target])
         current: Columns = as_columns(frame, self.inputs + [self.target.target])
         for step in self.steps:
             if isinstance(step, (MedianImputer, Scaler)):
                 break
             current = step.transform(current)
-        return ColumnStatistics.compute(current, self.statistics_columns)
+        return current
+
+    def compute_statistics(self, frame) -> ColumnStatistics:
+        """A node's share of a federated fit: statistics of its validated, derived columns."""
+        return ColumnStatistics.compute(self.statistics_frame(frame), self.statistics_columns)
 
     def fit_statistics(self, stats: ColumnStatistics) -> Pipeline:
         """Fit every learning step from (possibly merged) column statistics."""

@@ -89,9 +89,10 @@ class ColumnStatistics:
         """Approximate ``q`` quantile per column (rank error <= 1/(2k) of the count)."""
         out = np.full(len(self.columns), np.nan)
         for j in range(len(self.columns)):
-            order = np.argsort(self.sketch_values[j], kind="stable")
-            values, weights = self.sketch_values[j][order], self.sketch_weights[j][order]
-            cumulative = np.cumsum(weights)
+            values, inverse = np.unique(self.sketch_values[j], return_inverse=True)
+            weights = np.bincount(inverse.reshape(-1), weights=self.sketch_weights[j], minlength=len(values))
+            # noisy (DP) histograms have negative counts: the running max keeps the CDF monotone
+            cumulative = np.maximum.accumulate(np.cumsum(weights)) if len(weights) else weights
             if cumulative.size == 0 or cumulative[-1] <= 0:
                 continue
             idx = np.searchsorted(cumulative, q * cumulative[-1], side="left")

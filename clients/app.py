@@ -16,8 +16,11 @@ app = ClientApp()
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    """Statistics round: column statistics of this node's rows."""
-    return Message(content=client.handle_query(msg, dict(context.node_config)), reply_to=msg)
+    """Statistics round: column statistics of this node's rows (or decline: privacy budget spent)."""
+    try:
+        return Message(content=client.handle_query(msg, dict(context.node_config), context.state), reply_to=msg)
+    except BudgetExceeded as exc:
+        return Message(Error(code=BUDGET_EXCEEDED_CODE, reason=str(exc)), reply_to=msg)
 
 
 @app.train()

@@ -87,11 +87,17 @@ def node_tensors(cfg: DictConfig, node_config: dict, pipeline: Pipeline, pipelin
     return _TENSORS[key]
 
 
-def handle_query(msg: Message, node_config: dict) -> RecordDict:
-    """Statistics round: this node's column statistics (no rows leave the node)."""
+def handle_query(msg: Message, node_config: dict, state: RecordDict | None = None) -> RecordDict:
+    """Statistics round: this node's column statistics (no rows leave the node); under
+    ``privacy.statistics_epsilon`` through the Gaussian mechanism (``state``: the node's ledger)."""
     cfg = read_run_config(msg.content["config"])
     task = get_task(cfg.task)
     train, _ = node_split(cfg, node_config)
+    if cfg.privacy.get("statistics_epsilon") is not None:
+        from astroscale_fl.privacy.dp_statistics import private_statistics_reply
+
+        pipeline = Pipeline.from_config(task, cfg)
+        return private_statistics_reply(cfg, task, pipeline, train, RecordDict() if state is None else state, node_config)
     stats = Pipeline.from_config(task, cfg).compute_statistics(train)
     return RecordDict({
         "stats": numpy_to_arrays(stats.to_arrays()),

@@ -100,8 +100,10 @@ def send_and_receive(grid: Grid, messages: Iterable[Message], timeout: float, po
     return replies, sorted(missing)
 
 
-def federated_statistics(grid: Grid, node_ids: list[int], config: ConfigRecord, timeout: float) -> ColumnStatistics:
-    """Statistics round: every node sends column statistics of its rows; merge them."""
+def federated_statistics(grid: Grid, node_ids: list[int], config: ConfigRecord, timeout: float,
+                         privacy_entries: list | None = None) -> ColumnStatistics:
+    """Statistics round: every node sends column statistics of its rows; merge them.
+    ``privacy_entries`` (if given) receives the ledger record of each DP statistics reply."""
     messages = [Message(RecordDict({"config": config}), message_type=MessageType.QUERY, dst_node_id=n) for n in node_ids]
     replies, missing = send_and_receive(grid, messages, timeout)
     parts = []
@@ -114,6 +116,8 @@ def federated_statistics(grid: Grid, node_ids: list[int], config: ConfigRecord, 
         columns = list(reply.content["columns"]["names"])
         arrays = {k: v.numpy() for k, v in reply.content["stats"].items()}
         parts.append(ColumnStatistics.from_arrays(columns, arrays))
+        if privacy_entries is not None and PRIVACY_KEY in reply.content.config_records:
+            privacy_entries.append(entry_from_record(reply.content[PRIVACY_KEY]))
     if not parts:
         reasons = "; ".join(r.error.reason for r in replies if r.has_error())[:500]
         raise FederationError(f"statistics round: no node replied ({reasons or 'timeout'})")

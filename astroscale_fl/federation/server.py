@@ -34,6 +34,7 @@ from astroscale_fl.history import RoundRecord, write_history
 from astroscale_fl.models import build_model
 from astroscale_fl.observability import RunMetrics, serve
 from astroscale_fl.preprocessing import Pipeline
+from astroscale_fl.privacy import dp_statistics
 from astroscale_fl.privacy.card import privacy_section
 from astroscale_fl.reference import NODE_STATISTICS, fit_reference
 from astroscale_fl.tasks import get_task
@@ -65,6 +66,7 @@ def run_federation(grid: Grid, cfg: DictConfig, strategy: Strategy, out_dir: str
     if serve(metrics_obj, int(fed.metrics_port), str(fed.metrics_host)):
         log(INFO, "Prometheus metrics on http://%s:%d/metrics", fed.metrics_host, fed.metrics_port)
 
+    stats_entries: list[dict] = []
     node_ids = wait_for_nodes(grid, int(fed.num_nodes), timeout=float(fed.round_timeout))
     if resumed is not None:
         pipeline = Pipeline.from_state(resumed.pipeline)
@@ -75,13 +77,17 @@ def run_federation(grid: Grid, cfg: DictConfig, strategy: Strategy, out_dir: str
         train_rows = None  # no statistics round: the nodes' row counts are not asked for
         log(INFO, "preprocessing fitted on the public reference %s; no statistics round", statistics["path"])
     else:
-        if cfg.privacy.name != "none":
-            log(WARNING, "the statistics round releases exact per-node aggregates that %s does not cover; "
-                "set preprocess.reference to a public table to fit preprocessing without it", cfg.privacy.name)
-        stats = federated_statistics(grid, node_ids, round_config(cfg), timeout=float(fed.round_timeout))
+        stats_epsilon = dp_statistics.statistics_epsilon(cfg.privacy)
+        if stats_epsilon is not None:
+            dp_statistics.StatisticsRelease.for_pipeline(task, Pipeline.from_config(task, cfg))  # ranges exist, or a one-line error
+        elif cfg.privacy.name != "none":
+            log(WARNING, "the statistics round releases exact per-node aggregates that %s does not cover; set "
+                "privacy.statistics_epsilon, or preprocess.reference to a public table", cfg.privacy.name)
+        stats = federated_statistics(grid, node_ids, round_config(cfg), timeout=float(fed.round_timeout),
+                                     privacy_entries=stats_entries)
         pipeline = Pipeline.from_config(task, cfg).fit_statistics(stats)
-        train_rows = int(stats.count[-1])
-        statistics = NODE_STATISTICS
+        train_rows = max(0, int(round(float(stats.count[-1]))))
+        statistics = NODE_STATISTICS if stats_epsilon is None else dp_statistics.card_section(stats_entries, stats_epsilon)
         log(INFO, "preprocessing fitted from %d nodes' statistics (%d rows)", len(node_ids), train_rows)
 
     model = build_model(cfg.model, len(pipeline.features), int(cfg.seed)).to(device)
@@ -97,7 +103,7 @@ def run_federation(grid: Grid, cfg: DictConfig, strategy: Strategy, out_dir: str
     initial_rmse, initial_r2 = central_eval(initial)
     rows: list[RoundRecord] = []
     extra = {"train_rows": train_rows, "statistics": statistics, "initial_test_r2": initial_r2, "initial_test_rmse": initial_rmse, "declined": {}, "rejected": {},
-             "privacy_entries": [], "privacy_declines": []}
+             "privacy_entries": list(stats_entries), "privacy_declines": []}
     start_round = 1
     if resumed is not None:
         initial = numpy_to_arrays(resumed.model)
@@ -165,9 +171,9 @@ def privacy_summary(cfg: DictConfig, entries: list[dict], declines: list[dict],
     """The run's privacy outcome: the model card section (recomputable ε per node, and where the
     preprocessing statistics came from), the largest ε, and which nodes stopped (declined for
     budget) at what ε."""
-    if cfg.privacy.name == "none":
+    if cfg.privacy.name == "none" and not statistics.get("covered_by_dp"):
         return {"card": {"name": "none"}, "max_epsilon": None, "stopped_nodes": []}
-    section = {"name": cfg.privacy.name, **privacy_section(entries, mechanism=cfg.privacy.name),
+    section = {"name": cfg.privacy.name, **privacy_section(entries, mechanism=cfg.privacy.name if cfg.privacy.name != "none" else "dp_statistics"),
                "preprocessing_statistics": statistics}
     spent = {n["node"]: n["epsilon"] for n in section["nodes"]}
     stopped: dict[str, dict] = {}

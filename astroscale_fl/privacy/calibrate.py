@@ -138,6 +138,7 @@ class PrivacySettings:
     epsilon_budget: float | None = None  # per node, lifetime; None: no limit
     backend: str = "auto"  # auto | ghost | opacus
     secure_mode: bool = False
+    statistics_epsilon: float | None = None  # DP statistics round (privacy.dp_statistics)
 
     def __post_init__(self) -> None:
         if (self.noise_multiplier is None) == (self.target_epsilon is None):
@@ -154,6 +155,8 @@ class PrivacySettings:
             raise PrivacyError(f"privacy.accountant: expected one of {list(ACCOUNTANTS)}, got {self.accountant!r}")
         if self.epsilon_budget is not None and not self.epsilon_budget > 0:
             raise PrivacyError(f"privacy.epsilon_budget: expected a positive number, got {self.epsilon_budget}")
+        if self.statistics_epsilon is not None and not self.statistics_epsilon > 0:
+            raise PrivacyError(f"privacy.statistics_epsilon: expected a positive number or null, got {self.statistics_epsilon}")
         if self.backend not in ("auto", "ghost", "opacus"):
             raise PrivacyError(f"privacy.backend: expected auto, ghost or opacus, got {self.backend!r}")
 
@@ -189,6 +192,7 @@ class PrivacySettings:
             epsilon_budget=num("epsilon_budget"),
             backend=str(section.get("backend", "auto")),
             secure_mode=bool(section.get("secure_mode", False)),
+            statistics_epsilon=num("statistics_epsilon"),
         )
 
     def delta_for(self, n_rows: int) -> float:
