@@ -174,6 +174,30 @@ class DpSgdPrivacy:
 
 
 @dataclass
+class AdaptiveClippingConfig:
+    """Andrew et al. (2021) adaptive clipping of node updates; privacy.clipping_norm is the initial norm."""
+
+    enabled: bool = False
+    target_quantile: float = 0.5
+    learning_rate: float = 0.2
+    clipped_count_stddev: Optional[float] = None  # null: expected sampled nodes / 20
+
+
+@dataclass
+class DpFedAvgPrivacy:
+    """Node-level DP-FedAvg on the server (astroscale_fl/privacy/node_level.py, strategies/dp_fedavg.py)."""
+
+    name: str = "dp_fedavg"
+    node_noise_multiplier: float = 1.0
+    clipping_norm: float = 0.5  # L2 bound on each node's update (initial value under adaptive clipping)
+    adaptive_clipping: AdaptiveClippingConfig = field(default_factory=AdaptiveClippingConfig)
+    node_delta: Optional[float] = None  # null: 1 / (10 x nodes) rounded down to a power of ten
+    node_epsilon_budget: Optional[float] = None  # the run stops before the node-level epsilon would pass it
+    accountant: str = "rdp"  # rdp | prv
+    statistics_epsilon: Optional[float] = None  # DP statistics round (example-level, in the nodes' ledgers)
+
+
+@dataclass
 class Federation:
     num_nodes: Optional[int] = None  # null: 5, or one node per survey / per by_column value
     num_rounds: int = 20
@@ -222,7 +246,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "partition": {"iid": IidPartition, "sky": SkyPartition, "depth": DepthPartition,
                   "dirichlet": DirichletPartition, "by_column": ByColumnPartition, "by_survey": BySurveyPartition,
                   "auto": AutoPartition},
-    "privacy": {"none": NoPrivacy, "dp_sgd": DpSgdPrivacy},
+    "privacy": {"none": NoPrivacy, "dp_sgd": DpSgdPrivacy, "dp_fedavg": DpFedAvgPrivacy},
 }
 SECTIONS: dict[str, type] = {"federation": Federation, "train": Train, "preprocess": Preprocess, "output": Output}
 TOP_LEVEL: dict[str, type] = {"seed": int, "device": str}
@@ -367,8 +391,10 @@ def _check_values(cfg: DictConfig) -> None:
     _check_missing(cfg)
     if cfg.privacy.name != "none":
         from astroscale_fl.privacy import PrivacySettings
+        from astroscale_fl.privacy.node_level import NodeLevelSettings
 
         PrivacySettings.from_config(cfg.privacy)  # raises a one-line PrivacyError
+        NodeLevelSettings.from_config(cfg.privacy)
 
 
 def _check_missing(cfg: DictConfig) -> None:

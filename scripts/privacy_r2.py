@@ -84,7 +84,7 @@ def main() -> int:
     for nodes in args.nodes:
         node = [*common, f"federation.num_nodes={nodes}", "train.batch_size=32"]
         settings = [(f"{nodes} nodes plain", node)]
-        for sigma in (0.3, 0.7, 1.5):
+        for sigma in (0.5, 1.0, 2.0):
             settings.append((f"{nodes} nodes DP-FedAvg sigma={sigma}", [*node, "privacy=dp_fedavg", f"privacy.node_noise_multiplier={sigma}"]))
         settings.append((f"{nodes} nodes DP-SGD eps=8", [*node, "privacy=dp_sgd"]))
         print(f"--- {nodes} nodes, {args.rounds} rounds", flush=True)

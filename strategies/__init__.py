@@ -5,6 +5,8 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from astroscale_fl.errors import ConfigError
+from astroscale_fl.privacy.node_level import NodeLevelSettings
+from strategies.dp_fedavg import DpFedAvg
 from strategies.fedadam import FedAdam
 from strategies.fedavg import FedAvg
 from strategies.fedprox import FedProx
@@ -21,13 +23,15 @@ def build_strategy(cfg: DictConfig) -> FedAvg:
         raise ConfigError(f"strategy: unknown strategy {cfg.strategy.name!r}; expected one of {sorted(STRATEGIES)}") from None
     params = {k: v for k, v in cfg.strategy.items() if k != "name"}
     fed = cfg.federation
-    return cls(
+    strategy = cls(
         fraction_train=fed.fraction_train,
         fraction_evaluate=fed.fraction_evaluate,
         min_train_nodes=fed.min_train_nodes,
         seed=int(cfg.seed),
         **params,
     )
+    node_level = NodeLevelSettings.from_config(cfg.privacy)
+    return strategy if node_level is None else DpFedAvg(strategy, node_level, int(fed.num_nodes))
 
 
-__all__ = ["FedAdam", "FedAvg", "FedProx", "STRATEGIES", "Scaffold", "build_strategy"]
+__all__ = ["DpFedAvg", "FedAdam", "FedAvg", "FedProx", "STRATEGIES", "Scaffold", "build_strategy"]

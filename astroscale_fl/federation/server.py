@@ -29,7 +29,7 @@ from astroscale_fl.data import task_split
 from astroscale_fl.export import finish_run
 from astroscale_fl.federation.messages import round_config
 from astroscale_fl.federation.records import arrays_to_numpy, load_arrays, model_to_arrays, numpy_to_arrays
-from astroscale_fl.federation.rounds import RoundPolicy, federated_statistics, run_rounds, wait_for_nodes
+from astroscale_fl.federation.rounds import FederationError, RoundPolicy, federated_statistics, run_rounds, wait_for_nodes
 from astroscale_fl.history import RoundRecord, write_history
 from astroscale_fl.models import build_model
 from astroscale_fl.observability import RunMetrics, serve
@@ -134,7 +134,7 @@ def run_federation(grid: Grid, cfg: DictConfig, strategy: Strategy, out_dir: str
     policy = RoundPolicy(timeout=float(fed.round_timeout), min_replies=int(fed.min_replies),
                          max_update_norm=None if fed.max_update_norm is None else float(fed.max_update_norm))
     arrays, _ = run_rounds(
-        strategy, grid, initial, int(fed.num_rounds), round_config(cfg, pipeline), central_eval,
+        strategy, grid, initial, _rounds_within_budget(strategy, int(fed.num_rounds), start_round), round_config(cfg, pipeline), central_eval,
         on_round=on_round, show_progress=show_progress, policy=policy, start_round=start_round, metrics=metrics_obj,
     )
     history = rows
@@ -159,11 +159,28 @@ def run_federation(grid: Grid, cfg: DictConfig, strategy: Strategy, out_dir: str
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
     privacy = privacy_summary(cfg, extra["privacy_entries"], extra["privacy_declines"], statistics)
+    if hasattr(strategy, "node_level_section"):  # privacy=dp_fedavg: the server's node-level ledger
+        privacy["card"]["node_level"] = strategy.node_level_section()
+        privacy["node_level_epsilon"] = privacy["card"]["node_level"]["epsilon"]
     metrics["privacy"] = privacy
     params = strategy.params() if hasattr(strategy, "params") else {}
     finish_run(out_dir, task, cfg, pipeline, model, metrics, test, params, card_extra={"privacy": privacy["card"]})
     log(INFO, "done: test R²=%.4f RMSE=%.4f in %.1f s -> %s", final.r2, final.rmse, wall, out_dir)
     return metrics
+
+
+def _rounds_within_budget(strategy: Strategy, num_rounds: int, start_round: int) -> int:
+    """The last round to run: ``num_rounds``, or earlier where the node-level ε budget ends."""
+    if not hasattr(strategy, "affordable_rounds"):
+        return num_rounds
+    allowed = strategy.affordable_rounds(num_rounds - start_round + 1)
+    if allowed == 0 and num_rounds >= start_round:
+        raise FederationError(f"privacy.node_epsilon_budget: not even one more round fits (node-level epsilon so far "
+                              f"{strategy.ledger.epsilon():.4g})")
+    if start_round - 1 + allowed < num_rounds:
+        log(WARNING, "privacy.node_epsilon_budget: the run stops after round %d of %d (node-level budget)",
+            start_round - 1 + allowed, num_rounds)
+    return start_round - 1 + allowed
 
 
 def privacy_summary(cfg: DictConfig, entries: list[dict], declines: list[dict],

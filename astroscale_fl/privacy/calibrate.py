@@ -162,11 +162,12 @@ class PrivacySettings:
 
     @classmethod
     def from_config(cls, section: Mapping | None) -> PrivacySettings | None:
-        """Settings from the ``privacy`` config group; ``None`` for ``privacy=none``."""
-        if section is None or section.get("name", "none") == "none":
+        """Settings from the ``privacy`` config group; ``None`` when the nodes run no DP-SGD
+        (``privacy=none``, or ``dp_fedavg``: node-level noise is added by the server)."""
+        if section is None or section.get("name", "none") in ("none", "dp_fedavg"):
             return None
         if section.get("name") != "dp_sgd":
-            raise PrivacyError(f"privacy: expected 'none' or 'dp_sgd', got {section.get('name')!r}")
+            raise PrivacyError(f"privacy: expected 'none', 'dp_sgd' or 'dp_fedavg', got {section.get('name')!r}")
         known = {"name", *cls.__dataclass_fields__}
         unknown = sorted(set(section) - known)
         if unknown:
