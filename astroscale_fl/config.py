@@ -198,6 +198,17 @@ class DpFedAvgPrivacy:
 
 
 @dataclass
+class SecAggPlusConfig:
+    """SecAgg+ parameters (astroscale_fl/federation/secagg, strategies/secaggplus.py)."""
+
+    num_shares: int = 5  # neighbours of each node, itself included (>= nodes: everyone)
+    reconstruction_threshold: int = 3  # shares needed to rebuild a node's mask seed or key
+    clipping_range: float = 1.0  # update coordinates clipped to [-c, c] before quantisation
+    quantization_range: int = 16777216  # quantisation levels over [-c, c] (2^24)
+    max_weight: float = 100000.0  # largest node weight (training rows); larger ones are capped
+
+
+@dataclass
 class Federation:
     num_nodes: Optional[int] = None  # null: 5, or one node per survey / per by_column value
     num_rounds: int = 20
@@ -214,6 +225,8 @@ class Federation:
     metrics_host: str = "127.0.0.1"  # 0.0.0.0 lets a remote Prometheus scrape
     checkpoint: bool = True  # write <output dir>/checkpoint.npz after every round
     resume_from: Optional[str] = None  # run directory (or checkpoint.npz) to continue from
+    secure_aggregation: str = "none"  # none | secaggplus
+    secaggplus: SecAggPlusConfig = field(default_factory=SecAggPlusConfig)
 
 
 @dataclass
@@ -389,6 +402,11 @@ def _check_values(cfg: DictConfig) -> None:
         _require(cfg.partition.alpha > 0, "partition.alpha", "a positive number", cfg.partition.alpha)
         _require(cfg.partition.bins >= 1, "partition.bins", "an integer >= 1", cfg.partition.bins)
     _check_missing(cfg)
+    _require(fed.secure_aggregation in ("none", "secaggplus"), "federation.secure_aggregation", "none or secaggplus", fed.secure_aggregation)
+    if fed.secure_aggregation == "secaggplus":
+        from astroscale_fl.federation.secagg.protocol import check_config
+
+        check_config(cfg)
     if cfg.privacy.name != "none":
         from astroscale_fl.privacy import PrivacySettings
         from astroscale_fl.privacy.node_level import NodeLevelSettings

@@ -8,6 +8,7 @@ from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
 
 from astroscale_fl.federation import client
+from astroscale_fl.federation.secagg import node as secagg_node
 from astroscale_fl.privacy import BUDGET_EXCEEDED_CODE
 from astroscale_fl.privacy.node import BudgetExceeded
 
@@ -23,11 +24,20 @@ def query(msg: Message, context: Context) -> Message:
         return Message(Error(code=BUDGET_EXCEEDED_CODE, reason=str(exc)), reply_to=msg)
 
 
+@app.query("secagg")
+def secagg(msg: Message, context: Context) -> Message:
+    """SecAgg+ stages: keys, shares, unmasking shares (astroscale_fl.federation.secagg.node)."""
+    return Message(content=secagg_node.handle_stage(msg, context), reply_to=msg)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Train the global model locally and return it (or decline: privacy budget spent)."""
+    """Train the global model locally and return it (masked under SecAgg+; or decline: privacy budget spent)."""
     try:
-        return Message(content=client.handle_train(msg, context), reply_to=msg)
+        content = client.handle_train(msg, context)
+        if secagg_node.RECORD in msg.content.config_records:
+            content = secagg_node.mask_reply(msg, context, content)
+        return Message(content=content, reply_to=msg)
     except BudgetExceeded as exc:
         return Message(Error(code=BUDGET_EXCEEDED_CODE, reason=str(exc)), reply_to=msg)
 

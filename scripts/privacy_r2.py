@@ -50,9 +50,11 @@ def epsilon_of(metrics: dict) -> str:
     return ", ".join(parts) or "-"
 
 
-def table(settings: list[tuple[str, list[str]]], repeats: int) -> None:
+def table(settings: list[tuple[str, list[str]]], repeats: int, only: str = "") -> None:
     rows, plain = [], None
     for label, overrides in settings:
+        if only not in label and not label.endswith("plain"):
+            continue
         r2s, eps, started = [], "-", time.perf_counter()
         for _ in range(repeats):
             metrics = run(overrides)
@@ -71,6 +73,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--nodes", type=int, nargs="+", default=[20, 100])
+    parser.add_argument("--only", default="", help="run only the settings whose label contains this text")
     parser.add_argument("--snr", type=float, default=10.0, help="task.min_parallax_snr (10: 30,574 stars)")
     args = parser.parse_args()
     logging.getLogger("flwr").setLevel(logging.WARNING)
@@ -79,7 +82,7 @@ def main() -> int:
         settings = [("exact statistics", [*common, "federation.num_nodes=5"])]
         settings += [(f"DP statistics eps={e:g}", [*common, "federation.num_nodes=5", f"privacy.statistics_epsilon={e}"])
                      for e in (10.0, 1.0, 0.1)]
-        table(settings, args.repeats)
+        table(settings, args.repeats, args.only)
         return 0
     for nodes in args.nodes:
         node = [*common, f"federation.num_nodes={nodes}", "train.batch_size=32"]
@@ -88,7 +91,7 @@ def main() -> int:
             settings.append((f"{nodes} nodes DP-FedAvg sigma={sigma}", [*node, "privacy=dp_fedavg", f"privacy.node_noise_multiplier={sigma}"]))
         settings.append((f"{nodes} nodes DP-SGD eps=8", [*node, "privacy=dp_sgd"]))
         print(f"--- {nodes} nodes, {args.rounds} rounds", flush=True)
-        table(settings, args.repeats)
+        table(settings, args.repeats, args.only)
     return 0
 
 

@@ -6,7 +6,9 @@ from omegaconf import DictConfig
 
 from astroscale_fl.errors import ConfigError
 from astroscale_fl.privacy.node_level import NodeLevelSettings
+from astroscale_fl.federation.secagg.protocol import SecAggPlusParams
 from strategies.dp_fedavg import DpFedAvg
+from strategies.secaggplus import SecAggPlus
 from strategies.fedadam import FedAdam
 from strategies.fedavg import FedAvg
 from strategies.fedprox import FedProx
@@ -31,7 +33,11 @@ def build_strategy(cfg: DictConfig) -> FedAvg:
         **params,
     )
     node_level = NodeLevelSettings.from_config(cfg.privacy)
-    return strategy if node_level is None else DpFedAvg(strategy, node_level, int(fed.num_nodes))
+    if node_level is not None:
+        return DpFedAvg(strategy, node_level, int(fed.num_nodes))
+    if fed.secure_aggregation == "secaggplus":
+        return SecAggPlus(strategy, SecAggPlusParams.from_config(fed.secaggplus), float(fed.round_timeout))
+    return strategy
 
 
-__all__ = ["DpFedAvg", "FedAdam", "FedAvg", "FedProx", "STRATEGIES", "Scaffold", "build_strategy"]
+__all__ = ["DpFedAvg", "FedAdam", "FedAvg", "FedProx", "STRATEGIES", "Scaffold", "SecAggPlus", "build_strategy"]

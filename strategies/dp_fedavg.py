@@ -45,7 +45,8 @@ from astroscale_fl.federation.records import arrays_to_numpy, numpy_to_arrays
 from astroscale_fl.privacy.ledger import PrivacyLedger
 from astroscale_fl.privacy.node_level import NodeLevelSettings, affordable_rounds, card_entry, next_clipping_norm, noisy_mean
 from strategies.fedavg import ARRAYS_KEY, FedAvg
-from strategies.scaffold import CONTROL_DELTA_KEY, Scaffold
+from strategies.mean_step import apply_mean_update
+from strategies.scaffold import CONTROL_DELTA_KEY
 
 MODEL, CONTROL = "model/", "control/"
 
@@ -150,19 +151,9 @@ class DpFedAvg(Strategy):
         self.clipping_norms.append(used)
         if self.settings.adaptive is not None:
             self.clipping_norm = next_clipping_norm(used, norms, self.settings, self.expected_nodes, self.rng)
-        if isinstance(self.strategy, Scaffold):
-            new = self._scaffold_step(mean)
-        else:
-            new = self.strategy.server_step({k: (x[k] + mean[MODEL + k]).astype(x[k].dtype) for k in x})
+        control = {k[len(CONTROL):]: v for k, v in mean.items() if k.startswith(CONTROL)}
+        new = apply_mean_update(self.strategy, {k: mean[MODEL + k] for k in x}, control, self.sample_rate)
         return numpy_to_arrays(new), MetricRecord({"clipping-norm": used, "node-epsilon": self.ledger.epsilon()})
-
-    def _scaffold_step(self, mean: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """SCAFFOLD's server update from the noisy means: ``x += server_lr Δx̃``, ``c += q Δc̃``."""
-        s = self.strategy
-        x = s.global_arrays
-        for name in s.control:
-            s.control[name] = s.control[name] + self.sample_rate * mean[CONTROL + name]
-        return {k: (x[k].astype(np.float64) + s.server_lr * mean[MODEL + k]).astype(x[k].dtype) for k in x}
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         return self.strategy.configure_evaluate(server_round, arrays, config, grid)

@@ -164,9 +164,18 @@ def run_federation(grid: Grid, cfg: DictConfig, strategy: Strategy, out_dir: str
         privacy["node_level_epsilon"] = privacy["card"]["node_level"]["epsilon"]
     metrics["privacy"] = privacy
     params = strategy.params() if hasattr(strategy, "params") else {}
-    finish_run(out_dir, task, cfg, pipeline, model, metrics, test, params, card_extra={"privacy": privacy["card"]})
+    finish_run(out_dir, task, cfg, pipeline, model, metrics, test, params, card_extra={"privacy": privacy["card"], **_secure_aggregation_card(cfg)})
     log(INFO, "done: test R²=%.4f RMSE=%.4f in %.1f s -> %s", final.r2, final.rmse, wall, out_dir)
     return metrics
+
+
+def _secure_aggregation_card(cfg: DictConfig) -> dict[str, Any]:
+    """The card's ``secure_aggregation`` entry (and SecAgg+'s parameters)."""
+    if cfg.federation.secure_aggregation == "none":
+        return {"secure_aggregation": "none"}
+    from astroscale_fl.federation.secagg.protocol import SecAggPlusParams
+
+    return {"secure_aggregation": "secaggplus", "secaggplus": SecAggPlusParams.from_config(cfg.federation.secaggplus).as_dict()}
 
 
 def _rounds_within_budget(strategy: Strategy, num_rounds: int, start_round: int) -> int:
