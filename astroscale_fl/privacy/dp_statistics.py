@@ -66,7 +66,7 @@ def column_ranges(task, columns: list[str]) -> np.ndarray:
     """Physical ``[lo, hi]`` of each statistics column (raw inputs, derived features, target)."""
     known = {f.name: (f.low, f.high) for f in task.inputs} | dict(DERIVED_RANGES) | {task.target: task.target_range}
     out = np.array([known.get(c, (-np.inf, np.inf)) for c in columns], dtype=np.float64)
-    unbounded = [c for c, (lo, hi) in zip(columns, out) if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo)]
+    unbounded = [c for c, (lo, hi) in zip(columns, out, strict=True) if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo)]
     if unbounded:
         raise PrivacyError(f"privacy.statistics_epsilon: column(s) {unbounded} of task {task.name} have no finite physical "
                            "range to clip to; use preprocess.reference (a public table) instead")

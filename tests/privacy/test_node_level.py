@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord
+from flwr.app import ConfigRecord
 from flwr.supercore.task_identity import TaskIdentity
 from opacus.accountants import create_accountant
 
