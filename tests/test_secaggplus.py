@@ -99,6 +99,8 @@ def test_neighbour_graph_and_config_checks():
     assert all(len(v) == 5 and n in v for n, v in graph.items())
     assert all(n in graph[m] for n, v in graph.items() for m in v)  # symmetric
     assert neighbours([1, 2, 3], 5, np.random.default_rng(0)) == {1: [1, 2, 3], 2: [1, 2, 3], 3: [1, 2, 3]}
+    big = [2**64 - 5, 6277904573203050746, 12]  # Flower node ids are uint64: no float rounding on the way
+    assert set(neighbours(big, 3, np.random.default_rng(0))) == set(big)
     with pytest.raises(ConfigError, match="reconstruction_threshold"):
         SecAggPlusParams(num_shares=3, reconstruction_threshold=4)
     with pytest.raises(ConfigError, match="max_update_norm"):

@@ -84,7 +84,7 @@ def check_config(cfg) -> None:
 
 def neighbours(node_ids: list[int], num_shares: int, rng: np.random.Generator) -> dict[int, list[int]]:
     """SecAgg+'s sparse graph: each node and its ``num_shares − 1`` ring neighbours (after a shuffle)."""
-    order = [int(n) for n in rng.permutation(node_ids)]
+    order = [int(node_ids[i]) for i in rng.permutation(len(node_ids))]  # permute indices: node ids are uint64
     n = len(order)
     if num_shares >= n:
         return {v: sorted(order) for v in order}
