@@ -23,7 +23,7 @@ def test_secaggplus_with_dp_sgd_and_dp_statistics(federation, tmp_path):
     proc = federation.run([*ONE_ROUND, "federation.secure_aggregation=secaggplus", "federation.secaggplus.num_shares=2",
                            "federation.secaggplus.reconstruction_threshold=2", "privacy=dp_sgd",
                            "privacy.statistics_epsilon=1.0"], tmp_path)
-    wait_run(proc, fed=federation)
+    wait_run(proc, timeout=900, fed=federation)  # five message exchanges per round, a process each
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["rounds"] == 1 and metrics["nodes_failed"] == 0
     model_card = json.loads((tmp_path / "model" / "model_card.json").read_text())
@@ -36,7 +36,7 @@ def test_secaggplus_with_dp_sgd_and_dp_statistics(federation, tmp_path):
 
 def test_node_level_dp_fedavg(federation, tmp_path):
     proc = federation.run([*ONE_ROUND, "privacy=dp_fedavg", "privacy.node_noise_multiplier=1.0"], tmp_path)
-    wait_run(proc, fed=federation)
+    wait_run(proc, timeout=900, fed=federation)  # five message exchanges per round, a process each
     model_card = json.loads((tmp_path / "model" / "model_card.json").read_text())
     level = model_card["privacy"]["node_level"]
     assert level["history"] == [[1.0, 1.0, 1]] and level["epsilon"] > 0
