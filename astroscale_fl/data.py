@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from astroscale_fl import config
 from astroscale_fl.errors import DataError
 from astroscale_fl.split import node_rows, train_test_split
 from astroscale_fl.tasks import get_task
@@ -35,16 +36,20 @@ def task_split(cfg: DictConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def resolve_num_nodes(cfg: DictConfig) -> DictConfig:
-    """``cfg`` with ``federation.num_nodes`` set: a ``null`` under ``partition=by_column``
-    becomes the number of distinct values of the partition column in the training rows."""
+    """``cfg`` with ``federation.num_nodes`` set: a ``null`` left by :func:`config.validate`
+    (a partition column without a known list of values) becomes the number of distinct values
+    of that column in the training rows (:func:`config.default_num_nodes`)."""
     if cfg.federation.num_nodes is not None:
         return cfg
     train, _ = task_split(cfg)
-    column = cfg.partition.get("column") if cfg.partition.name == "by_column" else "survey"
-    if column not in train.columns:
-        raise DataError(f"partition.column: {column!r} is not a column of the task data; columns are {list(train.columns)}")
+
+    def distinct_values(column: str) -> int:
+        if column not in train.columns:
+            raise DataError(f"partition.column: {column!r} is not a column of the task data; columns are {list(train.columns)}")
+        return int(train[column].astype(str).nunique())
+
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    resolved["federation"]["num_nodes"] = int(train[column].astype(str).nunique())
+    resolved["federation"]["num_nodes"] = config.default_num_nodes(cfg, distinct_values)
     out = OmegaConf.create(resolved)
     OmegaConf.set_readonly(out, True)
     return out

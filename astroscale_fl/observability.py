@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Mapping
 from logging import WARNING
 from typing import Any
 
@@ -97,10 +98,11 @@ class RunMetrics:
             current = self.epsilon_max._value.get()  # noqa: SLF001 (prometheus_client has no public getter)
             self.epsilon_max.set(epsilon if math.isnan(current) else max(current, epsilon))
 
-    def restore(self, rows: list[Any]) -> None:
-        """After a resume: count the checkpointed rounds so the counters reflect the whole run."""
+    def restore(self, rows: list[Any], rejected: Mapping[int, int] | None = None) -> None:
+        """After a resume: count the checkpointed rounds (``rejected``: replies rejected per
+        round, which history.csv does not hold) so the counters reflect the whole run."""
         for row in rows:
-            self.round_finished(row, declined=int(getattr(row, "nodes_declined", 0)), rejected=int(getattr(row, "nodes_rejected", 0)))
+            self.round_finished(row, declined=row.nodes_declined, rejected=(rejected or {}).get(row.round, 0))
 
 
 class _Delegating:
@@ -121,9 +123,8 @@ def serve(metrics: RunMetrics, port: int, host: str = "0.0.0.0") -> bool:
     """Serve ``metrics`` on ``host:port`` (0 = off); return whether they are served."""
     if port <= 0:
         return False
-    from prometheus_client import start_http_server
-
     from flwr.common import log
+    from prometheus_client import start_http_server
 
     with _LOCK:
         key = (host, int(port))

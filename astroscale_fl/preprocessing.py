@@ -26,7 +26,6 @@ from astroscale_fl.derived import DERIVED_FEATURES
 from astroscale_fl.errors import ConfigError, DataError
 from astroscale_fl.statistics import ColumnStatistics
 
-
 Columns = dict[str, np.ndarray]
 
 

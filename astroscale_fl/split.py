@@ -13,6 +13,7 @@ import pandas as pd
 
 from astroscale_fl.errors import ConfigError, DataError
 
+SURVEY_COLUMN = "survey"  # the column that names a row's survey (partition=by_survey)
 
 @dataclass(frozen=True)
 class PartitionColumns:
@@ -98,12 +99,18 @@ def assign_by_column(frame: pd.DataFrame, num_nodes: int, seed: int, columns: Pa
 
 def assign_by_survey(frame: pd.DataFrame, num_nodes: int, seed: int, columns: PartitionColumns, **_) -> np.ndarray:
     """One node per survey: ``by_column`` on the task's ``survey`` column."""
-    return assign_by_column(frame, num_nodes, seed, columns, column="survey")
+    return assign_by_column(frame, num_nodes, seed, columns, column=SURVEY_COLUMN)
+
+
+def partition_column(partition_cfg) -> str | None:
+    """The column whose values name the nodes: ``partition.column`` for ``by_column``,
+    ``survey`` for ``by_survey``; None for the other partitions."""
+    return {"by_column": partition_cfg.get("column"), "by_survey": SURVEY_COLUMN}.get(partition_cfg.name)
 
 
 def node_names(frame: pd.DataFrame, partition_cfg, num_nodes: int) -> list[str]:
-    """Readable node names: the column values for ``by_column``, else ``node-<k>``."""
-    column = {"by_column": partition_cfg.get("column"), "by_survey": "survey"}.get(partition_cfg.name)
+    """Readable node names: the partition column's values (``by_column``, ``by_survey``), else ``node-<k>``."""
+    column = partition_column(partition_cfg)
     if column and column in frame.columns:
         return [str(v) for v in np.unique(frame[column].astype(str).to_numpy())]
     return [f"node-{k}" for k in range(num_nodes)]

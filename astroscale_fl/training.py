@@ -2,10 +2,9 @@
 
 Batches are formed by slicing tensors that already live on the training device with a
 seeded random permutation: no per-sample ``DataLoader`` on the hot path (on 2 CPU threads
-that is ~10x faster for the models here). Strategies plug in through two hooks:
-
-- ``extra_loss(model) -> Tensor`` is added to the batch loss (FedProx' proximal term);
-- ``after_backward(model)`` edits gradients before the optimizer step (SCAFFOLD's correction).
+that is ~10x faster for the models here). Strategies plug in through one hook,
+``after_backward(model)``, which edits gradients before the optimizer step (FedProx' proximal
+gradient, SCAFFOLD's correction: :mod:`astroscale_fl.federation.local_objectives`).
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ from torch import nn
 from astroscale_fl.errors import ConfigError
 from astroscale_fl.metrics import r2_score, rmse
 
-ExtraLoss = Callable[[nn.Module], torch.Tensor]
 GradHook = Callable[[nn.Module], None]
 
 
@@ -61,7 +59,6 @@ def train_local(
     features: torch.Tensor,
     target: torch.Tensor,
     batches: Iterator[torch.Tensor],
-    extra_loss: ExtraLoss | None = None,
     after_backward: GradHook | None = None,
 ) -> TrainReport:
     """Minimise the mean squared error over ``batches`` (index tensors into the rows)."""
@@ -73,8 +70,6 @@ def train_local(
         optimizer.zero_grad(set_to_none=True)
         loss = batch_loss(model, features, target, index)
         total += loss.detach()
-        if extra_loss is not None:
-            loss = loss + extra_loss(model)
         loss.backward()
         if after_backward is not None:
             after_backward(model)

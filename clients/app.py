@@ -8,8 +8,8 @@ from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
 
 from astroscale_fl.federation import client
+from astroscale_fl.federation.protocol import BUDGET_EXCEEDED_CODE
 from astroscale_fl.federation.secagg import node as secagg_node
-from astroscale_fl.privacy import BUDGET_EXCEEDED_CODE
 from astroscale_fl.privacy.node import BudgetExceeded
 
 app = ClientApp()
@@ -21,7 +21,7 @@ def query(msg: Message, context: Context) -> Message:
     try:
         return Message(content=client.handle_query(msg, dict(context.node_config), context.state), reply_to=msg)
     except BudgetExceeded as exc:
-        return Message(Error(code=BUDGET_EXCEEDED_CODE, reason=str(exc)), reply_to=msg)
+        return Message(Error(code=BUDGET_EXCEEDED_CODE, reason=exc.decline.to_reason()), reply_to=msg)
 
 
 @app.query("secagg")
@@ -39,7 +39,7 @@ def train(msg: Message, context: Context) -> Message:
             content = secagg_node.mask_reply(msg, context, content)
         return Message(content=content, reply_to=msg)
     except BudgetExceeded as exc:
-        return Message(Error(code=BUDGET_EXCEEDED_CODE, reason=str(exc)), reply_to=msg)
+        return Message(Error(code=BUDGET_EXCEEDED_CODE, reason=exc.decline.to_reason()), reply_to=msg)
 
 
 @app.evaluate()

@@ -29,8 +29,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from astroscale_fl.simulator import INPUT_COLUMNS, TARGET, ceiling_r2, simulate_catalog  # noqa: E402
-from astroscale_fl.simulator import sampler, simulate as sim  # noqa: E402
+from astroscale_fl.simulator import INPUT_COLUMNS, TARGET, ceiling_r2, sampler, simulate_catalog  # noqa: E402
+from astroscale_fl.simulator import simulate as sim  # noqa: E402
 from astroscale_fl.simulator.galaxy import C_KMS  # noqa: E402
 from astroscale_fl.simulator.surveys import SURVEYS  # noqa: E402
 

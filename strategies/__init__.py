@@ -5,14 +5,14 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from astroscale_fl.errors import ConfigError
-from astroscale_fl.privacy.node_level import NodeLevelSettings
 from astroscale_fl.federation.secagg.protocol import SecAggPlusParams
+from astroscale_fl.privacy.node_level import NodeLevelSettings
 from strategies.dp_fedavg import DpFedAvg
-from strategies.secaggplus import SecAggPlus
 from strategies.fedadam import FedAdam
 from strategies.fedavg import FedAvg
 from strategies.fedprox import FedProx
 from strategies.scaffold import Scaffold
+from strategies.secaggplus import SecAggPlus
 
 STRATEGIES = {"fedavg": FedAvg, "fedprox": FedProx, "fedadam": FedAdam, "scaffold": Scaffold}
 

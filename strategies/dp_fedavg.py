@@ -41,12 +41,18 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from astroscale_fl.federation.protocol import ARRAYS_KEY, CONTROL_DELTA_KEY
 from astroscale_fl.federation.records import arrays_to_numpy, numpy_to_arrays
 from astroscale_fl.privacy.ledger import PrivacyLedger
-from astroscale_fl.privacy.node_level import NodeLevelSettings, affordable_rounds, card_entry, next_clipping_norm, noisy_mean
-from strategies.fedavg import ARRAYS_KEY, FedAvg
+from astroscale_fl.privacy.node_level import (
+    NodeLevelSettings,
+    affordable_rounds,
+    card_entry,
+    next_clipping_norm,
+    noisy_mean,
+)
+from strategies.fedavg import FedAvg
 from strategies.mean_step import apply_mean_update
-from strategies.scaffold import CONTROL_DELTA_KEY
 
 MODEL, CONTROL = "model/", "control/"
 

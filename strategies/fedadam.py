@@ -21,7 +21,7 @@ from strategies.fedavg import FedAvg
 class FedAdam(FedAvg):
     """Server-side Adam on the FedAvg pseudo-gradient."""
 
-    def __init__(self, server_lr: float = 0.01, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3, **kwargs) -> None:
+    def __init__(self, *, server_lr: float, beta1: float, beta2: float, tau: float, **kwargs) -> None:
         super().__init__(server_lr=server_lr, **kwargs)
         self.beta1, self.beta2, self.tau = beta1, beta2, tau
         self.m: dict[str, np.ndarray] = {}

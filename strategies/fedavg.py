@@ -20,12 +20,20 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from astroscale_fl.federation.protocol import (
+    ARRAYS_KEY,
+    CONFIG_KEY,
+    DELTA_KEY,
+    EPSILON_KEY,
+    LOSS_KEY,
+    METRICS_KEY,
+    SERVER_ROUND_KEY,
+    SSE_KEY,
+    SUM_Y2_KEY,
+    SUM_Y_KEY,
+    WEIGHT_KEY,
+)
 from astroscale_fl.federation.records import arrays_to_numpy, numpy_to_arrays
-
-ARRAYS_KEY = "arrays"
-CONFIG_KEY = "config"
-METRICS_KEY = "metrics"
-WEIGHT_KEY = "num-examples"
 
 
 def weighted_mean(arrays: list[dict[str, np.ndarray]], weights: list[float]) -> dict[str, np.ndarray]:
@@ -51,6 +59,12 @@ class FedAvg(Strategy):
     min_train_nodes : sample at least this many nodes for training.
     server_lr : server step on the averaged update (1 = plain FedAvg).
     seed : seeds node sampling (round ``r`` uses ``(seed, r)``), so runs are reproducible.
+    arrayrecord_key : record holding the model in messages and replies.
+    configrecord_key : record holding the round config sent to the nodes.
+    weighted_by_key : reply metric that weights each node in the average.
+
+    The record keys default to :mod:`astroscale_fl.federation.protocol`'s, as Flower's own
+    ``FedAvg`` takes them.
     """
 
     def __init__(
@@ -60,7 +74,13 @@ class FedAvg(Strategy):
         min_train_nodes: int = 1,
         server_lr: float = 1.0,
         seed: int = 0,
+        arrayrecord_key: str = ARRAYS_KEY,
+        configrecord_key: str = CONFIG_KEY,
+        weighted_by_key: str = WEIGHT_KEY,
     ) -> None:
+        self.arrayrecord_key = arrayrecord_key
+        self.configrecord_key = configrecord_key
+        self.weighted_by_key = weighted_by_key
         self.fraction_train = fraction_train
         self.fraction_evaluate = fraction_evaluate
         self.min_train_nodes = min_train_nodes
@@ -102,8 +122,8 @@ class FedAvg(Strategy):
 
     def train_content(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord) -> RecordDict:
         """What a sampled node receives for training (subclasses add records)."""
-        config["server-round"] = server_round
-        return RecordDict({ARRAYS_KEY: arrays, CONFIG_KEY: config})
+        config[SERVER_ROUND_KEY] = server_round
+        return RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         """Sample nodes and send each the global arrays and the round config."""
@@ -116,8 +136,9 @@ class FedAvg(Strategy):
         if self.fraction_evaluate == 0.0:
             return []
         node_ids = self.sample(grid, server_round, self.fraction_evaluate, 1, purpose=1)
-        config["server-round"] = server_round
-        return self._messages(RecordDict({ARRAYS_KEY: arrays, CONFIG_KEY: config}), node_ids, MessageType.EVALUATE)
+        config[SERVER_ROUND_KEY] = server_round
+        content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        return self._messages(content, node_ids, MessageType.EVALUATE)
 
     # -- aggregation ------------------------------------------------------------------------
 
@@ -131,9 +152,13 @@ class FedAvg(Strategy):
         valid = self.valid_replies(replies)
         if not valid:
             return None, None
-        weights = [float(m.content[METRICS_KEY][WEIGHT_KEY]) for m in valid]
-        mean = weighted_mean([arrays_to_numpy(m.content[ARRAYS_KEY]) for m in valid], weights)
-        return numpy_to_arrays(self.server_step(mean)), weighted_metrics(valid, weights)
+        weights = self.reply_weights(valid)
+        mean = weighted_mean([arrays_to_numpy(m.content[self.arrayrecord_key]) for m in valid], weights)
+        return numpy_to_arrays(self.server_step(mean)), weighted_metrics(valid, weights, self.weighted_by_key)
+
+    def reply_weights(self, replies: list[Message]) -> list[float]:
+        """Each reply's aggregation weight (its ``weighted_by_key`` metric)."""
+        return [float(m.content[METRICS_KEY][self.weighted_by_key]) for m in replies]
 
     def server_step(self, mean: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """``w + server_lr * (mean - w)``; exactly ``mean`` when ``server_lr`` is 1."""
@@ -150,17 +175,17 @@ class FedAvg(Strategy):
         valid = self.valid_replies(replies)
         if not valid:
             return None
-        return pooled_regression_metrics([m.content[METRICS_KEY] for m in valid])
+        return pooled_regression_metrics([m.content[METRICS_KEY] for m in valid], self.weighted_by_key)
 
 
 #: Per-node privacy guarantees: aggregated as the worst node's value, never averaged.
-WORST_CASE_METRICS = ("epsilon", "delta")
+WORST_CASE_METRICS = (EPSILON_KEY, DELTA_KEY)
 
 
-def weighted_metrics(replies: list[Message], weights: list[float]) -> MetricRecord:
+def weighted_metrics(replies: list[Message], weights: list[float], weighted_by_key: str = WEIGHT_KEY) -> MetricRecord:
     """Example-weighted mean of every numeric metric the replies share (the max for privacy ones)."""
     total = float(sum(weights))
-    keys = set.intersection(*(set(m.content[METRICS_KEY].keys()) for m in replies)) - {WEIGHT_KEY}
+    keys = set.intersection(*(set(m.content[METRICS_KEY].keys()) for m in replies)) - {weighted_by_key}
     out = {}
     for k in sorted(keys):
         values = [float(m.content[METRICS_KEY][k]) for m in replies]
@@ -168,21 +193,21 @@ def weighted_metrics(replies: list[Message], weights: list[float]) -> MetricReco
             out[k] = max(values)
         else:
             out[k] = sum(v * w for v, w in zip(values, weights)) / total
-    out[WEIGHT_KEY] = int(total)
+    out[weighted_by_key] = int(total)
     return MetricRecord(out)
 
 
-def pooled_regression_metrics(records: list[MetricRecord]) -> MetricRecord:
+def pooled_regression_metrics(records: list[MetricRecord], weighted_by_key: str = WEIGHT_KEY) -> MetricRecord:
     """Exact pooled metrics from per-node sums: n, sum of squared errors, sum y, sum y², loss sum."""
-    n = sum(float(r[WEIGHT_KEY]) for r in records)
-    sse = sum(float(r["sse"]) for r in records)
-    sum_y = sum(float(r["sum_y"]) for r in records)
-    sum_y2 = sum(float(r["sum_y2"]) for r in records)
-    loss = sum(float(r["loss"]) * float(r[WEIGHT_KEY]) for r in records) / n
+    n = sum(float(r[weighted_by_key]) for r in records)
+    sse = sum(float(r[SSE_KEY]) for r in records)
+    sum_y = sum(float(r[SUM_Y_KEY]) for r in records)
+    sum_y2 = sum(float(r[SUM_Y2_KEY]) for r in records)
+    loss = sum(float(r[LOSS_KEY]) * float(r[weighted_by_key]) for r in records) / n
     ss_tot = sum_y2 - sum_y**2 / n
     return MetricRecord({
         "loss": loss,
         "rmse": float(np.sqrt(sse / n)),
         "r2": float(1.0 - sse / ss_tot) if ss_tot > 0 else float("nan"),
-        WEIGHT_KEY: int(n),
+        weighted_by_key: int(n),
     })

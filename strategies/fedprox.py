@@ -10,15 +10,15 @@ from __future__ import annotations
 
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
+from astroscale_fl.federation.protocol import ProximalTerm
 from strategies.fedavg import FedAvg
-
-MU_KEY = "proximal-mu"
 
 
 class FedProx(FedAvg):
-    """FedAvg with a proximal term ``mu`` sent to the nodes in the round config."""
+    """FedAvg with a proximal term ``mu`` sent to the nodes in the round config
+    (as :class:`~astroscale_fl.federation.protocol.ProximalTerm`)."""
 
-    def __init__(self, mu: float = 0.01, **kwargs) -> None:
+    def __init__(self, *, mu: float, **kwargs) -> None:  # mu: from conf/strategy/fedprox.yaml, no second default
         super().__init__(**kwargs)
         self.mu = mu
 
@@ -26,5 +26,5 @@ class FedProx(FedAvg):
         return {**super().params(), "mu": self.mu}
 
     def train_content(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord) -> RecordDict:
-        config[MU_KEY] = float(self.mu)
+        ProximalTerm(float(self.mu)).write(config)
         return super().train_content(server_round, arrays, config)

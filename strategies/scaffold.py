@@ -26,19 +26,23 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
+from astroscale_fl.federation.protocol import CONTROL_DELTA_KEY, CONTROL_KEY, ScaffoldCorrection
 from astroscale_fl.federation.records import arrays_to_numpy, numpy_to_arrays
-from strategies.fedavg import ARRAYS_KEY, METRICS_KEY, WEIGHT_KEY, FedAvg, weighted_metrics
-
-CONTROL_KEY = "control"
-CONTROL_DELTA_KEY = "control-delta"
-LOCAL_LR_KEY = "scaffold-local-lr"
+from strategies.fedavg import FedAvg, weighted_metrics
 
 
 class Scaffold(FedAvg):
-    """SCAFFOLD with server control variate ``c`` as strategy state."""
+    """SCAFFOLD with server control variate ``c`` as strategy state.
 
-    def __init__(self, server_lr: float = 1.0, local_lr: float = 0.05, **kwargs) -> None:
+    ``control_key`` / ``control_delta_key`` name the ArrayRecords carrying ``c`` to the nodes
+    and ``delta_c_i`` back (defaults from :mod:`astroscale_fl.federation.protocol`).
+    """
+
+    def __init__(self, *, server_lr: float, local_lr: float, control_key: str = CONTROL_KEY,
+                 control_delta_key: str = CONTROL_DELTA_KEY, **kwargs) -> None:
         super().__init__(server_lr=server_lr, **kwargs)
+        self.control_key = control_key
+        self.control_delta_key = control_delta_key
         self.local_lr = local_lr
         self.control: dict[str, np.ndarray] = {}
         self.num_nodes = 0
@@ -49,9 +53,9 @@ class Scaffold(FedAvg):
     def train_content(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord) -> RecordDict:
         if not self.control:
             self.control = {k: np.zeros(v.shape, np.float64) for k, v in arrays_to_numpy(arrays).items()}
-        config[LOCAL_LR_KEY] = float(self.local_lr)
+        ScaffoldCorrection(float(self.local_lr)).write(config)
         content = super().train_content(server_round, arrays, config)
-        content[CONTROL_KEY] = numpy_to_arrays({k: v.astype(np.float32) for k, v in self.control.items()})
+        content[self.control_key] = numpy_to_arrays({k: v.astype(np.float32) for k, v in self.control.items()})
         return content
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
@@ -64,8 +68,8 @@ class Scaffold(FedAvg):
         if not valid:
             return None, None
         assert self.global_arrays is not None
-        models = [arrays_to_numpy(m.content[ARRAYS_KEY]) for m in valid]
-        deltas = [arrays_to_numpy(m.content[CONTROL_DELTA_KEY]) for m in valid]
+        models = [arrays_to_numpy(m.content[self.arrayrecord_key]) for m in valid]
+        deltas = [arrays_to_numpy(m.content[self.control_delta_key]) for m in valid]
         new = {}
         for name, current in self.global_arrays.items():
             x = current.astype(np.float64)
@@ -74,8 +78,7 @@ class Scaffold(FedAvg):
         share = len(valid) / max(self.num_nodes, len(valid))
         for name in self.control:
             self.control[name] = self.control[name] + share * np.mean([d[name].astype(np.float64) for d in deltas], axis=0)
-        weights = [float(m.content[METRICS_KEY][WEIGHT_KEY]) for m in valid]
-        return numpy_to_arrays(new), weighted_metrics(valid, weights)
+        return numpy_to_arrays(new), weighted_metrics(valid, self.reply_weights(valid), self.weighted_by_key)
 
     def state_dict(self) -> dict[str, np.ndarray]:
         return {f"c/{k}": v for k, v in self.control.items()}

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from logging import INFO
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common import log
 from flwr.common.secure_aggregation.crypto.shamir import combine_shares
 from flwr.common.secure_aggregation.crypto.symmetric_encryption import generate_shared_key
@@ -42,15 +42,25 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_public_key
 
+from astroscale_fl.federation.protocol import SECAGG_MESSAGE_TYPE, WEIGHT_KEY
 from astroscale_fl.federation.records import arrays_to_numpy, numpy_to_arrays
 from astroscale_fl.federation.rounds import FederationError, send_and_receive
 from astroscale_fl.federation.secagg.node import CONTROL, MODEL, RECORD
-from astroscale_fl.federation.secagg.protocol import MODULUS, WEIGHT, SecAggPlusParams, flatten, mean_error_bound, neighbours, prg, unflatten
+from astroscale_fl.federation.secagg.protocol import (
+    MODULUS,
+    WEIGHT,
+    SecAggPlusParams,
+    flatten,
+    mean_error_bound,
+    neighbours,
+    prg,
+    unflatten,
+)
 from strategies.fedavg import FedAvg
 from strategies.mean_step import apply_mean_update
 from strategies.scaffold import Scaffold
 
-STAGE_TYPE = f"{MessageType.QUERY}.secagg"
+STAGE_TYPE = SECAGG_MESSAGE_TYPE
 
 
 def payload_nbytes(content: RecordDict) -> int:
@@ -210,7 +220,7 @@ class SecAggPlus(Strategy):
         self.error_bound = mean_error_bound(self.secagg, len(active), q_total)
         metrics = {"secagg-nodes": len(active), "secagg-dropped": len(dead), "secagg-protocol-bytes": self._bytes}
         if self.weighted:
-            metrics["num-examples"] = int(round(q_total / q_range * self.secagg.max_weight))  # the sum only
+            metrics[WEIGHT_KEY] = int(round(q_total / q_range * self.secagg.max_weight))  # the sum only
         return numpy_to_arrays(new), MetricRecord(metrics)
 
     def _unmask(self, total: np.ndarray, active: list[int], dead: list[int], shares: dict[int, list[bytes]]) -> np.ndarray:

@@ -24,7 +24,22 @@ def test_default_config_validates():
     assert config.from_json(config.to_json(cfg)) == cfg
 
 
+def test_defaults_come_from_the_yaml_alone(tmp_path, monkeypatch):
+    """The schemas hold no defaults: a value changed in a copy of the conf/ tree is the value used."""
+    import shutil
+
+    tree = tmp_path / "conf"
+    shutil.copytree(config.conf_dir(), tree)
+    fedprox = tree / "strategy" / "fedprox.yaml"
+    fedprox.write_text(fedprox.read_text().replace("mu: 0.01", "mu: 0.5"))
+    assert config.validate(config.compose(["strategy=fedprox"])).strategy.mu == 0.01
+    monkeypatch.setenv("ASTROSCALE_FL_CONF", str(tree))
+    assert config.validate(config.compose(["strategy=fedprox"])).strategy.mu == 0.5
+
+
 @pytest.mark.parametrize("override, message", [
+    ("~federation.num_rounds", "federation.num_rounds: a value is required"),
+    ("~strategy.server_lr", "strategy.server_lr: a value is required"),
     ("foo=1", "foo"),
     ("federation.num_rounds=abc", "federation.num_rounds"),
     ("federation.fraction_train=1.5", "federation.fraction_train"),

@@ -61,7 +61,7 @@ def one_round(overrides, drop=()):
 def test_unmasked_mean_equals_the_plain_mean_and_only_masked_vectors_travel(strategy):
     plain, inner, _, _ = one_round([f"strategy={strategy}"])
     secure, wrapper, replies, history = one_round([f"strategy={strategy}", *SECAGG])
-    assert history[0].nodes_replied == 5
+    assert history[0].record.nodes_replied == 5
     for reply in replies:  # what reached the server: masked integers, no count, no model
         assert all(a.numpy().dtype == np.int64 for a in reply.content["arrays"].values())
         assert "metrics" not in reply.content.metric_records
@@ -82,7 +82,7 @@ def test_unmasked_mean_equals_the_plain_mean_and_only_masked_vectors_travel(stra
 def test_node_dropping_after_sharing_keys_is_recovered():
     plain, _, _, _ = one_round([], drop={102})
     secure, wrapper, replies, history = one_round(SECAGG, drop={102})
-    assert history[0].nodes_failed == 1 and history[0].nodes_replied == 4
+    assert history[0].record.nodes_failed == 1 and history[0].record.nodes_replied == 4
     assert wrapper.error_bound < 1e-4
     for name in plain:  # the dropped node's pairwise masks were rebuilt from its key shares
         np.testing.assert_allclose(secure[name], plain[name], atol=wrapper.error_bound + 1e-6, rtol=0)

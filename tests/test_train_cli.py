@@ -14,7 +14,6 @@ from astroscale_fl.predict import Predictor
 from tests.conftest import CLI, ROOT, cli_env
 
 
-
 def train(*overrides, cwd=ROOT, timeout=600):
     return subprocess.run([*CLI, "train", *overrides], capture_output=True, text=True, cwd=cwd, env=cli_env(), timeout=timeout)
 

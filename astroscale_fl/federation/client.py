@@ -25,14 +25,14 @@ from omegaconf import DictConfig
 from astroscale_fl import data
 from astroscale_fl.device import resolve_device
 from astroscale_fl.federation import local_objectives as objectives
+from astroscale_fl.federation import protocol
 from astroscale_fl.federation.messages import read_pipeline, read_run_config
-from astroscale_fl.federation.records import arrays_to_numpy, load_arrays, model_to_arrays, numpy_to_arrays
+from astroscale_fl.federation.records import load_arrays, model_to_arrays, numpy_to_arrays
 from astroscale_fl.models import build_model
-from astroscale_fl.privacy import PrivacySettings, card, make_private, poisson_batches, train_local_dp
-from astroscale_fl.privacy import node as dp_node
 from astroscale_fl.preprocessing import Pipeline
+from astroscale_fl.privacy.node import LocalJob, node_privacy
 from astroscale_fl.tasks import get_task
-from astroscale_fl.training import evaluate, make_optimizer, shuffled_batches, train_local
+from astroscale_fl.training import GradHook, evaluate, make_optimizer
 
 LOCAL_VAL_FRACTION = 0.1
 
@@ -90,7 +90,7 @@ def node_tensors(cfg: DictConfig, node_config: dict, pipeline: Pipeline, pipelin
 def handle_query(msg: Message, node_config: dict, state: RecordDict | None = None) -> RecordDict:
     """Statistics round: this node's column statistics (no rows leave the node); under
     ``privacy.statistics_epsilon`` through the Gaussian mechanism (``state``: the node's ledger)."""
-    cfg = read_run_config(msg.content["config"])
+    cfg = read_run_config(msg.content[protocol.CONFIG_KEY])
     task = get_task(cfg.task)
     train, _ = node_split(cfg, node_config)
     if cfg.privacy.get("statistics_epsilon") is not None:
@@ -100,88 +100,58 @@ def handle_query(msg: Message, node_config: dict, state: RecordDict | None = Non
         return private_statistics_reply(cfg, task, pipeline, train, RecordDict() if state is None else state, node_config)
     stats = Pipeline.from_config(task, cfg).compute_statistics(train)
     return RecordDict({
-        "stats": numpy_to_arrays(stats.to_arrays()),
-        "columns": ConfigRecord({"names": list(stats.columns)}),
-        "metrics": MetricRecord({"num-examples": len(train)}),
+        protocol.STATS_KEY: numpy_to_arrays(stats.to_arrays()),
+        protocol.COLUMNS_KEY: ConfigRecord({protocol.COLUMN_NAMES_KEY: list(stats.columns)}),
+        protocol.METRICS_KEY: MetricRecord({protocol.WEIGHT_KEY: len(train)}),
     })
 
 
 def _prepare(msg: Message, node_config: dict) -> tuple[DictConfig, torch.nn.Module, NodeTensors, Pipeline]:
-    config = msg.content["config"]
+    config = msg.content[protocol.CONFIG_KEY]
     cfg = read_run_config(config)
     torch.set_num_threads(int(cfg.federation.client_threads))
     device = resolve_device(cfg.device)
     pipeline, pipeline_key = read_pipeline(config)
     tensors = node_tensors(cfg, node_config, pipeline, pipeline_key, device)
     model = build_model(cfg.model, len(pipeline.features), int(cfg.seed)).to(device)
-    load_arrays(model, msg.content["arrays"])
+    load_arrays(model, msg.content[protocol.ARRAYS_KEY])
     return cfg, model, tensors, pipeline
 
 
 def handle_train(msg: Message, context: Context) -> RecordDict:
     """Train the received global model on this node's rows; return it and the example count.
 
-    The round config says which strategy terms apply: FedProx' ``proximal-mu`` adds the
-    proximal gradient; SCAFFOLD's ``control`` record switches to corrected plain SGD and adds
-    the control-variate delta to the reply.
+    The round config's typed local objectives (:func:`protocol.local_objectives`) say which
+    strategy terms apply: FedProx' :class:`~protocol.ProximalTerm` adds the proximal
+    gradient; SCAFFOLD's :class:`~protocol.ScaffoldCorrection` switches to corrected plain SGD
+    and adds the control-variate delta to the reply. The node's privacy round
+    (:func:`astroscale_fl.privacy.node.node_privacy`) trains, with or without DP.
     """
-    from strategies.fedprox import MU_KEY
-    from strategies.scaffold import CONTROL_DELTA_KEY, CONTROL_KEY, LOCAL_LR_KEY
-
     node_config = dict(context.node_config)
-    config = msg.content["config"]
+    config = msg.content[protocol.CONFIG_KEY]
     cfg, model, tensors, _ = _prepare(msg, node_config)
-    server_round = int(config["server-round"])
-    generator = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + server_round * 7919 + _node_salt(node_config))
-    batches = shuffled_batches(len(tensors.train_y), int(cfg.train.batch_size), int(cfg.train.local_epochs), generator)
-    hooks: list[objectives.GradHook] = []
-    if MU_KEY in config:
-        hooks.append(objectives.proximal_gradient(model, float(config[MU_KEY])))
-    scaffold = CONTROL_KEY in msg.content.array_records
-    if scaffold:
-        local_lr = float(config[LOCAL_LR_KEY])
-        optimizer = torch.optim.SGD(model.parameters(), lr=local_lr)
-        global_arrays = arrays_to_numpy(msg.content["arrays"])
-        server_c = objectives.read_control(msg.content[CONTROL_KEY])
+    server_round = int(config[protocol.SERVER_ROUND_KEY])
+    wanted = protocol.local_objectives(config)
+    hooks: list[GradHook] = []
+    if wanted.proximal is not None:
+        hooks.append(objectives.proximal_gradient(model, wanted.proximal.mu))
+    scaffold = None
+    if wanted.scaffold is not None:
         store = objectives.ControlVariateStore(context.state, context.run_id, node_config.get("data-dir"))
-        node_c = store.load(server_c)
-        hooks.append(objectives.control_correction(model, server_c, node_c))
+        scaffold = objectives.ScaffoldRound(model, wanted.scaffold, msg.content, store)
+        hooks.append(scaffold.hook)
+        optimizer = scaffold.optimizer(model)
     else:
         optimizer = make_optimizer(model.parameters(), cfg.train.optimizer, cfg.train.lr, cfg.train.momentum, cfg.train.weight_decay)
-    settings = PrivacySettings.from_config(cfg.privacy)
-    if settings is None:
-        report = train_local(model, optimizer, tensors.train_x, tensors.train_y, batches, after_backward=objectives.combine(hooks))
-        metrics = {"num-examples": report.examples, "train_loss": report.loss}
-        privacy_record = None
-    else:
-        report, metrics, privacy_record = _train_private(settings, cfg, context, model, optimizer, tensors, hooks)
-    reply = RecordDict({"arrays": model_to_arrays(model), "metrics": MetricRecord(metrics)})
-    if privacy_record is not None:
-        reply[card.REPLY_KEY] = privacy_record
-    if scaffold:
-        new_c = objectives.updated_control(global_arrays, arrays_to_numpy(reply["arrays"]), server_c, node_c, report.steps, local_lr)
-        store.save(new_c)
-        reply[CONTROL_DELTA_KEY] = numpy_to_arrays({k: (new_c[k] - node_c[k]).astype(np.float32) for k in new_c})
+    generator = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + server_round * 7919 + _node_salt(node_config))
+    job = LocalJob(model, optimizer, tensors.train_x, tensors.train_y, int(cfg.train.batch_size), int(cfg.train.local_epochs),
+                   generator, after_backward=objectives.combine(hooks))
+    trained = node_privacy(cfg, context.state, node_config).train(job)
+    reply = RecordDict({protocol.ARRAYS_KEY: model_to_arrays(model), protocol.METRICS_KEY: MetricRecord(trained.metrics),
+                        **trained.records})
+    if scaffold is not None:
+        reply[protocol.CONTROL_DELTA_KEY] = scaffold.finish(reply[protocol.ARRAYS_KEY], trained.report.steps)
     return reply
-
-
-def _train_private(settings: PrivacySettings, cfg: DictConfig, context: Context, model: torch.nn.Module,
-                   optimizer: torch.optim.Optimizer, tensors: NodeTensors, hooks: list) -> tuple:
-    """DP-SGD round: spend in the ledger first (or decline), then train with clipping and noise.
-
-    Strategy terms (FedProx, SCAFFOLD) are added after clip + noise: see astroscale_fl.privacy.dp_sgd.
-    The reply carries ε so far and the node's ledger (for the model card); no noiseless loss.
-    """
-    node_config = dict(context.node_config)
-    n = len(tensors.train_y)
-    ledger, plan = dp_node.spend_round(settings, cfg, context.state, node_config, n)
-    private, dp_optimizer = make_private(model, optimizer, noise_multiplier=plan.noise_multiplier,
-                                         max_grad_norm=plan.max_grad_norm, expected_batch_size=plan.expected_batch_size,
-                                         backend=settings.backend, secure_mode=settings.secure_mode)
-    batches = poisson_batches(n, plan.sample_rate, plan.steps, generator=None)
-    report = train_local_dp(private, dp_optimizer, tensors.train_x, tensors.train_y, batches, after_backward=objectives.combine(hooks))
-    metrics = {"num-examples": n, "epsilon": ledger.epsilon(), "delta": ledger.delta}
-    return report, metrics, card.reply_record(dp_node.node_name(node_config), ledger)
 
 
 def handle_evaluate(msg: Message, node_config: dict) -> RecordDict:
@@ -190,12 +160,12 @@ def handle_evaluate(msg: Message, node_config: dict) -> RecordDict:
     x, y = (tensors.val_x, tensors.val_y) if len(tensors.val_y) else (tensors.train_x, tensors.train_y)
     report = evaluate(model, x, y, pipeline.target.inverse)
     y_true = pipeline.target.inverse(y.double().cpu().numpy())
-    return RecordDict({"metrics": MetricRecord({
-        "num-examples": report.examples,
-        "loss": report.loss,
-        "sse": report.rmse**2 * report.examples,
-        "sum_y": float(y_true.sum()),
-        "sum_y2": float((y_true**2).sum()),
+    return RecordDict({protocol.METRICS_KEY: MetricRecord({
+        protocol.WEIGHT_KEY: report.examples,
+        protocol.LOSS_KEY: report.loss,
+        protocol.SSE_KEY: report.rmse**2 * report.examples,
+        protocol.SUM_Y_KEY: float(y_true.sum()),
+        protocol.SUM_Y2_KEY: float((y_true**2).sum()),
     })})
 
 

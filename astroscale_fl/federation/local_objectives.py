@@ -12,7 +12,6 @@ per-example data gradients and treat these terms as post-processing.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +20,9 @@ from flwr.app import ArrayRecord, RecordDict
 from torch import nn
 
 from astroscale_fl.atomic import atomic_path
+from astroscale_fl.federation.protocol import ARRAYS_KEY, CONTROL_KEY, ScaffoldCorrection
 from astroscale_fl.federation.records import arrays_to_numpy, numpy_to_arrays
-
-GradHook = Callable[[nn.Module], None]
+from astroscale_fl.training import GradHook
 
 
 def combine(hooks: list[GradHook]) -> GradHook | None:
@@ -110,3 +109,25 @@ class ControlVariateStore:
 def read_control(record: ArrayRecord) -> dict[str, np.ndarray]:
     """The server control variate from a message, as float64 arrays."""
     return {k: v.astype(np.float64) for k, v in arrays_to_numpy(record).items()}
+
+
+class ScaffoldRound:
+    """A node's SCAFFOLD round: ``c`` and ``c_i`` in, corrected plain SGD, ``c_i+ - c_i`` out."""
+
+    def __init__(self, model: nn.Module, correction: ScaffoldCorrection, content: RecordDict, store: ControlVariateStore):
+        self.local_lr = correction.local_lr
+        self.global_arrays = arrays_to_numpy(content[ARRAYS_KEY])
+        self.server_c = read_control(content[CONTROL_KEY])
+        self.store = store
+        self.node_c = store.load(self.server_c)
+        self.hook = control_correction(model, self.server_c, self.node_c)
+
+    def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        """SCAFFOLD's local optimizer: plain SGD at ``local_lr`` (its update rule assumes it)."""
+        return torch.optim.SGD(model.parameters(), lr=self.local_lr)
+
+    def finish(self, trained: ArrayRecord, steps: int) -> ArrayRecord:
+        """Store ``c_i+`` and return ``delta_c_i = c_i+ - c_i`` for the reply."""
+        new_c = updated_control(self.global_arrays, arrays_to_numpy(trained), self.server_c, self.node_c, steps, self.local_lr)
+        self.store.save(new_c)
+        return numpy_to_arrays({k: (new_c[k] - self.node_c[k]).astype(np.float32) for k in new_c})

@@ -3,6 +3,11 @@
 The server puts the validated run config (JSON) and, after the statistics round, the fitted
 preprocessing state (JSON) into every message's ConfigRecord. ClientApps therefore need no
 configuration of their own beyond where their data is (the node config).
+
+The run config travels without its ``strategy`` group: what a strategy asks of the node
+reaches it once, typed, in the round config (:class:`~astroscale_fl.federation.protocol.ProximalTerm`,
+:class:`~astroscale_fl.federation.protocol.ScaffoldCorrection`), and the server-side parameters
+(server_lr, FedAdam's moments) are none of the node's business.
 """
 
 from __future__ import annotations
@@ -13,15 +18,15 @@ from flwr.app import ConfigRecord
 from omegaconf import DictConfig
 
 from astroscale_fl import config as config_mod
+from astroscale_fl.federation.protocol import PIPELINE_KEY, RUN_CONFIG_KEY
 from astroscale_fl.preprocessing import Pipeline
 
-RUN_CONFIG_KEY = "astroscale-config"
-PIPELINE_KEY = "astroscale-pipeline"
+NODE_CONFIG_OMITS = ("strategy",)  # config groups the nodes' copy of the run config leaves out
 
 
 def round_config(cfg: DictConfig, pipeline: Pipeline | None = None) -> ConfigRecord:
     """The ConfigRecord sent with each message of a run."""
-    record = ConfigRecord({RUN_CONFIG_KEY: config_mod.to_json(cfg)})
+    record = ConfigRecord({RUN_CONFIG_KEY: config_mod.to_json(cfg, without=NODE_CONFIG_OMITS)})
     if pipeline is not None:
         record[PIPELINE_KEY] = json.dumps(pipeline.state_dict(), sort_keys=True)
     return record
@@ -29,7 +34,7 @@ def round_config(cfg: DictConfig, pipeline: Pipeline | None = None) -> ConfigRec
 
 def read_run_config(record: ConfigRecord) -> DictConfig:
     """The validated run config carried by a message."""
-    return config_mod.from_json(str(record[RUN_CONFIG_KEY]))
+    return config_mod.from_json(str(record[RUN_CONFIG_KEY]), without=NODE_CONFIG_OMITS)
 
 
 def read_pipeline(record: ConfigRecord) -> tuple[Pipeline, str]:

@@ -12,6 +12,11 @@ each way, Prometheus metrics, a checkpoint hook, and resilience:
   non-finite values or an update norm beyond ``federation.max_update_norm`` is *rejected*
   (counted, logged, never aggregated);
 - a round aggregates when at least ``federation.min_replies`` valid replies arrived.
+
+Each round is :func:`train_phase` (configure, send and receive, :func:`sort_replies`, aggregate)
+then :func:`evaluate_phase`; :func:`run_rounds` returns one typed :class:`RoundOutcome` per
+round (its ``history.csv`` row, the accepted replies, the structured declines, the DP ledger
+entries and the rejection reasons).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from logging import INFO, WARNING
 
 import numpy as np
@@ -30,15 +35,26 @@ from flwr.serverapp.strategy import Strategy
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from astroscale_fl.errors import AstroScaleError
+from astroscale_fl.federation.protocol import (
+    ARRAYS_KEY,
+    BUDGET_EXCEEDED_CODE,
+    COLUMN_NAMES_KEY,
+    COLUMNS_KEY,
+    CONFIG_KEY,
+    EPSILON_KEY,
+    METRICS_KEY,
+    PRIVACY_KEY,
+    STATS_KEY,
+    TRAIN_LOSS_KEY,
+    Decline,
+)
 from astroscale_fl.federation.records import record_nbytes
 from astroscale_fl.history import RoundRecord
-from astroscale_fl.privacy.card import REPLY_KEY as PRIVACY_KEY
 from astroscale_fl.privacy.card import entry_from_record
 from astroscale_fl.statistics import ColumnStatistics
 
 CentralEval = Callable[[ArrayRecord], tuple[float, float]]  # arrays -> (rmse, r2)
 POLL_SECONDS = 0.2
-MODEL_RECORD = "arrays"  # the ArrayRecord holding a reply's model (strategies.fedavg.ARRAYS_KEY)
 
 
 class FederationError(AstroScaleError):
@@ -104,7 +120,7 @@ def federated_statistics(grid: Grid, node_ids: list[int], config: ConfigRecord, 
                          privacy_entries: list | None = None) -> ColumnStatistics:
     """Statistics round: every node sends column statistics of its rows; merge them.
     ``privacy_entries`` (if given) receives the ledger record of each DP statistics reply."""
-    messages = [Message(RecordDict({"config": config}), message_type=MessageType.QUERY, dst_node_id=n) for n in node_ids]
+    messages = [Message(RecordDict({CONFIG_KEY: config}), message_type=MessageType.QUERY, dst_node_id=n) for n in node_ids]
     replies, missing = send_and_receive(grid, messages, timeout)
     parts = []
     for node in missing:
@@ -113,8 +129,8 @@ def federated_statistics(grid: Grid, node_ids: list[int], config: ConfigRecord, 
         if reply.has_error():
             log(INFO, "statistics round: node %s failed: %s", reply.metadata.src_node_id, reply.error.reason)
             continue
-        columns = list(reply.content["columns"]["names"])
-        arrays = {k: v.numpy() for k, v in reply.content["stats"].items()}
+        columns = list(reply.content[COLUMNS_KEY][COLUMN_NAMES_KEY])
+        arrays = {k: v.numpy() for k, v in reply.content[STATS_KEY].items()}
         parts.append(ColumnStatistics.from_arrays(columns, arrays))
         if privacy_entries is not None and PRIVACY_KEY in reply.content.config_records:
             privacy_entries.append(entry_from_record(reply.content[PRIVACY_KEY]))
@@ -136,9 +152,9 @@ def check_reply(content: RecordDict, global_arrays: dict[str, np.ndarray], max_u
             items = value if isinstance(value, list) else [value]
             if any(isinstance(v, float) and not math.isfinite(v) for v in items):
                 return f"non-finite metric {rec_name}/{name}"
-    if MODEL_RECORD not in content.array_records:
-        return f"no {MODEL_RECORD!r} ArrayRecord"
-    model = content.array_records[MODEL_RECORD]
+    if ARRAYS_KEY not in content.array_records:
+        return f"no {ARRAYS_KEY!r} ArrayRecord"
+    model = content.array_records[ARRAYS_KEY]
     if set(model.keys()) != set(global_arrays):
         return "model arrays do not match the global model's"
     squared = 0.0
@@ -153,6 +169,114 @@ def check_reply(content: RecordDict, global_arrays: dict[str, np.ndarray], max_u
     return None
 
 
+@dataclass
+class SortedReplies:
+    """A training round's replies, sorted: accepted for aggregation, declined, rejected, failed."""
+
+    accepted: list[Message] = field(default_factory=list)
+    declines: list[Decline] = field(default_factory=list)
+    rejections: list[str] = field(default_factory=list)  # why each rejected reply was not aggregated
+    failed: int = 0  # error replies and nodes that never replied
+    bytes_up: int = 0
+
+
+@dataclass
+class RoundOutcome:
+    """What one round produced: the history row and what ``history.csv`` does not hold."""
+
+    record: RoundRecord
+    replies: list[Message]  # accepted training replies (aggregated)
+    declines: list[Decline]  # nodes that declined (privacy budget spent)
+    privacy_entries: list[dict]  # model-card entries of the DP replies
+    rejections: list[str]  # reasons of the replies not aggregated
+
+    @property
+    def bytes_down(self) -> int:
+        return self.record.bytes_down
+
+    @property
+    def bytes_up(self) -> int:
+        return self.record.bytes_up
+
+    @property
+    def max_epsilon(self) -> float | None:
+        """Largest lifetime ε a training node reported this round (None without DP)."""
+        return self.record.max_epsilon if math.isfinite(self.record.max_epsilon) else None
+
+
+def sort_replies(server_round: int, replies: list[Message], missing: list[int], global_arrays: dict[str, np.ndarray],
+                 policy: RoundPolicy) -> SortedReplies:
+    """Sort training replies into accepted / declined / failed / rejected, logging each that is not accepted."""
+    out = SortedReplies(failed=len(missing))
+    for node in missing:
+        log(WARNING, "round %d: node %s did not reply within %.0f s", server_round, node, policy.timeout)
+    for reply in replies:
+        node = reply.metadata.src_node_id
+        if reply.has_error() and reply.error.code == BUDGET_EXCEEDED_CODE:
+            decline = Decline.from_reason(reply.error.reason)
+            out.declines.append(decline)
+            log(INFO, "round %d: node %s declined: %s", server_round, node, decline)
+        elif reply.has_error():
+            out.failed += 1
+            log(WARNING, "round %d: node %s failed: %s", server_round, node, reply.error.reason)
+        else:
+            out.bytes_up += record_nbytes(reply.content)
+            reason = check_reply(reply.content, global_arrays, policy.max_update_norm)
+            if reason is None:
+                out.accepted.append(reply)
+            else:
+                out.rejections.append(reason)
+                log(WARNING, "round %d: reply of node %s rejected: %s", server_round, node, reason)
+    return out
+
+
+def train_phase(strategy: Strategy, grid: Grid, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                policy: RoundPolicy) -> tuple[ArrayRecord, RoundOutcome]:
+    """configure_train -> send and receive -> sort replies -> aggregate_train; the new arrays."""
+    row = RoundRecord(round=server_round)
+    global_np = {k: v.numpy() for k, v in arrays.items()}
+    train_msgs = list(strategy.configure_train(server_round, arrays, ConfigRecord(dict(config)), grid))
+    row.nodes_sampled = len(train_msgs)
+    row.bytes_down += sum(record_nbytes(m.content) for m in train_msgs)
+    replies, missing = send_and_receive(grid, train_msgs, policy.timeout)
+    sorted_ = sort_replies(server_round, replies, missing, global_np, policy)
+    row.nodes_replied, row.nodes_failed, row.nodes_declined = len(sorted_.accepted), sorted_.failed, len(sorted_.declines)
+    row.bytes_up = sorted_.bytes_up
+    if len(sorted_.accepted) < max(1, policy.min_replies):
+        raise FederationError(
+            f"round {server_round}: {len(sorted_.accepted)} valid replies, fewer than federation.min_replies={policy.min_replies} "
+            f"({sorted_.failed} failed, {len(sorted_.declines)} declined, {len(sorted_.rejections)} rejected of {len(train_msgs)} sampled)")
+    new_arrays, train_metrics = strategy.aggregate_train(server_round, sorted_.accepted)
+    if new_arrays is None:
+        raise FederationError(f"round {server_round}: no node returned a model ({row.nodes_failed} failed)")
+    if train_metrics is not None and TRAIN_LOSS_KEY in train_metrics:
+        row.train_loss = float(train_metrics[TRAIN_LOSS_KEY])
+    metric_records = [r.content[METRICS_KEY] for r in sorted_.accepted if METRICS_KEY in r.content.metric_records]
+    epsilons = [float(m[EPSILON_KEY]) for m in metric_records if EPSILON_KEY in m]
+    row.max_epsilon = max(epsilons) if epsilons else float("nan")
+    entries = [entry_from_record(r.content[PRIVACY_KEY]) for r in sorted_.accepted if PRIVACY_KEY in r.content.config_records]
+    return new_arrays, RoundOutcome(row, sorted_.accepted, sorted_.declines, entries, sorted_.rejections)
+
+
+def evaluate_phase(strategy: Strategy, grid: Grid, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                   policy: RoundPolicy, row: RoundRecord, central_eval: CentralEval | None) -> None:
+    """Federated evaluation (configure_evaluate -> send and receive -> aggregate_evaluate), then
+    centralized evaluation; fills ``row``'s evaluation columns and bytes down."""
+    eval_msgs = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(dict(config)), grid))
+    row.bytes_down += sum(record_nbytes(m.content) for m in eval_msgs)
+    eval_replies, eval_missing = send_and_receive(grid, eval_msgs, policy.timeout)
+    for reply in eval_replies:
+        if reply.has_error():
+            log(WARNING, "round %d: evaluation on node %s failed: %s", server_round, reply.metadata.src_node_id, reply.error.reason)
+    for node in eval_missing:
+        log(WARNING, "round %d: node %s did not evaluate within %.0f s", server_round, node, policy.timeout)
+    eval_metrics = strategy.aggregate_evaluate(server_round, eval_replies)
+    if eval_metrics is not None:
+        row.eval_loss, row.eval_rmse, row.eval_r2 = (float(eval_metrics[k]) for k in ("loss", "rmse", "r2"))
+    if central_eval is not None:
+        row.test_rmse, row.test_r2 = central_eval(arrays)
+
+
 def run_rounds(
     strategy: Strategy,
     grid: Grid,
@@ -161,19 +285,20 @@ def run_rounds(
     config: ConfigRecord,
     central_eval: CentralEval | None,
     timeout: float | None = None,
-    on_round: Callable[[RoundRecord, ArrayRecord], None] | None = None,
+    on_round: Callable[[RoundOutcome, ArrayRecord], None] | None = None,
     show_progress: bool = True,
     policy: RoundPolicy | None = None,
     start_round: int = 1,
     metrics=None,
-) -> tuple[ArrayRecord, list[RoundRecord]]:
-    """Run rounds ``start_round .. num_rounds`` of ``strategy``; return the final arrays and their history.
+) -> tuple[ArrayRecord, list[RoundOutcome]]:
+    """Run rounds ``start_round .. num_rounds`` of ``strategy``; return the final arrays and each round's outcome.
 
-    ``metrics`` (an :class:`astroscale_fl.observability.RunMetrics`) is updated as rounds go;
-    ``on_round(row, arrays)`` runs after each completed round (checkpoints, history.csv).
+    Each round is :func:`train_phase` then :func:`evaluate_phase`. ``metrics`` (an
+    :class:`astroscale_fl.observability.RunMetrics`) is updated as rounds go;
+    ``on_round(outcome, arrays)`` runs after each completed round (checkpoints, history.csv).
     """
     policy = policy or RoundPolicy(timeout=600.0 if timeout is None else timeout)
-    history: list[RoundRecord] = []
+    outcomes: list[RoundOutcome] = []
     progress = Progress(
         TextColumn("[bold]federated rounds"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         TextColumn("{task.fields[status]}"), disable=not show_progress,
@@ -184,79 +309,16 @@ def run_rounds(
             if metrics is not None:
                 metrics.round_started(server_round)
             start = time.perf_counter()
-            row = RoundRecord(round=server_round)
-            global_np = {k: v.numpy() for k, v in arrays.items()}
-            train_msgs = list(strategy.configure_train(server_round, arrays, ConfigRecord(dict(config)), grid))
-            row.nodes_sampled = len(train_msgs)
-            row.bytes_down += sum(record_nbytes(m.content) for m in train_msgs)
-            replies, missing = send_and_receive(grid, train_msgs, policy.timeout)
-            for node in missing:
-                log(WARNING, "round %d: node %s did not reply within %.0f s", server_round, node, policy.timeout)
-            accepted, declined, rejected, failed = [], 0, 0, len(missing)
-            row.declines = []  # (round, reason) of nodes that declined: their budget is spent
-            for reply in replies:
-                if reply.has_error() and reply.error.code == _budget_code():
-                    declined += 1
-                    row.declines.append(reply.error.reason)
-                    log(INFO, "round %d: node %s declined: %s", server_round, reply.metadata.src_node_id, reply.error.reason)
-                    continue
-                if reply.has_error():
-                    failed += 1
-                    log(WARNING, "round %d: node %s failed: %s", server_round, reply.metadata.src_node_id, reply.error.reason)
-                    continue
-                row.bytes_up += record_nbytes(reply.content)
-                reason = check_reply(reply.content, global_np, policy.max_update_norm)
-                if reason is not None:
-                    rejected += 1
-                    log(WARNING, "round %d: reply of node %s rejected: %s", server_round, reply.metadata.src_node_id, reason)
-                    continue
-                accepted.append(reply)
-            row.nodes_replied, row.nodes_failed = len(accepted), failed
-            row.nodes_declined, row.nodes_rejected = declined, rejected  # rejected: metrics.json and /metrics only
-            if len(accepted) < max(1, policy.min_replies):
-                raise FederationError(
-                    f"round {server_round}: {len(accepted)} valid replies, fewer than federation.min_replies={policy.min_replies} "
-                    f"({failed} failed, {declined} declined, {rejected} rejected of {len(train_msgs)} sampled)")
-            new_arrays, train_metrics = strategy.aggregate_train(server_round, accepted)
-            if new_arrays is None:
-                raise FederationError(f"round {server_round}: no node returned a model ({row.nodes_failed} failed)")
-            arrays = new_arrays
-            if train_metrics is not None and "train_loss" in train_metrics:
-                row.train_loss = float(train_metrics["train_loss"])
-            epsilons = [float(r.content["metrics"]["epsilon"]) for r in accepted
-                        if "metrics" in r.content.metric_records and "epsilon" in r.content["metrics"]]
-            row.max_epsilon = max(epsilons) if epsilons else float("nan")
-            row.privacy_entries = [entry_from_record(r.content[PRIVACY_KEY]) for r in accepted
-                                   if PRIVACY_KEY in r.content.config_records]
-
-            eval_msgs = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(dict(config)), grid))
-            row.bytes_down += sum(record_nbytes(m.content) for m in eval_msgs)
-            eval_replies, eval_missing = send_and_receive(grid, eval_msgs, policy.timeout)
-            for reply in eval_replies:
-                if reply.has_error():
-                    log(WARNING, "round %d: evaluation on node %s failed: %s", server_round, reply.metadata.src_node_id, reply.error.reason)
-            for node in eval_missing:
-                log(WARNING, "round %d: node %s did not evaluate within %.0f s", server_round, node, policy.timeout)
-            eval_metrics = strategy.aggregate_evaluate(server_round, eval_replies)
-            if eval_metrics is not None:
-                row.eval_loss, row.eval_rmse, row.eval_r2 = (float(eval_metrics[k]) for k in ("loss", "rmse", "r2"))
-            if central_eval is not None:
-                row.test_rmse, row.test_r2 = central_eval(arrays)
+            arrays, outcome = train_phase(strategy, grid, server_round, arrays, config, policy)
+            row = outcome.record
+            evaluate_phase(strategy, grid, server_round, arrays, config, policy, row, central_eval)
             row.wall_seconds = time.perf_counter() - start
-            history.append(row)
+            outcomes.append(outcome)
             if metrics is not None:
-                metrics.round_finished(row, declined=declined, rejected=rejected, epsilon=max(epsilons) if epsilons else None)
+                metrics.round_finished(row, declined=len(outcome.declines), rejected=len(outcome.rejections),
+                                       epsilon=outcome.max_epsilon)
             if on_round is not None:
-                on_round(row, arrays)
+                on_round(outcome, arrays)
             detail = f"ε={row.max_epsilon:.2f}" if math.isfinite(row.max_epsilon) else f"loss={row.train_loss:.4f}"
             progress.update(task, advance=1, status=f"test R²={row.test_r2:.4f} {detail}")
-    return arrays, history
-
-
-def _budget_code() -> int:
-    """``Error.code`` of a node declining a round (privacy budget spent)."""
-    try:
-        from astroscale_fl.privacy import BUDGET_EXCEEDED_CODE
-    except ImportError:  # privacy package absent
-        return -1
-    return int(BUDGET_EXCEEDED_CODE)
+    return arrays, outcomes

@@ -10,8 +10,9 @@ history are restored.
 
 from __future__ import annotations
 
-import re
+import dataclasses
 import time
+from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
@@ -24,12 +25,19 @@ from flwr.serverapp.strategy import Strategy
 from omegaconf import DictConfig, OmegaConf
 
 from astroscale_fl import checkpoint as ckpt_mod
-from astroscale_fl.errors import ConfigError
 from astroscale_fl.data import task_split
+from astroscale_fl.errors import ConfigError
 from astroscale_fl.export import finish_run
 from astroscale_fl.federation.messages import round_config
 from astroscale_fl.federation.records import arrays_to_numpy, load_arrays, model_to_arrays, numpy_to_arrays
-from astroscale_fl.federation.rounds import FederationError, RoundPolicy, federated_statistics, run_rounds, wait_for_nodes
+from astroscale_fl.federation.rounds import (
+    FederationError,
+    RoundOutcome,
+    RoundPolicy,
+    federated_statistics,
+    run_rounds,
+    wait_for_nodes,
+)
 from astroscale_fl.history import RoundRecord, write_history
 from astroscale_fl.models import build_model
 from astroscale_fl.observability import RunMetrics, serve
@@ -38,133 +46,216 @@ from astroscale_fl.privacy import dp_statistics
 from astroscale_fl.privacy.card import privacy_section
 from astroscale_fl.reference import NODE_STATISTICS, fit_reference
 from astroscale_fl.tasks import get_task
-from astroscale_fl.training import encode_rows, evaluate
+from astroscale_fl.training import EvalReport, encode_rows, evaluate
+
+
+@dataclass
+class PreprocessingSource:
+    """Where the run's preprocessing came from: the fitted pipeline, the training rows the
+    statistics counted (None when unknown) and the model card's ``preprocessing_statistics``."""
+
+    pipeline: Pipeline
+    train_rows: int | None
+    statistics: dict[str, Any]
+    privacy_entries: list[dict] = field(default_factory=list)  # DP statistics: the nodes' ledger records
+
+
+@dataclass
+class RunRecord:
+    """What a run accumulates round by round; checkpointed as the checkpoint's ``extra``."""
+
+    train_rows: int | None
+    statistics: dict[str, Any]
+    initial_test_r2: float
+    initial_test_rmse: float
+    rows: list[RoundRecord] = field(default_factory=list)
+    declined: dict[str, int] = field(default_factory=dict)  # round -> nodes declined
+    rejected: dict[str, int] = field(default_factory=dict)  # round -> replies rejected
+    privacy_entries: list[dict] = field(default_factory=list)
+    privacy_declines: list[dict] = field(default_factory=list)  # {round, node, reason, epsilon}
+
+    def add(self, outcome: RoundOutcome) -> None:
+        """Record a finished round."""
+        row = outcome.record
+        self.rows.append(row)
+        self.declined[str(row.round)] = len(outcome.declines)
+        self.rejected[str(row.round)] = len(outcome.rejections)
+        self.privacy_entries.extend(outcome.privacy_entries)
+        self.privacy_declines.extend({"round": row.round, **dataclasses.asdict(d)} for d in outcome.declines)
+
+    def extra(self) -> dict[str, Any]:
+        """The checkpoint's ``extra`` (everything but the rows, which it keeps as history)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "rows"}
+
+    def restore(self, resumed: ckpt_mod.Checkpoint) -> None:
+        """Continue from a checkpoint: its rows and its per-round counts."""
+        self.rows = list(resumed.history)
+        for key in ("declined", "rejected", "privacy_entries", "privacy_declines", "train_rows", "statistics",
+                    "initial_test_r2", "initial_test_rmse"):
+            if key in resumed.extra:
+                setattr(self, key, resumed.extra[key])
+        for row in self.rows:  # history.csv holds declines; the checkpoint's extra is the authority
+            row.nodes_declined = int(self.declined.get(str(row.round), row.nodes_declined))
 
 
 def run_federation(grid: Grid, cfg: DictConfig, strategy: Strategy, out_dir: str | Path, show_progress: bool = True) -> dict[str, Any]:
-    """Run a whole federated training and write history.csv, metrics.json and model/ to ``out_dir``."""
+    """Run a whole federated training and write history.csv, metrics.json and model/ to ``out_dir``:
+    preprocessing source -> rounds -> finish."""
     started = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     fed = cfg.federation
-    task = get_task(cfg.task)
-    device = torch.device("cpu")  # the server only aggregates and evaluates; nodes train on cfg.device
+    resumed = _load_resume(cfg)
+    _check_round_settings(fed)
+    run_metrics = RunMetrics()
+    run_metrics.describe(cfg.strategy.name, cfg.task.name, cfg.model.name)
+    if serve(run_metrics, int(fed.metrics_port), str(fed.metrics_host)):
+        log(INFO, "Prometheus metrics on http://%s:%d/metrics", fed.metrics_host, fed.metrics_port)
 
-    config_dict = OmegaConf.to_container(cfg, resolve=True)
-    resumed = None
-    if fed.resume_from:
-        resumed = ckpt_mod.load(fed.resume_from)
-        ckpt_mod.check_compatible(resumed, config_dict, fed.resume_from)
-        log(INFO, "resuming from %s after round %d", ckpt_mod.checkpoint_path(fed.resume_from), resumed.round)
+    node_ids = wait_for_nodes(grid, int(fed.num_nodes), timeout=float(fed.round_timeout))
+    source = preprocessing_source(grid, cfg, node_ids, resumed)
+    evaluator = CentralEvaluator(cfg, source.pipeline)
+    arrays, record = federated_rounds(grid, cfg, strategy, source, evaluator, out_dir, resumed, run_metrics, show_progress)
+    return finish(cfg, strategy, source, evaluator, arrays, record, out_dir, resumed, started)
+
+
+def _load_resume(cfg: DictConfig) -> ckpt_mod.Checkpoint | None:
+    """The checkpoint ``federation.resume_from`` names (checked against this config), or None."""
+    fed = cfg.federation
+    if not fed.resume_from:
+        return None
+    resumed = ckpt_mod.load(fed.resume_from)
+    ckpt_mod.check_compatible(resumed, OmegaConf.to_container(cfg, resolve=True), fed.resume_from)
+    log(INFO, "resuming from %s after round %d", ckpt_mod.checkpoint_path(fed.resume_from), resumed.round)
+    return resumed
+
+
+def _check_round_settings(fed: DictConfig) -> None:
     if fed.min_replies < 1:
         raise ConfigError(f"federation.min_replies: expected an integer >= 1, got {fed.min_replies}")
     if fed.max_update_norm is not None and not fed.max_update_norm > 0:
         raise ConfigError(f"federation.max_update_norm: expected a positive number or null, got {fed.max_update_norm}")
 
-    metrics_obj = RunMetrics()
-    metrics_obj.describe(cfg.strategy.name, cfg.task.name, cfg.model.name)
-    if serve(metrics_obj, int(fed.metrics_port), str(fed.metrics_host)):
-        log(INFO, "Prometheus metrics on http://%s:%d/metrics", fed.metrics_host, fed.metrics_port)
 
-    stats_entries: list[dict] = []
-    node_ids = wait_for_nodes(grid, int(fed.num_nodes), timeout=float(fed.round_timeout))
+def preprocessing_source(grid: Grid, cfg: DictConfig, node_ids: list[int], resumed: ckpt_mod.Checkpoint | None) -> PreprocessingSource:
+    """The run's pipeline: from the checkpoint (resume), a public reference table, or a
+    federated statistics round over ``node_ids``."""
+    task = get_task(cfg.task)
     if resumed is not None:
-        pipeline = Pipeline.from_state(resumed.pipeline)
-        train_rows = resumed.extra.get("train_rows")
-        statistics = resumed.extra.get("statistics", NODE_STATISTICS)
-    elif cfg.preprocess.reference:
+        return PreprocessingSource(Pipeline.from_state(resumed.pipeline), resumed.extra.get("train_rows"),
+                                   resumed.extra.get("statistics", NODE_STATISTICS))
+    if cfg.preprocess.reference:
         pipeline, statistics = fit_reference(task, cfg, cfg.preprocess.reference)
-        train_rows = None  # no statistics round: the nodes' row counts are not asked for
         log(INFO, "preprocessing fitted on the public reference %s; no statistics round", statistics["path"])
-    else:
-        stats_epsilon = dp_statistics.statistics_epsilon(cfg.privacy)
-        if stats_epsilon is not None:
-            dp_statistics.StatisticsRelease.for_pipeline(task, Pipeline.from_config(task, cfg))  # ranges exist, or a one-line error
-        elif cfg.privacy.name != "none":
-            log(WARNING, "the statistics round releases exact per-node aggregates that %s does not cover; set "
-                "privacy.statistics_epsilon, or preprocess.reference to a public table", cfg.privacy.name)
-        stats = federated_statistics(grid, node_ids, round_config(cfg), timeout=float(fed.round_timeout),
-                                     privacy_entries=stats_entries)
-        pipeline = Pipeline.from_config(task, cfg).fit_statistics(stats)
-        train_rows = max(0, int(round(float(stats.count[-1]))))
-        statistics = NODE_STATISTICS if stats_epsilon is None else dp_statistics.card_section(stats_entries, stats_epsilon)
-        log(INFO, "preprocessing fitted from %d nodes' statistics (%d rows)", len(node_ids), train_rows)
+        return PreprocessingSource(pipeline, None, statistics)  # no statistics round: row counts not asked for
+    stats_epsilon = dp_statistics.statistics_epsilon(cfg.privacy)
+    if stats_epsilon is not None:
+        dp_statistics.StatisticsRelease.for_pipeline(task, Pipeline.from_config(task, cfg))  # ranges exist, or a one-line error
+    elif cfg.privacy.name != "none":
+        log(WARNING, "the statistics round releases exact per-node aggregates that %s does not cover; set "
+            "privacy.statistics_epsilon, or preprocess.reference to a public table", cfg.privacy.name)
+    entries: list[dict] = []
+    stats = federated_statistics(grid, node_ids, round_config(cfg), timeout=float(cfg.federation.round_timeout),
+                                 privacy_entries=entries)
+    pipeline = Pipeline.from_config(task, cfg).fit_statistics(stats)
+    train_rows = max(0, int(round(float(stats.count[-1]))))  # noisy under DP statistics
+    log(INFO, "preprocessing fitted from %d nodes' statistics (%d rows)", len(node_ids), train_rows)
+    if stats_epsilon is None:
+        return PreprocessingSource(pipeline, train_rows, NODE_STATISTICS)
+    return PreprocessingSource(pipeline, train_rows, dp_statistics.card_section(entries, stats_epsilon), entries)
 
-    model = build_model(cfg.model, len(pipeline.features), int(cfg.seed)).to(device)
-    _, test = task_split(cfg)
-    test_x, test_y = encode_rows(pipeline, test, device)
 
-    def central_eval(arrays: ArrayRecord) -> tuple[float, float]:
-        load_arrays(model, arrays)
-        report = evaluate(model, test_x, test_y, pipeline.target.inverse)
+class CentralEvaluator:
+    """The server's model on the held-out test split (the server only aggregates and evaluates,
+    on the CPU; nodes train on ``cfg.device``)."""
+
+    def __init__(self, cfg: DictConfig, pipeline: Pipeline):
+        self.pipeline = pipeline
+        self.model = build_model(cfg.model, len(pipeline.features), int(cfg.seed)).to(torch.device("cpu"))
+        _, self.test = task_split(cfg)
+        self.test_x, self.test_y = encode_rows(pipeline, self.test, torch.device("cpu"))
+
+    def evaluate(self, arrays: ArrayRecord | None = None) -> EvalReport:
+        """Test metrics of ``arrays`` loaded into the model (of the model as it is when None)."""
+        if arrays is not None:
+            load_arrays(self.model, arrays)
+        return evaluate(self.model, self.test_x, self.test_y, self.pipeline.target.inverse)
+
+    def __call__(self, arrays: ArrayRecord) -> tuple[float, float]:
+        report = self.evaluate(arrays)
         return report.rmse, report.r2
 
-    initial = model_to_arrays(model)
-    initial_rmse, initial_r2 = central_eval(initial)
-    rows: list[RoundRecord] = []
-    extra = {"train_rows": train_rows, "statistics": statistics, "initial_test_r2": initial_r2, "initial_test_rmse": initial_rmse, "declined": {}, "rejected": {},
-             "privacy_entries": list(stats_entries), "privacy_declines": []}
+
+def federated_rounds(grid: Grid, cfg: DictConfig, strategy: Strategy, source: PreprocessingSource, evaluator: CentralEvaluator,
+                     out_dir: Path, resumed: ckpt_mod.Checkpoint | None, run_metrics: RunMetrics,
+                     show_progress: bool) -> tuple[ArrayRecord, RunRecord]:
+    """The train / evaluate rounds (continuing a checkpoint), writing history.csv and the
+    checkpoint after every round; the final arrays and what the rounds recorded."""
+    fed = cfg.federation
+    initial = model_to_arrays(evaluator.model)
+    initial_rmse, initial_r2 = evaluator(initial)
+    record = RunRecord(source.train_rows, source.statistics, initial_r2, initial_rmse)
+    record.privacy_entries.extend(source.privacy_entries)  # the DP statistics release, in the nodes' ledgers
     start_round = 1
     if resumed is not None:
         initial = numpy_to_arrays(resumed.model)
         if hasattr(strategy, "load_state_dict"):
             strategy.load_state_dict(resumed.strategy)
-        rows = list(resumed.history)
-        for row in rows:  # per-round counts that history.csv does not hold
-            row.nodes_declined = int(resumed.extra.get("declined", {}).get(str(row.round), 0))
-            row.nodes_rejected = int(resumed.extra.get("rejected", {}).get(str(row.round), 0))
-        extra.update({k: v for k, v in resumed.extra.items() if k in extra})
+        record.restore(resumed)
         start_round = resumed.round + 1
-        metrics_obj.restore(rows)
-        write_history(out_dir / "history.csv", rows)
+        run_metrics.restore(record.rows, {int(k): int(v) for k, v in record.rejected.items()})
+        write_history(out_dir / "history.csv", record.rows)
+    config_dict = OmegaConf.to_container(cfg, resolve=True)
 
-    def on_round(row: RoundRecord, arrays: ArrayRecord) -> None:
-        rows.append(row)
-        extra["declined"][str(row.round)] = int(getattr(row, "nodes_declined", 0))
-        extra["rejected"][str(row.round)] = int(getattr(row, "nodes_rejected", 0))
-        extra["privacy_entries"].extend(getattr(row, "privacy_entries", []))
-        extra["privacy_declines"].extend({"round": row.round, "reason": r} for r in getattr(row, "declines", []))
-        write_history(out_dir / "history.csv", rows)
+    def on_round(outcome: RoundOutcome, arrays: ArrayRecord) -> None:
+        record.add(outcome)
+        write_history(out_dir / "history.csv", record.rows)
         if fed.checkpoint:
             state = strategy.state_dict() if hasattr(strategy, "state_dict") else {}
-            ckpt_mod.save(out_dir, ckpt_mod.Checkpoint(row.round, arrays_to_numpy(arrays), state, rows, pipeline.state_dict(),
-                                                       config_dict, extra))
+            ckpt_mod.save(out_dir, ckpt_mod.Checkpoint(outcome.record.round, arrays_to_numpy(arrays), state, record.rows,
+                                                       source.pipeline.state_dict(), config_dict, record.extra()))
 
     strategy.summary()
     policy = RoundPolicy(timeout=float(fed.round_timeout), min_replies=int(fed.min_replies),
                          max_update_norm=None if fed.max_update_norm is None else float(fed.max_update_norm))
     arrays, _ = run_rounds(
-        strategy, grid, initial, _rounds_within_budget(strategy, int(fed.num_rounds), start_round), round_config(cfg, pipeline), central_eval,
-        on_round=on_round, show_progress=show_progress, policy=policy, start_round=start_round, metrics=metrics_obj,
+        strategy, grid, initial, _rounds_within_budget(strategy, int(fed.num_rounds), start_round), round_config(cfg, source.pipeline),
+        evaluator, on_round=on_round, show_progress=show_progress, policy=policy, start_round=start_round, metrics=run_metrics,
     )
-    history = rows
-    load_arrays(model, arrays)
-    final = evaluate(model, test_x, test_y, pipeline.target.inverse)
+    return arrays, record
+
+
+def finish(cfg: DictConfig, strategy: Strategy, source: PreprocessingSource, evaluator: CentralEvaluator, arrays: ArrayRecord,
+           record: RunRecord, out_dir: Path, resumed: ckpt_mod.Checkpoint | None, started: float) -> dict[str, Any]:
+    """Final test metrics, metrics.json, the model card and model/ (:func:`export.finish_run`)."""
+    final = evaluator.evaluate(arrays)
     wall = time.perf_counter() - started
+    history = record.rows
     metrics = {
         "test_rmse": final.rmse,
         "test_r2": final.r2,
         "test_rows": final.examples,
-        "initial_test_r2": extra["initial_test_r2"],
-        "initial_test_rmse": extra["initial_test_rmse"],
+        "initial_test_r2": record.initial_test_r2,
+        "initial_test_rmse": record.initial_test_rmse,
         "wall_seconds": wall,
         "rounds": len(history),
         "bytes_down": sum(r.bytes_down for r in history),
         "bytes_up": sum(r.bytes_up for r in history),
         "nodes_failed": sum(r.nodes_failed for r in history),
-        "nodes_declined": sum(int(v) for v in extra["declined"].values()),
-        "replies_rejected": sum(int(v) for v in extra["rejected"].values()),
+        "nodes_declined": sum(int(v) for v in record.declined.values()),
+        "replies_rejected": sum(int(v) for v in record.rejected.values()),
         "resumed_from_round": None if resumed is None else resumed.round,
-        "train_rows": train_rows,
+        "train_rows": record.train_rows,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
-    privacy = privacy_summary(cfg, extra["privacy_entries"], extra["privacy_declines"], statistics)
+    privacy = privacy_summary(cfg, record.privacy_entries, record.privacy_declines, record.statistics)
     if hasattr(strategy, "node_level_section"):  # privacy=dp_fedavg: the server's node-level ledger
         privacy["card"]["node_level"] = strategy.node_level_section()
         privacy["node_level_epsilon"] = privacy["card"]["node_level"]["epsilon"]
     metrics["privacy"] = privacy
     params = strategy.params() if hasattr(strategy, "params") else {}
-    finish_run(out_dir, task, cfg, pipeline, model, metrics, test, params, card_extra={"privacy": privacy["card"], **_secure_aggregation_card(cfg)})
+    finish_run(out_dir, get_task(cfg.task), cfg, source.pipeline, evaluator.model, metrics, evaluator.test, params,
+               card_extra={"privacy": privacy["card"], **_secure_aggregation_card(cfg)})
     log(INFO, "done: test R²=%.4f RMSE=%.4f in %.1f s -> %s", final.r2, final.rmse, wall, out_dir)
     return metrics
 
@@ -203,11 +294,10 @@ def privacy_summary(cfg: DictConfig, entries: list[dict], declines: list[dict],
                "preprocessing_statistics": statistics}
     spent = {n["node"]: n["epsilon"] for n in section["nodes"]}
     stopped: dict[str, dict] = {}
-    for decline in declines:
-        match = re.match(r"node (\S+) declines", decline["reason"])
-        node = match.group(1) if match else "?"
+    for decline in declines:  # {round, node, reason, epsilon}: protocol.Decline as the node sent it
+        node = str(decline.get("node", "?"))
         stopped.setdefault(node, {"node": node, "first_declined_round": decline["round"],
-                                  "epsilon": spent.get(node), "reason": decline["reason"]})
+                                  "epsilon": spent.get(node, decline.get("epsilon")), "reason": decline["reason"]})
     if stopped:
         log(INFO, "privacy: node(s) %s stopped at their ε budget", ", ".join(sorted(stopped)))
     return {"card": section, "max_epsilon": section["max_epsilon"], "stopped_nodes": list(stopped.values())}

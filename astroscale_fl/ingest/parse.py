@@ -161,9 +161,10 @@ def read_votable(path: Path, *, origin: str) -> Parsed:
     Columns are converted wholesale from astropy's masked arrays; TAP error documents raise
     :class:`DataError` with the service's message.
     """
+    import warnings
+
     from astropy.io.votable import parse
     from astropy.io.votable.exceptions import VOTableSpecWarning, VOWarning
-    import warnings
 
     message = error_document(path)
     if message is not None:

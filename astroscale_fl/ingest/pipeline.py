@@ -217,12 +217,8 @@ async def _acquire(cfg: SourceConfig, opts: IngestOptions, columns: dict[str, st
 
 async def _acquire_query(cfg, opts, columns, limit, transport: HttpTransport, cache: Cache, rep) -> Acquired:
     where = [cfg.base_where, opts.where or ""]
-    if cfg.protocol == "tap":
-        query = build_adql(cfg.table, columns, limit=limit, where=where)
-        kind = cfg.format
-    else:
-        query = skyserver.build_sql(cfg.table, columns, limit=limit, where=where)
-        kind = "csv"
+    query = build_adql(cfg.table, columns, limit=limit, where=where)
+    kind = cfg.format if cfg.protocol == "tap" else "csv"
     key = {"protocol": cfg.protocol, "endpoint": cfg.endpoint.rstrip("/"), "query": query, "format": kind}
     if opts.use_cache:
         hit = cache.get(key)

@@ -2,7 +2,8 @@
 
 SkyServer answers CSV whose first line is a ``#Table1`` marker, then the header and the rows.
 A failed query comes back as text or HTML without that marker; it is reported as an error with
-the service's message rather than parsed.
+the service's message rather than parsed. The query text comes from
+:func:`astroscale_fl.ingest.tap.build_adql`: ADQL's ``SELECT TOP n`` is SQL Server's too.
 """
 
 from __future__ import annotations
@@ -15,17 +16,6 @@ from astroscale_fl.ingest.download import Fetched, fetch_to_file
 from astroscale_fl.ingest.transport import HttpStatusError, HttpTransport, describe_body
 
 TABLE_MARKER = b"#Table1"
-
-
-def build_sql(table: str, columns: dict[str, str], *, limit: int | None, where: list[str]) -> str:
-    """``SELECT [TOP n] expr AS name, ... FROM table [WHERE (a) AND (b)]`` (SQL Server dialect)."""
-    select = ", ".join(expr if expr == name else f"{expr} AS {name}" for name, expr in columns.items())
-    top = f"TOP {int(limit)} " if limit else ""
-    sql = f"SELECT {top}{select} FROM {table}"
-    conds = [w.strip() for w in where if w and w.strip()]
-    if conds:
-        sql += " WHERE " + " AND ".join(f"({c})" for c in conds)
-    return sql
 
 
 async def query(transport: HttpTransport, endpoint: str, sql: str, dest: Path,

@@ -26,7 +26,8 @@ TERMINAL = {"COMPLETED", "ERROR", "ABORTED", "ARCHIVED"}
 
 
 def build_adql(table: str, columns: dict[str, str], *, limit: int | None, where: list[str]) -> str:
-    """``SELECT [TOP n] expr AS name, ... FROM table [WHERE (a) AND (b)]``."""
+    """``SELECT [TOP n] expr AS name, ... FROM table [WHERE (a) AND (b)]``: ADQL, and also the
+    SQL Server dialect of SDSS SkyServer (one builder for both protocols)."""
     select = ", ".join(expr if expr == name else f"{expr} AS {name}" for name, expr in columns.items())
     top = f"TOP {int(limit)} " if limit else ""
     query = f"SELECT {top}{select} FROM {table}"

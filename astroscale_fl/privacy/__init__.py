@@ -4,11 +4,13 @@
   Gaussian noise; FedProx / SCAFFOLD terms as post-processing);
 - :mod:`.ledger`: a node's lifetime accountant history, ε, budget check, persistence;
 - :mod:`.calibrate`: δ, sample rate, steps, σ for a target ε, the validated settings;
+- :mod:`.node`: a node's privacy round as one call (``NoPrivacy`` or DP-SGD), declines;
 - :mod:`.card`: reply records and the model card's ``privacy`` section (recomputable);
 - :mod:`.dp_statistics`: the statistics round through the Gaussian mechanism (``privacy.statistics_epsilon``);
 - :mod:`.node_level`: node-level DP-FedAvg settings, clipping, noise and accounting (``privacy=dp_fedavg``).
 """
 
+from astroscale_fl.federation.protocol import BUDGET_EXCEEDED_CODE  # re-exported
 from astroscale_fl.privacy.calibrate import (
     PrivacySettings,
     RoundPlan,
@@ -18,7 +20,14 @@ from astroscale_fl.privacy.calibrate import (
     sample_rate,
     steps_per_round,
 )
-from astroscale_fl.privacy.card import entry_from_record, node_entry, privacy_section, recompute_epsilon, reply_record, verify_section
+from astroscale_fl.privacy.card import (
+    entry_from_record,
+    node_entry,
+    privacy_section,
+    recompute_epsilon,
+    reply_record,
+    verify_section,
+)
 from astroscale_fl.privacy.dp_sgd import make_private, poisson_batches, train_local_dp, unwrap
 from astroscale_fl.privacy.ledger import (
     LEDGER_FILENAME,
@@ -30,9 +39,6 @@ from astroscale_fl.privacy.ledger import (
     ledger_to_state,
     open_ledger,
 )
-
-#: ``Error.code`` of a train reply declined because the round would exceed the node's budget.
-BUDGET_EXCEEDED_CODE = 4005
 
 __all__ = [
     "BUDGET_EXCEEDED_CODE", "LEDGER_FILENAME", "PrivacyError", "PrivacyLedger", "PrivacySettings", "RoundPlan",

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from astroscale_fl.privacy.ledger import ACCOUNTANTS, MAX_SIGMA, PrivacyError, create_accountant, epsilon_of
+from astroscale_fl.privacy.ledger import MAX_SIGMA, PrivacyError, check_accountant, create_accountant, epsilon_of
 
 
 def default_delta(n_rows: int) -> float:
@@ -64,8 +64,7 @@ def noise_for_target_epsilon(
     Without ``prior_history`` this is Opacus' ``get_noise_multiplier``; with it, the same
     bisection over ``prior_history + [(σ, sample_rate, steps)]``.
     """
-    if accountant not in ACCOUNTANTS:
-        raise PrivacyError(f"privacy.accountant: expected one of {list(ACCOUNTANTS)}, got {accountant!r}")
+    check_accountant(accountant)
     if not target_epsilon > 0:
         raise PrivacyError(f"privacy.target_epsilon: expected a positive number, got {target_epsilon}")
     prior = tuple(tuple(h) for h in prior_history)
@@ -151,8 +150,7 @@ class PrivacySettings:
             raise PrivacyError(f"privacy.delta: expected a number in (0, 1), got {self.delta}")
         if not (self.max_grad_norm > 0 and math.isfinite(self.max_grad_norm)):
             raise PrivacyError(f"privacy.max_grad_norm: expected a positive number, got {self.max_grad_norm}")
-        if self.accountant not in ACCOUNTANTS:
-            raise PrivacyError(f"privacy.accountant: expected one of {list(ACCOUNTANTS)}, got {self.accountant!r}")
+        check_accountant(self.accountant)
         if self.epsilon_budget is not None and not self.epsilon_budget > 0:
             raise PrivacyError(f"privacy.epsilon_budget: expected a positive number, got {self.epsilon_budget}")
         if self.statistics_epsilon is not None and not self.statistics_epsilon > 0:

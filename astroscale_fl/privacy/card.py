@@ -36,8 +36,6 @@ from flwr.app import ConfigRecord
 
 from astroscale_fl.privacy.ledger import PrivacyLedger
 
-REPLY_KEY = "privacy"
-
 
 def node_entry(node: str, ledger: PrivacyLedger) -> dict:
     """The model card's record of one node."""
@@ -45,7 +43,7 @@ def node_entry(node: str, ledger: PrivacyLedger) -> dict:
 
 
 def reply_record(node: str, ledger: PrivacyLedger) -> ConfigRecord:
-    """The ``ConfigRecord`` a DP train reply carries under :data:`REPLY_KEY`."""
+    """The ``ConfigRecord`` a DP train reply carries under ``federation.protocol.PRIVACY_KEY``."""
     entry = node_entry(node, ledger)
     return ConfigRecord({
         "node": entry["node"], "accountant": entry["accountant"], "delta": entry["delta"],

@@ -27,12 +27,11 @@ mechanism, so it is post-processing and costs no privacy:
 - The optimizer's momentum / Adam moments / weight decay act on the noised gradient.
 - The server's aggregation (FedAvg, FedProx, SCAFFOLD) only sees DP outputs.
 
-Hence the hooks ``extra_loss(model)`` and ``after_backward(model)`` of
-:func:`train_local_dp` are applied to the noised gradient, never to per-sample gradients.
-Their contract: they may read the model's parameters and values the node received or
+Hence the hook ``after_backward(model)`` of :func:`train_local_dp` is applied to the noised
+gradient, never to per-sample gradients. Its contract: it may read the model's parameters and values the node received or
 released earlier, never the node's rows. (Opacus' own ``DPOptimizer`` silently *drops*
 any gradient that is not per-sample: it overwrites ``p.grad`` with the noised sum; so
-passing these hooks to the plain :func:`astroscale_fl.training.train_local` with a DP
+passing this hook to the plain :func:`astroscale_fl.training.train_local` with a DP
 optimizer would silently train plain FedAvg. Use :func:`train_local_dp`.)
 
 What is *not* covered: anything else a node sends about its rows — the training loss,
@@ -70,7 +69,7 @@ import torch
 from torch import nn
 
 from astroscale_fl.errors import ConfigError
-from astroscale_fl.training import ExtraLoss, GradHook, TrainReport, batch_loss
+from astroscale_fl.training import GradHook, TrainReport, batch_loss
 
 BACKENDS = ("auto", "ghost", "opacus")
 
@@ -211,6 +210,7 @@ class GhostDPOptimizer:
         self._params = [p for pair in self._layer_params for p in pair if p is not None]
         self._flat: torch.Tensor | None = None  # one buffer for all gradients, viewed per parameter
         self._views: list[torch.Tensor] = []
+        self._noise: torch.Tensor | None = None  # add_noise's buffer, reused across steps
 
     # --- Opacus DPOptimizer interface -------------------------------------------------------
     @property
@@ -262,10 +262,26 @@ class GhostDPOptimizer:
         return self._flat, self._views
 
     def pre_step(self, closure=None) -> bool:
-        """Clip the recorded per-sample gradients, add noise, scale; leaves the result in ``p.grad``."""
+        """Opacus' ``pre_step``: :meth:`clip_and_accumulate`, :meth:`add_noise`, :meth:`scale_grad`;
+        leaves the result in ``p.grad`` and calls the step hook (the accountant's)."""
         module = self.module
         if len(module.backprops) != len(module.layers):
             raise RuntimeError("privacy: no per-sample gradients recorded; run a training-mode forward and loss.backward() before step()")
+        self.clip_and_accumulate()
+        self.add_noise()
+        self.scale_grad()
+        module.clear()
+        if self.step_hook is not None:
+            self.step_hook(self)
+        return True
+
+    def clip_and_accumulate(self) -> None:
+        """Sum of the per-sample gradients, each clipped to ``max_grad_norm``, into ``p.grad``.
+
+        Ghost clipping: ``‖g_i‖² = Σ_layers ‖e_i‖²(‖a_i‖² + 1)`` and the clipped sum of a layer
+        is ``(c ⊙ E)ᵀ A``, without materialising per-sample gradients.
+        """
+        module = self.module
         activations = [module.activations[layer] for layer in module.layers]
         backprops = [module.backprops[layer] for layer in module.layers]
         batch = activations[0].shape[0]
@@ -283,15 +299,7 @@ class GhostDPOptimizer:
         self.last_per_sample_norms = norms
         clip = (self.max_grad_norm / (norms + 1e-6)).clamp_(max=1.0).mul_(unscale).unsqueeze(1)
         flat, views = self._buffer(activations[0])
-        std = self.noise_multiplier * self.max_grad_norm
-        if std > 0 and not self.secure_mode:
-            flat.normal_(0.0, std, generator=self.generator)
-        elif std > 0:
-            from opacus.optimizers.optimizer import _generate_noise
-
-            flat.copy_(_generate_noise(std, flat, self.generator, self.secure_mode))
-        else:
-            flat.zero_()
+        flat.zero_()
         index = 0
         for (weight, bias), a, e in zip(self._layer_params, activations, backprops, strict=True):
             clipped = e * clip
@@ -301,14 +309,29 @@ class GhostDPOptimizer:
             if bias is not None:
                 views[index].add_(clipped.sum(0))
                 index += 1
-        if self.loss_reduction == "mean":
-            flat.mul_(1.0 / self.expected_batch_size)
         for p, view in zip(self._params, views, strict=True):
             p.grad = view
-        module.clear()
-        if self.step_hook is not None:
-            self.step_hook(self)
-        return True
+
+    def add_noise(self) -> None:
+        """Add ``N(0, (σC)²)`` to the clipped sum (OS randomness unless a generator was given)."""
+        std = self.noise_multiplier * self.max_grad_norm
+        if std <= 0 or self._flat is None:
+            return
+        if self._noise is None or self._noise.shape != self._flat.shape or self._noise.device != self._flat.device \
+                or self._noise.dtype != self._flat.dtype:
+            self._noise = torch.empty_like(self._flat)
+        if self.secure_mode:
+            from opacus.optimizers.optimizer import _generate_noise
+
+            self._noise.copy_(_generate_noise(std, self._noise, self.generator, self.secure_mode))
+        else:
+            self._noise.normal_(0.0, std, generator=self.generator)
+        self._flat.add_(self._noise)
+
+    def scale_grad(self) -> None:
+        """Divide by ``expected_batch_size`` (``loss_reduction="mean"``), as Opacus does."""
+        if self.loss_reduction == "mean" and self._flat is not None:
+            self._flat.mul_(1.0 / self.expected_batch_size)
 
     def step(self, closure=None):
         """Clip + noise (:meth:`pre_step`), then the wrapped optimizer's step."""
@@ -388,33 +411,30 @@ def train_local_dp(
     features: torch.Tensor,
     target: torch.Tensor,
     batches: Iterator[torch.Tensor],
-    extra_loss: ExtraLoss | None = None,
     after_backward: GradHook | None = None,
 ) -> TrainReport:
     """DP-SGD over ``batches`` (use :func:`poisson_batches`): the DP twin of ``train_local``.
 
-    Same hooks as :func:`astroscale_fl.training.train_local`, applied as post-processing:
-    ``extra_loss(model)`` must be a function of the parameters only (FedProx' proximal term);
-    its gradient is added to the noised gradient. ``after_backward(model)`` edits the noised
-    gradient (SCAFFOLD's ``+ c − c_i``). Both receive the original model. Every batch, empty
+    Same hook as :func:`astroscale_fl.training.train_local`, applied as post-processing:
+    ``after_backward(model)`` edits the noised gradient (FedProx' ``+ mu (w - w_g)``,
+    SCAFFOLD's ``+ c − c_i``) and receives the original model. Every batch, empty
     ones included, is one DP step. The returned loss is computed from the rows without noise:
     keep it on the node (it is not covered by the DP guarantee).
     """
     model = unwrap(private_model)
     private_model.train()
-    params = list(dp_optimizer.params)
     fast = isinstance(private_model, GhostClipModule) and hasattr(dp_optimizer, "private_backward")
     if fast:
         private_model.keep_outputs = True
     try:
-        return _dp_loop(private_model, model, dp_optimizer, params, features, target, batches, extra_loss, after_backward, fast)
+        return _dp_loop(private_model, model, dp_optimizer, features, target, batches, after_backward, fast)
     finally:
         if fast:
             private_model.keep_outputs = False
             private_model.clear()
 
 
-def _dp_loop(private_model, model, dp_optimizer, params, features, target, batches, extra_loss, after_backward, fast) -> TrainReport:
+def _dp_loop(private_model, model, dp_optimizer, features, target, batches, after_backward, fast) -> TrainReport:
     device = features.device
     total, steps = torch.zeros((), device=device), 0
     for index in batches:
@@ -429,11 +449,6 @@ def _dp_loop(private_model, model, dp_optimizer, params, features, target, batch
         if not dp_optimizer.pre_step():  # clip per-sample gradients, add noise, scale -> p.grad
             raise RuntimeError("privacy: the DP optimizer skipped a step (gradient accumulation is not supported)")
         # ---- post-processing of the noised gradient: no access to rows below this line ----
-        if extra_loss is not None:
-            grads = torch.autograd.grad(extra_loss(model), params, allow_unused=True)
-            for p, g in zip(params, grads, strict=True):
-                if g is not None:
-                    p.grad.add_(g)
         if after_backward is not None:
             after_backward(model)
         dp_optimizer.original_optimizer.step()

@@ -40,10 +40,12 @@ import numpy as np
 from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
 from astroscale_fl.derived import DERIVED_RANGES
+from astroscale_fl.federation import protocol
+from astroscale_fl.federation.protocol import Decline
 from astroscale_fl.federation.records import numpy_to_arrays
 from astroscale_fl.privacy import node as dp_node
 from astroscale_fl.privacy.calibrate import PrivacySettings, default_delta, noise_for_target_epsilon
-from astroscale_fl.privacy.card import REPLY_KEY, reply_record
+from astroscale_fl.privacy.card import reply_record
 from astroscale_fl.privacy.ledger import PrivacyError, commit_ledger, epsilon_of, open_ledger
 from astroscale_fl.statistics import ColumnStatistics
 
@@ -161,17 +163,17 @@ def private_statistics_reply(cfg, task, pipeline, train_frame, state, node_confi
         sigma = noise_for_target_epsilon(epsilon, delta, 1.0, 1, accountant)
         reason = ledger.budget_refusal(budget, sigma, 1.0, 1)
         if reason:
-            raise dp_node.BudgetExceeded(f"node {dp_node.node_name(node_config)} declines the statistics round: {reason}")
+            raise dp_node.BudgetExceeded(Decline(dp_node.node_name(node_config), f"the statistics round: {reason}", ledger.epsilon()))
         ledger.record(sigma, 1.0, 1)
         commit_ledger(ledger, state=state, path=path)
         stats = release.release(pipeline.statistics_frame(train_frame), sigma, np.random.default_rng())
         state[RELEASE_KEY] = numpy_to_arrays(stats.to_arrays())
     stats = ColumnStatistics.from_arrays(release.columns, {k: v.numpy() for k, v in state[RELEASE_KEY].items()})
     return RecordDict({
-        "stats": numpy_to_arrays(stats.to_arrays()),
-        "columns": ConfigRecord({"names": list(stats.columns)}),
-        "metrics": MetricRecord({"num-examples": max(0, int(round(float(stats.count[-1]))))}),  # noisy, not the exact count
-        REPLY_KEY: reply_record(dp_node.node_name(node_config), ledger),
+        protocol.STATS_KEY: numpy_to_arrays(stats.to_arrays()),
+        protocol.COLUMNS_KEY: ConfigRecord({protocol.COLUMN_NAMES_KEY: list(stats.columns)}),
+        protocol.METRICS_KEY: MetricRecord({protocol.WEIGHT_KEY: max(0, int(round(float(stats.count[-1]))))}),  # noisy count
+        protocol.PRIVACY_KEY: reply_record(dp_node.node_name(node_config), ledger),
     })
 
 

@@ -25,7 +25,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,12 +47,18 @@ class PrivacyError(AstroScaleError):
     """The privacy ledger or settings cannot be used as asked (the message says why)."""
 
 
+def check_accountant(name: str) -> str:
+    """``name`` if it is an accountant we support; the one place accountant names are checked."""
+    if name not in ACCOUNTANTS:
+        raise PrivacyError(f"privacy.accountant: expected one of {list(ACCOUNTANTS)}, got {name!r}")
+    return name
+
+
 def create_accountant(name: str):
     """A fresh Opacus accountant (``rdp``, ``prv`` or ``gdp``; gdp's experimental warning muted)."""
     from opacus.accountants import create_accountant as opacus_create
 
-    if name not in ACCOUNTANTS:
-        raise PrivacyError(f"privacy.accountant: expected one of {list(ACCOUNTANTS)}, got {name!r}")
+    check_accountant(name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return opacus_create(mechanism=name)
@@ -113,8 +119,7 @@ class PrivacyLedger:
     history: list[Entry] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if self.accountant not in ACCOUNTANTS:
-            raise PrivacyError(f"privacy.accountant: expected one of {list(ACCOUNTANTS)}, got {self.accountant!r}")
+        check_accountant(self.accountant)
         if not 0.0 < float(self.delta) < 1.0:
             raise PrivacyError(f"privacy.delta: expected a number in (0, 1), got {self.delta}")
         self.delta = float(self.delta)
@@ -288,7 +293,3 @@ def commit_ledger(ledger: PrivacyLedger, *, state: RecordDict | None = None, pat
     if state is not None:
         ledger_to_state(state, ledger, key)
 
-
-def histories_equal(a: Iterable[Sequence[float]], b: Iterable[Sequence[float]]) -> bool:
-    """Whether two accountant histories describe the same steps (after merging)."""
-    return PrivacyLedger("rdp", 0.5, [tuple(h) for h in a]).history == PrivacyLedger("rdp", 0.5, [tuple(h) for h in b]).history

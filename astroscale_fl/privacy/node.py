@@ -1,13 +1,18 @@
-"""A node's DP-SGD round: plan it, check the budget, spend it in the ledger, then train.
+"""A node's privacy round as one call: plan it, check the budget, spend it, then train.
 
-Called by the ClientApp for every training message under ``privacy=dp_sgd``:
+:func:`node_privacy` gives the ClientApp one object whose :meth:`~DPSGDRound.train` runs the
+node's local training, whether privacy is on or off (pfl-research's ``NoPrivacy`` idea):
+:class:`NoPrivacy` trains on seeded shuffled batches; :class:`DPSGDRound`, under
+``privacy=dp_sgd``, does:
 
 1. open the node's ledger (``Context.state``, and ``<data-dir>/.astroscale/privacy-ledger.json``
    in deployment, so the spend survives restarts and later runs on the same data);
 2. plan the round: sample rate ``q = batch_size / N``, steps ``local_epochs / q``; with
    ``target_epsilon`` the noise multiplier is chosen once, on the node's first round of the
    run, for all planned steps of the run (rounds x expected participation), and kept;
-3. decline (:class:`BudgetExceeded`) if the round would take the node past ``epsilon_budget``;
+3. decline (:class:`BudgetExceeded`, carrying a structured
+   :class:`~astroscale_fl.federation.protocol.Decline`: node, reason, ε so far) if the round
+   would take the node past ``epsilon_budget``;
 4. record the spend *before* training (write-ahead: no noised output exists that the ledger
    does not count), then train with Poisson batches, per-example clipping and Gaussian noise.
 
@@ -18,18 +23,90 @@ knows): DP runs are therefore not bit-reproducible.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from flwr.app import ConfigRecord, RecordDict
 
+from astroscale_fl.federation.protocol import DELTA_KEY, EPSILON_KEY, PRIVACY_KEY, TRAIN_LOSS_KEY, WEIGHT_KEY, Decline
+from astroscale_fl.privacy import card
 from astroscale_fl.privacy.calibrate import PrivacySettings, RoundPlan
+from astroscale_fl.privacy.dp_sgd import make_private, poisson_batches, train_local_dp
 from astroscale_fl.privacy.ledger import LEDGER_FILENAME, PrivacyError, PrivacyLedger, commit_ledger, open_ledger
+from astroscale_fl.training import GradHook, TrainReport, shuffled_batches, train_local
 
 PLAN_KEY = "privacy-plan"
 
 
 class BudgetExceeded(PrivacyError):
     """The planned round would take this node past its lifetime ε budget."""
+
+    def __init__(self, decline: Decline):
+        super().__init__(str(decline))
+        self.decline = decline
+
+
+@dataclass
+class LocalJob:
+    """One round of local training as the node sets it up (model, optimizer, rows, hooks)."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    features: torch.Tensor
+    target: torch.Tensor
+    batch_size: int
+    local_epochs: int
+    generator: torch.Generator  # seeds the shuffled batches of non-private training
+    after_backward: GradHook | None = None
+
+
+@dataclass
+class LocalRound:
+    """What a node's training round produced: the loop's report, the reply metrics, and the
+    extra reply records (the DP ledger entry)."""
+
+    report: TrainReport
+    metrics: dict[str, float | int]
+    records: dict[str, ConfigRecord]
+
+
+class NoPrivacy:
+    """``privacy=none``: seeded shuffled batches, plain :func:`~astroscale_fl.training.train_local`."""
+
+    def train(self, job: LocalJob) -> LocalRound:
+        batches = shuffled_batches(len(job.target), job.batch_size, job.local_epochs, job.generator)
+        report = train_local(job.model, job.optimizer, job.features, job.target, batches, after_backward=job.after_backward)
+        return LocalRound(report, {WEIGHT_KEY: report.examples, TRAIN_LOSS_KEY: report.loss}, {})
+
+
+class DPSGDRound:
+    """``privacy=dp_sgd``: plan -> decline -> spend -> train with clipping and noise.
+
+    Strategy terms (``after_backward``: FedProx, SCAFFOLD) act after clip + noise (see
+    :mod:`astroscale_fl.privacy.dp_sgd`). The reply carries ε so far and the node's ledger (for
+    the model card), and no loss computed without noise.
+    """
+
+    def __init__(self, settings: PrivacySettings, cfg, state: RecordDict, node_config: dict):
+        self.settings, self.cfg, self.state, self.node_config = settings, cfg, state, node_config
+
+    def train(self, job: LocalJob) -> LocalRound:
+        n = len(job.target)
+        ledger, plan = spend_round(self.settings, self.cfg, self.state, self.node_config, n)
+        private, dp_optimizer = make_private(job.model, job.optimizer, noise_multiplier=plan.noise_multiplier,
+                                             max_grad_norm=plan.max_grad_norm, expected_batch_size=plan.expected_batch_size,
+                                             backend=self.settings.backend, secure_mode=self.settings.secure_mode)
+        batches = poisson_batches(n, plan.sample_rate, plan.steps, generator=None)
+        report = train_local_dp(private, dp_optimizer, job.features, job.target, batches, after_backward=job.after_backward)
+        metrics = {WEIGHT_KEY: n, EPSILON_KEY: ledger.epsilon(), DELTA_KEY: ledger.delta}
+        return LocalRound(report, metrics, {PRIVACY_KEY: card.reply_record(node_name(self.node_config), ledger)})
+
+
+def node_privacy(cfg, state: RecordDict, node_config: dict) -> NoPrivacy | DPSGDRound:
+    """The node's privacy round for ``cfg.privacy``: one ``train(job)`` call either way."""
+    settings = PrivacySettings.from_config(cfg.privacy)
+    return NoPrivacy() if settings is None else DPSGDRound(settings, cfg, state, node_config)
 
 
 def node_name(node_config: dict) -> str:
@@ -68,7 +145,7 @@ def spend_round(settings: PrivacySettings, cfg, state: RecordDict, node_config: 
     plan = plan_round(settings, cfg, state, ledger, n_rows, int(cfg.train.batch_size))
     reason = ledger.budget_refusal(settings.epsilon_budget, plan.noise_multiplier, plan.sample_rate, plan.steps)
     if reason:
-        raise BudgetExceeded(f"node {node_name(node_config)} declines: {reason}")
+        raise BudgetExceeded(Decline(node_name(node_config), reason, ledger.epsilon()))
     ledger.record(plan.noise_multiplier, plan.sample_rate, plan.steps)
     commit_ledger(ledger, state=state, path=path)
     return ledger, plan

@@ -14,7 +14,6 @@ from ..errors import ConfigError, report_user_errors
 from .simulate import DEFAULT_N_STARS, INPUT_COLUMNS, TARGET, ceiling_r2, simulate_catalog, write_parquet
 from .surveys import SURVEY_NAMES
 
-
 #: Catalogs at least this large show a progress bar (on a terminal).
 PROGRESS_FROM_ROWS = 500_000
 

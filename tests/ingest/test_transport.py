@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from email.utils import format_datetime
 from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
 
 import pytest
 
-from astroscale_fl.ingest.transport import (CircuitBreaker, CircuitOpenError, HttpTransport, TokenBucket,
-                                            TransportSettings, parse_retry_after)
 from astroscale_fl.errors import ConfigError
+from astroscale_fl.ingest.transport import (
+    CircuitBreaker,
+    CircuitOpenError,
+    HttpTransport,
+    TokenBucket,
+    TransportSettings,
+    parse_retry_after,
+)
 
 
 def test_token_bucket_limits_rate():

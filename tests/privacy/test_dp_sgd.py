@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from astroscale_fl.federation.local_objectives import proximal_gradient
 from astroscale_fl.models import MLP, Linear
 from astroscale_fl.privacy import PrivacyLedger, make_private, poisson_batches, train_local_dp
 from astroscale_fl.privacy.ledger import create_accountant
@@ -183,6 +184,7 @@ def test_fedprox_gradient_is_added_after_noise_not_clipped(backend, data):
     torch.manual_seed(7)
     model = MLP(6, [16])
     global_params = [p.detach().clone() for p in model.parameters()]
+    proximal = proximal_gradient(model, mu=0.3)  # what the node runs: anchored at the global weights
     with torch.no_grad():
         for p in model.parameters():
             p.add_(5.0)  # far from the global model: μ(w − w_g) has a norm ≫ max_grad_norm
@@ -193,14 +195,14 @@ def test_fedprox_gradient_is_added_after_noise_not_clipped(backend, data):
     assert prox.norm() > 10 * C
     before = flat(model.parameters()).detach().clone()
 
-    def extra_loss(m):
-        assert isinstance(m, MLP)  # the hooks get the original model
-        return mu / 2 * sum(((p - g) ** 2).sum() for p, g in zip(m.parameters(), global_params))
+    def after_backward(m):
+        assert isinstance(m, MLP)  # the hook gets the original model
+        proximal(m)
 
     private, dp = make_private(model, torch.optim.SGD(model.parameters(), lr=1.0), noise_multiplier=0.0, max_grad_norm=C, expected_batch_size=8.0, backend=backend)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        train_local_dp(private, dp, x, y, iter([index]), extra_loss=extra_loss)
+        train_local_dp(private, dp, x, y, iter([index]), after_backward=after_backward)
     step = before - flat(model.parameters()).detach()
     torch.testing.assert_close(step, reference + prox, rtol=1e-4, atol=1e-5)
 

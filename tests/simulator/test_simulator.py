@@ -16,11 +16,12 @@ from astroscale_fl.simulator import (
     INPUT_UNITS,
     TARGET,
     ceiling_r2,
+    galaxy,
     resolve_sizes,
     simulate_catalog,
+    stars,
     write_parquet,
 )
-from astroscale_fl.simulator import galaxy, stars
 from astroscale_fl.simulator.surveys import SURVEYS, parallax_sigma_mas
 
 C = galaxy.C_KMS

@@ -22,15 +22,22 @@ from flwr.common.secure_aggregation.crypto.shamir import create_shares
 from flwr.common.secure_aggregation.crypto.symmetric_encryption import decrypt, encrypt, generate_shared_key
 from flwr.common.secure_aggregation.quantization import quantize
 from flwr.common.secure_aggregation.secaggplus_utils import share_keys_plaintext_concat, share_keys_plaintext_separate
-from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_public_key, generate_key_pairs, private_key_to_bytes, public_key_to_bytes
+from flwr.supercore.primitives.asymmetric import (
+    bytes_to_private_key,
+    bytes_to_public_key,
+    generate_key_pairs,
+    private_key_to_bytes,
+    public_key_to_bytes,
+)
 
 from astroscale_fl.errors import AstroScaleError
+from astroscale_fl.federation import protocol
 from astroscale_fl.federation.records import arrays_to_numpy, numpy_to_arrays
 from astroscale_fl.federation.secagg.protocol import MODULUS, WEIGHT, flatten, prg, unflatten
 
 STATE_KEY = "secaggplus"
-RECORD = "secagg"  # the ConfigRecord of stage messages and of the train message
-MODEL, CONTROL = "arrays", "control-delta"
+RECORD = protocol.SECAGG_KEY  # the ConfigRecord of stage messages and of the train message
+MODEL, CONTROL = protocol.ARRAYS_KEY, protocol.CONTROL_DELTA_KEY
 
 
 class SecAggError(AstroScaleError):
@@ -125,7 +132,7 @@ def mask_reply(msg: Message, context, reply: RecordDict) -> RecordDict:
     me = int(context.node_id)
     available = _receive_shares(state, record, me)
     clip, q_range = float(record["clipping-range"]), int(record["quantization-range"])
-    weight = float(reply["metrics"]["num-examples"]) if bool(record["weighted"]) else float(record["max-weight"])
+    weight = float(reply[protocol.METRICS_KEY][protocol.WEIGHT_KEY]) if bool(record["weighted"]) else float(record["max-weight"])
     ratio = min(1.0, weight / float(record["max-weight"]))
     q_ratio = max(1, round(ratio * q_range))
     global_arrays = arrays_to_numpy(msg.content[MODEL])

@@ -33,9 +33,10 @@ import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from astroscale_fl.errors import ConfigError
+from astroscale_fl.federation.protocol import SECAGG_WEIGHT_KEY
 
 MODULUS = 1 << 62  # power of two: int64 sums wrap modulo 2^64, and 2^62 divides it
-WEIGHT = "secagg/weight"
+WEIGHT = SECAGG_WEIGHT_KEY
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,7 @@
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.app import Array
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 
 from strategies.fedavg import FedAvg, pooled_regression_metrics, weighted_mean
@@ -99,7 +98,8 @@ def test_pooled_metrics_equal_metrics_of_pooled_rows():
         records.append(MetricRecord({"num-examples": len(y), "loss": 0.0, "sse": float(((y - p) ** 2).sum()),
                                      "sum_y": float(y.sum()), "sum_y2": float((y**2).sum())}))
     pooled = pooled_regression_metrics(records)
-    y = np.concatenate([a for a, _ in parts]); p = np.concatenate([b for _, b in parts])
+    y = np.concatenate([a for a, _ in parts])
+    p = np.concatenate([b for _, b in parts])
     assert pooled["rmse"] == pytest.approx(np.sqrt(np.mean((y - p) ** 2)), rel=1e-12)
     assert pooled["r2"] == pytest.approx(1 - ((y - p) ** 2).sum() / ((y - y.mean()) ** 2).sum(), rel=1e-10)
 

@@ -71,7 +71,11 @@ def test_node_at_budget_declines_and_others_continue(tmp_path):
     assert 4.9 < spent.epsilon() < 5.0
     spent.save(path)
     _, history = rounds(cfg, grid, pipeline, 1, 2)
-    assert all(row.nodes_replied == 2 for row in history)
+    assert all(outcome.record.nodes_replied == 2 for outcome in history)
+    # the server reads who declined, and at what ε, from the structured decline (no message parsing)
+    declines = [d for outcome in history for d in outcome.declines]
+    assert [d.node for d in declines] == [dirs[0].name] * 2
+    assert declines[0].epsilon == pytest.approx(spent.epsilon()) and "budget" in declines[0].reason
     replies = [m for m in grid.received if m.metadata.message_type == "train"]
     assert len(replies) == 6
     after = PrivacyLedger.load(path)
@@ -94,6 +98,7 @@ def test_run_summary_and_model_card_privacy_section(tmp_path):
     assert metrics["rounds"] == 2 and metrics["nodes_declined"] == 2
     stopped = metrics["privacy"]["stopped_nodes"]
     assert [s["node"] for s in stopped] == [dirs[0].name] and stopped[0]["first_declined_round"] == 1
+    assert 4.9 < stopped[0]["epsilon"] < 5.0  # the ε the node reported when it declined
     card = json.loads((tmp_path / "run" / "model" / "model_card.json").read_text())
     section = card["privacy"]
     assert section["name"] == "dp_sgd" and {n["node"] for n in section["nodes"]} == {d.name for d in dirs[1:]}

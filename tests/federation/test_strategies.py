@@ -69,7 +69,7 @@ def test_fedadam_server_step_equals_hand_computed_adam():
         np.testing.assert_array_equal(new, expected)
         w = new
     state = strategy.state_dict()
-    restored = FedAdam(server_lr=0.1)
+    restored = FedAdam(server_lr=0.1, beta1=0.9, beta2=0.99, tau=1e-3)
     restored.load_state_dict(state)
     np.testing.assert_array_equal(restored.m["w"], strategy.m["w"])
     np.testing.assert_array_equal(restored.v["w"], strategy.v["w"])
