@@ -167,6 +167,7 @@ class AutoPartition:
 @dataclass
 class NoPrivacy:
     name: str
+    statistics_epsilon: Optional[float]  # DP statistics round (Gaussian mechanism); null: exact statistics
 
 
 @dataclass
@@ -182,6 +183,42 @@ class DpSgdPrivacy:
     epsilon_budget: Optional[float]  # per node, lifetime; null: no limit
     backend: str  # auto | ghost | opacus
     secure_mode: bool
+    statistics_epsilon: Optional[float]  # DP statistics round, composed in the node's ledger
+
+
+@dataclass
+class AdaptiveClippingConfig:
+    """Andrew et al. (2021) adaptive clipping of node updates; privacy.clipping_norm is the initial norm."""
+
+    enabled: bool
+    target_quantile: float
+    learning_rate: float
+    clipped_count_stddev: Optional[float]  # null: expected sampled nodes / 20
+
+
+@dataclass
+class DpFedAvgPrivacy:
+    """Node-level DP-FedAvg on the server (astroscale_fl/privacy/node_level.py, strategies/dp_fedavg.py)."""
+
+    name: str
+    node_noise_multiplier: float
+    clipping_norm: float  # L2 bound on each node's update (initial value under adaptive clipping)
+    adaptive_clipping: AdaptiveClippingConfig
+    node_delta: Optional[float]  # null: 1 / (10 x nodes) rounded down to a power of ten
+    node_epsilon_budget: Optional[float]  # the run stops before the node-level epsilon would pass it
+    accountant: str  # rdp | prv
+    statistics_epsilon: Optional[float]  # DP statistics round (example-level, in the nodes' ledgers)
+
+
+@dataclass
+class SecAggPlusConfig:
+    """SecAgg+ parameters (astroscale_fl/federation/secagg, strategies/secaggplus.py)."""
+
+    num_shares: int  # neighbours of each node, itself included (>= nodes: everyone)
+    reconstruction_threshold: int  # shares needed to rebuild a node's mask seed or key
+    clipping_range: float  # update coordinates clipped to [-c, c] before quantisation
+    quantization_range: int  # quantisation levels over [-c, c]
+    max_weight: float  # largest node weight (training rows); larger ones are capped
 
 
 @dataclass
@@ -205,6 +242,8 @@ class Federation:
     backend: str  # simulation engine: inprocess | ray (issue 13)
     ray_address: Optional[str]  # backend=ray: address of a running Ray cluster; null = start one here
     vectorize: bool  # train a round's nodes together as one stacked model where they share it (issue 13)
+    secure_aggregation: str  # none | secaggplus
+    secaggplus: SecAggPlusConfig
 
 
 @dataclass
@@ -253,7 +292,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "partition": {"iid": IidPartition, "sky": SkyPartition, "depth": DepthPartition,
                   "dirichlet": DirichletPartition, "by_column": ByColumnPartition, "by_survey": BySurveyPartition,
                   "auto": AutoPartition},
-    "privacy": {"none": NoPrivacy, "dp_sgd": DpSgdPrivacy},
+    "privacy": {"none": NoPrivacy, "dp_sgd": DpSgdPrivacy, "dp_fedavg": DpFedAvgPrivacy},
 }
 SECTIONS: dict[str, type] = {"federation": Federation, "train": Train, "preprocess": Preprocess, "output": Output}
 TOP_LEVEL: dict[str, type] = {"seed": int, "device": str}
@@ -427,10 +466,17 @@ def _check_values(cfg: DictConfig) -> None:
     from astroscale_fl.config_checks import check_values
 
     check_values(cfg)
+    _require(fed.secure_aggregation in ("none", "secaggplus"), "federation.secure_aggregation", "none or secaggplus", fed.secure_aggregation)
+    if fed.secure_aggregation == "secaggplus":
+        from astroscale_fl.federation.secagg.protocol import check_config
+
+        check_config(cfg)
     if cfg.privacy.name != "none":
         from astroscale_fl.privacy import PrivacySettings
+        from astroscale_fl.privacy.node_level import NodeLevelSettings
 
         PrivacySettings.from_config(cfg.privacy)  # raises a one-line PrivacyError
+        NodeLevelSettings.from_config(cfg.privacy)
 
 
 def _check_preprocess(section) -> None:

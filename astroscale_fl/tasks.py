@@ -47,6 +47,7 @@ class TaskSpec:
     inputs: tuple[Feature, ...]
     derived: tuple[str, ...] = ()
     description: str = ""
+    target_range: tuple[float, float] = (-np.inf, np.inf)  # physical bounds (DP statistics clip to them)
     loader: Callable[[object], pd.DataFrame] = field(default=lambda cfg: pd.DataFrame(), repr=False)
     partition_columns: PartitionColumns = PartitionColumns()
 
@@ -106,6 +107,7 @@ HIPPARCOS_ABSMAG = TaskSpec(
     target_unit="mag",
     inputs=HIPPARCOS_ABSMAG_INPUTS,
     derived=("pm_total", "reduced_pm", "sin_b", "cos_b"),
+    target_range=(-16.0, 21.0),  # absolute magnitudes of stars (hypergiants .. faintest dwarfs)
     description="Absolute Hipparcos magnitude from photometry and astrometry without parallax",
     loader=load_hipparcos_absmag,
     partition_columns=PartitionColumns(dec="DErad", dec_unit="rad", magnitude="Hpmag", target="M_Hp"),
@@ -186,6 +188,7 @@ SURVEY_REDSHIFT = TaskSpec(
     target="z",
     target_unit="",
     inputs=SURVEY_REDSHIFT_INPUTS,
+    target_range=(-0.01, 0.01),  # |v_r| < 3,000 km/s: beyond any Galactic star
     description="Doppler redshift z = v_r / c of stars from ra, dec, teff, logg, fe_h, snr, parallax (simulated surveys)",
     loader=load_survey_redshift,
     partition_columns=PartitionColumns(dec="dec", dec_unit="deg", target="z"),

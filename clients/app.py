@@ -20,6 +20,7 @@ from astroscale_fl.federation.protocol import (
     SERVER_ROUND_KEY,
     WEIGHT_KEY,
 )
+from astroscale_fl.federation.secagg import node as secagg_node
 from astroscale_fl.privacy.floor import FloorRefused
 from astroscale_fl.privacy.node import BudgetExceeded
 
@@ -33,17 +34,28 @@ def _round(msg: Message) -> int:
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    """Statistics round: column statistics of this node's rows."""
+    """Statistics round: column statistics of this node's rows (or decline: privacy budget spent)."""
     with recording(dict(context.node_config), "query", 0) as outcome:
-        content = client.handle_query(msg, dict(context.node_config))
+        try:
+            content = client.handle_query(msg, dict(context.node_config), context.state)
+        except BudgetExceeded as exc:
+            outcome["declined"] = str(exc.decline)
+            return Message(Error(code=BUDGET_EXCEEDED_CODE, reason=exc.decline.to_reason()), reply_to=msg)
         outcome["rows"] = int(content[METRICS_KEY][WEIGHT_KEY])
     return Message(content=content, reply_to=msg)
 
 
+@app.query("secagg")
+def secagg(msg: Message, context: Context) -> Message:
+    """SecAgg+ stages: keys, shares, unmasking shares (astroscale_fl.federation.secagg.node)."""
+    return Message(content=secagg_node.handle_stage(msg, context), reply_to=msg)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Train the global model locally and return it, or decline: the privacy budget is spent, or
-    the round is weaker than the node's own privacy floor (node config, astroscale_fl.privacy.floor)."""
+    """Train the global model locally and return it (masked under SecAgg+), or decline: the privacy
+    budget is spent, or the round is weaker than the node's own privacy floor (node config,
+    astroscale_fl.privacy.floor)."""
     with recording(dict(context.node_config), "train", _round(msg)) as outcome:
         try:
             content = client.handle_train(msg, context)
@@ -56,6 +68,8 @@ def train(msg: Message, context: Context) -> Message:
         if "epsilon" in metrics:
             outcome["epsilon"] = float(metrics["epsilon"])
             outcome["epsilon_budget"] = client.node_epsilon_budget(msg, context)
+        if secagg_node.RECORD in msg.content.config_records:
+            content = secagg_node.mask_reply(msg, context, content)
     return Message(content=content, reply_to=msg)
 
 

@@ -5,10 +5,14 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from astroscale_fl.errors import ConfigError
+from astroscale_fl.federation.secagg.protocol import SecAggPlusParams
+from astroscale_fl.privacy.node_level import NodeLevelSettings
+from strategies.dp_fedavg import DpFedAvg
 from strategies.fedadam import FedAdam
 from strategies.fedavg import FedAvg
 from strategies.fedprox import FedProx
 from strategies.scaffold import Scaffold
+from strategies.secaggplus import SecAggPlus
 
 STRATEGIES = {"fedavg": FedAvg, "fedprox": FedProx, "fedadam": FedAdam, "scaffold": Scaffold}
 
@@ -21,13 +25,19 @@ def build_strategy(cfg: DictConfig) -> FedAvg:
         raise ConfigError(f"strategy: unknown strategy {cfg.strategy.name!r}; expected one of {sorted(STRATEGIES)}") from None
     params = {k: v for k, v in cfg.strategy.items() if k != "name"}
     fed = cfg.federation
-    return cls(
+    strategy = cls(
         fraction_train=fed.fraction_train,
         fraction_evaluate=fed.fraction_evaluate,
         min_train_nodes=fed.min_train_nodes,
         seed=int(cfg.seed),
         **params,
     )
+    node_level = NodeLevelSettings.from_config(cfg.privacy)
+    if node_level is not None:
+        return DpFedAvg(strategy, node_level, int(fed.num_nodes))
+    if fed.secure_aggregation == "secaggplus":
+        return SecAggPlus(strategy, SecAggPlusParams.from_config(fed.secaggplus), float(fed.round_timeout))
+    return strategy
 
 
-__all__ = ["FedAdam", "FedAvg", "FedProx", "STRATEGIES", "Scaffold", "build_strategy"]
+__all__ = ["DpFedAvg", "FedAdam", "FedAvg", "FedProx", "STRATEGIES", "Scaffold", "SecAggPlus", "build_strategy"]

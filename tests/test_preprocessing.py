@@ -156,7 +156,10 @@ def test_derived_features_against_numpy_and_scikit_learn():
     poly = PolynomialFeatures(3, include_bias=False).fit(frame[["a", "b"]])
     expected = pd.DataFrame(poly.transform(frame[["a", "b"]]), columns=poly.get_feature_names_out(["a", "b"]))
     scaler = pipe.steps[-1]
-    unscale = lambda name: columns[name] * scaler.scale[name] + scaler.center[name]
+
+    def unscale(name):
+        return columns[name] * scaler.scale[name] + scaler.center[name]
+
     np.testing.assert_allclose(unscale("a^3"), expected["a^3"], rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(unscale("a*b"), expected["a b"], rtol=1e-6, atol=1e-9)
     temporal = pipe.steps[3]

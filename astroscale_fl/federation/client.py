@@ -103,10 +103,17 @@ def node_tensors(cfg: DictConfig, node_config: dict, pipeline: Pipeline, pipelin
     return _TENSORS.get(key, encode)
 
 
-def handle_query(msg: Message, node_config: dict) -> RecordDict:
-    """Statistics round: this node's column statistics (no rows leave the node)."""
+def handle_query(msg: Message, node_config: dict, state: RecordDict | None = None) -> RecordDict:
+    """Statistics round: this node's column statistics (no rows leave the node); under
+    ``privacy.statistics_epsilon`` through the Gaussian mechanism (``state``: the node's ledger)."""
     cfg = read_run_config(msg.content[protocol.CONFIG_KEY])
     task = get_task(cfg.task)
+    if cfg.privacy.get("statistics_epsilon") is not None:
+        from astroscale_fl.privacy.dp_statistics import private_statistics_reply
+
+        train, _ = node_split(cfg, node_config)
+        pipeline = Pipeline.from_config(task, cfg)
+        return private_statistics_reply(cfg, task, pipeline, train, RecordDict() if state is None else state, node_config)
     frame_batches = lambda: [{c: v.to_numpy() for c, v in data.node_frame(cfg, node_config).items()}]  # noqa: E731
     stats, rows, quarantined = node_arrays.node_statistics(cfg, node_config, Pipeline.from_config(task, cfg), frame_batches)
     return RecordDict({

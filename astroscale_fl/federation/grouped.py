@@ -8,7 +8,7 @@ model and the training settings in one :func:`astroscale_fl.vectorized.train_sta
 builds each node's reply as the handler does (its model, metrics, SCAFFOLD control delta with
 ``c_i`` saved in its state, DP ledger record). Messages it cannot group - vectorize off, a model
 that does not stack, the Opacus DP backend, secure-mode noise, a node alone in its group on the
-CPU, a node whose set-up raises (a spent privacy budget, say) - return ``None`` and are served
+CPU, a node whose set-up raises (a spent privacy budget, say), SecAgg+ rounds (the ClientApp masks the reply) - return ``None`` and are served
 one by one through the ClientApp by the caller, so their replies and errors are the handler's own.
 On CUDA even a lone node trains here: the stacked trainer replays its step (DP included) from a
 CUDA graph.
@@ -32,6 +32,7 @@ from astroscale_fl.federation import client, protocol
 from astroscale_fl.federation import local_objectives as objectives
 from astroscale_fl.federation.messages import config_digest, read_pipeline, read_run_config
 from astroscale_fl.federation.records import load_arrays, model_to_arrays
+from astroscale_fl.federation.secagg import node as secagg_node
 from astroscale_fl.privacy import PrivacySettings, card, poisson_batches
 from astroscale_fl.privacy import node as dp_node
 from astroscale_fl.privacy.dp_sgd import ghost_supported
@@ -88,6 +89,8 @@ def _eligible(run: _RunSettings, privacy: PrivacySettings | None, model: torch.n
 
 def _setup(msg: Message, context: Context) -> Member | None:
     """The node's training set-up (no privacy spent yet), or None when it cannot be grouped."""
+    if secagg_node.RECORD in msg.content.config_records:
+        return None  # SecAgg+: the ClientApp masks the reply
     config = msg.content[protocol.CONFIG_KEY]
     cfg = read_run_config(config)
     local = client.local_settings(cfg)

@@ -46,6 +46,9 @@ CONTROL_KEY = "control"  # ArrayRecord: SCAFFOLD server control variate
 CONTROL_DELTA_KEY = "control-delta"  # ArrayRecord: SCAFFOLD node control variate change
 STATS_KEY = "stats"  # ArrayRecord: statistics round, a node's column statistics
 COLUMNS_KEY = "columns"  # ConfigRecord: statistics round, the statistics' column names
+SECAGG_KEY = "secagg"  # ConfigRecord: SecAgg+ stage messages and a train message's relayed shares
+SECAGG_WEIGHT_KEY = "secagg/weight"  # ArrayRecord: SecAgg+ masked reply, the masked weight
+SECAGG_MESSAGE_TYPE = "query.secagg"  # SecAgg+ stages (setup, share-keys, unmask)
 
 # -- keys inside the round ConfigRecord --------------------------------------------------------
 SERVER_ROUND_KEY = "server-round"

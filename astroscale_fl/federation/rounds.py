@@ -57,8 +57,8 @@ from astroscale_fl.federation.protocol import (
 )
 from astroscale_fl.federation.records import array_numpy, arrays_to_numpy, record_nbytes
 from astroscale_fl.history import RoundRecord
-from astroscale_fl.privacy.card import entry_from_record
 from astroscale_fl.preprocessing import ColumnStatistics
+from astroscale_fl.privacy.card import entry_from_record
 
 CentralEval = Callable[[ArrayRecord], tuple[float, float]]  # arrays -> (rmse, r2)
 POLL_SECONDS = 0.2
@@ -124,8 +124,10 @@ def send_and_receive(grid: Grid, messages: Iterable[Message], timeout: float, po
     return replies, sorted(missing)
 
 
-def federated_statistics(grid: Grid, node_ids: list[int], config: ConfigRecord, timeout: float) -> ColumnStatistics:
-    """Statistics round: every node sends column statistics of its rows; merge them."""
+def federated_statistics(grid: Grid, node_ids: list[int], config: ConfigRecord, timeout: float,
+                         privacy_entries: list | None = None) -> ColumnStatistics:
+    """Statistics round: every node sends column statistics of its rows; merge them.
+    ``privacy_entries`` (if given) receives the ledger record of each DP statistics reply."""
     messages = [Message(RecordDict({CONFIG_KEY: config}), message_type=MessageType.QUERY, dst_node_id=n) for n in node_ids]
     replies, missing = send_and_receive(grid, messages, timeout)
     parts = []
@@ -142,6 +144,8 @@ def federated_statistics(grid: Grid, node_ids: list[int], config: ConfigRecord, 
         quarantined = int(metrics.get(QUARANTINED_KEY, 0)) if metrics is not None else 0
         if quarantined:
             log(INFO, "statistics round: node %s quarantined %d rows failing validation", reply.metadata.src_node_id, quarantined)
+        if privacy_entries is not None and PRIVACY_KEY in reply.content.config_records:
+            privacy_entries.append(entry_from_record(reply.content[PRIVACY_KEY]))
     if not parts:
         reasons = "; ".join(r.error.reason for r in replies if r.has_error())[:500]
         raise FederationError(f"statistics round: no node replied ({reasons or 'timeout'})")

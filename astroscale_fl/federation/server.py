@@ -30,11 +30,19 @@ from astroscale_fl.errors import ConfigError
 from astroscale_fl.export import finish_run
 from astroscale_fl.federation.messages import round_config
 from astroscale_fl.federation.records import arrays_to_numpy, load_arrays, model_to_arrays, numpy_to_arrays
-from astroscale_fl.federation.rounds import RoundOutcome, RoundPolicy, federated_statistics, run_rounds, wait_for_nodes
+from astroscale_fl.federation.rounds import (
+    FederationError,
+    RoundOutcome,
+    RoundPolicy,
+    federated_statistics,
+    run_rounds,
+    wait_for_nodes,
+)
 from astroscale_fl.history import RoundRecord, write_history
 from astroscale_fl.models import build_model
 from astroscale_fl.observability import RunMetrics, serve
 from astroscale_fl.preprocessing import Pipeline
+from astroscale_fl.privacy import dp_statistics
 from astroscale_fl.privacy.card import privacy_section
 from astroscale_fl.reference import NODE_STATISTICS, fit_reference
 from astroscale_fl.tasks import get_task
@@ -49,6 +57,7 @@ class PreprocessingSource:
     pipeline: Pipeline
     train_rows: int | None
     statistics: dict[str, Any]
+    privacy_entries: list[dict] = field(default_factory=list)  # DP statistics: the nodes' ledger records
 
 
 @dataclass
@@ -139,14 +148,21 @@ def preprocessing_source(grid: Grid, cfg: DictConfig, node_ids: list[int], resum
         pipeline, statistics = fit_reference(task, cfg, cfg.preprocess.reference)
         log(INFO, "preprocessing fitted on the public reference %s; no statistics round", statistics["path"])
         return PreprocessingSource(pipeline, None, statistics)  # no statistics round: row counts not asked for
-    if cfg.privacy.name != "none":
-        log(WARNING, "the statistics round releases exact per-node aggregates that %s does not cover; "
-            "set preprocess.reference to a public table to fit preprocessing without it", cfg.privacy.name)
-    stats = federated_statistics(grid, node_ids, round_config(cfg), timeout=float(cfg.federation.round_timeout))
+    stats_epsilon = dp_statistics.statistics_epsilon(cfg.privacy)
+    if stats_epsilon is not None:
+        dp_statistics.StatisticsRelease.for_pipeline(task, Pipeline.from_config(task, cfg))  # ranges exist, or a one-line error
+    elif cfg.privacy.name != "none":
+        log(WARNING, "the statistics round releases exact per-node aggregates that %s does not cover; set "
+            "privacy.statistics_epsilon, or preprocess.reference to a public table", cfg.privacy.name)
+    entries: list[dict] = []
+    stats = federated_statistics(grid, node_ids, round_config(cfg), timeout=float(cfg.federation.round_timeout),
+                                 privacy_entries=entries)
     pipeline = Pipeline.from_config(task, cfg).fit_statistics(stats)
-    train_rows = int(stats.count[-1])
+    train_rows = max(0, int(round(float(stats.count[-1]))))  # noisy under DP statistics
     log(INFO, "preprocessing fitted from %d nodes' statistics (%d rows)", len(node_ids), train_rows)
-    return PreprocessingSource(pipeline, train_rows, NODE_STATISTICS)
+    if stats_epsilon is None:
+        return PreprocessingSource(pipeline, train_rows, NODE_STATISTICS)
+    return PreprocessingSource(pipeline, train_rows, dp_statistics.card_section(entries, stats_epsilon), entries)
 
 
 class CentralEvaluator:
@@ -179,6 +195,7 @@ def federated_rounds(grid: Grid, cfg: DictConfig, strategy: Strategy, source: Pr
     initial = model_to_arrays(evaluator.model)
     initial_rmse, initial_r2 = evaluator(initial)
     record = RunRecord(source.train_rows, source.statistics, initial_r2, initial_rmse)
+    record.privacy_entries.extend(source.privacy_entries)  # the DP statistics release, in the nodes' ledgers
     start_round = 1
     if resumed is not None:
         initial = numpy_to_arrays(resumed.model)
@@ -203,8 +220,8 @@ def federated_rounds(grid: Grid, cfg: DictConfig, strategy: Strategy, source: Pr
                          max_update_norm=None if fed.max_update_norm is None else float(fed.max_update_norm),
                          evaluate_in_train=bool(fed.evaluate_in_train))
     arrays, _ = run_rounds(
-        strategy, grid, initial, int(fed.num_rounds), round_config(cfg, source.pipeline), evaluator,
-        on_round=on_round, show_progress=show_progress, policy=policy, start_round=start_round, metrics=run_metrics,
+        strategy, grid, initial, _rounds_within_budget(strategy, int(fed.num_rounds), start_round), round_config(cfg, source.pipeline),
+        evaluator, on_round=on_round, show_progress=show_progress, policy=policy, start_round=start_round, metrics=run_metrics,
     )
     return arrays, record
 
@@ -233,12 +250,38 @@ def finish(cfg: DictConfig, strategy: Strategy, source: PreprocessingSource, eva
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
     privacy = privacy_summary(cfg, record.privacy_entries, record.privacy_declines, record.statistics)
+    if hasattr(strategy, "node_level_section"):  # privacy=dp_fedavg: the server's node-level ledger
+        privacy["card"]["node_level"] = strategy.node_level_section()
+        privacy["node_level_epsilon"] = privacy["card"]["node_level"]["epsilon"]
     metrics["privacy"] = privacy
     params = strategy.params() if hasattr(strategy, "params") else {}
     finish_run(out_dir, get_task(cfg.task), cfg, source.pipeline, evaluator.model, metrics, evaluator.test, params,
-               card_extra={"privacy": privacy["card"]})
+               card_extra={"privacy": privacy["card"], **_secure_aggregation_card(cfg)})
     log(INFO, "done: test R²=%.4f RMSE=%.4f in %.1f s -> %s", final.r2, final.rmse, wall, out_dir)
     return metrics
+
+
+def _secure_aggregation_card(cfg: DictConfig) -> dict[str, Any]:
+    """The card's ``secure_aggregation`` entry (and SecAgg+'s parameters)."""
+    if cfg.federation.secure_aggregation == "none":
+        return {"secure_aggregation": "none"}
+    from astroscale_fl.federation.secagg.protocol import SecAggPlusParams
+
+    return {"secure_aggregation": "secaggplus", "secaggplus": SecAggPlusParams.from_config(cfg.federation.secaggplus).as_dict()}
+
+
+def _rounds_within_budget(strategy: Strategy, num_rounds: int, start_round: int) -> int:
+    """The last round to run: ``num_rounds``, or earlier where the node-level ε budget ends."""
+    if not hasattr(strategy, "affordable_rounds"):
+        return num_rounds
+    allowed = strategy.affordable_rounds(num_rounds - start_round + 1)
+    if allowed == 0 and num_rounds >= start_round:
+        raise FederationError(f"privacy.node_epsilon_budget: not even one more round fits (node-level epsilon so far "
+                              f"{strategy.ledger.epsilon():.4g})")
+    if start_round - 1 + allowed < num_rounds:
+        log(WARNING, "privacy.node_epsilon_budget: the run stops after round %d of %d (node-level budget)",
+            start_round - 1 + allowed, num_rounds)
+    return start_round - 1 + allowed
 
 
 def privacy_summary(cfg: DictConfig, entries: list[dict], declines: list[dict],
@@ -246,9 +289,9 @@ def privacy_summary(cfg: DictConfig, entries: list[dict], declines: list[dict],
     """The run's privacy outcome: the model card section (recomputable ε per node, and where the
     preprocessing statistics came from), the largest ε, and which nodes stopped (declined for
     budget) at what ε."""
-    if cfg.privacy.name == "none":
+    if cfg.privacy.name == "none" and not statistics.get("covered_by_dp"):
         return {"card": {"name": "none"}, "max_epsilon": None, "stopped_nodes": []}
-    section = {"name": cfg.privacy.name, **privacy_section(entries, mechanism=cfg.privacy.name),
+    section = {"name": cfg.privacy.name, **privacy_section(entries, mechanism=cfg.privacy.name if cfg.privacy.name != "none" else "dp_statistics"),
                "preprocessing_statistics": statistics}
     spent = {n["node"]: n["epsilon"] for n in section["nodes"]}
     stopped: dict[str, dict] = {}

@@ -86,3 +86,11 @@ def decimal_year_and_day_phase(mjd: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     """(decimal year, fraction of the year elapsed in [0, 1)) of MJDs (Julian years of 365.25 d from J2000)."""
     years = 2000.0 + (np.asarray(mjd, dtype=np.float64) - 51544.5) / 365.25
     return years, years - np.floor(years)
+#: Physical bounds of each derived feature, from the bounds of its inputs (hipparcos_absmag:
+#: |pm| <= 2e4 mas/yr per axis, Hpmag in [-2, 16]); used to clip values for DP statistics.
+DERIVED_RANGES = {
+    "pm_total": (0.0, 2e4 * 2**0.5),
+    "reduced_pm": (-17.0, 28.3),  # Hpmag + 5 log10(pm / 1000) + 5, pm in [0.1, 28,285] mas/yr
+    "sin_b": (-1.0, 1.0),
+    "cos_b": (0.0, 1.0),
+}

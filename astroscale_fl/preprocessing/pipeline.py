@@ -206,8 +206,8 @@ class Pipeline:
 
     # --- fitting ------------------------------------------------------------------------------
 
-    def compute_statistics(self, frame) -> ColumnStatistics:
-        """A node's (or a record batch's) share of a fit: statistics of its valid, derived columns."""
+    def statistics_frame(self, frame) -> dict[str, np.ndarray]:
+        """The valid, derived columns whose statistics fit the pipeline (before imputation)."""
         failing, _, _ = self.quarantine(frame)
         columns = self._columns(frame, self.inputs)
         columns[self.target.target] = np.asarray(frame[self.target.target], dtype=np.float64)
@@ -217,7 +217,11 @@ class Pipeline:
         for step in self.steps:  # statistics see raw times: the first epoch is what they fit
             if isinstance(step, TemporalFeatures):
                 columns[step.outputs[3]] = columns[step.outputs[3]] + step.first_epoch
-        return ColumnStatistics.compute(columns, self.statistics_columns)
+        return columns
+
+    def compute_statistics(self, frame) -> ColumnStatistics:
+        """A node's (or a record batch's) share of a fit: statistics of its valid, derived columns."""
+        return ColumnStatistics.compute(self.statistics_frame(frame), self.statistics_columns)
 
     def statistics_of(self, batches: Iterable) -> ColumnStatistics:
         """Statistics of a stream of record batches (merged as they come: memory stays flat)."""

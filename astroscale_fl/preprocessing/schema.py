@@ -82,9 +82,18 @@ def _range(path, value) -> list[float]:
 
 
 _finite = _number
-_nonzero = lambda p, v: _number(p, v, nonzero=True)
-_any_number = lambda p, v: _number(p, v, finite=False)
-_count = lambda p, v: int(_number(p, v, integer=True))
+
+
+def _nonzero(path: str, value):
+    return _number(path, value, nonzero=True)
+
+
+def _any_number(path: str, value):
+    return _number(path, value, finite=False)
+
+
+def _count(path: str, value) -> int:
+    return int(_number(path, value, integer=True))
 
 #: step kind -> {field: (checker, required)}
 FIELDS: dict[str, dict[str, tuple[Callable, bool]]] = {

@@ -46,6 +46,13 @@ def bin_counts(values: np.ndarray) -> np.ndarray:
     return counts
 
 
+def bin_index(values: np.ndarray) -> np.ndarray:
+    """The bin of each finite value (for a few values; :func:`bin_counts` is the fast path)."""
+    bits = np.asarray(values, dtype=np.float32).reshape(-1).view(np.int32).astype(np.int64)
+    ordered = np.where(bits >= 0, bits, -1 - (bits & 0x7FFFFFFF))
+    return (ordered >> _SHIFT) + _OFFSET
+
+
 def _bin_edge(index: np.ndarray) -> np.ndarray:
     """Lower value edge of bins ``index`` (the upper edge of bin i is the lower edge of i + 1)."""
     ordered = (np.asarray(index, dtype=np.int64) - _OFFSET) << _SHIFT
@@ -56,15 +63,16 @@ def _bin_edge(index: np.ndarray) -> np.ndarray:
 
 def quantile(counts: np.ndarray, q: float, minimum: float, maximum: float) -> float:
     """The ``q`` quantile of the values a (merged) count vector summarises; NaN when empty."""
-    cumulative = np.cumsum(counts)
+    # noisy (DP) counts can be negative: the running maximum keeps the CDF monotone (identity otherwise)
+    cumulative = np.maximum.accumulate(np.cumsum(counts)) if counts.size else counts
     total = cumulative[-1] if cumulative.size else 0
     if total <= 0:
         return float("nan")
     rank = q * (total - 1)  # numpy's default (linear) definition over ranks 0..n-1
     i = int(np.searchsorted(cumulative, rank, side="right"))
     i = min(i, counts.size - 1)
-    before = cumulative[i] - counts[i]
-    inside = (rank - before + 0.5) / max(counts[i], 1)
+    before = cumulative[i - 1] if i > 0 else 0
+    inside = (rank - before + 0.5) / max(cumulative[i] - before, 1)
     lo, hi = _bin_edge(np.array([i, i + 1]))
     if not np.isfinite(hi):
         hi = maximum

@@ -1,4 +1,4 @@
-"""Differential privacy for AstroScale FL nodes (GitHub issue 5).
+"""Differential privacy for AstroScale FL nodes (GitHub issues 5 and 16).
 
 - :mod:`.dp_sgd`: DP-SGD for the tensor-slicing loop (Poisson masks, per-sample clipping,
   Gaussian noise; FedProx / SCAFFOLD terms as post-processing);
@@ -6,7 +6,8 @@
 - :mod:`.calibrate`: δ, sample rate, steps, σ for a target ε, the validated settings;
 - :mod:`.node`: a node's privacy round as one call (``NoPrivacy`` or DP-SGD), declines;
 - :mod:`.card`: reply records and the model card's ``privacy`` section (recomputable);
-- :mod:`.client_dp`: optional server-side client-level DP-FedAvg helpers.
+- :mod:`.dp_statistics`: the statistics round through the Gaussian mechanism (``privacy.statistics_epsilon``);
+- :mod:`.node_level`: node-level DP-FedAvg settings, clipping, noise and accounting (``privacy=dp_fedavg``).
 """
 
 from astroscale_fl.federation.protocol import BUDGET_EXCEEDED_CODE, FLOOR_REFUSED_CODE  # re-exported

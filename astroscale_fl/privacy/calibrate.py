@@ -137,6 +137,7 @@ class PrivacySettings:
     epsilon_budget: float | None = None  # per node, lifetime; None: no limit
     backend: str = "auto"  # auto | ghost | opacus
     secure_mode: bool = False
+    statistics_epsilon: float | None = None  # DP statistics round (privacy.dp_statistics)
 
     def __post_init__(self) -> None:
         if (self.noise_multiplier is None) == (self.target_epsilon is None):
@@ -152,16 +153,19 @@ class PrivacySettings:
         check_accountant(self.accountant)
         if self.epsilon_budget is not None and not self.epsilon_budget > 0:
             raise PrivacyError(f"privacy.epsilon_budget: expected a positive number, got {self.epsilon_budget}")
+        if self.statistics_epsilon is not None and not self.statistics_epsilon > 0:
+            raise PrivacyError(f"privacy.statistics_epsilon: expected a positive number or null, got {self.statistics_epsilon}")
         if self.backend not in ("auto", "ghost", "opacus"):
             raise PrivacyError(f"privacy.backend: expected auto, ghost or opacus, got {self.backend!r}")
 
     @classmethod
     def from_config(cls, section: Mapping | None) -> PrivacySettings | None:
-        """Settings from the ``privacy`` config group; ``None`` for ``privacy=none``."""
-        if section is None or section.get("name", "none") == "none":
+        """Settings from the ``privacy`` config group; ``None`` when the nodes run no DP-SGD
+        (``privacy=none``, or ``dp_fedavg``: node-level noise is added by the server)."""
+        if section is None or section.get("name", "none") in ("none", "dp_fedavg"):
             return None
         if section.get("name") != "dp_sgd":
-            raise PrivacyError(f"privacy: expected 'none' or 'dp_sgd', got {section.get('name')!r}")
+            raise PrivacyError(f"privacy: expected 'none', 'dp_sgd' or 'dp_fedavg', got {section.get('name')!r}")
         known = {"name", *cls.__dataclass_fields__}
         unknown = sorted(set(section) - known)
         if unknown:
@@ -187,6 +191,7 @@ class PrivacySettings:
             epsilon_budget=num("epsilon_budget"),
             backend=str(section.get("backend", "auto")),
             secure_mode=bool(section.get("secure_mode", False)),
+            statistics_epsilon=num("statistics_epsilon"),
         )
 
     def delta_for(self, n_rows: int) -> float:

@@ -92,16 +92,30 @@ def recompute_epsilon(entry: Mapping) -> float:
     return float(acc.get_epsilon(delta=float(entry["delta"])))
 
 
+def recomputable_groups(section: Mapping) -> list[tuple[str, Mapping, str]]:
+    """(label, sub-section, key of its largest ε) for every part of a card's privacy section that lists nodes."""
+    groups = [("", section, "max_epsilon")]
+    stats = section.get("preprocessing_statistics")
+    if isinstance(stats, Mapping) and "nodes" in stats:
+        groups.append(("preprocessing_statistics ", stats, "epsilon"))
+    level = section.get("node_level")
+    if isinstance(level, Mapping) and "history" in level:  # one server-side accountant for the whole federation
+        groups.append(("node_level ", {"epsilon": level["epsilon"], "nodes": [{"node": "federation", **level}]}, "epsilon"))
+    return groups
+
+
 def verify_section(section: Mapping, rel_tol: float = 0.01) -> list[str]:
-    """Problems found by recomputing every node's ε (empty list: the section checks out)."""
+    """Problems found by recomputing every ε in the section (empty list: the section checks out):
+    each node's lifetime ε, and the nodes of ``preprocessing_statistics`` / ``node_level``."""
     problems = []
-    for entry in section.get("nodes", []):
-        claimed, actual = float(entry["epsilon"]), recompute_epsilon(entry)
-        if not (math.isclose(claimed, actual, rel_tol=rel_tol) or (math.isinf(claimed) and math.isinf(actual))):
-            problems.append(f"node {entry['node']}: card says epsilon={claimed:.6g}, Opacus recomputes {actual:.6g}")
-    top = max((float(e["epsilon"]) for e in section.get("nodes", [])), default=0.0)
-    if not math.isclose(float(section.get("max_epsilon", 0.0)), top, rel_tol=1e-9):
-        problems.append(f"max_epsilon={section.get('max_epsilon')} but the largest node epsilon is {top}")
+    for label, group, top_key in recomputable_groups(section):
+        for entry in group.get("nodes", []):
+            claimed, actual = float(entry["epsilon"]), recompute_epsilon(entry)
+            if not (math.isclose(claimed, actual, rel_tol=rel_tol) or (math.isinf(claimed) and math.isinf(actual))):
+                problems.append(f"{label}node {entry['node']}: card says epsilon={claimed:.6g}, Opacus recomputes {actual:.6g}")
+        top = max((float(e["epsilon"]) for e in group.get("nodes", [])), default=0.0)
+        if (group.get("nodes") or not label) and not math.isclose(float(group.get(top_key, 0.0)), top, rel_tol=1e-9):
+            problems.append(f"{label}{top_key}={group.get(top_key)} but the largest node epsilon is {top}")
     return problems
 
 
@@ -133,8 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     card = read_verified_card(args[0])
     section = card.get("privacy", card)
-    for entry in section.get("nodes", []):
-        print(f"{entry['node']}: claimed epsilon={float(entry['epsilon']):.6g} recomputed={recompute_epsilon(entry):.6g} (delta={entry['delta']:g}, {entry['accountant']})")
+    for label, group, _ in recomputable_groups(section):
+        for entry in group.get("nodes", []):
+            print(f"{label}{entry['node']}: claimed epsilon={float(entry['epsilon']):.6g} recomputed={recompute_epsilon(entry):.6g} (delta={entry['delta']:g}, {entry['accountant']})")
     problems = verify_section(section)
     for problem in problems:
         print(f"MISMATCH {problem}", file=sys.stderr)

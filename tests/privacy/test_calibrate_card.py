@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
 from astroscale_fl.privacy import (
@@ -24,7 +23,6 @@ from astroscale_fl.privacy import (
     verify_section,
 )
 from astroscale_fl.privacy import card as card_module
-from astroscale_fl.privacy.client_dp import clip_update, dp_fedavg, noisy_mean_update, update_norm
 from astroscale_fl.privacy.ledger import create_accountant
 
 ACCOUNTANTS = ["rdp", "prv", "gdp"]
@@ -125,20 +123,3 @@ def test_model_card_epsilon_recomputes_with_opacus(accountant, tmp_path):
     path.write_text(json.dumps({"privacy": card}))
     assert card_module.main([str(path)]) == 1
 
-
-def test_dp_fedavg_clips_each_update_and_adds_noise_to_the_sum():
-    rng = np.random.default_rng(0)
-    global_arrays = [np.zeros((30, 20), np.float32), np.zeros(20, np.float32)]
-    nodes = [[rng.normal(0, s, (30, 20)).astype(np.float32), rng.normal(0, s, 20).astype(np.float32)] for s in (0.01, 1.0, 100.0)]
-    clipped, norm = clip_update(nodes[2], 1.0)
-    assert norm > 100 and update_norm(clipped) == pytest.approx(1.0, rel=1e-6)
-    small, _ = clip_update(nodes[0], 1.0)
-    assert all(np.allclose(a, b) for a, b in zip(small, nodes[0]))  # below C: untouched
-    exact = dp_fedavg(global_arrays, nodes, 1.0, 0.0, rng)
-    expected = noisy_mean_update([[a.astype(np.float64) for a in n] for n in nodes], 1.0, 0.0, rng)
-    assert all(np.allclose(a, b, atol=1e-6) for a, b in zip(exact, expected))
-    assert update_norm(exact) <= 1.0 + 1e-6  # mean of clipped updates
-    noisy = noisy_mean_update([[a.astype(np.float64) for a in n] for n in nodes], 1.0, 2.0, np.random.default_rng(1), denominator=1.0)
-    residual = np.concatenate([(a - b * 3).ravel() for a, b in zip(noisy, expected)])
-    assert residual.std() == pytest.approx(2.0, rel=0.1)
-    assert exact[0].dtype == np.float32

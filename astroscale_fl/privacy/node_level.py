@@ -1,0 +1,173 @@
+"""Node-level DP (``privacy=dp_fedavg``): settings, clipping, noise and the server's ledger.
+
+DP-FedAvg (McMahan et al., ICLR 2018) protects a whole node: the released global models are
+about as likely with or without any one archive's participation (all its rows at once). Each
+round every node is sampled independently with probability ``q`` (``federation.fraction_train``),
+its update ``Δ_k`` (model delta, and for SCAFFOLD the control-variate delta too, as one vector)
+is clipped to L2 norm ``C`` and the server releases
+
+    Δ̃ = (Σ_k clip(Δ_k, C) + N(0, (σ_Δ C)²)) / (q N)
+
+(fixed denominator: the expected number of sampled nodes, so one node changes the sum by at
+most ``C`` whatever the others do). That is one step of the subsampled Gaussian mechanism with
+noise multiplier ``σ`` and sample rate ``q``; the server's ledger (a :class:`PrivacyLedger`, the
+same Opacus history format as the nodes') records ``[σ, q, 1]`` per round and the model card
+carries it (``privacy.node_level``), recomputable with Opacus.
+
+Adaptive clipping (Andrew et al., NeurIPS 2021): the server also releases the noisy fraction of
+sampled nodes whose update was within ``C``, ``b̃ = (Σ 1[‖Δ_k‖ ≤ C] + N(0, σ_b²)) / (q N)``,
+and moves ``C ← C · exp(−η (b̃ − γ))`` towards the ``γ`` quantile of the update norms. The two
+releases together are one Gaussian mechanism with multiplier ``σ`` when
+``σ_Δ = (σ⁻² − (2σ_b)⁻²)^(-1/2)`` (their Theorem 1), so the ledger still records ``σ``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from astroscale_fl.privacy.calibrate import default_delta
+from astroscale_fl.privacy.ledger import PrivacyError, PrivacyLedger
+
+
+@dataclass(frozen=True)
+class AdaptiveClipping:
+    """``privacy.adaptive_clipping.*`` (Andrew et al. 2021); ``clipping_norm`` is the initial C."""
+
+    target_quantile: float = 0.5  # γ: fraction of updates meant to be within C
+    learning_rate: float = 0.2  # η of the geometric update of C
+    clipped_count_stddev: float | None = None  # σ_b; null: expected sampled nodes / 20 (paper's choice)
+
+
+@dataclass(frozen=True)
+class NodeLevelSettings:
+    """The validated ``privacy=dp_fedavg`` config group."""
+
+    noise_multiplier: float
+    clipping_norm: float
+    adaptive: AdaptiveClipping | None = None
+    delta: float | None = None  # None: default_delta(10 × nodes)
+    epsilon_budget: float | None = None
+    accountant: str = "rdp"
+
+    def __post_init__(self) -> None:
+        if not (self.noise_multiplier > 0 and math.isfinite(self.noise_multiplier)):
+            raise PrivacyError(f"privacy.node_noise_multiplier: expected a positive number, got {self.noise_multiplier}")
+        if not (self.clipping_norm > 0 and math.isfinite(self.clipping_norm)):
+            raise PrivacyError(f"privacy.clipping_norm: expected a positive number, got {self.clipping_norm}")
+        if self.delta is not None and not 0 < self.delta < 1:
+            raise PrivacyError(f"privacy.node_delta: expected a number in (0, 1), got {self.delta}")
+        if self.epsilon_budget is not None and not self.epsilon_budget > 0:
+            raise PrivacyError(f"privacy.node_epsilon_budget: expected a positive number, got {self.epsilon_budget}")
+        if self.accountant not in ("rdp", "prv"):
+            raise PrivacyError(f"privacy.accountant: expected rdp or prv for dp_fedavg, got {self.accountant!r}")
+        if self.adaptive is not None:
+            a = self.adaptive
+            if not 0 < a.target_quantile < 1:
+                raise PrivacyError(f"privacy.adaptive_clipping.target_quantile: expected a number in (0, 1), got {a.target_quantile}")
+            if not a.learning_rate > 0:
+                raise PrivacyError(f"privacy.adaptive_clipping.learning_rate: expected a positive number, got {a.learning_rate}")
+            if a.clipped_count_stddev is not None and not a.clipped_count_stddev > 0:
+                raise PrivacyError(f"privacy.adaptive_clipping.clipped_count_stddev: expected a positive number, got {a.clipped_count_stddev}")
+
+    @classmethod
+    def from_config(cls, section: Mapping | None) -> NodeLevelSettings | None:
+        """Settings from the ``privacy`` group; ``None`` unless ``privacy=dp_fedavg``."""
+        if section is None or section.get("name") != "dp_fedavg":
+            return None
+        adaptive = section.get("adaptive_clipping") or {}
+        return cls(
+            noise_multiplier=float(section["node_noise_multiplier"]),
+            clipping_norm=float(section["clipping_norm"]),
+            adaptive=AdaptiveClipping(float(adaptive.get("target_quantile", 0.5)), float(adaptive.get("learning_rate", 0.2)),
+                                      None if adaptive.get("clipped_count_stddev") is None else float(adaptive["clipped_count_stddev"]))
+            if adaptive.get("enabled") else None,
+            delta=None if section.get("node_delta") is None else float(section["node_delta"]),
+            epsilon_budget=None if section.get("node_epsilon_budget") is None else float(section["node_epsilon_budget"]),
+            accountant=str(section.get("accountant", "rdp")),
+        )
+
+    def delta_for(self, num_nodes: int) -> float:
+        """δ of the node-level guarantee (default: 1 / (10 N) rounded down to a power of ten)."""
+        return float(self.delta) if self.delta is not None else default_delta(10 * int(num_nodes))
+
+    def count_stddev(self, expected_nodes: float) -> float:
+        """σ_b of the adaptive clipping count."""
+        assert self.adaptive is not None
+        return self.adaptive.clipped_count_stddev or max(expected_nodes / 20.0, 1e-12)
+
+    def update_noise_multiplier(self, expected_nodes: float) -> float:
+        """σ_Δ: the multiplier on the update sum, leaving room for the clipped count's release."""
+        if self.adaptive is None:
+            return self.noise_multiplier
+        rest = self.noise_multiplier**-2 - (2.0 * self.count_stddev(expected_nodes)) ** -2
+        if rest <= 0:
+            raise PrivacyError(
+                f"privacy.adaptive_clipping.clipped_count_stddev={self.count_stddev(expected_nodes):.4g} is too small for "
+                f"node_noise_multiplier={self.noise_multiplier:g}: it must exceed node_noise_multiplier / 2")
+        return rest**-0.5
+
+
+def flat_norm(update: Mapping[str, np.ndarray]) -> float:
+    """L2 norm of an update over all its arrays together (float64)."""
+    return math.sqrt(sum(float(np.square(np.asarray(v, dtype=np.float64)).sum()) for v in update.values()))
+
+
+def clipped(update: Mapping[str, np.ndarray], clip_norm: float) -> tuple[dict[str, np.ndarray], float]:
+    """``update × min(1, C / ‖update‖)`` (float64) and the norm before clipping."""
+    norm = flat_norm(update)
+    factor = min(1.0, clip_norm / norm) if norm > 0 else 1.0
+    return {k: np.asarray(v, dtype=np.float64) * factor for k, v in update.items()}, norm
+
+
+def noisy_mean(updates: list[Mapping[str, np.ndarray]], clip_norm: float, noise_multiplier: float, denominator: float,
+               rng: np.random.Generator) -> tuple[dict[str, np.ndarray], list[float]]:
+    """``(Σ clip(Δ_k, C) + N(0, (σ C)²)) / denominator`` per array, and the norms before clipping."""
+    if not updates:
+        raise ValueError("no updates to aggregate")
+    total: dict[str, np.ndarray] = {k: np.zeros(np.shape(v), np.float64) for k, v in updates[0].items()}
+    norms = []
+    for update in updates:
+        clipped_update, norm = clipped(update, clip_norm)
+        norms.append(norm)
+        for k, v in clipped_update.items():
+            total[k] += v
+    std = noise_multiplier * clip_norm
+    return {k: (v + rng.normal(0.0, std, v.shape)) / denominator for k, v in total.items()}, norms
+
+
+def next_clipping_norm(clip_norm: float, norms: list[float], settings: NodeLevelSettings, expected_nodes: float,
+                       rng: np.random.Generator) -> float:
+    """Andrew et al.'s geometric update of C from the noisy fraction of unclipped updates."""
+    assert settings.adaptive is not None
+    within = sum(1 for n in norms if n <= clip_norm)
+    fraction = (within + rng.normal(0.0, settings.count_stddev(expected_nodes))) / expected_nodes
+    return float(clip_norm * math.exp(-settings.adaptive.learning_rate * (fraction - settings.adaptive.target_quantile)))
+
+
+def affordable_rounds(ledger: PrivacyLedger, noise_multiplier: float, sample_rate: float, budget: float | None, wanted: int) -> int:
+    """How many of ``wanted`` further rounds fit the node-level budget (bisection over the ledger)."""
+    if budget is None or wanted <= 0:
+        return max(0, wanted)
+    low, high = 0, wanted
+    while low < high:
+        mid = (low + high + 1) // 2
+        if ledger.epsilon_after(noise_multiplier, sample_rate, mid) <= budget:
+            low = mid
+        else:
+            high = mid - 1
+    return low
+
+
+def card_entry(ledger: PrivacyLedger, settings: NodeLevelSettings, clipping_norms: list[float], num_nodes: int) -> dict:
+    """The model card's ``privacy.node_level``: recomputable ``{accountant, history, delta, epsilon}`` and the settings."""
+    return {
+        "accountant": ledger.accountant, "history": [list(h) for h in ledger.history], "delta": ledger.delta,
+        "epsilon": ledger.epsilon(), "rounds": ledger.steps, "num_nodes": int(num_nodes),
+        "noise_multiplier": settings.noise_multiplier, "clipping": "adaptive" if settings.adaptive else "fixed",
+        "clipping_norms": [float(c) for c in clipping_norms], "epsilon_budget": settings.epsilon_budget,
+        "weighting": "uniform (each sampled node's clipped update counts once; fixed denominator q N)",
+    }
