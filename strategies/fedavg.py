@@ -6,8 +6,8 @@ With ``server_lr`` != 1 the server moves only that fraction of the way:
 ``w <- w + server_lr * (mean - w)``.
 
 Flower's own FedAvg accumulates in the arrays' dtype (float32); we accumulate in float64 and
-cast back once, summing the terms in value order, so the result does not depend on the order
-of the replies (bit-identical runs whatever order the nodes answer in).
+cast back once; the round loop hands the replies over in node-id order, so a seeded run
+aggregates the same sums in the same order every time (bit-identical runs, in either backend).
 """
 
 from __future__ import annotations
@@ -45,10 +45,10 @@ def weighted_mean(arrays: list[dict[str, np.ndarray]], weights: list[float]) -> 
         raise ValueError("weighted mean needs a positive total weight")
     out: dict[str, np.ndarray] = {}
     for name, first in arrays[0].items():
-        terms = np.stack([np.asarray(model[name], dtype=np.float64) * (float(weight) / total)
-                          for model, weight in zip(arrays, weights, strict=True)])
-        terms.sort(axis=0)  # summed in value order: the mean does not depend on the replies' order
-        out[name] = terms.sum(axis=0).astype(first.dtype, copy=False)
+        acc = np.zeros(first.shape, dtype=np.float64)
+        for model, weight in zip(arrays, weights, strict=True):  # in the replies' (node-id) order
+            acc += np.asarray(model[name], dtype=np.float64) * (float(weight) / total)
+        out[name] = acc.astype(first.dtype, copy=False)
     return out
 
 
