@@ -1,6 +1,7 @@
 """SecAgg+ (federation.secure_aggregation=secaggplus) through the real ClientApp on the in-process grid."""
 
 import json
+import uuid
 
 import numpy as np
 import pytest
@@ -25,17 +26,19 @@ SECAGG = ["federation.secure_aggregation=secaggplus", "federation.secaggplus.num
 
 
 class DroppingGrid(InProcessGrid):
-    """Nodes in ``drop`` fail their training message (after having shared their keys)."""
+    """Nodes at positions ``drop`` fail their training message (after having shared their keys)."""
 
     def __init__(self, n, drop=()):
         super().__init__(n)
-        self.drop = set(drop)
+        ids = self.get_node_ids()
+        self.drop = {ids[i] for i in drop}
 
-    def _handle(self, msg):
+    def serve(self, msg, context):
         if msg.metadata.message_type == MessageType.TRAIN and msg.metadata.dst_node_id in self.drop:
-            self.received.append(msg)
-            return Message(Error(code=1, reason="node went away"), reply_to=msg)
-        return super()._handle(msg)
+            reply = Message(Error(code=1, reason="node went away"), reply_to=msg)
+            reply.metadata.__dict__["_message_id"] = uuid.uuid4().hex
+            return reply
+        return super().serve(msg, context)
 
 
 def one_round(overrides, drop=()):
@@ -80,8 +83,8 @@ def test_unmasked_mean_equals_the_plain_mean_and_only_masked_vectors_travel(stra
 
 
 def test_node_dropping_after_sharing_keys_is_recovered():
-    plain, _, _, _ = one_round([], drop={102})
-    secure, wrapper, replies, history = one_round(SECAGG, drop={102})
+    plain, _, _, _ = one_round([], drop={2})
+    secure, wrapper, replies, history = one_round(SECAGG, drop={2})
     assert history[0].record.nodes_failed == 1 and history[0].record.nodes_replied == 4
     assert wrapper.error_bound < 1e-4
     for name in plain:  # the dropped node's pairwise masks were rebuilt from its key shares
@@ -91,7 +94,7 @@ def test_node_dropping_after_sharing_keys_is_recovered():
 def test_fewer_than_threshold_fails_the_round_with_counts():
     with pytest.raises(FederationError, match=r"round 1: secaggplus: 2 masked vectors arrived, fewer than the threshold "
                                               r"\(3 dropped after sharing\) \(reconstruction_threshold=3; 5 sampled, 5 sent keys, 5 shared keys\)"):
-        one_round(["federation.secure_aggregation=secaggplus", "federation.secaggplus.reconstruction_threshold=3"], drop={100, 101, 102})
+        one_round(["federation.secure_aggregation=secaggplus", "federation.secaggplus.reconstruction_threshold=3"], drop={0, 1, 2})
 
 
 def test_neighbour_graph_and_config_checks():

@@ -9,7 +9,8 @@ from strategies import build_strategy
 from tests.inprocess import InProcessGrid
 
 SMALL = ["federation.num_nodes=3", "model.widths=[16]", "task.min_parallax_snr=40", "partition=sky",
-         "federation.metrics_port=0", "output.publish=false", "strategy=fedadam"]
+         "federation.metrics_port=0", "output.publish=false", "strategy=fedadam",
+         "federation.evaluate_in_train=false"]  # folded evaluation: see test_folded_eval (its last evaluate-only message)
 
 
 def run(tmp_path, name, *overrides):
