@@ -26,6 +26,7 @@ commands:
   status                 runs and SuperNodes the SuperLink knows (see --help)
   node launcher|status   a SuperNode's warm ClientApp runtime / what the node did (see --help)
   ingest                 download a survey catalog (see astroscale-fl ingest --help)
+  preprocess             encode a table into tensor files (see astroscale-fl preprocess --help)
 
 Run `astroscale-fl <command> --help` for a command's options.
 """
@@ -70,7 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         from astroscale_fl.ingest.cli import main as ingest_main
 
         return ingest_main(rest)
-    print(f"error: unknown command {command!r}; expected train, predict, compare, serve, node-data, status, node or ingest", file=sys.stderr)
+    if command == "preprocess":
+        from astroscale_fl.preprocessing.cli import main as preprocess_main
+
+        return preprocess_main(rest)
+    print(f"error: unknown command {command!r}; expected train, predict, compare, serve, node-data, status, node, ingest or preprocess", file=sys.stderr)
     return 2
 
 

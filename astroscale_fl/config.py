@@ -198,6 +198,9 @@ class Federation:
     checkpoint: bool  # write <output dir>/checkpoint.npz after every round
     resume_from: Optional[str]  # run directory (or checkpoint.npz) to continue from
     evaluate_in_train: bool  # one message per round: round r's evaluation rides on round r+1's training message
+    backend: str  # simulation engine: inprocess | ray (issue 13)
+    ray_address: Optional[str]  # backend=ray: address of a running Ray cluster; null = start one here
+    vectorize: bool  # train a round's nodes together as one stacked model where they share it (issue 13)
 
 
 @dataclass
@@ -208,6 +211,7 @@ class Train:
     optimizer: str
     momentum: float
     weight_decay: float
+    cuda_graph: bool  # on CUDA, replay the local step from a CUDA graph; ignored on CPU
 
 
 @dataclass
@@ -215,6 +219,21 @@ class Preprocess:
     scaling: str
     clip: Optional[float]  # clip scaled features to [-clip, clip]; null = no clipping
     reference: Optional[str]  # public table or preprocessing.json to fit on instead of the statistics round
+    # every operation of the old pipeline (astroscale_fl/preprocessing/pipeline.py Options); defaults in conf/config.yaml
+    validate: bool  # schema + physical ranges; failing rows go to the quarantine
+    impute: str  # median | mean | ffill | bfill | interpolate
+    order_by: Optional[str]  # column ordering ffill / bfill / interpolate within a node
+    outliers: str  # none | zscore | iqr | isolation_forest
+    outlier_threshold: float
+    outlier_action: str  # drop (training rows only) | clip | flag
+    features: list  # some of distance_pc, polynomial, interactions, temporal
+    feature_columns: Optional[list]  # columns for polynomial / interactions (null: the task's inputs)
+    polynomial_degree: int
+    min_parallax_snr: float
+    parallax_column: str
+    parallax_error_column: str
+    time_column: Optional[str]  # MJD or ISO 8601 time for temporal features
+    chunk_rows: Optional[int]  # rows per record batch (null: ~64 MB)
 
 
 @dataclass
@@ -369,12 +388,14 @@ def _check_values(cfg: DictConfig) -> None:
     _require(0.0 <= fed.fraction_evaluate <= 1.0, "federation.fraction_evaluate", "a number in [0, 1]", fed.fraction_evaluate)
     _require(fed.min_train_nodes >= 1, "federation.min_train_nodes", "an integer >= 1", fed.min_train_nodes)
     _require(fed.client_threads >= 1, "federation.client_threads", "an integer >= 1", fed.client_threads)
+    _require(fed.backend in ("inprocess", "ray"), "federation.backend", "inprocess or ray", fed.backend)
     _require(train.local_epochs >= 1, "train.local_epochs", "an integer >= 1", train.local_epochs)
     _require(train.batch_size >= 1, "train.batch_size", "an integer >= 1", train.batch_size)
     _require(train.lr > 0, "train.lr", "a positive number", train.lr)
     _require(train.optimizer in ("sgd", "adam"), "train.optimizer", "sgd or adam", train.optimizer)
     _require(cfg.preprocess.clip is None or cfg.preprocess.clip > 0, "preprocess.clip", "a positive number or null", cfg.preprocess.clip)
-    _require(cfg.preprocess.scaling in ("robust", "standard"), "preprocess.scaling", "robust or standard", cfg.preprocess.scaling)
+    _require(cfg.preprocess.scaling in ("robust", "standard", "minmax"), "preprocess.scaling", "robust, standard or minmax", cfg.preprocess.scaling)
+    _check_preprocess(cfg.preprocess)
     _require(cfg.mode in ("federated", "centralized"), "mode", "federated or centralized", cfg.mode)
     strategy = cfg.get("strategy") or {}
     for key in ("server_lr", "local_lr", "tau"):
@@ -392,6 +413,26 @@ def _check_values(cfg: DictConfig) -> None:
         from astroscale_fl.privacy import PrivacySettings
 
         PrivacySettings.from_config(cfg.privacy)  # raises a one-line PrivacyError
+
+
+def _check_preprocess(section) -> None:
+    """The issue-14 preprocess keys: choices and ranges (column names are checked against the task later)."""
+    _require(section.impute in ("median", "mean", "ffill", "bfill", "interpolate"), "preprocess.impute",
+             "median, mean, ffill, bfill or interpolate", section.impute)
+    _require(section.impute in ("median", "mean") or bool(section.order_by), "preprocess.order_by",
+             f"a column to order rows by for preprocess.impute={section.impute}", section.order_by)
+    _require(section.outliers in ("none", "zscore", "iqr", "isolation_forest"), "preprocess.outliers",
+             "none, zscore, iqr or isolation_forest", section.outliers)
+    _require(section.outliers != "isolation_forest" or 0 < section.outlier_threshold < 1, "preprocess.outlier_threshold",
+             "an anomaly score in (0, 1) for isolation_forest (e.g. 0.6)", section.outlier_threshold)
+    _require(section.outliers != "isolation_forest" or section.outlier_action == "drop", "preprocess.outlier_action",
+             "drop for isolation_forest (the node's forest stays on the node)", section.outlier_action)
+    _require(section.outlier_action in ("drop", "clip", "flag"), "preprocess.outlier_action", "drop, clip or flag", section.outlier_action)
+    _require(section.outlier_threshold > 0, "preprocess.outlier_threshold", "a positive number", section.outlier_threshold)
+    _require(section.polynomial_degree >= 2, "preprocess.polynomial_degree", "an integer >= 2", section.polynomial_degree)
+    known = ("distance_pc", "polynomial", "interactions", "temporal")
+    _require(all(f in known for f in section.features), "preprocess.features", f"some of {list(known)}", list(section.features))
+    _require(section.chunk_rows is None or section.chunk_rows >= 1, "preprocess.chunk_rows", "a positive integer or null", section.chunk_rows)
 
 
 def _check_missing(cfg: DictConfig) -> None:

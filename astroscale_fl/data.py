@@ -11,12 +11,13 @@ import functools
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from astroscale_fl import config
 from astroscale_fl.errors import DataError
-from astroscale_fl.split import node_rows, train_test_split
+from astroscale_fl.split import assign_nodes, train_test_split
 from astroscale_fl.tasks import get_task
 
 NODE_DATA_FILE = "train.parquet"
@@ -24,15 +25,31 @@ NODE_DATA_FILE = "train.parquet"
 
 @functools.lru_cache(maxsize=4)
 def _split(task_json: str, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    task_cfg = OmegaConf.create(json.loads(task_json))
+    task_cfg = OmegaConf.create(json.loads(task_json)["task"])
     frame = get_task(task_cfg).load(task_cfg)
     return train_test_split(frame, float(task_cfg.test_fraction), seed)
 
 
 def task_split(cfg: DictConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(train, test) rows of the configured task; cached per process."""
-    task_json = json.dumps(OmegaConf.to_container(cfg.task, resolve=True), sort_keys=True)
-    return _split(task_json, int(cfg.seed))
+    return _split(config_json(cfg, ("task",)), int(cfg.seed))
+
+
+_CONFIG_JSON: dict[tuple[int, tuple[str, ...] | None], tuple[DictConfig, str]] = {}
+
+
+def config_json(cfg: DictConfig, sections: tuple[str, ...] | None = None) -> str:
+    """The config (or its top-level ``sections``) as sorted JSON, remembered per config object:
+    simulated nodes ask for it with every message, and converting an OmegaConf node costs ~1 ms."""
+    key = (id(cfg), sections)
+    hit = _CONFIG_JSON.get(key)
+    if hit is None or hit[0] is not cfg:
+        picked = cfg if sections is None else OmegaConf.create({name: cfg[name] for name in sections})
+        text = json.dumps(OmegaConf.to_container(picked, resolve=True), sort_keys=True)
+        if len(_CONFIG_JSON) > 64:
+            _CONFIG_JSON.clear()
+        hit = _CONFIG_JSON[key] = (cfg, text)  # holds cfg, so its id is not reused while the entry lives
+    return hit[1]
 
 
 def resolve_num_nodes(cfg: DictConfig) -> DictConfig:
@@ -55,10 +72,30 @@ def resolve_num_nodes(cfg: DictConfig) -> DictConfig:
     return out
 
 
-def partition_frame(cfg: DictConfig, node: int, num_nodes: int) -> pd.DataFrame:
-    """Rows of training partition ``node`` out of ``num_nodes``."""
-    train, _ = task_split(cfg)
-    return node_rows(train, cfg.partition, num_nodes, node, int(cfg.seed), get_task(cfg.task).partition_columns)
+def partition_frame(cfg: DictConfig, node: int, num_nodes: int, columns: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """Rows of training partition ``node`` out of ``num_nodes`` (in the training split's order);
+    only ``columns`` (those the table has) when given: a narrow table is much faster to slice."""
+    task_json, seed = config_json(cfg, ("task",)), int(cfg.seed)
+    train = _training_columns(task_json, seed, columns)
+    rows = _partition_rows(task_json, seed, config_json(cfg, ("partition",)), num_nodes)[node]
+    return train.iloc[rows].reset_index(drop=True)
+
+
+@functools.lru_cache(maxsize=4)
+def _training_columns(task_json: str, seed: int, columns: tuple[str, ...] | None) -> pd.DataFrame:
+    train, _ = _split(task_json, seed)
+    return train if columns is None else train[[c for c in columns if c in train.columns]]
+
+
+@functools.lru_cache(maxsize=4)
+def _partition_rows(task_json: str, seed: int, partition_json: str, num_nodes: int) -> list[np.ndarray]:
+    """Training-row positions of every partition, computed once for all the nodes of a simulation."""
+    train, _ = _split(task_json, seed)
+    task_cfg = OmegaConf.create(json.loads(task_json)["task"])
+    partition_cfg = OmegaConf.create(json.loads(partition_json)["partition"])
+    nodes = assign_nodes(train, partition_cfg, num_nodes, seed, get_task(task_cfg).partition_columns)
+    order = np.argsort(nodes, kind="stable")
+    return np.split(order, np.cumsum(np.bincount(nodes, minlength=num_nodes))[:-1])
 
 
 def read_node_dir(data_dir: str | Path) -> pd.DataFrame:
@@ -69,10 +106,11 @@ def read_node_dir(data_dir: str | Path) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
-def node_frame(cfg: DictConfig, node_config: dict) -> pd.DataFrame:
-    """The rows a ClientApp trains on, from its node config (deployment or simulation)."""
+def node_frame(cfg: DictConfig, node_config: dict, columns: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """The rows a ClientApp trains on, from its node config (deployment or simulation); in
+    simulation only ``columns`` (when given) of them."""
     if "data-dir" in node_config:
         return read_node_dir(str(node_config["data-dir"]))
     if "partition-id" in node_config:
-        return partition_frame(cfg, int(node_config["partition-id"]), int(node_config["num-partitions"]))
+        return partition_frame(cfg, int(node_config["partition-id"]), int(node_config["num-partitions"]), columns)
     raise DataError("node config names no data: expected data-dir=<dir> (deployment) or partition-id (simulation)")

@@ -3,8 +3,13 @@
 ``python scripts/predict.py --model DIR V1 V2 ...`` prints ``{"predicted_<target>": value}``
 for values given in the order of the model card's ``inputs``. ``--input FILE --output FILE``
 predicts every row of a CSV or Parquet table: the output keeps the input's rows in order and
-adds ``predicted_<target>``; rows with invalid inputs get no prediction and are listed, with
-the reason, in ``<output>.quarantine.csv``.
+adds ``predicted_<target>``; rows with invalid inputs, or whose prediction is not finite, get no
+prediction (an empty cell) and are listed, with the reason, in ``<output>.quarantine.csv``. A
+single star whose prediction is not finite is an error: ``NaN`` is never printed as JSON.
+
+The model directory is verified first (:func:`~astroscale_fl.export.load_exported`): any
+problem with it is one line and exit 2. ``--output`` may not name the input file (nor its
+quarantine), however the path is spelled.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -20,9 +26,9 @@ import pandas as pd
 import torch
 
 from astroscale_fl.atomic import atomic_path
-from astroscale_fl.errors import DataError, report_user_errors
+from astroscale_fl.errors import DataError, one_line, report_user_errors
 from astroscale_fl.export import load_exported
-from astroscale_fl.tables import read_table, write_table
+from astroscale_fl.tables import SUFFIXES, read_table, write_table
 from astroscale_fl.training import predict as model_predict
 
 DEFAULT_TASK = "survey_redshift"
@@ -36,9 +42,20 @@ class Predictor:
         self.model, self.pipeline, self.card = load_exported(self.model_dir, device)
         self.device = torch.device(device)
         self.inputs = [f["name"] for f in self.card["inputs"]]
-        self.ranges = {f["name"]: tuple(f["valid_range"]) for f in self.card["inputs"]}
+        self.ranges = {f["name"]: (-math.inf if lo is None else float(lo), math.inf if hi is None else float(hi))
+                       for f in self.card["inputs"] for lo, hi in [f["valid_range"]]}
         self.target = self.card["target"]["name"]
         self.output_name = f"predicted_{self.target}"
+        self._check_pipeline()
+
+    def _check_pipeline(self) -> None:
+        """Predict one mid-range star, so that a pipeline that cannot transform fails now, in one line."""
+        mid = {name: np.array([0.0 if not math.isfinite(lo + hi) else (lo + hi) / 2], dtype=np.float64)
+               for name, (lo, hi) in self.ranges.items()}
+        try:
+            self.predict_frame(mid)
+        except Exception as exc:
+            raise DataError(f"{self.model_dir}: the model cannot predict ({type(exc).__name__}: {one_line(str(exc))[:160]})") from None
 
     def predict_frame(self, frame) -> np.ndarray:
         """Predictions (target units) for every row of a DataFrame (or mapping of column -> array)."""
@@ -59,7 +76,11 @@ class Predictor:
         """Prediction for one object; ``values`` in the model card's input order."""
         row = dict(zip(self.inputs, values, strict=True))
         self.check_values(row)
-        return float(self.predict_frame({k: np.array([v], dtype=np.float64) for k, v in row.items()})[0])
+        value = float(self.predict_frame({k: np.array([v], dtype=np.float64) for k, v in row.items()})[0])
+        if not math.isfinite(value):
+            raise DataError(f"{self.model_dir}: the model's prediction for these inputs is {value}, not a finite number; "
+                            "nothing printed")
+        return value
 
     def invalid_reasons(self, frame: pd.DataFrame) -> pd.Series:
         """Per row: '' when all inputs are valid, else why not (first problem per row)."""
@@ -88,6 +109,11 @@ def predict_table(predictor: Predictor, input_path: Path, output_path: Path) -> 
     if ok.any():
         clean = frame.loc[ok, predictor.inputs].apply(pd.to_numeric).astype(np.float64)
         predictions[ok] = predictor.predict_frame(clean)
+        broken = ok & ~np.isfinite(predictions)
+        if broken.any():  # a finite input the model maps to inf/NaN: quarantined, not written as a number
+            reasons[broken] = [f"{predictor.output_name}: model output is {v}, not a finite number" for v in predictions[broken]]
+            predictions[broken] = np.nan
+            ok = ok & ~broken
     out = frame.copy()
     out[predictor.output_name] = predictions
     quarantine = Path(f"{output_path}.quarantine.csv")
@@ -101,6 +127,37 @@ def predict_table(predictor: Predictor, input_path: Path, output_path: Path) -> 
         quarantine.unlink(missing_ok=True)
     write_table(out, output_path)
     return int(ok.sum()), int((~ok).sum())
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (relative, ``..``, symlinks and hard links included)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one does not exist yet: compare where they would be
+        return a.resolve() == b.resolve()
+
+
+def check_batch_paths(input_path: Path, output_path: Path) -> None:
+    """Before anything is read or written: refuse an ``--output`` that cannot be written as a table
+    or that (or whose quarantine file) would overwrite ``--input``."""
+    if output_path.suffix.lower() not in SUFFIXES:
+        raise DataError(f"--output {output_path}: expected a .csv or .parquet file")
+    if not output_path.parent.is_dir():
+        raise DataError(f"--output {output_path}: directory {output_path.parent} does not exist")
+    for written in (output_path, Path(f"{output_path}.quarantine.csv")):
+        if _same_file(input_path, written):
+            raise DataError(f"--output {output_path}: would overwrite --input {input_path} ({written} is the input file); "
+                            "choose another output path")
+
+
+def check_device(device: str) -> torch.device:
+    """``--device`` as a torch device that exists here."""
+    try:
+        dev = torch.device(device)
+        torch.empty(0, device=dev)
+    except (RuntimeError, AssertionError, ValueError) as exc:
+        raise DataError(f"--device {device}: not usable here ({one_line(str(exc))[:120]}); try --device cpu") from None
+    return dev
 
 
 def default_model_dir(task: str) -> Path:
@@ -131,7 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = args.model or default_model_dir(args.task)
     if args.model is None and not model_dir.is_dir():
         raise DataError(f"no published model for task {args.task} at {model_dir}; make one with `astroscale-fl train task={args.task}`")
-    predictor = Predictor(model_dir, args.device)
+    if args.input and args.output:
+        check_batch_paths(args.input, args.output)
+    predictor = Predictor(model_dir, str(check_device(args.device)))
     if args.list_inputs:
         for f in predictor.card["inputs"]:
             print(f"{f['name']}\t{f['unit'] or '-'}\t{f.get('description', '')}")

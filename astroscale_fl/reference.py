@@ -61,5 +61,5 @@ def fit_reference(task, cfg, path: str | Path) -> tuple[Pipeline, dict[str, Any]
 NODE_STATISTICS = {
     "source": "nodes",
     "covered_by_dp": False,
-    "released": "per node and column: count, missing, sum, sum of squares, min, max, 512-point quantile summary",
+    "released": "per node and column: count, missing, mean, sum of squared deviations, min, max, quantile sketch (counts in fixed float32-bit bins)",
 }

@@ -1,4 +1,6 @@
-"""CSV / Parquet tables chosen by file extension, with one-line errors naming the file."""
+"""CSV / Parquet tables chosen by file extension (or a directory of Parquet files), with one-line
+errors naming the file. Tables larger than memory are streamed instead: see
+:mod:`astroscale_fl.preprocessing.stream`."""
 
 from __future__ import annotations
 
@@ -13,8 +15,18 @@ SUFFIXES = (".csv", ".parquet")
 
 
 def read_table(path: str | Path, role: str = "input file") -> pd.DataFrame:
-    """Read a ``.csv`` or ``.parquet`` file; ``role`` names it in errors (e.g. ``task.path``)."""
+    """Read a ``.csv`` or ``.parquet`` file, or a directory of ``.parquet`` files (one table);
+    ``role`` names it in errors (e.g. ``task.path``)."""
     path = Path(path)
+    if path.is_dir():
+        from astroscale_fl.preprocessing.stream import dataset
+
+        try:
+            return dataset(path, role).to_table().to_pandas()
+        except DataError:
+            raise
+        except Exception as exc:  # pyarrow: schemas that do not unify, corrupt files
+            raise DataError(f"{path}: cannot read ({str(exc).splitlines()[0]})") from None
     if not path.is_file():
         raise DataError(f"{role} not found: {path}")
     suffix = path.suffix.lower()

@@ -78,7 +78,7 @@ def absolute_magnitude(apparent_mag: np.ndarray, parallax_mas: np.ndarray) -> np
 def load_hipparcos_absmag(task_cfg: object) -> pd.DataFrame:
     """Stars with ``Plx / e_Plx >= task.min_parallax_snr``; target ``M_Hp`` from Hpmag and Plx."""
     catalog = hipparcos.read_hipparcos(getattr(task_cfg, "path", None) or None)
-    min_snr = float(getattr(task_cfg, "min_parallax_snr"))
+    min_snr = float(task_cfg.min_parallax_snr)
     plx, e_plx = catalog["Plx"].to_numpy(), catalog["e_Plx"].to_numpy()
     with np.errstate(divide="ignore", invalid="ignore"):
         keep = (plx > 0) & (e_plx > 0) & (plx / e_plx >= min_snr)
@@ -125,7 +125,9 @@ def load_catalog(task_cfg) -> pd.DataFrame:
     for column in needed:
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(np.float64)
     id_column = task_cfg.get("id_column")
-    frame.insert(0, "id", frame[id_column].astype(str) if id_column else np.arange(len(frame)).astype(str))
+    ids = frame[id_column].astype(str) if id_column else np.arange(len(frame)).astype(str)
+    frame = frame.drop(columns=["id"], errors="ignore")
+    frame.insert(0, "id", ids)
     keep = np.isfinite(frame[task_cfg.target].to_numpy())
     frame = frame.loc[keep].reset_index(drop=True)
     frame.attrs["dropped_rows"] = int((~keep).sum())
@@ -141,7 +143,7 @@ def catalog_task(task_cfg) -> TaskSpec:
         name="catalog",
         target=str(task_cfg.target),
         target_unit="",
-        inputs=tuple(Feature(name, "") for name in features),
+        inputs=tuple(KNOWN_COLUMNS.get(name, Feature(name, "")) for name in features),
         description=f"{task_cfg.target} from {', '.join(features)} ({task_cfg.path})",
         loader=load_catalog,
         partition_columns=PartitionColumns(dec=task_cfg.get("dec_column"), dec_unit="deg",
@@ -182,6 +184,9 @@ SURVEY_REDSHIFT = TaskSpec(
     loader=load_survey_redshift,
     partition_columns=PartitionColumns(dec="dec", dec_unit="deg", target="z"),
 )
+
+#: Physical ranges a ``catalog`` task applies to columns it knows by name (the survey schema's).
+KNOWN_COLUMNS: dict[str, Feature] = {f.name: f for f in SURVEY_REDSHIFT_INPUTS}
 
 TASKS: dict[str, TaskSpec] = {HIPPARCOS_ABSMAG.name: HIPPARCOS_ABSMAG, SURVEY_REDSHIFT.name: SURVEY_REDSHIFT}
 #: The partition ``partition=auto`` picks for each task: how its data is naturally split.

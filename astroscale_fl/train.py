@@ -23,7 +23,6 @@ def run_job(cfg: DictConfig) -> dict:
     """One training job from a composed config (called by Hydra for every job)."""
     from hydra.core.hydra_config import HydraConfig
 
-    from astroscale_fl.simulation import run_simulation
     from clients.app import app as client_app
     from server.app import make_server_app
 
@@ -35,13 +34,25 @@ def run_job(cfg: DictConfig) -> dict:
 
             run_centralized(typed, out_dir)
         else:
-            run_simulation(make_server_app(typed, out_dir), client_app, typed)
+            simulate(make_server_app(typed, out_dir), client_app, typed)
     except AstroScaleError as exc:
         # Hydra would print a traceback; a user mistake gets one line and exit code 2.
         print(f"error: {one_line(str(exc))}", file=sys.stderr)
         raise SystemExit(USER_ERROR_EXIT) from None
     print(f"outputs: {out_dir}")
     return {"out_dir": out_dir}
+
+
+def simulate(server_app, client_app, cfg: DictConfig) -> None:
+    """Run the federation on the simulation engine named in ``federation.backend``."""
+    if cfg.federation.backend == "ray":
+        from astroscale_fl.federation.ray_backend import run_simulation
+
+        run_simulation(server_app, client_app, cfg)
+    else:
+        from astroscale_fl.federation.engine import run_inprocess
+
+        run_inprocess(server_app, client_app, cfg)
 
 
 def preflight(cfg: DictConfig) -> DictConfig:

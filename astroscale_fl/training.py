@@ -60,8 +60,17 @@ def train_local(
     target: torch.Tensor,
     batches: Iterator[torch.Tensor],
     after_backward: GradHook | None = None,
+    cuda_graph: bool = False,
 ) -> TrainReport:
-    """Minimise the mean squared error over ``batches`` (index tensors into the rows)."""
+    """Minimise the mean squared error over ``batches`` (index tensors into the rows).
+
+    ``cuda_graph`` (``train.cuda_graph``): with rows on a CUDA device, replay the step from a
+    CUDA graph (:mod:`astroscale_fl.cuda_graphs`); ignored on CPU.
+    """
+    if cuda_graph and features.is_cuda:
+        from astroscale_fl.cuda_graphs import train_local_graphed
+
+        return train_local_graphed(model, optimizer, features, target, batches, after_backward)
     model.train()
     device = features.device
     total, steps = torch.zeros((), device=device), 0

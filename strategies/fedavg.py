@@ -6,11 +6,13 @@ With ``server_lr`` != 1 the server moves only that fraction of the way:
 ``w <- w + server_lr * (mean - w)``.
 
 Flower's own FedAvg accumulates in the arrays' dtype (float32); we accumulate in float64 and
-cast back once, so the result does not depend on the order of the replies.
+cast back once, summing the terms in value order, so the result does not depend on the order
+of the replies (bit-identical runs whatever order the nodes answer in).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from logging import INFO
 
@@ -43,10 +45,10 @@ def weighted_mean(arrays: list[dict[str, np.ndarray]], weights: list[float]) -> 
         raise ValueError("weighted mean needs a positive total weight")
     out: dict[str, np.ndarray] = {}
     for name, first in arrays[0].items():
-        acc = np.zeros(first.shape, dtype=np.float64)
-        for model, weight in zip(arrays, weights, strict=True):
-            acc += np.asarray(model[name], dtype=np.float64) * (float(weight) / total)
-        out[name] = acc.astype(first.dtype, copy=False)
+        terms = np.stack([np.asarray(model[name], dtype=np.float64) * (float(weight) / total)
+                          for model, weight in zip(arrays, weights, strict=True)])
+        terms.sort(axis=0)  # summed in value order: the mean does not depend on the replies' order
+        out[name] = terms.sum(axis=0).astype(first.dtype, copy=False)
     return out
 
 
@@ -115,7 +117,8 @@ class FedAvg(Strategy):
         if size >= len(nodes):
             return nodes
         rng = np.random.default_rng([self.seed, server_round, purpose])
-        return sorted(int(n) for n in rng.choice(nodes, size=size, replace=False))
+        # choose positions: numpy would turn 64-bit node ids into float64 and lose digits
+        return sorted(nodes[int(i)] for i in rng.choice(len(nodes), size=size, replace=False))
 
     def _messages(self, content: RecordDict, node_ids: list[int], message_type: str) -> list[Message]:
         return [Message(content=content, message_type=message_type, dst_node_id=n) for n in node_ids]
@@ -192,18 +195,18 @@ def weighted_metrics(replies: list[Message], weights: list[float], weighted_by_k
         if k in WORST_CASE_METRICS:
             out[k] = max(values)
         else:
-            out[k] = sum(v * w for v, w in zip(values, weights)) / total
+            out[k] = math.fsum(v * w for v, w in zip(values, weights)) / total
     out[weighted_by_key] = int(total)
     return MetricRecord(out)
 
 
 def pooled_regression_metrics(records: list[MetricRecord], weighted_by_key: str = WEIGHT_KEY) -> MetricRecord:
     """Exact pooled metrics from per-node sums: n, sum of squared errors, sum y, sum y², loss sum."""
-    n = sum(float(r[weighted_by_key]) for r in records)
-    sse = sum(float(r[SSE_KEY]) for r in records)
-    sum_y = sum(float(r[SUM_Y_KEY]) for r in records)
-    sum_y2 = sum(float(r[SUM_Y2_KEY]) for r in records)
-    loss = sum(float(r[LOSS_KEY]) * float(r[weighted_by_key]) for r in records) / n
+    n = math.fsum(float(r[weighted_by_key]) for r in records)  # exact sums: independent of the replies' order
+    sse = math.fsum(float(r[SSE_KEY]) for r in records)
+    sum_y = math.fsum(float(r[SUM_Y_KEY]) for r in records)
+    sum_y2 = math.fsum(float(r[SUM_Y2_KEY]) for r in records)
+    loss = math.fsum(float(r[LOSS_KEY]) * float(r[weighted_by_key]) for r in records) / n
     ss_tot = sum_y2 - sum_y**2 / n
     return MetricRecord({
         "loss": loss,

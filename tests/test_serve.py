@@ -22,6 +22,8 @@ from tests.conftest import ROOT, cli_env, train_and_export
 pytestmark = pytest.mark.slow
 MAX_BODY = 64 * 1024
 MAX_BATCH = 50
+CORS_ORIGIN = "https://viewer.example.org"
+JSON_HEADERS = {"content-type": "application/json"}
 
 
 @pytest.fixture(scope="module")
@@ -51,19 +53,24 @@ def wait_ready(proc) -> str:
     raise AssertionError("service did not become healthy")
 
 
+def stop(procs) -> None:
+    """Terminate server processes (kill those that do not stop within 10 s)."""
+    for p in procs:
+        p.terminate()
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
 @pytest.fixture(scope="module")
 def servers(exported):
-    """The plain service and one with micro-batching, started together."""
-    procs = [start(exported[0]), start(exported[0], "--micro-batch", "--batch-window-ms", "2")]
+    """The plain service and one with micro-batching and CORS for one origin, started together."""
+    procs = [start(exported[0]), start(exported[0], "--micro-batch", "--batch-window-ms", "2", "--cors-origins", CORS_ORIGIN)]
     try:
         yield [wait_ready(p) for p in procs]
     finally:
-        for p in procs:
-            p.terminate()
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(procs)
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +180,7 @@ def test_422_lists_every_problem(exported, client):
     ("[{", ["body", 2], "json_invalid"),
 ], ids=["empty", "not a list", "row not an object", "malformed"])
 def test_batch_422(exported, client, body, loc, kind):
-    answer = client.post("/predict/batch", content=body)
+    answer = client.post("/predict/batch", content=body, headers=JSON_HEADERS)
     assert answer.status_code == 422
     assert [(e["loc"], e["type"]) for e in answer.json()["detail"]][:1] == [(loc, kind)]
 
@@ -190,30 +197,36 @@ def test_413_for_large_bodies_and_batches(exported, client):
     rows = exported[1]
     big = json.dumps([good(rows)] * 600)  # ~94 KB > 64 KiB
     assert len(big) > MAX_BODY
-    answer = client.post("/predict/batch", content=big)
+    answer = client.post("/predict/batch", content=big, headers=JSON_HEADERS)
     assert answer.status_code == 413 and "--max-body-bytes" in answer.json()["detail"]
 
     def chunks():  # no Content-Length: counted while streaming
         for _ in range(40):
             yield b" " * 4096
 
-    answer = client.post("/predict", content=chunks())
+    answer = client.post("/predict", content=chunks(), headers=JSON_HEADERS)
     assert answer.status_code == 413
     answer = client.post("/predict/batch", json=[good(rows)] * (MAX_BATCH + 1))
     assert answer.status_code == 413 and "--max-batch" in answer.json()["detail"]
     assert client.post("/predict", json=good(rows)).status_code == 200
 
 
-def test_cors_preflight_and_simple_requests(exported, client):
-    origin = "https://viewer.example.org"
-    pre = client.options("/predict", headers={"Origin": origin, "Access-Control-Request-Method": "POST",
-                                              "Access-Control-Request-Headers": "content-type"})
-    assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] in ("*", origin)
+def test_cors_only_for_the_origins_given(exported, servers):
+    plain, with_cors = servers
+    origin = CORS_ORIGIN
+    preflight = {"Origin": origin, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"}
+    pre = httpx.options(f"{with_cors}/predict", headers=preflight)
+    assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == origin
     assert "POST" in pre.headers["access-control-allow-methods"]
-    post = client.post("/predict", json=good(exported[1]), headers={"Origin": origin})
-    assert post.headers["access-control-allow-origin"] in ("*", origin)
-    bad = client.post("/predict", json={}, headers={"Origin": origin})
-    assert bad.status_code == 422 and bad.headers["access-control-allow-origin"] in ("*", origin)
+    post = httpx.post(f"{with_cors}/predict", json=good(exported[1]), headers={"Origin": origin})
+    assert post.headers["access-control-allow-origin"] == origin
+    bad = httpx.post(f"{with_cors}/predict", json={}, headers={"Origin": origin})
+    assert bad.status_code == 422 and bad.headers["access-control-allow-origin"] == origin
+    other = httpx.post(f"{with_cors}/predict", json=good(exported[1]), headers={"Origin": "https://evil.example"})
+    assert "access-control-allow-origin" not in other.headers
+    # without --cors-origins: no CORS headers at all, preflight not answered
+    assert "access-control-allow-origin" not in httpx.options(f"{plain}/predict", headers=preflight).headers
+    assert "access-control-allow-origin" not in httpx.post(f"{plain}/predict", json=good(exported[1]), headers={"Origin": origin}).headers
 
 
 def counter(text, endpoint, status):
@@ -238,10 +251,14 @@ def test_metrics_count_requests_and_latency(exported, client):
     assert 'endpoint="other",status="404"' in client.get("/metrics").text
 
 
-def test_healthz_describes_the_model(client):
-    health = client.get("/healthz").json()
+def test_healthz_describes_the_model_without_paths(exported, client):
+    answer = client.get("/healthz")
+    health = answer.json()
     assert health["status"] == "ok" and health["output"] == "predicted_M_Hp" and health["task"] == "hipparcos_absmag"
     assert [i["name"] for i in health["inputs"]] == get_task("hipparcos_absmag").input_names
+    card = json.loads((exported[0] / "model_card.json").read_text())
+    assert health["model"] == "model" and health["weights_sha256"] == card["files"]["weights.pt"]["sha256"]
+    assert str(exported[0].parent) not in answer.text and str(ROOT) not in answer.text
 
 
 def test_micro_batching_gives_each_caller_its_own_answer(exported, servers):

@@ -7,35 +7,41 @@
   the server can pool RMSE and R² exactly.
 
 Each node keeps a local validation share (``federation.local_val_fraction``) out of training.
-Tensors are cached per process (simulation actors serve many messages) keyed by node and
-pipeline, so repeated rounds do not re-read or re-encode data.
+Frames and tensors are cached per process (simulation serves many messages) keyed by node and
+pipeline, least recently used first out beyond a byte budget, so repeated rounds do not re-read
+or re-encode data and a thousand-node simulation does not hold every node's rows.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
+import json
+import threading
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from astroscale_fl import data
+from astroscale_fl import data, node_arrays
 from astroscale_fl.device import resolve_device
 from astroscale_fl.federation import local_objectives as objectives
 from astroscale_fl.federation import protocol
-from astroscale_fl.federation.messages import read_pipeline, read_run_config
+from astroscale_fl.federation.messages import config_digest, read_pipeline, read_run_config
+from astroscale_fl.federation.node_cache import NodeCache
 from astroscale_fl.federation.records import load_arrays, model_to_arrays, numpy_to_arrays
 from astroscale_fl.models import build_model
 from astroscale_fl.preprocessing import Pipeline
+from astroscale_fl.privacy.calibrate import PrivacySettings
 from astroscale_fl.privacy.floor import PrivacyFloor
 from astroscale_fl.privacy.node import LocalJob, node_name, node_privacy
 from astroscale_fl.tasks import get_task
 from astroscale_fl.training import GradHook, evaluate, make_optimizer
 
-LOCAL_VAL_FRACTION = 0.1
+LOCAL_VAL_FRACTION = node_arrays.LOCAL_VAL_FRACTION
 
 
 @dataclass
@@ -48,8 +54,11 @@ class NodeTensors:
     val_y: torch.Tensor
 
 
-_FRAMES: dict[str, tuple[pd.DataFrame, pd.DataFrame]] = {}
-_TENSORS: dict[str, NodeTensors] = {}
+CACHE_BYTES = 256 * 2**20  # per process: encoded rows and frames of the recently served nodes
+_FRAMES: NodeCache[tuple[pd.DataFrame, pd.DataFrame]] = NodeCache(
+    CACHE_BYTES, lambda frames: sum(8 * f.shape[0] * f.shape[1] for f in frames))  # about: 8 bytes a cell
+_TENSORS: NodeCache[NodeTensors] = NodeCache(
+    CACHE_BYTES, lambda t: sum(x.element_size() * x.nelement() for x in (t.train_x, t.train_y, t.val_x, t.val_y)))
 
 
 def _key(*parts: str) -> str:
@@ -58,59 +67,117 @@ def _key(*parts: str) -> str:
 
 def node_split(cfg: DictConfig, node_config: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The node's (training, local validation) rows; seeded and cached per process."""
-    key = _key(repr(sorted(node_config.items())), str(cfg.task), str(cfg.partition), str(cfg.seed))
-    if key not in _FRAMES:
-        frame = data.node_frame(cfg, node_config)
-        rng = np.random.default_rng([int(cfg.seed), 0x5A1])
-        is_val = rng.random(len(frame)) < LOCAL_VAL_FRACTION
+    key = _key(repr(sorted(node_config.items())), config_digest(cfg))
+
+    def split() -> tuple[pd.DataFrame, pd.DataFrame]:
+        frame = data.node_frame(cfg, node_config, _pipeline_columns(cfg))
+        is_val = node_arrays.is_local_val({"id": frame["id"].to_numpy()}, int(cfg.seed))
         if is_val.all() or len(frame) < 2:
             is_val[:] = False
-        _FRAMES[key] = (frame.loc[~is_val].reset_index(drop=True), frame.loc[is_val].reset_index(drop=True))
-    return _FRAMES[key]
+        return frame.loc[~is_val].reset_index(drop=True), frame.loc[is_val].reset_index(drop=True)
+
+    return _FRAMES.get(key, split)
+
+
+@functools.lru_cache(maxsize=8)
+def _columns_of(task_and_preprocess_json: str) -> tuple[str, ...]:
+    cfg = OmegaConf.create(json.loads(task_and_preprocess_json))
+    pipeline = Pipeline.from_config(get_task(cfg.task), cfg)
+    return (*pipeline.inputs, pipeline.target.target, node_arrays.ID)  # the id decides the local validation share
+
+
+def _pipeline_columns(cfg: DictConfig) -> tuple[str, ...]:
+    """The columns a node's pipeline reads (inputs, target, row id): all a node needs."""
+    return _columns_of(data.config_json(cfg, ("task", "preprocess")))
 
 
 def node_tensors(cfg: DictConfig, node_config: dict, pipeline: Pipeline, pipeline_key: str, device: torch.device) -> NodeTensors:
     """Encode the node's rows with the global pipeline, once per (node, pipeline, device)."""
-    key = _key(repr(sorted(node_config.items())), str(cfg.task), str(cfg.partition), str(cfg.seed), pipeline_key, str(device))
-    if key not in _TENSORS:
-        from astroscale_fl.deploy.cache import cached_arrays
+    key = _key(repr(sorted(node_config.items())), config_digest(cfg), pipeline_key, str(device))
 
-        def compute() -> dict[str, np.ndarray]:
-            train, val = node_split(cfg, node_config)
-            return {"train_x": pipeline.transform_features(train), "train_y": pipeline.transform_target(train),
-                    "val_x": pipeline.transform_features(val), "val_y": pipeline.transform_target(val)}
+    def encode() -> NodeTensors:
+        # deployment: memory-mapped tensor files in <data-dir>/.astroscale-cache (streamed, reused across messages)
+        arrays = node_arrays.node_arrays(cfg, node_config, pipeline, frames=lambda: node_split(cfg, node_config))
+        return NodeTensors(*(torch.from_numpy(arrays[k]).to(device) for k in ("train_x", "train_y", "val_x", "val_y")))
 
-        # deployment: Flower starts a fresh process per message; keep encoded rows in <data-dir>/.astroscale-cache
-        cache_key = _key(str(cfg.task), str(cfg.partition), str(cfg.seed), str(LOCAL_VAL_FRACTION), pipeline_key)
-        arrays = cached_arrays(node_config.get("data-dir"), cache_key, compute)
-        _TENSORS.clear()  # one node's tensors at a time per process keeps memory flat
-        _TENSORS[key] = NodeTensors(*(torch.from_numpy(arrays[k]).to(device) for k in ("train_x", "train_y", "val_x", "val_y")))
-    return _TENSORS[key]
+    return _TENSORS.get(key, encode)
 
 
 def handle_query(msg: Message, node_config: dict) -> RecordDict:
     """Statistics round: this node's column statistics (no rows leave the node)."""
     cfg = read_run_config(msg.content[protocol.CONFIG_KEY])
     task = get_task(cfg.task)
-    train, _ = node_split(cfg, node_config)
-    stats = Pipeline.from_config(task, cfg).compute_statistics(train)
+    frame_batches = lambda: [{c: v.to_numpy() for c, v in data.node_frame(cfg, node_config).items()}]  # noqa: E731
+    stats, rows, quarantined = node_arrays.node_statistics(cfg, node_config, Pipeline.from_config(task, cfg), frame_batches)
     return RecordDict({
         protocol.STATS_KEY: numpy_to_arrays(stats.to_arrays()),
         protocol.COLUMNS_KEY: ConfigRecord({protocol.COLUMN_NAMES_KEY: list(stats.columns)}),
-        protocol.METRICS_KEY: MetricRecord({protocol.WEIGHT_KEY: len(train)}),
+        protocol.METRICS_KEY: MetricRecord({protocol.WEIGHT_KEY: rows, protocol.QUARANTINED_KEY: quarantined}),
     })
+
+
+@dataclass(frozen=True)
+class LocalSettings:
+    """The run-config values every message's handling reads, read once per run config (an
+    OmegaConf attribute costs ~30 µs, and a message reads a dozen)."""
+
+    seed: int
+    batch_size: int
+    local_epochs: int
+    optimizer: str
+    lr: float
+    momentum: float
+    weight_decay: float
+    threads: int
+    device: torch.device
+    privacy: PrivacySettings | None
+    cuda_graph: bool  # train.cuda_graph
+
+
+_SETTINGS: dict[str, LocalSettings] = {}
+
+
+def local_settings(cfg: DictConfig) -> LocalSettings:
+    """:class:`LocalSettings` of a run config (memoised by its digest)."""
+    digest = config_digest(cfg)
+    if digest not in _SETTINGS:
+        train = cfg.train
+        _SETTINGS[digest] = LocalSettings(int(cfg.seed), int(train.batch_size), int(train.local_epochs), str(train.optimizer),
+                                          float(train.lr), float(train.momentum), float(train.weight_decay),
+                                          int(cfg.federation.client_threads), resolve_device(cfg.device),
+                                          PrivacySettings.from_config(cfg.privacy), bool(train.cuda_graph))
+    return _SETTINGS[digest]
 
 
 def _prepare(msg: Message, node_config: dict, cfg: DictConfig | None = None) -> tuple[DictConfig, torch.nn.Module, NodeTensors, Pipeline]:
     config = msg.content[protocol.CONFIG_KEY]
     cfg = cfg if cfg is not None else read_run_config(config)
-    torch.set_num_threads(int(cfg.federation.client_threads))
-    device = resolve_device(cfg.device)
+    settings = local_settings(cfg)
+    if torch.get_num_threads() != settings.threads:
+        torch.set_num_threads(settings.threads)
+    device = settings.device
     pipeline, pipeline_key = read_pipeline(config)
     tensors = node_tensors(cfg, node_config, pipeline, pipeline_key, device)
-    model = build_model(cfg.model, len(pipeline.features), int(cfg.seed)).to(device)
+    model = _fresh_model(cfg, len(pipeline.features), device)
     load_arrays(model, msg.content[protocol.ARRAYS_KEY])
     return cfg, model, tensors, pipeline
+
+
+_MODELS = threading.local()  # per thread: architecture key -> a model reused for each message
+
+
+def _fresh_model(cfg: DictConfig, in_features: int, device: torch.device) -> torch.nn.Module:
+    """A model of the run's architecture whose values the message's arrays then overwrite.
+
+    ``build_model`` seeds torch's global generator (~6 ms, and not for threads to race on), so
+    each thread builds one per architecture and reuses it; DP-SGD hooks its model (Opacus), so
+    it gets a fresh copy of that one instead.
+    """
+    key = _key(config_digest(cfg, ("model",)), str(in_features), str(device))
+    models = _MODELS.__dict__
+    if key not in models:
+        models[key] = build_model(cfg.model, in_features, int(cfg.seed)).to(device)
+    return copy.deepcopy(models[key]) if local_settings(cfg).privacy is not None else models[key]
 
 
 def handle_train(msg: Message, context: Context) -> RecordDict:
@@ -127,6 +194,7 @@ def handle_train(msg: Message, context: Context) -> RecordDict:
     cfg = read_run_config(config)
     PrivacyFloor.from_node_config(node_config).check_run(cfg, node_name(node_config))  # before any data is touched
     cfg, model, tensors, pipeline = _prepare(msg, node_config, cfg)
+    local = local_settings(cfg)
     # one message per round: evaluate the received global model (the previous round's) before training it
     evaluation = _evaluation_metrics(model, tensors, pipeline) if protocol.EVAL_ROUND_KEY in config else None
     server_round = int(config[protocol.SERVER_ROUND_KEY])
@@ -141,10 +209,10 @@ def handle_train(msg: Message, context: Context) -> RecordDict:
         hooks.append(scaffold.hook)
         optimizer = scaffold.optimizer(model)
     else:
-        optimizer = make_optimizer(model.parameters(), cfg.train.optimizer, cfg.train.lr, cfg.train.momentum, cfg.train.weight_decay)
-    generator = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + server_round * 7919 + _node_salt(node_config))
-    job = LocalJob(model, optimizer, tensors.train_x, tensors.train_y, int(cfg.train.batch_size), int(cfg.train.local_epochs),
-                   generator, after_backward=objectives.combine(hooks))
+        optimizer = make_optimizer(model.parameters(), local.optimizer, local.lr, local.momentum, local.weight_decay)
+    generator = torch.Generator().manual_seed(local.seed * 1_000_003 + server_round * 7919 + _node_salt(node_config))
+    job = LocalJob(model, optimizer, tensors.train_x, tensors.train_y, local.batch_size, local.local_epochs,
+                   generator, after_backward=objectives.combine(hooks), cuda_graph=local.cuda_graph)
     trained = node_privacy(cfg, context.state, node_config).train(job)
     reply = RecordDict({protocol.ARRAYS_KEY: model_to_arrays(model), protocol.METRICS_KEY: MetricRecord(trained.metrics),
                         **trained.records})

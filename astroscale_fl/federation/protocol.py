@@ -58,6 +58,7 @@ COLUMN_NAMES_KEY = "names"  # inside COLUMNS_KEY
 
 # -- keys inside reply MetricRecords -----------------------------------------------------------
 WEIGHT_KEY = "num-examples"  # weights aggregation
+QUARANTINED_KEY = "quarantined"  # statistics round: rows the node's validation quarantined
 TRAIN_LOSS_KEY = "train_loss"
 EPSILON_KEY = "epsilon"
 DELTA_KEY = "delta"

@@ -2,33 +2,78 @@
 
 from __future__ import annotations
 
+import functools
+import io
 from collections import OrderedDict
 
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, RecordDict
+from flwr.app.message.array import SType
 from torch import nn
 
 
 def model_to_arrays(model: nn.Module) -> ArrayRecord:
     """The model's state dict as an ArrayRecord (numpy copies on the CPU)."""
-    return ArrayRecord({k: Array(v.detach().cpu().numpy().copy()) for k, v in model.state_dict().items()})
+    return ArrayRecord({k: array_from_numpy(v.detach().cpu().numpy()) for k, v in model.state_dict().items()})
+
+
+def array_from_numpy(values: np.ndarray) -> Array:
+    """``Array(values)`` with the same ``.npy`` bytes, its header built once per dtype and shape
+    (``np.save`` per array costs ~0.25 ms, several per message)."""
+    values = np.asarray(values)
+    if not values.flags.c_contiguous:
+        values = values.copy(order="C")
+    if values.dtype.hasobject:
+        return Array(values)
+    header = _npy_header(values.dtype.str, values.shape)
+    return Array(dtype=str(values.dtype), shape=tuple(int(n) for n in values.shape), stype=SType.NUMPY,
+                 data=header + values.tobytes())
+
+
+@functools.lru_cache(maxsize=256)
+def _npy_header(dtype: str, shape: tuple[int, ...]) -> bytes:
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": dtype, "fortran_order": False, "shape": shape})
+    return buffer.getvalue()
 
 
 def arrays_to_numpy(record: ArrayRecord) -> OrderedDict[str, np.ndarray]:
     """An ArrayRecord as an ordered dict of numpy arrays."""
-    return OrderedDict((k, v.numpy()) for k, v in record.items())
+    return OrderedDict((k, array_numpy(v)) for k, v in record.items())
+
+
+def array_numpy(array: Array) -> np.ndarray:
+    """``array.numpy()`` without re-parsing the ``.npy`` header with ``ast`` (0.4 ms an array):
+    a C-ordered array of the recorded dtype and shape is read in place from the bytes after the
+    header (a writable copy, as ``numpy()`` gives); anything else goes through Flower's ``numpy()``."""
+    data = array.data
+    if array.stype == SType.NUMPY and data[:6] == b"\x93NUMPY" and data[6] == 1:
+        offset = 10 + int.from_bytes(data[8:10], "little")
+        if b"'fortran_order': False" in data[10:offset]:
+            dtype = np.dtype(array.dtype)
+            count = int(np.prod(array.shape, dtype=np.int64))
+            if len(data) - offset == count * dtype.itemsize:
+                return np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(array.shape).copy()
+    return array.numpy()
 
 
 def numpy_to_arrays(arrays: dict[str, np.ndarray]) -> ArrayRecord:
     """Numpy arrays (kept in order) as an ArrayRecord."""
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+    return ArrayRecord({k: array_from_numpy(v) for k, v in arrays.items()})
 
 
 def load_arrays(model: nn.Module, record: ArrayRecord) -> None:
     """Copy an ArrayRecord's values into the model's parameters and buffers (in place)."""
-    state = OrderedDict((k, torch.from_numpy(np.asarray(v))) for k, v in arrays_to_numpy(record).items())
-    model.load_state_dict(state, strict=True)
+    values = arrays_to_numpy(record)
+    targets = dict(model.named_parameters())
+    targets.update(model.named_buffers())
+    if targets.keys() == values.keys() and all(tuple(targets[k].shape) == v.shape for k, v in values.items()):
+        with torch.no_grad():  # what load_state_dict does, without its per-module hooks (~1 ms)
+            for name, array in values.items():
+                targets[name].copy_(torch.from_numpy(array))
+        return
+    model.load_state_dict(OrderedDict((k, torch.from_numpy(v)) for k, v in values.items()), strict=True)  # its error
 
 
 def record_nbytes(content: RecordDict) -> int:

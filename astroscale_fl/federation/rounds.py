@@ -50,14 +50,15 @@ from astroscale_fl.federation.protocol import (
     EPSILON_KEY,
     METRICS_KEY,
     PRIVACY_KEY,
+    QUARANTINED_KEY,
     STATS_KEY,
     TRAIN_LOSS_KEY,
     Decline,
 )
-from astroscale_fl.federation.records import record_nbytes
+from astroscale_fl.federation.records import array_numpy, arrays_to_numpy, record_nbytes
 from astroscale_fl.history import RoundRecord
 from astroscale_fl.privacy.card import entry_from_record
-from astroscale_fl.statistics import ColumnStatistics
+from astroscale_fl.preprocessing import ColumnStatistics
 
 CentralEval = Callable[[ArrayRecord], tuple[float, float]]  # arrays -> (rmse, r2)
 POLL_SECONDS = 0.2
@@ -135,8 +136,12 @@ def federated_statistics(grid: Grid, node_ids: list[int], config: ConfigRecord, 
             log(INFO, "statistics round: node %s failed: %s", reply.metadata.src_node_id, reply.error.reason)
             continue
         columns = list(reply.content[COLUMNS_KEY][COLUMN_NAMES_KEY])
-        arrays = {k: v.numpy() for k, v in reply.content[STATS_KEY].items()}
+        arrays = dict(arrays_to_numpy(reply.content[STATS_KEY]))
         parts.append(ColumnStatistics.from_arrays(columns, arrays))
+        metrics = reply.content.metric_records.get(METRICS_KEY)
+        quarantined = int(metrics.get(QUARANTINED_KEY, 0)) if metrics is not None else 0
+        if quarantined:
+            log(INFO, "statistics round: node %s quarantined %d rows failing validation", reply.metadata.src_node_id, quarantined)
     if not parts:
         reasons = "; ".join(r.error.reason for r in replies if r.has_error())[:500]
         raise FederationError(f"statistics round: no node replied ({reasons or 'timeout'})")
@@ -147,7 +152,7 @@ def check_reply(content: RecordDict, global_arrays: dict[str, np.ndarray], max_u
     """Why a training reply's content must not be aggregated, or None when it is fine."""
     for rec_name, record in content.array_records.items():
         for name, array in record.items():
-            values = array.numpy()
+            values = array_numpy(array)
             if values.dtype.kind in "fc" and not np.isfinite(values).all():
                 return f"non-finite values in {rec_name}/{name}"
     for rec_name, record in content.metric_records.items():
@@ -162,7 +167,7 @@ def check_reply(content: RecordDict, global_arrays: dict[str, np.ndarray], max_u
         return "model arrays do not match the global model's"
     squared = 0.0
     for name, array in model.items():
-        values = array.numpy()
+        values = array_numpy(array)
         if values.shape != global_arrays[name].shape:
             return f"array {name} has shape {values.shape}, expected {global_arrays[name].shape}"
         if max_update_norm is not None:
@@ -239,7 +244,7 @@ def train_phase(strategy: Strategy, grid: Grid, server_round: int, arrays: Array
 
     ``fold``: the previous round's evaluation, sent with (and taken out of) this round's messages."""
     row = RoundRecord(round=server_round)
-    global_np = {k: v.numpy() for k, v in arrays.items()}
+    global_np = dict(arrays_to_numpy(arrays))
     train_msgs = list(strategy.configure_train(server_round, arrays, ConfigRecord(dict(config)), grid))
     row.nodes_sampled = len(train_msgs)
     row.bytes_down += sum(record_nbytes(m.content) for m in train_msgs)

@@ -21,7 +21,10 @@ Anyone can recompute each ε with Opacus alone (this is :func:`recompute_epsilon
     acc.history = [tuple(h) for h in node["history"]]
     acc.get_epsilon(delta=node["delta"])
 
-``python -m astroscale_fl.privacy.card model_card.json`` does that for every node.
+``python -m astroscale_fl.privacy.card model_card.json`` (or the model directory) does that for
+every node, after checking the card's SHA-256 of ``weights.pt`` and ``preprocessing.json`` against
+the files beside it: a tampered or truncated directory is refused in one line (exit 2). A card
+alone, with no model files beside it and no ``files`` section, is checked for ε only.
 """
 
 from __future__ import annotations
@@ -31,9 +34,11 @@ import math
 import sys
 import warnings
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 from flwr.app import ConfigRecord
 
+from astroscale_fl.errors import DataError, report_user_errors
 from astroscale_fl.privacy.ledger import PrivacyLedger
 
 
@@ -100,14 +105,33 @@ def verify_section(section: Mapping, rel_tol: float = 0.01) -> list[str]:
     return problems
 
 
+def read_verified_card(path: str | Path) -> dict:
+    """The card at ``path`` (a card file or a model directory), its model files verified when present."""
+    from astroscale_fl.export import CARD_FILE, WEIGHTS_FILE, read_json_file, verify_files
+
+    path = Path(path)
+    card_path = path / CARD_FILE if path.is_dir() else path
+    card = read_json_file(card_path)
+    if not isinstance(card, dict):
+        raise DataError(f"{card_path}: expected a JSON object, got {type(card).__name__}")
+    if "files" in card or (card_path.parent / WEIGHTS_FILE).exists():
+        verify_files(card_path.parent, card)
+        print(f"{card_path.parent}: {', '.join(sorted(card['files']))} match the SHA-256 in the card")
+    section = card.get("privacy", card)
+    if not (isinstance(section, dict) and isinstance(section.get("nodes", []), list)
+            and all(isinstance(n, dict) and {"node", "epsilon", "delta", "accountant", "history"} <= set(n) for n in section.get("nodes", []))):
+        raise DataError(f"{card_path}: privacy: expected {{\"nodes\": [{{\"node\", \"accountant\", \"delta\", \"epsilon\", \"history\"}}, ...]}}")
+    return card
+
+
+@report_user_errors
 def main(argv: list[str] | None = None) -> int:
-    """``python -m astroscale_fl.privacy.card CARD.json``: recompute every node's ε."""
+    """``python -m astroscale_fl.privacy.card CARD.json|MODEL_DIR``: verify the files, recompute every node's ε."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m astroscale_fl.privacy.card MODEL_CARD.json", file=sys.stderr)
+        print("usage: python -m astroscale_fl.privacy.card MODEL_CARD.json|MODEL_DIR", file=sys.stderr)
         return 2
-    with open(args[0], encoding="utf-8") as fh:
-        card = json.load(fh)
+    card = read_verified_card(args[0])
     section = card.get("privacy", card)
     for entry in section.get("nodes", []):
         print(f"{entry['node']}: claimed epsilon={float(entry['epsilon']):.6g} recomputed={recompute_epsilon(entry):.6g} (delta={entry['delta']:g}, {entry['accountant']})")

@@ -134,6 +134,7 @@ class GhostClipModule(nn.Module):
         self.outputs: dict[nn.Linear, torch.Tensor] = {}
         self.keep_outputs = False  # True: keep outputs for private_backward instead of hooking them
         self._handles = [layer.register_forward_hook(self._capture) for layer in self.layers]
+        module.ghost_clip_hooks = True  # marks the model (and any deepcopy of it) as wrapped
 
     def forward(self, *args, **kwargs):  # noqa: D102
         return self._module(*args, **kwargs)
@@ -166,6 +167,7 @@ class GhostClipModule(nn.Module):
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        self._module.__dict__.pop("ghost_clip_hooks", None)
         self.clear()
 
 
@@ -379,6 +381,9 @@ def make_private(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ConfigError("privacy: the model has no trainable parameters")
+    if getattr(model, "ghost_clip_hooks", False) or hasattr(model, "autograd_grad_sample_hooks"):
+        # its layers already carry per-sample hooks (a deepcopy keeps them): wrapping again would double them
+        raise ConfigError("privacy: this model already went through make_private (or is a copy of one that did); wrap a fresh model, or a copy taken before wrapping")
     generator = _noise_generator(params[0].device, noise_seed)
     if backend == "auto":
         backend = "ghost" if ghost_supported(model) else "opacus"

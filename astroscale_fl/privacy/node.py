@@ -60,6 +60,7 @@ class LocalJob:
     local_epochs: int
     generator: torch.Generator  # seeds the shuffled batches of non-private training
     after_backward: GradHook | None = None
+    cuda_graph: bool = False  # train.cuda_graph: replay the step from a CUDA graph (rows on CUDA, no DP)
 
 
 @dataclass
@@ -77,7 +78,8 @@ class NoPrivacy:
 
     def train(self, job: LocalJob) -> LocalRound:
         batches = shuffled_batches(len(job.target), job.batch_size, job.local_epochs, job.generator)
-        report = train_local(job.model, job.optimizer, job.features, job.target, batches, after_backward=job.after_backward)
+        report = train_local(job.model, job.optimizer, job.features, job.target, batches, after_backward=job.after_backward,
+                             cuda_graph=job.cuda_graph)
         return LocalRound(report, {WEIGHT_KEY: report.examples, TRAIN_LOSS_KEY: report.loss}, {})
 
 

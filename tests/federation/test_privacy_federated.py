@@ -9,6 +9,7 @@ from opacus.accountants import create_accountant
 
 from astroscale_fl import config
 from astroscale_fl.deploy.node_data import write_node_dirs
+from astroscale_fl.federation.engine import FIRST_NODE_ID
 from astroscale_fl.federation.messages import round_config
 from astroscale_fl.federation.records import model_to_arrays
 from astroscale_fl.federation.rounds import federated_statistics, run_rounds
@@ -51,11 +52,11 @@ def test_ledger_spans_rounds_partial_participation_and_restarts(tmp_path):
     # "restart": new contexts (Context.state lost), the ledger files in the data dirs remain
     grid2 = InProcessGrid(len(dirs), node_configs=[{"data-dir": str(d)} for d in dirs], run_id=2)
     _, _ = rounds(cfg, grid2, pipeline, 4, 5, arrays)
-    trained = {m.metadata.dst_node_id - 100 for g in (grid, grid2) for m in g.received if m.metadata.message_type == "train"}
+    trained = {m.metadata.dst_node_id - FIRST_NODE_ID for g in (grid, grid2) for m in g.received if m.metadata.message_type == "train"}
     for i, d in enumerate(dirs):
         ledger = PrivacyLedger.load(d / ".astroscale" / LEDGER_FILENAME)
         sampled = sum(1 for g in (grid, grid2) for m in g.received
-                      if m.metadata.message_type == "train" and m.metadata.dst_node_id == 100 + i)
+                      if m.metadata.message_type == "train" and m.metadata.dst_node_id == FIRST_NODE_ID + i)
         assert ledger.steps > 0 if i in trained else ledger.steps == 0
         q, steps = ledger.history[0][1], ledger.history[0][2]
         assert ledger.steps == sampled * math.ceil(1 / q - 1e-9)  # every round's steps counted once, merged

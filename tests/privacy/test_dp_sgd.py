@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from astroscale_fl.errors import ConfigError
 from astroscale_fl.federation.local_objectives import proximal_gradient
 from astroscale_fl.models import MLP, Linear
 from astroscale_fl.privacy import PrivacyLedger, make_private, poisson_batches, train_local_dp
@@ -292,10 +293,26 @@ def test_cuda_matches_the_cpu_reference(backend, data):
     model = MLP(6, [16])
     index = torch.arange(0, 20)
     reference = clipped_mean(per_sample_grads(copy.deepcopy(model), x[index], y[index]), C, 8.0)
+    fresh = copy.deepcopy(model).cuda()  # taken before make_private hooks the model's layers
     grad, _, _ = one_step(backend, model.cuda(), x.cuda(), y.cuda(), index.cuda(), noise_multiplier=0.0, ebs=8.0)
     torch.testing.assert_close(grad.cpu(), reference, rtol=1e-3, atol=1e-5)
-    noisy, _, _ = one_step(backend, copy.deepcopy(model), x.cuda(), y.cuda(), index.cuda(), noise_multiplier=1.0, ebs=8.0)
+    noisy, _, _ = one_step(backend, fresh, x.cuda(), y.cuda(), index.cuda(), noise_multiplier=1.0, ebs=8.0)
     assert noisy.is_cuda and not torch.allclose(noisy.cpu(), reference)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_wrapping_a_wrapped_model_again_is_refused_clearly(backend, data):
+    """A model (or a deepcopy of one) that make_private hooked cannot be wrapped again: its layers
+    would carry two sets of per-sample hooks (Opacus: "Trying to add hooks twice")."""
+    x, y = data
+    model = MLP(6, [16])
+    fresh = copy.deepcopy(model)
+    one_step(backend, model, x, y, torch.arange(0, 10))
+    for again in (model, copy.deepcopy(model)):
+        with pytest.raises(ConfigError, match="already went through make_private"):
+            make_private(again, torch.optim.SGD(again.parameters(), lr=0.1), noise_multiplier=1.0, max_grad_norm=C, expected_batch_size=8.0, backend=backend)
+    grad, _, _ = one_step(backend, fresh, x, y, torch.arange(0, 10), noise_multiplier=1.0)
+    assert torch.isfinite(grad).all()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

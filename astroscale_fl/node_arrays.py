@@ -1,0 +1,104 @@
+"""A node's rows as encoded arrays: statistics, quarantine, local validation share, tensor files.
+
+A deployed node's table (``<data-dir>/train.parquet``, or a directory ``<data-dir>/train/`` of
+Parquet files) is never loaded whole: its statistics and its encoding stream record batches, and
+the encoded rows live in memory-mapped tensor files under ``<data-dir>/.astroscale-cache/``,
+keyed by the table's fingerprint and the pipeline (:func:`astroscale_fl.tensor_files.cached_tensors`).
+A simulated node's rows (its partition of the task frame) go through the same functions as one batch.
+
+The local validation share is defined by row id: a row is held out when
+``hash_unit(id, seed, VAL_SALT) < LOCAL_VAL_FRACTION`` (splitmix64 of the id), so it does not
+depend on how the table is cut into batches or files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from astroscale_fl.preprocessing import ColumnStatistics, Pipeline
+from astroscale_fl.preprocessing.stream import ROW, hash_unit, iter_batches
+
+LOCAL_VAL_FRACTION = 0.1
+VAL_SALT = 0x5A1
+ID = "id"
+CACHE_DIR = ".astroscale-cache"
+
+
+def node_table(node_config: dict) -> Path | None:
+    """A deployed node's table (a Parquet file or a directory of them), or None in simulation."""
+    if "data-dir" not in node_config:
+        return None
+    root = Path(str(node_config["data-dir"]))
+    directory = root / "train"
+    return directory if directory.is_dir() else root / "train.parquet"
+
+
+def is_local_val(batch: dict[str, np.ndarray], seed: int) -> np.ndarray:
+    """True for rows in the node's local validation share (by row id)."""
+    ids = batch[ID] if ID in batch else batch[ROW]
+    return hash_unit(ids, seed, VAL_SALT) < LOCAL_VAL_FRACTION
+
+
+def _columns(pipeline: Pipeline, table: Path) -> list[str]:
+    from astroscale_fl.preprocessing.stream import columns_of
+
+    names = pipeline.inputs + [pipeline.target.target]
+    return names + ([ID] if ID in columns_of(table) else [])
+
+
+def _batches(pipeline: Pipeline, table: Path, chunk_rows: int | None) -> Iterable[dict[str, np.ndarray]]:
+    return iter_batches(table, _columns(pipeline, table), chunk_rows, role="node data")
+
+
+def statistics(pipeline: Pipeline, batches: Iterable[dict[str, np.ndarray]], seed: int) -> tuple[ColumnStatistics, int, int]:
+    """(statistics of the training share's valid rows, training rows, quarantined rows)."""
+    total, rows, quarantined = None, 0, 0
+    for batch in batches:
+        train = ~is_local_val(batch, seed)
+        batch = {k: v[train] for k, v in batch.items()}
+        rows += len(batch[ROW]) if ROW in batch else len(next(iter(batch.values())))
+        quarantined += int(pipeline.quarantine(batch)[0].sum())
+        part = pipeline.compute_statistics(batch)
+        total = part if total is None else total.update(part)
+    return total, rows, quarantined
+
+
+def node_statistics(cfg, node_config: dict, pipeline: Pipeline, frame_batches=None) -> tuple[ColumnStatistics, int, int]:
+    """The statistics a node contributes to the federated fit (streamed for a node table)."""
+    table = node_table(node_config)
+    batches = _batches(pipeline, table, cfg.preprocess.chunk_rows) if table is not None else frame_batches()
+    return statistics(pipeline, batches, int(cfg.seed))
+
+
+def encode_frame(pipeline: Pipeline, frame, training: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(features, target) of an in-memory frame's valid rows (outlier drops in training only)."""
+    keep = ~pipeline.quarantine(frame)[0]
+    if training:
+        keep &= ~pipeline.outlier_rows(frame)
+    rows = frame.loc[keep] if hasattr(frame, "loc") else {k: v[keep] for k, v in frame.items()}
+    return pipeline.transform_features(rows, validated=True), pipeline.transform_target(rows)
+
+
+def node_arrays(cfg, node_config: dict, pipeline: Pipeline, frames=None) -> dict[str, np.ndarray]:
+    """``train_x``, ``train_y``, ``val_x``, ``val_y`` of a node: memory-mapped tensor files for a
+    node table, in-memory arrays for a simulated node's frames (``frames()`` -> (train, val))."""
+    from astroscale_fl.tensor_files import cached_tensors
+
+    table = node_table(node_config)
+    if table is None:
+        train, val = frames()
+        (tx, ty), (vx, vy) = encode_frame(pipeline, train, True), encode_frame(pipeline, val, False)
+        return {"train_x": tx, "train_y": ty, "val_x": vx, "val_y": vy}
+    seed = int(cfg.seed)
+    cache = Path(str(node_config["data-dir"])) / CACHE_DIR
+    id_column = ID if ID in _columns(pipeline, table) else None
+    out = {}
+    for share, want_val in (("train", False), ("val", True)):
+        tensors = cached_tensors(cache, table, pipeline, f"{share}:{seed}:{LOCAL_VAL_FRACTION}",
+                                 lambda b, v=want_val: is_local_val(b, seed) == v, cfg.preprocess.chunk_rows, id_column,
+                                 training=not want_val)
+        out[f"{share}_x"], out[f"{share}_y"] = tensors["features"], tensors["target"]
+    return out

@@ -1,0 +1,80 @@
+"""``astroscale-fl preprocess``: encode a table (larger than memory) into tensor files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from astroscale_fl.errors import ConfigError, DataError, report_user_errors
+
+DESCRIPTION = """Fit the configured preprocessing on --input (a .parquet file, a directory of them, or a
+small .csv) in record batches, or apply a fitted --preprocessing JSON, and write
+OUTPUT/features.npy, target.npy (when the table has the task's target), row_ids.npy,
+preprocessing.json and quarantine.parquet (rows failing validation, with column and reason).
+Memory stays at one batch (preprocess.chunk_rows rows) whatever the table's size.
+
+Overrides are the training run's, e.g.
+  astroscale-fl preprocess --input stars/ --output enc/ task=catalog task.path=stars/ \\
+      'task.features=[ra,dec,teff,logg,fe_h,snr,parallax]' task.target=z preprocess.scaling=standard"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="astroscale-fl preprocess", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", required=True, help="table to encode: .parquet file, directory of .parquet files, or .csv")
+    parser.add_argument("--output", required=True, help="directory receiving the tensor files")
+    parser.add_argument("--preprocessing", help="a fitted preprocessing.json to apply instead of fitting on --input")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("overrides", nargs="*", help="config overrides (task=..., preprocess.*=...)")
+    return parser
+
+
+@report_user_errors
+def main(argv: list[str] | None = None) -> int:
+    """Run the command; one summary line on stdout."""
+    args = _parser().parse_args(argv)
+    from astroscale_fl import config
+    from astroscale_fl.preprocessing import Pipeline
+    from astroscale_fl.preprocessing.stream import count_rows
+    from astroscale_fl.tasks import get_task
+    from astroscale_fl.tensor_files import encode_table
+
+    overrides = list(args.overrides)
+    if not any(o.startswith("task=") for o in overrides):  # default: the input is a catalog task's table
+        overrides = ["task=catalog", *([] if any(o.startswith("task.path=") for o in overrides) else [f"task.path={args.input}"]), *overrides]
+    cfg = config.validate(config.compose(overrides))
+    task = get_task(cfg.task)
+    if args.preprocessing:
+        path = Path(args.preprocessing)
+        if not path.is_file():
+            raise ConfigError(f"--preprocessing: {path} not found")
+        try:
+            state = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise DataError(f"--preprocessing {path}: not JSON ({exc})") from None
+        pipeline = Pipeline.from_state(state)
+    else:
+        pipeline = Pipeline.from_config(task, cfg)
+    total = count_rows(args.input)
+    passes = 1 if args.preprocessing else 2
+    id_column = cfg.task.get("id_column") if cfg.task.name == "catalog" else None
+    show = not args.no_progress and sys.stderr.isatty()
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(TextColumn("preprocess"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=Console(stderr=True), disable=not show) as bar:
+        handle = bar.add_task("rows", total=total * passes)
+        summary = encode_table(args.input, pipeline, args.output, fit=not args.preprocessing,
+                               chunk_rows=cfg.preprocess.chunk_rows, id_column=id_column,
+                               progress=lambda n: bar.advance(handle, n))
+    print(f"preprocess: {summary.line()} -> {args.output}")
+    return 0

@@ -1,0 +1,142 @@
+"""Mergeable column statistics: what a node shares so that all nodes preprocess alike.
+
+For each column a node computes its count of finite values, number of missing values, mean
+and sum of squared deviations (merged with Chan et al.'s pairwise update, numerically stable),
+minimum, maximum and a quantile sketch (:mod:`.sketch`). They are computed per record batch
+and merged, so a table of any size streams through in bounded memory; statistics from any number
+of nodes merge into those of the pooled rows without any row leaving its node:
+
+- counts, min and max merge exactly, moments to float64 rounding;
+- sketches merge exactly (bin counts add): quantiles of merged statistics are identical to
+  quantiles of the pooled rows' statistics, within a relative 2**-8 of the exact quantile.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from astroscale_fl.preprocessing import sketch
+
+ARRAY_NAMES = ("count", "missing", "mean_", "m2", "minimum", "maximum", "sketch_index", "sketch_count")
+
+
+@dataclass
+class ColumnStatistics:
+    """Statistics of several columns (arrays indexed by column; ``sketch`` is columns x bins)."""
+
+    columns: list[str]
+    count: np.ndarray  # finite values
+    missing: np.ndarray
+    mean_: np.ndarray
+    m2: np.ndarray  # sum of squared deviations from the mean
+    minimum: np.ndarray
+    maximum: np.ndarray
+    sketch: np.ndarray  # int64 bin counts (columns x sketch.NUM_BINS)
+    offset: np.ndarray | None = None  # added to the sketched values (see shifted); local only, never sent
+
+    @classmethod
+    def compute(cls, frame, columns: list[str]) -> ColumnStatistics:
+        """Statistics of ``columns`` over the rows of ``frame`` (a DataFrame or a mapping of
+        column -> array; NaN and +-inf count as missing)."""
+        n = len(columns)
+        out = cls(list(columns), np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n),
+                  np.full(n, np.inf), np.full(n, -np.inf), np.zeros((n, sketch.NUM_BINS), dtype=np.int64))
+        for j, name in enumerate(columns):  # per column (a handful), each fully vectorised
+            values = np.asarray(frame[name], dtype=np.float64).reshape(-1)
+            finite = np.isfinite(values)
+            count = int(np.count_nonzero(finite))
+            out.missing[j] = values.size - count
+            if not count:
+                continue
+            col = values if count == values.size else values[finite]
+            out.count[j] = count
+            out.mean_[j] = mean = np.add.reduce(col) / count
+            # one batch's sum of squares about its mean; batches then merge with Chan's update
+            m2 = np.einsum("i,i->", col, col) - count * mean * mean  # einsum: no BLAS threads to contend
+            if m2 < 1e-4 * count * mean * mean:  # spread small against the mean: cancellation; centre first
+                centred = col - mean
+                m2 = np.einsum("i,i->", centred, centred)
+            out.m2[j] = max(m2, 0.0)
+            out.minimum[j], out.maximum[j] = np.minimum.reduce(col), np.maximum.reduce(col)
+            out.sketch[j] = sketch.bin_counts(col)
+        return out
+
+    @classmethod
+    def merge(cls, parts: list[ColumnStatistics]) -> ColumnStatistics:
+        """Statistics of the union of the rows the parts were computed on."""
+        if not parts:
+            raise ValueError("no statistics to merge")
+        out = parts[0].copy()
+        for part in parts[1:]:
+            out.update(part)
+        return out
+
+    def copy(self) -> ColumnStatistics:
+        return ColumnStatistics(list(self.columns), *(getattr(self, k).copy() for k in (
+            "count", "missing", "mean_", "m2", "minimum", "maximum", "sketch")),
+            offset=None if self.offset is None else self.offset.copy())
+
+    def update(self, other: ColumnStatistics) -> ColumnStatistics:
+        """Fold ``other`` (more rows of the same columns) into these statistics, in place."""
+        if self.offset is not None or other.offset is not None:
+            raise ValueError("shifted statistics do not merge")
+        if other.columns != self.columns:
+            raise ValueError(f"statistics over different columns: {other.columns} vs {self.columns}")
+        total = self.count + other.count
+        delta = other.mean_ - self.mean_
+        with np.errstate(invalid="ignore", divide="ignore"):
+            share = np.where(total > 0, other.count / total, 0.0)
+        self.m2 = self.m2 + other.m2 + delta**2 * self.count * share
+        self.mean_ = self.mean_ + delta * share
+        self.count, self.missing = total, self.missing + other.missing
+        self.minimum, self.maximum = np.minimum(self.minimum, other.minimum), np.maximum(self.maximum, other.maximum)
+        self.sketch += other.sketch
+        return self
+
+    def shifted(self, column: str, offset: float) -> ColumnStatistics:
+        """A copy with ``offset`` added to every value of ``column`` (location statistics move, spread does not)."""
+        out = self.copy()
+        j = out.columns.index(column)
+        out.offset = np.zeros(len(out.columns)) if self.offset is None else self.offset.copy()
+        out.mean_[j] += offset
+        out.minimum[j] += offset
+        out.maximum[j] += offset
+        out.offset[j] += offset
+        return out
+
+    def mean(self) -> np.ndarray:
+        return np.where(self.count > 0, self.mean_, np.nan)
+
+    def std(self) -> np.ndarray:
+        """Population standard deviation."""
+        return np.where(self.count > 0, np.sqrt(np.maximum(self.m2, 0.0) / np.maximum(self.count, 1)), np.nan)
+
+    def quantile(self, q: float) -> np.ndarray:
+        """``q`` quantile per column (within a relative 2**-8 of the exact one; NaN if no values)."""
+        offset = np.zeros(len(self.columns)) if self.offset is None else self.offset
+        return np.array([sketch.quantile(self.sketch[j], q, self.minimum[j] - offset[j], self.maximum[j] - offset[j]) + offset[j]
+                         for j in range(len(self.columns))])
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Numeric arrays for a Flower ArrayRecord (column names travel separately; the sketch
+        travels sparse: the flat indices and counts of its non-empty bins)."""
+        index, counts = sketch.to_sparse(self.sketch.reshape(-1))
+        arrays = {k: getattr(self, k) for k in ARRAY_NAMES[:6]}
+        return {**arrays, "sketch_index": index.astype(np.int64), "sketch_count": counts.astype(np.int64)}
+
+    @classmethod
+    def from_arrays(cls, columns: list[str], arrays: dict[str, np.ndarray]) -> ColumnStatistics:
+        missing = [k for k in ARRAY_NAMES if k not in arrays]
+        if missing:
+            raise ValueError(f"statistics lack array(s) {missing}")
+        flat = np.zeros(len(columns) * sketch.NUM_BINS, dtype=np.int64)
+        index = np.asarray(arrays["sketch_index"], dtype=np.int64)
+        if index.size and (index.min() < 0 or index.max() >= flat.size):
+            raise ValueError("statistics sketch index out of range")
+        flat[index] = np.asarray(arrays["sketch_count"], dtype=np.int64)
+        numeric = {k: np.asarray(arrays[k], dtype=np.float64).reshape(-1) for k in ARRAY_NAMES[:6]}
+        if any(v.size != len(columns) for v in numeric.values()):
+            raise ValueError(f"statistics arrays do not have one value per column ({len(columns)})")
+        return cls(list(columns), **numeric, sketch=flat.reshape(len(columns), sketch.NUM_BINS))

@@ -1,0 +1,233 @@
+"""Tensor files: a table's rows encoded once as float32 NPY files, then memory-mapped.
+
+:func:`encode_table` streams a Parquet file / directory (or CSV) in record batches: it fits the
+pipeline from merged batch statistics (unless given a fitted one), quarantines rows that fail
+validation, and appends each batch's encoded rows to ``features.npy``, ``target.npy`` (when the
+table has the target) and ``row_ids.npy``, so memory stays at one batch whatever the table's size.
+Files are written under temporary names and renamed into place at the end; a crash leaves no
+file that looks whole.
+
+:func:`cached_tensors` keeps those files in a node's cache directory, keyed by the table's
+fingerprint and the pipeline's state, and opens them with ``np.load(mmap_mode="r")``: a later
+round, run or restart reuses them; a changed table or pipeline gets new files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from astroscale_fl.atomic import write_text
+from astroscale_fl.errors import DataError
+from astroscale_fl.preprocessing import Pipeline
+from astroscale_fl.preprocessing.stream import (
+    ROW,
+    columns_of,
+    fingerprint,
+    iter_batches,
+)
+
+FEATURES, TARGET, ROW_IDS, QUARANTINE, PIPELINE = "features.npy", "target.npy", "row_ids.npy", "quarantine.parquet", "preprocessing.json"
+_HEADER = 128  # bytes of NPY header we reserve, so the final shape is written in place at the end
+Selector = Callable[[dict[str, np.ndarray]], np.ndarray]
+
+
+class NpyAppender:
+    """Append rows to a ``.npy`` file whose row count is known only at the end."""
+
+    def __init__(self, path: Path, dtype: str, width: int | None):
+        self.path, self.dtype, self.width, self.rows = path, np.dtype(dtype), width, 0
+        self._file = open(path, "wb")
+        self._file.write(b"\0" * _HEADER)
+
+    def append(self, rows: np.ndarray) -> None:
+        self._file.write(np.ascontiguousarray(rows, dtype=self.dtype).tobytes())
+        self.rows += len(rows)
+
+    def close(self) -> None:
+        shape = (self.rows,) if self.width is None else (self.rows, self.width)
+        header = f"{{'descr': '{self.dtype.str}', 'fortran_order': False, 'shape': {shape}, }}"
+        header = header.ljust(_HEADER - 10 - 1) + "\n"
+        self._file.seek(0)
+        self._file.write(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode("latin1"))
+        self._file.close()
+
+    def abort(self) -> None:
+        self._file.close()
+        self.path.unlink(missing_ok=True)
+
+
+@dataclass
+class Summary:
+    """What one encoding pass did."""
+
+    rows_in: int
+    written: int
+    quarantined: int
+    dropped_outliers: int
+    seconds: float
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows_in / max(self.seconds, 1e-9)
+
+    def line(self) -> str:
+        return (f"rows in {self.rows_in:,} / written {self.written:,} / quarantined {self.quarantined:,}"
+                f"{f' / outliers dropped {self.dropped_outliers:,}' if self.dropped_outliers else ''}"
+                f" in {self.seconds:.1f} s ({self.rows_per_second:,.0f} records/s)")
+
+
+def _select(batch: dict[str, np.ndarray], select: Selector | None) -> dict[str, np.ndarray]:
+    if select is None:
+        return batch
+    keep = select(batch)
+    return batch if keep.all() else {k: v[keep] for k, v in batch.items()}
+
+
+def encode_table(path: str | Path, pipeline: Pipeline, out_dir: str | Path, *, fit: bool = True, chunk_rows: int | None = None,
+                 id_column: str | None = None, select: Selector | None = None, training: bool = True,
+                 progress: Callable[[int], None] | None = None) -> Summary:
+    """Encode the (selected) rows of ``path`` into tensor files in ``out_dir``; fit first when ``fit``.
+
+    ``training``: rows ``preprocess.outlier_action=drop`` marks are left out (prediction keeps them).
+    ``progress`` is called with the number of rows read, twice per row when fitting.
+    """
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    target = pipeline.target.target
+    present = columns_of(path)
+    with_target = target in present
+    columns = list(dict.fromkeys(pipeline.inputs + ([target] if with_target else []) + ([id_column] if id_column else [])))
+    missing = [c for c in columns if c not in present]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing}; columns are {present[:20]}")
+    out_dir.mkdir(parents=True, exist_ok=True)  # only once the input is known to fit
+
+    def batches():
+        for batch in iter_batches(path, columns, chunk_rows):
+            ids = np.asarray(batch[id_column]) if id_column else None
+            if ids is not None and ids.dtype.kind in "iuf" and np.isfinite(ids).all():
+                batch[ROW] = ids.astype(np.int64)  # integer ids are the row ids; others keep table positions
+            if progress:
+                progress(len(batch[ROW]))
+            yield _select(batch, select)
+
+    if fit:
+        if not with_target:
+            raise DataError(f"{path}: no target column {target!r} to fit preprocessing on (give --preprocessing JSON)")
+        pipeline.fit_statistics(pipeline.statistics_of(batches()))
+    suffix = f".tmp-{os.getpid()}"
+    writers = {"x": NpyAppender(out_dir / (FEATURES + suffix), "<f4", len(pipeline.features)),
+               "ids": NpyAppender(out_dir / (ROW_IDS + suffix), "<i8", None)}
+    if with_target:
+        writers["y"] = NpyAppender(out_dir / (TARGET + suffix), "<f4", None)
+    quarantine = _QuarantineWriter(out_dir / (QUARANTINE + suffix))
+    rows_in = dropped = 0
+    try:
+        for batch in batches():
+            rows_in += len(batch[ROW])
+            failing, names, reasons = pipeline.quarantine(batch, with_target)
+            quarantine.append(batch[ROW][failing], names, reasons)
+            keep = ~failing
+            if training and keep.any():
+                outliers = pipeline.outlier_rows(batch) & keep
+                dropped += int(outliers.sum())
+                keep &= ~outliers
+            rows = batch if keep.all() else {k: v[keep] for k, v in batch.items()}
+            writers["x"].append(pipeline.transform_features(rows, validated=True))
+            writers["ids"].append(rows[ROW])
+            if with_target:
+                writers["y"].append(pipeline.transform_target(rows))
+        for w in writers.values():
+            w.close()
+        quarantine.close()
+        write_text(out_dir / PIPELINE, json.dumps(pipeline.state_dict(), indent=1))
+        for w in writers.values():
+            os.replace(w.path, out_dir / w.path.name[: -len(suffix)])
+        os.replace(quarantine.path, out_dir / QUARANTINE)
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        quarantine.abort()
+        raise
+    written = writers["x"].rows
+    return Summary(rows_in, written, quarantine.rows, dropped, time.perf_counter() - start)
+
+
+class _QuarantineWriter:
+    """Quarantined rows (row id, column, reason) streamed into a Parquet file."""
+
+    def __init__(self, path: Path):
+        self.path, self.rows, self._writer = path, 0, None
+
+    def _schema(self):
+        import pyarrow as pa
+
+        return pa.schema([("row_id", pa.int64()), ("column", pa.string()), ("reason", pa.string())])
+
+    def append(self, ids: np.ndarray, names: np.ndarray, reasons: np.ndarray) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self.path, self._schema())
+        if len(ids):
+            self._writer.write_table(pa.table({"row_id": ids.astype(np.int64), "column": names.astype(str), "reason": reasons.astype(str)},
+                                              schema=self._schema()))
+            self.rows += len(ids)
+
+    def close(self) -> None:
+        if self._writer is None:
+            self.append(np.zeros(0, np.int64), np.zeros(0, object), np.zeros(0, object))
+        self._writer.close()
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            try:
+                self._writer.close()
+            except Exception:  # noqa: BLE001 - cleaning up after another error
+                pass
+        self.path.unlink(missing_ok=True)
+
+
+def open_tensors(directory: str | Path) -> dict[str, np.ndarray]:
+    """The tensor files of ``directory``, memory-mapped (``target`` only when written)."""
+    directory = Path(directory)
+    # copy-on-write maps: torch.from_numpy needs writable arrays; nothing is ever written back
+    out = {"features": np.load(directory / FEATURES, mmap_mode="c"), "row_ids": np.load(directory / ROW_IDS, mmap_mode="c")}
+    if (directory / TARGET).is_file():
+        out["target"] = np.load(directory / TARGET, mmap_mode="c")
+    return out
+
+
+def cache_key(path: str | Path, pipeline: Pipeline, *parts: str) -> str:
+    """Key of a table's tensor files: its fingerprint, the pipeline's state and the caller's selection."""
+    text = "\x00".join([fingerprint(path), json.dumps(pipeline.state_dict(), sort_keys=True), *parts])
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def cached_tensors(cache_dir: str | Path, path: str | Path, pipeline: Pipeline, selection_key: str, select: Selector | None,
+                   chunk_rows: int | None = None, id_column: str | None = None, training: bool = True) -> dict[str, np.ndarray]:
+    """Memory-mapped tensor files of the selected rows of ``path`` under the fitted ``pipeline``,
+    written into ``cache_dir/<key>/`` on first use."""
+    final = Path(cache_dir) / cache_key(path, pipeline, selection_key, str(id_column), str(training))
+    if not (final / FEATURES).is_file():
+        tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            encode_table(path, pipeline, tmp, fit=False, chunk_rows=chunk_rows, id_column=id_column, select=select, training=training)
+            try:
+                os.rename(tmp, final)
+            except OSError:  # another process finished first: use its files
+                pass
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return open_tensors(final)

@@ -1,0 +1,74 @@
+"""federation.vectorize: a round's nodes trained together answer as the ClientApp does node by node."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from astroscale_fl import config
+from astroscale_fl.federation import grouped
+from astroscale_fl.federation.messages import round_config
+from astroscale_fl.federation.records import arrays_to_numpy, model_to_arrays
+from astroscale_fl.federation.rounds import federated_statistics, run_rounds
+from astroscale_fl.models import build_model
+from astroscale_fl.preprocessing import Pipeline
+from astroscale_fl.tasks import get_task
+from strategies import build_strategy
+from tests.inprocess import InProcessGrid
+
+BASE = ["federation.num_nodes=4", "task.min_parallax_snr=40", "model.widths=[16]", "train.batch_size=32", "partition=iid"]
+
+
+@pytest.fixture
+def grouped_replies(monkeypatch):
+    """Counts the replies built by the grouped path."""
+    built = []
+    reply = grouped._reply
+    monkeypatch.setattr(grouped, "_reply", lambda *args: built.append(1) or reply(*args))
+    return built
+
+
+def federate(overrides, vectorize: bool, rounds=2):
+    cfg = config.validate(config.compose(BASE + overrides))
+    grid = InProcessGrid(int(cfg.federation.num_nodes))
+    if vectorize:
+        grid.train_runner = grouped.run_train_grouped  # what engine.run_inprocess installs
+    stats = federated_statistics(grid, grid.get_node_ids(), round_config(cfg), timeout=60)
+    pipeline = Pipeline.from_config(get_task(cfg.task), cfg).fit_statistics(stats)
+    arrays = model_to_arrays(build_model(cfg.model, len(pipeline.features), 0))
+    final, history = run_rounds(build_strategy(cfg), grid, arrays, rounds, round_config(cfg, pipeline), None, 60, show_progress=False)
+    return arrays_to_numpy(final), history, grid
+
+
+@pytest.mark.parametrize("strategy", [["strategy=fedavg"], ["strategy=fedprox", "strategy.mu=0.5"], ["strategy=scaffold"]])
+def test_grouped_rounds_equal_node_by_node_rounds(strategy, grouped_replies):
+    alone, _, alone_grid = federate(strategy, vectorize=False)
+    assert not grouped_replies
+    together, _, grid = federate(strategy, vectorize=True)
+    assert len(grouped_replies) == 8  # 4 nodes x 2 rounds, none served alone
+    for name in alone:
+        np.testing.assert_allclose(together[name], alone[name], rtol=1e-4, atol=1e-5)
+    if "strategy=scaffold" in strategy:  # each node's c_i, kept in its own Context.state, is the same
+        for node in grid.get_node_ids():
+            mine = arrays_to_numpy(grid.context(node).state["scaffold-c-i"])
+            theirs = arrays_to_numpy(alone_grid.context(node).state["scaffold-c-i"])
+            assert mine.keys() == theirs.keys() and any(np.abs(v).max() > 0 for v in mine.values())
+            for name in mine:
+                np.testing.assert_allclose(mine[name], theirs[name], rtol=1e-3, atol=1e-4)
+
+
+def test_vectorize_off_serves_every_node_alone(grouped_replies):
+    federate(["federation.vectorize=false"], vectorize=True, rounds=1)
+    assert not grouped_replies
+
+
+@pytest.mark.slow
+def test_dp_nodes_spend_their_own_ledgers_and_decline_alone(grouped_replies):
+    dp = ["privacy=dp_sgd", "privacy.target_epsilon=null", "privacy.noise_multiplier=1.0", "privacy.epsilon_budget=3.0"]
+    _, alone_history, alone_grid = federate(dp, vectorize=False, rounds=3)
+    _, history, grid = federate(dp, vectorize=True, rounds=3)
+    for node in grid.get_node_ids():  # the same spend recorded in each node's own state, round by round
+        mine, theirs = grid.context(node).state, alone_grid.context(node).state
+        assert {k: dict(v) for k, v in mine.config_records.items()} == {k: dict(v) for k, v in theirs.config_records.items()}
+    assert grouped_replies
+    assert [r.declines for r in history] == [r.declines for r in alone_history]
