@@ -57,8 +57,8 @@ from astroscale_fl.federation.protocol import (
 )
 from astroscale_fl.federation.records import array_numpy, arrays_to_numpy, record_nbytes
 from astroscale_fl.history import RoundRecord
-from astroscale_fl.privacy.card import entry_from_record
 from astroscale_fl.preprocessing import ColumnStatistics
+from astroscale_fl.privacy.card import entry_from_record
 
 CentralEval = Callable[[ArrayRecord], tuple[float, float]]  # arrays -> (rmse, r2)
 POLL_SECONDS = 0.2
