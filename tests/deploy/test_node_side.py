@@ -84,7 +84,7 @@ def test_floor_refusal_is_a_counted_decline_and_the_node_still_evaluates(tmp_pat
     history = [o.record for o in outcomes]
     assert [r.nodes_declined for r in history] == [1, 1] and [r.nodes_replied for r in history] == [2, 2]
     assert outcomes[0].declines[0].node == dirs[2].name and "require-dp" in outcomes[0].declines[0].reason
-    node3 = grid.get_node_ids()[2]
+    node3 = sorted(grid.get_node_ids())[2]
     to_node3 = [m.metadata.message_type for m in grid.received if m.metadata.dst_node_id == node3]
     assert to_node3 == ["query", "train", "train", "evaluate", "evaluate"]  # declined: evaluated on its own
     status = read_status(dirs[2])

@@ -34,9 +34,9 @@ def warm_fed(tmp_path_factory):
     install_cleanup_handlers()
     fed = LocalFederation(tmp_path_factory.mktemp("warm"))
     try:
-        fed.prepare(3, [*TINY, "federation.num_nodes=3"])
+        fed.prepare(3, [*TINY, "federation.num_nodes=3"], num_keys=4)
         fed.start_superlink()
-        for i in (1, 2, 3):
+        for i in (1, 2, 3, 4):
             fed.register(i)
         fed.metrics_ports = {i: free_port() for i in (1, 2)}
         for i in (1, 2):
@@ -153,14 +153,15 @@ def test_node_with_trusted_entities_refuses_an_unsigned_app(warm_fed, tmp_path):
     trusted = tmp_path / "trusted.yaml"
     trusted.write_text(f'archive-signer: "{key}"\n')
     handled = len(read_status(node_dir(warm_fed, 3)).get("messages", []))
-    warm_fed.start_node(3, warm=False, trusted_entities=str(trusted))
+    warm_fed.start_node(3, key_index=4, warm=False, trusted_entities=str(trusted))  # a node id of its own
     try:
         out = tmp_path / "unsigned"
         wait_run(warm_fed.run([*PLAIN, "federation.num_nodes=3", "federation.num_rounds=1"], out), timeout=SLOW_MACHINE, fed=warm_fed)
     finally:
         warm_fed.kill_node(3, signal.SIGTERM)
-    assert json.loads((out / "metrics.json").read_text())["nodes_failed"] == 1
-    assert "could not be verified" in warm_fed.log_text("supernode-3")
+    logs = f"{warm_fed.log_text('supernode-3')[-3000:]}\n{(out / 'history.csv').read_text()}"
+    assert "could not be verified" in warm_fed.log_text("supernode-3"), logs
+    assert json.loads((out / "metrics.json").read_text())["nodes_failed"] == 1, logs
     assert len(read_status(node_dir(warm_fed, 3)).get("messages", [])) == handled  # our ClientApp never ran there
 
 
