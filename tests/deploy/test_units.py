@@ -11,7 +11,6 @@ import pytest
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 
 from astroscale_fl import checkpoint
-from astroscale_fl.deploy.cache import cached_arrays
 from astroscale_fl.deploy.local import free_port, run_config_arg
 from astroscale_fl.errors import ConfigError
 from astroscale_fl.federation.rounds import check_reply
@@ -74,17 +73,6 @@ def test_metrics_names_and_http():
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     assert "astroscale_fl_rounds_completed_total 0.0" in text
 
-
-def test_disk_cache(tmp_path):
-    (tmp_path / "train.parquet").write_bytes(b"x")
-    calls = []
-    compute = lambda: calls.append(1) or {"a": np.arange(3)}  # noqa: E731
-    assert np.array_equal(cached_arrays(tmp_path, "k", compute)["a"], np.arange(3))
-    assert np.array_equal(cached_arrays(tmp_path, "k", compute)["a"], np.arange(3))
-    assert len(calls) == 1
-    cached_arrays(tmp_path, "other-pipeline", compute)
-    assert len(calls) == 2
-    assert cached_arrays(None, "k", compute) and len(calls) == 3
 
 
 def test_run_config_arg_quotes():
