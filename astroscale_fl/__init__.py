@@ -1,17 +1,26 @@
 """AstroScale FL: federated learning for astronomical survey catalogs, built on Flower.
 
-Walk through the library from data to prediction:
+The package is laid out in the order a star passes through it, from catalog to prediction:
 
-``sources``  read a catalog (Hipparcos ships with the package)
-``tasks``    choose rows, the target and the raw inputs of a learning task
-``split``    hold out the test rows and split the rest among nodes (partitions)
-``preprocessing``  fit/transform steps with inspectable, serialisable state
-``encoding`` turn a preprocessed frame into tensors
-``models``   torch models built from config
-``training`` the local training and evaluation loops (tensor slicing, seeded)
-``federation``  the round loop the ServerApp drives, and record conversions
-``export``   write and read a model directory (weights, preprocessing, model card)
-``predict``  predictions from an exported model
+``data``           catalogs (``data.sources``: Hipparcos ships with the package), learning tasks
+                   (``data.tasks``), the held-out test split and node partitions (``data.split``),
+                   tables on disk (``data.tables``), each node's rows (``data.nodes``,
+                   ``data.node_arrays``) and the memory-mapped tensor files (``data.tensor_files``)
+``preprocessing``  fit/transform steps with inspectable, serialisable state, fitted from mergeable
+                   statistics (one table, the nodes' statistics round, or a public reference)
+``learning``       torch models, the local training loops (plain, stacked/vectorised, CUDA graphs)
+                   and the centralized reference mode
+``federation``     the wire protocol, the round loop the ServerApp drives, the node-side handlers
+                   the ClientApp calls, the in-process and Ray simulation engines, checkpoints
+``privacy``        DP-SGD with a lifetime ledger, node-level DP, DP statistics, privacy floors
+``export``         write and read a model directory (weights, preprocessing, model card), predict
+``serve``          the HTTP predict service
+``deploy``         SuperLink/SuperNode deployment helpers (certificates, node data, warm runtime)
+``simulator``      a survey-catalog simulator;  ``ingest``: download real survey catalogs
+
+``cli`` (``astroscale-fl``) and ``train`` (the Hydra application) stay at the top, with the
+configuration (``config``, ``config_checks``) and the one-line errors and atomic files every
+stage uses (``errors``, ``atomic``).
 """
 
 __version__ = "0.1.0"

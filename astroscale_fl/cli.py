@@ -44,11 +44,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return train_main(rest)
     if command == "predict":
-        from astroscale_fl.predict import main as predict_main
+        from astroscale_fl.export.predict import main as predict_main
 
         return predict_main(rest)
     if command == "compare":
-        from astroscale_fl.compare import main as compare_main
+        from astroscale_fl.learning.compare import main as compare_main
 
         return compare_main(rest)
     if command == "serve":

@@ -393,7 +393,7 @@ def validate(cfg: DictConfig, without: tuple[str, ...] = ()) -> DictConfig:
         out[key] = value
     out["mode"] = cfg.get("mode")
     if out["partition"].name == "auto":
-        from astroscale_fl.tasks import DEFAULT_PARTITION
+        from astroscale_fl.data.tasks import DEFAULT_PARTITION
 
         chosen = DEFAULT_PARTITION.get(out["task"].name, "iid")
         out["partition"] = OmegaConf.merge(OmegaConf.structured(SCHEMAS["partition"][chosen]),
@@ -412,13 +412,13 @@ DEFAULT_NUM_NODES = 5
 
 def default_num_nodes(cfg: DictConfig, distinct_values: Callable[[str], int] | None = None) -> int | None:
     """The one rule for ``federation.num_nodes: null``: one node per value of the partition
-    column (:func:`astroscale_fl.split.partition_column`: the task's surveys when it lists them,
+    column (:func:`astroscale_fl.data.split.partition_column`: the task's surveys when it lists them,
     else ``distinct_values(column)`` counted in the data, None while no data is read), else 5.
 
-    :func:`validate` applies it without data; :func:`astroscale_fl.data.resolve_num_nodes`
+    :func:`validate` applies it without data; :func:`astroscale_fl.data.nodes.resolve_num_nodes`
     with the training rows.
     """
-    from astroscale_fl.split import partition_column
+    from astroscale_fl.data.split import partition_column
 
     column = partition_column(cfg.partition)
     if column is None:

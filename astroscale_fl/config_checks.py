@@ -41,7 +41,7 @@ def check_values(cfg: DictConfig) -> None:
     if fed.num_nodes is not None:
         check_min_replies(fed)
     if fed.resume_from:
-        from astroscale_fl.checkpoint import checkpoint_path
+        from astroscale_fl.federation.checkpoint import checkpoint_path
 
         path = checkpoint_path(fed.resume_from)
         _require(path.is_file(), "federation.resume_from", "a run directory holding checkpoint.npz, or a .npz file",
@@ -55,7 +55,7 @@ def check_values(cfg: DictConfig) -> None:
 
 def check_mlp(widths: list, activation: str, dropout: float) -> None:
     """``model.widths``, ``model.activation`` and ``model.dropout`` of an MLP."""
-    from astroscale_fl.models import ACTIVATIONS
+    from astroscale_fl.learning.models import ACTIVATIONS
 
     _require(activation in ACTIVATIONS, "model.activation", f"one of {sorted(ACTIVATIONS)}", activation)
     _require(0.0 <= dropout < 1.0, "model.dropout", "a number in [0, 1)", dropout)
@@ -79,7 +79,7 @@ def check_run(cfg: DictConfig, node_rows: np.ndarray | None) -> None:
     fed = cfg.federation
     check_min_replies(fed)
     if fed.resume_from:
-        from astroscale_fl import checkpoint
+        from astroscale_fl.federation import checkpoint
 
         resumed = checkpoint.load(fed.resume_from)
         checkpoint.check_compatible(resumed, OmegaConf.to_container(cfg, resolve=True), fed.resume_from)
@@ -109,7 +109,7 @@ def check_first_round_budget(cfg: DictConfig, node_rows: np.ndarray) -> None:
 
 def node_training_rows(train, nodes: np.ndarray, num_nodes: int, seed: int) -> np.ndarray:
     """Rows each simulated node trains on: its partition less its local validation rows (by row id)."""
-    from astroscale_fl.node_arrays import is_local_val
+    from astroscale_fl.data.node_arrays import is_local_val
 
     is_val = is_local_val({"id": train["id"].to_numpy()}, seed)
     total = np.bincount(nodes, minlength=num_nodes)

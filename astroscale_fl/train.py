@@ -31,7 +31,7 @@ def run_job(cfg: DictConfig) -> dict:
         out_dir = HydraConfig.get().runtime.output_dir
         write_quarantine(typed, out_dir)
         if typed.mode == "centralized":
-            from astroscale_fl.centralized import run_centralized
+            from astroscale_fl.learning.centralized import run_centralized
 
             run_centralized(typed, out_dir)
         else:
@@ -48,8 +48,8 @@ def write_quarantine(cfg: DictConfig, out_dir: str) -> None:
     """``<run dir>/quarantine.csv``: task rows left out for values that are not numbers, with the reason."""
     from pathlib import Path
 
-    from astroscale_fl.data import task_quarantine
-    from astroscale_fl.tables import write_table
+    from astroscale_fl.data.nodes import task_quarantine
+    from astroscale_fl.data.tables import write_table
 
     rejected = task_quarantine(cfg)
     if rejected is not None and len(rejected):
@@ -73,15 +73,15 @@ def preflight(cfg: DictConfig) -> DictConfig:
     """Check what the nodes would fail on (data, partitions, device) before starting them;
     return the config with ``federation.num_nodes`` resolved."""
     from astroscale_fl.config_checks import check_run, node_training_rows
-    from astroscale_fl.data import resolve_num_nodes, task_split
-    from astroscale_fl.device import resolve_device
-    from astroscale_fl.split import assign_nodes
-    from astroscale_fl.tasks import get_task
+    from astroscale_fl.data.nodes import resolve_num_nodes, task_split
+    from astroscale_fl.data.split import assign_nodes
+    from astroscale_fl.data.tasks import get_task
+    from astroscale_fl.learning.device import resolve_device
 
     resolve_device(cfg.device)
     train, _ = task_split(cfg)
     if cfg.preprocess.reference:
-        from astroscale_fl.reference import fit_reference
+        from astroscale_fl.preprocessing.reference import fit_reference
 
         fit_reference(get_task(cfg.task), cfg, cfg.preprocess.reference)
     cfg = resolve_num_nodes(cfg)

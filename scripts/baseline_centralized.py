@@ -19,10 +19,10 @@ def main(overrides: list[str]) -> None:
     from sklearn.linear_model import LinearRegression
 
     from astroscale_fl import config
-    from astroscale_fl.data import task_split
-    from astroscale_fl.metrics import r2_score, rmse
+    from astroscale_fl.data.nodes import task_split
+    from astroscale_fl.data.tasks import get_task
+    from astroscale_fl.learning.metrics import r2_score, rmse
     from astroscale_fl.preprocessing import Pipeline
-    from astroscale_fl.tasks import get_task
 
     cfg = config.validate(config.compose(overrides))
     task = get_task(cfg.task)

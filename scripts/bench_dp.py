@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from astroscale_fl.models import MLP  # noqa: E402
+from astroscale_fl.learning.models import MLP  # noqa: E402
+from astroscale_fl.learning.training import make_optimizer, shuffled_batches, train_local  # noqa: E402
 from astroscale_fl.privacy.dp_sgd import make_private, poisson_batches, train_local_dp  # noqa: E402
-from astroscale_fl.training import make_optimizer, shuffled_batches, train_local  # noqa: E402
 
 
 def main() -> int:

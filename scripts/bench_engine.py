@@ -44,10 +44,10 @@ QUIET = ["federation.metrics_port=0", "output.publish=false", "federation.checkp
 def bare_fedavg(overrides: list[str]) -> tuple[float, float, float]:
     """A bare torch FedAvg loop doing the job's work; returns (total seconds, rounds seconds,
     rounds CPU seconds)."""
-    from astroscale_fl.data import partition_frame, task_split
-    from astroscale_fl.models import build_model
+    from astroscale_fl.data.nodes import partition_frame, task_split
+    from astroscale_fl.data.tasks import get_task
+    from astroscale_fl.learning.models import build_model
     from astroscale_fl.preprocessing import Pipeline
-    from astroscale_fl.tasks import get_task
     from astroscale_fl.train import preflight
 
     started = time.perf_counter()

@@ -24,14 +24,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from astroscale_fl import config  # noqa: E402
-from astroscale_fl.data import task_split  # noqa: E402
+from astroscale_fl.data.nodes import task_split  # noqa: E402
+from astroscale_fl.data.tasks import get_task  # noqa: E402
 from astroscale_fl.federation.messages import round_config  # noqa: E402
 from astroscale_fl.federation.records import load_arrays, model_to_arrays  # noqa: E402
 from astroscale_fl.federation.rounds import federated_statistics, run_rounds  # noqa: E402
-from astroscale_fl.models import build_model  # noqa: E402
+from astroscale_fl.learning.models import build_model  # noqa: E402
+from astroscale_fl.learning.training import encode_rows, evaluate  # noqa: E402
 from astroscale_fl.preprocessing import Pipeline  # noqa: E402
-from astroscale_fl.tasks import get_task  # noqa: E402
-from astroscale_fl.training import encode_rows, evaluate  # noqa: E402
 from strategies import build_strategy  # noqa: E402
 from tests.inprocess import InProcessGrid  # noqa: E402  (the in-process Grid of the test suite)
 

@@ -29,11 +29,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from astroscale_fl.cuda_graphs import GraphedStep
-from astroscale_fl.models import MLP
+from astroscale_fl.learning.cuda_graphs import GraphedStep
+from astroscale_fl.learning.models import MLP
+from astroscale_fl.learning.training import make_optimizer, shuffled_batches, train_local
+from astroscale_fl.learning.vectorized import LocalOptimizer, NodeWork, StackedDP, train_stacked
 from astroscale_fl.privacy import make_private, poisson_batches, train_local_dp
-from astroscale_fl.training import make_optimizer, shuffled_batches, train_local
-from astroscale_fl.vectorized import LocalOptimizer, NodeWork, StackedDP, train_stacked
 
 RESULTS: dict[str, float] = {}
 

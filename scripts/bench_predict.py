@@ -67,11 +67,11 @@ def train_small_model(directory: Path) -> Path:
     from omegaconf import OmegaConf
 
     from astroscale_fl import config
-    from astroscale_fl.export import build_card, export_model
-    from astroscale_fl.models import build_model
+    from astroscale_fl.data.tasks import get_task
+    from astroscale_fl.export.model_dir import build_card, export_model
+    from astroscale_fl.learning.models import build_model
+    from astroscale_fl.learning.training import make_optimizer, shuffled_batches, train_local
     from astroscale_fl.preprocessing import Pipeline
-    from astroscale_fl.tasks import get_task
-    from astroscale_fl.training import make_optimizer, shuffled_batches, train_local
 
     task = get_task("hipparcos_absmag")
     frame = task.load(OmegaConf.create({"path": None, "min_parallax_snr": 10.0}))
@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     import pandas as pd
     import torch
 
-    from astroscale_fl.predict import Predictor
+    from astroscale_fl.export.predict import Predictor
     from astroscale_fl.serve import Service
 
     torch.set_num_threads(args.threads)

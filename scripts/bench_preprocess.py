@@ -37,9 +37,9 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from astroscale_fl.data.tasks import SURVEY_REDSHIFT_INPUTS, get_task
+from astroscale_fl.data.tensor_files import encode_table, open_tensors
 from astroscale_fl.preprocessing import Pipeline
-from astroscale_fl.tasks import SURVEY_REDSHIFT_INPUTS, get_task
-from astroscale_fl.tensor_files import encode_table, open_tensors
 
 INPUTS = [f.name for f in SURVEY_REDSHIFT_INPUTS]
 OVERRIDES = ["task=catalog", f"task.features=[{','.join(INPUTS)}]", "task.target=z"]
@@ -96,8 +96,8 @@ def training_rate(features: np.ndarray, target: np.ndarray) -> float:
     import torch
     from omegaconf import OmegaConf
 
-    from astroscale_fl.models import build_model
-    from astroscale_fl.training import make_optimizer, shuffled_batches, train_local
+    from astroscale_fl.learning.models import build_model
+    from astroscale_fl.learning.training import make_optimizer, shuffled_batches, train_local
 
     torch.manual_seed(0)
     torch.set_num_threads(1)  # the same for both sources; the shared machine's cores are contended

@@ -8,7 +8,7 @@
 
 import sys
 
-from astroscale_fl.predict import main
+from astroscale_fl.export.predict import main
 
 if __name__ == "__main__":
     sys.exit(main())

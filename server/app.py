@@ -15,7 +15,7 @@ from flwr.serverapp import Grid, ServerApp
 from omegaconf import DictConfig
 
 from astroscale_fl import config
-from astroscale_fl.data import resolve_num_nodes
+from astroscale_fl.data.nodes import resolve_num_nodes
 from astroscale_fl.federation.server import run_federation
 from strategies import build_strategy
 

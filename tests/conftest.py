@@ -16,7 +16,7 @@ CLI = [sys.executable, "-m", "astroscale_fl.cli"]
 
 @pytest.fixture(scope="session")
 def hipparcos():
-    from astroscale_fl.sources.hipparcos import read_hipparcos
+    from astroscale_fl.data.sources.hipparcos import read_hipparcos
 
     return read_hipparcos()
 
@@ -26,7 +26,7 @@ def absmag_frame():
     """The hipparcos_absmag task frame (30,574 stars with Plx/e_Plx >= 10)."""
     from omegaconf import OmegaConf
 
-    from astroscale_fl.tasks import get_task
+    from astroscale_fl.data.tasks import get_task
 
     return get_task("hipparcos_absmag").load(OmegaConf.create({"path": None, "min_parallax_snr": 10.0}))
 
@@ -47,11 +47,11 @@ def train_and_export(directory: Path, frame, rows: int = 3000, epochs: int = 2):
     import torch
 
     from astroscale_fl import config
-    from astroscale_fl.export import build_card, export_model
-    from astroscale_fl.models import build_model
+    from astroscale_fl.data.tasks import get_task
+    from astroscale_fl.export.model_dir import build_card, export_model
+    from astroscale_fl.learning.models import build_model
+    from astroscale_fl.learning.training import make_optimizer, shuffled_batches, train_local
     from astroscale_fl.preprocessing import Pipeline
-    from astroscale_fl.tasks import get_task
-    from astroscale_fl.training import make_optimizer, shuffled_batches, train_local
 
     cfg = config.validate(config.compose(["model.widths=[32,16]"]))
     task = get_task("hipparcos_absmag")

@@ -18,8 +18,9 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from astroscale_fl import checkpoint, config
+from astroscale_fl import config
 from astroscale_fl.errors import MAX_LINE_CHARS, AstroScaleError, one_line
+from astroscale_fl.federation import checkpoint
 from astroscale_fl.train import check_overrides, preflight
 from tests.conftest import CLI, ROOT, cli_env
 
@@ -80,7 +81,7 @@ def test_garbage_training_data_stops_with_one_line(tmp_path, case):
 
 
 def test_a_small_share_of_garbage_goes_to_the_quarantine(tmp_path):
-    from astroscale_fl.data import task_quarantine, task_split
+    from astroscale_fl.data.nodes import task_quarantine, task_split
     from astroscale_fl.train import write_quarantine
 
     def edit(frame):
@@ -102,7 +103,7 @@ def test_a_small_share_of_garbage_goes_to_the_quarantine(tmp_path):
 def test_empty_cells_are_missing_values_not_garbage(tmp_path):
     path = _catalog(tmp_path / "stars.csv", _set("a", slice(0, 299), ""))  # 15 % blank: imputed later
     cfg = preflight(config.validate(config.compose(_catalog_overrides(path, []))))
-    from astroscale_fl.data import task_split
+    from astroscale_fl.data.nodes import task_split
 
     assert sum(map(len, task_split(cfg))) == N_ROWS
 

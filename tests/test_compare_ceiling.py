@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 
 from astroscale_fl import config
-from astroscale_fl.compare import C_KMS
-from astroscale_fl.compare import main as compare_main
-from astroscale_fl.data import task_split
+from astroscale_fl.data.nodes import task_split
 from astroscale_fl.federation.server import run_federation
+from astroscale_fl.learning.compare import C_KMS
+from astroscale_fl.learning.compare import main as compare_main
 from astroscale_fl.simulator import ceiling_r2
 from strategies import build_strategy
 from tests.inprocess import InProcessGrid

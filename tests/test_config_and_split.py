@@ -6,9 +6,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from astroscale_fl import config
+from astroscale_fl.data.split import assign_nodes, train_test_split
+from astroscale_fl.data.tasks import get_task
 from astroscale_fl.errors import ConfigError, DataError
-from astroscale_fl.split import assign_nodes, train_test_split
-from astroscale_fl.tasks import get_task
 
 HIP_COLUMNS = get_task("hipparcos_absmag").partition_columns
 
@@ -59,7 +59,7 @@ def test_bad_overrides_are_one_line_errors(override, message):
 def test_cuda_requested_without_cuda_is_clear():
     import torch
 
-    from astroscale_fl.device import resolve_device
+    from astroscale_fl.learning.device import resolve_device
 
     if torch.cuda.is_available():
         assert resolve_device("cuda").type == "cuda"

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from astroscale_fl.cuda_graphs import make_capturable, train_local_graphed
 from astroscale_fl.federation import local_objectives as objectives
-from astroscale_fl.models import MLP
-from astroscale_fl.training import make_optimizer, shuffled_batches, train_local
+from astroscale_fl.learning.cuda_graphs import make_capturable, train_local_graphed
+from astroscale_fl.learning.models import MLP
+from astroscale_fl.learning.training import make_optimizer, shuffled_batches, train_local
 
 
 def rows(n=1000, seed=0):

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
-from astroscale_fl.export import load_exported
-from astroscale_fl.predict import Predictor
-from astroscale_fl.training import predict
+from astroscale_fl.export.model_dir import load_exported
+from astroscale_fl.export.predict import Predictor
+from astroscale_fl.learning.training import predict
 from tests.conftest import ROOT, cli_env, train_and_export
 
 

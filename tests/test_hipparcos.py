@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
+from astroscale_fl.data.sources import hipparcos
 from astroscale_fl.errors import DataError
-from astroscale_fl.sources import hipparcos
 
 
 def test_reads_all_stars_with_readme_columns(hipparcos):

@@ -24,7 +24,7 @@ import pandas as pd
 import pytest
 import torch
 
-from astroscale_fl import predict as predict_module
+from astroscale_fl.export import predict as predict_module
 from tests.conftest import ROOT, cli_env, train_and_export
 
 CARD, WEIGHTS, PIPELINE = "model_card.json", "weights.pt", "preprocessing.json"

@@ -12,10 +12,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from astroscale_fl import config, node_arrays
-from astroscale_fl.preprocessing import Options, Pipeline
-from astroscale_fl.tasks import get_task
-from astroscale_fl.tensor_files import (
+from astroscale_fl import config
+from astroscale_fl.data import node_arrays
+from astroscale_fl.data.tasks import get_task
+from astroscale_fl.data.tensor_files import (
     FEATURES,
     QUARANTINE,
     ROW_IDS,
@@ -24,6 +24,7 @@ from astroscale_fl.tensor_files import (
     encode_table,
     open_tensors,
 )
+from astroscale_fl.preprocessing import Options, Pipeline
 from tests.conftest import cli_env
 
 COLUMNS = ["ra", "dec", "teff", "logg", "fe_h", "snr", "parallax"]
@@ -150,7 +151,7 @@ def test_preprocess_command_writes_tensor_files(tmp_path):
 
 @pytest.mark.slow
 def test_train_catalog_from_a_directory_of_parquet_files(tmp_path):
-    from astroscale_fl.data import task_split
+    from astroscale_fl.data.nodes import task_split
     from astroscale_fl.federation.server import run_federation
     from astroscale_fl.train import preflight
     from strategies import build_strategy

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from astroscale_fl import predict as predict_module
+from astroscale_fl.export import predict as predict_module
 from tests.conftest import train_and_export
 from tests.test_model_integrity import assert_one_line_exit_2, predict_module_inputs
 

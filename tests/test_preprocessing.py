@@ -13,6 +13,7 @@ from sklearn.preprocessing import (
     StandardScaler,
 )
 
+from astroscale_fl.data.tasks import Feature, TaskSpec, get_task
 from astroscale_fl.errors import DataError
 from astroscale_fl.preprocessing import ColumnStatistics, Options, Pipeline, sketch
 from astroscale_fl.preprocessing.derived import (
@@ -21,7 +22,6 @@ from astroscale_fl.preprocessing.derived import (
     to_mjd,
 )
 from astroscale_fl.preprocessing.stream import hash_unit
-from astroscale_fl.tasks import Feature, TaskSpec, get_task
 
 RNG = np.random.default_rng(7)
 TASK = TaskSpec(name="toy", target="y", target_unit="", inputs=(

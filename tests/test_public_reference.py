@@ -7,12 +7,12 @@ import subprocess
 import pytest
 
 from astroscale_fl import config
-from astroscale_fl.data import task_split
+from astroscale_fl.data.nodes import task_split
+from astroscale_fl.data.tasks import get_task
 from astroscale_fl.deploy.node_data import write_node_dirs
 from astroscale_fl.errors import ConfigError
 from astroscale_fl.preprocessing import Pipeline
-from astroscale_fl.reference import fit_reference
-from astroscale_fl.tasks import get_task
+from astroscale_fl.preprocessing.reference import fit_reference
 from strategies import build_strategy
 from tests.conftest import CLI, cli_env
 from tests.inprocess import InProcessGrid

@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from astroscale_fl.predict import Predictor
+from astroscale_fl.data.tasks import get_task
+from astroscale_fl.export.predict import Predictor
 from astroscale_fl.serve import InputSchema, Invalid, MicroBatcher
-from astroscale_fl.tasks import get_task
 from tests.conftest import ROOT, cli_env, train_and_export
 
 pytestmark = pytest.mark.slow

@@ -9,8 +9,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from astroscale_fl import config
-from astroscale_fl.data import partition_frame, task_split
-from astroscale_fl.split import node_names
+from astroscale_fl.data.nodes import partition_frame, task_split
+from astroscale_fl.data.split import node_names
 from astroscale_fl.train import preflight
 from tests.conftest import ROOT, cli_env
 
@@ -41,7 +41,7 @@ def test_other_partitions_and_node_counts_still_apply():
 
 def test_catalog_cache_gives_identical_frames():
     cfg = config.validate(config.compose(SMALL))
-    from astroscale_fl.tasks import get_task
+    from astroscale_fl.data.tasks import get_task
 
     a = get_task(cfg.task).load(cfg.task)
     b = get_task(cfg.task).load(cfg.task)  # second time from data/cache

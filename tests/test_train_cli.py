@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from astroscale_fl import config
-from astroscale_fl.data import task_split
-from astroscale_fl.predict import Predictor
+from astroscale_fl.data.nodes import task_split
+from astroscale_fl.export.predict import Predictor
 from tests.conftest import CLI, ROOT, cli_env
 
 

@@ -1,4 +1,4 @@
-"""Vectorised local training equals training the nodes one by one (astroscale_fl.vectorized)."""
+"""Vectorised local training equals training the nodes one by one (astroscale_fl.learning.vectorized)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from torch import nn
 
 from astroscale_fl.errors import ConfigError
 from astroscale_fl.federation import local_objectives as objectives
-from astroscale_fl.models import MLP, Linear
+from astroscale_fl.learning.models import MLP, Linear
+from astroscale_fl.learning.training import make_optimizer, shuffled_batches, train_local
+from astroscale_fl.learning.vectorized import LocalOptimizer, NodeWork, StackedDP, stackable, train_stacked
 from astroscale_fl.privacy import make_private, poisson_batches, train_local_dp
-from astroscale_fl.training import make_optimizer, shuffled_batches, train_local
-from astroscale_fl.vectorized import LocalOptimizer, NodeWork, StackedDP, stackable, train_stacked
 
 SIZES = [50, 131, 7, 0, 64]  # uneven nodes: different step counts and last-batch sizes, one empty
 

@@ -26,20 +26,20 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from omegaconf import DictConfig, OmegaConf
 
-from astroscale_fl import data, node_arrays
-from astroscale_fl.device import resolve_device
+from astroscale_fl.data import node_arrays, nodes
+from astroscale_fl.data.tasks import get_task
 from astroscale_fl.federation import local_objectives as objectives
 from astroscale_fl.federation import protocol
 from astroscale_fl.federation.messages import config_digest, read_pipeline, read_run_config
 from astroscale_fl.federation.node_cache import NodeCache
 from astroscale_fl.federation.records import load_arrays, model_to_arrays, numpy_to_arrays
-from astroscale_fl.models import build_model
+from astroscale_fl.learning.device import resolve_device
+from astroscale_fl.learning.models import build_model
+from astroscale_fl.learning.training import GradHook, evaluate, make_optimizer
 from astroscale_fl.preprocessing import Pipeline
 from astroscale_fl.privacy.calibrate import PrivacySettings
 from astroscale_fl.privacy.floor import PrivacyFloor
 from astroscale_fl.privacy.node import LocalJob, node_name, node_privacy
-from astroscale_fl.tasks import get_task
-from astroscale_fl.training import GradHook, evaluate, make_optimizer
 
 LOCAL_VAL_FRACTION = node_arrays.LOCAL_VAL_FRACTION
 
@@ -70,7 +70,7 @@ def node_split(cfg: DictConfig, node_config: dict) -> tuple[pd.DataFrame, pd.Dat
     key = _key(repr(sorted(node_config.items())), config_digest(cfg))
 
     def split() -> tuple[pd.DataFrame, pd.DataFrame]:
-        frame = data.node_frame(cfg, node_config, _pipeline_columns(cfg))
+        frame = nodes.node_frame(cfg, node_config, _pipeline_columns(cfg))
         is_val = node_arrays.is_local_val({"id": frame["id"].to_numpy()}, int(cfg.seed))
         if is_val.all() or len(frame) < 2:
             is_val[:] = False
@@ -88,7 +88,7 @@ def _columns_of(task_and_preprocess_json: str) -> tuple[str, ...]:
 
 def _pipeline_columns(cfg: DictConfig) -> tuple[str, ...]:
     """The columns a node's pipeline reads (inputs, target, row id): all a node needs."""
-    return _columns_of(data.config_json(cfg, ("task", "preprocess")))
+    return _columns_of(nodes.config_json(cfg, ("task", "preprocess")))
 
 
 def node_tensors(cfg: DictConfig, node_config: dict, pipeline: Pipeline, pipeline_key: str, device: torch.device) -> NodeTensors:
@@ -114,7 +114,7 @@ def handle_query(msg: Message, node_config: dict, state: RecordDict | None = Non
         train, _ = node_split(cfg, node_config)
         pipeline = Pipeline.from_config(task, cfg)
         return private_statistics_reply(cfg, task, pipeline, train, RecordDict() if state is None else state, node_config)
-    frame_batches = lambda: [{c: v.to_numpy() for c, v in data.node_frame(cfg, node_config).items()}]  # noqa: E731
+    frame_batches = lambda: [{c: v.to_numpy() for c, v in nodes.node_frame(cfg, node_config).items()}]  # noqa: E731
     stats, rows, quarantined = node_arrays.node_statistics(cfg, node_config, Pipeline.from_config(task, cfg), frame_batches)
     return RecordDict({
         protocol.STATS_KEY: numpy_to_arrays(stats.to_arrays()),

@@ -4,7 +4,7 @@
 as :func:`astroscale_fl.federation.client.handle_train` does - its rows, its seeded batch order,
 its strategy terms (FedProx' mu, SCAFFOLD's ``c - c_i`` read from its ``Context.state``), its
 DP round planned and spent in its own ledger - then trains every node that shares the global
-model and the training settings in one :func:`astroscale_fl.vectorized.train_stacked` call, and
+model and the training settings in one :func:`astroscale_fl.learning.vectorized.train_stacked` call, and
 builds each node's reply as the handler does (its model, metrics, SCAFFOLD control delta with
 ``c_i`` saved in its state, DP ledger record). Messages it cannot group - vectorize off, a model
 that does not stack, the Opacus DP backend, secure-mode noise, a node alone in its group on the
@@ -33,12 +33,12 @@ from astroscale_fl.federation import local_objectives as objectives
 from astroscale_fl.federation.messages import config_digest, read_pipeline, read_run_config
 from astroscale_fl.federation.records import load_arrays, model_to_arrays
 from astroscale_fl.federation.secagg import node as secagg_node
+from astroscale_fl.learning.training import TrainReport, shuffled_batches
+from astroscale_fl.learning.vectorized import LocalOptimizer, NodeWork, StackedDP, stackable, train_stacked
 from astroscale_fl.privacy import PrivacySettings, card, poisson_batches
 from astroscale_fl.privacy import node as dp_node
 from astroscale_fl.privacy.dp_sgd import ghost_supported
 from astroscale_fl.privacy.floor import PrivacyFloor
-from astroscale_fl.training import TrainReport, shuffled_batches
-from astroscale_fl.vectorized import LocalOptimizer, NodeWork, StackedDP, stackable, train_stacked
 
 
 @dataclass

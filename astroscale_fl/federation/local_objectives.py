@@ -1,7 +1,7 @@
 """What strategies change in a node's local training: gradient terms and control variates.
 
 Both terms act on gradients after the data gradient is computed (``after_backward`` hooks of
-:func:`astroscale_fl.training.train_local`), because neither depends on the node's data:
+:func:`astroscale_fl.learning.training.train_local`), because neither depends on the node's data:
 
 - FedProx' proximal term ``mu/2 ||w - w_global||^2`` has gradient ``mu (w - w_global)``;
 - SCAFFOLD's correction replaces the gradient ``g`` by ``g - c_i + c``.
@@ -22,7 +22,7 @@ from torch import nn
 from astroscale_fl.atomic import atomic_path
 from astroscale_fl.federation.protocol import ARRAYS_KEY, CONTROL_KEY, ScaffoldCorrection
 from astroscale_fl.federation.records import arrays_to_numpy, numpy_to_arrays
-from astroscale_fl.training import GradHook
+from astroscale_fl.learning.training import GradHook
 
 
 def combine(hooks: list[GradHook]) -> GradHook | None:

@@ -41,6 +41,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from astroscale_fl.errors import AstroScaleError
 from astroscale_fl.federation.folded_eval import FoldedEvaluation
+from astroscale_fl.federation.history import RoundRecord
 from astroscale_fl.federation.protocol import (
     ARRAYS_KEY,
     COLUMN_NAMES_KEY,
@@ -56,7 +57,6 @@ from astroscale_fl.federation.protocol import (
     Decline,
 )
 from astroscale_fl.federation.records import array_numpy, arrays_to_numpy, record_nbytes
-from astroscale_fl.history import RoundRecord
 from astroscale_fl.preprocessing import ColumnStatistics
 from astroscale_fl.privacy.card import entry_from_record
 
@@ -321,7 +321,7 @@ def run_rounds(
     Each round is :func:`train_phase` then :func:`evaluate_phase`; with ``policy.evaluate_in_train``
     a round's evaluation is folded into the next round's :func:`train_phase` (one message per node
     and round) and its outcome completes then. ``metrics`` (an
-    :class:`astroscale_fl.observability.RunMetrics`) is updated as rounds go;
+    :class:`astroscale_fl.federation.observability.RunMetrics`) is updated as rounds go;
     ``on_round(outcome, arrays)`` runs after each completed round (checkpoints, history.csv).
     """
     policy = policy or RoundPolicy(timeout=600.0 if timeout is None else timeout)

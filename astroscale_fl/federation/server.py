@@ -24,11 +24,14 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from omegaconf import DictConfig, OmegaConf
 
-from astroscale_fl import checkpoint as ckpt_mod
-from astroscale_fl.data import task_split
+from astroscale_fl.data.nodes import task_split
+from astroscale_fl.data.tasks import get_task
 from astroscale_fl.errors import ConfigError
-from astroscale_fl.export import finish_run
+from astroscale_fl.export.model_dir import finish_run
+from astroscale_fl.federation import checkpoint as ckpt_mod
+from astroscale_fl.federation.history import RoundRecord, write_history
 from astroscale_fl.federation.messages import round_config
+from astroscale_fl.federation.observability import RunMetrics, serve
 from astroscale_fl.federation.records import arrays_to_numpy, load_arrays, model_to_arrays, numpy_to_arrays
 from astroscale_fl.federation.rounds import (
     FederationError,
@@ -38,15 +41,12 @@ from astroscale_fl.federation.rounds import (
     run_rounds,
     wait_for_nodes,
 )
-from astroscale_fl.history import RoundRecord, write_history
-from astroscale_fl.models import build_model
-from astroscale_fl.observability import RunMetrics, serve
+from astroscale_fl.learning.models import build_model
+from astroscale_fl.learning.training import EvalReport, encode_rows, evaluate
 from astroscale_fl.preprocessing import Pipeline
+from astroscale_fl.preprocessing.reference import NODE_STATISTICS, fit_reference
 from astroscale_fl.privacy import dp_statistics
 from astroscale_fl.privacy.card import privacy_section
-from astroscale_fl.reference import NODE_STATISTICS, fit_reference
-from astroscale_fl.tasks import get_task
-from astroscale_fl.training import EvalReport, encode_rows, evaluate
 
 
 @dataclass

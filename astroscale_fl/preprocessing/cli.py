@@ -36,10 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command; one summary line on stdout."""
     args = _parser().parse_args(argv)
     from astroscale_fl import config
+    from astroscale_fl.data.tasks import get_task
+    from astroscale_fl.data.tensor_files import encode_table
     from astroscale_fl.preprocessing import Pipeline
     from astroscale_fl.preprocessing.stream import count_rows
-    from astroscale_fl.tasks import get_task
-    from astroscale_fl.tensor_files import encode_table
 
     overrides = list(args.overrides)
     if not any(o.startswith("task=") for o in overrides):  # default: the input is a catalog task's table

@@ -121,7 +121,7 @@ def verify_section(section: Mapping, rel_tol: float = 0.01) -> list[str]:
 
 def read_verified_card(path: str | Path) -> dict:
     """The card at ``path`` (a card file or a model directory), its model files verified when present."""
-    from astroscale_fl.export import CARD_FILE, WEIGHTS_FILE, read_json_file, verify_files
+    from astroscale_fl.export.model_dir import CARD_FILE, WEIGHTS_FILE, read_json_file, verify_files
 
     path = Path(path)
     card_path = path / CARD_FILE if path.is_dir() else path

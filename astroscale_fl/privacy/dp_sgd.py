@@ -31,7 +31,7 @@ Hence the hook ``after_backward(model)`` of :func:`train_local_dp` is applied to
 gradient, never to per-sample gradients. Its contract: it may read the model's parameters and values the node received or
 released earlier, never the node's rows. (Opacus' own ``DPOptimizer`` silently *drops*
 any gradient that is not per-sample: it overwrites ``p.grad`` with the noised sum; so
-passing this hook to the plain :func:`astroscale_fl.training.train_local` with a DP
+passing this hook to the plain :func:`astroscale_fl.learning.training.train_local` with a DP
 optimizer would silently train plain FedAvg. Use :func:`train_local_dp`.)
 
 What is *not* covered: anything else a node sends about its rows — the training loss,
@@ -69,7 +69,7 @@ import torch
 from torch import nn
 
 from astroscale_fl.errors import ConfigError
-from astroscale_fl.training import GradHook, TrainReport, batch_loss
+from astroscale_fl.learning.training import GradHook, TrainReport, batch_loss
 
 BACKENDS = ("auto", "ghost", "opacus")
 
@@ -368,7 +368,7 @@ def make_private(
     denominator under Poisson sampling). ``noise_seed=None`` seeds the noise from OS randomness.
     ``backend``: ``"auto"`` (ghost when the model allows it, else opacus), ``"ghost"`` or ``"opacus"``.
     With plain DP-SGD (no strategy hooks) the pair also works with
-    :func:`astroscale_fl.training.train_local`; with FedProx / SCAFFOLD hooks use :func:`train_local_dp`.
+    :func:`astroscale_fl.learning.training.train_local`; with FedProx / SCAFFOLD hooks use :func:`train_local_dp`.
     """
     if backend not in BACKENDS:
         raise ConfigError(f"privacy.backend: expected one of {list(BACKENDS)}, got {backend!r}")
@@ -420,7 +420,7 @@ def train_local_dp(
 ) -> TrainReport:
     """DP-SGD over ``batches`` (use :func:`poisson_batches`): the DP twin of ``train_local``.
 
-    Same hook as :func:`astroscale_fl.training.train_local`, applied as post-processing:
+    Same hook as :func:`astroscale_fl.learning.training.train_local`, applied as post-processing:
     ``after_backward(model)`` edits the noised gradient (FedProx' ``+ mu (w - w_g)``,
     SCAFFOLD's ``+ c − c_i``) and receives the original model. Every batch, empty
     ones included, is one DP step. The returned loss is computed from the rows without noise:

@@ -30,12 +30,12 @@ import torch
 from flwr.app import ConfigRecord, RecordDict
 
 from astroscale_fl.federation.protocol import DELTA_KEY, EPSILON_KEY, PRIVACY_KEY, TRAIN_LOSS_KEY, WEIGHT_KEY, Decline
+from astroscale_fl.learning.training import GradHook, TrainReport, shuffled_batches, train_local
 from astroscale_fl.privacy import card
 from astroscale_fl.privacy.calibrate import PrivacySettings, RoundPlan
 from astroscale_fl.privacy.dp_sgd import make_private, poisson_batches, train_local_dp
 from astroscale_fl.privacy.floor import PrivacyFloor
 from astroscale_fl.privacy.ledger import LEDGER_FILENAME, PrivacyError, PrivacyLedger, commit_ledger, open_ledger
-from astroscale_fl.training import GradHook, TrainReport, shuffled_batches, train_local
 
 PLAN_KEY = "privacy-plan"
 
@@ -74,7 +74,7 @@ class LocalRound:
 
 
 class NoPrivacy:
-    """``privacy=none``: seeded shuffled batches, plain :func:`~astroscale_fl.training.train_local`."""
+    """``privacy=none``: seeded shuffled batches, plain :func:`~astroscale_fl.learning.training.train_local`."""
 
     def train(self, job: LocalJob) -> LocalRound:
         batches = shuffled_batches(len(job.target), job.batch_size, job.local_epochs, job.generator)

@@ -41,7 +41,7 @@ def content_type_error(headers) -> Invalid | None:
 def create_app(predictor, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, max_batch: int = DEFAULT_MAX_BATCH, *,
                micro_batch: bool = False, batch_window_ms: float = 1.0, max_micro_batch: int = 256,
                cors_origins: Sequence[str] = (), body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S):
-    """The FastAPI app serving ``predictor`` (a loaded :class:`~astroscale_fl.predict.Predictor`).
+    """The FastAPI app serving ``predictor`` (a loaded :class:`~astroscale_fl.export.predict.Predictor`).
 
     ``app.state.service`` is the :class:`Service`, ``app.state.metrics`` the :class:`Metrics`.
     CORS headers are sent only for ``cors_origins`` (none by default).

@@ -112,7 +112,7 @@ def _serve(args: argparse.Namespace, model_dir: Path, sock: socket.socket) -> in
     import torch
     import uvicorn
 
-    from astroscale_fl.predict import Predictor
+    from astroscale_fl.export.predict import Predictor
     from astroscale_fl.serve.app import create_app
     from astroscale_fl.serve.protocol import header_deadline_protocol
 

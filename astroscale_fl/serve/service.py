@@ -16,7 +16,7 @@ DEFAULT_MAX_BATCH = 10_000
 
 
 class Service:
-    """Validation + prediction for one loaded :class:`~astroscale_fl.predict.Predictor`.
+    """Validation + prediction for one loaded :class:`~astroscale_fl.export.predict.Predictor`.
 
     The request handlers are thin wrappers around :meth:`predict_single_body` and
     :meth:`predict_batch_body`, which the benchmark also times in process. The constructor

@@ -10,6 +10,7 @@ import pytest
 from flwr.app import RecordDict
 
 from astroscale_fl import config
+from astroscale_fl.data.tasks import get_task
 from astroscale_fl.deploy.launcher import LauncherStats
 from astroscale_fl.deploy.node_data import write_node_dirs
 from astroscale_fl.deploy.node_metrics import serve
@@ -17,12 +18,11 @@ from astroscale_fl.deploy.node_status import read_status, recording, status_path
 from astroscale_fl.federation.messages import round_config
 from astroscale_fl.federation.records import model_to_arrays
 from astroscale_fl.federation.rounds import federated_statistics, run_rounds
-from astroscale_fl.models import build_model
+from astroscale_fl.learning.models import build_model
 from astroscale_fl.preprocessing import Pipeline
 from astroscale_fl.privacy import LEDGER_FILENAME, PrivacySettings
 from astroscale_fl.privacy.floor import FloorRefused, NodeConfigError, PrivacyFloor
 from astroscale_fl.privacy.node import BudgetExceeded, spend_round
-from astroscale_fl.tasks import get_task
 from strategies import build_strategy
 from tests.deploy.conftest import free_port, scrape
 from tests.inprocess import InProcessGrid

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 
-from astroscale_fl import checkpoint
 from astroscale_fl.deploy.local import free_port, run_config_arg
 from astroscale_fl.errors import ConfigError
+from astroscale_fl.federation import checkpoint
+from astroscale_fl.federation.history import RoundRecord
+from astroscale_fl.federation.observability import RunMetrics, serve
 from astroscale_fl.federation.rounds import check_reply
-from astroscale_fl.history import RoundRecord
-from astroscale_fl.observability import RunMetrics, serve
 
 GLOBAL = {"w": np.zeros((2, 2), np.float32), "b": np.zeros(2, np.float32)}
 

@@ -7,12 +7,12 @@ import pytest
 from flwr.app import MessageType
 
 from astroscale_fl import config
+from astroscale_fl.data.tasks import get_task
 from astroscale_fl.federation.messages import round_config
 from astroscale_fl.federation.records import arrays_to_numpy, model_to_arrays
 from astroscale_fl.federation.rounds import RoundPolicy, federated_statistics, run_rounds
-from astroscale_fl.models import build_model
+from astroscale_fl.learning.models import build_model
 from astroscale_fl.preprocessing import Pipeline
-from astroscale_fl.tasks import get_task
 from strategies import build_strategy
 from tests.inprocess import InProcessGrid
 

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 
 from astroscale_fl import config
+from astroscale_fl.data.tasks import get_task
 from astroscale_fl.federation import grouped
 from astroscale_fl.federation.messages import round_config
 from astroscale_fl.federation.records import arrays_to_numpy, model_to_arrays
 from astroscale_fl.federation.rounds import federated_statistics, run_rounds
-from astroscale_fl.models import build_model
+from astroscale_fl.learning.models import build_model
 from astroscale_fl.preprocessing import Pipeline
-from astroscale_fl.tasks import get_task
 from strategies import build_strategy
 from tests.inprocess import InProcessGrid
 

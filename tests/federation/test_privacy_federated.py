@@ -8,15 +8,15 @@ import pytest
 from opacus.accountants import create_accountant
 
 from astroscale_fl import config
+from astroscale_fl.data.tasks import get_task
 from astroscale_fl.deploy.node_data import write_node_dirs
 from astroscale_fl.federation.engine import FIRST_NODE_ID
 from astroscale_fl.federation.messages import round_config
 from astroscale_fl.federation.records import model_to_arrays
 from astroscale_fl.federation.rounds import federated_statistics, run_rounds
-from astroscale_fl.models import build_model
+from astroscale_fl.learning.models import build_model
 from astroscale_fl.preprocessing import Pipeline
 from astroscale_fl.privacy import LEDGER_FILENAME, PrivacyLedger
-from astroscale_fl.tasks import get_task
 from strategies import build_strategy
 from tests.inprocess import InProcessGrid
 

@@ -15,10 +15,10 @@ from torch import nn
 
 from astroscale_fl.errors import ConfigError
 from astroscale_fl.federation.local_objectives import proximal_gradient
-from astroscale_fl.models import MLP, Linear
+from astroscale_fl.learning.models import MLP, Linear
+from astroscale_fl.learning.training import train_local
 from astroscale_fl.privacy import PrivacyLedger, make_private, poisson_batches, train_local_dp
 from astroscale_fl.privacy.ledger import create_accountant
-from astroscale_fl.training import train_local
 
 BACKENDS = ["ghost", "opacus"]
 C = 0.5  # max_grad_norm

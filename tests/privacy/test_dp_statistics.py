@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from astroscale_fl import config
+from astroscale_fl.data.tasks import get_task
 from astroscale_fl.deploy.node_data import write_node_dirs
 from astroscale_fl.federation.client import node_split
 from astroscale_fl.federation.messages import round_config
@@ -14,7 +15,6 @@ from astroscale_fl.preprocessing import ColumnStatistics, Pipeline
 from astroscale_fl.privacy import LEDGER_FILENAME, PrivacyLedger, card
 from astroscale_fl.privacy.dp_statistics import BINS, StatisticsRelease, bin_edges, card_section
 from astroscale_fl.privacy.ledger import PrivacyError
-from astroscale_fl.tasks import get_task
 from tests.inprocess import InProcessGrid
 
 SMALL = ["federation.num_nodes=3", "task.min_parallax_snr=40", "model.widths=[16]", "train.batch_size=32"]

@@ -112,12 +112,12 @@ def test_global_step_is_bounded_by_the_clipping_norm(tmp_path):
     def keep(row, arrays):
         start["after"] = {k: v.numpy().astype(np.float64) for k, v in arrays.items()}
 
+    from astroscale_fl.data.tasks import get_task
     from astroscale_fl.federation.messages import round_config
     from astroscale_fl.federation.records import model_to_arrays
     from astroscale_fl.federation.rounds import federated_statistics, run_rounds
-    from astroscale_fl.models import build_model
+    from astroscale_fl.learning.models import build_model
     from astroscale_fl.preprocessing import Pipeline
-    from astroscale_fl.tasks import get_task
 
     grid = InProcessGrid(4)
     pipeline = Pipeline.from_config(get_task(cfg.task), cfg).fit_statistics(federated_statistics(grid, grid.get_node_ids(), round_config(cfg), 60))

@@ -13,17 +13,17 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from astroscale_fl.data_checks import (
+from astroscale_fl.data.checks import (
     DEFAULT_MAX_BAD_FRACTION,
     check_has_rows,
     check_task_columns,
     check_task_frame,
     coerce_numeric,
 )
+from astroscale_fl.data.sources import hipparcos
+from astroscale_fl.data.split import PartitionColumns
+from astroscale_fl.data.tables import read_table
 from astroscale_fl.errors import ConfigError, DataError, short_list
-from astroscale_fl.sources import hipparcos
-from astroscale_fl.split import PartitionColumns
-from astroscale_fl.tables import read_table
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-from astroscale_fl.training import GradHook, TrainReport, batch_loss
+from astroscale_fl.learning.training import GradHook, TrainReport, batch_loss
 
 #: Eager steps before the graph is captured (they train; the graph replays the rest).
 WARMUP_STEPS = 3
@@ -74,7 +74,7 @@ def make_capturable(optimizer: torch.optim.Optimizer) -> None:
 
 def train_local_graphed(model: nn.Module, optimizer: torch.optim.Optimizer, features: torch.Tensor, target: torch.Tensor,
                         batches: Iterable[torch.Tensor], after_backward: GradHook | None = None) -> TrainReport:
-    """:func:`astroscale_fl.training.train_local` with full-size steps replayed from a CUDA graph.
+    """:func:`astroscale_fl.learning.training.train_local` with full-size steps replayed from a CUDA graph.
 
     Same steps, same order, same result as the eager loop (to float rounding: capturable Adam
     computes its bias corrections on the device). Off CUDA the same bookkeeping runs eagerly.

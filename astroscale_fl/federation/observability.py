@@ -78,7 +78,7 @@ class RunMetrics:
         self.current_round.set(server_round)
 
     def round_finished(self, row: Any, declined: int = 0, rejected: int = 0, epsilon: float | None = None) -> None:
-        """Record a completed round (a :class:`~astroscale_fl.history.RoundRecord`)."""
+        """Record a completed round (a :class:`~astroscale_fl.federation.history.RoundRecord`)."""
         self.current_round.set(row.round)
         self.rounds_completed.inc()
         if math.isfinite(row.wall_seconds):

@@ -16,10 +16,10 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from astroscale_fl import config
-from astroscale_fl.data_checks import QUARANTINE_ATTR
+from astroscale_fl.data.checks import QUARANTINE_ATTR
+from astroscale_fl.data.split import assign_nodes, train_test_split
+from astroscale_fl.data.tasks import get_task
 from astroscale_fl.errors import DataError
-from astroscale_fl.split import assign_nodes, train_test_split
-from astroscale_fl.tasks import get_task
 
 NODE_DATA_FILE = "train.parquet"
 

@@ -1,6 +1,6 @@
 """Garbage training data must not train silently: checks on a task table before it is used.
 
-Called where the task table is built (:mod:`astroscale_fl.tasks`):
+Called where the task table is built (:mod:`astroscale_fl.data.tasks`):
 
 - :func:`check_task_columns`: the target is not also an input (``task.features``);
 - :func:`coerce_numeric`: a user table's feature and target columns become float64; a column

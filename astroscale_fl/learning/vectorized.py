@@ -6,7 +6,7 @@ have alone: its rows, its batch order (the index tensors the caller drew for it)
 optimizer state (Adam moments, step count / SGD momentum, stacked), its FedProx anchor,
 its SCAFFOLD correction ``c - c_i`` and, with DP-SGD, its own per-sample clipping, noise and
 expected batch size. Results equal training the nodes one by one with
-:func:`astroscale_fl.training.train_local` / :func:`astroscale_fl.privacy.train_local_dp`
+:func:`astroscale_fl.learning.training.train_local` / :func:`astroscale_fl.privacy.train_local_dp`
 (to float rounding; tested).
 
 Uneven nodes: batches are padded to the largest batch of the run (a row mask), and a node
@@ -36,11 +36,11 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
-from astroscale_fl.cuda_graphs import GraphedStep
 from astroscale_fl.errors import ConfigError
-from astroscale_fl.models import ACTIVATIONS, MLP, Linear
-from astroscale_fl.stacked_optim import StackedOptimizer
-from astroscale_fl.training import TrainReport
+from astroscale_fl.learning.cuda_graphs import GraphedStep
+from astroscale_fl.learning.models import ACTIVATIONS, MLP, Linear
+from astroscale_fl.learning.stacked_optim import StackedOptimizer
+from astroscale_fl.learning.training import TrainReport
 
 
 @dataclass(frozen=True)
@@ -83,8 +83,8 @@ ACTIVATIONS_FN = {nn.ReLU: torch.relu, nn.GELU: nn.functional.gelu, nn.SiLU: nn.
 def layer_plan(model: nn.Module) -> list[tuple[nn.Linear, type | None]]:
     """``[(linear layer, activation class after it or None), ...]`` of a stackable model.
 
-    Stackable: our :class:`~astroscale_fl.models.MLP` without dropout and
-    :class:`~astroscale_fl.models.Linear` (every layer with a bias). Raises ``ConfigError`` otherwise.
+    Stackable: our :class:`~astroscale_fl.learning.models.MLP` without dropout and
+    :class:`~astroscale_fl.learning.models.Linear` (every layer with a bias). Raises ``ConfigError`` otherwise.
     """
     if isinstance(model, Linear):
         return [(model.linear, None)]
@@ -275,7 +275,7 @@ def train_stacked(model: nn.Module, nodes: Sequence[NodeWork], optimizer: LocalO
     """Train one copy of ``model`` per node, all at once; ``model`` itself is not modified.
 
     Returns, per node in order, its trained parameters (name -> tensor) and its
-    :class:`~astroscale_fl.training.TrainReport` (mean batch loss over its steps, steps, rows).
+    :class:`~astroscale_fl.learning.training.TrainReport` (mean batch loss over its steps, steps, rows).
     ``proximal_mu`` adds FedProx' ``mu (w - w_global)`` (``w_global`` = ``model``'s weights);
     ``NodeWork.correction`` adds SCAFFOLD's ``c - c_i``; ``dp`` turns on per-node DP-SGD
     (both terms then act on the noised gradient, as in ``train_local_dp``).

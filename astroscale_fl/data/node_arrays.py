@@ -3,7 +3,7 @@
 A deployed node's table (``<data-dir>/train.parquet``, or a directory ``<data-dir>/train/`` of
 Parquet files) is never loaded whole: its statistics and its encoding stream record batches, and
 the encoded rows live in memory-mapped tensor files under ``<data-dir>/.astroscale-cache/``,
-keyed by the table's fingerprint and the pipeline (:func:`astroscale_fl.tensor_files.cached_tensors`).
+keyed by the table's fingerprint and the pipeline (:func:`astroscale_fl.data.tensor_files.cached_tensors`).
 A simulated node's rows (its partition of the task frame) go through the same functions as one batch.
 
 The local validation share is defined by row id: a row is held out when
@@ -85,7 +85,7 @@ def encode_frame(pipeline: Pipeline, frame, training: bool) -> tuple[np.ndarray,
 def node_arrays(cfg, node_config: dict, pipeline: Pipeline, frames=None) -> dict[str, np.ndarray]:
     """``train_x``, ``train_y``, ``val_x``, ``val_y`` of a node: memory-mapped tensor files for a
     node table, in-memory arrays for a simulated node's frames (``frames()`` -> (train, val))."""
-    from astroscale_fl.tensor_files import cached_tensors
+    from astroscale_fl.data.tensor_files import cached_tensors
 
     table = node_table(node_config)
     if table is None:

@@ -16,15 +16,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from astroscale_fl.data import task_split
-from astroscale_fl.device import resolve_device
-from astroscale_fl.export import finish_run
-from astroscale_fl.history import RoundRecord, write_history
-from astroscale_fl.models import build_model
+from astroscale_fl.data.nodes import task_split
+from astroscale_fl.data.tasks import get_task
+from astroscale_fl.export.model_dir import finish_run
+from astroscale_fl.federation.history import RoundRecord, write_history
+from astroscale_fl.learning.device import resolve_device
+from astroscale_fl.learning.models import build_model
+from astroscale_fl.learning.training import encode_rows, evaluate, make_optimizer, shuffled_batches, train_local
 from astroscale_fl.preprocessing import Pipeline
-from astroscale_fl.reference import fit_reference
-from astroscale_fl.tasks import get_task
-from astroscale_fl.training import encode_rows, evaluate, make_optimizer, shuffled_batches, train_local
+from astroscale_fl.preprocessing.reference import fit_reference
 
 
 def run_centralized(cfg: DictConfig, out_dir: str | Path, show_progress: bool = True) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from astroscale_fl.errors import ConfigError
-from astroscale_fl.metrics import r2_score, rmse
+from astroscale_fl.learning.metrics import r2_score, rmse
 
 GradHook = Callable[[nn.Module], None]
 
@@ -65,10 +65,10 @@ def train_local(
     """Minimise the mean squared error over ``batches`` (index tensors into the rows).
 
     ``cuda_graph`` (``train.cuda_graph``): with rows on a CUDA device, replay the step from a
-    CUDA graph (:mod:`astroscale_fl.cuda_graphs`); ignored on CPU.
+    CUDA graph (:mod:`astroscale_fl.learning.cuda_graphs`); ignored on CPU.
     """
     if cuda_graph and features.is_cuda:
-        from astroscale_fl.cuda_graphs import train_local_graphed
+        from astroscale_fl.learning.cuda_graphs import train_local_graphed
 
         return train_local_graphed(model, optimizer, features, target, batches, after_backward)
     model.train()

@@ -20,10 +20,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from astroscale_fl.data.tables import read_table
 from astroscale_fl.errors import ConfigError, DataError
 from astroscale_fl.ingest.cache import file_sha256
 from astroscale_fl.preprocessing import Pipeline
-from astroscale_fl.tables import read_table
 
 KEY = "preprocess.reference"
 

@@ -7,7 +7,7 @@ adds ``predicted_<target>``; rows with invalid inputs, or whose prediction is no
 prediction (an empty cell) and are listed, with the reason, in ``<output>.quarantine.csv``. A
 single star whose prediction is not finite is an error: ``NaN`` is never printed as JSON.
 
-The model directory is verified first (:func:`~astroscale_fl.export.load_exported`): any
+The model directory is verified first (:func:`~astroscale_fl.export.model_dir.load_exported`): any
 problem with it is one line and exit 2. ``--output`` may not name the input file (nor its
 quarantine), however the path is spelled.
 """
@@ -26,10 +26,10 @@ import pandas as pd
 import torch
 
 from astroscale_fl.atomic import atomic_path
+from astroscale_fl.data.tables import SUFFIXES, read_table, write_table
 from astroscale_fl.errors import DataError, one_line, report_user_errors
-from astroscale_fl.export import load_exported
-from astroscale_fl.tables import SUFFIXES, read_table, write_table
-from astroscale_fl.training import predict as model_predict
+from astroscale_fl.export.model_dir import load_exported
+from astroscale_fl.learning.training import predict as model_predict
 
 DEFAULT_TASK = "survey_redshift"
 

@@ -47,7 +47,7 @@ MAX_LAYERS = 64
 
 def git_commit() -> str | None:
     """The commit of the source tree the package runs from, when it is a git checkout."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     try:
         out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
@@ -272,7 +272,7 @@ def load_exported(path: str | Path, device: torch.device | str = "cpu") -> tuple
     """Rebuild (model, pipeline, card) from a model directory, verified; one-line :class:`DataError` otherwise."""
     from omegaconf import OmegaConf
 
-    from astroscale_fl.models import build_model
+    from astroscale_fl.learning.models import build_model
 
     path = Path(path)
     card = read_card(path)

@@ -25,7 +25,7 @@ import numpy as np
 
 from astroscale_fl.atomic import atomic_path
 from astroscale_fl.errors import ConfigError, DataError
-from astroscale_fl.history import RoundRecord
+from astroscale_fl.federation.history import RoundRecord
 
 CHECKPOINT_FILE = "checkpoint.npz"
 FORMAT_VERSION = 1
