@@ -13,28 +13,44 @@
 
 from astroscale_fl.preprocessing.base import Step
 from astroscale_fl.preprocessing.features import (
-                                                  DerivedFeatures,
-                                                  DistanceFeature,
-                                                  InteractionFeatures,
-                                                  PolynomialFeatures,
-                                                  TemporalFeatures,
+    DerivedFeatures,
+    DistanceFeature,
+    InteractionFeatures,
+    PolynomialFeatures,
+    TemporalFeatures,
 )
 from astroscale_fl.preprocessing.pipeline import (
-                                                  STEP_TYPES,
-                                                  Options,
-                                                  Pipeline,
-                                                  as_columns,
+    STEP_TYPES,
+    Options,
+    Pipeline,
+    as_columns,
 )
 from astroscale_fl.preprocessing.statistics import ColumnStatistics
 from astroscale_fl.preprocessing.steps import (
-                                                  Imputer,
-                                                  IsolationForestFilter,
-                                                  OutlierFilter,
-                                                  RangeValidator,
-                                                  Scaler,
-                                                  TargetScaler,
+    Imputer,
+    IsolationForestFilter,
+    OutlierFilter,
+    RangeValidator,
+    Scaler,
+    TargetScaler,
 )
 
-__all__ = ["STEP_TYPES", "ColumnStatistics", "DerivedFeatures", "DistanceFeature", "Imputer", "InteractionFeatures", "IsolationForestFilter", "Options",
-           "OutlierFilter", "Pipeline", "PolynomialFeatures", "RangeValidator", "Scaler", "Step", "TargetScaler",
-           "TemporalFeatures", "as_columns"]
+__all__ = [
+    "STEP_TYPES",
+    "ColumnStatistics",
+    "DerivedFeatures",
+    "DistanceFeature",
+    "Imputer",
+    "InteractionFeatures",
+    "IsolationForestFilter",
+    "Options",
+    "OutlierFilter",
+    "Pipeline",
+    "PolynomialFeatures",
+    "RangeValidator",
+    "Scaler",
+    "Step",
+    "TargetScaler",
+    "TemporalFeatures",
+    "as_columns",
+]
