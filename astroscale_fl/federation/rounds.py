@@ -138,8 +138,10 @@ def federated_statistics(grid: Grid, node_ids: list[int], config: ConfigRecord, 
             log(INFO, "statistics round: node %s failed: %s", reply.metadata.src_node_id, reply.error.reason)
             continue
         columns = list(reply.content[COLUMNS_KEY][COLUMN_NAMES_KEY])
-        arrays = dict(arrays_to_numpy(reply.content[STATS_KEY]))
-        parts.append(ColumnStatistics.from_arrays(columns, arrays))
+        if parts and columns != parts[0][0]:
+            raise FederationError(f"statistics round: node {reply.metadata.src_node_id} sent columns {columns}, "
+                                  f"expected {parts[0][0]}")
+        parts.append((columns, dict(arrays_to_numpy(reply.content[STATS_KEY]))))
         metrics = reply.content.metric_records.get(METRICS_KEY)
         quarantined = int(metrics.get(QUARANTINED_KEY, 0)) if metrics is not None else 0
         if quarantined:
@@ -149,7 +151,7 @@ def federated_statistics(grid: Grid, node_ids: list[int], config: ConfigRecord, 
     if not parts:
         reasons = "; ".join(r.error.reason for r in replies if r.has_error())[:500]
         raise FederationError(f"statistics round: no node replied ({reasons or 'timeout'})")
-    return ColumnStatistics.merge(parts)
+    return ColumnStatistics.merge_arrays(parts[0][0], [arrays for _, arrays in parts])
 
 
 def check_reply(content: RecordDict, global_arrays: dict[str, np.ndarray], max_update_norm: float | None) -> str | None:

@@ -46,6 +46,16 @@ def bin_counts(values: np.ndarray) -> np.ndarray:
     return counts
 
 
+def sparse_counts(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(bins, counts) of the non-empty bins of the finite ``values``: :func:`bin_counts` without
+    touching every bin (a node's small table, or a record batch, fills few of them)."""
+    if len(values) * 8 >= NUM_BINS:  # dense counting is cheaper
+        return to_sparse(bin_counts(values))
+    keys = bin_index(values)
+    keys = keys[(keys > _NEG_INF_BIN) & (keys < _POS_INF_BIN)]
+    return np.unique(keys, return_counts=True)
+
+
 def bin_index(values: np.ndarray) -> np.ndarray:
     """The bin of each finite value (for a few values; :func:`bin_counts` is the fast path)."""
     bits = np.asarray(values, dtype=np.float32).reshape(-1).view(np.int32).astype(np.int64)

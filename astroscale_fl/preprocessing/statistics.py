@@ -13,7 +13,7 @@ of nodes merge into those of the pooled rows without any row leaving its node:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -35,6 +35,8 @@ class ColumnStatistics:
     maximum: np.ndarray
     sketch: np.ndarray  # int64 bin counts (columns x sketch.NUM_BINS)
     offset: np.ndarray | None = None  # added to the sketched values (see shifted); local only, never sent
+    # the sketch's non-empty (flat bin, count) pairs as computed, so a reply need not scan every bin
+    nonzero: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def compute(cls, frame, columns: list[str]) -> ColumnStatistics:
@@ -43,6 +45,7 @@ class ColumnStatistics:
         n = len(columns)
         out = cls(list(columns), np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n),
                   np.full(n, np.inf), np.full(n, -np.inf), np.zeros((n, sketch.NUM_BINS), dtype=np.int64))
+        flat_bins, flat_counts = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
         for j, name in enumerate(columns):  # per column (a handful), each fully vectorised
             values = np.asarray(frame[name], dtype=np.float64).reshape(-1)
             finite = np.isfinite(values)
@@ -60,7 +63,11 @@ class ColumnStatistics:
                 m2 = np.einsum("i,i->", centred, centred)
             out.m2[j] = max(m2, 0.0)
             out.minimum[j], out.maximum[j] = np.minimum.reduce(col), np.maximum.reduce(col)
-            out.sketch[j] = sketch.bin_counts(col)
+            bins, counts = sketch.sparse_counts(col)
+            out.sketch[j, bins] = counts
+            flat_bins.append(bins + j * sketch.NUM_BINS)
+            flat_counts.append(counts)
+        out.nonzero = (np.concatenate(flat_bins), np.concatenate(flat_counts))
         return out
 
     @classmethod
@@ -93,6 +100,7 @@ class ColumnStatistics:
         self.count, self.missing = total, self.missing + other.missing
         self.minimum, self.maximum = np.minimum(self.minimum, other.minimum), np.maximum(self.maximum, other.maximum)
         self.sketch += other.sketch
+        self.nonzero = None
         return self
 
     def shifted(self, column: str, offset: float) -> ColumnStatistics:
@@ -122,21 +130,39 @@ class ColumnStatistics:
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Numeric arrays for a Flower ArrayRecord (column names travel separately; the sketch
         travels sparse: the flat indices and counts of its non-empty bins)."""
-        index, counts = sketch.to_sparse(self.sketch.reshape(-1))
+        index, counts = self.nonzero if self.nonzero is not None else sketch.to_sparse(self.sketch.reshape(-1))
         arrays = {k: getattr(self, k) for k in ARRAY_NAMES[:6]}
         return {**arrays, "sketch_index": index.astype(np.int64), "sketch_count": counts.astype(np.int64)}
 
     @classmethod
     def from_arrays(cls, columns: list[str], arrays: dict[str, np.ndarray]) -> ColumnStatistics:
-        missing = [k for k in ARRAY_NAMES if k not in arrays]
-        if missing:
-            raise ValueError(f"statistics lack array(s) {missing}")
+        """Statistics from :meth:`to_arrays`' output (one node's reply)."""
+        return cls.merge_arrays(columns, [arrays])
+
+    @classmethod
+    def merge_arrays(cls, columns: list[str], parts: list[dict[str, np.ndarray]]) -> ColumnStatistics:
+        """The merge of many nodes' :meth:`to_arrays` outputs; their sparse sketches add up into one
+        dense sketch at the end (a dense sketch per node would cost ~1 MB per column and node)."""
+        if not parts:
+            raise ValueError("no statistics to merge")
+        empty = np.zeros((len(columns), 0), dtype=np.int64)
+        moments, indices, counts = [], [], []
+        for arrays in parts:
+            missing = [k for k in ARRAY_NAMES if k not in arrays]
+            if missing:
+                raise ValueError(f"statistics lack array(s) {missing}")
+            index = np.asarray(arrays["sketch_index"], dtype=np.int64).reshape(-1)
+            count = np.asarray(arrays["sketch_count"], dtype=np.int64).reshape(-1)
+            if index.size != count.size or (index.size and (index.min() < 0 or index.max() >= len(columns) * sketch.NUM_BINS)):
+                raise ValueError("statistics sketch index out of range")
+            numeric = {k: np.asarray(arrays[k], dtype=np.float64).reshape(-1) for k in ARRAY_NAMES[:6]}
+            if any(v.size != len(columns) for v in numeric.values()):
+                raise ValueError(f"statistics arrays do not have one value per column ({len(columns)})")
+            moments.append(cls(list(columns), **numeric, sketch=empty.copy()))
+            indices.append(index)
+            counts.append(count)
+        out = cls.merge(moments)
         flat = np.zeros(len(columns) * sketch.NUM_BINS, dtype=np.int64)
-        index = np.asarray(arrays["sketch_index"], dtype=np.int64)
-        if index.size and (index.min() < 0 or index.max() >= flat.size):
-            raise ValueError("statistics sketch index out of range")
-        flat[index] = np.asarray(arrays["sketch_count"], dtype=np.int64)
-        numeric = {k: np.asarray(arrays[k], dtype=np.float64).reshape(-1) for k in ARRAY_NAMES[:6]}
-        if any(v.size != len(columns) for v in numeric.values()):
-            raise ValueError(f"statistics arrays do not have one value per column ({len(columns)})")
-        return cls(list(columns), **numeric, sketch=flat.reshape(len(columns), sketch.NUM_BINS))
+        np.add.at(flat, np.concatenate(indices), np.concatenate(counts))
+        out.sketch = flat.reshape(len(columns), sketch.NUM_BINS)
+        return out
