@@ -37,8 +37,8 @@ from astroscale_fl.learning.training import TrainReport, shuffled_batches
 from astroscale_fl.learning.vectorized import LocalOptimizer, NodeWork, StackedDP, stackable, train_stacked
 from astroscale_fl.privacy import PrivacySettings, card, poisson_batches
 from astroscale_fl.privacy import node as dp_node
-from astroscale_fl.privacy.dp_sgd import ghost_supported
 from astroscale_fl.privacy.floor import PrivacyFloor
+from astroscale_fl.privacy.ghost import ghost_supported
 
 
 @dataclass

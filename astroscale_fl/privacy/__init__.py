@@ -2,6 +2,7 @@
 
 - :mod:`.dp_sgd`: DP-SGD for the tensor-slicing loop (Poisson masks, per-sample clipping,
   Gaussian noise; FedProx / SCAFFOLD terms as post-processing);
+- :mod:`.ghost`: the ghost-clipping DP optimizer (per-sample norms of ``nn.Linear`` models);
 - :mod:`.ledger`: a node's lifetime accountant history, ε, budget check, persistence;
 - :mod:`.calibrate`: δ, sample rate, steps, σ for a target ε, the validated settings;
 - :mod:`.node`: a node's privacy round as one call (``NoPrivacy`` or DP-SGD), declines;

@@ -14,8 +14,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from astroscale_fl.simulator import galaxy
+from astroscale_fl.simulator import cells, galaxy, grid
 from astroscale_fl.simulator import sampler as S
+from astroscale_fl.simulator.guide_table import GuideTable
 from astroscale_fl.simulator.surveys import SURVEYS
 
 DIRS_PER_PIXEL = 6
@@ -24,36 +25,36 @@ DIRS_PER_PIXEL = 6
 def _solve_log_d(M, sin_b, ratio, m_limit):
     """log10 d (pc) where M + 5 log d - 5 + ratio A_V(d, sin b) = m_limit, by bisection."""
     lo = np.full(sin_b.shape, -6.0)
-    hi = np.full(sin_b.shape, S.LOG_D_MAX)
+    hi = np.full(sin_b.shape, grid.LOG_D_MAX)
     beyond = M + 5.0 * hi - 5.0 + ratio * galaxy.extinction_v(10.0**hi, sin_b) <= m_limit
     for _ in range(45):
         mid = 0.5 * (lo + hi)
         bright = M + 5.0 * mid - 5.0 + ratio * galaxy.extinction_v(10.0**mid, sin_b) < m_limit
         lo, hi = np.where(bright, mid, lo), np.where(bright, hi, mid)
-    return np.where(beyond, S.LOG_D_MAX, 0.5 * (lo + hi))
+    return np.where(beyond, grid.LOG_D_MAX, 0.5 * (lo + hi))
 
 
 def _cumulative(row, d):
     """Integral of the tabulated rho d^2 from 0 to d along density-table row(s) ``row``."""
-    rho, C = S.density_tables()
-    d = np.minimum(d, S.D_MAX)
-    j = np.clip(np.searchsorted(S.EDGES, d, side="right") - 1, 0, S.ND - 1)
-    return C[row, j] + rho[row, j] * (d**3 - S.EDGES[j] ** 3) / 3.0
+    rho, C = grid.density_tables()
+    d = np.minimum(d, grid.D_MAX)
+    j = np.clip(np.searchsorted(grid.EDGES, d, side="right") - 1, 0, grid.ND - 1)
+    return C[row, j] + rho[row, j] * (d**3 - grid.EDGES[j] ** 3) / 3.0
 
 
 def _reference(survey, pop, M, rng):
     """Directions stratified over the pixels, their footprint weights and exact visible windows."""
-    pix = np.repeat(np.arange(S.NPIX), DIRS_PER_PIXEL)
+    pix = np.repeat(np.arange(grid.NPIX), DIRS_PER_PIXEL)
     u = rng.random((2, pix.size))
-    l = S.PIX_L0[pix] + u[0] * S.DL
-    sin_b = np.minimum(S.PIX_S0[pix] + u[1] * S.DS, 1.0)
+    l = grid.PIX_L0[pix] + u[0] * grid.DL
+    sin_b = np.minimum(grid.PIX_S0[pix] + u[1] * grid.DS, 1.0)
     cos_b = np.sqrt(1.0 - sin_b**2)
     nx, ny = cos_b * np.cos(l), cos_b * np.sin(l)
     foot = survey.footprint(sin_b, galaxy.sin_dec(nx, ny, sin_b))
     ratio = galaxy.EXTINCTION_RATIO[survey.band]
     d_near = 10.0 ** _solve_log_d(M, sin_b, ratio, survey.mag_bright)
     d_far = 10.0 ** _solve_log_d(M, sin_b, ratio, survey.mag_faint)
-    row = pop * S.NPIX + pix
+    row = pop * grid.NPIX + pix
     c_near = _cumulative(row, d_near)
     weight = foot * np.maximum(_cumulative(row, d_far) - c_near, 0.0)
     return {"row": row, "sin_b": sin_b, "foot": foot, "d_near": d_near, "d_far": d_far,
@@ -103,18 +104,18 @@ def test_window_tables_contain_the_exact_windows(survey_name):
     windows = S.survey_tables(survey).windows
     rng = np.random.default_rng(3)
     n = 40_000
-    row = rng.integers(0, S.NB, n)
-    sin_b = -1.0 + (row + rng.random(n)) * S.DS
+    row = rng.integers(0, grid.NB, n)
+    sin_b = -1.0 + (row + rng.random(n)) * grid.DS
     M = rng.uniform(-8.0, 15.0, n)
     lo, hi = windows.window(survey, row, M.astype(np.float32))
     ratio = galaxy.EXTINCTION_RATIO[survey.band]
     near = _solve_log_d(M, sin_b, ratio, survey.mag_bright)
     far = _solve_log_d(M, sin_b, ratio, survey.mag_faint)
-    assert np.all(lo <= np.minimum(near, S.LOG_D_MAX) + 1e-6)
-    assert np.all(hi >= np.minimum(far, S.LOG_D_MAX) - 1e-6)
+    assert np.all(lo <= np.minimum(near, grid.LOG_D_MAX) + 1e-6)
+    assert np.all(hi >= np.minimum(far, grid.LOG_D_MAX) - 1e-6)
     # where the dust column barely changes across a row, the far edge is the padding away
     top = np.abs(sin_b) > 0.9
-    assert np.max(hi[top] - np.minimum(far[top], S.LOG_D_MAX)) < 3 * S.WINDOW_PAD
+    assert np.max(hi[top] - np.minimum(far[top], grid.LOG_D_MAX)) < 3 * grid.WINDOW_PAD
 
 
 @pytest.mark.parametrize("survey_name", list(SURVEYS))
@@ -126,9 +127,9 @@ def test_rejection_bounds_hold(survey_name):
     n = 300_000
     n_g = int(rng.binomial(n, t.p_giant))
     u = rng.random(n, dtype=np.float32)
-    cell = np.concatenate([S.MS_CELLS.take(t.ms_cells.sample(u[: n - n_g])),
-                           S.GIANT_CELLS.take(t.giant_cells.sample(u[n - n_g:]))])
-    s = S.draw_in_cells(rng, cell, survey, n - n_g)
+    cell = np.concatenate([cells.MS_CELLS.take(t.ms_cells.sample(u[: n - n_g])),
+                           cells.GIANT_CELLS.take(t.giant_cells.sample(u[n - n_g:]))])
+    s = cells.draw_in_cells(rng, cell, survey, n - n_g)
     lh, target, log_g, fb = S._log_h(t, s)
     ratio1 = np.exp((lh - t.log_bound.take(cell)).astype(np.float64)) * target
     assert np.maximum(ratio1 - 1.0, 0.0).sum() / ratio1.sum() < 2e-4
@@ -150,7 +151,7 @@ def test_guide_table_equals_searchsorted():
         p[4, K // 2] = 1e-9
         cum = np.cumsum(p, axis=1)
         cum /= cum[:, -1:]
-        table = S.GuideTable.build(cum, G)
+        table = GuideTable.build(cum, G)
         u = rng.random(50_000, dtype=np.float32)
         rows = rng.integers(0, 40, u.size)
         got, prob = table.sample(u, rows, with_prob=True)
