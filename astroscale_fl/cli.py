@@ -10,6 +10,7 @@ Subcommands
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 USAGE = """usage: astroscale-fl <command> [args...]
@@ -32,6 +33,20 @@ Run `astroscale-fl <command> --help` for a command's options.
 """
 
 
+# command -> (module, function): imported only when the command runs (torch costs seconds)
+COMMANDS = {
+    "train": ("astroscale_fl.train", "main"),
+    "predict": ("astroscale_fl.export.predict", "main"),
+    "compare": ("astroscale_fl.learning.compare", "main"),
+    "serve": ("astroscale_fl.serve", "main"),
+    "node-data": ("astroscale_fl.deploy.cli", "node_data_main"),
+    "status": ("astroscale_fl.deploy.cli", "status_main"),
+    "node": ("astroscale_fl.deploy.node_cli", "main"),
+    "ingest": ("astroscale_fl.ingest.cli", "main"),
+    "preprocess": ("astroscale_fl.preprocessing.cli", "main"),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Dispatch to a subcommand."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -39,44 +54,11 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
-    if command == "train":
-        from astroscale_fl.train import main as train_main
-
-        return train_main(rest)
-    if command == "predict":
-        from astroscale_fl.export.predict import main as predict_main
-
-        return predict_main(rest)
-    if command == "compare":
-        from astroscale_fl.learning.compare import main as compare_main
-
-        return compare_main(rest)
-    if command == "serve":
-        from astroscale_fl.serve import main as serve_main
-
-        return serve_main(rest)
-    if command == "node-data":
-        from astroscale_fl.deploy.cli import node_data_main
-
-        return node_data_main(rest)
-    if command == "status":
-        from astroscale_fl.deploy.cli import status_main
-
-        return status_main(rest)
-    if command == "node":
-        from astroscale_fl.deploy.node_cli import main as node_main
-
-        return node_main(rest)
-    if command == "ingest":
-        from astroscale_fl.ingest.cli import main as ingest_main
-
-        return ingest_main(rest)
-    if command == "preprocess":
-        from astroscale_fl.preprocessing.cli import main as preprocess_main
-
-        return preprocess_main(rest)
-    print(f"error: unknown command {command!r}; expected train, predict, compare, serve, node-data, status, node, ingest or preprocess", file=sys.stderr)
-    return 2
+    if command not in COMMANDS:
+        print(f"error: unknown command {command!r}; expected one of {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    module, function = COMMANDS[command]
+    return getattr(importlib.import_module(module), function)(rest)
 
 
 if __name__ == "__main__":
