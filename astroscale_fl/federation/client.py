@@ -217,7 +217,7 @@ def handle_train(msg: Message, context: Context) -> RecordDict:
         optimizer = scaffold.optimizer(model)
     else:
         optimizer = make_optimizer(model.parameters(), local.optimizer, local.lr, local.momentum, local.weight_decay)
-    generator = torch.Generator().manual_seed(local.seed * 1_000_003 + server_round * 7919 + _node_salt(node_config))
+    generator = batch_generator(local.seed, server_round, node_config)
     job = LocalJob(model, optimizer, tensors.train_x, tensors.train_y, local.batch_size, local.local_epochs,
                    generator, after_backward=objectives.combine(hooks), cuda_graph=local.cuda_graph)
     trained = node_privacy(cfg, context.state, node_config).train(job)
@@ -248,6 +248,11 @@ def _evaluation_metrics(model: torch.nn.Module, tensors: NodeTensors, pipeline: 
         protocol.SUM_Y_KEY: float(y_true.sum()),
         protocol.SUM_Y2_KEY: float((y_true**2).sum()),
     })
+
+
+def batch_generator(seed: int, server_round: int, node_config: dict) -> torch.Generator:
+    """The generator of a node's batch order in a round: seeded by run seed, round and node."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + server_round * 7919 + _node_salt(node_config))
 
 
 def _node_salt(node_config: dict) -> int:

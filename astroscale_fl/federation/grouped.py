@@ -131,7 +131,7 @@ def _batches(member: Member) -> None:
     if member.privacy_settings is None:
         local = client.local_settings(cfg)
         server_round = int(member.msg.content[protocol.CONFIG_KEY][protocol.SERVER_ROUND_KEY])
-        generator = torch.Generator().manual_seed(local.seed * 1_000_003 + server_round * 7919 + client._node_salt(node_config))
+        generator = client.batch_generator(local.seed, server_round, node_config)
         member.work.batches = list(shuffled_batches(n, local.batch_size, local.local_epochs, generator))
     else:
         ledger, plan = dp_node.spend_round(member.privacy_settings, cfg, member.context.state, node_config, n)
