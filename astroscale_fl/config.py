@@ -23,6 +23,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from astroscale_fl.config_checks import check_values, require
 from astroscale_fl.config_schema import SCHEMAS, SECTIONS, TOP_LEVEL
 from astroscale_fl.errors import ConfigError, one_line
 
@@ -153,45 +154,38 @@ def default_num_nodes(cfg: DictConfig, distinct_values: Callable[[str], int] | N
     return distinct_values(column) if distinct_values is not None else None
 
 
-def _require(ok: bool, key: str, expected: str, value: Any) -> None:
-    if not ok:
-        raise ConfigError(f"{key}: expected {expected}, got {value!r}")
-
-
 def _check_values(cfg: DictConfig) -> None:
     fed, train = cfg.federation, cfg.train
-    _require(cfg.device in DEVICES or str(cfg.device).startswith("cuda:"), "device", "auto, cpu or cuda", cfg.device)
-    _require(fed.num_nodes is None or fed.num_nodes >= 1, "federation.num_nodes", "an integer >= 1", fed.num_nodes)
-    _require(fed.num_rounds >= 1, "federation.num_rounds", "an integer >= 1", fed.num_rounds)
-    _require(0.0 < fed.fraction_train <= 1.0, "federation.fraction_train", "a number in (0, 1]", fed.fraction_train)
-    _require(0.0 <= fed.fraction_evaluate <= 1.0, "federation.fraction_evaluate", "a number in [0, 1]", fed.fraction_evaluate)
-    _require(fed.min_train_nodes >= 1, "federation.min_train_nodes", "an integer >= 1", fed.min_train_nodes)
-    _require(fed.client_threads >= 1, "federation.client_threads", "an integer >= 1", fed.client_threads)
-    _require(fed.backend in ("inprocess", "ray"), "federation.backend", "inprocess or ray", fed.backend)
-    _require(train.local_epochs >= 1, "train.local_epochs", "an integer >= 1", train.local_epochs)
-    _require(train.batch_size >= 1, "train.batch_size", "an integer >= 1", train.batch_size)
-    _require(train.lr > 0, "train.lr", "a positive number", train.lr)
-    _require(train.optimizer in ("sgd", "adam"), "train.optimizer", "sgd or adam", train.optimizer)
-    _require(cfg.preprocess.clip is None or cfg.preprocess.clip > 0, "preprocess.clip", "a positive number or null", cfg.preprocess.clip)
-    _require(cfg.preprocess.scaling in ("robust", "standard", "minmax"), "preprocess.scaling", "robust, standard or minmax", cfg.preprocess.scaling)
+    require(cfg.device in DEVICES or str(cfg.device).startswith("cuda:"), "device", "auto, cpu or cuda", cfg.device)
+    require(fed.num_nodes is None or fed.num_nodes >= 1, "federation.num_nodes", "an integer >= 1", fed.num_nodes)
+    require(fed.num_rounds >= 1, "federation.num_rounds", "an integer >= 1", fed.num_rounds)
+    require(0.0 < fed.fraction_train <= 1.0, "federation.fraction_train", "a number in (0, 1]", fed.fraction_train)
+    require(0.0 <= fed.fraction_evaluate <= 1.0, "federation.fraction_evaluate", "a number in [0, 1]", fed.fraction_evaluate)
+    require(fed.min_train_nodes >= 1, "federation.min_train_nodes", "an integer >= 1", fed.min_train_nodes)
+    require(fed.client_threads >= 1, "federation.client_threads", "an integer >= 1", fed.client_threads)
+    require(fed.backend in ("inprocess", "ray"), "federation.backend", "inprocess or ray", fed.backend)
+    require(train.local_epochs >= 1, "train.local_epochs", "an integer >= 1", train.local_epochs)
+    require(train.batch_size >= 1, "train.batch_size", "an integer >= 1", train.batch_size)
+    require(train.lr > 0, "train.lr", "a positive number", train.lr)
+    require(train.optimizer in ("sgd", "adam"), "train.optimizer", "sgd or adam", train.optimizer)
+    require(cfg.preprocess.clip is None or cfg.preprocess.clip > 0, "preprocess.clip", "a positive number or null", cfg.preprocess.clip)
+    require(cfg.preprocess.scaling in ("robust", "standard", "minmax"), "preprocess.scaling", "robust, standard or minmax", cfg.preprocess.scaling)
     _check_preprocess(cfg.preprocess)
-    _require(cfg.mode in ("federated", "centralized"), "mode", "federated or centralized", cfg.mode)
+    require(cfg.mode in ("federated", "centralized"), "mode", "federated or centralized", cfg.mode)
     strategy = cfg.get("strategy") or {}
     for key in ("server_lr", "local_lr", "tau"):
         if key in strategy:
-            _require(strategy[key] > 0, f"strategy.{key}", "a positive number", strategy[key])
+            require(strategy[key] > 0, f"strategy.{key}", "a positive number", strategy[key])
     if "mu" in strategy:
-        _require(strategy.mu >= 0, "strategy.mu", "a number >= 0", strategy.mu)
+        require(strategy.mu >= 0, "strategy.mu", "a number >= 0", strategy.mu)
     for key in ("beta1", "beta2"):
         if key in strategy:
-            _require(0 <= strategy[key] < 1, f"strategy.{key}", "a number in [0, 1)", strategy[key])
+            require(0 <= strategy[key] < 1, f"strategy.{key}", "a number in [0, 1)", strategy[key])
     if cfg.partition.name == "dirichlet":
-        _require(cfg.partition.alpha > 0, "partition.alpha", "a positive number", cfg.partition.alpha)
-        _require(cfg.partition.bins >= 1, "partition.bins", "an integer >= 1", cfg.partition.bins)
-    from astroscale_fl.config_checks import check_values
-
+        require(cfg.partition.alpha > 0, "partition.alpha", "a positive number", cfg.partition.alpha)
+        require(cfg.partition.bins >= 1, "partition.bins", "an integer >= 1", cfg.partition.bins)
     check_values(cfg)
-    _require(fed.secure_aggregation in ("none", "secaggplus"), "federation.secure_aggregation", "none or secaggplus", fed.secure_aggregation)
+    require(fed.secure_aggregation in ("none", "secaggplus"), "federation.secure_aggregation", "none or secaggplus", fed.secure_aggregation)
     if fed.secure_aggregation == "secaggplus":
         from astroscale_fl.federation.secagg.protocol import check_config
 
@@ -206,22 +200,22 @@ def _check_values(cfg: DictConfig) -> None:
 
 def _check_preprocess(section) -> None:
     """The issue-14 preprocess keys: choices and ranges (column names are checked against the task later)."""
-    _require(section.impute in ("median", "mean", "ffill", "bfill", "interpolate"), "preprocess.impute",
+    require(section.impute in ("median", "mean", "ffill", "bfill", "interpolate"), "preprocess.impute",
              "median, mean, ffill, bfill or interpolate", section.impute)
-    _require(section.impute in ("median", "mean") or bool(section.order_by), "preprocess.order_by",
+    require(section.impute in ("median", "mean") or bool(section.order_by), "preprocess.order_by",
              f"a column to order rows by for preprocess.impute={section.impute}", section.order_by)
-    _require(section.outliers in ("none", "zscore", "iqr", "isolation_forest"), "preprocess.outliers",
+    require(section.outliers in ("none", "zscore", "iqr", "isolation_forest"), "preprocess.outliers",
              "none, zscore, iqr or isolation_forest", section.outliers)
-    _require(section.outliers != "isolation_forest" or 0 < section.outlier_threshold < 1, "preprocess.outlier_threshold",
+    require(section.outliers != "isolation_forest" or 0 < section.outlier_threshold < 1, "preprocess.outlier_threshold",
              "an anomaly score in (0, 1) for isolation_forest (e.g. 0.6)", section.outlier_threshold)
-    _require(section.outliers != "isolation_forest" or section.outlier_action == "drop", "preprocess.outlier_action",
+    require(section.outliers != "isolation_forest" or section.outlier_action == "drop", "preprocess.outlier_action",
              "drop for isolation_forest (the node's forest stays on the node)", section.outlier_action)
-    _require(section.outlier_action in ("drop", "clip", "flag"), "preprocess.outlier_action", "drop, clip or flag", section.outlier_action)
-    _require(section.outlier_threshold > 0, "preprocess.outlier_threshold", "a positive number", section.outlier_threshold)
-    _require(section.polynomial_degree >= 2, "preprocess.polynomial_degree", "an integer >= 2", section.polynomial_degree)
+    require(section.outlier_action in ("drop", "clip", "flag"), "preprocess.outlier_action", "drop, clip or flag", section.outlier_action)
+    require(section.outlier_threshold > 0, "preprocess.outlier_threshold", "a positive number", section.outlier_threshold)
+    require(section.polynomial_degree >= 2, "preprocess.polynomial_degree", "an integer >= 2", section.polynomial_degree)
     known = ("distance_pc", "polynomial", "interactions", "temporal")
-    _require(all(f in known for f in section.features), "preprocess.features", f"some of {list(known)}", list(section.features))
-    _require(section.chunk_rows is None or section.chunk_rows >= 1, "preprocess.chunk_rows", "a positive integer or null", section.chunk_rows)
+    require(all(f in known for f in section.features), "preprocess.features", f"some of {list(known)}", list(section.features))
+    require(section.chunk_rows is None or section.chunk_rows >= 1, "preprocess.chunk_rows", "a positive integer or null", section.chunk_rows)
 
 
 def _check_missing(cfg: DictConfig) -> None:

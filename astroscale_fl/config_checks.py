@@ -21,7 +21,8 @@ MAX_LAYER_WIDTH = 65536
 MAX_HIDDEN_LAYERS = 64
 
 
-def _require(ok: bool, key: str, expected: str, value) -> None:
+def require(ok: bool, key: str, expected: str, value) -> None:
+    """Raise a one-line ConfigError naming ``key`` unless ``ok``."""
     if not ok:
         raise ConfigError(f"{key}: expected {expected}, got {value!r}")
 
@@ -33,10 +34,10 @@ def _finite_positive(value) -> bool:
 def check_values(cfg: DictConfig) -> None:
     """Federation, model and task keys that have a valid range of their own."""
     fed = cfg.federation
-    _require(0 <= fed.metrics_port <= MAX_PORT, "federation.metrics_port", f"a port in 0..{MAX_PORT} (0 = off)", fed.metrics_port)
-    _require(_finite_positive(fed.round_timeout), "federation.round_timeout", "a positive number of seconds", fed.round_timeout)
-    _require(fed.min_replies >= 1, "federation.min_replies", "an integer >= 1", fed.min_replies)
-    _require(fed.max_update_norm is None or _finite_positive(fed.max_update_norm), "federation.max_update_norm",
+    require(0 <= fed.metrics_port <= MAX_PORT, "federation.metrics_port", f"a port in 0..{MAX_PORT} (0 = off)", fed.metrics_port)
+    require(_finite_positive(fed.round_timeout), "federation.round_timeout", "a positive number of seconds", fed.round_timeout)
+    require(fed.min_replies >= 1, "federation.min_replies", "an integer >= 1", fed.min_replies)
+    require(fed.max_update_norm is None or _finite_positive(fed.max_update_norm), "federation.max_update_norm",
              "a positive number or null", fed.max_update_norm)
     if fed.num_nodes is not None:
         check_min_replies(fed)
@@ -44,32 +45,32 @@ def check_values(cfg: DictConfig) -> None:
         from astroscale_fl.federation.checkpoint import checkpoint_path
 
         path = checkpoint_path(fed.resume_from)
-        _require(path.is_file(), "federation.resume_from", "a run directory holding checkpoint.npz, or a .npz file",
+        require(path.is_file(), "federation.resume_from", "a run directory holding checkpoint.npz, or a .npz file",
                  str(fed.resume_from))
     if cfg.model.name == "mlp":
         check_mlp(list(cfg.model.widths), str(cfg.model.activation), float(cfg.model.dropout))
     fraction = cfg.task.get("max_bad_fraction")
     if fraction is not None:
-        _require(0 <= fraction < 1, "task.max_bad_fraction", "a number in [0, 1)", fraction)
+        require(0 <= fraction < 1, "task.max_bad_fraction", "a number in [0, 1)", fraction)
 
 
 def check_mlp(widths: list, activation: str, dropout: float) -> None:
     """``model.widths``, ``model.activation`` and ``model.dropout`` of an MLP."""
     from astroscale_fl.learning.models import ACTIVATIONS
 
-    _require(activation in ACTIVATIONS, "model.activation", f"one of {sorted(ACTIVATIONS)}", activation)
-    _require(0.0 <= dropout < 1.0, "model.dropout", "a number in [0, 1)", dropout)
-    _require(len(widths) <= MAX_HIDDEN_LAYERS, "model.widths", f"at most {MAX_HIDDEN_LAYERS} hidden layers", len(widths))
+    require(activation in ACTIVATIONS, "model.activation", f"one of {sorted(ACTIVATIONS)}", activation)
+    require(0.0 <= dropout < 1.0, "model.dropout", "a number in [0, 1)", dropout)
+    require(len(widths) <= MAX_HIDDEN_LAYERS, "model.widths", f"at most {MAX_HIDDEN_LAYERS} hidden layers", len(widths))
     bad = [w for w in widths if isinstance(w, bool) or not isinstance(w, int) or not 1 <= w <= MAX_LAYER_WIDTH]
-    _require(not bad, "model.widths", f"layer widths in 1..{MAX_LAYER_WIDTH}", widths)
+    require(not bad, "model.widths", f"layer widths in 1..{MAX_LAYER_WIDTH}", widths)
 
 
 def check_min_replies(fed: DictConfig) -> None:
     """``min_replies`` no larger than the nodes a round samples (else no round could aggregate)."""
-    _require(fed.min_replies <= fed.num_nodes, "federation.min_replies",
+    require(fed.min_replies <= fed.num_nodes, "federation.min_replies",
              f"at most federation.num_nodes={fed.num_nodes} (a round could never aggregate)", fed.min_replies)
     sampled = min(fed.num_nodes, max(fed.min_train_nodes, int(round(fed.fraction_train * fed.num_nodes))))
-    _require(fed.min_replies <= sampled, "federation.min_replies",
+    require(fed.min_replies <= sampled, "federation.min_replies",
              f"at most the {sampled} nodes a round samples (federation.fraction_train={fed.fraction_train:g} of "
              f"{fed.num_nodes}, at least federation.min_train_nodes={fed.min_train_nodes})", fed.min_replies)
 
