@@ -353,3 +353,12 @@ def test_old_style_bounds_null_is_an_open_end(exported, tmp_path):
     predictor = predict_module.Predictor(copy)
     assert predictor.ranges[predictor.inputs[4]] == (-math.inf, 30.0)
     assert np.isfinite(predictor.predict_frame(exported[1])).all()
+
+
+def test_card_example_is_the_test_row_nearest_the_median_target():
+    import pandas as pd
+
+    from astroscale_fl.export.model_dir import typical_row
+
+    test = pd.DataFrame({"id": ["a", "b", "c", "d", "e", "f"], "y": [9.0, -3.0, 1.0, float("nan"), 0.5, 2.0]})
+    assert typical_row(test, "y")["id"] == "c"  # the median of the finite targets is 1.0

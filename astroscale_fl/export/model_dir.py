@@ -26,6 +26,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -148,11 +149,11 @@ def publish(model_dir: Path, target: Path) -> Path:
 
 def finish_run(out_dir: Path, task, cfg, pipeline: Pipeline, model: nn.Module, metrics: dict[str, Any], test,
                strategy_params: dict[str, Any] | None = None, card_extra: dict[str, Any] | None = None) -> Path:
-    """The end of every training run: export ``model/`` (its card carries the first test row as a
-    worked example), write ``metrics.json`` and, with ``output.publish``, publish the export as
+    """The end of every training run: export ``model/`` (its card carries a typical test row as a
+    worked example: the one whose target is nearest the test median), write ``metrics.json`` and, with ``output.publish``, publish the export as
     ``<output.models_dir>/<task>/latest``.  Returns the model directory."""
     add_r2_ceiling(metrics, test)
-    example = test.iloc[0]
+    example = typical_row(test, task.target)
     card = build_card(task, cfg, pipeline, {k: metrics[k] for k in CARD_METRICS if k in metrics}, strategy_params or {}, extra={
         **(card_extra or {}),
         "example": {"inputs": [float(example[n]) for n in task.input_names], "target": float(example[task.target]),
@@ -163,6 +164,13 @@ def finish_run(out_dir: Path, task, cfg, pipeline: Pipeline, model: nn.Module, m
     if cfg.output.publish:
         publish(model_dir, Path(cfg.output.models_dir) / task.name / "latest")
     return model_dir
+
+
+def typical_row(test, target: str):
+    """The test row whose target is nearest the test set's median (the first such row on ties):
+    a worked example that shows the model on an ordinary star rather than whichever came first."""
+    values = test[target].to_numpy(dtype=float)
+    return test.iloc[int(np.nanargmin(np.abs(values - np.nanmedian(values))))]
 
 
 def _short(value: Any, limit: int = 80) -> str:
