@@ -57,7 +57,7 @@ from strategies.mean_step import apply_mean_update
 MODEL, CONTROL = "model/", "control/"
 
 
-class _SampledGrid:
+class SampledGrid:
     """The grid as the wrapped strategy sees it: only this round's sampled nodes."""
 
     def __init__(self, grid: Grid, node_ids: list[int]):
@@ -135,7 +135,7 @@ class DpFedAvg(Strategy):
         sampled: list[int] = []
         while not sampled:  # an empty round would release only noise; redraw (probability (1 - q)^N)
             sampled = [n for n in nodes if self.rng.random() < self.sample_rate]
-        return self.strategy.configure_train(server_round, arrays, config, _SampledGrid(grid, sampled))
+        return self.strategy.configure_train(server_round, arrays, config, SampledGrid(grid, sampled))
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Clip, sum, noise, divide by ``q N``; then the wrapped strategy's server step."""
