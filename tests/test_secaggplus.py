@@ -108,7 +108,7 @@ def test_neighbour_graph_and_config_checks():
         SecAggPlusParams(num_shares=3, reconstruction_threshold=4)
     with pytest.raises(ConfigError, match="max_update_norm"):
         config.validate(config.compose([*SECAGG, "federation.max_update_norm=1.0"]))
-    with pytest.raises(ConfigError, match="dp_fedavg"):
+    with pytest.raises(ConfigError, match="clipping_range: expected >= .* under distributed DP-FedAvg"):
         config.validate(config.compose([*SECAGG, "privacy=dp_fedavg"]))
 
 
