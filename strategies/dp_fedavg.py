@@ -25,6 +25,9 @@ exceed ``C / n`` in the mean and reveals counts; (4) divide by the number of rep
 the expected number, so a dropped node changes the scale. Flower also does not account ε for them
 in a way a model card can carry. Here nodes are weighted equally (each clipped update once).
 
+With ``federation.secure_aggregation=secaggplus`` the server cannot clip; the nodes clip and add
+the noise instead (:class:`strategies.distributed_dp.DistributedDpFedAvg`, same ledger and weights).
+
 Training metrics of the nodes (loss) are not aggregated under node-level DP: they are not covered
 by the noise. Federated evaluation (``federation.fraction_evaluate``) releases un-noised pooled
 sums; set it to 0 for the guarantee to cover everything the server publishes.

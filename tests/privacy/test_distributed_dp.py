@@ -8,19 +8,14 @@ import pytest
 from scipy.stats import chi2
 
 from astroscale_fl import config
-from astroscale_fl.data.tasks import get_task
 from astroscale_fl.errors import ConfigError
-from astroscale_fl.federation.messages import round_config
-from astroscale_fl.federation.records import model_to_arrays
-from astroscale_fl.federation.rounds import FederationError, federated_statistics, run_rounds
+from astroscale_fl.federation.rounds import FederationError
 from astroscale_fl.federation.server import run_federation
-from astroscale_fl.learning.models import build_model
-from astroscale_fl.preprocessing import Pipeline
 from astroscale_fl.privacy import card
 from astroscale_fl.privacy.node_level import noisy_mean
 from strategies import DistributedDpFedAvg, DpFedAvg, build_strategy, dp_fedavg
 from tests.inprocess import InProcessGrid
-from tests.test_secaggplus import DroppingGrid
+from tests.test_secaggplus import one_round as secagg_round
 from tests.test_train_cli import train
 
 SMALL = ["federation.num_nodes=5", "task.min_parallax_snr=40", "federation.num_rounds=1", "federation.metrics_port=0",
@@ -31,21 +26,9 @@ NO_LEARNING = ["train.lr=1e-12", "model.widths=[128,128]"]  # the update is ~0: 
 
 
 def one_round(overrides, drop=()):
-    """(global arrays before, after one round, the strategy, the replies the strategy got)."""
-    cfg = config.validate(config.compose([*SMALL, *overrides]))
-    grid = DroppingGrid(5, drop)
-    pipeline = Pipeline.from_config(get_task(cfg.task), cfg).fit_statistics(
-        federated_statistics(grid, grid.get_node_ids(), round_config(cfg), 60))
-    initial = model_to_arrays(build_model(cfg.model, len(pipeline.features), 0))
-    strategy = build_strategy(cfg)
-    inner_calls, replies_seen = [], []
-    strategy.strategy.aggregate_train = lambda *a: inner_calls.append(a)  # the wrapped strategy never aggregates replies
-    outer = strategy.aggregate_train
-    strategy.aggregate_train = lambda r, replies: (replies_seen.extend(replies), outer(r, replies_seen))[1]
-    arrays, _ = run_rounds(strategy, grid, initial, 1, round_config(cfg, pipeline), None, 60, show_progress=False)
-    assert inner_calls == []
-    before = {k: v.numpy().astype(np.float64) for k, v in initial.items()}
-    return before, {k: v.numpy().astype(np.float64) for k, v in arrays.items()}, strategy, replies_seen
+    """(global arrays before, after one round, the strategy, the replies it got); the wrapped strategy never aggregates."""
+    after, strategy, replies, _, before = secagg_round(overrides, drop, base=SMALL)
+    return before, after, strategy, replies
 
 
 def noise_in_sum(before, after, nodes=5):
