@@ -62,6 +62,7 @@ from flwr.common import log
 from flwr.serverapp import Grid
 
 from astroscale_fl.federation.records import numpy_to_arrays
+from astroscale_fl.federation.rounds import FederationError
 from astroscale_fl.federation.secagg.protocol import DP_CLIP, DP_STDDEV, SecAggPlusParams, noise_share_nodes
 from astroscale_fl.privacy.node_level import NodeLevelSettings, card_entry
 from strategies.dp_fedavg import DpFedAvg, SampledGrid
@@ -108,6 +109,9 @@ class DistributedDpFedAvg(DpFedAvg):
         """Poisson-sample (at least ``max(m, t)`` nodes), then SecAgg+'s stages with C and s for the nodes."""
         nodes = sorted(grid.get_node_ids())
         self._connected = len(nodes)
+        if len(nodes) < self.min_sampled:
+            raise FederationError(f"round {server_round}: distributed DP-FedAvg needs at least {self.min_sampled} connected nodes "
+                                  f"(privacy.distributed_noise_nodes / reconstruction_threshold), {len(nodes)} connected")
         sampled: list[int] = []
         while len(sampled) < self.min_sampled:
             sampled = [n for n in nodes if self.rng.random() < self.sample_rate]

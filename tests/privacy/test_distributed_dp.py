@@ -121,3 +121,10 @@ def test_adaptive_clipping_with_secaggplus_is_one_line_on_the_cli_and_writes_not
                 "privacy.adaptive_clipping.enabled=true", f"hydra.run.dir={tmp_path / 'run'}", "output.publish=false", timeout=120)
     assert out.returncode == 2 and out.stderr.startswith("error: privacy.adaptive_clipping.enabled")
     assert out.stderr.strip().count("\n") == 0 and not (tmp_path / "run").exists()
+
+
+def test_too_few_connected_nodes_fail_the_round_instead_of_resampling_forever():
+    cfg = config.validate(config.compose([*SMALL, *DISTRIBUTED]))
+    strategy = build_strategy(cfg)
+    with pytest.raises(FederationError, match=r"round 1: distributed DP-FedAvg needs at least 3 connected nodes .* 2 connected"):
+        strategy.configure_train(1, None, None, InProcessGrid(2))
