@@ -68,7 +68,7 @@ from astroscale_fl.privacy.node_level import NodeLevelSettings, card_entry
 from strategies.dp_fedavg import DpFedAvg, SampledGrid
 from strategies.fedavg import FedAvg
 from strategies.mean_step import apply_mean_update
-from strategies.secaggplus import CONTROL_PART, MODEL_PART, SecAggPlus
+from strategies.secaggplus import SecAggPlus, split_sums
 
 
 class DistributedDpFedAvg(DpFedAvg):
@@ -93,7 +93,8 @@ class DistributedDpFedAvg(DpFedAvg):
 
     @property
     def error_bound(self) -> float:
-        return self.secure.error_bound
+        """Quantisation error bound of the last round's released mean, per coordinate."""
+        return self.secure.sum_error_bound / self.expected_nodes
 
     def summary(self) -> None:
         log(INFO, "Distributed DP-FedAvg (nodes clip to C=%.4g and add N(0, %.4g^2); m=%d noise shares, sigma=%.4g, q=%.3g) "
@@ -123,8 +124,6 @@ class DistributedDpFedAvg(DpFedAvg):
         self.ledger.record(self.settings.noise_multiplier, self.sample_rate, 1)  # write-ahead: count before unmasking
         total, _, metrics = self.secure.unmasked_sum(server_round, replies)
         self.clipping_norms.append(self.clipping_norm)
-        mean = {k: v / self.expected_nodes for k, v in total.items()}
-        model = {k[len(MODEL_PART):]: v for k, v in mean.items() if k.startswith(MODEL_PART)}
-        control = {k[len(CONTROL_PART):]: v for k, v in mean.items() if k.startswith(CONTROL_PART)} or None
+        model, control = split_sums(total, self.expected_nodes)
         new = apply_mean_update(self.strategy, model, control, self.sample_rate)
         return numpy_to_arrays(new), MetricRecord({**metrics, "clipping-norm": self.clipping_norm, "node-epsilon": self.ledger.epsilon()})

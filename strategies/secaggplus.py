@@ -52,7 +52,6 @@ from astroscale_fl.federation.secagg.protocol import (
     WEIGHT,
     SecAggPlusParams,
     flatten,
-    mean_error_bound,
     neighbours,
     prg,
     unflatten,
@@ -73,6 +72,13 @@ def payload_nbytes(content: RecordDict) -> int:
             for item in value if isinstance(value, list) else [value]:
                 total += len(item) if isinstance(item, (bytes, str)) else 8
     return int(total)
+
+
+def split_sums(sums: dict[str, np.ndarray], divisor: float) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+    """The unmasked sums divided by ``divisor``: model deltas, and control-variate deltas (or None)."""
+    model = {k[len(MODEL_PART):]: v / divisor for k, v in sums.items() if k.startswith(MODEL_PART)}
+    control = {k[len(CONTROL_PART):]: v / divisor for k, v in sums.items() if k.startswith(CONTROL_PART)}
+    return model, control or None
 
 
 @dataclass
@@ -101,6 +107,7 @@ class SecAggPlus(Strategy):
         self._round: _Round | None = None
         self._bytes = 0
         self.error_bound = float("nan")  # quantisation error bound of the last round's mean, per coordinate
+        self.sum_error_bound = float("nan")  # ... of the last round's unmasked sum
         self.node_dp: dict | None = None  # distributed DP-FedAvg: {DP_CLIP: C, DP_STDDEV: s} for the nodes, set per round
         self.min_contributions = 0  # unmask only when at least this many masked vectors arrived (distributed DP: m)
 
@@ -190,13 +197,11 @@ class SecAggPlus(Strategy):
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Sum the masked vectors, collect the unmasking shares, remove the masks, step the wrapped strategy."""
         total, weight, metrics = self.unmasked_sum(server_round, replies)
-        mean = {k: v / weight for k, v in total.items()}
-        model_delta = {k[len(MODEL_PART):]: v for k, v in mean.items() if k.startswith(MODEL_PART)}
-        control_delta = {k[len(CONTROL_PART):]: v for k, v in mean.items() if k.startswith(CONTROL_PART)} or None
+        model_delta, control_delta = split_sums(total, weight)
         active = int(metrics["secagg-nodes"])
         share = active / max(self.strategy.num_nodes, active) if isinstance(self.strategy, Scaffold) else 1.0
         new = apply_mean_update(self.strategy, model_delta, control_delta, share)
-        self.error_bound = mean_error_bound(self.secagg, active, round(weight * self.secagg.quantization_range))
+        self.error_bound = self.sum_error_bound / weight
         if self.weighted:
             metrics[WEIGHT_KEY] = int(round(weight * self.secagg.max_weight))  # the sum only
         return numpy_to_arrays(new), MetricRecord(metrics)
@@ -235,6 +240,7 @@ class SecAggPlus(Strategy):
         q_range, clip = self.secagg.quantization_range, self.secagg.clipping_range
         weighted_sum = dequantize([total[1:]], clip, q_range)[0] - (len(active) - 1) * clip
         self.protocol_bytes.append(self._bytes)
+        self.sum_error_bound = len(active) * 2.0 * clip / q_range  # stochastic rounding: < one step per node and coordinate
         metrics = {"secagg-nodes": len(active), "secagg-dropped": len(dead), "secagg-protocol-bytes": self._bytes}
         return unflatten(weighted_sum, layout), int(total[0]) / q_range, metrics
 

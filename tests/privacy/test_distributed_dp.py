@@ -87,6 +87,7 @@ def test_nodes_clip_and_the_release_matches_server_side_dp_fedavg(monkeypatch):
     assert len(norms) == 5 and min(norms) > 0.05  # unclipped, every update is 5x longer than C
     step = np.concatenate([(distributed[k] - before[k]).ravel() for k in before])
     assert 0.001 < np.linalg.norm(step) <= 0.01 + 1e-5  # the mean of 5 updates clipped to C
+    assert 0 < wrapper.error_bound < 1e-6  # quantisation of the released mean, per coordinate
     for name in before:
         np.testing.assert_allclose(distributed[name], server[name], atol=1e-5, rtol=0)
 

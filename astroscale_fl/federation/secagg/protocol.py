@@ -19,7 +19,7 @@ weighted sum and the total weight, never one node's count.
 
 Quantisation error of the mean (stochastic rounding, unbiased): at most one step ``2c/Q`` per
 node and coordinate, so ``|mean − exact w̃-weighted mean| ≤ n · 2c / Σ_k round(w_k Q)`` per
-coordinate (:func:`mean_error_bound`); values beyond ``±c`` are clipped.
+coordinate (``SecAggPlus.error_bound``); values beyond ``±c`` are clipped.
 """
 
 from __future__ import annotations
@@ -144,8 +144,3 @@ def unflatten(vector: np.ndarray, like: Mapping[str, np.ndarray]) -> dict[str, n
         out[name] = vector[start:start + size].reshape(np.shape(ref))
         start += size
     return out
-
-
-def mean_error_bound(params: SecAggPlusParams, nodes: int, total_weight_q: int) -> float:
-    """Largest quantisation error per coordinate of the unmasked weighted mean."""
-    return nodes * 2.0 * params.clipping_range / total_weight_q
