@@ -190,6 +190,7 @@ class DpFedAvgPrivacy:
     node_epsilon_budget: Optional[float]  # the run stops before the node-level epsilon would pass it
     accountant: str  # rdp | prv
     statistics_epsilon: Optional[float]  # DP statistics round (example-level, in the nodes' ledgers)
+    distributed_noise_nodes: Optional[int]  # with secaggplus: m nodes' noise shares make sigma*C; null: reconstruction_threshold
 
 
 @dataclass

@@ -2,6 +2,11 @@
 
     .venv/bin/python scripts/privacy_r2.py statistics          # exact vs DP statistics, eps 0.1 / 1 / 10
     .venv/bin/python scripts/privacy_r2.py node-level --nodes 20 100   # DP-FedAvg vs DP-SGD vs plain
+    .venv/bin/python scripts/privacy_r2.py node-level --nodes 20 --only sigma=1.0   # server-side vs distributed at one sigma
+
+Node level: server-side DP-FedAvg, and the distributed variant under SecAgg+ (nodes clip and add
+N(0, (sigma C)^2 / m)) with m = 3 (the reconstruction threshold: sum noise sigma C sqrt(N / 3)) and
+m = N (no dropout: the same noise sigma C as server-side).
 
 Every run is our real ServerApp logic (``run_federation``) over the real ClientApp handlers on
 the in-process grid (tests/inprocess.py: no Ray, no network), hipparcos_absmag, IID partition.
@@ -13,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import statistics
 import sys
 import tempfile
@@ -67,6 +73,14 @@ def table(settings: list[tuple[str, list[str]]], repeats: int, only: str = "") -
         print(f"{label:<34} R2 {mean:7.4f} +- {spread:.4f}  ratio {rows[-1][4]:6.3f}  eps [{eps}]  ({rows[-1][5]:.0f} s)", flush=True)
 
 
+def distributed(sigma: float, shares: int, clipping_norm: float = 0.5) -> list[str]:
+    """Overrides for distributed DP-FedAvg under SecAgg+ (threshold 3) with ``m`` noise shares; the
+    quantiser's range just wide enough (the config's own check: C + 8 × a node's noise std)."""
+    clipping_range = math.ceil(10 * (clipping_norm + 8 * sigma * clipping_norm / math.sqrt(shares))) / 10
+    return ["federation.secure_aggregation=secaggplus", f"privacy.distributed_noise_nodes={shares}",
+            f"federation.secaggplus.clipping_range={clipping_range}"]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=["statistics", "node-level"])
@@ -88,7 +102,10 @@ def main() -> int:
         node = [*common, f"federation.num_nodes={nodes}", "train.batch_size=32"]
         settings = [(f"{nodes} nodes plain", node)]
         for sigma in (0.5, 1.0, 2.0):
-            settings.append((f"{nodes} nodes DP-FedAvg sigma={sigma}", [*node, "privacy=dp_fedavg", f"privacy.node_noise_multiplier={sigma}"]))
+            dp = [*node, "privacy=dp_fedavg", f"privacy.node_noise_multiplier={sigma}"]
+            settings.append((f"{nodes} nodes DP-FedAvg sigma={sigma}", dp))
+            for shares in sorted({3, nodes}):  # m = the reconstruction threshold (default), m = every node
+                settings.append((f"{nodes} nodes distributed m={shares} sigma={sigma}", [*dp, *distributed(sigma, shares)]))
         settings.append((f"{nodes} nodes DP-SGD eps=8", [*node, "privacy=dp_sgd"]))
         print(f"--- {nodes} nodes, {args.rounds} rounds", flush=True)
         table(settings, args.repeats, args.only)

@@ -7,6 +7,7 @@ from omegaconf import DictConfig
 from astroscale_fl.errors import ConfigError
 from astroscale_fl.federation.secagg.protocol import SecAggPlusParams
 from astroscale_fl.privacy.node_level import NodeLevelSettings
+from strategies.distributed_dp import DistributedDpFedAvg
 from strategies.dp_fedavg import DpFedAvg
 from strategies.fedadam import FedAdam
 from strategies.fedavg import FedAvg
@@ -33,6 +34,9 @@ def build_strategy(cfg: DictConfig) -> FedAvg:
         **params,
     )
     node_level = NodeLevelSettings.from_config(cfg.privacy)
+    if node_level is not None and fed.secure_aggregation == "secaggplus":
+        return DistributedDpFedAvg(strategy, node_level, int(fed.num_nodes), SecAggPlusParams.from_config(fed.secaggplus),
+                                   float(fed.round_timeout))
     if node_level is not None:
         return DpFedAvg(strategy, node_level, int(fed.num_nodes))
     if fed.secure_aggregation == "secaggplus":
@@ -40,4 +44,4 @@ def build_strategy(cfg: DictConfig) -> FedAvg:
     return strategy
 
 
-__all__ = ["DpFedAvg", "FedAdam", "FedAvg", "FedProx", "STRATEGIES", "Scaffold", "SecAggPlus", "build_strategy"]
+__all__ = ["DistributedDpFedAvg", "DpFedAvg", "FedAdam", "FedAvg", "FedProx", "STRATEGIES", "Scaffold", "SecAggPlus", "build_strategy"]

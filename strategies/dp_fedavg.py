@@ -25,6 +25,9 @@ exceed ``C / n`` in the mean and reveals counts; (4) divide by the number of rep
 the expected number, so a dropped node changes the scale. Flower also does not account ε for them
 in a way a model card can carry. Here nodes are weighted equally (each clipped update once).
 
+With ``federation.secure_aggregation=secaggplus`` the server cannot clip; the nodes clip and add
+the noise instead (:class:`strategies.distributed_dp.DistributedDpFedAvg`, same ledger and weights).
+
 Training metrics of the nodes (loss) are not aggregated under node-level DP: they are not covered
 by the noise. Federated evaluation (``federation.fraction_evaluate``) releases un-noised pooled
 sums; set it to 0 for the guarantee to cover everything the server publishes.
@@ -57,7 +60,7 @@ from strategies.mean_step import apply_mean_update
 MODEL, CONTROL = "model/", "control/"
 
 
-class _SampledGrid:
+class SampledGrid:
     """The grid as the wrapped strategy sees it: only this round's sampled nodes."""
 
     def __init__(self, grid: Grid, node_ids: list[int]):
@@ -135,7 +138,7 @@ class DpFedAvg(Strategy):
         sampled: list[int] = []
         while not sampled:  # an empty round would release only noise; redraw (probability (1 - q)^N)
             sampled = [n for n in nodes if self.rng.random() < self.sample_rate]
-        return self.strategy.configure_train(server_round, arrays, config, _SampledGrid(grid, sampled))
+        return self.strategy.configure_train(server_round, arrays, config, SampledGrid(grid, sampled))
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Clip, sum, noise, divide by ``q N``; then the wrapped strategy's server step."""

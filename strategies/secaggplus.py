@@ -21,9 +21,10 @@ the individual replies.
 
 What it assumes: an honest-but-curious server (it relays keys faithfully; a malicious server that
 forges the key lists could isolate a node, which needs signed keys / a PKI, not done here), fewer
-than ``reconstruction_threshold`` colluding nodes among any node's neighbours, and no node-level
-DP on top (``privacy=dp_fedavg`` clips each update on the server, which SecAgg hides; the
-distributed-noise variant is not implemented).
+than ``reconstruction_threshold`` colluding nodes among any node's neighbours. With
+``privacy=dp_fedavg`` it runs under :class:`strategies.distributed_dp.DistributedDpFedAvg`, which
+sets :attr:`SecAggPlus.node_dp` (nodes clip and add their noise share; unweighted) and takes the
+unmasked sum from :meth:`SecAggPlus.unmasked_sum`.
 """
 
 from __future__ import annotations
@@ -51,7 +52,6 @@ from astroscale_fl.federation.secagg.protocol import (
     WEIGHT,
     SecAggPlusParams,
     flatten,
-    mean_error_bound,
     neighbours,
     prg,
     unflatten,
@@ -61,6 +61,7 @@ from strategies.mean_step import apply_mean_update
 from strategies.scaffold import Scaffold
 
 STAGE_TYPE = SECAGG_MESSAGE_TYPE
+MODEL_PART, CONTROL_PART = "model/", "control/"  # prefixes of the unmasked sums' keys
 
 
 def payload_nbytes(content: RecordDict) -> int:
@@ -71,6 +72,13 @@ def payload_nbytes(content: RecordDict) -> int:
             for item in value if isinstance(value, list) else [value]:
                 total += len(item) if isinstance(item, (bytes, str)) else 8
     return int(total)
+
+
+def split_sums(sums: dict[str, np.ndarray], divisor: float) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+    """The unmasked sums divided by ``divisor``: model deltas, and control-variate deltas (or None)."""
+    model = {k[len(MODEL_PART):]: v / divisor for k, v in sums.items() if k.startswith(MODEL_PART)}
+    control = {k[len(CONTROL_PART):]: v / divisor for k, v in sums.items() if k.startswith(CONTROL_PART)}
+    return model, control or None
 
 
 @dataclass
@@ -99,6 +107,9 @@ class SecAggPlus(Strategy):
         self._round: _Round | None = None
         self._bytes = 0
         self.error_bound = float("nan")  # quantisation error bound of the last round's mean, per coordinate
+        self.sum_error_bound = float("nan")  # ... of the last round's unmasked sum
+        self.node_dp: dict | None = None  # distributed DP-FedAvg: {DP_CLIP: C, DP_STDDEV: s} for the nodes, set per round
+        self.min_contributions = 0  # unmask only when at least this many masked vectors arrived (distributed DP: m)
 
     def __getattr__(self, name: str):
         if name == "strategy":
@@ -177,7 +188,7 @@ class SecAggPlus(Strategy):
             content = RecordDict(dict(m.content.items()))
             content[RECORD] = ConfigRecord({
                 "round": server_round, "srcs": [s for s, _ in relayed[node]], "ciphertexts": [c for _, c in relayed[node]],
-                "weighted": self.weighted, "clipping-range": self.secagg.clipping_range,
+                "weighted": self.weighted and self.node_dp is None, **(self.node_dp or {}), "clipping-range": self.secagg.clipping_range,
                 "quantization-range": self.secagg.quantization_range, "max-weight": self.secagg.max_weight})
             self._bytes += payload_nbytes(RecordDict({RECORD: content[RECORD]}))
             out.append(Message(content=content, message_type=m.metadata.message_type, dst_node_id=node))
@@ -185,6 +196,19 @@ class SecAggPlus(Strategy):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Sum the masked vectors, collect the unmasking shares, remove the masks, step the wrapped strategy."""
+        total, weight, metrics = self.unmasked_sum(server_round, replies)
+        model_delta, control_delta = split_sums(total, weight)
+        active = int(metrics["secagg-nodes"])
+        share = active / max(self.strategy.num_nodes, active) if isinstance(self.strategy, Scaffold) else 1.0
+        new = apply_mean_update(self.strategy, model_delta, control_delta, share)
+        self.error_bound = self.sum_error_bound / weight
+        if self.weighted:
+            metrics[WEIGHT_KEY] = int(round(weight * self.secagg.max_weight))  # the sum only
+        return numpy_to_arrays(new), MetricRecord(metrics)
+
+    def unmasked_sum(self, server_round: int, replies: Iterable[Message]) -> tuple[dict[str, np.ndarray], float, dict]:
+        """The unmasked sums ``Σ w̃_k Δ_k`` (keys ``model/…``, ``control/…``; float64), ``Σ w̃_k`` (1 per node
+        when unweighted) and the round's SecAgg+ metrics. Never one node's update."""
         r = self._round
         assert r is not None and r.number == server_round
         valid = {int(m.metadata.src_node_id): m for m in replies if not m.has_error()}
@@ -193,35 +217,32 @@ class SecAggPlus(Strategy):
         t = self.secagg.reconstruction_threshold
         if len(active) < t:
             self._fail(f"{len(active)} masked vectors arrived, fewer than the threshold ({len(dead)} dropped after sharing)")
+        if len(active) < self.min_contributions:
+            self._fail(f"{len(active)} masked vectors arrived, fewer than the {self.min_contributions} whose noise shares make "
+                       f"the node-level noise ({len(dead)} dropped after sharing); nothing unmasked")
         shares: dict[int, list[bytes]] = {n: [] for n in r.shared}
         body = lambda n: {"active": [v for v in r.graph[n] if v in active], "dead": [v for v in r.graph[n] if v in dead]}  # noqa: E731
         for rec in self._stage(active, "unmask", body).values():
             for owner, share in zip(rec["nids"], rec["shares"], strict=True):
                 shares[int(owner)].append(bytes(share))
-        layout = arrays_to_numpy(valid[active[0]].content[MODEL])
-        control_layout = arrays_to_numpy(valid[active[0]].content[CONTROL]) if CONTROL in valid[active[0]].content.array_records else {}
-        total = np.zeros(1 + flatten(layout).size + flatten(control_layout).size, np.int64)
+        first = valid[active[0]].content
+        layout = {MODEL_PART + k: v for k, v in arrays_to_numpy(first[MODEL]).items()}
+        if CONTROL in first.array_records:
+            layout.update({CONTROL_PART + k: v for k, v in arrays_to_numpy(first[CONTROL]).items()})
+        total = np.zeros(1 + flatten(layout).size, np.int64)
         for node in active:
             content = valid[node].content
             parts = [content[WEIGHT]["w"].numpy().astype(np.int64), flatten(arrays_to_numpy(content[MODEL]), np.int64)]
-            if control_layout:
+            if CONTROL in content.array_records:
                 parts.append(flatten(arrays_to_numpy(content[CONTROL]), np.int64))
             total += np.concatenate(parts)
         total = self._unmask(total, active, dead, shares)
         q_range, clip = self.secagg.quantization_range, self.secagg.clipping_range
-        q_total = int(total[0])
         weighted_sum = dequantize([total[1:]], clip, q_range)[0] - (len(active) - 1) * clip
-        mean = weighted_sum / (q_total / q_range)
-        model_delta = unflatten(mean[: flatten(layout).size], layout)
-        control_delta = unflatten(mean[flatten(layout).size:], control_layout) if control_layout else None
-        share = len(active) / max(self.strategy.num_nodes, len(active)) if isinstance(self.strategy, Scaffold) else 1.0
-        new = apply_mean_update(self.strategy, model_delta, control_delta, share)
         self.protocol_bytes.append(self._bytes)
-        self.error_bound = mean_error_bound(self.secagg, len(active), q_total)
+        self.sum_error_bound = len(active) * 2.0 * clip / q_range  # stochastic rounding: < one step per node and coordinate
         metrics = {"secagg-nodes": len(active), "secagg-dropped": len(dead), "secagg-protocol-bytes": self._bytes}
-        if self.weighted:
-            metrics[WEIGHT_KEY] = int(round(q_total / q_range * self.secagg.max_weight))  # the sum only
-        return numpy_to_arrays(new), MetricRecord(metrics)
+        return unflatten(weighted_sum, layout), int(total[0]) / q_range, metrics
 
     def _unmask(self, total: np.ndarray, active: list[int], dead: list[int], shares: dict[int, list[bytes]]) -> np.ndarray:
         r = self._round

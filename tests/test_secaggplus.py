@@ -16,7 +16,7 @@ from astroscale_fl.federation.rounds import FederationError, federated_statistic
 from astroscale_fl.federation.secagg.protocol import SecAggPlusParams, neighbours
 from astroscale_fl.learning.models import build_model
 from astroscale_fl.preprocessing import Pipeline
-from strategies import SecAggPlus, build_strategy
+from strategies import build_strategy
 from tests.inprocess import InProcessGrid
 
 SMALL = ["federation.num_nodes=5", "task.min_parallax_snr=40", "model.widths=[16]", "federation.num_rounds=1",
@@ -41,29 +41,30 @@ class DroppingGrid(InProcessGrid):
         return super().serve(msg, context)
 
 
-def one_round(overrides, drop=()):
-    """Global arrays after one round, the strategy, the grid and the replies the round loop saw."""
-    cfg = config.validate(config.compose([*SMALL, *overrides]))
+def one_round(overrides, drop=(), base=SMALL):
+    """Global arrays after one round, the strategy, the replies it got, the history and the arrays before."""
+    cfg = config.validate(config.compose([*base, *overrides]))
     grid = DroppingGrid(5, drop)
     pipeline = Pipeline.from_config(get_task(cfg.task), cfg).fit_statistics(
         federated_statistics(grid, grid.get_node_ids(), round_config(cfg), 60))
     initial = model_to_arrays(build_model(cfg.model, len(pipeline.features), 0))
     strategy = build_strategy(cfg)
     seen = []
-    if isinstance(strategy, SecAggPlus):  # the wrapped strategy must never aggregate individual replies
+    if hasattr(strategy, "strategy"):  # a wrapper (SecAgg+, DP-FedAvg): the wrapped strategy never aggregates replies
         strategy.strategy.aggregate_train = lambda *a: seen.append(a)
     outer = strategy.aggregate_train
     replies_seen = []
     strategy.aggregate_train = lambda r, replies: (replies_seen.extend(replies), outer(r, replies_seen))[1]
     arrays, history = run_rounds(strategy, grid, initial, 1, round_config(cfg, pipeline), None, 60, show_progress=False)
     assert seen == []
-    return {k: v.numpy().astype(np.float64) for k, v in arrays.items()}, strategy, replies_seen, history
+    return {k: v.numpy().astype(np.float64) for k, v in arrays.items()}, strategy, replies_seen, history, {
+        k: v.numpy().astype(np.float64) for k, v in initial.items()}
 
 
 @pytest.mark.parametrize("strategy", ["fedavg", "fedprox", "fedadam", "scaffold"])
 def test_unmasked_mean_equals_the_plain_mean_and_only_masked_vectors_travel(strategy):
-    plain, inner, _, _ = one_round([f"strategy={strategy}"])
-    secure, wrapper, replies, history = one_round([f"strategy={strategy}", *SECAGG])
+    plain, inner, *_ = one_round([f"strategy={strategy}"])
+    secure, wrapper, replies, history, _ = one_round([f"strategy={strategy}", *SECAGG])
     assert history[0].record.nodes_replied == 5
     for reply in replies:  # what reached the server: masked integers, no count, no model
         assert all(a.numpy().dtype == np.int64 for a in reply.content["arrays"].values())
@@ -83,8 +84,8 @@ def test_unmasked_mean_equals_the_plain_mean_and_only_masked_vectors_travel(stra
 
 
 def test_node_dropping_after_sharing_keys_is_recovered():
-    plain, _, _, _ = one_round([], drop={2})
-    secure, wrapper, replies, history = one_round(SECAGG, drop={2})
+    plain, *_ = one_round([], drop={2})
+    secure, wrapper, replies, history, _ = one_round(SECAGG, drop={2})
     assert history[0].record.nodes_failed == 1 and history[0].record.nodes_replied == 4
     assert wrapper.error_bound < 1e-4
     for name in plain:  # the dropped node's pairwise masks were rebuilt from its key shares
@@ -108,7 +109,7 @@ def test_neighbour_graph_and_config_checks():
         SecAggPlusParams(num_shares=3, reconstruction_threshold=4)
     with pytest.raises(ConfigError, match="max_update_norm"):
         config.validate(config.compose([*SECAGG, "federation.max_update_norm=1.0"]))
-    with pytest.raises(ConfigError, match="dp_fedavg"):
+    with pytest.raises(ConfigError, match="clipping_range: expected >= .* under distributed DP-FedAvg"):
         config.validate(config.compose([*SECAGG, "privacy=dp_fedavg"]))
 
 

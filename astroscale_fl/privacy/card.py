@@ -101,6 +101,10 @@ def recomputable_groups(section: Mapping) -> list[tuple[str, Mapping, str]]:
     level = section.get("node_level")
     if isinstance(level, Mapping) and "history" in level:  # one server-side accountant for the whole federation
         groups.append(("node_level ", {"epsilon": level["epsilon"], "nodes": [{"node": "federation", **level}]}, "epsilon"))
+        server = level.get("against_server")
+        if isinstance(server, Mapping) and "history" in server:  # distributed DP-FedAvg: the same rounds with q = 1
+            groups.append(("node_level against_server ", {"epsilon": server["epsilon"], "nodes": [{"node": "federation", **server}]},
+                           "epsilon"))
     return groups
 
 

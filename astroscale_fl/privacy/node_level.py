@@ -19,6 +19,11 @@ sampled nodes whose update was within ``C``, ``b̃ = (Σ 1[‖Δ_k‖ ≤ C] + N
 and moves ``C ← C · exp(−η (b̃ − γ))`` towards the ``γ`` quantile of the update norms. The two
 releases together are one Gaussian mechanism with multiplier ``σ`` when
 ``σ_Δ = (σ⁻² − (2σ_b)⁻²)^(-1/2)`` (their Theorem 1), so the ledger still records ``σ``.
+
+With ``federation.secure_aggregation=secaggplus`` the same mechanism runs *distributed*: each node
+clips its own update and adds ``N(0, (σC)² / m)`` before masking (:func:`clip_and_add_noise`), the
+server only unmasks the noisy sum; the same ledger, card entry ``mode: "distributed"``. What that
+assumes is in :mod:`strategies.distributed_dp`.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ class NodeLevelSettings:
     delta: float | None = None  # None: default_delta(10 × nodes)
     epsilon_budget: float | None = None
     accountant: str = "rdp"
+    distributed_noise_nodes: int | None = None  # m under SecAgg+; None: the reconstruction threshold
 
     def __post_init__(self) -> None:
         if not (self.noise_multiplier > 0 and math.isfinite(self.noise_multiplier)):
@@ -64,6 +70,8 @@ class NodeLevelSettings:
             raise PrivacyError(f"privacy.node_epsilon_budget: expected a positive number, got {self.epsilon_budget}")
         if self.accountant not in ("rdp", "prv"):
             raise PrivacyError(f"privacy.accountant: expected rdp or prv for dp_fedavg, got {self.accountant!r}")
+        if self.distributed_noise_nodes is not None and not self.distributed_noise_nodes >= 1:
+            raise PrivacyError(f"privacy.distributed_noise_nodes: expected an integer >= 1, got {self.distributed_noise_nodes}")
         if self.adaptive is not None:
             a = self.adaptive
             if not 0 < a.target_quantile < 1:
@@ -88,6 +96,7 @@ class NodeLevelSettings:
             delta=None if section.get("node_delta") is None else float(section["node_delta"]),
             epsilon_budget=None if section.get("node_epsilon_budget") is None else float(section["node_epsilon_budget"]),
             accountant=str(section.get("accountant", "rdp")),
+            distributed_noise_nodes=None if section.get("distributed_noise_nodes") is None else int(section["distributed_noise_nodes"]),
         )
 
     def delta_for(self, num_nodes: int) -> float:
@@ -121,6 +130,14 @@ def clipped(update: Mapping[str, np.ndarray], clip_norm: float) -> tuple[dict[st
     norm = flat_norm(update)
     factor = min(1.0, clip_norm / norm) if norm > 0 else 1.0
     return {k: np.asarray(v, dtype=np.float64) * factor for k, v in update.items()}, norm
+
+
+def clip_and_add_noise(vector: np.ndarray, clip_norm: float, stddev: float, rng: np.random.Generator) -> np.ndarray:
+    """One node's share of distributed DP-FedAvg: ``vector × min(1, C / ‖vector‖) + N(0, stddev²)`` (float64)."""
+    vector = np.asarray(vector, dtype=np.float64)
+    norm = float(np.linalg.norm(vector))
+    factor = min(1.0, clip_norm / norm) if norm > 0 else 1.0
+    return vector * factor + rng.normal(0.0, stddev, vector.shape)
 
 
 def noisy_mean(updates: list[Mapping[str, np.ndarray]], clip_norm: float, noise_multiplier: float, denominator: float,
@@ -162,12 +179,23 @@ def affordable_rounds(ledger: PrivacyLedger, noise_multiplier: float, sample_rat
     return low
 
 
-def card_entry(ledger: PrivacyLedger, settings: NodeLevelSettings, clipping_norms: list[float], num_nodes: int) -> dict:
-    """The model card's ``privacy.node_level``: recomputable ``{accountant, history, delta, epsilon}`` and the settings."""
+def card_entry(ledger: PrivacyLedger, settings: NodeLevelSettings, clipping_norms: list[float], num_nodes: int,
+               distributed: dict | None = None) -> dict:
+    """The model card's ``privacy.node_level``: recomputable ``{accountant, history, delta, epsilon}`` and the settings.
+
+    ``distributed`` (SecAgg+): the noise-share parameters; the entry then says ``mode: "distributed"``
+    and adds ``against_server``, the same rounds accounted with ``q = 1``: the server chose the
+    sample, so against it there is no amplification by sampling."""
+    extra: dict = {"mode": "server"}
+    if distributed is not None:
+        server = PrivacyLedger(ledger.accountant, ledger.delta, [(s, 1.0, int(n)) for s, _, n in ledger.history])
+        extra = {"mode": "distributed", **distributed, "against_server": {
+            "accountant": server.accountant, "history": [list(h) for h in server.history], "delta": server.delta,
+            "epsilon": server.epsilon()}}
     return {
         "accountant": ledger.accountant, "history": [list(h) for h in ledger.history], "delta": ledger.delta,
         "epsilon": ledger.epsilon(), "rounds": ledger.steps, "num_nodes": int(num_nodes),
         "noise_multiplier": settings.noise_multiplier, "clipping": "adaptive" if settings.adaptive else "fixed",
         "clipping_norms": [float(c) for c in clipping_norms], "epsilon_budget": settings.epsilon_budget,
-        "weighting": "uniform (each sampled node's clipped update counts once; fixed denominator q N)",
+        "weighting": "uniform (each sampled node's clipped update counts once; fixed denominator q N)", **extra,
     }

@@ -41,3 +41,18 @@ def test_node_level_dp_fedavg(federation, tmp_path):
     level = model_card["privacy"]["node_level"]
     assert level["history"] == [[1.0, 1.0, 1]] and level["epsilon"] > 0
     assert card.main([str(tmp_path / "model" / "model_card.json")]) == 0
+
+
+def test_distributed_dp_fedavg_over_secaggplus(federation, tmp_path):
+    """Both archives clip and add their noise share before masking; the centre unmasks only the noisy sum."""
+    proc = federation.run([*ONE_ROUND, "privacy=dp_fedavg", "federation.secure_aggregation=secaggplus",
+                           "federation.secaggplus.num_shares=2", "federation.secaggplus.reconstruction_threshold=2",
+                           "federation.secaggplus.clipping_range=4"], tmp_path)
+    wait_run(proc, timeout=900, fed=federation)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["rounds"] == 1 and metrics["nodes_failed"] == 0
+    model_card = json.loads((tmp_path / "model" / "model_card.json").read_text())
+    level = model_card["privacy"]["node_level"]
+    assert level["mode"] == "distributed" and level["noise_share_nodes"] == 2 and level["history"] == [[1.0, 1.0, 1]]
+    assert model_card["secure_aggregation"] == "secaggplus"
+    assert card.main([str(tmp_path / "model" / "model_card.json")]) == 0

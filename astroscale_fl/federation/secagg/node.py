@@ -8,6 +8,9 @@ round than the one set up is refused.
    shares (threshold ``t``) of ``b`` and of sk1, each encrypted for its neighbour (ECDH + Fernet).
 3. train: after local training, decrypt the shares forwarded by the server, then reply with the
    masked vector (:mod:`.protocol`) instead of the model: never the update, never the count.
+   Under distributed DP-FedAvg (``privacy=dp_fedavg`` with SecAgg+) the node first clips its update
+   to the L2 norm C the server sent and adds its share N(0, s²) of the noise
+   (:mod:`strategies.distributed_dp`); the noise comes from OS entropy, not the run's seed.
 4. ``unmask``: for each neighbour that sent a masked vector, its share of ``b``; for each that
    shared keys but dropped, its share of sk1 (never both for one node).
 """
@@ -33,7 +36,8 @@ from flwr.supercore.primitives.asymmetric import (
 from astroscale_fl.errors import AstroScaleError
 from astroscale_fl.federation import protocol
 from astroscale_fl.federation.records import arrays_to_numpy, numpy_to_arrays
-from astroscale_fl.federation.secagg.protocol import MODULUS, WEIGHT, flatten, prg, unflatten
+from astroscale_fl.federation.secagg.protocol import DP_CLIP, DP_STDDEV, MODULUS, WEIGHT, flatten, prg, unflatten
+from astroscale_fl.privacy.node_level import clip_and_add_noise
 
 STATE_KEY = "secaggplus"
 RECORD = protocol.SECAGG_KEY  # the ConfigRecord of stage messages and of the train message
@@ -140,7 +144,10 @@ def mask_reply(msg: Message, context, reply: RecordDict) -> RecordDict:
     parts = {f"{MODEL}/{k}": model[k].astype(np.float64) - global_arrays[k].astype(np.float64) for k in global_arrays}
     if CONTROL in reply.array_records:
         parts.update({f"{CONTROL}/{k}": v for k, v in arrays_to_numpy(reply[CONTROL]).items()})
-    quantized = quantize([flatten(parts) * (q_ratio / q_range)], clip, q_range)[0].astype(np.int64)
+    update = flatten(parts)
+    if DP_CLIP in record.keys():  # distributed DP-FedAvg: clip and add this node's share of the noise before masking
+        update = clip_and_add_noise(update, float(record[DP_CLIP]), float(record[DP_STDDEV]), np.random.default_rng())
+    quantized = quantize([update * (q_ratio / q_range)], clip, q_range)[0].astype(np.int64)
     vector = np.concatenate([np.array([q_ratio], np.int64), quantized])
     vector += prg(bytes(state["seed"]), vector.size)
     sk1 = bytes_to_private_key(bytes(state["sk1"]))

@@ -19,7 +19,7 @@ weighted sum and the total weight, never one node's count.
 
 Quantisation error of the mean (stochastic rounding, unbiased): at most one step ``2c/Q`` per
 node and coordinate, so ``|mean − exact w̃-weighted mean| ≤ n · 2c / Σ_k round(w_k Q)`` per
-coordinate (:func:`mean_error_bound`); values beyond ``±c`` are clipped.
+coordinate (``SecAggPlus.error_bound``); values beyond ``±c`` are clipped.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from astroscale_fl.federation.protocol import SECAGG_WEIGHT_KEY
 
 MODULUS = 1 << 62  # power of two: int64 sums wrap modulo 2^64, and 2^62 divides it
 WEIGHT = SECAGG_WEIGHT_KEY
+DP_CLIP, DP_STDDEV = "dp-clip-norm", "dp-noise-stddev"  # train message: distributed DP-FedAvg's C and a node's noise std
 
 
 @dataclass(frozen=True)
@@ -79,8 +80,38 @@ def check_config(cfg) -> None:
     if cfg.federation.max_update_norm is not None:
         raise ConfigError("federation.max_update_norm: the server cannot see individual updates under secure_aggregation=secaggplus; set it to null")
     if cfg.privacy.name == "dp_fedavg":
-        raise ConfigError("privacy=dp_fedavg clips each update on the server, which secure_aggregation=secaggplus hides; "
-                          "use one of them (the distributed-noise variant is not implemented)")
+        check_distributed_dp(cfg)
+
+
+def check_distributed_dp(cfg) -> None:
+    """``privacy=dp_fedavg`` with SecAgg+ is distributed DP-FedAvg (``strategies/distributed_dp.py``):
+    fixed clipping only, enough nodes for the noise shares, and a quantisation range wide enough
+    that the noise is never clipped."""
+    from astroscale_fl.privacy.node_level import NodeLevelSettings
+
+    settings = NodeLevelSettings.from_config(cfg.privacy)
+    params = SecAggPlusParams.from_config(cfg.federation.secaggplus)
+    if settings.adaptive is not None:
+        raise ConfigError("privacy.adaptive_clipping.enabled: not supported with secure_aggregation=secaggplus (the server "
+                          "would need each node's clipped/unclipped bit, which SecAgg+ hides); use fixed clipping")
+    nodes = cfg.federation.num_nodes
+    shares = noise_share_nodes(settings, params)
+    if shares < params.reconstruction_threshold or (nodes is not None and shares > int(nodes)):
+        raise ConfigError(f"privacy.distributed_noise_nodes: expected an integer in [reconstruction_threshold="
+                          f"{params.reconstruction_threshold}, num_nodes={nodes}], got {shares}")
+    needed = settings.clipping_norm + NOISE_MARGIN * settings.noise_multiplier * settings.clipping_norm / math.sqrt(shares)
+    if params.clipping_range < needed:
+        raise ConfigError(f"federation.secaggplus.clipping_range: expected >= {needed:.4g} under distributed DP-FedAvg "
+                          f"(clipping_norm + {NOISE_MARGIN:g} x each node's noise std), got {params.clipping_range:g}")
+
+
+NOISE_MARGIN = 8.0  # the quantiser's range covers a node's clipped update plus this many noise std (tail < 1e-15)
+
+
+def noise_share_nodes(settings, params: SecAggPlusParams) -> int:
+    """m: how many nodes' noise shares make up the noise std σC (``privacy.distributed_noise_nodes``,
+    default the reconstruction threshold: no unmasked sum ever has fewer contributions)."""
+    return int(settings.distributed_noise_nodes or params.reconstruction_threshold)
 
 
 def neighbours(node_ids: list[int], num_shares: int, rng: np.random.Generator) -> dict[int, list[int]]:
@@ -113,8 +144,3 @@ def unflatten(vector: np.ndarray, like: Mapping[str, np.ndarray]) -> dict[str, n
         out[name] = vector[start:start + size].reshape(np.shape(ref))
         start += size
     return out
-
-
-def mean_error_bound(params: SecAggPlusParams, nodes: int, total_weight_q: int) -> float:
-    """Largest quantisation error per coordinate of the unmasked weighted mean."""
-    return nodes * 2.0 * params.clipping_range / total_weight_q
