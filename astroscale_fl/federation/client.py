@@ -7,9 +7,10 @@
   the server can pool RMSE and R² exactly.
 
 Each node keeps a local validation share (``federation.local_val_fraction``) out of training.
-Frames and tensors are cached per process (simulation serves many messages) keyed by node and
-pipeline, least recently used first out beyond a byte budget, so repeated rounds do not re-read
-or re-encode data and a thousand-node simulation does not hold every node's rows.
+A simulated node's data is a row selection of the task table (:mod:`astroscale_fl.data.task_table`):
+the table is encoded once per pipeline and each message gathers the node's rows from it, so a
+thousand-node simulation holds the table once plus one index per node. A deployed node reads its
+memory-mapped tensor files.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from omegaconf import DictConfig, OmegaConf
 
-from astroscale_fl.data import node_arrays, nodes
+from astroscale_fl.data import node_arrays, nodes, task_table
 from astroscale_fl.data.tasks import get_task
 from astroscale_fl.federation import local_objectives as objectives
 from astroscale_fl.federation import protocol
@@ -54,9 +55,7 @@ class NodeTensors:
     val_y: torch.Tensor
 
 
-CACHE_BYTES = 256 * 2**20  # per process: encoded rows and frames of the recently served nodes
-_FRAMES: NodeCache[tuple[pd.DataFrame, pd.DataFrame]] = NodeCache(
-    CACHE_BYTES, lambda frames: sum(8 * f.shape[0] * f.shape[1] for f in frames))  # about: 8 bytes a cell
+CACHE_BYTES = 256 * 2**20  # per process: encoded rows of the recently served nodes that cannot share one encoding
 _TENSORS: NodeCache[NodeTensors] = NodeCache(
     CACHE_BYTES, lambda t: sum(x.element_size() * x.nelement() for x in (t.train_x, t.train_y, t.val_x, t.val_y)))
 
@@ -65,34 +64,52 @@ def _key(*parts: str) -> str:
     return hashlib.sha256("\x00".join(parts).encode()).hexdigest()
 
 
+def _split_shares(frame: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    is_val = node_arrays.is_local_val({"id": frame["id"].to_numpy()}, seed)
+    if is_val.all() or len(frame) < 2:
+        is_val[:] = False
+    return frame.loc[~is_val].reset_index(drop=True), frame.loc[is_val].reset_index(drop=True)
+
+
 def node_split(cfg: DictConfig, node_config: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The node's (training, local validation) rows; seeded and cached per process."""
-    key = _key(repr(sorted(node_config.items())), config_digest(cfg))
+    """The node's (training, local validation) rows, seeded by row id. A simulated node's are
+    gathered from the shared task table by its row selection, on each call (nothing is kept)."""
+    if "data-dir" in node_config:
+        return _split_shares(nodes.node_frame(cfg, node_config), int(cfg.seed))
+    return _split_shares(pd.DataFrame(_node_batch(cfg, node_config)), int(cfg.seed))
 
-    def split() -> tuple[pd.DataFrame, pd.DataFrame]:
-        frame = nodes.node_frame(cfg, node_config, _pipeline_columns(cfg))
-        is_val = node_arrays.is_local_val({"id": frame["id"].to_numpy()}, int(cfg.seed))
-        if is_val.all() or len(frame) < 2:
-            is_val[:] = False
-        return frame.loc[~is_val].reset_index(drop=True), frame.loc[is_val].reset_index(drop=True)
 
-    return _FRAMES.get(key, split)
+def _node_batch(cfg: DictConfig, node_config: dict) -> dict:
+    """A simulated node's rows of the columns its pipeline reads: a selection of the task table."""
+    columns, time_column = _pipeline_columns(cfg)
+    return task_table.select(task_table.task_columns(cfg, columns, time_column), task_table.node_rows(cfg, node_config))
 
 
 @functools.lru_cache(maxsize=8)
-def _columns_of(task_and_preprocess_json: str) -> tuple[str, ...]:
+def _columns_of(task_and_preprocess_json: str) -> tuple[tuple[str, ...], str | None]:
     cfg = OmegaConf.create(json.loads(task_and_preprocess_json))
     pipeline = Pipeline.from_config(get_task(cfg.task), cfg)
-    return (*pipeline.inputs, pipeline.target.target, node_arrays.ID)  # the id decides the local validation share
+    return (*pipeline.inputs, pipeline.target.target, node_arrays.ID), pipeline.time_column  # the id decides the local validation share
 
 
-def _pipeline_columns(cfg: DictConfig) -> tuple[str, ...]:
-    """The columns a node's pipeline reads (inputs, target, row id): all a node needs."""
+def _pipeline_columns(cfg: DictConfig) -> tuple[tuple[str, ...], str | None]:
+    """The columns a node's pipeline reads (inputs, target, row id: all a node needs), and its time column."""
     return _columns_of(nodes.config_json(cfg, ("task", "preprocess")))
 
 
 def node_tensors(cfg: DictConfig, node_config: dict, pipeline: Pipeline, pipeline_key: str, device: torch.device) -> NodeTensors:
-    """Encode the node's rows with the global pipeline, once per (node, pipeline, device)."""
+    """The node's rows encoded with the global pipeline, on ``device``.
+
+    A simulated node's are gathered by its row selection from the task table encoded once
+    (:func:`astroscale_fl.data.task_table.encoded_table`); a deployed node's come from its
+    memory-mapped tensor files; a pipeline that encodes node by node encodes the node's rows
+    once per (node, pipeline, device) and keeps them while the byte budget allows.
+    """
+    if "data-dir" not in node_config and task_table.row_local(pipeline):
+        table = task_table.encoded_table(cfg, pipeline, pipeline_key)
+        train, val = (torch.from_numpy(rows).to(device) for rows in table.selection(task_table.node_rows(cfg, node_config)))
+        x, y = table.on(device)
+        return NodeTensors(x[train], y[train], x[val], y[val])
     key = _key(repr(sorted(node_config.items())), config_digest(cfg), pipeline_key, str(device))
 
     def encode() -> NodeTensors:
@@ -114,7 +131,7 @@ def handle_query(msg: Message, node_config: dict, state: RecordDict | None = Non
         train, _ = node_split(cfg, node_config)
         pipeline = Pipeline.from_config(task, cfg)
         return private_statistics_reply(cfg, task, pipeline, train, RecordDict() if state is None else state, node_config)
-    frame_batches = lambda: [{c: v.to_numpy() for c, v in nodes.node_frame(cfg, node_config).items()}]  # noqa: E731
+    frame_batches = lambda: [_node_batch(cfg, node_config)]  # noqa: E731  (simulation: the node's row selection)
     stats, rows, quarantined = node_arrays.node_statistics(cfg, node_config, Pipeline.from_config(task, cfg), frame_batches)
     return RecordDict({
         protocol.STATS_KEY: numpy_to_arrays(stats.to_arrays()),
