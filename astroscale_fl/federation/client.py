@@ -22,6 +22,7 @@ import json
 import threading
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -35,8 +36,9 @@ from astroscale_fl.federation.messages import config_digest, read_pipeline, read
 from astroscale_fl.federation.node_cache import NodeCache
 from astroscale_fl.federation.records import load_arrays, model_to_arrays, numpy_to_arrays
 from astroscale_fl.learning.device import resolve_device
+from astroscale_fl.learning.metrics import rmse
 from astroscale_fl.learning.models import build_model
-from astroscale_fl.learning.training import GradHook, evaluate, make_optimizer
+from astroscale_fl.learning.training import GradHook, make_optimizer, predict
 from astroscale_fl.preprocessing import Pipeline
 from astroscale_fl.privacy.calibrate import PrivacySettings
 from astroscale_fl.privacy.floor import PrivacyFloor
@@ -255,16 +257,35 @@ def handle_evaluate(msg: Message, node_config: dict) -> RecordDict:
 
 def _evaluation_metrics(model: torch.nn.Module, tensors: NodeTensors, pipeline: Pipeline) -> MetricRecord:
     """The model on the node's local validation rows, as sums the server pools exactly."""
-    x, y = (tensors.val_x, tensors.val_y) if len(tensors.val_y) else (tensors.train_x, tensors.train_y)
-    report = evaluate(model, x, y, pipeline.target.inverse)
-    y_true = pipeline.target.inverse(y.double().cpu().numpy())
-    return MetricRecord({
-        protocol.WEIGHT_KEY: report.examples,
-        protocol.LOSS_KEY: report.loss,
-        protocol.SSE_KEY: report.rmse**2 * report.examples,
-        protocol.SUM_Y_KEY: float(y_true.sum()),
-        protocol.SUM_Y2_KEY: float((y_true**2).sum()),
-    })
+    return evaluation_metrics(model, [tensors], pipeline)[0]
+
+
+def evaluation_rows(tensors: NodeTensors) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows a node evaluates on: its local validation share (its training rows if it has none)."""
+    return (tensors.val_x, tensors.val_y) if len(tensors.val_y) else (tensors.train_x, tensors.train_y)
+
+
+def evaluation_metrics(model: torch.nn.Module, nodes_tensors: list[NodeTensors], pipeline: Pipeline) -> list[MetricRecord]:
+    """:func:`_evaluation_metrics` of several nodes with one forward pass over all their rows
+    (the model works row by row); each node's sums are then taken over its own rows."""
+    shares = [evaluation_rows(t) for t in nodes_tensors]
+    features = shares[0][0] if len(shares) == 1 else torch.cat([x for x, _ in shares])
+    scaled_pred = predict(model, features)
+    out, start = [], 0
+    for _, y in shares:
+        pred, start = scaled_pred[start:start + len(y)], start + len(y)
+        scaled_true = y.double().cpu().numpy()
+        loss = float(np.mean((pred - scaled_true) ** 2)) if len(scaled_true) else float("nan")  # as learning.training.evaluate
+        y_true, y_pred = pipeline.target.inverse(scaled_true), pipeline.target.inverse(pred)
+        error = rmse(y_true, y_pred)
+        out.append(MetricRecord({
+            protocol.WEIGHT_KEY: len(y_true),
+            protocol.LOSS_KEY: loss,
+            protocol.SSE_KEY: error**2 * len(y_true),
+            protocol.SUM_Y_KEY: float(y_true.sum()),
+            protocol.SUM_Y2_KEY: float((y_true**2).sum()),
+        }))
+    return out
 
 
 def batch_generator(seed: int, server_round: int, node_config: dict) -> torch.Generator:
