@@ -31,7 +31,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from astroscale_fl.federation import client, protocol
 from astroscale_fl.federation import local_objectives as objectives
 from astroscale_fl.federation.messages import config_digest, read_pipeline, read_run_config
-from astroscale_fl.federation.records import array_from_numpy, load_arrays
+from astroscale_fl.federation.records import array_from_numpy, array_record, load_arrays
 from astroscale_fl.federation.secagg import node as secagg_node
 from astroscale_fl.learning.training import TrainReport, shuffled_batches
 from astroscale_fl.learning.vectorized import LocalOptimizer, NodeWork, StackedDP, stackable, train_stacked
@@ -161,7 +161,7 @@ def _reply(member: Member, params: dict[str, torch.Tensor], report: TrainReport,
 
     ``state``: the received model's state dict, whose keys and order the handler's ``model_to_arrays``
     gives (buffers, if any, as received)."""
-    arrays = ArrayRecord({name: array_from_numpy(params.get(name, value).detach().cpu().numpy()) for name, value in state.items()})
+    arrays = array_record({name: array_from_numpy(params.get(name, value).detach().cpu().numpy()) for name, value in state.items()})
     reply = RecordDict({protocol.ARRAYS_KEY: arrays})
     if member.privacy is None:
         metrics = {protocol.WEIGHT_KEY: report.examples, protocol.TRAIN_LOSS_KEY: report.loss}
@@ -201,7 +201,7 @@ def _train_group(group: list[Member]) -> list[Message]:
         dp = StackedDP(tuple(p.noise_multiplier for p in plans), first.run.max_grad_norm,
                        tuple(p.expected_batch_size for p in plans))
     results = train_stacked(start, [m.work for m in group], first.optimizer, proximal_mu=first.mu, dp=dp,
-                            cuda_graph=first.run.cuda_graph)
+                            cuda_graph=first.run.cuda_graph, on_host=True)
     state = start.state_dict()
     return [_reply(member, params, report, state) for member, (params, report) in zip(group, results, strict=True)]
 
