@@ -88,15 +88,21 @@ def _node_batch(cfg: DictConfig, node_config: dict) -> dict:
 
 
 @functools.lru_cache(maxsize=8)
-def _columns_of(task_and_preprocess_json: str) -> tuple[tuple[str, ...], str | None]:
-    cfg = OmegaConf.create(json.loads(task_and_preprocess_json))
-    pipeline = Pipeline.from_config(get_task(cfg.task), cfg)
-    return (*pipeline.inputs, pipeline.target.target, node_arrays.ID), pipeline.time_column  # the id decides the local validation share
+def _unfitted_pipeline(task_and_preprocess_json: str, seed: int) -> Pipeline:
+    cfg = OmegaConf.create({**json.loads(task_and_preprocess_json), "seed": seed})
+    return Pipeline.from_config(get_task(cfg.task), cfg)
+
+
+def unfitted_pipeline(cfg: DictConfig) -> Pipeline:
+    """The run's pipeline before fitting (built once per config: a statistics round asks every node
+    for it, and building it reads the config through OmegaConf, ~5 ms). Shared: use it read-only."""
+    return _unfitted_pipeline(nodes.config_json(cfg, ("task", "preprocess")), int(cfg.seed))
 
 
 def _pipeline_columns(cfg: DictConfig) -> tuple[tuple[str, ...], str | None]:
     """The columns a node's pipeline reads (inputs, target, row id: all a node needs), and its time column."""
-    return _columns_of(nodes.config_json(cfg, ("task", "preprocess")))
+    pipeline = unfitted_pipeline(cfg)
+    return (*pipeline.inputs, pipeline.target.target, node_arrays.ID), pipeline.time_column  # the id decides the local validation share
 
 
 def node_tensors(cfg: DictConfig, node_config: dict, pipeline: Pipeline, pipeline_key: str, device: torch.device) -> NodeTensors:
@@ -126,15 +132,13 @@ def handle_query(msg: Message, node_config: dict, state: RecordDict | None = Non
     """Statistics round: this node's column statistics (no rows leave the node); under
     ``privacy.statistics_epsilon`` through the Gaussian mechanism (``state``: the node's ledger)."""
     cfg = read_run_config(msg.content[protocol.CONFIG_KEY])
-    task = get_task(cfg.task)
     if cfg.privacy.get("statistics_epsilon") is not None:
         from astroscale_fl.privacy.dp_statistics import private_statistics_reply
 
         train, _ = node_split(cfg, node_config)
-        pipeline = Pipeline.from_config(task, cfg)
-        return private_statistics_reply(cfg, task, pipeline, train, RecordDict() if state is None else state, node_config)
+        return private_statistics_reply(cfg, get_task(cfg.task), unfitted_pipeline(cfg), train, RecordDict() if state is None else state, node_config)
     frame_batches = lambda: [_node_batch(cfg, node_config)]  # noqa: E731  (simulation: the node's row selection)
-    stats, rows, quarantined = node_arrays.node_statistics(cfg, node_config, Pipeline.from_config(task, cfg), frame_batches)
+    stats, rows, quarantined = node_arrays.node_statistics(cfg, node_config, unfitted_pipeline(cfg), frame_batches)
     return RecordDict({
         protocol.STATS_KEY: numpy_to_arrays(stats.to_arrays()),
         protocol.COLUMNS_KEY: ConfigRecord({protocol.COLUMN_NAMES_KEY: list(stats.columns)}),
