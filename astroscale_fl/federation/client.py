@@ -273,23 +273,36 @@ def evaluation_metrics(model: torch.nn.Module, nodes_tensors: list[NodeTensors],
     """:func:`_evaluation_metrics` of several nodes with one forward pass over all their rows
     (the model works row by row); each node's sums are then taken over its own rows."""
     shares = [evaluation_rows(t) for t in nodes_tensors]
-    features = shares[0][0] if len(shares) == 1 else torch.cat([x for x, _ in shares])
-    scaled_pred = predict(model, features)
-    out, start = [], 0
-    for _, y in shares:
-        pred, start = scaled_pred[start:start + len(y)], start + len(y)
-        scaled_true = y.double().cpu().numpy()
-        loss = float(np.mean((pred - scaled_true) ** 2)) if len(scaled_true) else float("nan")  # as learning.training.evaluate
-        y_true, y_pred = pipeline.target.inverse(scaled_true), pipeline.target.inverse(pred)
-        error = rmse(y_true, y_pred)
-        out.append(MetricRecord({
-            protocol.WEIGHT_KEY: len(y_true),
-            protocol.LOSS_KEY: loss,
-            protocol.SSE_KEY: error**2 * len(y_true),
-            protocol.SUM_Y_KEY: float(y_true.sum()),
-            protocol.SUM_Y2_KEY: float((y_true**2).sum()),
-        }))
-    return out
+    if len(shares) == 1:
+        return [_metrics_record(predict(model, shares[0][0]), shares[0][1].double().cpu().numpy(), pipeline)]
+    scaled_pred = predict(model, torch.cat([x for x, _ in shares]))
+    scaled_true = torch.cat([y for _, y in shares]).double().cpu().numpy()
+    sizes = np.array([len(y) for _, y in shares])
+    node = np.repeat(np.arange(len(shares)), sizes)
+    y_true, y_pred = pipeline.target.inverse(scaled_true), pipeline.target.inverse(scaled_pred)
+
+    def per_node(values: np.ndarray) -> list[float]:
+        return np.bincount(node, weights=values, minlength=len(shares)).tolist()
+
+    with np.errstate(invalid="ignore", divide="ignore"):  # a node without rows: NaN, as np.mean gives
+        losses = (np.bincount(node, weights=(scaled_pred - scaled_true) ** 2, minlength=len(shares)) / sizes).tolist()
+    sse = [v if n else float("nan") for v, n in zip(per_node((y_true - y_pred) ** 2), sizes.tolist(), strict=True)]
+    return [MetricRecord({protocol.WEIGHT_KEY: n, protocol.LOSS_KEY: loss, protocol.SSE_KEY: e, protocol.SUM_Y_KEY: s1,
+                          protocol.SUM_Y2_KEY: s2})
+            for n, loss, e, s1, s2 in zip(sizes.tolist(), losses, sse, per_node(y_true), per_node(y_true**2), strict=True)]
+
+
+def _metrics_record(scaled_pred: np.ndarray, scaled_true: np.ndarray, pipeline: Pipeline) -> MetricRecord:
+    """One node's evaluation sums, as :func:`astroscale_fl.learning.training.evaluate` computes them."""
+    loss = float(np.mean((scaled_pred - scaled_true) ** 2)) if len(scaled_true) else float("nan")
+    y_true, y_pred = pipeline.target.inverse(scaled_true), pipeline.target.inverse(scaled_pred)
+    return MetricRecord({
+        protocol.WEIGHT_KEY: len(y_true),
+        protocol.LOSS_KEY: loss,
+        protocol.SSE_KEY: rmse(y_true, y_pred) ** 2 * len(y_true),
+        protocol.SUM_Y_KEY: float(y_true.sum()),
+        protocol.SUM_Y2_KEY: float((y_true**2).sum()),
+    })
 
 
 def batch_generator(seed: int, server_round: int, node_config: dict) -> torch.Generator:
