@@ -47,8 +47,8 @@ def test_a_simulated_nodes_rows_gathered_from_the_shared_encoding_equal_its_own_
             assert np.array_equal(getattr(tensors, name).numpy(), own[name]), name  # bit for bit
         sizes.append(len(tensors.train_y) + len(tensors.val_y))
     assert sum(sizes) > 0 and len(client._TENSORS) == 0  # nothing kept per node: its rows are gathered when used
-    table = task_table.encoded_table(cfg, pipeline, key)
-    assert table is task_table.encoded_table(cfg, pipeline, key)  # encoded once for every node
+    table = task_table.encoded_table(cfg, int(cfg.seed), pipeline, key)
+    assert table is task_table.encoded_table(cfg, int(cfg.seed), pipeline, key)  # encoded once for every node
     assert len(table.target) == len(nodes.task_split(cfg)[0])
 
 
@@ -64,7 +64,7 @@ def test_a_pipeline_that_encodes_node_by_node_encodes_each_nodes_selection():
 
 def test_a_node_selection_is_its_partition_and_the_nodes_cover_the_training_rows_once():
     cfg, _, _ = _fitted([])
-    rows = [task_table.node_rows(cfg, c) for c in engine_node_configs(cfg)]
+    rows = [task_table.node_rows(cfg, c, int(cfg.seed)) for c in engine_node_configs(cfg)]
     everything = np.sort(np.concatenate(rows))
     assert np.array_equal(everything, np.arange(len(nodes.task_split(cfg)[0])))
     frame = nodes.partition_frame(cfg, 5, 12)

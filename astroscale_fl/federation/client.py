@@ -84,7 +84,8 @@ def node_split(cfg: DictConfig, node_config: dict) -> tuple[pd.DataFrame, pd.Dat
 def _node_batch(cfg: DictConfig, node_config: dict) -> dict:
     """A simulated node's rows of the columns its pipeline reads: a selection of the task table."""
     columns, time_column = _pipeline_columns(cfg)
-    return task_table.select(task_table.task_columns(cfg, columns, time_column), task_table.node_rows(cfg, node_config))
+    seed = local_settings(cfg).seed
+    return task_table.select(task_table.task_columns(cfg, seed, columns, time_column), task_table.node_rows(cfg, node_config, seed))
 
 
 @functools.lru_cache(maxsize=8)
@@ -114,8 +115,9 @@ def node_tensors(cfg: DictConfig, node_config: dict, pipeline: Pipeline, pipelin
     once per (node, pipeline, device) and keeps them while the byte budget allows.
     """
     if "data-dir" not in node_config and task_table.row_local(pipeline):
-        table = task_table.encoded_table(cfg, pipeline, pipeline_key)
-        train, val = (torch.from_numpy(rows).to(device) for rows in table.selection(task_table.node_rows(cfg, node_config)))
+        seed = local_settings(cfg).seed
+        table = task_table.encoded_table(cfg, seed, pipeline, pipeline_key)
+        train, val = (torch.from_numpy(rows).to(device) for rows in table.selection(task_table.node_rows(cfg, node_config, seed)))
         x, y = table.on(device)
         return NodeTensors(x[train], y[train], x[val], y[val])
     key = _key(repr(sorted(node_config.items())), config_digest(cfg), pipeline_key, str(device))

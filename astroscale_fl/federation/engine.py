@@ -196,10 +196,10 @@ def _set_task_identity(run_id: int) -> None:
 def _delivered_copy(msg: Message) -> Message:
     """What a node receives: the message with its own records (a SuperNode deserialises a copy).
 
-    Config and metric records are copied; arrays are shared, since ``Array`` holds immutable bytes.
+    Config records are copied (``copy()``: the values were checked when the server set them);
+    arrays are shared, since ``Array`` holds immutable bytes.
     """
-    content = RecordDict({name: ConfigRecord(dict(rec)) if isinstance(rec, ConfigRecord) else rec
-                          for name, rec in msg.content.items()})
+    content = RecordDict({name: rec.copy() if isinstance(rec, ConfigRecord) else rec for name, rec in msg.content.items()})
     return Message(content=content, metadata=copy.copy(msg.metadata))
 
 
