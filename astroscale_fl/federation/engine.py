@@ -22,6 +22,7 @@ evaluate messages through :meth:`InProcessGrid.run_evaluate`: the seams where a 
 from __future__ import annotations
 
 import copy
+import gc
 import os
 import threading
 import uuid
@@ -222,10 +223,12 @@ def run_inprocess(server_app: ServerApp, client_app: ClientApp, cfg: DictConfig,
                          workers=default_workers(threads), train_runner=train_runner, evaluate_runner=evaluate_runner)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)  # the server's evaluation too: same threads as under Ray
+    gc.freeze()  # a run makes many small objects (messages, records): full collections need not rescan the imports and tables
     try:
         server_app(grid, Context(run_id=RUN_ID, node_id=SUPERLINK_NODE_ID, node_config={}, state=RecordDict(),
                                  run_config={}))
     finally:
+        gc.unfreeze()
         grid.close()
         torch.set_num_threads(previous)
     return grid
