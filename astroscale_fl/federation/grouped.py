@@ -13,6 +13,10 @@ one by one through the ClientApp by the caller, so their replies and errors are 
 On CUDA even a lone node trains here: the stacked trainer replays its step (DP included) from a
 CUDA graph.
 
+:func:`evaluate_grouped` does the same for a round's evaluate messages (the nodes not trained this
+round): nodes that received the same model evaluate it in one forward pass, each answered with its
+own sums; the folded evaluations riding on training messages are grouped with their training.
+
 Grouped results equal node-by-node training to float rounding, not bit for bit (batched matmuls
 sum in another order): a run is bit-reproducible across repeats either way, but compare it bit for
 bit with the Ray backend (which trains node by node) with ``federation.vectorize=false``.
