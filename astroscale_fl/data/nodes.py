@@ -84,8 +84,13 @@ def partition_frame(cfg: DictConfig, node: int, num_nodes: int, columns: tuple[s
     only ``columns`` (those the table has) when given: a narrow table is much faster to slice."""
     task_json, seed = config_json(cfg, ("task",)), int(cfg.seed)
     train = _training_columns(task_json, seed, columns)
-    rows = _partition_rows(task_json, seed, config_json(cfg, ("partition",)), num_nodes)[node]
+    rows = partition_rows(task_json, seed, config_json(cfg, ("partition",)), num_nodes)[node]
     return train.iloc[rows].reset_index(drop=True)
+
+
+def training_frame(task_json: str, seed: int) -> pd.DataFrame:
+    """The task's training split (cached per process; ``task_json``: :func:`config_json` of ``task``)."""
+    return _split(task_json, seed)[0]
 
 
 @functools.lru_cache(maxsize=4)
@@ -95,8 +100,9 @@ def _training_columns(task_json: str, seed: int, columns: tuple[str, ...] | None
 
 
 @functools.lru_cache(maxsize=4)
-def _partition_rows(task_json: str, seed: int, partition_json: str, num_nodes: int) -> list[np.ndarray]:
-    """Training-row positions of every partition, computed once for all the nodes of a simulation."""
+def partition_rows(task_json: str, seed: int, partition_json: str, num_nodes: int) -> list[np.ndarray]:
+    """Training-row positions of every partition (in the training split's order), computed once
+    for all the nodes of a simulation: each simulated node's data is its selection."""
     train = _split(task_json, seed)[0]
     task_cfg = OmegaConf.create(json.loads(task_json)["task"])
     partition_cfg = OmegaConf.create(json.loads(partition_json)["partition"])

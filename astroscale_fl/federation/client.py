@@ -7,9 +7,10 @@
   the server can pool RMSE and R² exactly.
 
 Each node keeps a local validation share (``federation.local_val_fraction``) out of training.
-Frames and tensors are cached per process (simulation serves many messages) keyed by node and
-pipeline, least recently used first out beyond a byte budget, so repeated rounds do not re-read
-or re-encode data and a thousand-node simulation does not hold every node's rows.
+A simulated node's data is a row selection of the task table (:mod:`astroscale_fl.data.task_table`):
+the table is encoded once per pipeline and each message gathers the node's rows from it, so a
+thousand-node simulation holds the table once plus one index per node. A deployed node reads its
+memory-mapped tensor files.
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ import json
 import threading
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from omegaconf import DictConfig, OmegaConf
 
-from astroscale_fl.data import node_arrays, nodes
+from astroscale_fl.data import node_arrays, nodes, task_table
 from astroscale_fl.data.tasks import get_task
 from astroscale_fl.federation import local_objectives as objectives
 from astroscale_fl.federation import protocol
@@ -34,8 +36,9 @@ from astroscale_fl.federation.messages import config_digest, read_pipeline, read
 from astroscale_fl.federation.node_cache import NodeCache
 from astroscale_fl.federation.records import load_arrays, model_to_arrays, numpy_to_arrays
 from astroscale_fl.learning.device import resolve_device
+from astroscale_fl.learning.metrics import rmse
 from astroscale_fl.learning.models import build_model
-from astroscale_fl.learning.training import GradHook, evaluate, make_optimizer
+from astroscale_fl.learning.training import GradHook, make_optimizer, predict
 from astroscale_fl.preprocessing import Pipeline
 from astroscale_fl.privacy.calibrate import PrivacySettings
 from astroscale_fl.privacy.floor import PrivacyFloor
@@ -54,9 +57,7 @@ class NodeTensors:
     val_y: torch.Tensor
 
 
-CACHE_BYTES = 256 * 2**20  # per process: encoded rows and frames of the recently served nodes
-_FRAMES: NodeCache[tuple[pd.DataFrame, pd.DataFrame]] = NodeCache(
-    CACHE_BYTES, lambda frames: sum(8 * f.shape[0] * f.shape[1] for f in frames))  # about: 8 bytes a cell
+CACHE_BYTES = 256 * 2**20  # per process: encoded rows of the recently served nodes that cannot share one encoding
 _TENSORS: NodeCache[NodeTensors] = NodeCache(
     CACHE_BYTES, lambda t: sum(x.element_size() * x.nelement() for x in (t.train_x, t.train_y, t.val_x, t.val_y)))
 
@@ -65,34 +66,60 @@ def _key(*parts: str) -> str:
     return hashlib.sha256("\x00".join(parts).encode()).hexdigest()
 
 
+def _split_shares(frame: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    is_val = node_arrays.is_local_val({"id": frame["id"].to_numpy()}, seed)
+    if is_val.all() or len(frame) < 2:
+        is_val[:] = False
+    return frame.loc[~is_val].reset_index(drop=True), frame.loc[is_val].reset_index(drop=True)
+
+
 def node_split(cfg: DictConfig, node_config: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The node's (training, local validation) rows; seeded and cached per process."""
-    key = _key(repr(sorted(node_config.items())), config_digest(cfg))
+    """The node's (training, local validation) rows, seeded by row id. A simulated node's are
+    gathered from the shared task table by its row selection, on each call (nothing is kept)."""
+    if "data-dir" in node_config:
+        return _split_shares(nodes.node_frame(cfg, node_config), int(cfg.seed))
+    return _split_shares(pd.DataFrame(_node_batch(cfg, node_config)), int(cfg.seed))
 
-    def split() -> tuple[pd.DataFrame, pd.DataFrame]:
-        frame = nodes.node_frame(cfg, node_config, _pipeline_columns(cfg))
-        is_val = node_arrays.is_local_val({"id": frame["id"].to_numpy()}, int(cfg.seed))
-        if is_val.all() or len(frame) < 2:
-            is_val[:] = False
-        return frame.loc[~is_val].reset_index(drop=True), frame.loc[is_val].reset_index(drop=True)
 
-    return _FRAMES.get(key, split)
+def _node_batch(cfg: DictConfig, node_config: dict) -> dict:
+    """A simulated node's rows of the columns its pipeline reads: a selection of the task table."""
+    columns, time_column = _pipeline_columns(cfg)
+    seed = local_settings(cfg).seed
+    return task_table.select(task_table.task_columns(cfg, seed, columns, time_column), task_table.node_rows(cfg, node_config, seed))
 
 
 @functools.lru_cache(maxsize=8)
-def _columns_of(task_and_preprocess_json: str) -> tuple[str, ...]:
-    cfg = OmegaConf.create(json.loads(task_and_preprocess_json))
-    pipeline = Pipeline.from_config(get_task(cfg.task), cfg)
-    return (*pipeline.inputs, pipeline.target.target, node_arrays.ID)  # the id decides the local validation share
+def _unfitted_pipeline(task_and_preprocess_json: str, seed: int) -> Pipeline:
+    cfg = OmegaConf.create({**json.loads(task_and_preprocess_json), "seed": seed})
+    return Pipeline.from_config(get_task(cfg.task), cfg)
 
 
-def _pipeline_columns(cfg: DictConfig) -> tuple[str, ...]:
-    """The columns a node's pipeline reads (inputs, target, row id): all a node needs."""
-    return _columns_of(nodes.config_json(cfg, ("task", "preprocess")))
+def unfitted_pipeline(cfg: DictConfig) -> Pipeline:
+    """The run's pipeline before fitting (built once per config: a statistics round asks every node
+    for it, and building it reads the config through OmegaConf, ~5 ms). Shared: use it read-only."""
+    return _unfitted_pipeline(nodes.config_json(cfg, ("task", "preprocess")), int(cfg.seed))
+
+
+def _pipeline_columns(cfg: DictConfig) -> tuple[tuple[str, ...], str | None]:
+    """The columns a node's pipeline reads (inputs, target, row id: all a node needs), and its time column."""
+    pipeline = unfitted_pipeline(cfg)
+    return (*pipeline.inputs, pipeline.target.target, node_arrays.ID), pipeline.time_column  # the id decides the local validation share
 
 
 def node_tensors(cfg: DictConfig, node_config: dict, pipeline: Pipeline, pipeline_key: str, device: torch.device) -> NodeTensors:
-    """Encode the node's rows with the global pipeline, once per (node, pipeline, device)."""
+    """The node's rows encoded with the global pipeline, on ``device``.
+
+    A simulated node's are gathered by its row selection from the task table encoded once
+    (:func:`astroscale_fl.data.task_table.encoded_table`); a deployed node's come from its
+    memory-mapped tensor files; a pipeline that encodes node by node encodes the node's rows
+    once per (node, pipeline, device) and keeps them while the byte budget allows.
+    """
+    if "data-dir" not in node_config and task_table.row_local(pipeline):
+        seed = local_settings(cfg).seed
+        table = task_table.encoded_table(cfg, seed, pipeline, pipeline_key)
+        train, val = (torch.from_numpy(rows).to(device) for rows in table.selection(task_table.node_rows(cfg, node_config, seed)))
+        x, y = table.on(device)
+        return NodeTensors(x[train], y[train], x[val], y[val])
     key = _key(repr(sorted(node_config.items())), config_digest(cfg), pipeline_key, str(device))
 
     def encode() -> NodeTensors:
@@ -107,15 +134,13 @@ def handle_query(msg: Message, node_config: dict, state: RecordDict | None = Non
     """Statistics round: this node's column statistics (no rows leave the node); under
     ``privacy.statistics_epsilon`` through the Gaussian mechanism (``state``: the node's ledger)."""
     cfg = read_run_config(msg.content[protocol.CONFIG_KEY])
-    task = get_task(cfg.task)
     if cfg.privacy.get("statistics_epsilon") is not None:
         from astroscale_fl.privacy.dp_statistics import private_statistics_reply
 
         train, _ = node_split(cfg, node_config)
-        pipeline = Pipeline.from_config(task, cfg)
-        return private_statistics_reply(cfg, task, pipeline, train, RecordDict() if state is None else state, node_config)
-    frame_batches = lambda: [{c: v.to_numpy() for c, v in nodes.node_frame(cfg, node_config).items()}]  # noqa: E731
-    stats, rows, quarantined = node_arrays.node_statistics(cfg, node_config, Pipeline.from_config(task, cfg), frame_batches)
+        return private_statistics_reply(cfg, get_task(cfg.task), unfitted_pipeline(cfg), train, RecordDict() if state is None else state, node_config)
+    frame_batches = lambda: [_node_batch(cfg, node_config)]  # noqa: E731  (simulation: the node's row selection)
+    stats, rows, quarantined = node_arrays.node_statistics(cfg, node_config, unfitted_pipeline(cfg), frame_batches)
     return RecordDict({
         protocol.STATS_KEY: numpy_to_arrays(stats.to_arrays()),
         protocol.COLUMNS_KEY: ConfigRecord({protocol.COLUMN_NAMES_KEY: list(stats.columns)}),
@@ -238,13 +263,45 @@ def handle_evaluate(msg: Message, node_config: dict) -> RecordDict:
 
 def _evaluation_metrics(model: torch.nn.Module, tensors: NodeTensors, pipeline: Pipeline) -> MetricRecord:
     """The model on the node's local validation rows, as sums the server pools exactly."""
-    x, y = (tensors.val_x, tensors.val_y) if len(tensors.val_y) else (tensors.train_x, tensors.train_y)
-    report = evaluate(model, x, y, pipeline.target.inverse)
-    y_true = pipeline.target.inverse(y.double().cpu().numpy())
+    return evaluation_metrics(model, [tensors], pipeline)[0]
+
+
+def evaluation_rows(tensors: NodeTensors) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows a node evaluates on: its local validation share (its training rows if it has none)."""
+    return (tensors.val_x, tensors.val_y) if len(tensors.val_y) else (tensors.train_x, tensors.train_y)
+
+
+def evaluation_metrics(model: torch.nn.Module, nodes_tensors: list[NodeTensors], pipeline: Pipeline) -> list[MetricRecord]:
+    """:func:`_evaluation_metrics` of several nodes with one forward pass over all their rows
+    (the model works row by row); each node's sums are then taken over its own rows."""
+    shares = [evaluation_rows(t) for t in nodes_tensors]
+    if len(shares) == 1:
+        return [_metrics_record(predict(model, shares[0][0]), shares[0][1].double().cpu().numpy(), pipeline)]
+    scaled_pred = predict(model, torch.cat([x for x, _ in shares]))
+    scaled_true = torch.cat([y for _, y in shares]).double().cpu().numpy()
+    sizes = np.array([len(y) for _, y in shares])
+    node = np.repeat(np.arange(len(shares)), sizes)
+    y_true, y_pred = pipeline.target.inverse(scaled_true), pipeline.target.inverse(scaled_pred)
+
+    def per_node(values: np.ndarray) -> list[float]:
+        return np.bincount(node, weights=values, minlength=len(shares)).tolist()
+
+    with np.errstate(invalid="ignore", divide="ignore"):  # a node without rows: NaN, as np.mean gives
+        losses = (np.bincount(node, weights=(scaled_pred - scaled_true) ** 2, minlength=len(shares)) / sizes).tolist()
+    sse = [v if n else float("nan") for v, n in zip(per_node((y_true - y_pred) ** 2), sizes.tolist(), strict=True)]
+    return [MetricRecord({protocol.WEIGHT_KEY: n, protocol.LOSS_KEY: loss, protocol.SSE_KEY: e, protocol.SUM_Y_KEY: s1,
+                          protocol.SUM_Y2_KEY: s2})
+            for n, loss, e, s1, s2 in zip(sizes.tolist(), losses, sse, per_node(y_true), per_node(y_true**2), strict=True)]
+
+
+def _metrics_record(scaled_pred: np.ndarray, scaled_true: np.ndarray, pipeline: Pipeline) -> MetricRecord:
+    """One node's evaluation sums, as :func:`astroscale_fl.learning.training.evaluate` computes them."""
+    loss = float(np.mean((scaled_pred - scaled_true) ** 2)) if len(scaled_true) else float("nan")
+    y_true, y_pred = pipeline.target.inverse(scaled_true), pipeline.target.inverse(scaled_pred)
     return MetricRecord({
-        protocol.WEIGHT_KEY: report.examples,
-        protocol.LOSS_KEY: report.loss,
-        protocol.SSE_KEY: report.rmse**2 * report.examples,
+        protocol.WEIGHT_KEY: len(y_true),
+        protocol.LOSS_KEY: loss,
+        protocol.SSE_KEY: rmse(y_true, y_pred) ** 2 * len(y_true),
         protocol.SUM_Y_KEY: float(y_true.sum()),
         protocol.SUM_Y2_KEY: float((y_true**2).sum()),
     })

@@ -14,13 +14,15 @@ threads reduce a sum. Nothing is started per job: a Hydra multirun reuses the pr
 imports and the pool. A node costs a Context (a few hundred bytes) until it is first
 addressed; its rows are read only while it handles a message (see federation.client).
 
-Training messages of a round go through one method, :meth:`InProcessGrid.run_train`,
-the seam where a grouped (vectorised) execution can replace node-by-node training.
+Training messages of a round go through one method, :meth:`InProcessGrid.run_train`, and
+evaluate messages through :meth:`InProcessGrid.run_evaluate`: the seams where a grouped
+(vectorised) execution can replace node-by-node training and evaluation.
 """
 
 from __future__ import annotations
 
 import copy
+import gc
 import os
 import threading
 import uuid
@@ -39,7 +41,7 @@ from omegaconf import DictConfig
 FIRST_NODE_ID = 1_000  # node i is FIRST_NODE_ID + i, in both backends (see ray_backend)
 RUN_ID = 1
 Work = list[tuple[Message, Context]]  # messages with the Context of the node each is addressed to
-TrainRunner = Callable[["InProcessGrid", Work], list[Message]]
+TrainRunner = Callable[["InProcessGrid", Work], list[Message]]  # also the type of an evaluate runner
 
 
 def simulation_node_configs(num_nodes: int) -> list[dict]:
@@ -62,11 +64,13 @@ class InProcessGrid(Grid):
     """
 
     def __init__(self, client_app: ClientApp, node_configs: Sequence[dict], run_id: int = RUN_ID,
-                 workers: int | None = None, train_runner: TrainRunner | None = None):
+                 workers: int | None = None, train_runner: TrainRunner | None = None,
+                 evaluate_runner: TrainRunner | None = None):
         self.client_app = client_app
         self.node_configs = list(node_configs)
         self.workers = workers or default_workers()
         self.train_runner = train_runner
+        self.evaluate_runner = evaluate_runner
         self._run = Run.create_empty(run_id)
         self._contexts: dict[int, Context] = {}
         self._replies: dict[str, Message] = {}
@@ -134,12 +138,14 @@ class InProcessGrid(Grid):
     # -- execution ------------------------------------------------------------------------
 
     def execute(self, work: Work) -> list[Message]:
-        """Replies to ``work`` in its order: training messages through :meth:`run_train`."""
+        """Replies to ``work`` in its order: training messages through :meth:`run_train`, evaluate
+        messages through :meth:`run_evaluate`."""
         replies: list[Message | None] = [None] * len(work)
-        is_train = [msg.metadata.message_type == MessageType.TRAIN for msg, _ in work]
-        train = [i for i, flag in enumerate(is_train) if flag]
-        other = [i for i, flag in enumerate(is_train) if not flag]
-        for indices, runner in ((train, self.run_train), (other, self.run_each)):
+        kinds = [msg.metadata.message_type for msg, _ in work]
+        train = [i for i, kind in enumerate(kinds) if kind == MessageType.TRAIN]
+        evaluate = [i for i, kind in enumerate(kinds) if kind == MessageType.EVALUATE]
+        other = [i for i, kind in enumerate(kinds) if kind not in (MessageType.TRAIN, MessageType.EVALUATE)]
+        for indices, runner in ((train, self.run_train), (evaluate, self.run_evaluate), (other, self.run_each)):
             if indices:
                 for i, reply in zip(indices, runner([work[i] for i in indices]), strict=True):
                     replies[i] = reply
@@ -150,6 +156,12 @@ class InProcessGrid(Grid):
         """Serve one round's training messages; replace ``train_runner`` to train them as a group."""
         if self.train_runner is not None:
             return self.train_runner(self, work)
+        return self.run_each(work)
+
+    def run_evaluate(self, work: Work) -> list[Message]:
+        """Serve one round's evaluate messages; replace ``evaluate_runner`` to evaluate them as a group."""
+        if self.evaluate_runner is not None:
+            return self.evaluate_runner(self, work)
         return self.run_each(work)
 
     def run_each(self, work: Work) -> list[Message]:
@@ -185,10 +197,10 @@ def _set_task_identity(run_id: int) -> None:
 def _delivered_copy(msg: Message) -> Message:
     """What a node receives: the message with its own records (a SuperNode deserialises a copy).
 
-    Config and metric records are copied; arrays are shared, since ``Array`` holds immutable bytes.
+    Config records are copied (``copy()``: the values were checked when the server set them);
+    arrays are shared, since ``Array`` holds immutable bytes.
     """
-    content = RecordDict({name: ConfigRecord(dict(rec)) if isinstance(rec, ConfigRecord) else rec
-                          for name, rec in msg.content.items()})
+    content = RecordDict({name: rec.copy() if isinstance(rec, ConfigRecord) else rec for name, rec in msg.content.items()})
     return Message(content=content, metadata=copy.copy(msg.metadata))
 
 
@@ -197,21 +209,26 @@ def run_inprocess(server_app: ServerApp, client_app: ClientApp, cfg: DictConfig,
     """Run ``server_app`` against ``cfg.federation.num_nodes`` in-process nodes; return the grid used.
 
     Under ``federation.vectorize`` (the default) a round's training messages go to
-    :func:`astroscale_fl.federation.grouped.run_train_grouped` unless ``train_runner`` is given.
+    :func:`astroscale_fl.federation.grouped.run_train_grouped` unless ``train_runner`` is given,
+    and its evaluate messages to :func:`astroscale_fl.federation.grouped.run_evaluate_grouped`.
     """
-    if train_runner is None and bool(cfg.federation.vectorize):
-        from astroscale_fl.federation.grouped import run_train_grouped
+    evaluate_runner = None
+    if bool(cfg.federation.vectorize):
+        from astroscale_fl.federation.grouped import run_evaluate_grouped, run_train_grouped
 
-        train_runner = run_train_grouped
+        train_runner = train_runner or run_train_grouped
+        evaluate_runner = run_evaluate_grouped
     threads = int(cfg.federation.client_threads)
     grid = InProcessGrid(client_app, simulation_node_configs(int(cfg.federation.num_nodes)),
-                         workers=default_workers(threads), train_runner=train_runner)
+                         workers=default_workers(threads), train_runner=train_runner, evaluate_runner=evaluate_runner)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)  # the server's evaluation too: same threads as under Ray
+    gc.freeze()  # a run makes many small objects (messages, records): full collections need not rescan the imports and tables
     try:
         server_app(grid, Context(run_id=RUN_ID, node_id=SUPERLINK_NODE_ID, node_config={}, state=RecordDict(),
                                  run_config={}))
     finally:
+        gc.unfreeze()
         grid.close()
         torch.set_num_threads(previous)
     return grid

@@ -13,6 +13,10 @@ one by one through the ClientApp by the caller, so their replies and errors are 
 On CUDA even a lone node trains here: the stacked trainer replays its step (DP included) from a
 CUDA graph.
 
+:func:`evaluate_grouped` does the same for a round's evaluate messages (the nodes not trained this
+round): nodes that received the same model evaluate it in one forward pass, each answered with its
+own sums; the folded evaluations riding on training messages are grouped with their training.
+
 Grouped results equal node-by-node training to float rounding, not bit for bit (batched matmuls
 sum in another order): a run is bit-reproducible across repeats either way, but compare it bit for
 bit with the Ray backend (which trains node by node) with ``federation.vectorize=false``.
@@ -26,12 +30,12 @@ import uuid
 from dataclasses import dataclass
 
 import torch
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 
 from astroscale_fl.federation import client, protocol
 from astroscale_fl.federation import local_objectives as objectives
 from astroscale_fl.federation.messages import config_digest, read_pipeline, read_run_config
-from astroscale_fl.federation.records import load_arrays, model_to_arrays
+from astroscale_fl.federation.records import array_from_numpy, array_record, load_arrays
 from astroscale_fl.federation.secagg import node as secagg_node
 from astroscale_fl.learning.training import TrainReport, shuffled_batches
 from astroscale_fl.learning.vectorized import LocalOptimizer, NodeWork, StackedDP, stackable, train_stacked
@@ -57,7 +61,10 @@ class Member:
     privacy: tuple | None = None  # (ledger, plan) once spent
     privacy_settings: PrivacySettings | None = None
     run: _RunSettings | None = None
-    evaluation: MetricRecord | None = None  # one message per round: the received model on the node's validation rows
+    tensors: client.NodeTensors | None = None
+    pipeline: object = None
+    evaluates: bool = False  # one message per round: evaluate the received model on the node's validation rows first
+    evaluation: MetricRecord | None = None
 
 
 @dataclass(frozen=True)
@@ -87,7 +94,26 @@ def _eligible(run: _RunSettings, privacy: PrivacySettings | None, model: torch.n
     return privacy is None or not (privacy.backend == "opacus" or privacy.secure_mode or not ghost_supported(model))
 
 
-def _setup(msg: Message, context: Context) -> Member | None:
+_FLOOR_PASSED: set[tuple] = set()  # (node's privacy floor, run config digest) pairs that passed
+
+
+def _check_floor(cfg, digest: str, node_config: dict) -> None:
+    """The node's privacy floor against the run (raises: the handler declines); remembered once passed."""
+    floor = PrivacyFloor.from_node_config(node_config)
+    if (floor, digest) not in _FLOOR_PASSED:
+        floor.check_run(cfg, dp_node.node_name(node_config))
+        _FLOOR_PASSED.add((floor, digest))
+
+
+def arrays_key(record, digests: dict[int, str]) -> str:
+    """A digest of a message's model arrays; the messages of a round share one ArrayRecord, so it
+    is hashed once per record object (``digests``: the round's memo)."""
+    if id(record) not in digests:
+        digests[id(record)] = hashlib.sha256(b"".join(a.data for a in record.values())).hexdigest()
+    return digests[id(record)]
+
+
+def _setup(msg: Message, context: Context, digests: dict[int, str]) -> Member | None:
     """The node's training set-up (no privacy spent yet), or None when it cannot be grouped."""
     if secagg_node.RECORD in msg.content.config_records:
         return None  # SecAgg+: the ClientApp masks the reply
@@ -100,13 +126,8 @@ def _setup(msg: Message, context: Context) -> Member | None:
     if not _eligible(run, local.privacy, model):
         return None
     node_config = dict(context.node_config)
-    PrivacyFloor.from_node_config(node_config).check_run(cfg, dp_node.node_name(node_config))  # raises: the handler declines
+    _check_floor(cfg, digest, node_config)
     tensors = client.node_tensors(cfg, node_config, pipeline, pipeline_key, local.device)
-    evaluation = None
-    if protocol.EVAL_ROUND_KEY in config:
-        received = copy.deepcopy(model)
-        load_arrays(received, msg.content[protocol.ARRAYS_KEY])
-        evaluation = client._evaluation_metrics(received, tensors, pipeline)
     wanted = protocol.local_objectives(config)
     mu = wanted.proximal.mu if wanted.proximal is not None else 0.0
     scaffold, correction = None, None
@@ -118,10 +139,10 @@ def _setup(msg: Message, context: Context) -> Member | None:
         optimizer = LocalOptimizer("sgd", scaffold.local_lr)
     else:
         optimizer = LocalOptimizer(local.optimizer, local.lr, local.momentum, local.weight_decay)
-    arrays_digest = hashlib.sha256(b"".join(a.data for a in msg.content[protocol.ARRAYS_KEY].values())).hexdigest()
-    key = (arrays_digest, digest, optimizer, mu, scaffold is not None)
+    key = (arrays_key(msg.content[protocol.ARRAYS_KEY], digests), digest, pipeline_key, optimizer, mu, scaffold is not None)
     work = NodeWork(tensors.train_x, tensors.train_y, [], correction)
-    return Member(msg, context, work, key, model, cfg, optimizer, mu, scaffold, None, local.privacy, run, evaluation)
+    return Member(msg, context, work, key, model, cfg, optimizer, mu, scaffold, None, local.privacy, run, tensors, pipeline,
+                  protocol.EVAL_ROUND_KEY in config)
 
 
 def _batches(member: Member) -> None:
@@ -139,12 +160,13 @@ def _batches(member: Member) -> None:
         member.work.batches = list(poisson_batches(n, plan.sample_rate, plan.steps, generator=None))
 
 
-def _reply(member: Member, params: dict[str, torch.Tensor], report: TrainReport) -> Message:
-    """The node's reply, as its handler builds it; SCAFFOLD's new ``c_i`` is saved in its state."""
-    with torch.no_grad():
-        for name, p in member.model.named_parameters():
-            p.copy_(params[name])
-    reply = RecordDict({protocol.ARRAYS_KEY: model_to_arrays(member.model)})  # member.model: the group's scratch copy
+def _reply(member: Member, params: dict[str, torch.Tensor], report: TrainReport, state: dict[str, torch.Tensor]) -> Message:
+    """The node's reply, as its handler builds it; SCAFFOLD's new ``c_i`` is saved in its state.
+
+    ``state``: the received model's state dict, whose keys and order the handler's ``model_to_arrays``
+    gives (buffers, if any, as received)."""
+    arrays = array_record({name: array_from_numpy(params.get(name, value).detach().cpu().numpy()) for name, value in state.items()})
+    reply = RecordDict({protocol.ARRAYS_KEY: arrays})
     if member.privacy is None:
         metrics = {protocol.WEIGHT_KEY: report.examples, protocol.TRAIN_LOSS_KEY: report.loss}
     else:
@@ -155,26 +177,37 @@ def _reply(member: Member, params: dict[str, torch.Tensor], report: TrainReport)
     if member.evaluation is not None:
         reply[protocol.EVAL_METRICS_KEY] = member.evaluation
     if member.scaffold is not None:
-        reply[protocol.CONTROL_DELTA_KEY] = member.scaffold.finish(reply[protocol.ARRAYS_KEY], report.steps)
+        reply[protocol.CONTROL_DELTA_KEY] = member.scaffold.finish(arrays, report.steps)
     return Message(content=reply, reply_to=member.msg)
 
 
+def _received_model(model: torch.nn.Module, arrays: ArrayRecord) -> torch.nn.Module:
+    """A copy of ``model`` (a thread's shared one, not ours to change) holding the received arrays."""
+    received = copy.deepcopy(model)
+    load_arrays(received, arrays)
+    return received
+
+
 def _train_group(group: list[Member]) -> list[Message]:
-    """Train the members (same model, same settings, batches drawn) as one stacked model; their replies."""
+    """Train the members (same model, same settings, batches drawn) as one stacked model; their replies.
+
+    Members asked to evaluate the received model first do so together, in one forward pass."""
     first = group[0]
-    start = copy.deepcopy(first.model)  # the shared per-thread model is not ours to keep
-    load_arrays(start, first.msg.content[protocol.ARRAYS_KEY])
-    scratch = copy.deepcopy(start)
-    for member in group:
-        member.model = scratch
+    start = _received_model(first.model, first.msg.content[protocol.ARRAYS_KEY])
+    evaluating = [m for m in group if m.evaluates]
+    if evaluating:
+        for member, metrics in zip(evaluating, client.evaluation_metrics(start, [m.tensors for m in evaluating], first.pipeline),
+                                   strict=True):
+            member.evaluation = metrics
     dp = None
     if first.privacy is not None:
         plans = [m.privacy[1] for m in group]
         dp = StackedDP(tuple(p.noise_multiplier for p in plans), first.run.max_grad_norm,
                        tuple(p.expected_batch_size for p in plans))
     results = train_stacked(start, [m.work for m in group], first.optimizer, proximal_mu=first.mu, dp=dp,
-                            cuda_graph=first.run.cuda_graph)
-    return [_reply(member, params, report) for member, (params, report) in zip(group, results, strict=True)]
+                            cuda_graph=first.run.cuda_graph, on_host=True)
+    state = start.state_dict()
+    return [_reply(member, params, report, state) for member, (params, report) in zip(group, results, strict=True)]
 
 
 def train_grouped(work: list[tuple[Message, Context]]) -> list[Message | None]:
@@ -184,9 +217,10 @@ def train_grouped(work: list[tuple[Message, Context]]) -> list[Message | None]:
     under the engine), so results do not depend on the engine's worker count.
     """
     members: list[Member | None] = []
+    digests: dict[int, str] = {}
     for msg, context in work:
         try:
-            members.append(_setup(msg, context))
+            members.append(_setup(msg, context, digests))
         except Exception:  # the handler, run alone, reports it as it always does
             members.append(None)
     groups: dict[tuple, list[int]] = {}
@@ -213,10 +247,57 @@ def train_grouped(work: list[tuple[Message, Context]]) -> list[Message | None]:
     return replies
 
 
+def evaluate_grouped(work: list[tuple[Message, Context]]) -> list[Message | None]:
+    """Replies to a round's evaluate messages in ``work``'s order; ``None`` where a node must be served alone.
+
+    Nodes that received the same model under the same run and pipeline evaluate it together: one
+    copy of the model, one forward pass over all their validation rows, then each node's sums over
+    its own rows (:func:`client.evaluation_metrics`), answered with the reply its handler builds.
+    """
+    digests: dict[int, str] = {}
+    groups: dict[tuple, list[tuple[int, client.NodeTensors]]] = {}
+    settings = {}
+    for i, (msg, context) in enumerate(work):
+        try:
+            config = msg.content[protocol.CONFIG_KEY]
+            cfg = read_run_config(config)
+            digest, run = _run_settings(cfg)
+            if not run.vectorize:
+                continue
+            pipeline, pipeline_key = read_pipeline(config)
+            local = client.local_settings(cfg)
+            tensors = client.node_tensors(cfg, dict(context.node_config), pipeline, pipeline_key, local.device)
+            key = (arrays_key(msg.content[protocol.ARRAYS_KEY], digests), digest, pipeline_key)
+        except Exception:  # the handler, run alone, reports it as it always does
+            continue
+        groups.setdefault(key, []).append((i, tensors))
+        settings.setdefault(key, (cfg, pipeline, local.device))
+    replies: list[Message | None] = [None] * len(work)
+    for key, members in groups.items():
+        if len(members) < 2:
+            continue
+        cfg, pipeline, device = settings[key]
+        first = work[members[0][0]][0]
+        model = _received_model(client._fresh_model(cfg, len(pipeline.features), device), first.content[protocol.ARRAYS_KEY])
+        for (i, _), metrics in zip(members, client.evaluation_metrics(model, [t for _, t in members], pipeline), strict=True):
+            replies[i] = Message(RecordDict({protocol.METRICS_KEY: metrics}), reply_to=work[i][0])
+    return replies
+
+
+def run_evaluate_grouped(grid, work: list[tuple[Message, Context]]) -> list[Message]:
+    """The in-process engine's evaluate runner under ``federation.vectorize``: groups through
+    :func:`evaluate_grouped`, every other message through the grid's ClientApp."""
+    return _answer(grid, work, evaluate_grouped(work))
+
+
 def run_train_grouped(grid, work: list[tuple[Message, Context]]) -> list[Message]:
     """The in-process engine's train runner (``InProcessGrid.train_runner``) under ``federation.vectorize``:
     groups through :func:`train_grouped`, every other message through the grid's ClientApp."""
-    replies = train_grouped(work)
+    return _answer(grid, work, train_grouped(work))
+
+
+def _answer(grid, work: list[tuple[Message, Context]], replies: list[Message | None]) -> list[Message]:
+    """``replies`` completed: ids for the grouped ones, the grid's ClientApp for the ``None`` ones."""
     for reply in replies:
         if reply is not None:
             reply.metadata.__dict__["_message_id"] = uuid.uuid4().hex  # as the grid ids the ClientApp's replies

@@ -1,9 +1,10 @@
 """A small thread-safe LRU cache for what simulated nodes read and encode.
 
-In-process simulation serves many nodes from one process and several at once; a node's rows
-are a selection of the task table, so holding them for every node of a thousand-node
-federation would copy the table. The cache keeps the most recently used entries up to a byte
-budget: nodes that train each round stay encoded, the rest are re-read when next addressed.
+In-process simulation serves many nodes from one process and several at once. Most nodes need
+no cache (their rows are gathered from the task table encoded once, ``data.task_table``); a
+pipeline that encodes node by node (imputation along a node's own rows, a per-node isolation
+forest) keeps each node's encoded rows here, the most recently used up to a byte budget, so a
+thousand-node federation does not hold a second copy of the table.
 """
 
 from __future__ import annotations

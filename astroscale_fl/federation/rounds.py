@@ -56,7 +56,7 @@ from astroscale_fl.federation.protocol import (
     TRAIN_LOSS_KEY,
     Decline,
 )
-from astroscale_fl.federation.records import array_numpy, arrays_to_numpy, record_nbytes
+from astroscale_fl.federation.records import array_view, arrays_to_numpy, record_nbytes
 from astroscale_fl.preprocessing import ColumnStatistics
 from astroscale_fl.privacy.card import entry_from_record
 
@@ -155,25 +155,30 @@ def federated_statistics(grid: Grid, node_ids: list[int], config: ConfigRecord, 
 
 
 def check_reply(content: RecordDict, global_arrays: dict[str, np.ndarray], max_update_norm: float | None) -> str | None:
-    """Why a training reply's content must not be aggregated, or None when it is fine."""
+    """Why a training reply's content must not be aggregated, or None when it is fine.
+
+    Arrays are read in place (no copies): a round checks every reply."""
+    views = {}
     for rec_name, record in content.array_records.items():
         for name, array in record.items():
-            values = array_numpy(array)
+            views[rec_name, name] = values = array_view(array)
             if values.dtype.kind in "fc" and not np.isfinite(values).all():
                 return f"non-finite values in {rec_name}/{name}"
     for rec_name, record in content.metric_records.items():
         for name, value in record.items():
-            items = value if isinstance(value, list) else [value]
-            if any(isinstance(v, float) and not math.isfinite(v) for v in items):
+            if isinstance(value, float):
+                if not math.isfinite(value):
+                    return f"non-finite metric {rec_name}/{name}"
+            elif isinstance(value, list) and any(isinstance(v, float) and not math.isfinite(v) for v in value):
                 return f"non-finite metric {rec_name}/{name}"
     if ARRAYS_KEY not in content.array_records:
         return f"no {ARRAYS_KEY!r} ArrayRecord"
     model = content.array_records[ARRAYS_KEY]
-    if set(model.keys()) != set(global_arrays):
+    if model.keys() != global_arrays.keys():
         return "model arrays do not match the global model's"
     squared = 0.0
-    for name, array in model.items():
-        values = array_numpy(array)
+    for name in model:
+        values = views[ARRAYS_KEY, name]
         if values.shape != global_arrays[name].shape:
             return f"array {name} has shape {values.shape}, expected {global_arrays[name].shape}"
         if max_update_norm is not None:

@@ -260,26 +260,30 @@ class StackedTrainer:
                 for _ in range(total):
                     self.step()
 
-    def results(self) -> list[tuple[dict[str, torch.Tensor], TrainReport]]:
-        """Per node: its trained parameters (by name, detached) and a :class:`TrainReport`."""
+    def results(self, on_host: bool = False) -> list[tuple[dict[str, torch.Tensor], TrainReport]]:
+        """Per node: its trained parameters (by name, detached; views of one copy of the stacked
+        parameters, on the CPU when ``on_host``) and a :class:`TrainReport`."""
         losses = self.loss_sum.cpu().tolist()
+        stacked = {name: p.detach().to("cpu" if on_host else p.device, copy=True) for name, p in self.params.items()}
         out = []
         for k, steps in enumerate(self.batches.steps):
-            params = {name: p[k].detach().clone() for name, p in self.params.items()}
+            params = {name: p[k] for name, p in stacked.items()}
             out.append((params, TrainReport(loss=losses[k] / max(steps, 1), steps=steps, examples=self.rows[k])))
         return out
 
 
 def train_stacked(model: nn.Module, nodes: Sequence[NodeWork], optimizer: LocalOptimizer, *, proximal_mu: float = 0.0,
-                  dp: StackedDP | None = None, cuda_graph: bool = False, forward: str = "bmm") -> list[tuple[dict[str, torch.Tensor], TrainReport]]:
+                  dp: StackedDP | None = None, cuda_graph: bool = False, forward: str = "bmm",
+                  on_host: bool = False) -> list[tuple[dict[str, torch.Tensor], TrainReport]]:
     """Train one copy of ``model`` per node, all at once; ``model`` itself is not modified.
 
     Returns, per node in order, its trained parameters (name -> tensor) and its
     :class:`~astroscale_fl.learning.training.TrainReport` (mean batch loss over its steps, steps, rows).
     ``proximal_mu`` adds FedProx' ``mu (w - w_global)`` (``w_global`` = ``model``'s weights);
     ``NodeWork.correction`` adds SCAFFOLD's ``c - c_i``; ``dp`` turns on per-node DP-SGD
-    (both terms then act on the noised gradient, as in ``train_local_dp``).
+    (both terms then act on the noised gradient, as in ``train_local_dp``). ``on_host``: return
+    the parameters on the CPU (one copy for all nodes, e.g. to build replies).
     """
     trainer = StackedTrainer(model, nodes, optimizer, proximal_mu=proximal_mu, dp=dp, forward=forward)
     trainer.run(cuda_graph=cuda_graph)
-    return trainer.results()
+    return trainer.results(on_host)

@@ -31,8 +31,8 @@ def grouped_replies(monkeypatch):
 def federate(overrides, vectorize: bool, rounds=2):
     cfg = config.validate(config.compose(BASE + overrides))
     grid = InProcessGrid(int(cfg.federation.num_nodes))
-    if vectorize:
-        grid.train_runner = grouped.run_train_grouped  # what engine.run_inprocess installs
+    if vectorize:  # what engine.run_inprocess installs
+        grid.train_runner, grid.evaluate_runner = grouped.run_train_grouped, grouped.run_evaluate_grouped
     stats = federated_statistics(grid, grid.get_node_ids(), round_config(cfg), timeout=60)
     pipeline = Pipeline.from_config(get_task(cfg.task), cfg).fit_statistics(stats)
     arrays = model_to_arrays(build_model(cfg.model, len(pipeline.features), 0))
@@ -55,6 +55,24 @@ def test_grouped_rounds_equal_node_by_node_rounds(strategy, grouped_replies):
             assert mine.keys() == theirs.keys() and any(np.abs(v).max() > 0 for v in mine.values())
             for name in mine:
                 np.testing.assert_allclose(mine[name], theirs[name], rtol=1e-3, atol=1e-4)
+
+
+def test_grouped_evaluation_equals_each_nodes_own(monkeypatch):
+    """Folded and evaluate-only messages (half the nodes train) evaluated together, one forward pass a group."""
+    evaluated = []
+    metrics = grouped.client.evaluation_metrics
+    monkeypatch.setattr(grouped.client, "evaluation_metrics",
+                        lambda model, tensors, pipeline: evaluated.append(len(tensors)) or metrics(model, tensors, pipeline))
+    partial = ["federation.fraction_train=0.5", "federation.num_nodes=6"]
+    _, alone, _ = federate(partial, vectorize=False, rounds=3)
+    assert set(evaluated) == {1}  # node by node, through the handler
+    evaluated.clear()
+    _, together, grid = federate(partial, vectorize=True, rounds=3)
+    assert max(evaluated) >= 3  # the nodes not trained this round, then the trained ones on their next message
+    for mine, theirs in zip(together, alone, strict=True):
+        for column in ("eval_loss", "eval_rmse", "eval_r2"):
+            assert getattr(mine.record, column) == pytest.approx(getattr(theirs.record, column), rel=1e-6)
+        assert mine.record.nodes_sampled == 3
 
 
 def test_vectorize_off_serves_every_node_alone(grouped_replies):
