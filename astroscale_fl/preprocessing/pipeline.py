@@ -19,6 +19,7 @@ import pandas as pd
 from astroscale_fl.errors import ConfigError, DataError
 from astroscale_fl.preprocessing import derived, schema
 from astroscale_fl.preprocessing.base import Columns, Step
+from astroscale_fl.preprocessing.chunks import CHUNK_ROWS
 from astroscale_fl.preprocessing.features import (
     DerivedFeatures,
     DistanceFeature,
@@ -221,6 +222,12 @@ class Pipeline:
 
     def compute_statistics(self, frame) -> ColumnStatistics:
         """A node's (or a record batch's) share of a fit: statistics of its valid, derived columns."""
+        if all(isinstance(s, RangeValidator) or (isinstance(s, DerivedFeatures) and not s.names) for s in self.steps[: self._split]):
+            # nothing derived: statistics of the input columns themselves, failing rows skipped, not copied out
+            failing, _, _ = self.quarantine(frame)
+            columns = self._columns(frame, self.inputs)
+            columns[self.target.target] = np.asarray(frame[self.target.target], dtype=np.float64).reshape(-1)
+            return ColumnStatistics.compute(columns, self.statistics_columns, exclude=failing if failing.any() else None)
         return ColumnStatistics.compute(self.statistics_frame(frame), self.statistics_columns)
 
     def statistics_of(self, batches: Iterable) -> ColumnStatistics:
@@ -275,17 +282,20 @@ class Pipeline:
                 out[:, j] = columns[name]
             return out
         imputer, scaler = learned
-        scratch = np.empty(n)
-        for j, name in enumerate(self.features):  # impute + scale + clip in one scratch buffer per column
-            center, scale = scaler.center[name], scaler.scale[name]
-            np.subtract(columns[name], center, out=scratch)
-            scratch *= 1.0 / scale
-            filled = (imputer.fill[name] - center) / scale
-            if scaler.clip is not None:
-                np.clip(scratch, -scaler.clip, scaler.clip, out=scratch)
-                filled = min(max(filled, -scaler.clip), scaler.clip)
-            np.copyto(scratch, filled, where=np.isnan(scratch))
-            out[:, j] = scratch
+        scratch = np.empty(min(n, CHUNK_ROWS))
+        for start in range(0, n, CHUNK_ROWS):  # impute + scale + clip fused, one cache-sized chunk at a time
+            stop = min(start + CHUNK_ROWS, n)
+            part = scratch[: stop - start]
+            for j, name in enumerate(self.features):
+                center, scale = scaler.center[name], scaler.scale[name]
+                np.subtract(columns[name][start:stop], center, out=part)
+                part *= 1.0 / scale
+                filled = (imputer.fill[name] - center) / scale
+                if scaler.clip is not None:
+                    np.clip(part, -scaler.clip, scaler.clip, out=part)
+                    filled = min(max(filled, -scaler.clip), scaler.clip)
+                np.copyto(part, filled, where=np.isnan(part))
+                out[start:stop, j] = part
         return out
 
     def transform_target(self, frame) -> np.ndarray:
