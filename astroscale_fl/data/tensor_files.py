@@ -36,6 +36,7 @@ from astroscale_fl.preprocessing.stream import (
 )
 
 FEATURES, TARGET, ROW_IDS, QUARANTINE, PIPELINE = "features.npy", "target.npy", "row_ids.npy", "quarantine.parquet", "preprocessing.json"
+ARROW = "features.arrow"
 _HEADER = 128  # bytes of NPY header we reserve, so the final shape is written in place at the end
 Selector = Callable[[dict[str, np.ndarray]], np.ndarray]
 
@@ -49,7 +50,7 @@ class NpyAppender:
         self._file.write(b"\0" * _HEADER)
 
     def append(self, rows: np.ndarray) -> None:
-        self._file.write(np.ascontiguousarray(rows, dtype=self.dtype).tobytes())
+        self._file.write(memoryview(np.ascontiguousarray(rows, dtype=self.dtype)).cast("B"))  # no bytes copy
         self.rows += len(rows)
 
     def close(self) -> None:
@@ -94,11 +95,12 @@ def _select(batch: dict[str, np.ndarray], select: Selector | None) -> dict[str, 
 
 def encode_table(path: str | Path, pipeline: Pipeline, out_dir: str | Path, *, fit: bool = True, chunk_rows: int | None = None,
                  id_column: str | None = None, select: Selector | None = None, training: bool = True,
-                 progress: Callable[[int], None] | None = None) -> Summary:
+                 progress: Callable[[int], None] | None = None, arrow: bool = False) -> Summary:
     """Encode the (selected) rows of ``path`` into tensor files in ``out_dir``; fit first when ``fit``.
 
     ``training``: rows ``preprocess.outlier_action=drop`` marks are left out (prediction keeps them).
     ``progress`` is called with the number of rows read, twice per row when fitting.
+    ``arrow``: also write ``features.arrow`` (:class:`ArrowAppender`) for consumers that want columns.
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
@@ -109,6 +111,8 @@ def encode_table(path: str | Path, pipeline: Pipeline, out_dir: str | Path, *, f
     missing = [c for c in columns if c not in present]
     if missing:
         raise DataError(f"{path}: missing column(s) {missing}; columns are {present[:20]}")
+    if arrow:
+        check_arrow_names(pipeline.features)
     out_dir.mkdir(parents=True, exist_ok=True)  # only once the input is known to fit
 
     def batches():
@@ -129,6 +133,8 @@ def encode_table(path: str | Path, pipeline: Pipeline, out_dir: str | Path, *, f
                "ids": NpyAppender(out_dir / (ROW_IDS + suffix), "<i8", None)}
     if with_target:
         writers["y"] = NpyAppender(out_dir / (TARGET + suffix), "<f4", None)
+    if arrow:
+        writers["arrow"] = ArrowAppender(out_dir / (ARROW + suffix), pipeline.features, target if with_target else None)
     quarantine = _QuarantineWriter(out_dir / (QUARANTINE + suffix))
     rows_in = dropped = 0
     try:
@@ -141,11 +147,16 @@ def encode_table(path: str | Path, pipeline: Pipeline, out_dir: str | Path, *, f
                 outliers = pipeline.outlier_rows(batch) & keep
                 dropped += int(outliers.sum())
                 keep &= ~outliers
-            rows = batch if keep.all() else {k: v[keep] for k, v in batch.items()}
-            writers["x"].append(pipeline.transform_features(rows, validated=True))
-            writers["ids"].append(rows[ROW])
+            keep = None if keep.all() else keep  # failing rows are skipped by the transform, not copied out
+            features = pipeline.transform_features(batch, validated=True, keep=keep)
+            ids = batch[ROW] if keep is None else batch[ROW][keep]
+            target_rows = pipeline.transform_target(batch, keep=keep) if with_target else None
+            writers["x"].append(features)
+            writers["ids"].append(ids)
             if with_target:
-                writers["y"].append(pipeline.transform_target(rows))
+                writers["y"].append(target_rows)
+            if arrow:
+                writers["arrow"].append(features, target_rows, ids)
         for w in writers.values():
             w.close()
         quarantine.close()
@@ -160,6 +171,55 @@ def encode_table(path: str | Path, pipeline: Pipeline, out_dir: str | Path, *, f
         raise
     written = writers["x"].rows
     return Summary(rows_in, written, quarantine.rows, dropped, time.perf_counter() - start)
+
+
+class ArrowAppender:
+    """The encoded rows as an Arrow IPC file (Feather v2, uncompressed, so it memory-maps): one
+    float32 column per feature (named as the model sees them), ``target`` when the table has it,
+    and ``row_id``, appended one record batch at a time."""
+
+    def __init__(self, path: Path, features: list[str], target: str | None):
+        import pyarrow as pa
+
+        check_arrow_names(features)
+        fields = [pa.field(name, pa.float32()) for name in features]
+        fields += [pa.field("target", pa.float32(), metadata={"column": target})] if target else []
+        self.path, self.features, self.target = path, list(features), target
+        self.schema = pa.schema(fields + [pa.field("row_id", pa.int64())])
+        self._sink = pa.OSFile(str(path), "wb")
+        self._writer = pa.ipc.new_file(self._sink, self.schema)
+
+    def append(self, features: np.ndarray, target: np.ndarray | None, row_ids: np.ndarray) -> None:
+        import pyarrow as pa
+
+        arrays = [pa.array(np.ascontiguousarray(features[:, j])) for j in range(features.shape[1])]
+        arrays += [pa.array(target)] if self.target else []
+        self._writer.write_batch(pa.record_batch(arrays + [pa.array(row_ids)], schema=self.schema))
+
+    def close(self) -> None:
+        self._writer.close()
+        self._sink.close()
+
+    def abort(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - cleaning up after another error
+            pass
+        self.path.unlink(missing_ok=True)
+
+
+def check_arrow_names(features: list[str]) -> None:
+    """A feature named like the Arrow file's own ``target`` / ``row_id`` columns cannot be written."""
+    clash = [c for c in ("target", "row_id") if c in features]
+    if clash:
+        raise DataError(f"--arrow: feature column(s) {clash} clash with the {ARROW} file's own target/row_id columns")
+
+
+def open_arrow(directory: str | Path):
+    """``features.arrow`` of ``directory`` as a pyarrow Table over a memory map (no copy)."""
+    import pyarrow as pa
+
+    return pa.ipc.open_file(pa.memory_map(str(Path(directory) / ARROW), "r")).read_all()
 
 
 class _QuarantineWriter:

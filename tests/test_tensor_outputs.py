@@ -1,0 +1,61 @@
+"""Tensor outputs beyond the NPY files: the Arrow IPC file of `astroscale-fl preprocess --arrow`,
+and the staging of batches sliced from memory-mapped tensors (pinned + non-blocking on CUDA)."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from astroscale_fl.data.tensor_files import ARROW, FEATURES, ROW_IDS, TARGET, encode_table, open_arrow, open_tensors
+from astroscale_fl.errors import DataError
+from tests.conftest import cli_env
+from tests.test_out_of_core import OVERRIDES, catalog_pipeline, write_catalog
+
+
+def assert_arrow_matches_npy(directory, features):
+    """features.arrow, memory-mapped, holds exactly the rows of the NPY files, column by column."""
+    before = pa.total_allocated_bytes()
+    table = open_arrow(directory)
+    # uncompressed IPC over a memory map: the columns point into the map, nothing is read into Arrow's heap
+    assert pa.total_allocated_bytes() - before < 4096
+    tensors = open_tensors(directory)
+    assert table.schema.names == features + ["target", "row_id"]
+    assert all(table.schema.field(name).type == pa.float32() for name in features + ["target"])
+    assert table.num_rows == len(tensors["features"]) > 0
+    for j, name in enumerate(features):
+        column = table.column(name).to_numpy()
+        np.testing.assert_array_equal(column, tensors["features"][:, j])
+    np.testing.assert_array_equal(table.column("target").to_numpy(), tensors["target"])
+    np.testing.assert_array_equal(table.column("row_id").to_numpy(), tensors["row_ids"])
+
+
+def test_encode_table_writes_arrow_ipc_equal_to_npy(tmp_path):
+    path = write_catalog(tmp_path / "cat", files=2, rows=6_000)
+    pipeline = catalog_pipeline(path)
+    summary = encode_table(path, pipeline, tmp_path / "enc", chunk_rows=2_500, id_column="id", arrow=True)
+    assert summary.quarantined == 6 and summary.written == 12_000 - 6
+    assert_arrow_matches_npy(tmp_path / "enc", pipeline.features)
+    assert not [p for p in (tmp_path / "enc").iterdir() if ".tmp-" in p.name]
+
+
+def test_arrow_names_clashing_with_its_own_columns_fail_before_writing(tmp_path):
+    path = write_catalog(tmp_path / "cat", files=1, rows=1_000)
+    pipeline = catalog_pipeline(path)
+    pipeline.features = pipeline.features[:-1] + ["row_id"]
+    with pytest.raises(DataError, match="row_id"):
+        encode_table(path, pipeline, tmp_path / "enc", arrow=True)
+    assert not (tmp_path / "enc").exists()
+
+
+def test_preprocess_command_arrow_flag(tmp_path):
+    path = write_catalog(tmp_path / "cat", files=1, rows=4_000)
+    out = subprocess.run([sys.executable, "-m", "astroscale_fl.cli", "preprocess", "--input", str(path), "--output", str(tmp_path / "enc"),
+                          "--arrow", "--no-progress", *OVERRIDES[1:], "task.id_column=id"],
+                         capture_output=True, text=True, env=cli_env(), timeout=300)
+    assert out.returncode == 0, out.stderr
+    for name in (FEATURES, TARGET, ROW_IDS, ARROW):
+        assert (tmp_path / "enc" / name).is_file(), name
+    assert_arrow_matches_npy(tmp_path / "enc", catalog_pipeline(path).features)
