@@ -54,7 +54,7 @@ def add_counts(counts: np.ndarray, values: np.ndarray, minimum: float, maximum: 
     every value is positive the bit pattern already is the order-preserving key (3 passes fewer).
     Values beyond float32's range land in the non-finite bins: :func:`drop_non_finite` clears them.
     """
-    low, high = (int(k) for k in bin_index(np.array([minimum, maximum])))
+    low, high = _key(minimum), _key(maximum)
     bits = values.astype(np.float32).view(np.int32)
     if minimum > 0:  # no sign bit anywhere (-0.0 included): the bits are the key
         key = bits
@@ -66,6 +66,12 @@ def add_counts(counts: np.ndarray, values: np.ndarray, minimum: float, maximum: 
         key >>= _SHIFT
     key -= low - _OFFSET
     counts[low: high + 1] += np.bincount(key, minlength=high - low + 1)
+
+
+def _key(value: float) -> int:
+    """:func:`bin_index` of one value (plain integers: no array overhead per chunk)."""
+    bits = int(np.float32(value).view(np.int32))
+    return ((bits if bits >= 0 else -1 - (bits & 0x7FFFFFFF)) >> _SHIFT) + _OFFSET
 
 
 def drop_non_finite(counts: np.ndarray) -> None:
@@ -99,18 +105,24 @@ def _bin_edge(index: np.ndarray) -> np.ndarray:
     return edge
 
 
-def quantile(counts: np.ndarray, q: float, minimum: float, maximum: float) -> float:
-    """The ``q`` quantile of the values a (merged) count vector summarises; NaN when empty."""
+def cumulative(counts: np.ndarray) -> np.ndarray:
+    """Running counts (the CDF :func:`quantile` searches)."""
     # noisy (DP) counts can be negative: the running maximum keeps the CDF monotone (identity otherwise)
-    cumulative = np.maximum.accumulate(np.cumsum(counts)) if counts.size else counts
-    total = cumulative[-1] if cumulative.size else 0
+    return np.maximum.accumulate(np.cumsum(counts)) if counts.size else counts
+
+
+def quantile(counts: np.ndarray, q: float, minimum: float, maximum: float, cdf: np.ndarray | None = None) -> float:
+    """The ``q`` quantile of the values a (merged) count vector summarises; NaN when empty
+    (``cdf``: :func:`cumulative` of ``counts`` when already computed)."""
+    cdf = cumulative(counts) if cdf is None else cdf
+    total = cdf[-1] if cdf.size else 0
     if total <= 0:
         return float("nan")
     rank = q * (total - 1)  # numpy's default (linear) definition over ranks 0..n-1
-    i = int(np.searchsorted(cumulative, rank, side="right"))
+    i = int(np.searchsorted(cdf, rank, side="right"))
     i = min(i, counts.size - 1)
-    before = cumulative[i - 1] if i > 0 else 0
-    inside = (rank - before + 0.5) / max(cumulative[i] - before, 1)
+    before = cdf[i - 1] if i > 0 else 0
+    inside = (rank - before + 0.5) / max(cdf[i] - before, 1)
     lo, hi = _bin_edge(np.array([i, i + 1]))
     if not np.isfinite(hi):
         hi = maximum

@@ -36,8 +36,8 @@ class ColumnStatistics:
     maximum: np.ndarray
     sketch: np.ndarray  # int64 bin counts (columns x sketch.NUM_BINS)
     offset: np.ndarray | None = None  # added to the sketched values (see shifted); local only, never sent
-    # the sketch's non-empty (flat bin, count) pairs as computed, so a reply need not scan every bin
-    nonzero: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
+    # running counts per column (quantile's CDF), computed on first use; local only
+    _cumulative: dict[int, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def compute(cls, frame, columns: list[str], exclude: np.ndarray | None = None) -> ColumnStatistics:
@@ -51,12 +51,6 @@ class ColumnStatistics:
                   np.full(n, np.inf), np.full(n, -np.inf), np.zeros((n, sketch.NUM_BINS), dtype=np.int64))
         arrays = [np.asarray(frame[name], dtype=np.float64).reshape(-1) for name in columns]
         parallel_map(lambda j: _column_statistics(out, j, arrays[j], exclude), range(n), len(arrays[0]) if n else 0)
-        flat_bins, flat_counts = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
-        for j in range(n):
-            bins, counts = sketch.to_sparse(out.sketch[j])
-            flat_bins.append(bins + j * sketch.NUM_BINS)
-            flat_counts.append(counts)
-        out.nonzero = (np.concatenate(flat_bins), np.concatenate(flat_counts))
         return out
 
     @classmethod
@@ -89,7 +83,7 @@ class ColumnStatistics:
         self.count, self.missing = total, self.missing + other.missing
         self.minimum, self.maximum = np.minimum(self.minimum, other.minimum), np.maximum(self.maximum, other.maximum)
         self.sketch += other.sketch
-        self.nonzero = None
+        self._cumulative.clear()
         return self
 
     def shifted(self, column: str, offset: float) -> ColumnStatistics:
@@ -113,13 +107,19 @@ class ColumnStatistics:
     def quantile(self, q: float) -> np.ndarray:
         """``q`` quantile per column (within a relative 2**-8 of the exact one; NaN if no values)."""
         offset = np.zeros(len(self.columns)) if self.offset is None else self.offset
-        return np.array([sketch.quantile(self.sketch[j], q, self.minimum[j] - offset[j], self.maximum[j] - offset[j]) + offset[j]
-                         for j in range(len(self.columns))])
+        return np.array([sketch.quantile(self.sketch[j], q, self.minimum[j] - offset[j], self.maximum[j] - offset[j],
+                                         self._cumulative_counts(j)) + offset[j] for j in range(len(self.columns))])
+
+    def _cumulative_counts(self, j: int) -> np.ndarray:
+        """Column ``j``'s CDF over the sketch bins, shared by the several quantiles a fit asks for."""
+        if j not in self._cumulative:
+            self._cumulative[j] = sketch.cumulative(self.sketch[j])
+        return self._cumulative[j]
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Numeric arrays for a Flower ArrayRecord (column names travel separately; the sketch
         travels sparse: the flat indices and counts of its non-empty bins)."""
-        index, counts = self.nonzero if self.nonzero is not None else sketch.to_sparse(self.sketch.reshape(-1))
+        index, counts = sketch.to_sparse(self.sketch.reshape(-1))
         arrays = {k: getattr(self, k) for k in ARRAY_NAMES[:6]}
         return {**arrays, "sketch_index": index.astype(np.int64), "sketch_count": counts.astype(np.int64)}
 
