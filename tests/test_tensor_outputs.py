@@ -59,3 +59,54 @@ def test_preprocess_command_arrow_flag(tmp_path):
     for name in (FEATURES, TARGET, ROW_IDS, ARROW):
         assert (tmp_path / "enc" / name).is_file(), name
     assert_arrow_matches_npy(tmp_path / "enc", catalog_pipeline(path).features)
+
+
+def _memmapped_tensors(tmp_path, rows=5_000):
+    path = write_catalog(tmp_path / "cat", files=1, rows=rows)
+    encode_table(path, catalog_pipeline(path), tmp_path / "enc", id_column="id")
+    tensors = open_tensors(tmp_path / "enc")
+    assert isinstance(tensors["features"], np.memmap)
+    return torch.from_numpy(tensors["features"]), torch.from_numpy(tensors["target"])
+
+
+def _train(features, target, device):
+    """One seeded epoch of the project's loop; the model's final parameters on the CPU."""
+    from omegaconf import OmegaConf
+
+    from astroscale_fl.learning.models import build_model
+    from astroscale_fl.learning.training import make_optimizer, shuffled_batches, train_local
+
+    model = build_model(OmegaConf.create({"name": "mlp", "widths": [16], "activation": "relu", "dropout": 0.0}), features.shape[1], 0).to(device)
+    optimizer = make_optimizer(model.parameters(), "sgd", 0.05)
+    report = train_local(model, optimizer, features, target, shuffled_batches(len(target), 256, 1, torch.Generator().manual_seed(0)))
+    return report, [p.detach().cpu() for p in model.parameters()]
+
+
+def test_training_slices_memory_mapped_batches_on_cpu(tmp_path):
+    from astroscale_fl.learning.training import BatchStager
+
+    features, target = _memmapped_tensors(tmp_path)
+    index = torch.tensor([3, 0, 4_000, 17])
+    stager = BatchStager(torch.device("cpu"))
+    x, y = stager.pair(features, target, index)
+    assert torch.equal(x, features[index]) and torch.equal(y, target[index])
+    assert not stager._buffers  # rows already on the model's device: indexed in place, no staging buffer
+    mapped, mapped_params = _train(features, target, "cpu")
+    in_memory, memory_params = _train(features.clone(), target.clone(), "cpu")
+    assert mapped.steps == in_memory.steps == -(-len(target) // 256) and mapped.loss == in_memory.loss
+    assert all(torch.equal(a, b) for a, b in zip(mapped_params, memory_params))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_batches_from_memory_map_are_pinned_and_non_blocking(tmp_path):
+    from astroscale_fl.learning.training import _stager
+
+    features, target = _memmapped_tensors(tmp_path)
+    device = torch.device("cuda")
+    staged, staged_params = _train(features, target, device)  # rows stay on the host, batches are staged
+    resident, resident_params = _train(features.to(device), target.to(device), device)
+    buffers = [slot[0] for slots in _stager(device)._buffers.values() for slot in slots if slot[0] is not None]
+    assert buffers and all(b.is_pinned() for b in buffers)
+    assert staged.steps == resident.steps
+    assert abs(staged.loss - resident.loss) < 1e-5
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(staged_params, resident_params))
