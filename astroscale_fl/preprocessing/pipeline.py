@@ -247,11 +247,12 @@ class Pipeline:
                 columns[step.outputs[3]] = columns[step.outputs[3]] + step.first_epoch
         return columns
 
-    def compute_statistics(self, frame) -> ColumnStatistics:
-        """A node's (or a record batch's) share of a fit: statistics of its valid, derived columns."""
+    def compute_statistics(self, frame, failing: np.ndarray | None = None) -> ColumnStatistics:
+        """A node's (or a record batch's) share of a fit: statistics of its valid, derived columns
+        (``failing``: :meth:`quarantine`'s row mask when the caller already has it)."""
         if all(isinstance(s, RangeValidator) or (isinstance(s, DerivedFeatures) and not s.names) for s in self.steps[: self._split]):
             # nothing derived: statistics of the input columns themselves, failing rows skipped, not copied out
-            failing, _, _ = self.quarantine(frame)
+            failing = self.quarantine(frame)[0] if failing is None else failing
             columns = self._columns(frame, self.inputs)
             columns[self.target.target] = np.asarray(frame[self.target.target], dtype=np.float64).reshape(-1)
             return ColumnStatistics.compute(columns, self.statistics_columns, exclude=failing if failing.any() else None)
