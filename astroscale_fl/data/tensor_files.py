@@ -20,6 +20,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,18 +43,33 @@ Selector = Callable[[dict[str, np.ndarray]], np.ndarray]
 
 
 class NpyAppender:
-    """Append rows to a ``.npy`` file whose row count is known only at the end."""
+    """Append rows to a ``.npy`` file whose row count is known only at the end.
+
+    Each batch is written by a background thread (the write releases the GIL) while the next
+    batch is encoded; one batch at most is in flight, so memory stays at a batch."""
 
     def __init__(self, path: Path, dtype: str, width: int | None):
         self.path, self.dtype, self.width, self.rows = path, np.dtype(dtype), width, 0
         self._file = open(path, "wb")
         self._file.write(b"\0" * _HEADER)
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="npy-writer")
+        self._pending: Future | None = None
 
     def append(self, rows: np.ndarray) -> None:
-        self._file.write(memoryview(np.ascontiguousarray(rows, dtype=self.dtype)).cast("B"))  # no bytes copy
+        data = memoryview(np.ascontiguousarray(rows, dtype=self.dtype)).cast("B")  # no bytes copy
+        self._wait()
+        self._pending = self._writer.submit(self._file.write, data)
         self.rows += len(rows)
 
+    def _wait(self) -> None:
+        """Finish the write in flight (raising its error, e.g. a full disk)."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
     def close(self) -> None:
+        self._wait()
+        self._writer.shutdown()
         shape = (self.rows,) if self.width is None else (self.rows, self.width)
         header = f"{{'descr': '{self.dtype.str}', 'fortran_order': False, 'shape': {shape}, }}"
         header = header.ljust(_HEADER - 10 - 1) + "\n"
@@ -62,6 +78,11 @@ class NpyAppender:
         self._file.close()
 
     def abort(self) -> None:
+        try:
+            self._wait()
+        except Exception:  # noqa: BLE001 - cleaning up after another error
+            pass
+        self._writer.shutdown()
         self._file.close()
         self.path.unlink(missing_ok=True)
 
