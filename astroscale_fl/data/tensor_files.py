@@ -42,6 +42,14 @@ _HEADER = 128  # bytes of NPY header we reserve, so the final shape is written i
 Selector = Callable[[dict[str, np.ndarray]], np.ndarray]
 
 
+def _quietly(cleanup: Callable[[], object]) -> None:
+    """Run a clean-up step after another error, whose error is the one to report."""
+    try:
+        cleanup()
+    except Exception:  # noqa: BLE001 - cleaning up after another error
+        pass
+
+
 class NpyAppender:
     """Append rows to a ``.npy`` file whose row count is known only at the end.
 
@@ -78,10 +86,7 @@ class NpyAppender:
         self._file.close()
 
     def abort(self) -> None:
-        try:
-            self._wait()
-        except Exception:  # noqa: BLE001 - cleaning up after another error
-            pass
+        _quietly(self._wait)
         self._writer.shutdown()
         self._file.close()
         self.path.unlink(missing_ok=True)
@@ -222,10 +227,7 @@ class ArrowAppender:
         self._sink.close()
 
     def abort(self) -> None:
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001 - cleaning up after another error
-            pass
+        _quietly(self.close)
         self.path.unlink(missing_ok=True)
 
 
@@ -272,10 +274,7 @@ class _QuarantineWriter:
 
     def abort(self) -> None:
         if self._writer is not None:
-            try:
-                self._writer.close()
-            except Exception:  # noqa: BLE001 - cleaning up after another error
-                pass
+            _quietly(self._writer.close)
         self.path.unlink(missing_ok=True)
 
 

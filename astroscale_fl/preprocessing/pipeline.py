@@ -17,9 +17,8 @@ import numpy as np
 import pandas as pd
 
 from astroscale_fl.errors import ConfigError, DataError
-from astroscale_fl.preprocessing import derived, schema
+from astroscale_fl.preprocessing import chunks, derived, schema
 from astroscale_fl.preprocessing.base import Columns, Step
-from astroscale_fl.preprocessing import chunks
 from astroscale_fl.preprocessing.chunks import CHUNK_ROWS, parallel_map
 from astroscale_fl.preprocessing.features import (
     DerivedFeatures,
