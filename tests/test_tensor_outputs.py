@@ -110,3 +110,20 @@ def test_cuda_batches_from_memory_map_are_pinned_and_non_blocking(tmp_path):
     assert staged.steps == resident.steps
     assert abs(staged.loss - resident.loss) < 1e-5
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(staged_params, resident_params))
+
+
+def test_table_of_one_batch_is_decoded_once(tmp_path, monkeypatch):
+    from astroscale_fl.data import tensor_files
+
+    path = write_catalog(tmp_path / "cat", files=2, rows=3_000)
+    reads = []
+    real = tensor_files.iter_batches
+    monkeypatch.setattr(tensor_files, "iter_batches", lambda *a, **k: reads.append(1) or real(*a, **k))
+    progress = []
+    one = encode_table(path, catalog_pipeline(path), tmp_path / "one", id_column="id", progress=progress.append)
+    assert len(reads) == 1 and sum(progress) == 2 * 6_000  # one decode, still two passes of progress
+    many = encode_table(path, catalog_pipeline(path), tmp_path / "many", chunk_rows=1_000, id_column="id")
+    assert len(reads) == 3  # a table of several batches streams twice: memory stays at one batch
+    assert one.written == many.written == 6_000 - 6
+    for name in (FEATURES, TARGET, ROW_IDS):
+        np.testing.assert_array_equal(np.load(tmp_path / "one" / name), np.load(tmp_path / "many" / name))

@@ -32,6 +32,8 @@ from astroscale_fl.preprocessing import Pipeline
 from astroscale_fl.preprocessing.stream import (
     ROW,
     columns_of,
+    count_rows,
+    default_chunk_rows,
     fingerprint,
     iter_batches,
 )
@@ -150,10 +152,29 @@ def encode_table(path: str | Path, pipeline: Pipeline, out_dir: str | Path, *, f
                 progress(len(batch[ROW]))
             yield _select(batch, select)
 
+    decoded: list[dict[str, np.ndarray]] | None = None  # the fit pass's batch, when the table is one batch
     if fit:
         if not with_target:
             raise DataError(f"{path}: no target column {target!r} to fit preprocessing on (give --preprocessing JSON)")
-        pipeline.fit_statistics(pipeline.statistics_of(batches()))
+        if Path(path).suffix.lower() != ".csv" and count_rows(path) <= (chunk_rows or default_chunk_rows(len(columns))):
+            decoded = []  # a table of one batch is decoded once, the encoding pass reuses it (memory stays at a batch)
+
+        def fit_pass():
+            for batch in batches():
+                if decoded is not None:
+                    decoded.append(batch)
+                yield batch
+
+        pipeline.fit_statistics(pipeline.statistics_of(fit_pass()))
+
+    def encode_pass():
+        if decoded is None:
+            yield from batches()
+        while decoded:
+            batch = decoded.pop(0)  # released as it is encoded
+            if progress:
+                progress(len(batch[ROW]))
+            yield batch
     suffix = f".tmp-{os.getpid()}"
     writers = {"x": NpyAppender(out_dir / (FEATURES + suffix), "<f4", len(pipeline.features)),
                "ids": NpyAppender(out_dir / (ROW_IDS + suffix), "<i8", None)}
@@ -164,7 +185,7 @@ def encode_table(path: str | Path, pipeline: Pipeline, out_dir: str | Path, *, f
     quarantine = _QuarantineWriter(out_dir / (QUARANTINE + suffix))
     rows_in = dropped = 0
     try:
-        for batch in batches():
+        for batch in encode_pass():
             rows_in += len(batch[ROW])
             failing, names, reasons = pipeline.quarantine(batch, with_target)
             quarantine.append(batch[ROW][failing], names, reasons)
