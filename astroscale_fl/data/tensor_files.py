@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from astroscale_fl.atomic import write_text
+from astroscale_fl.data.batch_reuse import DecodedBatches
 from astroscale_fl.errors import DataError
 from astroscale_fl.preprocessing import Pipeline
 from astroscale_fl.preprocessing.stream import (
@@ -152,30 +153,43 @@ def encode_table(path: str | Path, pipeline: Pipeline, out_dir: str | Path, *, f
                 progress(len(batch[ROW]))
             yield _select(batch, select)
 
-    decoded: list[dict[str, np.ndarray]] | None = None  # the fit pass's batch, when the table is one batch
+    suffix = f".tmp-{os.getpid()}"
+    reuse = None
     if fit:
         if not with_target:
             raise DataError(f"{path}: no target column {target!r} to fit preprocessing on (give --preprocessing JSON)")
-        if Path(path).suffix.lower() != ".csv" and count_rows(path) <= (chunk_rows or default_chunk_rows(len(columns))):
-            decoded = []  # a table of one batch is decoded once, the encoding pass reuses it (memory stays at a batch)
+        if Path(path).suffix.lower() != ".csv":  # a CSV is small, and may hold strings
+            reuse = DecodedBatches.plan(count_rows(path), len(columns), chunk_rows or default_chunk_rows(len(columns)),
+                                        out_dir / (".decoded" + suffix))
+    try:
+        return _fit_and_encode(pipeline, out_dir, suffix, batches, reuse, with_target, training, arrow, progress, fit, start)
+    finally:
+        if reuse is not None:
+            reuse.discard()
 
+
+def _fit_and_encode(pipeline: Pipeline, out_dir: Path, suffix: str, batches, reuse: DecodedBatches | None, with_target: bool,
+                    training: bool, arrow: bool, progress, fit: bool, start: float) -> Summary:
+    """The two passes of :func:`encode_table` (the second replays the first's batches when ``reuse``)."""
+    target = pipeline.target.target
+    if fit:
         def fit_pass():
             for batch in batches():
-                if decoded is not None:
-                    decoded.append(batch)
+                if reuse is not None:
+                    reuse.keep(batch)
                 yield batch
 
         pipeline.fit_statistics(pipeline.statistics_of(fit_pass()))
 
     def encode_pass():
-        if decoded is None:
+        if reuse is None or not reuse.usable:
             yield from batches()
-        while decoded:
-            batch = decoded.pop(0)  # released as it is encoded
+            return
+        for batch in reuse.replay():
             if progress:
                 progress(len(batch[ROW]))
             yield batch
-    suffix = f".tmp-{os.getpid()}"
+
     writers = {"x": NpyAppender(out_dir / (FEATURES + suffix), "<f4", len(pipeline.features)),
                "ids": NpyAppender(out_dir / (ROW_IDS + suffix), "<i8", None)}
     if with_target:
