@@ -4,8 +4,9 @@
 pipeline from merged batch statistics (unless given a fitted one), quarantines rows that fail
 validation, and appends each batch's encoded rows to ``features.npy``, ``target.npy`` (when the
 table has the target) and ``row_ids.npy``, so memory stays at one batch whatever the table's size.
-Files are written under temporary names and renamed into place at the end; a crash leaves no
-file that looks whole.
+The encoding pass replays the fit pass's decoded batches where memory allows
+(:mod:`astroscale_fl.data.batch_reuse`) instead of decoding the table twice. Files are written
+under temporary names and renamed into place at the end; a crash leaves no file that looks whole.
 
 :func:`cached_tensors` keeps those files in a node's cache directory, keyed by the table's
 fingerprint and the pipeline's state, and opens them with ``np.load(mmap_mode="r")``: a later
