@@ -152,9 +152,12 @@ def bench_size(rows: int, simulate: int, work: Path, cfg) -> None:
     for i in range(0, rows, step):
         part = {k: v[i:i + step] for k, v in columns.items()}
         pq.write_table(pa.table(part), path / f"part-{i // step:04d}.parquet", row_group_size=256_000)
-    cpu = time.process_time()
-    summary = encode_table(path, Pipeline.from_config(task, cfg), work / f"enc-{rows}")
-    cpu = time.process_time() - cpu
+    runs = []
+    for _ in range(2 if rows <= 2_000_000 else 1):  # a small table: best of 2 (the first also pays pyarrow's lazy imports)
+        cpu = time.process_time()
+        summary = encode_table(path, Pipeline.from_config(task, cfg), work / f"enc-{rows}")
+        runs.append((summary.seconds, time.process_time() - cpu, summary))
+    _, cpu, summary = min(runs, key=lambda run: run[0])
     print(f"[{rows:,} rows] Parquet -> NPY: {summary.rows_per_second / 1e6:.2f}M rec/s end to end ({summary.line()}); "
           f"vs ours in memory {summary.rows_per_second * t_ours / rows:.2f}x; CPU {cpu:.2f} s = {rows / cpu / 1e6:.2f}M rec per CPU-s")
 
