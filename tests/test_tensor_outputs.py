@@ -112,8 +112,8 @@ def test_cuda_batches_from_memory_map_are_pinned_and_non_blocking(tmp_path):
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(staged_params, resident_params))
 
 
-def test_fit_pass_batches_are_reused_not_decoded_again(tmp_path, monkeypatch):
-    from astroscale_fl.data import batch_reuse, tensor_files
+def test_table_of_one_batch_is_decoded_once(tmp_path, monkeypatch):
+    from astroscale_fl.data import tensor_files
 
     path = write_catalog(tmp_path / "cat", files=2, rows=3_000)
     reads = []
@@ -121,14 +121,9 @@ def test_fit_pass_batches_are_reused_not_decoded_again(tmp_path, monkeypatch):
     monkeypatch.setattr(tensor_files, "iter_batches", lambda *a, **k: reads.append(1) or real(*a, **k))
     progress = []
     one = encode_table(path, catalog_pipeline(path), tmp_path / "one", id_column="id", progress=progress.append)
-    assert len(reads) == 1 and sum(progress) == 2 * 6_000  # one batch kept in memory; still two passes of progress
-    spilled = encode_table(path, catalog_pipeline(path), tmp_path / "spilled", chunk_rows=1_000, id_column="id")
-    assert len(reads) == 2  # six batches: spilled to a scratch file in the page cache, read back, not decoded again
-    monkeypatch.setattr(batch_reuse, "SPILL_SHARE", 0.0)  # no memory to spare: the table is decoded twice
-    twice = encode_table(path, catalog_pipeline(path), tmp_path / "twice", chunk_rows=1_000, id_column="id")
-    assert len(reads) == 4
-    assert one.written == spilled.written == twice.written == 6_000 - 6
+    assert len(reads) == 1 and sum(progress) == 2 * 6_000  # one decode, still two passes of progress
+    many = encode_table(path, catalog_pipeline(path), tmp_path / "many", chunk_rows=1_000, id_column="id")
+    assert len(reads) == 3  # a table of several batches streams twice: memory stays at one batch
+    assert one.written == many.written == 6_000 - 6
     for name in (FEATURES, TARGET, ROW_IDS):
-        np.testing.assert_array_equal(np.load(tmp_path / "one" / name), np.load(tmp_path / "spilled" / name))
-        np.testing.assert_array_equal(np.load(tmp_path / "twice" / name), np.load(tmp_path / "spilled" / name))
-    assert sorted(p.name for p in (tmp_path / "spilled").iterdir()) == sorted(p.name for p in (tmp_path / "twice").iterdir())
+        np.testing.assert_array_equal(np.load(tmp_path / "one" / name), np.load(tmp_path / "many" / name))

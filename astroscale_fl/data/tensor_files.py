@@ -4,9 +4,9 @@
 pipeline from merged batch statistics (unless given a fitted one), quarantines rows that fail
 validation, and appends each batch's encoded rows to ``features.npy``, ``target.npy`` (when the
 table has the target) and ``row_ids.npy``, so memory stays at one batch whatever the table's size.
-The encoding pass replays the fit pass's decoded batches where memory allows
-(:mod:`astroscale_fl.data.batch_reuse`) instead of decoding the table twice. Files are written
-under temporary names and renamed into place at the end; a crash leaves no file that looks whole.
+A table of one batch is decoded once (the encoding pass reuses the fit pass's batch); a longer one
+is decoded in each pass, so memory stays at one batch. Files are written under temporary names and
+renamed into place at the end; a crash leaves no file that looks whole.
 
 :func:`cached_tensors` keeps those files in a node's cache directory, keyed by the table's
 fingerprint and the pipeline's state, and opens them with ``np.load(mmap_mode="r")``: a later
@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 
 from astroscale_fl.atomic import write_text
-from astroscale_fl.data.batch_reuse import DecodedBatches
 from astroscale_fl.errors import DataError
 from astroscale_fl.preprocessing import Pipeline
 from astroscale_fl.preprocessing.stream import (
@@ -154,43 +153,30 @@ def encode_table(path: str | Path, pipeline: Pipeline, out_dir: str | Path, *, f
                 progress(len(batch[ROW]))
             yield _select(batch, select)
 
-    suffix = f".tmp-{os.getpid()}"
-    reuse = None
+    decoded: list[dict[str, np.ndarray]] | None = None  # the fit pass's batch, when the table is one batch
     if fit:
         if not with_target:
             raise DataError(f"{path}: no target column {target!r} to fit preprocessing on (give --preprocessing JSON)")
-        if Path(path).suffix.lower() != ".csv":  # a CSV is small, and may hold strings
-            reuse = DecodedBatches.plan(count_rows(path), len(columns), chunk_rows or default_chunk_rows(len(columns)),
-                                        out_dir / (".decoded" + suffix))
-    try:
-        return _fit_and_encode(pipeline, out_dir, suffix, batches, reuse, with_target, training, arrow, progress, fit, start)
-    finally:
-        if reuse is not None:
-            reuse.discard()
+        if Path(path).suffix.lower() != ".csv" and count_rows(path) <= (chunk_rows or default_chunk_rows(len(columns))):
+            decoded = []  # a table of one batch is decoded once, the encoding pass reuses it (memory stays at a batch)
 
-
-def _fit_and_encode(pipeline: Pipeline, out_dir: Path, suffix: str, batches, reuse: DecodedBatches | None, with_target: bool,
-                    training: bool, arrow: bool, progress, fit: bool, start: float) -> Summary:
-    """The two passes of :func:`encode_table` (the second replays the first's batches when ``reuse``)."""
-    target = pipeline.target.target
-    if fit:
         def fit_pass():
             for batch in batches():
-                if reuse is not None:
-                    reuse.keep(batch)
+                if decoded is not None:
+                    decoded.append(batch)
                 yield batch
 
         pipeline.fit_statistics(pipeline.statistics_of(fit_pass()))
 
     def encode_pass():
-        if reuse is None or not reuse.usable:
+        if decoded is None:
             yield from batches()
-            return
-        for batch in reuse.replay():
+        while decoded:
+            batch = decoded.pop(0)  # released as it is encoded
             if progress:
                 progress(len(batch[ROW]))
             yield batch
-
+    suffix = f".tmp-{os.getpid()}"
     writers = {"x": NpyAppender(out_dir / (FEATURES + suffix), "<f4", len(pipeline.features)),
                "ids": NpyAppender(out_dir / (ROW_IDS + suffix), "<i8", None)}
     if with_target:
