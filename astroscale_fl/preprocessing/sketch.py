@@ -34,7 +34,8 @@ _NEG_INF_BIN = ((-1 - 0x7F800000) >> _SHIFT) + _OFFSET
 
 def bin_counts(values: np.ndarray) -> np.ndarray:
     """Counts per bin (int64, length :data:`NUM_BINS`) of the finite ``values``."""
-    bits = np.asarray(values, dtype=np.float32).reshape(-1).view(np.int32)
+    with np.errstate(over="ignore"):  # beyond float32's range -> +-inf: cleared below
+        bits = np.asarray(values, dtype=np.float32).reshape(-1).view(np.int32)
     key = bits >> 31  # the only allocation besides the float32 copy; the rest is in place
     key &= 0x7FFFFFFF
     key ^= bits  # order-preserving: -1 - magnitude for negatives, magnitude for positives
@@ -54,8 +55,9 @@ def add_counts(counts: np.ndarray, values: np.ndarray, minimum: float, maximum: 
     every value is positive the bit pattern already is the order-preserving key (3 passes fewer).
     Values beyond float32's range land in the non-finite bins: :func:`drop_non_finite` clears them.
     """
-    low, high = _key(minimum), _key(maximum)
-    bits = values.astype(np.float32).view(np.int32)
+    with np.errstate(over="ignore"):  # beyond float32's range -> +-inf: the non-finite bins, cleared later
+        low, high = _key(minimum), _key(maximum)
+        bits = values.astype(np.float32).view(np.int32)
     if minimum > 0:  # no sign bit anywhere (-0.0 included): the bits are the key
         key = bits
         key >>= _SHIFT
@@ -78,16 +80,6 @@ def drop_non_finite(counts: np.ndarray) -> None:
     """Clear the bins of non-finite float32 (values beyond float32's range), in place."""
     counts[_POS_INF_BIN:] = 0
     counts[: _NEG_INF_BIN + 1] = 0
-
-
-def sparse_counts(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(bins, counts) of the non-empty bins of the finite ``values``: :func:`bin_counts` without
-    touching every bin (a node's small table, or a record batch, fills few of them)."""
-    if len(values) * 8 >= NUM_BINS:  # dense counting is cheaper
-        return to_sparse(bin_counts(values))
-    keys = bin_index(values)
-    keys = keys[(keys > _NEG_INF_BIN) & (keys < _POS_INF_BIN)]
-    return np.unique(keys, return_counts=True)
 
 
 def bin_index(values: np.ndarray) -> np.ndarray:
