@@ -4,8 +4,9 @@
 pipeline from merged batch statistics (unless given a fitted one), quarantines rows that fail
 validation, and appends each batch's encoded rows to ``features.npy``, ``target.npy`` (when the
 table has the target) and ``row_ids.npy``, so memory stays at one batch whatever the table's size.
-Files are written under temporary names and renamed into place at the end; a crash leaves no
-file that looks whole.
+A table of one batch is decoded once (the encoding pass reuses the fit pass's batch); a longer one
+is decoded in each pass, so memory stays at one batch. Files are written under temporary names and
+renamed into place at the end; a crash leaves no file that looks whole.
 
 :func:`cached_tensors` keeps those files in a node's cache directory, keyed by the table's
 fingerprint and the pipeline's state, and opens them with ``np.load(mmap_mode="r")``: a later
@@ -20,6 +21,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,28 +33,54 @@ from astroscale_fl.preprocessing import Pipeline
 from astroscale_fl.preprocessing.stream import (
     ROW,
     columns_of,
+    count_rows,
+    default_chunk_rows,
     fingerprint,
     iter_batches,
 )
 
 FEATURES, TARGET, ROW_IDS, QUARANTINE, PIPELINE = "features.npy", "target.npy", "row_ids.npy", "quarantine.parquet", "preprocessing.json"
+ARROW = "features.arrow"
 _HEADER = 128  # bytes of NPY header we reserve, so the final shape is written in place at the end
 Selector = Callable[[dict[str, np.ndarray]], np.ndarray]
 
 
+def _quietly(cleanup: Callable[[], object]) -> None:
+    """Run a clean-up step after another error, whose error is the one to report."""
+    try:
+        cleanup()
+    except Exception:  # noqa: BLE001 - cleaning up after another error
+        pass
+
+
 class NpyAppender:
-    """Append rows to a ``.npy`` file whose row count is known only at the end."""
+    """Append rows to a ``.npy`` file whose row count is known only at the end.
+
+    Each batch is written by a background thread (the write releases the GIL) while the next
+    batch is encoded; one batch at most is in flight, so memory stays at a batch."""
 
     def __init__(self, path: Path, dtype: str, width: int | None):
         self.path, self.dtype, self.width, self.rows = path, np.dtype(dtype), width, 0
         self._file = open(path, "wb")
         self._file.write(b"\0" * _HEADER)
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="npy-writer")
+        self._pending: Future | None = None
 
     def append(self, rows: np.ndarray) -> None:
-        self._file.write(np.ascontiguousarray(rows, dtype=self.dtype).tobytes())
+        data = memoryview(np.ascontiguousarray(rows, dtype=self.dtype)).cast("B")  # no bytes copy
+        self._wait()
+        self._pending = self._writer.submit(self._file.write, data)
         self.rows += len(rows)
 
+    def _wait(self) -> None:
+        """Finish the write in flight (raising its error, e.g. a full disk)."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
     def close(self) -> None:
+        self._wait()
+        self._writer.shutdown()
         shape = (self.rows,) if self.width is None else (self.rows, self.width)
         header = f"{{'descr': '{self.dtype.str}', 'fortran_order': False, 'shape': {shape}, }}"
         header = header.ljust(_HEADER - 10 - 1) + "\n"
@@ -61,6 +89,8 @@ class NpyAppender:
         self._file.close()
 
     def abort(self) -> None:
+        _quietly(self._wait)
+        self._writer.shutdown()
         self._file.close()
         self.path.unlink(missing_ok=True)
 
@@ -94,11 +124,12 @@ def _select(batch: dict[str, np.ndarray], select: Selector | None) -> dict[str, 
 
 def encode_table(path: str | Path, pipeline: Pipeline, out_dir: str | Path, *, fit: bool = True, chunk_rows: int | None = None,
                  id_column: str | None = None, select: Selector | None = None, training: bool = True,
-                 progress: Callable[[int], None] | None = None) -> Summary:
+                 progress: Callable[[int], None] | None = None, arrow: bool = False) -> Summary:
     """Encode the (selected) rows of ``path`` into tensor files in ``out_dir``; fit first when ``fit``.
 
     ``training``: rows ``preprocess.outlier_action=drop`` marks are left out (prediction keeps them).
     ``progress`` is called with the number of rows read, twice per row when fitting.
+    ``arrow``: also write ``features.arrow`` (:class:`ArrowAppender`) for consumers that want columns.
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
@@ -109,6 +140,8 @@ def encode_table(path: str | Path, pipeline: Pipeline, out_dir: str | Path, *, f
     missing = [c for c in columns if c not in present]
     if missing:
         raise DataError(f"{path}: missing column(s) {missing}; columns are {present[:20]}")
+    if arrow:
+        check_arrow_names(pipeline.features)
     out_dir.mkdir(parents=True, exist_ok=True)  # only once the input is known to fit
 
     def batches():
@@ -120,19 +153,40 @@ def encode_table(path: str | Path, pipeline: Pipeline, out_dir: str | Path, *, f
                 progress(len(batch[ROW]))
             yield _select(batch, select)
 
+    decoded: list[dict[str, np.ndarray]] | None = None  # the fit pass's batch, when the table is one batch
     if fit:
         if not with_target:
             raise DataError(f"{path}: no target column {target!r} to fit preprocessing on (give --preprocessing JSON)")
-        pipeline.fit_statistics(pipeline.statistics_of(batches()))
+        if Path(path).suffix.lower() != ".csv" and count_rows(path) <= (chunk_rows or default_chunk_rows(len(columns))):
+            decoded = []  # a table of one batch is decoded once, the encoding pass reuses it (memory stays at a batch)
+
+        def fit_pass():
+            for batch in batches():
+                if decoded is not None:
+                    decoded.append(batch)
+                yield batch
+
+        pipeline.fit_statistics(pipeline.statistics_of(fit_pass()))
+
+    def encode_pass():
+        if decoded is None:
+            yield from batches()
+        while decoded:
+            batch = decoded.pop(0)  # released as it is encoded
+            if progress:
+                progress(len(batch[ROW]))
+            yield batch
     suffix = f".tmp-{os.getpid()}"
     writers = {"x": NpyAppender(out_dir / (FEATURES + suffix), "<f4", len(pipeline.features)),
                "ids": NpyAppender(out_dir / (ROW_IDS + suffix), "<i8", None)}
     if with_target:
         writers["y"] = NpyAppender(out_dir / (TARGET + suffix), "<f4", None)
+    if arrow:
+        writers["arrow"] = ArrowAppender(out_dir / (ARROW + suffix), pipeline.features, target if with_target else None)
     quarantine = _QuarantineWriter(out_dir / (QUARANTINE + suffix))
     rows_in = dropped = 0
     try:
-        for batch in batches():
+        for batch in encode_pass():
             rows_in += len(batch[ROW])
             failing, names, reasons = pipeline.quarantine(batch, with_target)
             quarantine.append(batch[ROW][failing], names, reasons)
@@ -141,11 +195,16 @@ def encode_table(path: str | Path, pipeline: Pipeline, out_dir: str | Path, *, f
                 outliers = pipeline.outlier_rows(batch) & keep
                 dropped += int(outliers.sum())
                 keep &= ~outliers
-            rows = batch if keep.all() else {k: v[keep] for k, v in batch.items()}
-            writers["x"].append(pipeline.transform_features(rows, validated=True))
-            writers["ids"].append(rows[ROW])
+            keep = None if keep.all() else keep  # failing rows are skipped by the transform, not copied out
+            features = pipeline.transform_features(batch, validated=True, keep=keep)
+            ids = batch[ROW] if keep is None else batch[ROW][keep]
+            target_rows = pipeline.transform_target(batch, keep=keep) if with_target else None
+            writers["x"].append(features)
+            writers["ids"].append(ids)
             if with_target:
-                writers["y"].append(pipeline.transform_target(rows))
+                writers["y"].append(target_rows)
+            if arrow:
+                writers["arrow"].append(features, target_rows, ids)
         for w in writers.values():
             w.close()
         quarantine.close()
@@ -160,6 +219,52 @@ def encode_table(path: str | Path, pipeline: Pipeline, out_dir: str | Path, *, f
         raise
     written = writers["x"].rows
     return Summary(rows_in, written, quarantine.rows, dropped, time.perf_counter() - start)
+
+
+class ArrowAppender:
+    """The encoded rows as an Arrow IPC file (Feather v2, uncompressed, so it memory-maps): one
+    float32 column per feature (named as the model sees them), ``target`` when the table has it,
+    and ``row_id``, appended one record batch at a time."""
+
+    def __init__(self, path: Path, features: list[str], target: str | None):
+        import pyarrow as pa
+
+        check_arrow_names(features)
+        fields = [pa.field(name, pa.float32()) for name in features]
+        fields += [pa.field("target", pa.float32(), metadata={"column": target})] if target else []
+        self.path, self.features, self.target = path, list(features), target
+        self.schema = pa.schema(fields + [pa.field("row_id", pa.int64())])
+        self._sink = pa.OSFile(str(path), "wb")
+        self._writer = pa.ipc.new_file(self._sink, self.schema)
+
+    def append(self, features: np.ndarray, target: np.ndarray | None, row_ids: np.ndarray) -> None:
+        import pyarrow as pa
+
+        arrays = [pa.array(np.ascontiguousarray(features[:, j])) for j in range(features.shape[1])]
+        arrays += [pa.array(target)] if self.target else []
+        self._writer.write_batch(pa.record_batch(arrays + [pa.array(row_ids)], schema=self.schema))
+
+    def close(self) -> None:
+        self._writer.close()
+        self._sink.close()
+
+    def abort(self) -> None:
+        _quietly(self.close)
+        self.path.unlink(missing_ok=True)
+
+
+def check_arrow_names(features: list[str]) -> None:
+    """A feature named like the Arrow file's own ``target`` / ``row_id`` columns cannot be written."""
+    clash = [c for c in ("target", "row_id") if c in features]
+    if clash:
+        raise DataError(f"--arrow: feature column(s) {clash} clash with the {ARROW} file's own target/row_id columns")
+
+
+def open_arrow(directory: str | Path):
+    """``features.arrow`` of ``directory`` as a pyarrow Table over a memory map (no copy)."""
+    import pyarrow as pa
+
+    return pa.ipc.open_file(pa.memory_map(str(Path(directory) / ARROW), "r")).read_all()
 
 
 class _QuarantineWriter:
@@ -191,10 +296,7 @@ class _QuarantineWriter:
 
     def abort(self) -> None:
         if self._writer is not None:
-            try:
-                self._writer.close()
-            except Exception:  # noqa: BLE001 - cleaning up after another error
-                pass
+            _quietly(self._writer.close)
         self.path.unlink(missing_ok=True)
 
 

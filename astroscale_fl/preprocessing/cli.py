@@ -12,7 +12,9 @@ from astroscale_fl.errors import ConfigError, DataError, report_user_errors
 DESCRIPTION = """Fit the configured preprocessing on --input (a .parquet file, a directory of them, or a
 small .csv) in record batches, or apply a fitted --preprocessing JSON, and write
 OUTPUT/features.npy, target.npy (when the table has the task's target), row_ids.npy,
-preprocessing.json and quarantine.parquet (rows failing validation, with column and reason).
+preprocessing.json and quarantine.parquet (rows failing validation, with column and reason);
+with --arrow also OUTPUT/features.arrow (Arrow IPC / Feather v2, uncompressed: memory-mappable),
+one float32 column per feature plus target and row_id, for consumers that want named columns.
 Memory stays at one batch (preprocess.chunk_rows rows) whatever the table's size.
 
 Overrides are the training run's, e.g.
@@ -26,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--input", required=True, help="table to encode: .parquet file, directory of .parquet files, or .csv")
     parser.add_argument("--output", required=True, help="directory receiving the tensor files")
     parser.add_argument("--preprocessing", help="a fitted preprocessing.json to apply instead of fitting on --input")
+    parser.add_argument("--arrow", action="store_true",
+                        help="also write OUTPUT/features.arrow (Arrow IPC, uncompressed: named feature columns + target + row_id)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("overrides", nargs="*", help="config overrides (task=..., preprocess.*=...)")
     return parser
@@ -75,6 +79,6 @@ def main(argv: list[str] | None = None) -> int:
         handle = bar.add_task("rows", total=total * passes)
         summary = encode_table(args.input, pipeline, args.output, fit=not args.preprocessing,
                                chunk_rows=cfg.preprocess.chunk_rows, id_column=id_column,
-                               progress=lambda n: bar.advance(handle, n))
+                               progress=lambda n: bar.advance(handle, n), arrow=args.arrow)
     print(f"preprocess: {summary.line()} -> {args.output}")
     return 0

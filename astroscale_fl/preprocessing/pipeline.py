@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 
 from astroscale_fl.errors import ConfigError, DataError
-from astroscale_fl.preprocessing import derived, schema
+from astroscale_fl.preprocessing import chunks, derived, schema
 from astroscale_fl.preprocessing.base import Columns, Step
+from astroscale_fl.preprocessing.chunks import CHUNK_ROWS, parallel_map
 from astroscale_fl.preprocessing.features import (
     DerivedFeatures,
     DistanceFeature,
@@ -83,6 +84,32 @@ def as_columns(frame: Mapping[str, Any] | pd.DataFrame, names: list[str], time_c
         else:
             out[name] = np.asarray(frame[name], dtype=np.float64).reshape(-1)
     return out
+
+
+def _rows(frame, keep: np.ndarray | None):
+    """The ``keep`` rows of a DataFrame or mapping of column -> values (all of them when None)."""
+    if keep is None or keep.all():
+        return frame
+    return frame.loc[keep] if isinstance(frame, pd.DataFrame) else {k: np.asarray(v)[keep] for k, v in frame.items()}
+
+
+def _impute_scale_clip(steps, clip: float | None, out: np.ndarray, starts, offsets, keep: np.ndarray | None) -> None:
+    """Impute + scale + clip fused, one cache-sized chunk of rows at a time: chunk ``starts[i]`` of
+    the input rows fills ``out`` from row ``offsets[i]`` (``keep``: the chunk's rows to use)."""
+    scratch = np.empty(CHUNK_ROWS)
+    for start, offset in zip(starts, offsets):
+        stop = start + CHUNK_ROWS
+        mask = None if keep is None else keep[start:stop]
+        for j, (values, center, inverse_scale, filled) in enumerate(steps):
+            chunk = values[start:stop] if mask is None else values[start:stop][mask]
+            part = scratch[: len(chunk)]
+            np.subtract(chunk, center, out=part)
+            part *= inverse_scale
+            if clip is not None:
+                np.clip(part, -clip, clip, out=part)
+                filled = min(max(filled, -clip), clip)
+            np.copyto(part, filled, where=np.isnan(part))
+            out[offset: offset + len(part), j] = part
 
 
 class Pipeline:
@@ -219,8 +246,15 @@ class Pipeline:
                 columns[step.outputs[3]] = columns[step.outputs[3]] + step.first_epoch
         return columns
 
-    def compute_statistics(self, frame) -> ColumnStatistics:
-        """A node's (or a record batch's) share of a fit: statistics of its valid, derived columns."""
+    def compute_statistics(self, frame, failing: np.ndarray | None = None) -> ColumnStatistics:
+        """A node's (or a record batch's) share of a fit: statistics of its valid, derived columns
+        (``failing``: :meth:`quarantine`'s row mask when the caller already has it)."""
+        if all(isinstance(s, RangeValidator) or (isinstance(s, DerivedFeatures) and not s.names) for s in self.steps[: self._split]):
+            # nothing derived: statistics of the input columns themselves, failing rows skipped, not copied out
+            failing = self.quarantine(frame)[0] if failing is None else failing
+            columns = self._columns(frame, self.inputs)
+            columns[self.target.target] = np.asarray(frame[self.target.target], dtype=np.float64).reshape(-1)
+            return ColumnStatistics.compute(columns, self.statistics_columns, exclude=failing if failing.any() else None)
         return ColumnStatistics.compute(self.statistics_frame(frame), self.statistics_columns)
 
     def statistics_of(self, batches: Iterable) -> ColumnStatistics:
@@ -259,38 +293,43 @@ class Pipeline:
             columns = step.transform(columns)
         return columns
 
-    def transform_features(self, frame, out: np.ndarray | None = None, validated: bool = False) -> np.ndarray:
+    def transform_features(self, frame, out: np.ndarray | None = None, validated: bool = False,
+                           keep: np.ndarray | None = None) -> np.ndarray:
         """Raw inputs (DataFrame or mapping of column -> values) -> float32 matrix (rows x features).
 
         ``out`` (e.g. a slice of a memory-mapped tensor file) receives the rows when given;
-        ``validated``: the rows passed :meth:`quarantine` (training), so the range check is skipped."""
+        ``validated``: the rows passed :meth:`quarantine` (training), so the range check is skipped;
+        ``keep``: a boolean mask of the rows to transform (the others are skipped, never copied out)."""
         learned = self.steps[self._split:]
         fused = (len(learned) == 2 and isinstance(learned[0], Imputer) and learned[0].method in ("median", "mean")
                  and isinstance(learned[1], Scaler) and learned[0].columns == learned[1].columns == self.features)
-        columns = self._row_stage(self._columns(frame, self.inputs), validated) if fused else self.transform_columns(frame, validated)
-        n = len(columns[self.features[0]])
-        out = np.empty((n, len(self.features)), dtype=np.float32) if out is None else out
         if not fused:
+            columns = self.transform_columns(_rows(frame, keep), validated)
+            n = len(columns[self.features[0]])
+            out = np.empty((n, len(self.features)), dtype=np.float32) if out is None else out
             for j, name in enumerate(self.features):
                 out[:, j] = columns[name]
             return out
+        columns = self._row_stage(self._columns(frame, self.inputs), validated)
+        rows = len(columns[self.features[0]])
+        starts = np.arange(0, rows, CHUNK_ROWS)
+        kept = np.full(len(starts), CHUNK_ROWS) if keep is None else np.add.reduceat(keep, starts, dtype=np.int64) if rows else starts
+        if keep is None and rows:
+            kept[-1] = rows - starts[-1]
+        offsets = np.concatenate([[0], np.cumsum(kept)]).astype(np.int64)
+        out = np.empty((int(offsets[-1]), len(self.features)), dtype=np.float32) if out is None else out
         imputer, scaler = learned
-        scratch = np.empty(n)
-        for j, name in enumerate(self.features):  # impute + scale + clip in one scratch buffer per column
-            center, scale = scaler.center[name], scaler.scale[name]
-            np.subtract(columns[name], center, out=scratch)
-            scratch *= 1.0 / scale
-            filled = (imputer.fill[name] - center) / scale
-            if scaler.clip is not None:
-                np.clip(scratch, -scaler.clip, scaler.clip, out=scratch)
-                filled = min(max(filled, -scaler.clip), scaler.clip)
-            np.copyto(scratch, filled, where=np.isnan(scratch))
-            out[:, j] = scratch
+        steps = [(columns[name], scaler.center[name], 1.0 / scaler.scale[name], (imputer.fill[name] - scaler.center[name]) / scaler.scale[name])
+                 for name in self.features]
+        threads = min(chunks.threads(), len(starts))
+        parallel_map(lambda part: _impute_scale_clip(steps, scaler.clip, out, starts[part::threads], offsets[part::threads], keep),
+                     range(threads), rows)
         return out
 
-    def transform_target(self, frame) -> np.ndarray:
-        """Target column -> standardised float32 vector."""
-        return self.target.transform({self.target.target: frame[self.target.target]})[self.target.target].astype(np.float32)
+    def transform_target(self, frame, keep: np.ndarray | None = None) -> np.ndarray:
+        """Target column -> standardised float32 vector (of the ``keep`` rows when given)."""
+        values = np.asarray(frame[self.target.target], dtype=np.float64)
+        return self.target.transform({self.target.target: values if keep is None else values[keep]})[self.target.target].astype(np.float32)
 
     def outlier_rows(self, frame) -> np.ndarray:
         """Rows ``preprocess.outlier_action=drop`` removes from training (all False otherwise)."""

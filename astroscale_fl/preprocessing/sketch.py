@@ -34,7 +34,8 @@ _NEG_INF_BIN = ((-1 - 0x7F800000) >> _SHIFT) + _OFFSET
 
 def bin_counts(values: np.ndarray) -> np.ndarray:
     """Counts per bin (int64, length :data:`NUM_BINS`) of the finite ``values``."""
-    bits = np.asarray(values, dtype=np.float32).reshape(-1).view(np.int32)
+    with np.errstate(over="ignore"):  # beyond float32's range -> +-inf: cleared below
+        bits = np.asarray(values, dtype=np.float32).reshape(-1).view(np.int32)
     key = bits >> 31  # the only allocation besides the float32 copy; the rest is in place
     key &= 0x7FFFFFFF
     key ^= bits  # order-preserving: -1 - magnitude for negatives, magnitude for positives
@@ -46,14 +47,39 @@ def bin_counts(values: np.ndarray) -> np.ndarray:
     return counts
 
 
-def sparse_counts(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(bins, counts) of the non-empty bins of the finite ``values``: :func:`bin_counts` without
-    touching every bin (a node's small table, or a record batch, fills few of them)."""
-    if len(values) * 8 >= NUM_BINS:  # dense counting is cheaper
-        return to_sparse(bin_counts(values))
-    keys = bin_index(values)
-    keys = keys[(keys > _NEG_INF_BIN) & (keys < _POS_INF_BIN)]
-    return np.unique(keys, return_counts=True)
+def add_counts(counts: np.ndarray, values: np.ndarray, minimum: float, maximum: float) -> None:
+    """Add the bin counts of ``values`` (finite, with these exact min and max) into ``counts``, in place.
+
+    :func:`bin_counts` for a cache-sized chunk: only the bins between those of the min and the max
+    are counted (``np.bincount`` then costs the chunk, not all :data:`NUM_BINS` bins), and when
+    every value is positive the bit pattern already is the order-preserving key (3 passes fewer).
+    Values beyond float32's range land in the non-finite bins: :func:`drop_non_finite` clears them.
+    """
+    with np.errstate(over="ignore"):  # beyond float32's range -> +-inf: the non-finite bins, cleared later
+        low, high = _key(minimum), _key(maximum)
+        bits = values.astype(np.float32).view(np.int32)
+    if minimum > 0:  # no sign bit anywhere (-0.0 included): the bits are the key
+        key = bits
+        key >>= _SHIFT
+    else:
+        key = bits >> 31
+        key &= 0x7FFFFFFF
+        key ^= bits
+        key >>= _SHIFT
+    key -= low - _OFFSET
+    counts[low: high + 1] += np.bincount(key, minlength=high - low + 1)
+
+
+def _key(value: float) -> int:
+    """:func:`bin_index` of one value (plain integers: no array overhead per chunk)."""
+    bits = int(np.float32(value).view(np.int32))
+    return ((bits if bits >= 0 else -1 - (bits & 0x7FFFFFFF)) >> _SHIFT) + _OFFSET
+
+
+def drop_non_finite(counts: np.ndarray) -> None:
+    """Clear the bins of non-finite float32 (values beyond float32's range), in place."""
+    counts[_POS_INF_BIN:] = 0
+    counts[: _NEG_INF_BIN + 1] = 0
 
 
 def bin_index(values: np.ndarray) -> np.ndarray:
@@ -71,18 +97,24 @@ def _bin_edge(index: np.ndarray) -> np.ndarray:
     return edge
 
 
-def quantile(counts: np.ndarray, q: float, minimum: float, maximum: float) -> float:
-    """The ``q`` quantile of the values a (merged) count vector summarises; NaN when empty."""
+def cumulative(counts: np.ndarray) -> np.ndarray:
+    """Running counts (the CDF :func:`quantile` searches)."""
     # noisy (DP) counts can be negative: the running maximum keeps the CDF monotone (identity otherwise)
-    cumulative = np.maximum.accumulate(np.cumsum(counts)) if counts.size else counts
-    total = cumulative[-1] if cumulative.size else 0
+    return np.maximum.accumulate(np.cumsum(counts)) if counts.size else counts
+
+
+def quantile(counts: np.ndarray, q: float, minimum: float, maximum: float, cdf: np.ndarray | None = None) -> float:
+    """The ``q`` quantile of the values a (merged) count vector summarises; NaN when empty
+    (``cdf``: :func:`cumulative` of ``counts`` when already computed)."""
+    cdf = cumulative(counts) if cdf is None else cdf
+    total = cdf[-1] if cdf.size else 0
     if total <= 0:
         return float("nan")
     rank = q * (total - 1)  # numpy's default (linear) definition over ranks 0..n-1
-    i = int(np.searchsorted(cumulative, rank, side="right"))
+    i = int(np.searchsorted(cdf, rank, side="right"))
     i = min(i, counts.size - 1)
-    before = cumulative[i - 1] if i > 0 else 0
-    inside = (rank - before + 0.5) / max(cumulative[i] - before, 1)
+    before = cdf[i - 1] if i > 0 else 0
+    inside = (rank - before + 0.5) / max(cdf[i] - before, 1)
     lo, hi = _bin_edge(np.array([i, i + 1]))
     if not np.isfinite(hi):
         hi = maximum

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from astroscale_fl.preprocessing import sketch
+from astroscale_fl.preprocessing.chunks import CHUNK_ROWS, parallel_map
 
 ARRAY_NAMES = ("count", "missing", "mean_", "m2", "minimum", "maximum", "sketch_index", "sketch_count")
 
@@ -35,39 +36,21 @@ class ColumnStatistics:
     maximum: np.ndarray
     sketch: np.ndarray  # int64 bin counts (columns x sketch.NUM_BINS)
     offset: np.ndarray | None = None  # added to the sketched values (see shifted); local only, never sent
-    # the sketch's non-empty (flat bin, count) pairs as computed, so a reply need not scan every bin
-    nonzero: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
+    # running counts per column (quantile's CDF), computed on first use; local only
+    _cumulative: dict[int, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
-    def compute(cls, frame, columns: list[str]) -> ColumnStatistics:
+    def compute(cls, frame, columns: list[str], exclude: np.ndarray | None = None) -> ColumnStatistics:
         """Statistics of ``columns`` over the rows of ``frame`` (a DataFrame or a mapping of
-        column -> array; NaN and +-inf count as missing)."""
+        column -> array; NaN and +-inf count as missing), leaving out the rows where ``exclude`` is True.
+
+        Columns are read in cache-sized chunks of :data:`CHUNK_ROWS` rows (no column-sized
+        temporaries) whose moments merge with Chan's update, columns spread over threads."""
         n = len(columns)
         out = cls(list(columns), np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n),
                   np.full(n, np.inf), np.full(n, -np.inf), np.zeros((n, sketch.NUM_BINS), dtype=np.int64))
-        flat_bins, flat_counts = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
-        for j, name in enumerate(columns):  # per column (a handful), each fully vectorised
-            values = np.asarray(frame[name], dtype=np.float64).reshape(-1)
-            finite = np.isfinite(values)
-            count = int(np.count_nonzero(finite))
-            out.missing[j] = values.size - count
-            if not count:
-                continue
-            col = values if count == values.size else values[finite]
-            out.count[j] = count
-            out.mean_[j] = mean = np.add.reduce(col) / count
-            # one batch's sum of squares about its mean; batches then merge with Chan's update
-            m2 = np.einsum("i,i->", col, col) - count * mean * mean  # einsum: no BLAS threads to contend
-            if m2 < 1e-4 * count * mean * mean:  # spread small against the mean: cancellation; centre first
-                centred = col - mean
-                m2 = np.einsum("i,i->", centred, centred)
-            out.m2[j] = max(m2, 0.0)
-            out.minimum[j], out.maximum[j] = np.minimum.reduce(col), np.maximum.reduce(col)
-            bins, counts = sketch.sparse_counts(col)
-            out.sketch[j, bins] = counts
-            flat_bins.append(bins + j * sketch.NUM_BINS)
-            flat_counts.append(counts)
-        out.nonzero = (np.concatenate(flat_bins), np.concatenate(flat_counts))
+        arrays = [np.asarray(frame[name], dtype=np.float64).reshape(-1) for name in columns]
+        parallel_map(lambda j: _column_statistics(out, j, arrays[j], exclude), range(n), len(arrays[0]) if n else 0)
         return out
 
     @classmethod
@@ -100,7 +83,7 @@ class ColumnStatistics:
         self.count, self.missing = total, self.missing + other.missing
         self.minimum, self.maximum = np.minimum(self.minimum, other.minimum), np.maximum(self.maximum, other.maximum)
         self.sketch += other.sketch
-        self.nonzero = None
+        self._cumulative.clear()
         return self
 
     def shifted(self, column: str, offset: float) -> ColumnStatistics:
@@ -124,13 +107,19 @@ class ColumnStatistics:
     def quantile(self, q: float) -> np.ndarray:
         """``q`` quantile per column (within a relative 2**-8 of the exact one; NaN if no values)."""
         offset = np.zeros(len(self.columns)) if self.offset is None else self.offset
-        return np.array([sketch.quantile(self.sketch[j], q, self.minimum[j] - offset[j], self.maximum[j] - offset[j]) + offset[j]
-                         for j in range(len(self.columns))])
+        return np.array([sketch.quantile(self.sketch[j], q, self.minimum[j] - offset[j], self.maximum[j] - offset[j],
+                                         self._cumulative_counts(j)) + offset[j] for j in range(len(self.columns))])
+
+    def _cumulative_counts(self, j: int) -> np.ndarray:
+        """Column ``j``'s CDF over the sketch bins, shared by the several quantiles a fit asks for."""
+        if j not in self._cumulative:
+            self._cumulative[j] = sketch.cumulative(self.sketch[j])
+        return self._cumulative[j]
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Numeric arrays for a Flower ArrayRecord (column names travel separately; the sketch
         travels sparse: the flat indices and counts of its non-empty bins)."""
-        index, counts = self.nonzero if self.nonzero is not None else sketch.to_sparse(self.sketch.reshape(-1))
+        index, counts = sketch.to_sparse(self.sketch.reshape(-1))
         arrays = {k: getattr(self, k) for k in ARRAY_NAMES[:6]}
         return {**arrays, "sketch_index": index.astype(np.int64), "sketch_count": counts.astype(np.int64)}
 
@@ -166,3 +155,51 @@ class ColumnStatistics:
         np.add.at(flat, np.concatenate(indices), np.concatenate(counts))
         out.sketch = flat.reshape(len(columns), sketch.NUM_BINS)
         return out
+
+
+def _chunk_moments(col: np.ndarray, total: float) -> tuple[float, float]:
+    """(mean, sum of squared deviations) of finite values summing to ``total`` (one chunk; chunks
+    merge with Chan's update)."""
+    count = col.size
+    mean = total / count
+    m2 = np.einsum("i,i->", col, col) - count * mean * mean  # einsum: no BLAS threads to contend
+    if m2 < 1e-4 * count * mean * mean:  # spread small against the mean: cancellation; centre first
+        centred = col - mean
+        m2 = np.einsum("i,i->", centred, centred)
+    return mean, max(m2, 0.0)
+
+
+def _column_statistics(out: ColumnStatistics, j: int, values: np.ndarray, exclude: np.ndarray | None) -> None:
+    """Fill column ``j`` of ``out`` from ``values`` chunk by chunk (one thread per column)."""
+    count = mean = m2 = 0.0
+    missing, low, high = 0, np.inf, -np.inf
+    counts = out.sketch[j]
+    for start in range(0, values.size, CHUNK_ROWS):
+        chunk = values[start: start + CHUNK_ROWS]
+        if exclude is not None:
+            skip = exclude[start: start + CHUNK_ROWS]
+            if skip.any():
+                chunk = chunk[~skip]
+        if not chunk.size:
+            continue
+        total = np.add.reduce(chunk)
+        if np.isfinite(total):  # a finite sum: no NaN or inf in the chunk, no pass to find them
+            col = chunk
+        else:
+            col = chunk[np.isfinite(chunk)]
+            missing += chunk.size - col.size
+            if not col.size:
+                continue
+            total = np.add.reduce(col)
+        part_mean, part_m2 = _chunk_moments(col, total)
+        part_low, part_high = np.minimum.reduce(col), np.maximum.reduce(col)
+        sketch.add_counts(counts, col, part_low, part_high)
+        merged = count + col.size  # Chan et al.'s pairwise update, as in ColumnStatistics.update
+        delta = part_mean - mean
+        share = col.size / merged
+        m2 = m2 + part_m2 + delta**2 * count * share
+        mean = mean + delta * share
+        count, low, high = merged, min(low, part_low), max(high, part_high)
+    sketch.drop_non_finite(counts)
+    out.count[j], out.missing[j], out.mean_[j], out.m2[j] = count, missing, mean, m2
+    out.minimum[j], out.maximum[j] = low, high
