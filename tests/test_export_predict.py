@@ -12,13 +12,13 @@ import torch
 from astroscale_fl.export.model_dir import load_exported
 from astroscale_fl.export.predict import Predictor
 from astroscale_fl.learning.training import predict
-from tests.conftest import ROOT, cli_env, train_and_export
+from tests.conftest import ROOT, cli_env
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory, absmag_frame):
-    """A briefly trained MLP exported to a model directory, with its in-memory twin."""
-    path, model, pipeline = train_and_export(tmp_path_factory.mktemp("export"), absmag_frame)
+def exported(exported_model, absmag_frame):
+    """The session's exported MLP (tests/conftest.py), its in-memory twin, and rows it has not seen."""
+    path, model, pipeline = exported_model
     return path, model, pipeline, absmag_frame.iloc[3000:3200].reset_index(drop=True)
 
 

@@ -25,14 +25,14 @@ import pytest
 import torch
 
 from astroscale_fl.export import predict as predict_module
-from tests.conftest import ROOT, cli_env, train_and_export
+from tests.conftest import ROOT, cli_env
 
 CARD, WEIGHTS, PIPELINE = "model_card.json", "weights.pt", "preprocessing.json"
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory, absmag_frame):
-    path, _, _ = train_and_export(tmp_path_factory.mktemp("integrity"), absmag_frame, rows=2000, epochs=1)
+def exported(exported_model, absmag_frame):
+    path = exported_model[0]
     return path, absmag_frame.iloc[3000:3020].reset_index(drop=True)
 
 

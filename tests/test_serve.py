@@ -17,7 +17,7 @@ import pytest
 from astroscale_fl.data.tasks import get_task
 from astroscale_fl.export.predict import Predictor
 from astroscale_fl.serve import InputSchema, Invalid, MicroBatcher
-from tests.conftest import ROOT, cli_env, train_and_export
+from tests.conftest import ROOT, cli_env
 
 pytestmark = pytest.mark.slow
 MAX_BODY = 64 * 1024
@@ -27,9 +27,9 @@ JSON_HEADERS = {"content-type": "application/json"}
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory, absmag_frame):
-    """A briefly trained MLP exported to a model directory, and rows it has not seen."""
-    path, _, _ = train_and_export(tmp_path_factory.mktemp("serve"), absmag_frame, epochs=1)
+def exported(exported_model, absmag_frame):
+    """The session's exported MLP (tests/conftest.py) and rows it has not seen."""
+    path = exported_model[0]
     return path, absmag_frame.iloc[3000:3100].reset_index(drop=True)
 
 
