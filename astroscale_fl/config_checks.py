@@ -9,6 +9,7 @@ resume from, a privacy budget that could not pay for one round).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
@@ -48,16 +49,18 @@ def check_values(cfg: DictConfig) -> None:
         require(path.is_file(), "federation.resume_from", "a run directory holding checkpoint.npz, or a .npz file",
                  str(fed.resume_from))
     if cfg.model.name == "mlp":
-        check_mlp(list(cfg.model.widths), str(cfg.model.activation), float(cfg.model.dropout))
+        check_mlp(cfg.model.widths, str(cfg.model.activation), float(cfg.model.dropout))
     fraction = cfg.task.get("max_bad_fraction")
     if fraction is not None:
         require(0 <= fraction < 1, "task.max_bad_fraction", "a number in [0, 1)", fraction)
 
 
-def check_mlp(widths: list, activation: str, dropout: float) -> None:
-    """``model.widths``, ``model.activation`` and ``model.dropout`` of an MLP."""
+def check_mlp(widths: Sequence, activation: str, dropout: float) -> None:
+    """``model.widths``, ``model.activation`` and ``model.dropout`` of an MLP: the one place these
+    rules live (the config, :class:`~astroscale_fl.learning.models.MLP` and a model card's model)."""
     from astroscale_fl.learning.models import ACTIVATIONS
 
+    require(isinstance(widths, Sequence) and not isinstance(widths, str), "model.widths", "a list of layer widths", widths)
     require(activation in ACTIVATIONS, "model.activation", f"one of {sorted(ACTIVATIONS)}", activation)
     require(0.0 <= dropout < 1.0, "model.dropout", "a number in [0, 1)", dropout)
     require(len(widths) <= MAX_HIDDEN_LAYERS, "model.widths", f"at most {MAX_HIDDEN_LAYERS} hidden layers", len(widths))

@@ -31,6 +31,13 @@ def absmag_frame():
     return get_task("hipparcos_absmag").load(OmegaConf.create({"path": None, "min_parallax_snr": 10.0}))
 
 
+@pytest.fixture(scope="session")
+def exported_model(tmp_path_factory, absmag_frame):
+    """One briefly trained MLP exported once per session for the predict, serve and integrity tests:
+    (model directory, in-memory model, pipeline). Read-only: a test that breaks it works on a copy."""
+    return train_and_export(tmp_path_factory.mktemp("exported"), absmag_frame)
+
+
 def cli_env() -> dict[str, str]:
     """Environment for CLI subprocesses: the venv's bin first, quiet Ray."""
     env = dict(os.environ)

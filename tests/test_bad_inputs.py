@@ -161,6 +161,22 @@ def test_noise_multiplier_on_the_command_line_wins_over_the_default_target():
         config.validate(config.compose(["privacy=dp_sgd", "privacy.noise_multiplier=1.1", "privacy.target_epsilon=3"]))
 
 
+@pytest.mark.parametrize("widths, activation, dropout", [([0], "relu", 0.0), ([100_000_000], "relu", 0.0), ([8] * 65, "relu", 0.0),
+                                                       ([8, True], "relu", 0.0), ("32,16", "relu", 0.0), ([8], "bogus", 0.0),
+                                                       ([8], "relu", 1.0)])
+def test_the_model_refuses_what_the_config_check_refuses_with_the_same_line(widths, activation, dropout):
+    """config_checks.check_mlp is the one place for the MLP rules: the model built directly (as from a
+    model card) refuses the same values with the same one-line message as the config."""
+    from astroscale_fl.config_checks import check_mlp
+    from astroscale_fl.learning.models import MLP
+
+    with pytest.raises(AstroScaleError) as from_config:
+        check_mlp(widths, activation, dropout)
+    with pytest.raises(AstroScaleError) as from_model:
+        MLP(4, widths, activation, dropout)
+    assert str(from_model.value) == str(from_config.value)
+
+
 def test_long_error_lines_are_cut_in_the_middle():
     line = one_line("start " + "x" * 100_000 + " advice at the end")
     assert len(line) == MAX_LINE_CHARS and line.startswith("start ") and line.endswith("advice at the end")

@@ -12,13 +12,13 @@ import torch
 from astroscale_fl.export.model_dir import load_exported
 from astroscale_fl.export.predict import Predictor
 from astroscale_fl.learning.training import predict
-from tests.conftest import ROOT, cli_env, train_and_export
+from tests.conftest import ROOT, cli_env
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory, absmag_frame):
-    """A briefly trained MLP exported to a model directory, with its in-memory twin."""
-    path, model, pipeline = train_and_export(tmp_path_factory.mktemp("export"), absmag_frame)
+def exported(exported_model, absmag_frame):
+    """The session's exported MLP (tests/conftest.py), its in-memory twin, and rows it has not seen."""
+    path, model, pipeline = exported_model
     return path, model, pipeline, absmag_frame.iloc[3000:3200].reset_index(drop=True)
 
 
@@ -48,7 +48,20 @@ def run_predict(*args):
                           capture_output=True, text=True, env=cli_env(), timeout=120)
 
 
-def test_predict_cli_single_star_matches_in_memory(exported):
+def predict_main(capsys, *args) -> tuple[int, str, str]:
+    """The predict command's entry in this process: (exit code, stdout, stderr). The real process runs in
+    the single-star and no-model tests; a fresh interpreter per case cost seconds each."""
+    from astroscale_fl.export.predict import main
+
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exit_:
+        code = exit_.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_predict_cli_single_star_matches_in_memory(exported, capsys):
     path, _, _, rows = exported
     predictor = Predictor(path)
     values = [rows[n].iloc[0] for n in predictor.inputs]
@@ -57,11 +70,11 @@ def test_predict_cli_single_star_matches_in_memory(exported):
     result = json.loads(out.stdout)
     assert list(result) == ["predicted_M_Hp"]
     assert result["predicted_M_Hp"] == predictor.predict_one([float(v) for v in values])
-    listed = run_predict("--model", path, "--list-inputs")
-    assert [line.split("\t")[0] for line in listed.stdout.strip().splitlines()] == predictor.inputs
+    code, listed, _ = predict_main(capsys, "--model", path, "--list-inputs")
+    assert code == 0 and [line.split("\t")[0] for line in listed.strip().splitlines()] == predictor.inputs
 
 
-def test_predict_cli_batch_keeps_rows_and_quarantines_bad_ones(exported, tmp_path):
+def test_predict_cli_batch_keeps_rows_and_quarantines_bad_ones(exported, tmp_path, capsys):
     path, _, _, rows = exported
     predictor = Predictor(path)
     table = rows[predictor.inputs].copy()
@@ -71,8 +84,8 @@ def test_predict_cli_batch_keeps_rows_and_quarantines_bad_ones(exported, tmp_pat
     src = tmp_path / "in.csv"
     table.to_csv(src, index=False)
     before = src.read_bytes()
-    out = run_predict("--model", path, "--input", src, "--output", tmp_path / "out.parquet")
-    assert out.returncode == 0, out.stderr
+    code, _, err = predict_main(capsys, "--model", path, "--input", src, "--output", tmp_path / "out.parquet")
+    assert code == 0, err
     assert src.read_bytes() == before  # input untouched
     result = pd.read_parquet(tmp_path / "out.parquet")
     assert list(result["name"]) == list(table["name"])
@@ -90,19 +103,18 @@ def test_predict_cli_batch_keeps_rows_and_quarantines_bad_ones(exported, tmp_pat
     (["0.1", "0.2", "1", "1", "8", "0.001", "0.01", "0.5", "inf"], "input V-I: expected a finite number"),
     (["0.1", "0.2", "1", "1", "80", "0.001", "0.01", "0.5", "0.6"], "input Hpmag"),
 ])
-def test_predict_cli_bad_values(exported, args, needle):
-    path = exported[0]
-    out = run_predict("--model", path, *args)
-    assert out.returncode == 2
-    assert needle in out.stderr and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+def test_predict_cli_bad_values(exported, args, needle, capsys):
+    code, _, err = predict_main(capsys, "--model", exported[0], *args)
+    assert code == 2
+    assert needle in err and err.count("\n") == 1 and err.startswith("error: "), err
 
 
-def test_predict_cli_missing_batch_columns(exported, tmp_path):
+def test_predict_cli_missing_batch_columns(exported, tmp_path, capsys):
     path = exported[0]
     src = tmp_path / "in.csv"
     pd.DataFrame({"Hpmag": [8.0]}).to_csv(src, index=False)
-    out = run_predict("--model", path, "--input", src, "--output", tmp_path / "out.csv")
-    assert out.returncode == 2 and "missing input column(s)" in out.stderr and "RArad" in out.stderr
+    code, _, err = predict_main(capsys, "--model", path, "--input", src, "--output", tmp_path / "out.csv")
+    assert code == 2 and "missing input column(s)" in err and "RArad" in err
     assert not (tmp_path / "out.csv").exists()
 
 
@@ -110,3 +122,4 @@ def test_predict_cli_without_model_says_how_to_make_one(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "predict.py"), "1"], capture_output=True, text=True,
                          cwd=tmp_path, env=cli_env(), timeout=120)
     assert out.returncode == 2 and "astroscale-fl train" in out.stderr
+    assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr and out.stdout == ""  # the real process's exit path

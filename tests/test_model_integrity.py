@@ -25,14 +25,14 @@ import pytest
 import torch
 
 from astroscale_fl.export import predict as predict_module
-from tests.conftest import ROOT, cli_env, train_and_export
+from tests.conftest import ROOT, cli_env
 
 CARD, WEIGHTS, PIPELINE = "model_card.json", "weights.pt", "preprocessing.json"
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory, absmag_frame):
-    path, _, _ = train_and_export(tmp_path_factory.mktemp("integrity"), absmag_frame, rows=2000, epochs=1)
+def exported(exported_model, absmag_frame):
+    path = exported_model[0]
     return path, absmag_frame.iloc[3000:3020].reset_index(drop=True)
 
 
@@ -271,7 +271,9 @@ def test_card_records_digests_and_every_checker_accepts_an_intact_directory(expo
         assert entry == {"sha256": file_sha256(path / name), "bytes": (path / name).stat().st_size}
     out = run("-m", "astroscale_fl.privacy.card", path)
     assert out.returncode == 0, out.stderr
-    assert run("-m", "astroscale_fl.privacy.card", path / CARD).returncode == 0
+    from astroscale_fl.privacy import card as card_checker  # the card file itself: the same entry, in this process
+
+    assert card_checker.main([str(path / CARD)]) == 0
 
 
 @pytest.mark.parametrize("command", [
@@ -288,7 +290,7 @@ def test_processes_refuse_a_tampered_directory_in_one_line(exported, tmp_path, c
     assert out.stderr.count("\n") == 1 and "weights.pt: SHA-256" in out.stderr and "Traceback" not in out.stderr, out.stderr
 
 
-def test_pickle_planted_in_weights_is_refused_and_never_run(exported, tmp_path):
+def test_pickle_planted_in_weights_is_refused_and_never_run(exported, tmp_path, capsys):
     copy = tmp_path / "model"
     shutil.copytree(exported[0], copy)
     marker = tmp_path / "ran"
@@ -301,9 +303,11 @@ def test_pickle_planted_in_weights_is_refused_and_never_run(exported, tmp_path):
     torch.save({"0.weight": Marker()}, buf)
     (copy / WEIGHTS).write_bytes(buf.getvalue())
     resign(copy)
-    out = run("scripts/predict.py", "--model", copy, "--list-inputs")
-    assert out.returncode == 2 and "refused" in out.stderr and out.stderr.count("\n") == 1, out.stderr
-    assert not marker.exists()
+    from astroscale_fl.export.predict import main as predict_main
+
+    # in this process, where an unpickled payload would run (the real processes: the tamper test above)
+    err = assert_one_line_exit_2(lambda: predict_main(["--model", str(copy), "--list-inputs"]), capsys)
+    assert "refused" in err and not marker.exists()
 
 
 # --- non-finite predictions -------------------------------------------------------------------

@@ -122,7 +122,20 @@ def test_node_streams_statistics_and_trains_from_memory_mapped_tensors(tmp_path)
     assert len(list((data_dir / ".astroscale-cache").iterdir())) == 2  # train and val tensor files, reused by node_tensors
 
 
-def test_preprocess_command_writes_tensor_files(tmp_path):
+def _preprocess_in_process(capsys, *args) -> tuple[int, str]:
+    """The preprocess command's entry in this process: (exit code, stderr)."""
+    from astroscale_fl.preprocessing.cli import main
+
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exit_:
+        code = exit_.code
+    return code, capsys.readouterr().err
+
+
+def test_preprocess_command_writes_tensor_files(tmp_path, capsys):
+    """The first command as a real process; the others through the same entry in this process
+    (a fresh interpreter per command cost seconds each)."""
     path = write_catalog(tmp_path / "cat", files=2, rows=5_000)
     out = subprocess.run([sys.executable, "-m", "astroscale_fl.cli", "preprocess", "--input", str(path), "--output", str(tmp_path / "enc"),
                           *OVERRIDES[1:], "preprocess.chunk_rows=3000", "task.id_column=id"],
@@ -132,21 +145,20 @@ def test_preprocess_command_writes_tensor_files(tmp_path):
     for name in (FEATURES, TARGET, ROW_IDS, QUARANTINE, "preprocessing.json"):
         assert (tmp_path / "enc" / name).is_file(), name
     # apply the fitted JSON to new rows: same encoding, no refit
-    again = subprocess.run([sys.executable, "-m", "astroscale_fl.cli", "preprocess", "--input", str(path), "--output", str(tmp_path / "enc2"),
-                            "--preprocessing", str(tmp_path / "enc" / "preprocessing.json"), *OVERRIDES[1:], "task.id_column=id"],
-                           capture_output=True, text=True, env=cli_env(), timeout=300)
-    assert again.returncode == 0, again.stderr
+    code, err = _preprocess_in_process(capsys, "--input", path, "--output", tmp_path / "enc2", "--preprocessing",
+                                       tmp_path / "enc" / "preprocessing.json", *OVERRIDES[1:], "task.id_column=id")
+    assert code == 0, err
     np.testing.assert_array_equal(np.load(tmp_path / "enc" / FEATURES), np.load(tmp_path / "enc2" / FEATURES))
     bad_state = json.loads((tmp_path / "enc" / "preprocessing.json").read_text())
     bad_state["steps"][-1]["state"]["scale"]["teff"] = 0
     (tmp_path / "bad.json").write_text(json.dumps(bad_state))
-    bad = subprocess.run([sys.executable, "-m", "astroscale_fl.cli", "preprocess", "--input", str(path), "--output", str(tmp_path / "enc3"),
-                          "--preprocessing", str(tmp_path / "bad.json"), *OVERRIDES[1:]], capture_output=True, text=True, env=cli_env(), timeout=300)
-    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "scale.teff" in bad.stderr
+    code, err = _preprocess_in_process(capsys, "--input", path, "--output", tmp_path / "enc3", "--preprocessing",
+                                       tmp_path / "bad.json", *OVERRIDES[1:])
+    assert code == 2 and err.strip().count("\n") == 0 and "scale.teff" in err
     assert not (tmp_path / "enc3" / FEATURES).exists()
-    missing = subprocess.run([sys.executable, "-m", "astroscale_fl.cli", "preprocess", "--input", str(path), "--output", str(tmp_path / "enc4"),
-                              "task.features=[ra,nope]", "task.target=z"], capture_output=True, text=True, env=cli_env(), timeout=300)
-    assert missing.returncode == 2 and "missing column(s) ['nope']" in missing.stderr and not (tmp_path / "enc4").exists()
+    code, err = _preprocess_in_process(capsys, "--input", path, "--output", tmp_path / "enc4", "task.features=[ra,nope]",
+                                       "task.target=z")
+    assert code == 2 and "missing column(s) ['nope']" in err and not (tmp_path / "enc4").exists()
 
 
 @pytest.mark.slow

@@ -9,13 +9,12 @@ from pathlib import Path
 import pytest
 
 from astroscale_fl.export import predict as predict_module
-from tests.conftest import train_and_export
 from tests.test_model_integrity import assert_one_line_exit_2, predict_module_inputs
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory, absmag_frame):
-    path, _, _ = train_and_export(tmp_path_factory.mktemp("paths"), absmag_frame, rows=1000, epochs=1)
+def exported(exported_model, absmag_frame):
+    path = exported_model[0]
     return path, absmag_frame.iloc[3000:3020].reset_index(drop=True)
 
 

@@ -17,7 +17,7 @@ import pytest
 from astroscale_fl.data.tasks import get_task
 from astroscale_fl.export.predict import Predictor
 from astroscale_fl.serve import InputSchema, Invalid, MicroBatcher
-from tests.conftest import ROOT, cli_env, train_and_export
+from tests.conftest import ROOT, cli_env
 
 pytestmark = pytest.mark.slow
 MAX_BODY = 64 * 1024
@@ -27,9 +27,9 @@ JSON_HEADERS = {"content-type": "application/json"}
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory, absmag_frame):
-    """A briefly trained MLP exported to a model directory, and rows it has not seen."""
-    path, _, _ = train_and_export(tmp_path_factory.mktemp("serve"), absmag_frame, epochs=1)
+def exported(exported_model, absmag_frame):
+    """The session's exported MLP (tests/conftest.py) and rows it has not seen."""
+    path = exported_model[0]
     return path, absmag_frame.iloc[3000:3100].reset_index(drop=True)
 
 
@@ -88,32 +88,35 @@ def star(rows, predictor, i=0):
     return {n: float(rows[n].iloc[i]) for n in predictor.inputs}
 
 
-def run_script(*args):
-    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "predict.py"), *map(str, args)],
-                         capture_output=True, text=True, env=cli_env(), timeout=120)
-    assert out.returncode == 0, out.stderr
-    return out
+def run_script(capsys, *args) -> str:
+    """scripts/predict.py's entry (``export.predict.main``) in this process: its stdout. The script as a
+    real process: tests/test_export_predict.py; a fresh interpreter here cost seconds per call."""
+    from astroscale_fl.export.predict import main
+
+    capsys.readouterr()
+    assert main([str(a) for a in args]) == 0
+    return capsys.readouterr().out
 
 
-def test_single_star_equals_predict_script_and_predictor(exported, client):
+def test_single_star_equals_predict_script_and_predictor(exported, client, capsys):
     path, rows = exported
     predictor = Predictor(path)
     body = star(rows, predictor)
     answer = client.post("/predict", json=body)
     assert answer.status_code == 200 and answer.headers["content-type"] == "application/json"
-    script = json.loads(run_script("--model", path, *[repr(body[n]) for n in predictor.inputs]).stdout)
+    script = json.loads(run_script(capsys, "--model", path, *[repr(body[n]) for n in predictor.inputs]))
     assert answer.json() == script  # same key, bit-identical float
     for i in range(1, 6):
         values = star(rows, predictor, i)
         assert client.post("/predict", json=values).json() == {"predicted_M_Hp": predictor.predict_one(list(values.values()))}
 
 
-def test_batch_equals_predict_script_table_mode(exported, client, tmp_path):
+def test_batch_equals_predict_script_table_mode(exported, client, tmp_path, capsys):
     path, rows = exported
     predictor = Predictor(path)
     table = rows[predictor.inputs].iloc[:MAX_BATCH]
     table.to_parquet(tmp_path / "in.parquet", index=False)
-    run_script("--model", path, "--input", tmp_path / "in.parquet", "--output", tmp_path / "out.parquet")
+    run_script(capsys, "--model", path, "--input", tmp_path / "in.parquet", "--output", tmp_path / "out.parquet")
     expected = pd.read_parquet(tmp_path / "out.parquet")["predicted_M_Hp"].tolist()
     answer = client.post("/predict/batch", json=table.to_dict(orient="records"))
     assert answer.status_code == 200
@@ -313,12 +316,16 @@ def serve_cli(*args, cwd=ROOT):
                           cwd=cwd, env=cli_env(), timeout=120)
 
 
-def test_cli_without_model_says_how_to_make_one(tmp_path):
+def test_cli_without_model_says_how_to_make_one(tmp_path, capsys):
     out = serve_cli(cwd=tmp_path)
     assert out.returncode == 2 and "models/survey_redshift/latest" in out.stderr
     assert "astroscale-fl train task=survey_redshift" in out.stderr and out.stderr.count("\n") == 1
-    out = serve_cli("--model", str(tmp_path / "nowhere"))
-    assert out.returncode == 2 and "model directory not found" in out.stderr and "Traceback" not in out.stderr
+    from astroscale_fl.serve import main as serve_main  # the same entry, in this process
+
+    with pytest.raises(SystemExit) as exit_:
+        serve_main(["--model", str(tmp_path / "nowhere")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "model directory not found" in err and err.count("\n") == 1
 
 
 def test_cli_port_in_use_is_a_one_line_error(exported, url):

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from astroscale_fl.serve import MAX_LISTED_ERRORS
-from tests.conftest import ROOT, cli_env, train_and_export
+from tests.conftest import ROOT, cli_env
 from tests.test_serve import counter, good, stop, wait_ready
 
 pytestmark = pytest.mark.slow
@@ -27,8 +27,8 @@ SMALL_LIMIT = 8
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory, absmag_frame):
-    path, _, _ = train_and_export(tmp_path_factory.mktemp("hostile"), absmag_frame, rows=2000, epochs=1)
+def exported(exported_model, absmag_frame):
+    path = exported_model[0]
     return path, absmag_frame.iloc[3000:3100].reset_index(drop=True)
 
 

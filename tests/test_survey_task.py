@@ -68,12 +68,12 @@ def test_train_then_seed_predict_command(tmp_path):
 def test_simulator_parquet_trains_through_the_catalog_task(tmp_path):
     """The simulator's Parquet output is an ordinary catalog: one node per survey via by_column."""
     from astroscale_fl.federation.server import run_federation
+    from astroscale_fl.simulator.__main__ import main as simulator_main
     from strategies import build_strategy
     from tests.inprocess import InProcessGrid
 
-    path = tmp_path / "sim.parquet"
-    subprocess.run([sys.executable, "-m", "astroscale_fl.simulator", "--n", "3000", "--seed", "5", "--out", str(path),
-                    "--no-truth"], check=True, capture_output=True, env=cli_env(), timeout=120)
+    path = tmp_path / "sim.parquet"  # the simulator's command, in this process (its survey tables are built once)
+    assert simulator_main(["--n", "3000", "--seed", "5", "--out", str(path), "--no-truth"]) == 0
     overrides = ["task=catalog", f"task.path={path}", "task.features=[ra,dec,teff,logg,fe_h,snr,parallax]",
                  "task.target=z", "partition=by_column", "partition.column=survey", "federation.num_rounds=1",
                  "model.widths=[16]", "federation.metrics_port=0", "output.publish=false", "federation.checkpoint=false"]

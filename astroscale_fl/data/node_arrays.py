@@ -13,13 +13,15 @@ depend on how the table is cut into batches or files.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
 from astroscale_fl.preprocessing import ColumnStatistics, Pipeline
-from astroscale_fl.preprocessing.stream import ROW, hash_unit, iter_batches
+from astroscale_fl.preprocessing.stream import ROW, fingerprint, hash_unit, iter_batches
 
 LOCAL_VAL_FRACTION = 0.1
 VAL_SALT = 0x5A1
@@ -34,6 +36,30 @@ def node_table(node_config: dict) -> Path | None:
     root = Path(str(node_config["data-dir"]))
     directory = root / "train"
     return directory if directory.is_dir() else root / "train.parquet"
+
+
+def content_digest(table: Path) -> str:
+    """Identity of a Parquet table's content that survives a copy or a move: each file's path
+    relative to the table, its size, and its Parquet footer (schema, row counts, column
+    statistics), hashed. Cheap (the footers only); memoised by the stat-based
+    :func:`~astroscale_fl.preprocessing.stream.fingerprint`, so an edited table is read again."""
+    return _content_digest(str(table), fingerprint(table))
+
+
+@functools.lru_cache(maxsize=1024)
+def _content_digest(table: str, _stat_key: str) -> str:
+    root = Path(table)
+    digest = hashlib.sha256()
+    for f in sorted(root.rglob("*.parquet")) if root.is_dir() else [root]:
+        size = f.stat().st_size
+        digest.update(f"{f.relative_to(root) if root.is_dir() else ''}\x00{size}\x00".encode())
+        with open(f, "rb") as handle:
+            if size >= 12:  # ... <footer> <footer length, 4 bytes LE> "PAR1"
+                handle.seek(size - 8)
+                footer_len = int.from_bytes(handle.read(4), "little")
+                handle.seek(max(0, size - 8 - footer_len))
+            digest.update(handle.read())
+    return digest.hexdigest()[:24]
 
 
 def is_local_val(batch: dict[str, np.ndarray], seed: int) -> np.ndarray:

@@ -41,9 +41,6 @@ PIPELINE_FILE = "preprocessing.json"
 CARD_FILE = "model_card.json"
 #: Files whose SHA-256 and size the card records under ``files`` and every loader verifies.
 VERIFIED_FILES = (WEIGHTS_FILE, PIPELINE_FILE)
-#: Bounds on the card's ``model.widths`` (checked before any layer is built).
-MAX_WIDTH = 1 << 16
-MAX_LAYERS = 64
 
 
 def git_commit() -> str | None:
@@ -228,10 +225,6 @@ def check_card(card: dict[str, Any], card_path: Path) -> None:
     model = card.get("model")
     if not (isinstance(model, dict) and isinstance(model.get("name"), str)):
         raise DataError(f"{card_path}: model: expected an object with a name (mlp or linear), got {_short(model)}")
-    widths = model.get("widths", [])
-    if model["name"] == "mlp" and not (isinstance(widths, list) and len(widths) <= MAX_LAYERS
-                                       and all(type(w) is int and 1 <= w <= MAX_WIDTH for w in widths)):
-        raise DataError(f"{card_path}: model.widths: expected at most {MAX_LAYERS} layer widths, each 1..{MAX_WIDTH}, got {_short(widths)}")
 
 
 def _load_pipeline(path: Path) -> Pipeline:
@@ -294,7 +287,7 @@ def load_exported(path: str | Path, device: torch.device | str = "cpu") -> tuple
     try:
         with torch.device("meta"):  # shapes only: nothing is allocated until the weights are assigned
             model = build_model(OmegaConf.create(card["model"]), len(pipeline.features), seed=0)
-    except Exception as exc:  # ConfigError from the model, or OmegaConf refusing the section
+    except Exception as exc:  # ConfigError from the model (config_checks.check_mlp), or OmegaConf refusing the section
         raise DataError(f"{path / CARD_FILE}: model: {one_line(str(exc))[:160]}") from None
     _fit_weights(model, _load_state(path / WEIGHTS_FILE), path / WEIGHTS_FILE)
     return model.to(device).eval(), pipeline, card

@@ -313,8 +313,14 @@ def batch_generator(seed: int, server_round: int, node_config: dict) -> torch.Ge
 
 
 def _node_salt(node_config: dict) -> int:
-    """A stable per-node integer, so nodes shuffle differently under one seed."""
-    ident = str(node_config.get("partition-id", node_config.get("data-dir", "")))
+    """A stable per-node integer, so nodes shuffle differently under one seed: the partition in
+    simulation; in deployment the content of the node's table (not its path, so the same data
+    in another folder shuffles the same)."""
+    table = None if "partition-id" in node_config else node_arrays.node_table(node_config)
+    if table is not None and table.exists():
+        ident = node_arrays.content_digest(table)
+    else:
+        ident = str(node_config.get("partition-id", node_config.get("data-dir", "")))
     return int(hashlib.sha256(ident.encode()).hexdigest()[:8], 16)
 
 

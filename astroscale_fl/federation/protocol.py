@@ -121,6 +121,9 @@ class Decline:
     node: str
     reason: str
     epsilon: float | None = None
+    #: the reply's ``Error.code`` (BUDGET_EXCEEDED_CODE or FLOOR_REFUSED_CODE), set by the server as it
+    #: reads the reply; it travels in the Error itself, not in :meth:`to_reason`
+    code: int | None = None
 
     def to_reason(self) -> str:
         return json.dumps({"node": self.node, "reason": self.reason, "epsilon": self.epsilon}, sort_keys=True)

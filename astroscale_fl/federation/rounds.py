@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from logging import INFO, WARNING
 
 import numpy as np
@@ -232,7 +232,7 @@ def sort_replies(server_round: int, replies: list[Message], missing: list[int], 
     for reply in replies:
         node = reply.metadata.src_node_id
         if reply.has_error() and reply.error.code in DECLINE_CODES:
-            decline = Decline.from_reason(reply.error.reason)
+            decline = replace(Decline.from_reason(reply.error.reason), code=int(reply.error.code))
             out.declines.append(decline)
             log(INFO, "round %d: node %s declined: %s", server_round, node, decline)
         elif reply.has_error():

@@ -32,6 +32,7 @@ from astroscale_fl.federation import checkpoint as ckpt_mod
 from astroscale_fl.federation.history import RoundRecord, write_history
 from astroscale_fl.federation.messages import round_config
 from astroscale_fl.federation.observability import RunMetrics, serve
+from astroscale_fl.federation.protocol import FLOOR_REFUSED_CODE
 from astroscale_fl.federation.records import arrays_to_numpy, load_arrays, model_to_arrays, numpy_to_arrays
 from astroscale_fl.federation.rounds import (
     FederationError,
@@ -72,7 +73,7 @@ class RunRecord:
     declined: dict[str, int] = field(default_factory=dict)  # round -> nodes declined
     rejected: dict[str, int] = field(default_factory=dict)  # round -> replies rejected
     privacy_entries: list[dict] = field(default_factory=list)
-    privacy_declines: list[dict] = field(default_factory=list)  # {round, node, reason, epsilon}
+    privacy_declines: list[dict] = field(default_factory=list)  # {round, node, reason, epsilon, code}
 
     def add(self, outcome: RoundOutcome) -> None:
         """Record a finished round."""
@@ -287,19 +288,32 @@ def _rounds_within_budget(strategy: Strategy, num_rounds: int, start_round: int)
 def privacy_summary(cfg: DictConfig, entries: list[dict], declines: list[dict],
                     statistics: dict[str, Any]) -> dict[str, Any]:
     """The run's privacy outcome: the model card section (recomputable ε per node, and where the
-    preprocessing statistics came from), the largest ε, and which nodes stopped (declined for
-    budget) at what ε."""
+    preprocessing statistics came from), the largest ε, which nodes stopped (declined for budget)
+    at what ε, and which refused rounds weaker than their own privacy floor (``FLOOR_REFUSED_CODE``:
+    ``floor_refused_nodes``, listed apart, since such a node has spent nothing and is not "stopped")."""
+    refusals = [d for d in declines if d.get("code") == FLOOR_REFUSED_CODE]  # {round, node, reason, epsilon, code}
+    floor_refused: dict[str, dict] = {}
+    for refusal in refusals:
+        node = str(refusal.get("node", "?"))
+        floor_refused.setdefault(node, {"node": node, "first_refused_round": refusal["round"], "rounds_refused": 0,
+                                        "reason": refusal["reason"]})["rounds_refused"] += 1
+    if floor_refused:
+        log(INFO, "privacy: node(s) %s refused rounds below their privacy floor", ", ".join(sorted(floor_refused)))
     if cfg.privacy.name == "none" and not statistics.get("covered_by_dp"):
-        return {"card": {"name": "none"}, "max_epsilon": None, "stopped_nodes": []}
+        return {"card": {"name": "none"}, "max_epsilon": None, "stopped_nodes": [],
+                "floor_refused_nodes": list(floor_refused.values())}
     section = {"name": cfg.privacy.name, **privacy_section(entries, mechanism=cfg.privacy.name if cfg.privacy.name != "none" else "dp_statistics"),
                "preprocessing_statistics": statistics}
     spent = {n["node"]: n["epsilon"] for n in section["nodes"]}
     stopped: dict[str, dict] = {}
-    for decline in declines:  # {round, node, reason, epsilon}: protocol.Decline as the node sent it
+    for decline in declines:  # protocol.Decline as the node sent it, with the round and the reply's code
+        if decline.get("code") == FLOOR_REFUSED_CODE:
+            continue
         node = str(decline.get("node", "?"))
         stopped.setdefault(node, {"node": node, "first_declined_round": decline["round"],
                                   "epsilon": spent.get(node, decline.get("epsilon")), "reason": decline["reason"]})
     if stopped:
         log(INFO, "privacy: node(s) %s stopped at their ε budget", ", ".join(sorted(stopped)))
-    return {"card": section, "max_epsilon": section["max_epsilon"], "stopped_nodes": list(stopped.values())}
+    return {"card": section, "max_epsilon": section["max_epsilon"], "stopped_nodes": list(stopped.values()),
+            "floor_refused_nodes": list(floor_refused.values())}
 

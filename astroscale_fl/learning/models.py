@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from astroscale_fl.config_checks import check_mlp
 from astroscale_fl.errors import ConfigError
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
@@ -14,15 +15,10 @@ class MLP(nn.Sequential):
     """Fully connected regressor: [Linear -> activation -> dropout] x len(widths) -> Linear(1)."""
 
     def __init__(self, in_features: int, widths: list[int], activation: str = "relu", dropout: float = 0.0):
-        if activation not in ACTIVATIONS:
-            raise ConfigError(f"model.activation: expected one of {sorted(ACTIVATIONS)}, got {activation!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ConfigError(f"model.dropout: expected a number in [0, 1), got {dropout}")
+        check_mlp(widths, activation, dropout)
         layers: list[nn.Module] = []
         width_in = in_features
         for width in widths:
-            if width < 1:
-                raise ConfigError(f"model.widths: expected positive layer widths, got {list(widths)}")
             layers += [nn.Linear(width_in, width), ACTIVATIONS[activation]()]
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
@@ -50,7 +46,7 @@ def build_model(model_cfg, in_features: int, seed: int) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if model_cfg.name == "mlp":
-            return MLP(in_features, list(model_cfg.widths), model_cfg.activation, float(model_cfg.dropout))
+            return MLP(in_features, model_cfg.widths, model_cfg.activation, float(model_cfg.dropout))
         if model_cfg.name == "linear":
             return Linear(in_features)
     raise ConfigError(f"model: unknown model {model_cfg.name!r}; expected one of ['linear', 'mlp']")

@@ -88,21 +88,27 @@ def test_node_at_budget_declines_and_others_continue(tmp_path):
 
 
 def test_run_summary_and_model_card_privacy_section(tmp_path):
-    """A whole run (our ServerApp logic) with one node at its budget: the card's ε can be recomputed."""
+    """A whole run (our ServerApp logic) with one node at its budget and one whose privacy floor refuses
+    the run (max-rounds=1 < 2 rounds): the card's ε can be recomputed, the two kinds are listed apart."""
     from astroscale_fl.federation.server import run_federation
 
     overrides = DP + ["privacy.epsilon_budget=5.0", "federation.num_rounds=2", "federation.metrics_port=0", "output.publish=false"]
     cfg, _, _, dirs = setup(overrides, tmp_path / "nodes")
     PrivacyLedger(accountant="rdp", delta=1e-3, history=[[1.0, 0.03, 1000]]).save(dirs[0] / ".astroscale" / LEDGER_FILENAME)
-    grid = InProcessGrid(len(dirs), node_configs=[{"data-dir": str(d)} for d in dirs])
+    node_configs = [{"data-dir": str(d)} for d in dirs]
+    node_configs[2]["max-rounds"] = 1
+    grid = InProcessGrid(len(dirs), node_configs=node_configs)
     metrics = run_federation(grid, cfg, build_strategy(cfg), tmp_path / "run", show_progress=False)
-    assert metrics["rounds"] == 2 and metrics["nodes_declined"] == 2
+    assert metrics["rounds"] == 2 and metrics["nodes_declined"] == 4
     stopped = metrics["privacy"]["stopped_nodes"]
     assert [s["node"] for s in stopped] == [dirs[0].name] and stopped[0]["first_declined_round"] == 1
     assert 4.9 < stopped[0]["epsilon"] < 5.0  # the ε the node reported when it declined
+    refused = metrics["privacy"]["floor_refused_nodes"]  # not "stopped": it spent nothing
+    assert [(r["node"], r["first_refused_round"], r["rounds_refused"]) for r in refused] == [(dirs[2].name, 1, 2)]
+    assert "privacy floor" in refused[0]["reason"] and "max-rounds" in refused[0]["reason"]
     card = json.loads((tmp_path / "run" / "model" / "model_card.json").read_text())
     section = card["privacy"]
-    assert section["name"] == "dp_sgd" and {n["node"] for n in section["nodes"]} == {d.name for d in dirs[1:]}
+    assert section["name"] == "dp_sgd" and {n["node"] for n in section["nodes"]} == {dirs[1].name}
     for node in section["nodes"]:
         assert set(node) >= {"node", "accountant", "history", "delta", "epsilon"}
         assert fresh_epsilon(node["history"], node["delta"]) == pytest.approx(node["epsilon"], rel=0.01)
@@ -110,5 +116,5 @@ def test_run_summary_and_model_card_privacy_section(tmp_path):
     import pandas as pd
 
     history = pd.read_csv(tmp_path / "run" / "history.csv")
-    assert list(history["nodes_declined"]) == [1, 1]
+    assert list(history["nodes_declined"]) == [2, 2]
     assert history["max_epsilon"].iloc[-1] == pytest.approx(section["max_epsilon"])

@@ -20,8 +20,10 @@ from .servers import Archive, LoopbackServer
 
 REAL_CONF = conf_dir()  # the repository's conf/, or the copy inside an installed wheel
 
+#: Fast retries. The read/connect timeouts are generous: they are not under test here (a loaded
+#: machine can stall a loopback reply for a second); the timeout tests set their own.
 FAST_TRANSPORT = {
-    "max_concurrency": 4, "rate_per_s": 0, "burst": 1, "timeout_s": 0.5, "connect_timeout_s": 1.0,
+    "max_concurrency": 4, "rate_per_s": 0, "burst": 1, "timeout_s": 10.0, "connect_timeout_s": 10.0,
     "max_attempts": 4, "backoff_base_s": 0.01, "backoff_max_s": 0.05, "max_retry_after_s": 5,
     "breaker_threshold": 50, "breaker_cooldown_s": 1.0, "poll_min_s": 0.01, "poll_max_s": 0.02,
     "job_timeout_s": 10,

@@ -70,19 +70,22 @@ def test_async_result_reset_recovers(baseline, conf, ingest, archive_server):
     assert code == 0 and read_out(out, "gaia").equals(baseline)
 
 
-def test_slow_response_times_out_then_recovers(baseline, ingest, archive_server):
-    archive_server.fault("sync", "slow", 1.5)  # client timeout is 0.5 s
+def test_slow_response_times_out_then_recovers(baseline, conf, ingest, archive_server):
+    # the server stalls 3 s, well past the 1 s limit; the retry's own reply has that 1 s to start
+    conf("gaia", transport={"timeout_s": 1.0})
+    archive_server.fault("sync", "slow", 3.0)
     code, out = ingest("--source", "gaia", "--limit", "400")
     assert code == 0 and read_out(out, "gaia").equals(baseline)
+    assert len(archive_server.requests("/tap/sync")) == 2  # the stalled one, then the retry
 
 
 def test_always_slow_is_a_timeout_error(conf, ingest, archive_server, capsys):
-    conf("gaia", transport={"max_attempts": 2})
+    conf("gaia", transport={"max_attempts": 2, "timeout_s": 0.5})
     for _ in range(2):
-        archive_server.fault("sync", "slow", 1.0)
+        archive_server.fault("sync", "slow", 2.0)  # 4x the limit: a loaded machine still times out
     code, out = ingest("--source", "gaia", "--limit", "400")
     err = capsys.readouterr().err
-    assert code == 2 and "timed out" in err
+    assert code == 2 and "timed out" in err and "limit 0.5 s" in err
     assert not (out / "gaia.parquet").exists()
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import time
+import types
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 
@@ -20,19 +20,42 @@ from astroscale_fl.ingest.transport import (
 )
 
 
-def test_token_bucket_limits_rate():
+class FakeClock:
+    """Stands in for ``time`` and ``asyncio.sleep`` inside the transport module: sleeping advances
+    the clock at once, so timing assertions are exact and do not depend on the machine's load."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += max(seconds, 1e-6)  # a real sleep always takes a little (rounding can ask for ~1e-17 s)
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    import astroscale_fl.ingest.transport as transport
+
+    fake = FakeClock()
+    monkeypatch.setattr(transport, "time", fake)
+    monkeypatch.setattr(transport, "asyncio", types.SimpleNamespace(sleep=fake.sleep, Lock=asyncio.Lock))
+    return fake
+
+
+def test_token_bucket_limits_rate(clock):
     async def go() -> float:
         bucket = TokenBucket(rate=20, burst=2)
-        t0 = time.monotonic()
+        t0 = clock.monotonic()
         for _ in range(8):
             await bucket.acquire()
-        return time.monotonic() - t0
+        return clock.monotonic() - t0
 
-    elapsed = asyncio.run(go())
-    assert 0.28 <= elapsed < 1.0  # 2 from the burst, 6 more at 20/s
+    assert asyncio.run(go()) == pytest.approx(0.3, abs=1e-4)  # 2 from the burst, 6 more at 20/s
 
 
-def test_breaker_opens_and_half_opens():
+def test_breaker_opens_and_half_opens(clock):
     b = CircuitBreaker(threshold=2, cooldown=0.1)
     b.failure("h")
     b.before("h")
@@ -40,7 +63,9 @@ def test_breaker_opens_and_half_opens():
     with pytest.raises(CircuitOpenError):
         b.before("h")
     b.before("other")
-    time.sleep(0.12)
+    clock.now += 0.09
+    assert b.is_open("h")  # still cooling down
+    clock.now += 0.02
     b.before("h")  # half-open trial allowed
     b.success("h")
     b.failure("h")

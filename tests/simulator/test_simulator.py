@@ -93,9 +93,10 @@ def test_same_catalog_on_any_number_of_threads(monkeypatch):
     """Chunks have their own random streams and rows: threads change the speed, not the stars."""
     from astroscale_fl.simulator import simulate as sim
 
-    threaded = simulate_catalog(150_000, seed=4)  # 4 chunks (one per survey) shared by the threads
+    monkeypatch.setattr(sim, "CHUNK", 4096)  # small chunks: 9 of them (2-3 per survey) shared by the threads
+    threaded = simulate_catalog(30_000, seed=4)
     monkeypatch.setattr(sim, "_workers", lambda: 1)
-    pd.testing.assert_frame_equal(threaded, simulate_catalog(150_000, seed=4))
+    pd.testing.assert_frame_equal(threaded, simulate_catalog(30_000, seed=4))
 
 
 def test_survey_streams_are_independent():
@@ -299,14 +300,14 @@ def test_write_parquet_roundtrip(tmp_path):
     assert b"astroscale_fl.simulator" in pq.read_schema(path).metadata
 
 
-def test_cli(tmp_path):
+def test_cli(tmp_path, capsys):
+    """The entry in this process (it reuses the survey tables this module built; a fresh interpreter
+    rebuilds them, ~10 s), and once as a real process for the exit path, which fails before any table."""
+    from astroscale_fl.simulator.__main__ import main
+
     out = tmp_path / "nodes"
-    r = subprocess.run(
-        [sys.executable, "-m", "astroscale_fl.simulator", "--n", "400", "--seed", "2", "--out", str(out),
-         "--per-survey", "--no-truth"],
-        capture_output=True, text=True, check=True,
-    )
-    assert "ceiling" in r.stdout
+    assert main(["--n", "400", "--seed", "2", "--out", str(out), "--per-survey", "--no-truth"]) == 0
+    assert "ceiling" in capsys.readouterr().out
     files = sorted(p.name for p in out.iterdir())
     assert files == ["apogee.parquet", "gaia.parquet", "rave.parquet", "sdss.parquet"]
     part = pd.read_parquet(out / "rave.parquet")
@@ -317,3 +318,4 @@ def test_cli(tmp_path):
         capture_output=True, text=True,
     )
     assert bad.returncode == 2 and bad.stderr.startswith("error: unknown survey") and "Traceback" not in bad.stderr
+    assert bad.stderr.count("\n") == 1 and not (tmp_path / "x.parquet").exists()
