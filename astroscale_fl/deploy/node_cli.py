@@ -143,9 +143,11 @@ def status_main(argv: list[str]) -> int:
 
 
 def main(argv: list[str]) -> int:
-    """``astroscale-fl node <launcher|status> ...``."""
-    commands = {"launcher": launcher_main, "status": status_main}
+    """``astroscale-fl node <launcher|status|supernode> ...``."""
+    from astroscale_fl.deploy import fast_poll
+
+    commands = {"launcher": launcher_main, "status": status_main, "supernode": fast_poll.main}
     if not argv or argv[0] not in commands:
-        print("usage: astroscale-fl node {launcher,status} [args...]  (see --help of each)", file=sys.stderr)
+        print("usage: astroscale-fl node {launcher,status,supernode} [args...]  (see --help of each)", file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     return commands[argv[0]](argv[1:])
