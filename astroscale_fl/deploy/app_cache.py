@@ -132,7 +132,7 @@ class AppCache:
         self._child_modules = set(sys.modules)
         real_install = run_clientapp_module.install_from_fab
         real_loader = run_clientapp_module.get_load_client_app_fn
-        warm, write, child = self.warm, self._write, self
+        warm, child = self.warm, self
 
         def install_from_fab(fab_file, install_dir=None, skip_prompt=False):
             if (warm is not None and isinstance(fab_file, bytes) and install_dir is None and warm.project_dir.is_dir()

@@ -7,10 +7,11 @@ nodes) and sleeps 3 s, so the next round's message waits up to 3 s at every node
 message per round that is most of a round on loopback.
 
 This command runs the unmodified ``flower-supernode`` entry point in this process after giving
-that one module a ``time`` whose ``sleep`` is capped at ``--poll-interval`` (default 0.2 s).
-Everything else (arguments, TLS, node authentication, isolation modes, the Runtime API) is
-Flower's. The cost: while idle, each node pulls ``1 / interval`` times a second instead of once
-every 3 s (the SuperLink serves ``nodes / interval`` pulls a second).
+that one module a ``time`` whose ``sleep`` is capped: the idle pull's 3 s at ``--poll-interval``
+(default 0.2 s), the local 0.5 s waits (for the ClientApp's reply, in the node's own memory) at
+0.05 s. Everything else (arguments, TLS, node authentication, isolation modes, the Runtime API)
+is Flower's. The cost: while idle, each node pulls ``1 / interval`` times a second instead of
+once every 3 s (the SuperLink serves ``nodes / interval`` pulls a second).
 
 It patches Flower's internals, so it checks first that they are the ones it was written for
 (flwr 1.41.x, and the module still sleeps 3 s / 0.5 s through its ``time`` global) and refuses
@@ -29,19 +30,21 @@ from astroscale_fl.errors import ConfigError, report_user_errors
 
 SUPPORTED_FLWR = "1.41."
 DEFAULT_POLL_INTERVAL = 0.2
+LOCAL_WAIT = 0.05  # cap of the sub-second sleeps: waits on the node's own in-memory state, no network
 # The sleeps this shim shortens, as they read in flwr 1.41's start_client_internal.py.
 EXPECTED_SLEEPS = ("time.sleep(3)", "time.sleep(0.5)")
 
 
 class CappedTime(types.ModuleType):
-    """The ``time`` module, except that ``sleep`` never waits longer than ``cap`` seconds."""
+    """The ``time`` module, except that ``sleep`` waits at most ``pull_interval`` seconds where Flower
+    asks for a second or more (the idle pull), and at most ``local_wait`` for shorter waits."""
 
-    def __init__(self, cap: float) -> None:
+    def __init__(self, pull_interval: float, local_wait: float = LOCAL_WAIT) -> None:
         super().__init__("time")
-        self.cap = cap
+        self.pull_interval, self.local_wait = pull_interval, min(local_wait, pull_interval)
 
     def sleep(self, seconds: float) -> None:
-        _time.sleep(min(seconds, self.cap))
+        _time.sleep(min(seconds, self.pull_interval if seconds >= 1 else self.local_wait))
 
     def __getattr__(self, name: str):
         return getattr(_time, name)
