@@ -13,7 +13,9 @@ authentication on), the default task and model unless overrides say otherwise, a
 - per message, from each node's status file (astroscale_fl.deploy.node_status): seconds in our
   handler (decode, data, evaluate, train, serialise) and seconds since the ClientApp process
   started (adds Python start-up and imports for a fresh ``flwr-clientapp``, or the fork for the
-  warm launcher, plus Flower's Runtime API pull of the message);
+  warm launcher, plus Flower's Runtime API pull of the message; the SuperNode hands out the task
+  before it has pulled the message's objects from the SuperLink, so with the warm launcher this
+  also holds that transfer, which is Flower's transport, not our work);
 - the split per round: ``ours`` = the slowest node's ClientApp process seconds in that round,
   ``flower_waiting`` = wall - ours (SuperNode pull interval (3 s sleep when idle), its 0.5 s reply
   polling, SuperExec/launcher polling, transport, the server's 0.2 s reply polling).

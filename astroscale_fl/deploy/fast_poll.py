@@ -13,6 +13,11 @@ that one module a ``time`` whose ``sleep`` is capped: the idle pull's 3 s at ``-
 is Flower's. The cost: while idle, each node pulls ``1 / interval`` times a second instead of
 once every 3 s (the SuperLink serves ``nodes / interval`` pulls a second).
 
+One more difference: a second SIGTERM/SIGINT while Flower's graceful exit runs is ignored (Flower
+resets its handlers before it deactivates the node at the SuperLink, so a second signal, e.g. the
+whole process group's plus start-supernode.sh's own, killed it half way and left the node
+registered as active, and the same key could not rejoin); SIGKILL still stops it at once.
+
 It patches Flower's internals, so it checks first that they are the ones it was written for
 (flwr 1.41.x, and the module still sleeps 3 s / 0.5 s through its ``time`` global) and refuses
 with a one-line error otherwise: use plain ``flower-supernode`` then.
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import signal
 import sys
 import time as _time
 import types
@@ -59,6 +65,8 @@ def check_flower(version: str, module: types.ModuleType) -> None:
         source = inspect.getsource(module)
     except (OSError, TypeError):
         raise ConfigError(f"node supernode: cannot read the source of {module.__name__}; {hint}") from None
+    if not callable(getattr(module, "register_signal_handlers", None)):
+        raise ConfigError(f"node supernode: {module.__name__} no longer registers its signal handlers as expected; {hint}")
     missing = [s for s in EXPECTED_SLEEPS if s not in source]
     if missing or not re.search(r"^import time$", source, re.MULTILINE):
         raise ConfigError(f"node supernode: {module.__name__} no longer sleeps through its `time` module as expected "
@@ -72,6 +80,22 @@ def install(poll_interval: float):
 
     check_flower(flwr.__version__, loop)
     loop.time = CappedTime(poll_interval)
+    flower_registered = []
+    register = loop.register_signal_handlers
+
+    def register_signal_handlers(*args, **kwargs):  # Flower saves ours as the handlers it restores on exit
+        flower_registered.append(True)
+        return register(*args, **kwargs)
+
+    def on_signal(signum, _frame):
+        if not flower_registered:  # still starting: stop now
+            raise SystemExit(128 + signum)
+        # else Flower's graceful exit is running (it restored this handler): let it finish
+
+    for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGQUIT", None)):
+        if sig is not None:
+            signal.signal(sig, on_signal)
+    loop.register_signal_handlers = register_signal_handlers
     from flwr.supernode.cli import flower_supernode
 
     return flower_supernode

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import signal
 import sys
 import time
 import types
@@ -19,9 +20,9 @@ from astroscale_fl.errors import USER_ERROR_EXIT, ConfigError
 
 
 def _module_from_source(tmp_path: Path, source: str) -> types.ModuleType:
-    path = tmp_path / "fake_loop.py"
+    path = tmp_path / f"fake_loop_{len(list(tmp_path.iterdir()))}.py"  # a new file each time: no stale bytecode
     path.write_text(source)
-    spec = importlib.util.spec_from_file_location("fake_loop", path)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -33,13 +34,17 @@ def test_guard_accepts_the_installed_flower_and_refuses_others(tmp_path):
     fast_poll.check_flower(flwr.__version__, loop)  # the flwr this project pins (1.41.x)
     with pytest.raises(ConfigError, match=r"written for flwr 1\.41\.x, found flwr 1\.42\.0; use plain flower-supernode"):
         fast_poll.check_flower("1.42.0", loop)
-    changed = _module_from_source(tmp_path, "import time\n\ndef loop():\n    time.sleep(1)\n")
+    changed = _module_from_source(tmp_path, "import time\n\ndef register_signal_handlers():\n    pass\n\n"
+                                            "def loop():\n    time.sleep(1)\n")
     with pytest.raises(ConfigError, match=r"missing: time.sleep\(3\), time.sleep\(0.5\).*use plain flower-supernode"):
         fast_poll.check_flower("1.41.0", changed)
     other_time = _module_from_source(tmp_path, "from time import sleep as time_sleep\ntime = None\n"
-                                                "# time.sleep(3) time.sleep(0.5)\n")
+                                                "register_signal_handlers = print\n# time.sleep(3) time.sleep(0.5)\n")
     with pytest.raises(ConfigError, match="import time"):
         fast_poll.check_flower("1.41.0", other_time)
+    no_handlers = _module_from_source(tmp_path, "import time\n# time.sleep(3) time.sleep(0.5)\n")
+    with pytest.raises(ConfigError, match="signal handlers"):
+        fast_poll.check_flower("1.41.0", no_handlers)
 
 
 def test_command_refuses_another_flower_with_one_line(monkeypatch, capsys):
@@ -63,7 +68,19 @@ def test_poll_interval_option_and_capped_sleeps(monkeypatch):
         with pytest.raises(ConfigError, match="--poll-interval: expected seconds"):
             fast_poll.parse_poll_interval(["--poll-interval", bad])
     monkeypatch.setattr(loop, "time", loop.time)
-    entry = fast_poll.install(0.02)
+    monkeypatch.setattr(loop, "register_signal_handlers", lambda *a, **k: None)  # Flower's, not run in this test
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT)}
+    try:
+        entry = fast_poll.install(0.02)
+        on_signal = signal.getsignal(signal.SIGTERM)
+        with pytest.raises(SystemExit) as exited:  # a signal while starting stops it
+            on_signal(signal.SIGTERM, None)
+        assert exited.value.code == 128 + signal.SIGTERM
+        loop.register_signal_handlers()  # Flower registers its graceful handlers (and restores ours when exiting)
+        assert on_signal(signal.SIGTERM, None) is None  # a second signal does not cut Flower's graceful exit short
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     assert isinstance(loop.time, fast_poll.CappedTime) and callable(entry)
     started = time.perf_counter()
     loop.time.sleep(3)  # the idle pull: capped at the poll interval
