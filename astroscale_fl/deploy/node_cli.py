@@ -1,4 +1,5 @@
-"""``astroscale-fl node {launcher,status}``: the warm ClientApp runtime and a node's own status.
+"""``astroscale-fl node {launcher,status,supernode}``: the warm ClientApp runtime, a node's own status,
+and Flower's SuperNode with short polls (:mod:`astroscale_fl.deploy.fast_poll`).
 
 ``node launcher`` runs next to a ``flower-supernode --isolation process`` (``scripts/start-supernode.sh
 --warm`` starts both); ``node status --data-dir DIR`` prints what the node did, from its launcher's
