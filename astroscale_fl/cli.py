@@ -26,6 +26,7 @@ commands:
   node-data DIR          write N node data directories for a deployment (see --help)
   status                 runs and SuperNodes the SuperLink knows (see --help)
   node launcher|status   a SuperNode's warm ClientApp runtime / what the node did (see --help)
+  node supernode         flower-supernode with short polls (see astroscale-fl node supernode --help)
   ingest                 download a survey catalog (see astroscale-fl ingest --help)
   preprocess             encode a table into tensor files (see astroscale-fl preprocess --help)
 

@@ -2,7 +2,7 @@
 """Deployment round time on loopback (TLS + node auth), and which part of it is Flower's waiting.
 
     .venv/bin/python scripts/bench_deploy.py [--nodes 2] [--rounds 10] [--warm] [--two-messages]
-                                             [--json PATH] [overrides...]
+                                             [--fast-poll | --plain-poll] [--json PATH] [overrides...]
 
 Runs a real local deployment (SuperLink + N SuperNodes through scripts/start-*.sh, TLS and node
 authentication on), the default task and model unless overrides say otherwise, and reads:
@@ -13,13 +13,17 @@ authentication on), the default task and model unless overrides say otherwise, a
 - per message, from each node's status file (astroscale_fl.deploy.node_status): seconds in our
   handler (decode, data, evaluate, train, serialise) and seconds since the ClientApp process
   started (adds Python start-up and imports for a fresh ``flwr-clientapp``, or the fork for the
-  warm launcher, plus Flower's Runtime API pull of the message);
+  warm launcher, plus Flower's Runtime API pull of the message; the SuperNode hands out the task
+  before it has pulled the message's objects from the SuperLink, so with the warm launcher this
+  also holds that transfer, which is Flower's transport, not our work);
 - the split per round: ``ours`` = the slowest node's ClientApp process seconds in that round,
   ``flower_waiting`` = wall - ours (SuperNode pull interval (3 s sleep when idle), its 0.5 s reply
   polling, SuperExec/launcher polling, transport, the server's 0.2 s reply polling).
 
 ``--warm`` starts the SuperNodes with the warm ClientApp runtime (start-supernode.sh --warm);
 ``--two-messages`` sets federation.evaluate_in_train=false (the train + evaluate messages of before).
+SuperNodes poll fast (``astroscale-fl node supernode``, start-supernode.sh ``--fast-poll``) with
+``--warm`` or ``--fast-poll``; ``--plain-poll`` runs plain ``flower-supernode`` (3 s idle sleep).
 The machine's load average is recorded: timings on a shared machine are noisy.
 """
 
@@ -60,6 +64,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--warm", action="store_true", help="SuperNodes with the warm ClientApp runtime")
     parser.add_argument("--two-messages", action="store_true", help="federation.evaluate_in_train=false (train + evaluate)")
+    poll = parser.add_mutually_exclusive_group()
+    poll.add_argument("--fast-poll", dest="fast_poll", action="store_const", const=True,
+                      help="SuperNodes with short idle/reply polls (default with --warm)")
+    poll.add_argument("--plain-poll", dest="fast_poll", action="store_const", const=False,
+                      help="plain flower-supernode (3 s idle sleep), also with --warm")
     parser.add_argument("--json", help="write the results to this file")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
@@ -72,7 +81,7 @@ def main() -> int:
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-deploy-") as tmp:
         run_dir = Path(tmp) / "run"
-        with LocalFederation(Path(tmp) / "fed", warm=args.warm) as fed:
+        with LocalFederation(Path(tmp) / "fed", warm=args.warm, fast_poll=args.fast_poll) as fed:
             fed.prepare(args.nodes, overrides)
             fed.start(args.nodes)
             started = time.perf_counter()
@@ -86,7 +95,8 @@ def main() -> int:
             metrics = json.loads((run_dir / "metrics.json").read_text())
     med = lambda key: round(statistics.median(s[key] for s in split), 3)  # noqa: E731
     results = {
-        "nodes": args.nodes, "rounds": args.rounds, "warm_runtime": args.warm, "evaluate_in_train": not args.two_messages,
+        "nodes": args.nodes, "rounds": args.rounds, "warm_runtime": args.warm,
+        "fast_poll": args.warm if args.fast_poll is None else args.fast_poll, "evaluate_in_train": not args.two_messages,
         "tls": True, "node_auth": True, "overrides": overrides,
         "round_seconds": [round(w, 3) for w in walls], "round_seconds_median": round(statistics.median(walls), 3),
         "split_median": {"ours_handler": med("ours_handler"), "ours_clientapp_process": med("ours_clientapp_process"),
@@ -95,7 +105,8 @@ def main() -> int:
         "load_average": {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in os.getloadavg()]},
     }
     s = results["split_median"]
-    mode = f"{'warm' if args.warm else 'cold'} runtime, {'two messages' if args.two_messages else 'one message'} per round"
+    mode = (f"{'warm' if args.warm else 'cold'} runtime, {'fast' if results['fast_poll'] else 'plain'} SuperNode polls, "
+            f"{'two messages' if args.two_messages else 'one message'} per round")
     print(f"{args.nodes} nodes, {args.rounds} rounds, {mode}, TLS + node auth (load average {load_before[0]:.1f}: shared machine)")
     print(f"round seconds: {results['round_seconds']}")
     print(f"median round {results['round_seconds_median']:.2f} s = ours {s['ours_clientapp_process']:.2f} s "

@@ -3,6 +3,7 @@
 #
 #   scripts/start-supernode.sh --superlink HOST:PORT --data-dir DIR --ca CA.crt --key NODE_KEY
 #       [--source NAME] [--port 9094] [--insecure] [--warm] [--metrics-port P]
+#       [--fast-poll] [--poll-interval S] [--no-fast-poll]
 #       [--trusted-entities FILE] [--node-config 'require-dp=true min-noise-multiplier=1.0 ...']
 #       [-- extra flower-supernode args]
 #
@@ -15,7 +16,12 @@
 # --warm            warm ClientApp runtime: the SuperNode runs with --isolation process and
 #                   `astroscale-fl node launcher` (restarted if it dies) imports torch/pandas once and
 #                   forks one flwr-clientapp per message; AcquireTask is signed with a secret kept
-#                   0600 in DIR/.astroscale/. Stopping this script stops both.
+#                   0600 in DIR/.astroscale/. Stopping this script stops both. Implies --fast-poll.
+# --fast-poll       run the SuperNode as `astroscale-fl node supernode`: Flower's flower-supernode with
+#                   its idle pull (3 s) and reply polls (0.5 s) capped at --poll-interval S (default 0.2),
+#                   so a round's message reaches the node within S; while idle the SuperLink serves
+#                   1/S pulls a second per node. Needs flwr 1.41.x (refused otherwise).
+# --no-fast-poll    plain flower-supernode, also with --warm.
 # --metrics-port P  (with --warm) Prometheus /metrics and GET /status of this node on 127.0.0.1:P
 #                   (`astroscale-fl node status --data-dir DIR` reads it).
 # --trusted-entities FILE  run only apps signed by these keys (Flower app signing; YAML of
@@ -32,6 +38,7 @@ root="$(dirname "$here")"
 export FLWR_SUPEREXEC_TASK_POLL_INTERVAL="${FLWR_SUPEREXEC_TASK_POLL_INTERVAL:-0.2}"
 
 superlink="" data_dir="" ca="" key="" source="" port="9094" insecure=0 warm=0 metrics_port=0 trusted="" more_config=""
+fast_poll="" poll_interval="0.2"
 extra=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -43,11 +50,14 @@ while [[ $# -gt 0 ]]; do
     --port) port="$2"; shift 2 ;;
     --insecure) insecure=1; shift ;;
     --warm) warm=1; shift ;;
+    --fast-poll) fast_poll=1; shift ;;
+    --no-fast-poll) fast_poll=0; shift ;;
+    --poll-interval) poll_interval="$2"; fast_poll="${fast_poll:-1}"; shift 2 ;;
     --metrics-port) metrics_port="$2"; shift 2 ;;
     --trusted-entities) trusted="$2"; shift 2 ;;
     --node-config) more_config="$2"; shift 2 ;;
     --) shift; extra=("$@"); break ;;
-    -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -78,17 +88,22 @@ if [[ -n "$trusted" ]]; then
   [[ -f "$trusted" ]] || { echo "error: --trusted-entities $trusted not found" >&2; exit 2; }
   args+=(--trusted-entities "$trusted")
 fi
-[[ $warm == 1 ]] || exec flower-supernode "${args[@]}" "${extra[@]}"
+[[ -n "$fast_poll" ]] || fast_poll=$warm
+supernode_cmd=(flower-supernode)
+if [[ $fast_poll == 1 || $warm == 1 ]]; then   # our Python commands, from this checkout
+  export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+  py="$(dirname "$(command -v flower-supernode)")/python"; [[ -x "$py" ]] || py=python3
+  [[ $fast_poll == 1 ]] && supernode_cmd=("$py" -m astroscale_fl.cli node supernode --poll-interval "$poll_interval")
+fi
+[[ $warm == 1 ]] || exec "${supernode_cmd[@]}" "${args[@]}" "${extra[@]}"
 
 # -- warm runtime: SuperNode (process isolation) + our launcher, stopped together ----------------
 state="$data_dir/.astroscale"
 mkdir -p "$state" && chmod 700 "$state"
 secret="$state/superexec.secret"
 (umask 077 && head -c 32 /dev/urandom > "$secret.tmp" && mv -f "$secret.tmp" "$secret")
-export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
-py="$(dirname "$(command -v flower-supernode)")/python"; [[ -x "$py" ]] || py=python3
 
-flower-supernode "${args[@]}" --isolation process --superexec-auth-secret-file "$secret" "${extra[@]}" &
+"${supernode_cmd[@]}" "${args[@]}" --isolation process --superexec-auth-secret-file "$secret" "${extra[@]}" &
 supernode=$!
 (
   trap 'kill -TERM "$launcher" 2>/dev/null; wait "$launcher"; exit 0' TERM INT

@@ -7,9 +7,11 @@ the default (subprocess) mode that is ``flower-superexec``, which polls every se
 (2-4 s on 2 cores) each time. This launcher takes its place:
 
 1. it imports the heavy libraries the ClientApp uses once (torch and its optimiser machinery,
-   numpy, pandas, pyarrow, omegaconf, opacus), but *not* the app's own code, which the child
-   loads from the FAB the SuperNode installed, exactly as ``flwr-clientapp`` does, so a signed
-   app (``--trusted-entities``) runs as shipped;
+   numpy, pandas, pyarrow, omegaconf, opacus); the app's own code comes from the FAB the
+   SuperNode installed (and, with ``--trusted-entities``, verified), as with ``flwr-clientapp``:
+   the first message of a FAB installs and imports it in its child, then the launcher imports
+   that same installed ClientApp once and later messages of that FAB reuse it
+   (:mod:`astroscale_fl.deploy.app_cache`), as they reuse what messages imported lazily;
 2. it polls ``AcquireTask`` every ``--poll`` seconds (0.05 s), HMAC-signed with the SuperExec
    secret the SuperNode was started with, on the loopback Runtime API;
 3. for each token it forks; the child runs Flower's own ``run_clientapp`` (pull message and
@@ -34,9 +36,10 @@ import time
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 
+from astroscale_fl.deploy.app_cache import AppCache
+
 PREIMPORT = ("torch", "torch.nn", "torch.optim", "torch._dynamo", "numpy", "pandas", "pyarrow", "pyarrow.parquet",
              "omegaconf", "opacus", "flwr.app", "flwr.clientapp", "flwr.supernode.runtime.run_clientapp", "flwr.cli.install")
-APP_PACKAGES = ("astroscale_fl", "clients", "strategies", "server")  # never preloaded into a child
 _PR_SET_PDEATHSIG = 1
 
 
@@ -117,7 +120,8 @@ def _quick_object_pulls() -> None:
             func.__defaults__ = tuple(wanted.get(n, d) for n, d in zip(names, func.__defaults__))
 
 
-def fork_clientapp(address: str, token: str, root_certificates: str | None, stats: LauncherStats) -> int:
+def fork_clientapp(address: str, token: str, root_certificates: str | None, stats: LauncherStats,
+                   apps: AppCache | None = None) -> int:
     """Fork a child that runs one ClientApp message with Flower's runtime; returns its pid."""
     if cuda_initialised():
         raise RuntimeError("CUDA was initialised in the launcher; forking now would break it in the child")
@@ -133,10 +137,14 @@ def fork_clientapp(address: str, token: str, root_certificates: str | None, stat
             os._exit(1)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
-        for name in [m for m in sys.modules if m.split(".")[0] in APP_PACKAGES]:
-            del sys.modules[name]  # the app's code comes from the FAB the SuperNode installed, as in flwr-clientapp
         from flwr.supercore.tls import validate_and_resolve_root_certificates
-        from flwr.supernode.runtime.run_clientapp import run_clientapp
+        from flwr.supernode.runtime import run_clientapp as runtime
+
+        # the app's code comes from the FAB the SuperNode installed, as in flwr-clientapp: the one the
+        # launcher imported from there when it is this message's FAB, else a fresh import
+        apps = apps or AppCache()
+        apps.use_in_child(runtime)
+        run_clientapp = runtime.run_clientapp
 
         insecure = root_certificates is None
         _quick_object_pulls()
@@ -146,6 +154,8 @@ def fork_clientapp(address: str, token: str, root_certificates: str | None, stat
         code = 0
     except SystemExit as exc:  # flwr_exit ends the task with sys.exit(code)
         code = exc.code if isinstance(exc.code, int) else 1
+        if code == 0 and apps is not None:
+            apps.report_imports()
     except BaseException:  # noqa: BLE001 (report and leave; the launcher goes on)
         import traceback
 
@@ -180,12 +190,14 @@ def serve_forever(address: str, secret: bytes | None, poll: float, stats: Launch
     from flwr.supercore.constant import TaskType
 
     client = runtime_client(address, secret, root_certificates)
+    apps = AppCache()
     request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP])
     log(INFO, "astroscale launcher: warm (imports %.1f s); acquiring ClientApp tasks from %s every %.2f s",
         stats.warm_import_seconds, address, poll)
     try:
         while not should_stop():
             reap(stats)
+            apps.load_reported()
             try:
                 res = client.AcquireTask(request)
             except Exception as exc:  # noqa: BLE001 (SuperNode restarting: retry)
@@ -193,7 +205,7 @@ def serve_forever(address: str, secret: bytes | None, poll: float, stats: Launch
                 time.sleep(1.0)
                 continue
             if res.HasField("task") and res.token:
-                fork_clientapp(address, res.token, root_certificates, stats)
+                fork_clientapp(address, res.token, root_certificates, stats, apps)
                 continue  # another message may be waiting
             time.sleep(poll)
     finally:

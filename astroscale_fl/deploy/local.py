@@ -80,9 +80,10 @@ class LocalFederation:
     """Start, drive and stop a local SuperLink and its SuperNodes."""
 
     def __init__(self, work_dir: str | Path, tls: bool = True, node_auth: bool = True, verbose: bool = False,
-                 warm: bool = False) -> None:
+                 warm: bool = False, fast_poll: bool | None = None) -> None:
         self.work = Path(work_dir).resolve()
         self.tls, self.node_auth, self.verbose, self.warm = tls, node_auth, verbose, warm
+        self.fast_poll = fast_poll  # None: start-supernode.sh's default (fast polls with --warm only)
         self.certs = self.work / "certs"
         self.nodes_dir = self.work / "nodes"
         self.logs = self.work / "logs"
@@ -165,6 +166,8 @@ class LocalFederation:
                 "--data-dir", str(self.nodes_dir / f"node-{data_index}"), "--source", "hipparcos", "--port", str(free_port())]
         if self.warm if warm is None else warm:
             argv += ["--warm", "--metrics-port", str(metrics_port)]
+        if self.fast_poll is not None:
+            argv.append("--fast-poll" if self.fast_poll else "--no-fast-poll")
         if node_config:
             argv += ["--node-config", node_config]
         if trusted_entities:

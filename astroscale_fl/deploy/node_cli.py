@@ -1,4 +1,5 @@
-"""``astroscale-fl node {launcher,status}``: the warm ClientApp runtime and a node's own status.
+"""``astroscale-fl node {launcher,status,supernode}``: the warm ClientApp runtime, a node's own status,
+and Flower's SuperNode with short polls (:mod:`astroscale_fl.deploy.fast_poll`).
 
 ``node launcher`` runs next to a ``flower-supernode --isolation process`` (``scripts/start-supernode.sh
 --warm`` starts both); ``node status --data-dir DIR`` prints what the node did, from its launcher's
@@ -143,9 +144,11 @@ def status_main(argv: list[str]) -> int:
 
 
 def main(argv: list[str]) -> int:
-    """``astroscale-fl node <launcher|status> ...``."""
-    commands = {"launcher": launcher_main, "status": status_main}
+    """``astroscale-fl node <launcher|status|supernode> ...``."""
+    from astroscale_fl.deploy import fast_poll
+
+    commands = {"launcher": launcher_main, "status": status_main, "supernode": fast_poll.main}
     if not argv or argv[0] not in commands:
-        print("usage: astroscale-fl node {launcher,status} [args...]  (see --help of each)", file=sys.stderr)
+        print("usage: astroscale-fl node {launcher,status,supernode} [args...]  (see --help of each)", file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     return commands[argv[0]](argv[1:])

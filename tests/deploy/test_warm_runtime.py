@@ -2,6 +2,8 @@
 
 One SuperLink (TLS + node auth) for the module; tests run in file order:
 warm run (metrics, status, permissions) -> privacy floor -> killed launcher -> cold run, same weights.
+Warm nodes run the fast-poll SuperNode (`astroscale-fl node supernode`) and the launcher's app
+cache; the cold ones plain `flower-supernode` and `flwr-clientapp`.
 """
 
 from __future__ import annotations
@@ -50,6 +52,18 @@ def node_dir(fed: LocalFederation, i: int) -> Path:
     return fed.nodes_dir / f"node-{i}"
 
 
+def group_commands(fed: LocalFederation, i: int) -> list[str]:
+    """Command lines of node ``i``'s processes (its start-supernode.sh leads their process group)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and os.getpgid(int(proc.name)) == fed.nodes[i].pid:
+                found.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:
+            continue
+    return found
+
+
 def launcher_pid(fed: LocalFederation, i: int) -> int:
     return int(json.loads((node_dir(fed, i) / ".astroscale" / "launcher.json").read_text())["pid"])
 
@@ -74,6 +88,8 @@ def test_warm_run_one_message_per_round_and_node_metrics(warm_fed, warm_run):
         assert samples["astroscale_node_clientapps_started_total"] >= 4  # query, 2 x train, evaluate: all forked warm
         assert samples["astroscale_node_declines_total"] == 0
     assert "flower-superexec" not in warm_fed.log_text("supernode-1")
+    assert any("astroscale_fl.cli node supernode --poll-interval" in c for c in group_commands(warm_fed, 1))  # fast polls
+    assert "reused by every message" in warm_fed.log_text("supernode-1")  # the launcher imported the FAB's ClientApp
     out = subprocess.run([sys.executable, "-m", "astroscale_fl.cli", "node", "status", "--data-dir", str(node_dir(warm_fed, 1)),
                           "--json"], capture_output=True, text=True, cwd=ROOT, env=warm_fed.env, timeout=60)
     assert out.returncode == 0, out.stderr
@@ -218,6 +234,8 @@ def test_cold_nodes_give_the_warm_runs_weights(warm_fed, warm_run, tmp_path):
     # active at the SuperLink until its heartbeat expires (two nodes: reply order does not change a sum)
     warm_fed.start_node(1, warm=False)
     warm_fed.start_node(2, data_index=2, key_index=3, warm=False)
+    wait_for(lambda: any("flower-supernode" in c for c in group_commands(warm_fed, 1)), 60, "plain flower-supernode")
+    assert not any("node supernode" in c for c in group_commands(warm_fed, 1) + group_commands(warm_fed, 2))
     out = tmp_path / "cold"
     wait_run(warm_fed.run(PLAIN, out), timeout=SLOW_MACHINE, fed=warm_fed)
     warm, cold = weights(warm_run), weights(out)
