@@ -68,6 +68,12 @@ def is_local_val(batch: dict[str, np.ndarray], seed: int) -> np.ndarray:
     return hash_unit(ids, seed, VAL_SALT) < LOCAL_VAL_FRACTION
 
 
+def validation_share(is_val: np.ndarray) -> np.ndarray:
+    """A node's local validation share from its rows' :func:`is_local_val`: none at all when the
+    node has fewer than 2 rows or every row would be held out (it would have nothing to train on)."""
+    return np.zeros(len(is_val), dtype=bool) if len(is_val) < 2 or is_val.all() else is_val
+
+
 def _columns(pipeline: Pipeline, table: Path) -> list[str]:
     from astroscale_fl.preprocessing.stream import columns_of
 

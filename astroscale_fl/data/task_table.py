@@ -24,7 +24,7 @@ import torch
 from omegaconf import DictConfig
 
 from astroscale_fl.data import nodes
-from astroscale_fl.data.node_arrays import ID, is_local_val
+from astroscale_fl.data.node_arrays import ID, is_local_val, validation_share
 from astroscale_fl.preprocessing import Pipeline
 from astroscale_fl.preprocessing.steps import Imputer, IsolationForestFilter
 
@@ -88,9 +88,7 @@ class EncodedTable:
     def selection(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """A node's (training, local validation) positions from its partition ``rows``: what
         :func:`astroscale_fl.federation.client.node_split` then encoding each share would keep."""
-        is_val = self.local_val[rows]
-        if len(rows) < 2 or is_val.all():
-            is_val = np.zeros(len(rows), dtype=bool)
+        is_val = validation_share(self.local_val[rows])
         valid = self.valid[rows]
         return rows[~is_val & valid & ~self.outlier[rows]], rows[is_val & valid]
 

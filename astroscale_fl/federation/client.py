@@ -36,9 +36,8 @@ from astroscale_fl.federation.messages import config_digest, read_pipeline, read
 from astroscale_fl.federation.node_cache import NodeCache
 from astroscale_fl.federation.records import load_arrays, model_to_arrays, numpy_to_arrays
 from astroscale_fl.learning.device import resolve_device
-from astroscale_fl.learning.metrics import rmse
 from astroscale_fl.learning.models import build_model
-from astroscale_fl.learning.training import GradHook, make_optimizer, predict
+from astroscale_fl.learning.training import GradHook, eval_report, make_optimizer, predict
 from astroscale_fl.preprocessing import Pipeline
 from astroscale_fl.privacy.calibrate import PrivacySettings
 from astroscale_fl.privacy.floor import PrivacyFloor
@@ -67,9 +66,7 @@ def _key(*parts: str) -> str:
 
 
 def _split_shares(frame: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    is_val = node_arrays.is_local_val({"id": frame["id"].to_numpy()}, seed)
-    if is_val.all() or len(frame) < 2:
-        is_val[:] = False
+    is_val = node_arrays.validation_share(node_arrays.is_local_val({"id": frame["id"].to_numpy()}, seed))
     return frame.loc[~is_val].reset_index(drop=True), frame.loc[is_val].reset_index(drop=True)
 
 
@@ -295,13 +292,13 @@ def evaluation_metrics(model: torch.nn.Module, nodes_tensors: list[NodeTensors],
 
 
 def _metrics_record(scaled_pred: np.ndarray, scaled_true: np.ndarray, pipeline: Pipeline) -> MetricRecord:
-    """One node's evaluation sums, as :func:`astroscale_fl.learning.training.evaluate` computes them."""
-    loss = float(np.mean((scaled_pred - scaled_true) ** 2)) if len(scaled_true) else float("nan")
-    y_true, y_pred = pipeline.target.inverse(scaled_true), pipeline.target.inverse(scaled_pred)
+    """One node's evaluation sums, from :func:`astroscale_fl.learning.training.eval_report`."""
+    report = eval_report(scaled_pred, scaled_true, pipeline.target.inverse)
+    y_true = pipeline.target.inverse(scaled_true)
     return MetricRecord({
-        protocol.WEIGHT_KEY: len(y_true),
-        protocol.LOSS_KEY: loss,
-        protocol.SSE_KEY: rmse(y_true, y_pred) ** 2 * len(y_true),
+        protocol.WEIGHT_KEY: report.examples,
+        protocol.LOSS_KEY: report.loss,
+        protocol.SSE_KEY: report.rmse**2 * report.examples,
         protocol.SUM_Y_KEY: float(y_true.sum()),
         protocol.SUM_Y2_KEY: float((y_true**2).sum()),
     })

@@ -173,8 +173,11 @@ class EvalReport:
 
 def evaluate(model: nn.Module, features: torch.Tensor, target: torch.Tensor, inverse_target: Callable[[np.ndarray], np.ndarray]) -> EvalReport:
     """MSE loss (standardised target) and RMSE / R² in the target's units."""
-    scaled_pred = predict(model, features)
-    scaled_true = target.double().cpu().numpy()
+    return eval_report(predict(model, features), target.double().cpu().numpy(), inverse_target)
+
+
+def eval_report(scaled_pred: np.ndarray, scaled_true: np.ndarray, inverse_target: Callable[[np.ndarray], np.ndarray]) -> EvalReport:
+    """:func:`evaluate` of predictions already made (both in standardised units, float64)."""
     loss = float(np.mean((scaled_pred - scaled_true) ** 2)) if len(scaled_true) else float("nan")
     y_true, y_pred = inverse_target(scaled_true), inverse_target(scaled_pred)
     return EvalReport(loss=loss, rmse=rmse(y_true, y_pred), r2=r2_score(y_true, y_pred), examples=len(y_true))
