@@ -62,7 +62,6 @@ from flwr.common import log
 from flwr.serverapp import Grid
 
 from astroscale_fl.federation.records import numpy_to_arrays
-from astroscale_fl.federation.rounds import FederationError
 from astroscale_fl.federation.secagg.protocol import DP_CLIP, DP_STDDEV, SecAggPlusParams, noise_share_nodes
 from astroscale_fl.privacy.node_level import NodeLevelSettings, card_entry
 from strategies.dp_fedavg import DpFedAvg, SampledGrid
@@ -73,6 +72,9 @@ from strategies.secaggplus import SecAggPlus, split_sums
 
 class DistributedDpFedAvg(DpFedAvg):
     """DP-FedAvg whose clipping and noise happen on the nodes, aggregated by SecAgg+."""
+
+    name = "distributed DP-FedAvg"
+    min_sampled_source = " (privacy.distributed_noise_nodes / reconstruction_threshold)"
 
     def __init__(self, strategy: FedAvg, settings: NodeLevelSettings, num_nodes: int, params: SecAggPlusParams, timeout: float,
                  rng: np.random.Generator | None = None) -> None:
@@ -108,14 +110,7 @@ class DistributedDpFedAvg(DpFedAvg):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         """Poisson-sample (at least ``max(m, t)`` nodes), then SecAgg+'s stages with C and s for the nodes."""
-        nodes = sorted(grid.get_node_ids())
-        self._connected = len(nodes)
-        if len(nodes) < self.min_sampled:
-            raise FederationError(f"round {server_round}: distributed DP-FedAvg needs at least {self.min_sampled} connected nodes "
-                                  f"(privacy.distributed_noise_nodes / reconstruction_threshold), {len(nodes)} connected")
-        sampled: list[int] = []
-        while len(sampled) < self.min_sampled:
-            sampled = [n for n in nodes if self.rng.random() < self.sample_rate]
+        sampled = self.sample_nodes(server_round, grid)
         self.secure.node_dp = {DP_CLIP: self.clipping_norm, DP_STDDEV: self.node_noise_stddev}
         return self.secure.configure_train(server_round, arrays, config, SampledGrid(grid, sampled))
 

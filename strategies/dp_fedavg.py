@@ -46,6 +46,7 @@ from flwr.serverapp.strategy import Strategy
 
 from astroscale_fl.federation.protocol import ARRAYS_KEY, CONTROL_DELTA_KEY
 from astroscale_fl.federation.records import arrays_to_numpy, numpy_to_arrays
+from astroscale_fl.federation.rounds import FederationError
 from astroscale_fl.privacy.ledger import PrivacyLedger
 from astroscale_fl.privacy.node_level import (
     NodeLevelSettings,
@@ -131,13 +132,26 @@ class DpFedAvg(Strategy):
 
     # -- rounds -----------------------------------------------------------------------------
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        """Poisson-sample the nodes (probability ``q`` each), then the wrapped strategy's messages."""
+    name = "DP-FedAvg"
+    min_sampled = 1  # an empty round would release only noise: redrawn (probability (1 - q)^N)
+    min_sampled_source = ""  # the settings behind min_sampled, for the error
+
+    def sample_nodes(self, server_round: int, grid: Grid) -> list[int]:
+        """Poisson-sample the connected nodes (probability ``q`` each), redrawn until at least
+        :attr:`min_sampled` are in; a round fails when fewer are connected."""
         nodes = sorted(grid.get_node_ids())
         self._connected = len(nodes)
+        if len(nodes) < self.min_sampled:
+            raise FederationError(f"round {server_round}: {self.name} needs at least {self.min_sampled} connected nodes"
+                                  f"{self.min_sampled_source}, {len(nodes)} connected")
         sampled: list[int] = []
-        while not sampled:  # an empty round would release only noise; redraw (probability (1 - q)^N)
+        while len(sampled) < self.min_sampled:
             sampled = [n for n in nodes if self.rng.random() < self.sample_rate]
+        return sampled
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        """Poisson-sample the nodes (:meth:`sample_nodes`), then the wrapped strategy's messages."""
+        sampled = self.sample_nodes(server_round, grid)
         return self.strategy.configure_train(server_round, arrays, config, SampledGrid(grid, sampled))
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
