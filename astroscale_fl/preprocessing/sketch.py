@@ -126,10 +126,3 @@ def to_sparse(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(bin indices, counts) of the non-empty bins: what travels in a statistics reply."""
     index = np.flatnonzero(counts)
     return index, counts[index]
-
-
-def from_sparse(index: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Dense counts from :func:`to_sparse`'s output."""
-    counts = np.zeros(NUM_BINS, dtype=np.int64)
-    np.add.at(counts, np.asarray(index, dtype=np.int64), np.asarray(values, dtype=np.int64))
-    return counts
