@@ -12,6 +12,7 @@ from flwr.clientapp import ClientApp
 
 from astroscale_fl.deploy.node_status import recording
 from astroscale_fl.federation import client
+from astroscale_fl.federation.packing import packed_arrays_mod
 from astroscale_fl.federation.protocol import (
     BUDGET_EXCEEDED_CODE,
     CONFIG_KEY,
@@ -24,7 +25,7 @@ from astroscale_fl.federation.secagg import node as secagg_node
 from astroscale_fl.privacy.floor import FloorRefused
 from astroscale_fl.privacy.node import BudgetExceeded
 
-app = ClientApp()
+app = ClientApp(mods=[packed_arrays_mod])  # arrays arrive packed through a real transport
 
 
 def _round(msg: Message) -> int:

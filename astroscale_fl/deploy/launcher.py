@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from logging import INFO, WARNING
 
 from astroscale_fl.deploy.app_cache import AppCache
+from astroscale_fl.deploy.fast_poll import quick_object_pulls
 
 PREIMPORT = ("torch", "torch.nn", "torch.optim", "torch._dynamo", "numpy", "pandas", "pyarrow", "pyarrow.parquet",
              "omegaconf", "opacus", "flwr.app", "flwr.clientapp", "flwr.supernode.runtime.run_clientapp", "flwr.cli.install")
@@ -98,28 +99,6 @@ def _die_with_parent() -> None:
         pass
 
 
-def _quick_object_pulls() -> None:
-    """Retry the message's object pulls after 0.05 s (doubling to 0.5 s) instead of Flower's 1 s (to 10 s).
-
-    The child starts within one poll of the token, often before the SuperNode has finished storing
-    the message's objects it pulls from the SuperLink; Flower's first retry would then cost a whole
-    second. Only this child's defaults change; nothing else in Flower is touched.
-    """
-    import inspect
-
-    from flwr.supercore.inflatable import inflatable_utils
-
-    wanted = {"initial_backoff": 0.05, "backoff_cap": 0.5}
-    for func in (inflatable_utils.pull_objects, inflatable_utils.pull_and_inflate_object_from_tree):
-        params = list(inspect.signature(func).parameters.values())
-        if func.__kwdefaults__:
-            func.__kwdefaults__.update({k: v for k, v in wanted.items() if k in func.__kwdefaults__})
-        positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-        if func.__defaults__:
-            names = positional[len(positional) - len(func.__defaults__):]
-            func.__defaults__ = tuple(wanted.get(n, d) for n, d in zip(names, func.__defaults__))
-
-
 def fork_clientapp(address: str, token: str, root_certificates: str | None, stats: LauncherStats,
                    apps: AppCache | None = None) -> int:
     """Fork a child that runs one ClientApp message with Flower's runtime; returns its pid."""
@@ -147,7 +126,7 @@ def fork_clientapp(address: str, token: str, root_certificates: str | None, stat
         run_clientapp = runtime.run_clientapp
 
         insecure = root_certificates is None
-        _quick_object_pulls()
+        quick_object_pulls()
         run_clientapp(runtime_api_address=address, token=token, insecure=insecure,
                       certificates=validate_and_resolve_root_certificates(root_certificates, insecure),
                       parent_pid=None, runtime_dependency_install=False)

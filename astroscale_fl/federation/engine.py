@@ -63,6 +63,8 @@ class InProcessGrid(Grid):
     unknown node gets an empty id, as a SuperLink refuses it.
     """
 
+    in_process = True  # messages never leave the process: sent as built, not packed for a transport
+
     def __init__(self, client_app: ClientApp, node_configs: Sequence[dict], run_id: int = RUN_ID,
                  workers: int | None = None, train_runner: TrainRunner | None = None,
                  evaluate_runner: TrainRunner | None = None):

@@ -75,6 +75,9 @@ BUDGET_EXCEEDED_CODE = 4005
 #: (node config, :mod:`astroscale_fl.privacy.floor`); counted as a decline like the budget's.
 FLOOR_REFUSED_CODE = 4006
 DECLINE_CODES = (BUDGET_EXCEEDED_CODE, FLOOR_REFUSED_CODE)
+#: ``Error.code`` the server gives a reply whose packed arrays (:mod:`astroscale_fl.federation.packing`)
+#: cannot be unpacked: counted as a failed reply.
+MALFORMED_PACKING_CODE = 4007
 
 
 @dataclass(frozen=True)

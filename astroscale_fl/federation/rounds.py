@@ -42,6 +42,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from astroscale_fl.errors import AstroScaleError
 from astroscale_fl.federation.folded_eval import FoldedEvaluation
 from astroscale_fl.federation.history import RoundRecord
+from astroscale_fl.federation.packing import packed_message, unpack_reply
 from astroscale_fl.federation.protocol import (
     ARRAYS_KEY,
     COLUMN_NAMES_KEY,
@@ -94,14 +95,18 @@ def send_and_receive(grid: Grid, messages: Iterable[Message], timeout: float, po
     messages = list(messages)
     if not messages:
         return [], []
+    if not getattr(grid, "in_process", False):  # through a real transport: one Array per message
+        messages = [packed_message(m) for m in messages]
     ids = list(grid.push_messages(messages))
-    pending = {mid: m.metadata.dst_node_id for mid, m in zip(ids, messages) if mid}
+    sent = {mid: m for mid, m in zip(ids, messages) if mid}
+    pending = {mid: m.metadata.dst_node_id for mid, m in sent.items()}
     missing = [m.metadata.dst_node_id for mid, m in zip(ids, messages) if not mid]
     replies: list[Message] = []
     deadline = time.monotonic() + timeout
     last_node_check = time.monotonic()
     while pending:
-        got = list(grid.pull_messages(list(pending)))
+        got = [unpack_reply(r, sent[r.metadata.reply_to_message_id]) if r.metadata.reply_to_message_id in sent else r
+               for r in grid.pull_messages(list(pending))]
         for reply in got:
             pending.pop(reply.metadata.reply_to_message_id, None)
         replies.extend(got)
