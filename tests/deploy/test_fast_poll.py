@@ -124,3 +124,24 @@ def test_app_cache_reuses_the_warm_app_only_for_its_fab(tmp_path, monkeypatch):
     monkeypatch.setattr(cache, "load", lambda **report: loaded.append(report))
     cache.load_reported()
     assert loaded == [{"fab_id": "astroscale/astroscale-fl", "fab_version": "0.2.0", "fab_hash": "f" * 64}]
+
+
+def test_quick_object_pulls_retry_missing_objects_within_a_tenth_of_a_second(monkeypatch):
+    """Flower's object pulls retry after 1 s; in our processes the first retry comes after 0.05 s."""
+    from flwr.supercore.inflatable import inflatable_utils
+
+    for func in (inflatable_utils.pull_objects, inflatable_utils.pull_and_inflate_object_from_tree):
+        monkeypatch.setattr(func, "__kwdefaults__", dict(func.__kwdefaults__ or {}) or None)
+        monkeypatch.setattr(func, "__defaults__", func.__defaults__)
+    attempts = []
+
+    def pull_object(object_id: str) -> bytes:
+        attempts.append(time.monotonic())
+        if len(attempts) < 3:
+            raise inflatable_utils.ObjectUnavailableError(object_id)
+        return b"content"
+
+    fast_poll.quick_object_pulls()
+    started = time.monotonic()
+    assert inflatable_utils.pull_objects(["abc"], pull_object) == {"abc": b"content"}
+    assert len(attempts) == 3 and time.monotonic() - started < 0.5  # Flower's own backoff: >= 2.4 s
