@@ -208,8 +208,11 @@ def _check_preprocess(section) -> None:
              "none, zscore, iqr or isolation_forest", section.outliers)
     require(section.outliers != "isolation_forest" or 0 < section.outlier_threshold < 1, "preprocess.outlier_threshold",
              "an anomaly score in (0, 1) for isolation_forest (e.g. 0.6)", section.outlier_threshold)
-    require(section.outliers != "isolation_forest" or section.outlier_action == "drop", "preprocess.outlier_action",
-             "drop for isolation_forest (the node's forest stays on the node)", section.outlier_action)
+    require(section.outliers != "isolation_forest" or section.outlier_action in ("drop", "flag"), "preprocess.outlier_action",
+             "drop or flag for isolation_forest (a forest has no bounds to clip to)", section.outlier_action)
+    require(section.outliers != "isolation_forest" or section.outlier_action == "drop" or bool(section.get("reference")),
+             "preprocess.outlier_action", "drop for isolation_forest without preprocess.reference (each node's own forest "
+             "stays on the node; flag needs the forest fitted on the public reference)", section.outlier_action)
     require(section.outlier_action in ("drop", "clip", "flag"), "preprocess.outlier_action", "drop, clip or flag", section.outlier_action)
     require(section.outlier_threshold > 0, "preprocess.outlier_threshold", "a positive number", section.outlier_threshold)
     require(section.polynomial_degree >= 2, "preprocess.polynomial_degree", "an integer >= 2", section.polynomial_degree)

@@ -14,7 +14,7 @@ from sklearn.preprocessing import (
 )
 
 from astroscale_fl.data.tasks import Feature, TaskSpec, get_task
-from astroscale_fl.errors import DataError
+from astroscale_fl.errors import ConfigError, DataError
 from astroscale_fl.preprocessing import ColumnStatistics, Options, Pipeline, sketch
 from astroscale_fl.preprocessing.derived import (
     galactic_latitude_sin,
@@ -257,22 +257,61 @@ def test_hash_split_is_uniform_and_depends_on_id_only():
     np.testing.assert_array_equal(hash_unit(strings[:10], 3, 1), hash_unit(strings[:10].copy(), 3, 1))
 
 
-def test_isolation_forest_drops_what_scikit_learn_scores_anomalous_and_stays_on_the_node():
-    from sklearn.ensemble import IsolationForest
-
+def forest_frame():
     frame = toy(5000).dropna().reset_index(drop=True)
     frame.loc[:20, "b"] = 1e3  # planted anomalies
-    pipe = fitted(frame, outliers="isolation_forest", outlier_threshold=0.6, outlier_action="drop", seed=4)
+    return frame, frame[["a", "b", "parallax"]].to_numpy()
+
+
+def test_isolation_forest_from_statistics_is_the_nodes_own_and_stays_on_the_node():
+    from sklearn.ensemble import IsolationForest
+
+    frame, x = forest_frame()
+    options = Options(outliers="isolation_forest", outlier_threshold=0.6, outlier_action="drop", seed=4)
+    pipe = Pipeline.build(TASK, options=options)
+    pipe.fit_statistics(pipe.compute_statistics(frame))  # federated fitting: statistics only, no rows
     dropped = pipe.outlier_rows(frame)
-    x = frame[["a", "b", "parallax"]].to_numpy()
     reference = -IsolationForest(n_estimators=100, random_state=4).fit(x).score_samples(x) > 0.6
     np.testing.assert_array_equal(dropped, reference)
     assert dropped[:21].all() and dropped.mean() < 0.05
     state = json.loads(json.dumps(pipe.state_dict()))
-    assert state["steps"][3] == {"kind": "isolation_forest", "state": {"columns": ["a", "b", "parallax"], "threshold": 0.6, "seed": 4}}
+    assert state["steps"][3] == {"kind": "isolation_forest",
+                                 "state": {"columns": ["a", "b", "parallax"], "threshold": 0.6, "seed": 4, "action": "drop", "forest": None}}
     assert len(roundtrip(pipe).transform_features(frame)) == len(frame)  # prediction never drops
-    with pytest.raises(Exception, match="outlier_action"):
-        fitted(frame, outliers="isolation_forest", outlier_threshold=0.6, outlier_action="flag")
+    flagging = Pipeline.build(TASK, options=Options(**{**options.__dict__, "outlier_action": "flag"}))
+    flagging.fit_statistics(flagging.compute_statistics(frame))
+    with pytest.raises(DataError, match="preprocess.reference"):  # a node's own forest cannot flag in prediction
+        flagging.transform_features(frame)
+    with pytest.raises(ConfigError, match="outlier_action"):
+        fitted(frame, outliers="isolation_forest", outlier_threshold=0.6, outlier_action="clip")
+
+
+def test_isolation_forest_fitted_on_a_table_travels_in_preprocessing_json_and_flags_in_prediction():
+    from sklearn.ensemble import IsolationForest
+
+    frame, x = forest_frame()
+    expected = -IsolationForest(n_estimators=100, random_state=4).fit(x).score_samples(x) > 0.6
+    pipe = fitted(frame, outliers="isolation_forest", outlier_threshold=0.6, outlier_action="flag", seed=4)
+    assert pipe.features[-1] == "outlier" and not pipe.outlier_rows(frame).any()  # flag: no training row dropped
+    loaded = roundtrip(pipe)  # the forest's trees are in the JSON state
+    assert len(loaded.steps[3].forest["trees"]) == 100
+    features = loaded.transform_features(frame)
+    np.testing.assert_array_equal(features[:, -1] == 1.0, expected)
+    single = loaded.transform_features(frame.iloc[[0, 100]])  # one star at a time, as predict and serve do
+    np.testing.assert_array_equal(single[:, -1], [1.0, float(expected[100])])
+    dropping = roundtrip(fitted(frame, outliers="isolation_forest", outlier_threshold=0.6, outlier_action="drop", seed=4))
+    np.testing.assert_array_equal(dropping.outlier_rows(frame), expected)
+    assert len(dropping.transform_features(frame)) == len(frame)  # prediction never drops
+
+    state = json.loads(json.dumps(pipe.state_dict()))
+    tree = state["steps"][3]["state"]["forest"]["trees"][7]
+    tree["left"][0] = 0  # a cycle: scoring would never end
+    with pytest.raises(DataError, match=r"steps\[3\].state.forest.trees\[7\].left/right"):
+        Pipeline.from_state(state)
+    state = json.loads(json.dumps(pipe.state_dict()))
+    state["steps"][3]["state"]["forest"]["trees"][2]["feature"][0] = 9
+    with pytest.raises(DataError, match=r"trees\[2\].feature: expected column indices in \[0, 3\)"):
+        Pipeline.from_state(state)
 
 
 def test_config_keys_shape_the_pipeline():

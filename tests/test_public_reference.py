@@ -98,3 +98,18 @@ def test_bad_references_are_one_line_config_errors(capsys, tmp_path, public_tabl
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.startswith("error: preprocess.reference:") and err.count("\n") == 1, err
     assert not (tmp_path / "run").exists()
+
+
+def test_reference_fits_the_isolation_forest_every_node_and_the_model_share(tmp_path, public_table):
+    """With preprocess.reference the forest is fitted on the public table, travels in
+    preprocessing.json and can flag; without one, flag is refused (a node's forest stays on the node)."""
+    path, frame = public_table
+    forest = ["preprocess.outliers=isolation_forest", "preprocess.outlier_threshold=0.6", "preprocess.outlier_action=flag"]
+    with pytest.raises(ConfigError, match="preprocess.outlier_action"):
+        config.validate(config.compose(DP + forest))
+    cfg, grid, metrics, card, state = run(tmp_path, DP + forest + [f"preprocess.reference={path}"])
+    step = next(s["state"] for s in state["steps"] if s["kind"] == "isolation_forest")
+    assert step["action"] == "flag" and len(step["forest"]["trees"]) == 100 and state["features"][-1] == "outlier"
+    expected = Pipeline.from_config(get_task(cfg.task), cfg).fit(frame).state_dict()
+    assert state == json.loads(json.dumps(expected))
+    assert metrics["rounds"] == 2

@@ -33,8 +33,8 @@ Columns = dict[str, np.ndarray]
 
 def row_local(pipeline: Pipeline) -> bool:
     """Whether every step of ``pipeline`` encodes a row from that row alone (then one shared
-    encoding serves every node)."""
-    return not any(isinstance(s, IsolationForestFilter) or (isinstance(s, Imputer) and s.method in ("ffill", "bfill", "interpolate"))
+    encoding serves every node): not a node's own isolation forest (a shared one is row-local)."""
+    return not any((isinstance(s, IsolationForestFilter) and s.forest is None) or (isinstance(s, Imputer) and s.method in ("ffill", "bfill", "interpolate"))
                    for s in pipeline.steps)
 
 

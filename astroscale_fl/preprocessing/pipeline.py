@@ -93,6 +93,11 @@ def _rows(frame, keep: np.ndarray | None):
     return frame.loc[keep] if isinstance(frame, pd.DataFrame) else {k: np.asarray(v)[keep] for k, v in frame.items()}
 
 
+def _drops_rows(step) -> bool:
+    """Whether ``step`` removes outlying training rows (``preprocess.outlier_action=drop``)."""
+    return isinstance(step, (OutlierFilter, IsolationForestFilter)) and step.action == "drop"
+
+
 def _impute_scale_clip(steps, clip: float | None, out: np.ndarray, starts, offsets, keep: np.ndarray | None) -> None:
     """Impute + scale + clip fused, one cache-sized chunk of rows at a time: chunk ``starts[i]`` of
     the input rows fills ``out`` from row ``offsets[i]`` (``keep``: the chunk's rows to use)."""
@@ -163,14 +168,14 @@ class Pipeline:
         learned = list(features)
         steps.append(Imputer(learned, opts.impute, opts.order_by))
         if opts.outliers == "isolation_forest":
-            if opts.outlier_action != "drop":
-                raise ConfigError("preprocess.outlier_action: preprocess.outliers=isolation_forest supports drop only "
-                                  "(each node's forest stays on the node, so prediction cannot flag or clip with it)")
-            steps.append(IsolationForestFilter(learned, opts.outlier_threshold, opts.seed))
+            if opts.outlier_action not in IsolationForestFilter.ACTIONS:
+                raise ConfigError("preprocess.outlier_action: preprocess.outliers=isolation_forest supports drop or flag "
+                                  f"(a forest has no bounds to clip to), got {opts.outlier_action!r}")
+            steps.append(IsolationForestFilter(learned, opts.outlier_threshold, opts.seed, opts.outlier_action))
         elif opts.outliers != "none":
             steps.append(OutlierFilter(learned, opts.outliers, opts.outlier_threshold, opts.outlier_action))
         steps.append(Scaler(learned, opts.scaling, opts.clip))
-        if opts.outliers in ("zscore", "iqr") and opts.outlier_action == "flag":
+        if opts.outliers != "none" and opts.outlier_action == "flag":
             features.append("outlier")
         return cls(inputs, features, steps, TargetScaler(task.target), opts.validate)
 
@@ -281,8 +286,16 @@ class Pipeline:
         return self
 
     def fit(self, frame) -> Pipeline:
-        """Fit on the rows of one table (target included)."""
-        return self.fit_statistics(self.compute_statistics(frame))
+        """Fit on the rows of one table (target included); an isolation forest is fitted on the
+        table's valid rows after imputation and kept in the state."""
+        self.fit_statistics(self.compute_statistics(frame))
+        forest = next((s for s in self.steps if isinstance(s, IsolationForestFilter)), None)
+        if forest is not None:
+            columns = self._row_stage(self._columns(_rows(frame, ~self.quarantine(frame)[0]), self.inputs), validated=True)
+            for step in self.steps[self._split:self.steps.index(forest)]:
+                columns = step.transform(columns)
+            forest.fit_rows(columns)
+        return self
 
     # --- transforming -------------------------------------------------------------------------
 
@@ -333,12 +346,12 @@ class Pipeline:
 
     def outlier_rows(self, frame) -> np.ndarray:
         """Rows ``preprocess.outlier_action=drop`` removes from training (all False otherwise)."""
-        if not any(isinstance(s, IsolationForestFilter) or (isinstance(s, OutlierFilter) and s.action == "drop") for s in self.steps):
+        if not any(_drops_rows(s) for s in self.steps):
             return np.zeros(len(frame[self.inputs[0]]), dtype=bool)  # nothing to drop: no transform to run
         columns = self._row_stage(self._columns(frame, self.inputs))
         n = len(next(iter(columns.values())))
         for step in self.steps[self._split:]:
-            if isinstance(step, IsolationForestFilter) or (isinstance(step, OutlierFilter) and step.action == "drop"):
+            if _drops_rows(step):
                 return step.outlier_rows(columns)
             columns = step.transform(columns)
         return np.zeros(n, dtype=bool)

@@ -95,6 +95,15 @@ def _any_number(path: str, value):
 def _count(path: str, value) -> int:
     return int(_number(path, value, integer=True))
 
+def _forest(path: str, value, state=None):
+    from astroscale_fl.preprocessing.forest import check_forest
+
+    columns = state.get("columns") if isinstance(state, dict) else None
+    return None if value is None else check_forest(path, value, len(columns) if isinstance(columns, list) else None)
+
+
+_forest.needs_state = True  # type: ignore[attr-defined]
+
 #: step kind -> {field: (checker, required)}
 FIELDS: dict[str, dict[str, tuple[Callable, bool]]] = {
     "range_validator": {"ranges": (_mapping(_range), True), "invalid_counts": (_mapping(_count), False)},
@@ -109,7 +118,7 @@ FIELDS: dict[str, dict[str, tuple[Callable, bool]]] = {
                  "threshold": (lambda p, v: _number(p, v, positive=True), True), "action": (_choice(("drop", "clip", "flag")), True),
                  "low": (_mapping(_any_number, "columns"), True), "high": (_mapping(_any_number, "columns"), True)},
     "isolation_forest": {"columns": (_names, True), "threshold": (lambda p, v: _number(p, v, positive=True), True),
-                         "seed": (_count, True)},
+                         "seed": (_count, True), "action": (_choice(("drop", "flag")), False), "forest": (_forest, False)},
     "scaler": {"columns": (_names, True), "method": (_choice(("robust", "standard", "minmax")), True),
                "clip": (_optional(lambda p, v: _number(p, v, positive=True)), False),
                "center": (_mapping(_finite, "columns"), True), "scale": (_mapping(_nonzero, "columns"), True)},

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from astroscale_fl.errors import ConfigError
+from astroscale_fl.errors import ConfigError, DataError
 from astroscale_fl.preprocessing.base import Columns, Step, select
 from astroscale_fl.preprocessing.chunks import CHUNK_ROWS
 from astroscale_fl.preprocessing.statistics import ColumnStatistics
@@ -181,35 +181,73 @@ class OutlierFilter(Step):
 
 
 class IsolationForestFilter(Step):
-    """Training rows a scikit-learn isolation forest scores as anomalous (score > ``threshold``,
-    Liu et al. 2008: ~0.5 normal, -> 1 anomalous) are dropped; prediction never drops a row.
+    """Rows a scikit-learn isolation forest scores as anomalous (score > ``threshold``, Liu et al.
+    2008: ~0.5 normal, -> 1 anomalous): ``drop`` removes them from training (prediction never
+    drops a row), ``flag`` appends an ``outlier`` column (1 where anomalous).
 
-    The forest is fitted on the node's own rows (the first :data:`FIT_ROWS` it encodes, after
-    imputation) and never leaves the node: it is not part of ``preprocessing.json`` and the exported
-    model does not apply it. Only ``threshold`` and ``seed`` are shared state.
+    Where the forest comes from decides what it reveals:
+
+    - fitted on a table at hand (:meth:`fit_rows`: ``preprocess.reference``, a public table, or the
+      one table of a centralised run), ``forest`` holds its trees as arrays
+      (:mod:`astroscale_fl.preprocessing.forest`): it is in ``preprocessing.json``, every node and
+      the exported model score rows with it, and ``flag`` works in prediction too;
+    - otherwise (federated fitting from statistics) each node fits its own forest on its own rows
+      (the first :data:`FIT_ROWS` it encodes, after imputation); it never leaves the node and is
+      not in ``preprocessing.json``, so only ``drop`` is possible.
     """
 
     kind = "isolation_forest"
     FIT_ROWS = 65_536
+    ACTIONS = ("drop", "flag")
 
-    def __init__(self, columns: list[str], threshold: float, seed: int = 0):
+    def __init__(self, columns: list[str], threshold: float, seed: int = 0, action: str = "drop"):
         if not 0.0 < float(threshold) < 1.0:
             raise ConfigError(f"preprocess.outlier_threshold: expected an anomaly score in (0, 1) for isolation_forest (e.g. 0.6), got {threshold}")
-        self.columns, self.threshold, self.seed = list(columns), float(threshold), int(seed)
+        if action not in self.ACTIONS:
+            raise ConfigError(f"preprocess.outlier_action: expected one of {list(self.ACTIONS)} for isolation_forest, got {action!r}")
+        self.columns, self.threshold, self.seed, self.action = list(columns), float(threshold), int(seed), action
+        self.forest: dict | None = None
+
+    def _fit(self, matrix: np.ndarray):
+        from sklearn.ensemble import IsolationForest
+
+        return IsolationForest(n_estimators=100, random_state=self.seed).fit(matrix[: self.FIT_ROWS])
+
+    def fit_rows(self, columns: Columns) -> IsolationForestFilter:
+        """Fit the shared forest on a table's rows (after imputation); it goes into ``preprocessing.json``."""
+        from astroscale_fl.preprocessing.forest import export_forest
+
+        self.forest = export_forest(self._fit(np.column_stack([columns[c] for c in self.columns])))
+        self.__dict__.pop("_scorer", None)
+        return self
 
     def outlier_rows(self, columns: Columns) -> np.ndarray:
-        """True where the node's forest scores a row above the threshold (fitted on first use)."""
+        """True where the forest (the shared one, else the node's own, fitted on first use) scores a
+        row above the threshold."""
         matrix = np.column_stack([columns[c] for c in self.columns])
+        if self.forest is not None:
+            scorer = self.__dict__.get("_scorer")
+            if scorer is None:
+                from astroscale_fl.preprocessing.forest import StackedForest
+
+                scorer = self._scorer = StackedForest(self.forest)
+            return scorer.scores(matrix) > self.threshold
+        if self.action != "drop":
+            raise DataError("preprocess.outlier_action=flag with isolation_forest needs a forest fitted on a table "
+                            "(preprocess.reference); a node's own forest stays on the node")
         forest = self.__dict__.get("_forest")
         if forest is None:
-            from sklearn.ensemble import IsolationForest
-
-            forest = IsolationForest(n_estimators=100, random_state=self.seed).fit(matrix[: self.FIT_ROWS])
-            self._forest = forest
+            forest = self._forest = self._fit(matrix)
         return -forest.score_samples(matrix) > self.threshold
 
     def transform(self, columns: Columns) -> Columns:
-        return columns
+        if self.action != "flag":
+            return columns
+        return {**columns, "outlier": self.outlier_rows(columns).astype(np.float64)}
+
+    @classmethod
+    def from_state(cls, state: dict) -> IsolationForestFilter:
+        return super().from_state({"action": "drop", "forest": None, **state})  # files from before shared forests
 
 
 class Scaler(Step):
