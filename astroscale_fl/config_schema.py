@@ -199,7 +199,7 @@ class SecAggPlusConfig:
 
     num_shares: int  # neighbours of each node, itself included (>= nodes: everyone)
     reconstruction_threshold: int  # shares needed to rebuild a node's mask seed or key
-    clipping_range: float  # update coordinates clipped to [-c, c] before quantisation
+    clipping_range: Optional[float]  # update coordinates clipped to [-c, c] before quantisation (null: automatic)
     quantization_range: int  # quantisation levels over [-c, c]
     max_weight: float  # largest node weight (training rows); larger ones are capped
 

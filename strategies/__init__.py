@@ -5,7 +5,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from astroscale_fl.errors import ConfigError
-from astroscale_fl.federation.secagg.protocol import SecAggPlusParams
+from astroscale_fl.federation.secagg.protocol import secagg_params
 from astroscale_fl.privacy.node_level import NodeLevelSettings
 from strategies.distributed_dp import DistributedDpFedAvg
 from strategies.dp_fedavg import DpFedAvg
@@ -35,12 +35,12 @@ def build_strategy(cfg: DictConfig) -> FedAvg:
     )
     node_level = NodeLevelSettings.from_config(cfg.privacy)
     if node_level is not None and fed.secure_aggregation == "secaggplus":
-        return DistributedDpFedAvg(strategy, node_level, int(fed.num_nodes), SecAggPlusParams.from_config(fed.secaggplus),
+        return DistributedDpFedAvg(strategy, node_level, int(fed.num_nodes), secagg_params(cfg),
                                    float(fed.round_timeout))
     if node_level is not None:
         return DpFedAvg(strategy, node_level, int(fed.num_nodes))
     if fed.secure_aggregation == "secaggplus":
-        return SecAggPlus(strategy, SecAggPlusParams.from_config(fed.secaggplus), float(fed.round_timeout))
+        return SecAggPlus(strategy, secagg_params(cfg), float(fed.round_timeout))
     return strategy
 
 

@@ -110,7 +110,7 @@ def test_neighbour_graph_and_config_checks():
     with pytest.raises(ConfigError, match="max_update_norm"):
         config.validate(config.compose([*SECAGG, "federation.max_update_norm=1.0"]))
     with pytest.raises(ConfigError, match="clipping_range: expected >= .* under distributed DP-FedAvg"):
-        config.validate(config.compose([*SECAGG, "privacy=dp_fedavg"]))
+        config.validate(config.compose([*SECAGG, "privacy=dp_fedavg", "federation.secaggplus.clipping_range=1.0"]))
 
 
 def test_card_records_secure_aggregation(tmp_path):

@@ -266,9 +266,9 @@ def _secure_aggregation_card(cfg: DictConfig) -> dict[str, Any]:
     """The card's ``secure_aggregation`` entry (and SecAgg+'s parameters)."""
     if cfg.federation.secure_aggregation == "none":
         return {"secure_aggregation": "none"}
-    from astroscale_fl.federation.secagg.protocol import SecAggPlusParams
+    from astroscale_fl.federation.secagg.protocol import secagg_params
 
-    return {"secure_aggregation": "secaggplus", "secaggplus": SecAggPlusParams.from_config(cfg.federation.secaggplus).as_dict()}
+    return {"secure_aggregation": "secaggplus", "secaggplus": secagg_params(cfg).as_dict()}
 
 
 def _rounds_within_budget(strategy: Strategy, num_rounds: int, start_round: int) -> int:

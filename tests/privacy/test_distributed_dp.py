@@ -117,6 +117,19 @@ def test_bad_combinations_fail_in_config(override, needle):
     assert needle in str(err.value) and "\n" not in str(err.value)
 
 
+def test_default_clipping_range_is_the_smallest_that_never_clips_the_noise():
+    """federation.secaggplus.clipping_range=null: 1.0 for plain SecAgg+, C + 8 x a node's noise std
+    (to 0.1) under distributed DP-FedAvg, which the config check then accepts."""
+    from astroscale_fl.federation.secagg.protocol import secagg_params
+
+    cfg = config.validate(config.compose([*SMALL, "federation.secure_aggregation=secaggplus"]))
+    assert cfg.federation.secaggplus.clipping_range is None
+    assert secagg_params(cfg).clipping_range == 2.9  # the check's bound is 2.809 (test_bad_combinations_fail_in_config)
+    assert build_strategy(cfg).secure.secagg.clipping_range == 2.9
+    plain = config.validate(config.compose([*SMALL, "privacy=none", "federation.secure_aggregation=secaggplus"]))
+    assert secagg_params(plain).clipping_range == 1.0
+
+
 def test_adaptive_clipping_with_secaggplus_is_one_line_on_the_cli_and_writes_nothing(tmp_path):
     out = train("privacy=dp_fedavg", "federation.secure_aggregation=secaggplus", "federation.secaggplus.clipping_range=4",
                 "privacy.adaptive_clipping.enabled=true", f"hydra.run.dir={tmp_path / 'run'}", "output.publish=false", timeout=120)

@@ -46,7 +46,7 @@ class SecAggPlusParams:
 
     num_shares: int = 5  # neighbours per node, itself included (odd; >= nodes: everyone)
     reconstruction_threshold: int = 3  # shares needed to rebuild a secret
-    clipping_range: float = 1.0  # update coordinates are clipped to [-c, c] before quantisation
+    clipping_range: float = 1.0  # update coordinates are clipped to [-c, c] before quantisation (config null: secagg_params)
     quantization_range: int = 1 << 24  # Q: quantisation levels over [-c, c]
     max_weight: float = 100_000.0  # largest node weight (examples); w = weight / max_weight
 
@@ -74,9 +74,30 @@ class SecAggPlusParams:
                 "max_weight": self.max_weight, "modulus": MODULUS}
 
 
+def secagg_params(cfg) -> SecAggPlusParams:
+    """``federation.secaggplus.*`` of a run, ``clipping_range: null`` (the default) resolved: 1.0, or
+    under distributed DP-FedAvg the smallest range (to 0.1) that never clips a node's noised update
+    (:func:`distributed_dp_range`)."""
+    section = dict(cfg.federation.secaggplus)
+    if section.get("clipping_range") is None:
+        section["clipping_range"] = distributed_dp_range(cfg) if cfg.privacy.name == "dp_fedavg" else 1.0
+    return SecAggPlusParams.from_config(section)
+
+
+def distributed_dp_range(cfg) -> float:
+    """The clipping range distributed DP-FedAvg needs: C + NOISE_MARGIN x a node's noise std
+    (σC / sqrt(m)), rounded up to 0.1."""
+    from astroscale_fl.privacy.node_level import NodeLevelSettings
+
+    settings = NodeLevelSettings.from_config(cfg.privacy)
+    params = SecAggPlusParams.from_config({**cfg.federation.secaggplus, "clipping_range": 1.0})
+    needed = settings.clipping_norm + NOISE_MARGIN * settings.noise_multiplier * settings.clipping_norm / math.sqrt(noise_share_nodes(settings, params))
+    return math.ceil(10 * needed - 1e-9) / 10
+
+
 def check_config(cfg) -> None:
     """One-line errors for settings SecAgg+ cannot honour."""
-    SecAggPlusParams.from_config(cfg.federation.secaggplus)
+    secagg_params(cfg)
     if cfg.federation.max_update_norm is not None:
         raise ConfigError("federation.max_update_norm: the server cannot see individual updates under secure_aggregation=secaggplus; set it to null")
     if cfg.privacy.name == "dp_fedavg":
@@ -90,10 +111,10 @@ def check_distributed_dp(cfg) -> None:
     from astroscale_fl.privacy.node_level import NodeLevelSettings
 
     settings = NodeLevelSettings.from_config(cfg.privacy)
-    params = SecAggPlusParams.from_config(cfg.federation.secaggplus)
     if settings.adaptive is not None:
         raise ConfigError("privacy.adaptive_clipping.enabled: not supported with secure_aggregation=secaggplus (the server "
                           "would need each node's clipped/unclipped bit, which SecAgg+ hides); use fixed clipping")
+    params = secagg_params(cfg)
     nodes = cfg.federation.num_nodes
     shares = noise_share_nodes(settings, params)
     if shares < params.reconstruction_threshold or (nodes is not None and shares > int(nodes)):
