@@ -52,3 +52,19 @@ def test_a_table_of_several_files_is_identified_by_all_of_them(tmp_path):
 def test_simulated_nodes_still_shuffle_by_partition():
     assert torch.equal(_order({"partition-id": 2}), _order({"partition-id": 2}))
     assert not torch.equal(_order({"partition-id": 2}), _order({"partition-id": 3}))
+
+
+def test_a_csv_is_identified_by_all_its_bytes_read_in_blocks(tmp_path):
+    """A CSV has no Parquet footer: it is hashed whole (streamed), so any edit changes the digest and a copy does not."""
+    a = tmp_path / "a.csv"
+    a.write_text("ra,dec\n" + "".join(f"{i},{i % 90}\n" for i in range(300_000)))
+    b = tmp_path / "b.csv"
+    shutil.copy(a, b)
+    assert content_digest(a) == content_digest(b)
+    with open(b, "r+b") as handle:  # same size, one byte changed in the middle
+        handle.seek(a.stat().st_size // 2)
+        byte = handle.read(1)
+        handle.seek(-1, 1)
+        handle.write(b"7" if byte != b"7" else b"8")
+    os.utime(b, (5, 5))
+    assert content_digest(a) != content_digest(b)

@@ -41,7 +41,7 @@ def node_table(node_config: dict) -> Path | None:
 def content_digest(table: Path) -> str:
     """Identity of a Parquet table's content that survives a copy or a move: each file's path
     relative to the table, its size, and its Parquet footer (schema, row counts, column
-    statistics), hashed. Cheap (the footers only); memoised by the stat-based
+    statistics), hashed. Cheap (the footers only; a CSV is hashed whole, in 1 MiB blocks); memoised by the stat-based
     :func:`~astroscale_fl.preprocessing.stream.fingerprint`, so an edited table is read again."""
     return _content_digest(str(table), fingerprint(table))
 
@@ -56,9 +56,15 @@ def _content_digest(table: str, _stat_key: str) -> str:
         with open(f, "rb") as handle:
             if size >= 12:  # ... <footer> <footer length, 4 bytes LE> "PAR1"
                 handle.seek(size - 8)
-                footer_len = int.from_bytes(handle.read(4), "little")
-                handle.seek(max(0, size - 8 - footer_len))
-            digest.update(handle.read())
+                tail = handle.read(8)
+                footer_len = int.from_bytes(tail[:4], "little")
+                if tail[4:] == b"PAR1" and footer_len <= size - 12:
+                    handle.seek(size - 8 - footer_len)
+                    digest.update(handle.read())
+                    continue
+                handle.seek(0)
+            for block in iter(lambda: handle.read(1 << 20), b""):  # not Parquet (a CSV): all of it, streamed
+                digest.update(block)
     return digest.hexdigest()[:24]
 
 
