@@ -312,6 +312,14 @@ def test_isolation_forest_fitted_on_a_table_travels_in_preprocessing_json_and_fl
     state["steps"][3]["state"]["forest"]["trees"][2]["feature"][0] = 9
     with pytest.raises(DataError, match=r"trees\[2\].feature: expected column indices in \[0, 3\)"):
         Pipeline.from_state(state)
+    state = json.loads(json.dumps(pipe.state_dict()))
+    chain = 13  # inner node 2k, its leaf 2k+1, the next inner node 2k+2: 13 levels (scoring pads to 2^13 per tree)
+    state["steps"][3]["state"]["forest"]["trees"][0] = {
+        "left": [k + 1 if k % 2 == 0 and k < 2 * chain else -1 for k in range(2 * chain + 1)],
+        "right": [k + 2 if k % 2 == 0 and k < 2 * chain else -1 for k in range(2 * chain + 1)],
+        "feature": [0] * (2 * chain + 1), "threshold": [0.0] * (2 * chain + 1), "leaf_depth": [1.0] * (2 * chain + 1)}
+    with pytest.raises(DataError, match=r"trees\[0\]: expected a tree at most 12 levels deep, got '13'"):
+        Pipeline.from_state(state)
 
 
 def test_config_keys_shape_the_pipeline():

@@ -23,8 +23,8 @@ def export_forest(forest) -> dict[str, Any]:
     """A fitted ``sklearn.ensemble.IsolationForest`` (on all its columns) as JSON-ready arrays."""
     from sklearn.ensemble._iforest import _average_path_length
 
-    if forest.max_features != 1.0:
-        raise ValueError("export_forest: only forests fitted on all columns (max_features=1.0)")
+    if forest.max_features != 1.0 or any(e.tree_.max_depth > MAX_DEPTH for e in forest.estimators_):
+        raise ValueError(f"export_forest: only forests fitted on all columns (max_features=1.0), at most {MAX_DEPTH} deep")
     trees = []
     for estimator, depth, average in zip(forest.estimators_, forest._decision_path_lengths, forest._average_path_length_per_tree):
         tree = estimator.tree_
@@ -34,42 +34,62 @@ def export_forest(forest) -> dict[str, Any]:
     return {"trees": trees, "denominator": float(len(trees) * _average_path_length([forest._max_samples])[0])}
 
 
-class StackedForest:
-    """All trees of a forest state in one set of node arrays, scored level by level for every
-    (row, tree) pair at once, in blocks of rows (memory stays at ``BLOCK`` x trees)."""
+MAX_DEPTH = 12  # scikit-learn's trees on 256 samples are at most 8 deep; deeper is not a forest we wrote
+
+
+def tree_depths(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Depth of every node (children are numbered after their parent, as scikit-learn does)."""
+    depth = np.zeros(len(left), np.int64)
+    for node in np.flatnonzero(left >= 0):
+        depth[left[node]] = depth[right[node]] = depth[node] + 1
+    return depth
+
+
+class CompleteForest:
+    """All trees laid out as complete binary trees of the forest's depth D (a leaf above the last
+    level is padded with always-left nodes down to a copy of itself), so scoring is D steps of
+    index arithmetic for every (row, tree) pair at once, in blocks of rows (memory: ``BLOCK`` x trees)."""
 
     BLOCK = 8192
 
     def __init__(self, state: dict[str, Any]):
-        sizes = [len(t["left"]) for t in state["trees"]]
-        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
-        stack = lambda key: np.concatenate([np.asarray(t[key]) for t in state["trees"]])  # noqa: E731
-        shift = np.repeat(offsets, sizes)
-        left, right = stack("left").astype(np.int64), stack("right").astype(np.int64)
-        inner = left >= 0
-        self.left = np.where(inner, left + shift, -1)
-        self.right = np.where(inner, right + shift, -1)
-        self.feature = np.where(inner, stack("feature"), 0).astype(np.int64)
-        self.threshold = stack("threshold").astype(np.float64)
-        self.leaf_depth = stack("leaf_depth").astype(np.float64)
-        self.roots = offsets
+        trees = state["trees"]
+        arrays = [tuple(np.asarray(t[k]) for k in TREE_FIELDS) for t in trees]
+        self.depth = int(max(tree_depths(left, right).max() for left, right, *_ in arrays))
+        inner, leaves = 2 ** self.depth - 1, 2 ** self.depth
+        self.feature = np.zeros((len(trees), inner), np.int64)
+        self.threshold = np.full((len(trees), inner), np.inf)  # padding: x <= inf, always left
+        self.leaf_depth = np.zeros((len(trees), leaves))
+        for k, (left, right, feature, threshold, leaf_depth) in enumerate(arrays):
+            stack = [(0, 0)]  # (node of the tree, slot in the complete tree)
+            while stack:
+                node, slot = stack.pop()
+                if slot >= inner:
+                    self.leaf_depth[k, slot - inner] = leaf_depth[node]
+                elif left[node] >= 0:
+                    self.feature[k, slot], self.threshold[k, slot] = feature[node], threshold[node]
+                    stack += [(left[node], 2 * slot + 1), (right[node], 2 * slot + 2)]
+                else:
+                    stack.append((node, 2 * slot + 1))
         self.denominator = float(state["denominator"])
 
     def scores(self, matrix: np.ndarray) -> np.ndarray:
-        """Anomaly score in (0, 1] of each row of ``matrix`` (rows x the forest's columns)."""
+        """Anomaly score in (0, 1] of each row of ``matrix`` (rows x the forest's columns; imputed, no NaN)."""
         x = np.asarray(matrix, dtype=np.float32)  # scikit-learn's trees compare float32 values
+        trees = len(self.feature)
+        inner = self.feature.shape[1]
+        feature, threshold, leaf_depth = self.feature.ravel(), self.threshold.ravel(), self.leaf_depth.ravel()
+        tree_slot = (np.arange(trees) * inner)[None, :]
+        tree_leaf = (np.arange(trees) * (inner + 1) - inner)[None, :]
         depths = np.empty(len(x))
         for start in range(0, len(x), self.BLOCK):
             block = x[start:start + self.BLOCK]
-            node = np.broadcast_to(self.roots, (len(block), len(self.roots))).copy()
-            row = np.arange(len(block))[:, None]
-            while True:
-                inner = self.left[node] >= 0
-                if not inner.any():
-                    break
-                go_left = block[row, self.feature[node]] <= self.threshold[node]
-                node = np.where(inner, np.where(go_left, self.left[node], self.right[node]), node)
-            depths[start:start + len(block)] = self.leaf_depth[node].sum(axis=1)
+            values, row = block.ravel(), (np.arange(len(block)) * block.shape[1])[:, None]
+            node = np.zeros((len(block), trees), np.int64)
+            for _ in range(self.depth):
+                at = tree_slot + node
+                node = 2 * node + 1 + (values[row + feature[at]] > threshold[at])
+            depths[start:start + len(block)] = leaf_depth[tree_leaf + node].sum(axis=1)
         return 2.0 ** (-depths / self.denominator) if self.denominator else np.ones(len(x))
 
 
@@ -109,4 +129,6 @@ def check_forest(path: str, value: Any, columns: int | None = None) -> dict[str,
             fail(f"{where}.feature", f"column indices in [0, {columns})", feature[inner & ((feature < 0) | (feature >= columns))][:3])
         if not np.all(np.isfinite(threshold[inner])) or not np.all(np.isfinite(leaf_depth)):
             fail(f"{where}.threshold/leaf_depth", "finite numbers", "")
+        if tree_depths(left, right).max() > MAX_DEPTH:
+            fail(where, f"a tree at most {MAX_DEPTH} levels deep", tree_depths(left, right).max())
     return {"trees": trees, "denominator": float(denominator)}

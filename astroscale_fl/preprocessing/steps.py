@@ -228,9 +228,9 @@ class IsolationForestFilter(Step):
         if self.forest is not None:
             scorer = self.__dict__.get("_scorer")
             if scorer is None:
-                from astroscale_fl.preprocessing.forest import StackedForest
+                from astroscale_fl.preprocessing.forest import CompleteForest
 
-                scorer = self._scorer = StackedForest(self.forest)
+                scorer = self._scorer = CompleteForest(self.forest)
             return scorer.scores(matrix) > self.threshold
         if self.action != "drop":
             raise DataError("preprocess.outlier_action=flag with isolation_forest needs a forest fitted on a table "
