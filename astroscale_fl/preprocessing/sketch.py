@@ -56,7 +56,7 @@ def add_counts(counts: np.ndarray, values: np.ndarray, minimum: float, maximum: 
     Values beyond float32's range land in the non-finite bins: :func:`drop_non_finite` clears them.
     """
     with np.errstate(over="ignore"):  # beyond float32's range -> +-inf: the non-finite bins, cleared later
-        low, high = _key(minimum), _key(maximum)
+        low, high = bin_of(minimum), bin_of(maximum)
         bits = values.astype(np.float32).view(np.int32)
     if minimum > 0:  # no sign bit anywhere (-0.0 included): the bits are the key
         key = bits
@@ -70,7 +70,7 @@ def add_counts(counts: np.ndarray, values: np.ndarray, minimum: float, maximum: 
     counts[low: high + 1] += np.bincount(key, minlength=high - low + 1)
 
 
-def _key(value: float) -> int:
+def bin_of(value: float) -> int:
     """:func:`bin_index` of one value (plain integers: no array overhead per chunk)."""
     bits = int(np.float32(value).view(np.int32))
     return ((bits if bits >= 0 else -1 - (bits & 0x7FFFFFFF)) >> _SHIFT) + _OFFSET
