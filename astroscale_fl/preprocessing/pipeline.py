@@ -270,23 +270,23 @@ class Pipeline:
                 columns[step.outputs[3]] = columns[step.outputs[3]] + step.first_epoch
         return columns
 
-    def compute_statistics(self, frame, failing: np.ndarray | None = None) -> ColumnStatistics:
+    def compute_statistics(self, frame, failing: np.ndarray | None = None, into: ColumnStatistics | None = None) -> ColumnStatistics:
         """A node's (or a record batch's) share of a fit: statistics of its valid, derived columns
-        (``failing``: :meth:`quarantine`'s row mask when the caller already has it)."""
+        (``failing``: :meth:`quarantine`'s row mask when the caller already has it; ``into``:
+        statistics of earlier batches to add these rows to, in place)."""
         if all(isinstance(s, RangeValidator) or (isinstance(s, DerivedFeatures) and not s.names) for s in self.steps[: self._split]):
             # nothing derived: statistics of the input columns themselves, failing rows skipped, not copied out
             failing = self.quarantine(frame)[0] if failing is None else failing
             columns = self._columns(frame, self.inputs)
             columns[self.target.target] = np.asarray(frame[self.target.target], dtype=np.float64).reshape(-1)
-            return ColumnStatistics.compute(columns, self.statistics_columns, exclude=failing if failing.any() else None)
-        return ColumnStatistics.compute(self.statistics_frame(frame), self.statistics_columns)
+            return ColumnStatistics.compute(columns, self.statistics_columns, exclude=failing if failing.any() else None, into=into)
+        return ColumnStatistics.compute(self.statistics_frame(frame), self.statistics_columns, into=into)
 
     def statistics_of(self, batches: Iterable) -> ColumnStatistics:
         """Statistics of a stream of record batches (merged as they come: memory stays flat)."""
         total = None
         for batch in batches:
-            part = self.compute_statistics(batch)
-            total = part if total is None else total.update(part)
+            total = self.compute_statistics(batch, into=total)
         if total is None:
             raise DataError("no rows to fit preprocessing on")
         return total

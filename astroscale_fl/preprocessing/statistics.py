@@ -40,15 +40,24 @@ class ColumnStatistics:
     _cumulative: dict[int, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
-    def compute(cls, frame, columns: list[str], exclude: np.ndarray | None = None) -> ColumnStatistics:
+    def compute(cls, frame, columns: list[str], exclude: np.ndarray | None = None,
+                into: ColumnStatistics | None = None) -> ColumnStatistics:
         """Statistics of ``columns`` over the rows of ``frame`` (a DataFrame or a mapping of
         column -> array; NaN and +-inf count as missing), leaving out the rows where ``exclude`` is True.
 
         Columns are read in cache-sized chunks of :data:`CHUNK_ROWS` rows (no column-sized
-        temporaries) whose moments merge with Chan's update, columns spread over threads."""
+        temporaries) whose moments merge with Chan's update, columns spread over threads.
+        ``into``: statistics of earlier rows, updated in place and returned (a stream of record
+        batches then allocates one dense sketch, not one per batch)."""
         n = len(columns)
-        out = cls(list(columns), np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n),
-                  np.full(n, np.inf), np.full(n, -np.inf), np.zeros((n, sketch.NUM_BINS), dtype=np.int64))
+        if into is not None:
+            if into.offset is not None or into.columns != list(columns):
+                raise ValueError(f"cannot add statistics of {list(columns)} into shifted or other statistics")
+            into._cumulative.clear()
+            out = into
+        else:
+            out = cls(list(columns), np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n),
+                      np.full(n, np.inf), np.full(n, -np.inf), np.zeros((n, sketch.NUM_BINS), dtype=np.int64))
         arrays = [np.asarray(frame[name], dtype=np.float64).reshape(-1) for name in columns]
         rows = len(arrays[0]) if n else 0
         skips = None if exclude is None else [np.flatnonzero(exclude[s: s + CHUNK_ROWS]) for s in range(0, rows, CHUNK_ROWS)]
@@ -191,10 +200,10 @@ def _filled(chunk: np.ndarray, skipped: np.ndarray, scratch: np.ndarray) -> tupl
 
 
 def _column_statistics(out: ColumnStatistics, j: int, values: np.ndarray, skips: list[np.ndarray] | None) -> None:
-    """Fill column ``j`` of ``out`` from ``values`` chunk by chunk (one thread per column;
+    """Add ``values`` into column ``j`` of ``out``, chunk by chunk (one thread per column;
     ``skips``: per chunk, the positions of the excluded rows)."""
-    count = mean = m2 = 0.0
-    missing, low, high = 0, np.inf, -np.inf
+    count, mean, m2 = float(out.count[j]), float(out.mean_[j]), float(out.m2[j])
+    missing, low, high = float(out.missing[j]), float(out.minimum[j]), float(out.maximum[j])
     counts = out.sketch[j]
     scratch = None
     for i, start in enumerate(range(0, values.size, CHUNK_ROWS)):
