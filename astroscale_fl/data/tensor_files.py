@@ -150,7 +150,7 @@ def encode_table(path: str | Path, pipeline: Pipeline, out_dir: str | Path, *, f
     out_dir.mkdir(parents=True, exist_ok=True)  # only once the input is known to fit
 
     def decoded(stop: int | None = None):
-        """(table position, selected batch) of the rows before ``stop`` (all when None)."""
+        """(table position, table rows, selected batch) per batch of the rows before ``stop`` (all when None)."""
         position = 0
         for batch in iter_batches(path, columns, chunk_rows):
             rows = len(batch[ROW])

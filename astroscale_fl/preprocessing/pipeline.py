@@ -241,14 +241,15 @@ class Pipeline:
         n = len(next(iter(columns.values())))
         labels, reasons = [], []
         first = np.full(n, -1, dtype=np.int64)
+        target = np.asarray(frame[self.target.target], dtype=np.float64).reshape(-1) if with_target else None
         if self.validate and isinstance(validator, RangeValidator):
-            _, first = validator.failures(columns)
+            _, first = validator.failures(columns, finite=target)  # the target check in the same sweep
             for name, (lo, hi) in validator.ranges.items():
                 labels.append(name)
                 reasons.append(f"outside the physical range [{lo:g}, {hi:g}] or infinite")
-        if with_target:
-            target = np.asarray(frame[self.target.target], dtype=np.float64)
-            first[~np.isfinite(target) & (first < 0)] = len(labels)
+        elif target is not None:
+            first[~np.isfinite(target)] = len(labels)
+        if target is not None:
             labels.append(self.target.target)
             reasons.append("target missing or not finite")
         failing = first >= 0
