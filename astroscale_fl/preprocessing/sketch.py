@@ -72,7 +72,8 @@ def add_counts(counts: np.ndarray, values: np.ndarray, minimum: float, maximum: 
 
 def bin_of(value: float) -> int:
     """:func:`bin_index` of one value (plain integers: no array overhead per chunk)."""
-    bits = int(np.float32(value).view(np.int32))
+    with np.errstate(over="ignore"):  # beyond float32's range -> +-inf: a non-finite bin
+        bits = int(np.float32(value).view(np.int32))
     return ((bits if bits >= 0 else -1 - (bits & 0x7FFFFFFF)) >> _SHIFT) + _OFFSET
 
 
