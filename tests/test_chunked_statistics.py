@@ -64,3 +64,15 @@ def test_fused_transform_of_kept_rows_equals_transform_of_the_selected_rows(drop
     fused = pipeline.transform_features(frame, keep=keep)
     selected = pipeline.transform_features({k: v[keep] for k, v in frame.items()})
     np.testing.assert_array_equal(fused, selected)
+
+
+def test_cumulative_over_the_used_bins_equals_the_full_running_count():
+    """The CDF is built over the bins between the first and last non-empty one; noisy (DP) counts,
+    negative ones included, still give the full definition's running maximum of the running sum."""
+    rng = np.random.default_rng(6)
+    for trial in range(60):
+        counts = sketch.bin_counts(rng.normal(rng.uniform(-5, 5), rng.uniform(0.01, 100), rng.integers(1, 3000)))
+        if trial % 2:
+            counts = counts + rng.integers(-2, 3, counts.size)
+        counts[rng.integers(0, counts.size, 3)] -= 3
+        np.testing.assert_array_equal(sketch.cumulative(counts), np.maximum.accumulate(np.cumsum(counts)))
