@@ -106,3 +106,16 @@ def test_cache_bytes_is_validated():
     assert config.validate(config.compose(base)).preprocess.cache_bytes == 384 * 2**20
     with pytest.raises(Exception, match="preprocess.cache_bytes"):
         config.validate(config.compose(base + ["preprocess.cache_bytes=-1"]))
+
+
+def test_unfused_pipeline_batches_fill_the_reused_output_buffers(tmp_path):
+    """A pipeline outside the fused impute/scale path (z-score outliers flagged as an extra feature)
+    encoded in many batches through the two alternating output buffers equals its transform of
+    the whole table."""
+    path = write_catalog(tmp_path / "cat", files=2, rows=3_000)
+    frame = pd.read_parquet(path)
+    pipeline = catalog_pipeline(path, outliers="zscore", outlier_action="flag").fit(frame)
+    encode_table(path, pipeline, tmp_path / "enc", fit=False, chunk_rows=700, id_column="id")
+    good = frame[~pipeline.quarantine(frame)[0]]
+    np.testing.assert_array_equal(np.load(tmp_path / "enc" / FEATURES), pipeline.transform_features(good))
+    assert "outlier" in pipeline.features

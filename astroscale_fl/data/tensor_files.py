@@ -201,6 +201,9 @@ def encode_table(path: str | Path, pipeline: Pipeline, out_dir: str | Path, *, f
         writers["arrow"] = ArrowAppender(out_dir / (ARROW + suffix), pipeline.features, target if with_target else None)
     quarantine = _QuarantineWriter(out_dir / (QUARANTINE + suffix))
     rows_in = dropped = 0
+    # two output buffers, alternating: the features.npy writer holds at most one batch in flight,
+    # and reused pages spare the kernel a fresh-page fault per 4 kB of every batch's output
+    buffers: list[np.ndarray] = [np.empty((0, len(pipeline.features)), dtype=np.float32)] * 2
     try:
         for batch, verdict in encode_pass():
             rows_in += len(batch[ROW])
@@ -212,7 +215,11 @@ def encode_table(path: str | Path, pipeline: Pipeline, out_dir: str | Path, *, f
                 dropped += int(outliers.sum())
                 keep &= ~outliers
             keep = None if keep.all() else keep  # failing rows are skipped by the transform, not copied out
-            features = pipeline.transform_features(batch, validated=True, keep=keep)
+            kept = len(batch[ROW]) if keep is None else int(np.count_nonzero(keep))
+            if len(buffers[0]) < kept:
+                buffers = [np.empty((kept, len(pipeline.features)), dtype=np.float32) for _ in range(2)]
+            buffers.reverse()
+            features = pipeline.transform_features(batch, out=buffers[0][:kept], validated=True, keep=keep)
             ids = batch[ROW] if keep is None else batch[ROW][keep]
             target_rows = pipeline.transform_target(batch, keep=keep) if with_target else None
             writers["x"].append(features)
