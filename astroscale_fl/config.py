@@ -219,6 +219,7 @@ def _check_preprocess(section) -> None:
     known = ("distance_pc", "polynomial", "interactions", "temporal")
     require(all(f in known for f in section.features), "preprocess.features", f"some of {list(known)}", list(section.features))
     require(section.chunk_rows is None or section.chunk_rows >= 1, "preprocess.chunk_rows", "a positive integer or null", section.chunk_rows)
+    require(section.cache_bytes >= 0, "preprocess.cache_bytes", "a number of bytes >= 0", section.cache_bytes)
 
 
 def _check_missing(cfg: DictConfig) -> None:

@@ -260,6 +260,7 @@ class Preprocess:
     parallax_error_column: str
     time_column: Optional[str]  # MJD or ISO 8601 time for temporal features
     chunk_rows: Optional[int]  # rows per record batch (null: ~64 MB)
+    cache_bytes: int  # decoded batches kept from the fit pass for the encoding pass (0: none)
 
 
 @dataclass

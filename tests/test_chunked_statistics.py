@@ -1,9 +1,12 @@
 """The chunked statistics pass (cache-sized chunks, narrow bincounts, column threads) against the
 direct definitions: the dense float32-bit sketch of all finite values and numpy's moments."""
 
-import numpy as np
+from types import SimpleNamespace
 
-from astroscale_fl.preprocessing import sketch
+import numpy as np
+import pytest
+
+from astroscale_fl.preprocessing import Pipeline, sketch
 from astroscale_fl.preprocessing.chunks import CHUNK_ROWS
 from astroscale_fl.preprocessing.statistics import ColumnStatistics
 
@@ -45,3 +48,31 @@ def test_chunked_statistics_equal_the_direct_definitions():
     np.testing.assert_array_equal(merged.sketch, stats.sketch)
     np.testing.assert_allclose(merged.mean_, stats.mean_, rtol=1e-12)
     np.testing.assert_array_equal(merged.quantile(0.5), stats.quantile(0.5))
+
+
+@pytest.mark.parametrize("dropped_share", [0.0005, 0.2])  # run by run copies, then one row selection
+def test_fused_transform_of_kept_rows_equals_transform_of_the_selected_rows(dropped_share):
+    rng = np.random.default_rng(5)
+    n = 3 * CHUNK_ROWS + 77
+    frame = {"ra": rng.uniform(0, 360, n), "dec": rng.uniform(-90, 90, n), "z": rng.normal(0, 1, n)}
+    frame["ra"][rng.random(n) < 0.05] = np.nan
+    task = SimpleNamespace(input_names=["ra", "dec"], derived=[], target="z",
+                           inputs=[SimpleNamespace(name="ra", low=0, high=360), SimpleNamespace(name="dec", low=-90, high=90)])
+    pipeline = Pipeline.build(task).fit(frame)
+    keep = rng.random(n) >= dropped_share
+    keep[:CHUNK_ROWS] = True  # a chunk with nothing dropped
+    fused = pipeline.transform_features(frame, keep=keep)
+    selected = pipeline.transform_features({k: v[keep] for k, v in frame.items()})
+    np.testing.assert_array_equal(fused, selected)
+
+
+def test_cumulative_over_the_used_bins_equals_the_full_running_count():
+    """The CDF is built over the bins between the first and last non-empty one; noisy (DP) counts,
+    negative ones included, still give the full definition's running maximum of the running sum."""
+    rng = np.random.default_rng(6)
+    for trial in range(60):
+        counts = sketch.bin_counts(rng.normal(rng.uniform(-5, 5), rng.uniform(0.01, 100), rng.integers(1, 3000)))
+        if trial % 2:
+            counts = counts + rng.integers(-2, 3, counts.size)
+        counts[rng.integers(0, counts.size, 3)] -= 3
+        np.testing.assert_array_equal(sketch.cumulative(counts), np.maximum.accumulate(np.cumsum(counts)))

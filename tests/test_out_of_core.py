@@ -76,7 +76,7 @@ def test_encoding_memory_stays_at_one_batch(tmp_path):
     for files in (1, 8):
         path = write_catalog(tmp_path / f"cat{files}", files=files, rows=100_000, seed=files)
         tracemalloc.start()
-        encode_table(path, catalog_pipeline(path), tmp_path / f"enc{files}", chunk_rows=5_000, id_column="id")
+        encode_table(path, catalog_pipeline(path), tmp_path / f"enc{files}", chunk_rows=5_000, id_column="id", cache_bytes=0)
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
     table_bytes = 800_000 * 8 * 8

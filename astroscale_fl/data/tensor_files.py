@@ -4,8 +4,9 @@
 pipeline from merged batch statistics (unless given a fitted one), quarantines rows that fail
 validation, and appends each batch's encoded rows to ``features.npy``, ``target.npy`` (when the
 table has the target) and ``row_ids.npy``, so memory stays at one batch whatever the table's size.
-A table of one batch is decoded once (the encoding pass reuses the fit pass's batch); a longer one
-is decoded in each pass, so memory stays at one batch. Files are written under temporary names and
+When fitting, the encoding pass replays the last batches of the statistics pass that fit in
+``preprocess.cache_bytes`` (:mod:`.batch_cache`) and decodes only the rows before them; a table of
+one batch is decoded once. Files are written under temporary names and
 renamed into place at the end; a crash leaves no file that looks whole.
 
 :func:`cached_tensors` keeps those files in a node's cache directory, keyed by the table's
@@ -28,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from astroscale_fl.atomic import write_text
+from astroscale_fl.data.batch_cache import DEFAULT_CACHE_BYTES, BatchCache
 from astroscale_fl.errors import DataError
 from astroscale_fl.preprocessing import Pipeline
 from astroscale_fl.preprocessing.stream import (
@@ -124,12 +126,15 @@ def _select(batch: dict[str, np.ndarray], select: Selector | None) -> dict[str, 
 
 def encode_table(path: str | Path, pipeline: Pipeline, out_dir: str | Path, *, fit: bool = True, chunk_rows: int | None = None,
                  id_column: str | None = None, select: Selector | None = None, training: bool = True,
-                 progress: Callable[[int], None] | None = None, arrow: bool = False) -> Summary:
+                 progress: Callable[[int], None] | None = None, arrow: bool = False, cache_bytes: int | None = None) -> Summary:
     """Encode the (selected) rows of ``path`` into tensor files in ``out_dir``; fit first when ``fit``.
 
     ``training``: rows ``preprocess.outlier_action=drop`` marks are left out (prediction keeps them).
     ``progress`` is called with the number of rows read, twice per row when fitting.
     ``arrow``: also write ``features.arrow`` (:class:`ArrowAppender`) for consumers that want columns.
+    ``cache_bytes``: when fitting, the decoded batches of the statistics pass kept for the encoding
+    pass (:class:`BatchCache`; None: :data:`DEFAULT_CACHE_BYTES`, 0: none); a table of one batch is
+    always decoded once.
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
@@ -144,38 +149,49 @@ def encode_table(path: str | Path, pipeline: Pipeline, out_dir: str | Path, *, f
         check_arrow_names(pipeline.features)
     out_dir.mkdir(parents=True, exist_ok=True)  # only once the input is known to fit
 
-    def batches():
+    def decoded(stop: int | None = None):
+        """(table position, table rows, selected batch) per batch of the rows before ``stop`` (all when None)."""
+        position = 0
         for batch in iter_batches(path, columns, chunk_rows):
+            rows = len(batch[ROW])
+            if stop is not None and position + rows > stop:
+                batch, rows = {k: v[: stop - position] for k, v in batch.items()}, stop - position
             ids = np.asarray(batch[id_column]) if id_column else None
             if ids is not None and ids.dtype.kind in "iuf" and np.isfinite(ids).all():
                 batch[ROW] = ids.astype(np.int64)  # integer ids are the row ids; others keep table positions
             if progress:
-                progress(len(batch[ROW]))
-            yield _select(batch, select)
+                progress(rows)
+            yield position, rows, _select(batch, select)
+            position += rows
+            if stop is not None and position >= stop:
+                return  # before the scanner decodes another batch
 
-    decoded: list[dict[str, np.ndarray]] | None = None  # the fit pass's batch, when the table is one batch
+    cache = None
     if fit:
         if not with_target:
             raise DataError(f"{path}: no target column {target!r} to fit preprocessing on (give --preprocessing JSON)")
-        if Path(path).suffix.lower() != ".csv" and count_rows(path) <= (chunk_rows or default_chunk_rows(len(columns))):
-            decoded = []  # a table of one batch is decoded once, the encoding pass reuses it (memory stays at a batch)
-
-        def fit_pass():
-            for batch in batches():
-                if decoded is not None:
-                    decoded.append(batch)
-                yield batch
-
-        pipeline.fit_statistics(pipeline.statistics_of(fit_pass()))
+        if Path(path).suffix.lower() != ".csv":
+            total_rows, batch_rows = count_rows(path), chunk_rows or default_chunk_rows(len(columns))
+            budget = None if total_rows <= batch_rows else DEFAULT_CACHE_BYTES if cache_bytes is None else int(cache_bytes)
+            cache = BatchCache(budget, total_rows, 8 * len(columns) + 9)  # a row: float64 columns, row id, verdict
+        stats = None
+        for position, rows, batch in decoded():
+            verdict = pipeline.quarantine(batch, True)  # reused by the encoding pass when the batch is cached
+            stats = pipeline.compute_statistics(batch, verdict[0], into=stats)
+            if cache is not None:
+                cache.offer(position, rows, batch, verdict, verdict[0].nbytes + verdict[1].nbytes + verdict[2].nbytes)
+        if stats is None:
+            raise DataError(f"{path}: no rows to fit preprocessing on")
+        pipeline.fit_statistics(stats)
 
     def encode_pass():
-        if decoded is None:
-            yield from batches()
-        while decoded:
-            batch = decoded.pop(0)  # released as it is encoded
+        stop = cache.start if cache is not None else None
+        if stop != 0:
+            yield from ((batch, None) for _, _, batch in decoded(stop))
+        for rows, batch, verdict in cache.replay() if cache is not None else ():
             if progress:
-                progress(len(batch[ROW]))
-            yield batch
+                progress(rows)
+            yield batch, verdict
     suffix = f".tmp-{os.getpid()}"
     writers = {"x": NpyAppender(out_dir / (FEATURES + suffix), "<f4", len(pipeline.features)),
                "ids": NpyAppender(out_dir / (ROW_IDS + suffix), "<i8", None)}
@@ -185,10 +201,13 @@ def encode_table(path: str | Path, pipeline: Pipeline, out_dir: str | Path, *, f
         writers["arrow"] = ArrowAppender(out_dir / (ARROW + suffix), pipeline.features, target if with_target else None)
     quarantine = _QuarantineWriter(out_dir / (QUARANTINE + suffix))
     rows_in = dropped = 0
+    # two output buffers, alternating: the features.npy writer holds at most one batch in flight,
+    # and reused pages spare the kernel a fresh-page fault per 4 kB of every batch's output
+    buffers: list[np.ndarray] = [np.empty((0, len(pipeline.features)), dtype=np.float32)] * 2
     try:
-        for batch in encode_pass():
+        for batch, verdict in encode_pass():
             rows_in += len(batch[ROW])
-            failing, names, reasons = pipeline.quarantine(batch, with_target)
+            failing, names, reasons = verdict or pipeline.quarantine(batch, with_target)
             quarantine.append(batch[ROW][failing], names, reasons)
             keep = ~failing
             if training and keep.any():
@@ -196,7 +215,11 @@ def encode_table(path: str | Path, pipeline: Pipeline, out_dir: str | Path, *, f
                 dropped += int(outliers.sum())
                 keep &= ~outliers
             keep = None if keep.all() else keep  # failing rows are skipped by the transform, not copied out
-            features = pipeline.transform_features(batch, validated=True, keep=keep)
+            kept = len(batch[ROW]) if keep is None else int(np.count_nonzero(keep))
+            if len(buffers[0]) < kept:
+                buffers = [np.empty((kept, len(pipeline.features)), dtype=np.float32) for _ in range(2)]
+            buffers.reverse()
+            features = pipeline.transform_features(batch, out=buffers[0][:kept], validated=True, keep=keep)
             ids = batch[ROW] if keep is None else batch[ROW][keep]
             target_rows = pipeline.transform_target(batch, keep=keep) if with_target else None
             writers["x"].append(features)

@@ -15,7 +15,8 @@ OUTPUT/features.npy, target.npy (when the table has the task's target), row_ids.
 preprocessing.json and quarantine.parquet (rows failing validation, with column and reason);
 with --arrow also OUTPUT/features.arrow (Arrow IPC / Feather v2, uncompressed: memory-mappable),
 one float32 column per feature plus target and row_id, for consumers that want named columns.
-Memory stays at one batch (preprocess.chunk_rows rows) whatever the table's size.
+Memory stays at one batch (preprocess.chunk_rows rows) whatever the table's size, plus at most
+preprocess.cache_bytes of decoded batches kept from the fit pass for the encoding pass.
 
 Overrides are the training run's, e.g.
   astroscale-fl preprocess --input stars/ --output enc/ task=catalog task.path=stars/ \\
@@ -79,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         handle = bar.add_task("rows", total=total * passes)
         summary = encode_table(args.input, pipeline, args.output, fit=not args.preprocessing,
                                chunk_rows=cfg.preprocess.chunk_rows, id_column=id_column,
-                               progress=lambda n: bar.advance(handle, n), arrow=args.arrow)
+                               progress=lambda n: bar.advance(handle, n), arrow=args.arrow,
+                               cache_bytes=cfg.preprocess.cache_bytes)
     print(f"preprocess: {summary.line()} -> {args.output}")
     return 0

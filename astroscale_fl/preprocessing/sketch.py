@@ -20,6 +20,8 @@ exact moments, min and max).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 MANTISSA_BITS = 8
@@ -56,7 +58,7 @@ def add_counts(counts: np.ndarray, values: np.ndarray, minimum: float, maximum: 
     Values beyond float32's range land in the non-finite bins: :func:`drop_non_finite` clears them.
     """
     with np.errstate(over="ignore"):  # beyond float32's range -> +-inf: the non-finite bins, cleared later
-        low, high = _key(minimum), _key(maximum)
+        low, high = bin_of(minimum), bin_of(maximum)
         bits = values.astype(np.float32).view(np.int32)
     if minimum > 0:  # no sign bit anywhere (-0.0 included): the bits are the key
         key = bits
@@ -70,9 +72,10 @@ def add_counts(counts: np.ndarray, values: np.ndarray, minimum: float, maximum: 
     counts[low: high + 1] += np.bincount(key, minlength=high - low + 1)
 
 
-def _key(value: float) -> int:
+def bin_of(value: float) -> int:
     """:func:`bin_index` of one value (plain integers: no array overhead per chunk)."""
-    bits = int(np.float32(value).view(np.int32))
+    with np.errstate(over="ignore"):  # beyond float32's range -> +-inf: a non-finite bin
+        bits = int(np.float32(value).view(np.int32))
     return ((bits if bits >= 0 else -1 - (bits & 0x7FFFFFFF)) >> _SHIFT) + _OFFSET
 
 
@@ -99,8 +102,18 @@ def _bin_edge(index: np.ndarray) -> np.ndarray:
 
 def cumulative(counts: np.ndarray) -> np.ndarray:
     """Running counts (the CDF :func:`quantile` searches)."""
-    # noisy (DP) counts can be negative: the running maximum keeps the CDF monotone (identity otherwise)
-    return np.maximum.accumulate(np.cumsum(counts)) if counts.size else counts
+    if not counts.size:
+        return counts
+    used = counts != 0  # a column fills a few thousand of the bins: run over those only
+    cdf = np.zeros(counts.size, dtype=np.result_type(counts.dtype, np.int64))
+    if used.any():
+        first, last = int(used.argmax()), counts.size - int(used[::-1].argmax())
+        # noisy (DP) counts can be negative: the running maximum keeps the CDF monotone (identity otherwise)
+        cdf[first:last] = np.maximum.accumulate(np.cumsum(counts[first:last]))
+        if first:  # the empty bins before count too: the running maximum starts at 0
+            np.maximum(cdf[first:last], 0, out=cdf[first:last])
+        cdf[last:] = cdf[last - 1]
+    return cdf
 
 
 def quantile(counts: np.ndarray, q: float, minimum: float, maximum: float, cdf: np.ndarray | None = None) -> float:
@@ -111,7 +124,9 @@ def quantile(counts: np.ndarray, q: float, minimum: float, maximum: float, cdf: 
     if total <= 0:
         return float("nan")
     rank = q * (total - 1)  # numpy's default (linear) definition over ranks 0..n-1
-    i = int(np.searchsorted(cdf, rank, side="right"))
+    # the first bin whose running count exceeds rank; integer counts exceed rank iff they exceed
+    # floor(rank), and an integer needle spares searchsorted a float copy of the whole CDF
+    i = int(np.searchsorted(cdf, math.floor(rank), side="right")) if cdf.dtype.kind in "iu" else int(np.searchsorted(cdf, rank, side="right"))
     i = min(i, counts.size - 1)
     before = cdf[i - 1] if i > 0 else 0
     inside = (rank - before + 0.5) / max(cdf[i] - before, 1)

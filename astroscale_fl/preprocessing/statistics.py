@@ -40,17 +40,28 @@ class ColumnStatistics:
     _cumulative: dict[int, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
-    def compute(cls, frame, columns: list[str], exclude: np.ndarray | None = None) -> ColumnStatistics:
+    def compute(cls, frame, columns: list[str], exclude: np.ndarray | None = None,
+                into: ColumnStatistics | None = None) -> ColumnStatistics:
         """Statistics of ``columns`` over the rows of ``frame`` (a DataFrame or a mapping of
         column -> array; NaN and +-inf count as missing), leaving out the rows where ``exclude`` is True.
 
         Columns are read in cache-sized chunks of :data:`CHUNK_ROWS` rows (no column-sized
-        temporaries) whose moments merge with Chan's update, columns spread over threads."""
+        temporaries) whose moments merge with Chan's update, columns spread over threads.
+        ``into``: statistics of earlier rows, updated in place and returned (a stream of record
+        batches then allocates one dense sketch, not one per batch)."""
         n = len(columns)
-        out = cls(list(columns), np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n),
-                  np.full(n, np.inf), np.full(n, -np.inf), np.zeros((n, sketch.NUM_BINS), dtype=np.int64))
+        if into is not None:
+            if into.offset is not None or into.columns != list(columns):
+                raise ValueError(f"cannot add statistics of {list(columns)} into shifted or other statistics")
+            into._cumulative.clear()
+            out = into
+        else:
+            out = cls(list(columns), np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n),
+                      np.full(n, np.inf), np.full(n, -np.inf), np.zeros((n, sketch.NUM_BINS), dtype=np.int64))
         arrays = [np.asarray(frame[name], dtype=np.float64).reshape(-1) for name in columns]
-        parallel_map(lambda j: _column_statistics(out, j, arrays[j], exclude), range(n), len(arrays[0]) if n else 0)
+        rows = len(arrays[0]) if n else 0
+        skips = None if exclude is None else [np.flatnonzero(exclude[s: s + CHUNK_ROWS]) for s in range(0, rows, CHUNK_ROWS)]
+        parallel_map(lambda j: _column_statistics(out, j, arrays[j], skips), range(n), rows)
         return out
 
     @classmethod
@@ -157,46 +168,74 @@ class ColumnStatistics:
         return out
 
 
-def _chunk_moments(col: np.ndarray, total: float) -> tuple[float, float]:
-    """(mean, sum of squared deviations) of finite values summing to ``total`` (one chunk; chunks
-    merge with Chan's update)."""
-    count = col.size
-    mean = total / count
-    m2 = np.einsum("i,i->", col, col) - count * mean * mean  # einsum: no BLAS threads to contend
+def _chunk_moments(col: np.ndarray, total: float, count: int, repeats: int = 0, fill: float = 0.0) -> tuple[float, float]:
+    """(mean, sum of squared deviations) of the ``count`` finite values of ``col`` other than
+    ``repeats`` extra copies of ``fill`` (one chunk; chunks merge with Chan's update).
+    ``total``: the sum of ``col``."""
+    mean = (total - repeats * fill) / count
+    m2 = np.einsum("i,i->", col, col) - repeats * fill * fill - count * mean * mean  # einsum: no BLAS threads to contend
     if m2 < 1e-4 * count * mean * mean:  # spread small against the mean: cancellation; centre first
         centred = col - mean
-        m2 = np.einsum("i,i->", centred, centred)
+        m2 = np.einsum("i,i->", centred, centred) - repeats * (fill - mean) ** 2
     return mean, max(m2, 0.0)
 
 
-def _column_statistics(out: ColumnStatistics, j: int, values: np.ndarray, exclude: np.ndarray | None) -> None:
-    """Fill column ``j`` of ``out`` from ``values`` chunk by chunk (one thread per column)."""
-    count = mean = m2 = 0.0
-    missing, low, high = 0, np.inf, -np.inf
+def _filled(chunk: np.ndarray, skipped: np.ndarray, scratch: np.ndarray) -> tuple[np.ndarray, float] | None:
+    """``chunk`` with its ``skipped`` positions overwritten by the first value kept (None: all skipped).
+
+    Excluded rows are few (quarantined ones): a copy with a repeated kept value, whose repeats
+    are subtracted from the moments and the sketch afterwards, is ~4x cheaper than a boolean
+    selection, and min/max are unchanged by a value already in the chunk."""
+    if skipped.size == chunk.size:
+        return None
+    at = 0
+    if skipped[0] == 0:  # the first kept position: the first i with skipped[i] != i
+        differs = skipped != np.arange(skipped.size)
+        at = int(np.argmax(differs)) if differs.any() else skipped.size
+    fill = chunk[at]
+    col = scratch[: chunk.size]
+    np.copyto(col, chunk)
+    col[skipped] = fill
+    return col, float(fill)
+
+
+def _column_statistics(out: ColumnStatistics, j: int, values: np.ndarray, skips: list[np.ndarray] | None) -> None:
+    """Add ``values`` into column ``j`` of ``out``, chunk by chunk (one thread per column;
+    ``skips``: per chunk, the positions of the excluded rows)."""
+    count, mean, m2 = float(out.count[j]), float(out.mean_[j]), float(out.m2[j])
+    missing, low, high = float(out.missing[j]), float(out.minimum[j]), float(out.maximum[j])
     counts = out.sketch[j]
-    for start in range(0, values.size, CHUNK_ROWS):
+    scratch = None
+    for i, start in enumerate(range(0, values.size, CHUNK_ROWS)):
         chunk = values[start: start + CHUNK_ROWS]
-        if exclude is not None:
-            skip = exclude[start: start + CHUNK_ROWS]
-            if skip.any():
-                chunk = chunk[~skip]
-        if not chunk.size:
-            continue
-        total = np.add.reduce(chunk)
-        if np.isfinite(total):  # a finite sum: no NaN or inf in the chunk, no pass to find them
-            col = chunk
-        else:
-            col = chunk[np.isfinite(chunk)]
+        skipped = skips[i] if skips is not None else None
+        repeats, fill, col = 0, 0.0, chunk
+        if skipped is not None and skipped.size:
+            scratch = np.empty(CHUNK_ROWS) if scratch is None else scratch
+            filled = _filled(chunk, skipped, scratch)
+            if filled is None:
+                continue
+            (col, fill), repeats = filled, skipped.size
+        total = np.add.reduce(col)
+        if not np.isfinite(total):  # NaN or inf in the chunk: select the kept finite values
+            if repeats:
+                keep = np.ones(chunk.size, dtype=bool)
+                keep[skipped] = False
+                chunk = chunk[keep]
+            col, repeats, fill = chunk[np.isfinite(chunk)], 0, 0.0
             missing += chunk.size - col.size
             if not col.size:
                 continue
             total = np.add.reduce(col)
-        part_mean, part_m2 = _chunk_moments(col, total)
+        size = col.size - repeats
+        part_mean, part_m2 = _chunk_moments(col, total, size, repeats, fill)
         part_low, part_high = np.minimum.reduce(col), np.maximum.reduce(col)
         sketch.add_counts(counts, col, part_low, part_high)
-        merged = count + col.size  # Chan et al.'s pairwise update, as in ColumnStatistics.update
+        if repeats:
+            counts[sketch.bin_of(fill)] -= repeats
+        merged = count + size  # Chan et al.'s pairwise update, as in ColumnStatistics.update
         delta = part_mean - mean
-        share = col.size / merged
+        share = size / merged
         m2 = m2 + part_m2 + delta**2 * count * share
         mean = mean + delta * share
         count, low, high = merged, min(low, part_low), max(high, part_high)

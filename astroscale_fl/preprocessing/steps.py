@@ -16,7 +16,7 @@ import numpy as np
 
 from astroscale_fl.errors import ConfigError, DataError
 from astroscale_fl.preprocessing.base import Columns, Step, select
-from astroscale_fl.preprocessing.chunks import CHUNK_ROWS
+from astroscale_fl.preprocessing.chunks import CHUNK_ROWS, parallel_map, threads
 from astroscale_fl.preprocessing.statistics import ColumnStatistics
 
 
@@ -37,22 +37,19 @@ class RangeValidator(Step):
             inside &= np.abs(values) != np.inf
         return inside
 
-    def failures(self, columns: Columns) -> tuple[np.ndarray, np.ndarray]:
-        """(row fails, index into ``ranges`` of the first failing column or -1) per row.
+    def failures(self, columns: Columns, finite: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(row fails, index into ``ranges`` of the first failing column or -1) per row; a row whose
+        ``finite`` value (e.g. the target) is NaN or infinite also fails, with index ``len(ranges)``.
 
-        Walks the rows in cache-sized chunks: per chunk and column two comparisons into one
-        reused buffer; only a chunk with a failing row pays for finding which column failed."""
-        n = len(next(iter(columns.values()))) if columns else 0
+        Walks the rows in cache-sized chunks, spread over threads: per chunk and column two
+        comparisons into reused buffers; only a chunk with a failing row pays for finding which
+        column failed."""
+        n = len(next(iter(columns.values()))) if columns else len(finite) if finite is not None else 0
         first = np.full(n, -1, dtype=np.int32)  # a column index: int32 is plenty, and half the memory
         checks = [(j, np.asarray(columns[name]), lo, hi) for j, (name, (lo, hi)) in enumerate(self.ranges.items())]
-        bad, scratch = np.empty(min(n, CHUNK_ROWS), dtype=bool), np.empty(min(n, CHUNK_ROWS), dtype=bool)
-        with np.errstate(invalid="ignore"):
-            for start in range(0, n, CHUNK_ROWS):
-                stop = min(start + CHUNK_ROWS, n)
-                failed = [j for j, values, lo, hi in checks if _outside(values[start:stop], lo, hi, bad[: stop - start], scratch[: stop - start]).any()]
-                for j in reversed(failed):  # the first failing column wins
-                    _, values, lo, hi = checks[j]
-                    first[start:stop][_outside(values[start:stop], lo, hi, bad[: stop - start], scratch[: stop - start])] = j
+        starts = range(0, n, CHUNK_ROWS)
+        workers = max(1, min(threads(), len(starts)))
+        parallel_map(lambda part: _first_failures(checks, finite, first, starts[part::workers]), range(workers), n)
         return first >= 0, first
 
     def transform(self, columns: Columns) -> Columns:
@@ -62,6 +59,22 @@ class RangeValidator(Step):
             if not inside.all():
                 out[name] = np.where(inside, columns[name], np.nan)
         return out
+
+
+def _first_failures(checks, finite: np.ndarray | None, first: np.ndarray, starts) -> None:
+    """:meth:`RangeValidator.failures` for the chunks at ``starts`` (one thread)."""
+    bad, scratch = np.empty(CHUNK_ROWS, dtype=bool), np.empty(CHUNK_ROWS, dtype=bool)
+    with np.errstate(invalid="ignore"):
+        for start in starts:
+            stop = min(start + CHUNK_ROWS, len(first))
+            rows = slice(start, stop)
+            out, spare = bad[: stop - start], scratch[: stop - start]
+            if finite is not None and not np.isfinite(finite[rows], out=out).all():
+                first[rows][~out] = len(checks)  # the last label: any failing column below overrides it
+            failed = [j for j, values, lo, hi in checks if _outside(values[rows], lo, hi, out, spare).any()]
+            for j in reversed(failed):  # the first failing column wins
+                _, values, lo, hi = checks[j]
+                first[rows][_outside(values[rows], lo, hi, out, spare)] = j
 
 
 def _outside(values: np.ndarray, lo: float, hi: float, out: np.ndarray, scratch: np.ndarray) -> np.ndarray:

