@@ -1,6 +1,7 @@
 """Warm ClientApp runtime, node metrics and the node's privacy floor, with real processes on 127.0.0.1.
 
-One SuperLink (TLS + node auth) for the module; tests run in file order:
+One SuperLink (TLS + node auth), the session's ``warm_fed`` (tests/deploy/conftest.py, shared with the
+privacy deployment tests); tests run in file order:
 warm run (metrics, status, permissions) -> privacy floor -> killed launcher -> cold run, same weights.
 Warm nodes run the fast-poll SuperNode (`astroscale-fl node supernode`) and the launcher's app
 cache; the cold ones plain `flower-supernode` and `flwr-clientapp`.
@@ -20,32 +21,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from astroscale_fl.deploy.local import ROOT, LocalFederation, install_cleanup_handlers
+from astroscale_fl.deploy.local import ROOT, LocalFederation
 from astroscale_fl.deploy.node_status import read_status
-from tests.deploy.conftest import TINY, free_port, scrape, wait_for, wait_run, weights
+from tests.deploy.conftest import TINY, online_nodes, scrape, wait_for, wait_run, weights
 
 pytestmark = pytest.mark.slow
 
 PLAIN = [*TINY, "federation.num_nodes=2", "federation.num_rounds=2", "federation.fraction_evaluate=1", "federation.metrics_port=0"]
 SLOW_MACHINE = 480.0  # seconds for a run: CI machines are shared
-
-
-@pytest.fixture(scope="module")
-def warm_fed(tmp_path_factory):
-    """SuperLink with 3 registered node keys; nodes 1 and 2 running with the warm runtime and metrics."""
-    install_cleanup_handlers()
-    fed = LocalFederation(tmp_path_factory.mktemp("warm"))
-    try:
-        fed.prepare(3, [*TINY, "federation.num_nodes=3"], num_keys=4)
-        fed.start_superlink()
-        for i in (1, 2, 3, 4):
-            fed.register(i)
-        fed.metrics_ports = {i: free_port() for i in (1, 2)}
-        for i in (1, 2):
-            fed.start_node(i, warm=True, metrics_port=fed.metrics_ports[i])
-        yield fed
-    finally:
-        fed.close()
 
 
 def node_dir(fed: LocalFederation, i: int) -> Path:
@@ -235,6 +218,8 @@ def test_cold_nodes_give_the_warm_runs_weights(warm_fed, warm_run, tmp_path):
     warm_fed.start_node(1, warm=False)
     warm_fed.start_node(2, data_index=2, key_index=3, warm=False)
     wait_for(lambda: any("flower-supernode" in c for c in group_commands(warm_fed, 1)), 60, "plain flower-supernode")
+    both = {warm_fed.node_ids[1], warm_fed.node_ids[3]}
+    wait_for(lambda: online_nodes(warm_fed) >= both, 120, "the cold nodes online")  # a run started sooner may miss one
     assert not any("node supernode" in c for c in group_commands(warm_fed, 1) + group_commands(warm_fed, 2))
     out = tmp_path / "cold"
     wait_run(warm_fed.run(PLAIN, out), timeout=SLOW_MACHINE, fed=warm_fed)
