@@ -22,8 +22,8 @@ ONE_ROUND = [*TINY, "federation.num_nodes=2", "federation.num_rounds=1"]
 def test_secaggplus_with_dp_sgd_and_dp_statistics(warm_fed, tmp_path):
     """Masked aggregation across processes; the statistics release and DP-SGD in each node's ledger."""
     proc = warm_fed.run([*ONE_ROUND, "federation.secure_aggregation=secaggplus", "federation.secaggplus.num_shares=2",
-                           "federation.secaggplus.reconstruction_threshold=2", "privacy=dp_sgd",
-                           "privacy.statistics_epsilon=1.0"], tmp_path)
+                         "federation.secaggplus.reconstruction_threshold=2", "privacy=dp_sgd",
+                         "privacy.statistics_epsilon=1.0"], tmp_path)
     wait_run(proc, timeout=900, fed=warm_fed)  # five message exchanges per round, a process each
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["rounds"] == 1 and metrics["nodes_failed"] == 0
@@ -47,8 +47,8 @@ def test_node_level_dp_fedavg(warm_fed, tmp_path):
 def test_distributed_dp_fedavg_over_secaggplus(warm_fed, tmp_path):
     """Both archives clip and add their noise share before masking; the centre unmasks only the noisy sum."""
     proc = warm_fed.run([*ONE_ROUND, "privacy=dp_fedavg", "federation.secure_aggregation=secaggplus",
-                           "federation.secaggplus.num_shares=2", "federation.secaggplus.reconstruction_threshold=2",
-                           "federation.secaggplus.clipping_range=4"], tmp_path)
+                         "federation.secaggplus.num_shares=2", "federation.secaggplus.reconstruction_threshold=2",
+                         "federation.secaggplus.clipping_range=4"], tmp_path)
     wait_run(proc, timeout=900, fed=warm_fed)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["rounds"] == 1 and metrics["nodes_failed"] == 0
