@@ -203,13 +203,20 @@ class LocalFederation:
 
     def kill_node(self, index: int, sig: int = signal.SIGKILL) -> None:
         """Kill SuperNode ``index`` and its children (a crashed archive)."""
-        proc = self.nodes.pop(index)
-        _signal_group(proc, sig)
-        try:
-            proc.wait(timeout=10 if sig == signal.SIGKILL else 60)  # a SIGTERM'd SuperNode leaves the federation first
-        except subprocess.TimeoutExpired:
-            _signal_group(proc, signal.SIGKILL)
-            proc.wait(timeout=10)
+        self.kill_nodes([index], sig)
+
+    def kill_nodes(self, indices: list[int], sig: int = signal.SIGKILL) -> None:
+        """Signal every SuperNode in ``indices`` (with its children) first, then wait for each: they stop together."""
+        procs = [self.nodes.pop(i) for i in indices]
+        for proc in procs:
+            _signal_group(proc, sig)
+        deadline = time.monotonic() + (10 if sig == signal.SIGKILL else 60)  # a SIGTERM'd SuperNode leaves the federation first
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _signal_group(proc, signal.SIGKILL)
+                proc.wait(timeout=10)
 
     # -- shutdown ----------------------------------------------------------------------------
 

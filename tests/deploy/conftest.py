@@ -35,6 +35,37 @@ def federation(tmp_path_factory):
         fed.close()
 
 
+@pytest.fixture(scope="session")
+def warm_fed(tmp_path_factory):
+    """SuperLink (TLS + node auth) with 4 registered node keys and data for 3 nodes; nodes 1 and 2 running
+    with the warm runtime and metrics. One per session: the privacy deployment tests and the warm-runtime
+    tests share it (each run is its own Flower run; what a test changes it undoes or checks per node)."""
+    install_cleanup_handlers()
+    fed = LocalFederation(tmp_path_factory.mktemp("warm"))
+    try:
+        fed.prepare(3, [*TINY, "federation.num_nodes=3"], num_keys=4)
+        fed.start_superlink()
+        for i in (1, 2, 3, 4):
+            fed.register(i)
+        fed.metrics_ports = {i: free_port() for i in (1, 2)}
+        for i in (1, 2):
+            fed.start_node(i, warm=True, metrics_port=fed.metrics_ports[i])
+        wait_for(lambda: online_nodes(fed) >= {fed.node_ids[1], fed.node_ids[2]}, 60, "nodes 1 and 2 online")
+        yield fed
+    finally:
+        fed.close()
+
+
+def online_nodes(fed: LocalFederation) -> set[str]:
+    """Ids of the SuperNodes the SuperLink lists as online (`flwr supernode ls`)."""
+    out = fed.flwr("supernode", "ls", "local", "--format", "json", check=False).stdout
+    try:
+        nodes = json.loads(out[out.index("{"):])["nodes"]
+    except ValueError:
+        return set()
+    return {str(n.get("node-id")) for n in nodes if n.get("status") == "online"}
+
+
 def wait_run(proc, timeout: float = RUN_TIMEOUT, fed: LocalFederation | None = None) -> None:
     try:
         code = proc.wait(timeout=timeout)
@@ -61,7 +92,7 @@ def scrape(port: int) -> dict[str, float]:
     return out
 
 
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -86,4 +117,4 @@ def weights(out_dir: Path) -> dict[str, torch.Tensor]:
     return torch.load(out_dir / "model" / "weights.pt", weights_only=True)
 
 
-__all__ = ["TINY", "checkpoint_round", "free_port", "scrape", "wait_for", "wait_run", "weights"]
+__all__ = ["TINY", "checkpoint_round", "free_port", "online_nodes", "scrape", "wait_for", "wait_run", "weights"]

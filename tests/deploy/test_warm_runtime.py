@@ -1,6 +1,7 @@
 """Warm ClientApp runtime, node metrics and the node's privacy floor, with real processes on 127.0.0.1.
 
-One SuperLink (TLS + node auth) for the module; tests run in file order:
+One SuperLink (TLS + node auth), the session's ``warm_fed`` (tests/deploy/conftest.py, shared with the
+privacy deployment tests); tests run in file order:
 warm run (metrics, status, permissions) -> privacy floor -> killed launcher -> cold run, same weights.
 Warm nodes run the fast-poll SuperNode (`astroscale-fl node supernode`) and the launcher's app
 cache; the cold ones plain `flower-supernode` and `flwr-clientapp`.
@@ -20,32 +21,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from astroscale_fl.deploy.local import ROOT, LocalFederation, install_cleanup_handlers
+from astroscale_fl.deploy.local import ROOT, LocalFederation
 from astroscale_fl.deploy.node_status import read_status
-from tests.deploy.conftest import TINY, free_port, scrape, wait_for, wait_run, weights
+from tests.deploy.conftest import TINY, online_nodes, scrape, wait_for, wait_run, weights
 
 pytestmark = pytest.mark.slow
 
 PLAIN = [*TINY, "federation.num_nodes=2", "federation.num_rounds=2", "federation.fraction_evaluate=1", "federation.metrics_port=0"]
 SLOW_MACHINE = 480.0  # seconds for a run: CI machines are shared
-
-
-@pytest.fixture(scope="module")
-def warm_fed(tmp_path_factory):
-    """SuperLink with 3 registered node keys; nodes 1 and 2 running with the warm runtime and metrics."""
-    install_cleanup_handlers()
-    fed = LocalFederation(tmp_path_factory.mktemp("warm"))
-    try:
-        fed.prepare(3, [*TINY, "federation.num_nodes=3"], num_keys=4)
-        fed.start_superlink()
-        for i in (1, 2, 3, 4):
-            fed.register(i)
-        fed.metrics_ports = {i: free_port() for i in (1, 2)}
-        for i in (1, 2):
-            fed.start_node(i, warm=True, metrics_port=fed.metrics_ports[i])
-        yield fed
-    finally:
-        fed.close()
 
 
 def node_dir(fed: LocalFederation, i: int) -> Path:
@@ -190,7 +173,7 @@ def test_killed_launcher_fails_the_round_and_keeps_the_ledger(warm_fed, tmp_path
     out = tmp_path / "killed"
     dp = ["privacy=dp_sgd", "privacy.target_epsilon=null", "privacy.noise_multiplier=1.0", "train.local_epochs=30",
           "train.batch_size=32", "federation.round_timeout=30", "federation.min_replies=1"]
-    proc = warm_fed.run([*PLAIN, "federation.num_rounds=4", *dp], out)
+    proc = warm_fed.run([*PLAIN, "federation.num_rounds=3", *dp], out)
 
     seen: list[dict] = []
 
@@ -209,7 +192,7 @@ def test_killed_launcher_fails_the_round_and_keeps_the_ledger(warm_fed, tmp_path
     os.kill(launcher_pid(warm_fed, 2), signal.SIGKILL)  # the warm process; its ClientApp child dies with it
     wait_run(proc, timeout=SLOW_MACHINE, fed=warm_fed)
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["rounds"] == 4 and metrics["nodes_failed"] >= 1
+    assert metrics["rounds"] == 3 and metrics["nodes_failed"] >= 1
     history = list(csv.DictReader((out / "history.csv").open()))
     assert int(history[killed_round - 1]["nodes_failed"]) >= 1
     messages = read_status(node_dir(warm_fed, 2))["messages"]
@@ -228,13 +211,14 @@ def _alive(pid: int) -> bool:
 
 
 def test_cold_nodes_give_the_warm_runs_weights(warm_fed, warm_run, tmp_path):
-    for i in (1, 2):
-        warm_fed.kill_node(i, signal.SIGTERM)
+    warm_fed.kill_nodes([1, 2], signal.SIGTERM)
     # same data directories; node 2 with key 3: after its killed launcher the old node id may still be
     # active at the SuperLink until its heartbeat expires (two nodes: reply order does not change a sum)
     warm_fed.start_node(1, warm=False)
     warm_fed.start_node(2, data_index=2, key_index=3, warm=False)
     wait_for(lambda: any("flower-supernode" in c for c in group_commands(warm_fed, 1)), 60, "plain flower-supernode")
+    both = {warm_fed.node_ids[1], warm_fed.node_ids[3]}
+    wait_for(lambda: online_nodes(warm_fed) >= both, 120, "the cold nodes online")  # a run started sooner may miss one
     assert not any("node supernode" in c for c in group_commands(warm_fed, 1) + group_commands(warm_fed, 2))
     out = tmp_path / "cold"
     wait_run(warm_fed.run(PLAIN, out), timeout=SLOW_MACHINE, fed=warm_fed)

@@ -122,8 +122,9 @@ def lsq_overrides(path, strategy):
 
 def test_scaffold_beats_fedavg_on_heterogeneous_least_squares(heterogeneous_least_squares):
     path = heterogeneous_least_squares
-    fedavg, grid, pipeline, *_ = federate(lsq_overrides(path, ["strategy=fedavg"]), rounds=30)
-    scaffold, *_ = federate(lsq_overrides(path, ["strategy=scaffold", "strategy.local_lr=0.05"]), rounds=30)
+    # 10 rounds: FedAvg already sits at its drifted fixed point (error ~0.31, as after 30), SCAFFOLD ~140x closer
+    fedavg, grid, pipeline, *_ = federate(lsq_overrides(path, ["strategy=fedavg"]), rounds=10)
+    scaffold, *_ = federate(lsq_overrides(path, ["strategy=scaffold", "strategy.local_lr=0.05"]), rounds=10)
     optimum = pooled_optimum(grid, pipeline)
     flat = lambda arrays: np.concatenate([arrays["linear.weight"].ravel(), arrays["linear.bias"].ravel()])  # noqa: E731
     err_fedavg = np.linalg.norm(flat(fedavg) - optimum)
