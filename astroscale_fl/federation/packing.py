@@ -75,8 +75,8 @@ def unpack_content(content: RecordDict) -> RecordDict:
         for record_key, entries in header["records"]:
             unpacked = {}
             for name, dtype, shape, stype, length in entries:
-                if offset + length > len(data):
-                    raise ValueError("layout runs past the data")
+                if not isinstance(length, int) or length < 0 or offset + length > len(data):
+                    raise ValueError(f"array {record_key}/{name}: length {length!r} outside the data")
                 unpacked[name] = Array(dtype=dtype, shape=tuple(shape), stype=stype, data=bytes(data[offset:offset + length]))
                 offset += length
             records[record_key] = array_record(unpacked)
@@ -85,6 +85,9 @@ def unpack_content(content: RecordDict) -> RecordDict:
         raise ValueError(f"packed record {PACKED_RECORD!r}: malformed ({exc})") from None
     if offset != len(data):
         raise ValueError(f"packed record {PACKED_RECORD!r}: {len(data) - offset} bytes past the layout")
+    others = [key for key in content.keys() if key != PACKED_RECORD]
+    if not isinstance(order, list) or sorted(map(str, order)) != sorted([*others, *records]) or set(records) & set(others):
+        raise ValueError(f"packed record {PACKED_RECORD!r}: its record order {str(order)[:80]} does not list each record once")
     out = RecordDict()
     for key in order:
         out[key] = records[key] if key in records else content[key]

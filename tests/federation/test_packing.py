@@ -1,5 +1,7 @@
 """One Array per message on the wire (astroscale_fl.federation.packing)."""
 
+import json
+
 import numpy as np
 import pytest
 from flwr.app import Array, ConfigRecord, Message, MetricRecord, RecordDict
@@ -74,7 +76,25 @@ def test_a_default_model_message_is_six_objects_instead_of_sixteen():
     assert (meta.dst_node_id, meta.message_type, meta.group_id, meta.ttl) == (orig.dst_node_id, orig.message_type, orig.group_id, orig.ttl)
 
 
-@pytest.mark.parametrize("damage", ["truncate", "extend", "header", "stype"])
+def with_layout(data: bytes, edit) -> bytes:
+    """Packed bytes whose JSON layout ``edit`` changed in place (the array bytes kept)."""
+    size = int.from_bytes(data[:8], "little")
+    layout = json.loads(data[8:8 + size])
+    edit(layout)
+    header = json.dumps(layout).encode()
+    return len(header).to_bytes(8, "little") + header + data[8 + size:]
+
+
+LAYOUT_DAMAGE = {  # a hostile node's layout: each must be refused, not crash the server or drop a record
+    "order drops a record": lambda layout: layout["order"].remove(protocol.METRICS_KEY),
+    "order repeats a record": lambda layout: layout["order"].append("arrays"),
+    "order names an unknown record": lambda layout: layout["order"].append("nowhere"),
+    "negative length": lambda layout: layout["records"][0][1][0].__setitem__(4, -8),
+    "length not a number": lambda layout: layout["records"][0][1][0].__setitem__(4, "8"),
+}
+
+
+@pytest.mark.parametrize("damage", ["truncate", "extend", "header", "stype", *LAYOUT_DAMAGE])
 def test_a_malformed_packed_record_is_a_clear_error(damage):
     packed = pack_content(content_with_everything())
     array = packed[PACKED_RECORD]["arrays"]
@@ -85,8 +105,10 @@ def test_a_malformed_packed_record_is_a_clear_error(damage):
         data = data + b"xyz"
     elif damage == "header":
         data = (5).to_bytes(8, "little") + b"{oops" + data[13:]
-    else:
+    elif damage == "stype":
         stype = "numpy.ndarray"
+    else:
+        data = with_layout(data, LAYOUT_DAMAGE[damage])
     packed[PACKED_RECORD] = array_record({"arrays": Array(dtype="uint8", shape=(len(data),), stype=stype, data=data)})
     with pytest.raises(ValueError, match="astroscale.packed"):
         unpack_content(packed)
