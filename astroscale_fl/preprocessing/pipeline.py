@@ -313,14 +313,19 @@ class Pipeline:
     def fit(self, frame) -> Pipeline:
         """Fit on the rows of one table (target included); an isolation forest is fitted on the
         table's valid rows after imputation and kept in the state."""
-        self.fit_statistics(self.compute_statistics(frame))
+        failing = self.quarantine(frame)[0]
+        self.fit_statistics(self.compute_statistics(frame, failing))
         forest = next((s for s in self.steps if isinstance(s, IsolationForestFilter)), None)
         if forest is not None:
-            columns = self._row_stage(self._columns(_rows(frame, ~self.quarantine(frame)[0]), self.inputs), validated=True)
-            for step in self.steps[self._split:self.steps.index(forest)]:
-                columns = step.transform(columns)
-            forest.fit_rows(columns)
+            columns = self._row_stage(self._columns(_rows(frame, ~failing), self.inputs), validated=True)
+            forest.fit_rows(self._learned_until(forest, columns))
         return self
+
+    def _learned_until(self, step, columns: Columns) -> Columns:
+        """``columns`` (after the row-wise steps) through the learned steps before ``step``."""
+        for before in self.steps[self._split:self.steps.index(step)]:
+            columns = before.transform(columns)
+        return columns
 
     # --- transforming -------------------------------------------------------------------------
 
@@ -371,15 +376,10 @@ class Pipeline:
 
     def outlier_rows(self, frame) -> np.ndarray:
         """Rows ``preprocess.outlier_action=drop`` removes from training (all False otherwise)."""
-        if not any(_drops_rows(s) for s in self.steps):
+        dropping = next((s for s in self.steps if _drops_rows(s)), None)
+        if dropping is None:
             return np.zeros(len(frame[self.inputs[0]]), dtype=bool)  # nothing to drop: no transform to run
-        columns = self._row_stage(self._columns(frame, self.inputs))
-        n = len(next(iter(columns.values())))
-        for step in self.steps[self._split:]:
-            if _drops_rows(step):
-                return step.outlier_rows(columns)
-            columns = step.transform(columns)
-        return np.zeros(n, dtype=bool)
+        return dropping.outlier_rows(self._learned_until(dropping, self._row_stage(self._columns(frame, self.inputs))))
 
     # --- state --------------------------------------------------------------------------------
 
