@@ -85,14 +85,18 @@ def secagg_params(cfg) -> SecAggPlusParams:
 
 
 def distributed_dp_range(cfg) -> float:
-    """The clipping range distributed DP-FedAvg needs: C + NOISE_MARGIN x a node's noise std
-    (σC / sqrt(m)), rounded up to 0.1."""
+    """:func:`needed_range` of the run's distributed DP-FedAvg, rounded up to 0.1."""
     from astroscale_fl.privacy.node_level import NodeLevelSettings
 
     settings = NodeLevelSettings.from_config(cfg.privacy)
     params = SecAggPlusParams.from_config({**cfg.federation.secaggplus, "clipping_range": 1.0})
-    needed = settings.clipping_norm + NOISE_MARGIN * settings.noise_multiplier * settings.clipping_norm / math.sqrt(noise_share_nodes(settings, params))
-    return math.ceil(10 * needed - 1e-9) / 10
+    return math.ceil(10 * needed_range(settings, noise_share_nodes(settings, params)) - 1e-9) / 10
+
+
+def needed_range(settings, shares: int) -> float:
+    """The smallest clipping range that practically never clips a node's noised update under
+    distributed DP-FedAvg: C + NOISE_MARGIN x a node's noise std (σC / sqrt(m))."""
+    return settings.clipping_norm + NOISE_MARGIN * settings.noise_multiplier * settings.clipping_norm / math.sqrt(shares)
 
 
 def check_config(cfg) -> None:
@@ -120,7 +124,7 @@ def check_distributed_dp(cfg) -> None:
     if shares < params.reconstruction_threshold or (nodes is not None and shares > int(nodes)):
         raise ConfigError(f"privacy.distributed_noise_nodes: expected an integer in [reconstruction_threshold="
                           f"{params.reconstruction_threshold}, num_nodes={nodes}], got {shares}")
-    needed = settings.clipping_norm + NOISE_MARGIN * settings.noise_multiplier * settings.clipping_norm / math.sqrt(shares)
+    needed = needed_range(settings, shares)
     if params.clipping_range < needed:
         raise ConfigError(f"federation.secaggplus.clipping_range: expected >= {needed:.4g} under distributed DP-FedAvg "
                           f"(clipping_norm + {NOISE_MARGIN:g} x each node's noise std), got {params.clipping_range:g}")
