@@ -17,6 +17,7 @@ import numpy as np
 from astroscale_fl.errors import DataError
 
 TREE_FIELDS = ("left", "right", "feature", "threshold", "leaf_depth")
+MAX_DEPTH = 12  # scikit-learn's trees on 256 samples are at most 8 deep; deeper is not a forest we wrote
 
 
 def export_forest(forest) -> dict[str, Any]:
@@ -32,9 +33,6 @@ def export_forest(forest) -> dict[str, Any]:
                       "feature": tree.feature.tolist(), "threshold": tree.threshold.tolist(),
                       "leaf_depth": (np.asarray(depth, np.float64) + average - 1.0).tolist()})
     return {"trees": trees, "denominator": float(len(trees) * _average_path_length([forest._max_samples])[0])}
-
-
-MAX_DEPTH = 12  # scikit-learn's trees on 256 samples are at most 8 deep; deeper is not a forest we wrote
 
 
 def tree_depths(left: np.ndarray, right: np.ndarray) -> np.ndarray:
@@ -129,6 +127,7 @@ def check_forest(path: str, value: Any, columns: int | None = None) -> dict[str,
             fail(f"{where}.feature", f"column indices in [0, {columns})", feature[inner & ((feature < 0) | (feature >= columns))][:3])
         if not np.all(np.isfinite(threshold[inner])) or not np.all(np.isfinite(leaf_depth)):
             fail(f"{where}.threshold/leaf_depth", "finite numbers", "")
-        if tree_depths(left, right).max() > MAX_DEPTH:
-            fail(where, f"a tree at most {MAX_DEPTH} levels deep", tree_depths(left, right).max())
+        depth = tree_depths(left, right).max()
+        if depth > MAX_DEPTH:
+            fail(where, f"a tree at most {MAX_DEPTH} levels deep", depth)
     return {"trees": trees, "denominator": float(denominator)}
