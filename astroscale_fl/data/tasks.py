@@ -20,6 +20,7 @@ from astroscale_fl.data.checks import (
     check_task_frame,
     coerce_numeric,
 )
+from astroscale_fl.data.filter_expr import parse_filter
 from astroscale_fl.data.sources import hipparcos
 from astroscale_fl.data.split import PartitionColumns
 from astroscale_fl.data.tables import read_table
@@ -130,10 +131,7 @@ def load_catalog(task_cfg) -> pd.DataFrame:
         raise DataError(f"{task_cfg.path}: missing column(s) {short_list(missing)}; columns are {short_list(table.columns, 30)}")
     check_has_rows(table, f"task.path {task_cfg.path}")
     if task_cfg.get("filter"):
-        try:
-            table = table.query(str(task_cfg.filter))
-        except Exception as exc:  # pandas raises many types for a bad expression
-            raise DataError(f"task.filter: cannot apply {task_cfg.filter!r} ({str(exc).splitlines()[0]})") from None
+        table = parse_filter(task_cfg.filter).apply(table)
     id_column = task_cfg.get("id_column")
     ids = table[id_column].astype(str) if id_column else np.arange(len(table)).astype(str)
     table = table.drop(columns=["id"], errors="ignore")
@@ -147,6 +145,8 @@ def catalog_task(task_cfg) -> TaskSpec:
     if not features:
         raise ConfigError("task.features: list the input columns, e.g. 'task.features=[teff,logg,fe_h]'")
     check_task_columns(features, str(task_cfg.target))
+    if task_cfg.get("filter"):
+        parse_filter(task_cfg.filter)  # refused before any data is read
     return TaskSpec(
         name="catalog",
         target=str(task_cfg.target),
