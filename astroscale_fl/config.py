@@ -237,5 +237,25 @@ def to_json(cfg: DictConfig, without: tuple[str, ...] = ()) -> str:
 
 
 def from_json(text: str, without: tuple[str, ...] = ()) -> DictConfig:
-    """Inverse of :func:`to_json`, validated."""
-    return validate(OmegaConf.create(json.loads(text)), without=without)
+    """Inverse of :func:`to_json`, validated.
+
+    The text may come from another machine (a node reads the server's run config): :func:`to_json`
+    writes resolved values only, so an interpolation (``${oc.env:SECRET}``), which the reader would
+    resolve against its own environment, is refused with the key that holds it."""
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ConfigError(f"run config: not JSON ({one_line(str(exc))})") from None
+    _refuse_interpolations(data, "")
+    return validate(OmegaConf.create(data), without=without)
+
+
+def _refuse_interpolations(value: Any, key: str) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _refuse_interpolations(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _refuse_interpolations(v, f"{key}[{i}]")
+    elif isinstance(value, str) and "${" in value:
+        raise ConfigError(f"{key}: {value[:60]!r} holds an interpolation; a run config carries resolved values only")

@@ -144,3 +144,17 @@ def test_a_hostile_servers_filter_runs_no_code_on_a_node(tmp_path, monkeypatch, 
     with pytest.raises(ConfigError, match=r"^task\.filter") as err:
         client.handle_query(msg, engine.simulation_node_configs(2)[0])
     assert not (tmp_path / "pwned").exists() and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("value", ["${oc.env:HOME}", "x${oc.decode:'[1]'}"])
+def test_a_run_config_from_a_server_cannot_make_a_node_resolve_interpolations(tmp_path, value):
+    """``${oc.env:...}`` in the server's JSON would read the node's environment into its config
+    (and into error replies that go back to the server): refused, naming the key."""
+    stars = _stars(tmp_path / "cat.csv")
+    cfg = config.validate(config.compose(["task=catalog", f"task.path={stars}", "task.target=y", "task.features=[ra,b]"]))
+    run_config = json.loads(config.to_json(cfg))
+    run_config["task"]["path"] = value
+    with pytest.raises(ConfigError, match=r"^task\.path: .* holds an interpolation"):
+        config.from_json(json.dumps(run_config))
+    with pytest.raises(ConfigError, match="run config: not JSON"):
+        config.from_json("{" * 10)
