@@ -6,8 +6,9 @@ validation, and appends each batch's encoded rows to ``features.npy``, ``target.
 table has the target) and ``row_ids.npy``, so memory stays at one batch whatever the table's size.
 When fitting, the encoding pass replays the last batches of the statistics pass that fit in
 ``preprocess.cache_bytes`` (:mod:`.batch_cache`) and decodes only the rows before them; a table of
-one batch is decoded once. Files are written under temporary names and
-renamed into place at the end; a crash leaves no file that looks whole.
+one batch is decoded once. Files are written into one temporary directory and moved into place
+at the end (:func:`astroscale_fl.atomic.atomic_files`); a crash leaves no file that looks whole,
+and the next write removes a dead writer's temporary directory.
 
 :func:`cached_tensors` keeps those files in a node's cache directory, keyed by the table's
 fingerprint and the pipeline's state, and opens them with ``np.load(mmap_mode="r")``: a later
@@ -18,8 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from astroscale_fl.atomic import write_text
+from astroscale_fl.atomic import atomic_files, write_text
 from astroscale_fl.data.batch_cache import DEFAULT_CACHE_BYTES, BatchCache
 from astroscale_fl.errors import DataError
 from astroscale_fl.preprocessing import Pipeline
@@ -147,7 +146,6 @@ def encode_table(path: str | Path, pipeline: Pipeline, out_dir: str | Path, *, f
         raise DataError(f"{path}: missing column(s) {missing}; columns are {present[:20]}")
     if arrow:
         check_arrow_names(pipeline.features)
-    out_dir.mkdir(parents=True, exist_ok=True)  # only once the input is known to fit
 
     def decoded(stop: int | None = None):
         """(table position, table rows, selected batch) per batch of the rows before ``stop`` (all when None)."""
@@ -192,20 +190,29 @@ def encode_table(path: str | Path, pipeline: Pipeline, out_dir: str | Path, *, f
             if progress:
                 progress(rows)
             yield batch, verdict
-    suffix = f".tmp-{os.getpid()}"
-    writers = {"x": NpyAppender(out_dir / (FEATURES + suffix), "<f4", len(pipeline.features)),
-               "ids": NpyAppender(out_dir / (ROW_IDS + suffix), "<i8", None)}
+
+    with atomic_files(out_dir, last=FEATURES) as tmp:  # out_dir gets every file, or none (not even the folder)
+        writers, quarantine, rows_in, dropped = _encode_into(tmp, pipeline, encode_pass(), with_target, training, arrow)
+    written = writers["x"].rows
+    return Summary(rows_in, written, quarantine.rows, dropped, time.perf_counter() - start)
+
+
+def _encode_into(out_dir: Path, pipeline: Pipeline, batches, with_target: bool, training: bool, arrow: bool):
+    """Write the tensor files of ``batches`` (batch, verdict or None) into ``out_dir``."""
+    target = pipeline.target.target
+    writers = {"x": NpyAppender(out_dir / FEATURES, "<f4", len(pipeline.features)),
+               "ids": NpyAppender(out_dir / ROW_IDS, "<i8", None)}
     if with_target:
-        writers["y"] = NpyAppender(out_dir / (TARGET + suffix), "<f4", None)
+        writers["y"] = NpyAppender(out_dir / TARGET, "<f4", None)
     if arrow:
-        writers["arrow"] = ArrowAppender(out_dir / (ARROW + suffix), pipeline.features, target if with_target else None)
-    quarantine = _QuarantineWriter(out_dir / (QUARANTINE + suffix))
+        writers["arrow"] = ArrowAppender(out_dir / ARROW, pipeline.features, target if with_target else None)
+    quarantine = _QuarantineWriter(out_dir / QUARANTINE)
     rows_in = dropped = 0
     # two output buffers, alternating: the features.npy writer holds at most one batch in flight,
     # and reused pages spare the kernel a fresh-page fault per 4 kB of every batch's output
     buffers: list[np.ndarray] = [np.empty((0, len(pipeline.features)), dtype=np.float32)] * 2
     try:
-        for batch, verdict in encode_pass():
+        for batch, verdict in batches:
             rows_in += len(batch[ROW])
             failing, names, reasons = verdict or pipeline.quarantine(batch, with_target)
             quarantine.append(batch[ROW][failing], names, reasons)
@@ -232,16 +239,12 @@ def encode_table(path: str | Path, pipeline: Pipeline, out_dir: str | Path, *, f
             w.close()
         quarantine.close()
         write_text(out_dir / PIPELINE, json.dumps(pipeline.state_dict(), indent=1))
-        for w in writers.values():
-            os.replace(w.path, out_dir / w.path.name[: -len(suffix)])
-        os.replace(quarantine.path, out_dir / QUARANTINE)
     except BaseException:
         for w in writers.values():
             w.abort()
         quarantine.abort()
         raise
-    written = writers["x"].rows
-    return Summary(rows_in, written, quarantine.rows, dropped, time.perf_counter() - start)
+    return writers, quarantine, rows_in, dropped
 
 
 class ArrowAppender:
@@ -344,15 +347,6 @@ def cached_tensors(cache_dir: str | Path, path: str | Path, pipeline: Pipeline, 
     """Memory-mapped tensor files of the selected rows of ``path`` under the fitted ``pipeline``,
     written into ``cache_dir/<key>/`` on first use."""
     final = Path(cache_dir) / cache_key(path, pipeline, selection_key, str(id_column), str(training))
-    if not (final / FEATURES).is_file():
-        tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
-            encode_table(path, pipeline, tmp, fit=False, chunk_rows=chunk_rows, id_column=id_column, select=select, training=training)
-            try:
-                os.rename(tmp, final)
-            except OSError:  # another process finished first: use its files
-                pass
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    if not (final / FEATURES).is_file():  # another process writing the same key writes the same files
+        encode_table(path, pipeline, final, fit=False, chunk_rows=chunk_rows, id_column=id_column, select=select, training=training)
     return open_tensors(final)
