@@ -218,7 +218,8 @@ def _check_preprocess(section) -> None:
     require(section.polynomial_degree >= 2, "preprocess.polynomial_degree", "an integer >= 2", section.polynomial_degree)
     known = ("distance_pc", "polynomial", "interactions", "temporal")
     require(all(f in known for f in section.features), "preprocess.features", f"some of {list(known)}", list(section.features))
-    require(section.chunk_rows is None or section.chunk_rows >= 1, "preprocess.chunk_rows", "a positive integer or null", section.chunk_rows)
+    require(section.chunk_rows is None or 1 <= section.chunk_rows <= 100_000_000, "preprocess.chunk_rows",  # a batch is held in memory
+            "a number of rows in 1..100000000 or null", section.chunk_rows)
     require(section.cache_bytes >= 0, "preprocess.cache_bytes", "a number of bytes >= 0", section.cache_bytes)
 
 

@@ -164,13 +164,13 @@ CASES: dict[str, tuple[Callable[[Path], Path], list[str], list[str]]] = {
     "zero_byte_parquet": (_empty_parquet, [], ["stars.parquet", "empty file"]),
     "mixed_directory": (_mixed_directory, [], ["b.parquet", "cannot read"]),
     "zero_byte_csv": (lambda t: _csv(t, ""), [], ["stars.csv", "empty file"]),
-    "binary_csv": (lambda t: _csv(t, os.urandom(3000) + b"\xff\xfe"), [], ["stars.csv", "not a UTF-8 text"]),
+    "binary_csv": (lambda t: _csv(t, np.random.default_rng(1).bytes(3000)), [], ["stars.csv", "not a UTF-8 text"]),
     "text_feature": (_text_feature, [], ["column 'teff'", "not a number", "'cold'"]),
     "header_only_csv": (lambda t: _csv(t, "ra,teff,z\n"), [], ["stars.csv", "no data rows"]),
     "all_empty_target": (_empty_target, [], ["task.target 'z'", "every value is empty"]),
     "duplicate_columns_parquet": (_duplicate_parquet, [], ["stars.parquet", "'teff'", "more than once"]),
     "duplicate_columns_csv": (lambda t: _csv(t, "ra,teff,teff,z\n1,5000,5001,0.1\n"), [], ["stars.csv", "'teff'", "more than once"]),
-    "ragged_csv": (_ragged, [], ["stars.csv", "line 7", "4 fields", "3"]),
+    "ragged_csv": (_ragged, [], ["stars.csv", "Expected 3 fields in line 6, saw 4"]),
     "duplicate_feature": (_parquet, ["task.features=[ra,teff,ra]"], ["task.features", "'ra'", "more than once"]),
     "chunk_rows_huge": (_parquet, ["preprocess.chunk_rows=1000000000000"], ["preprocess.chunk_rows", "1000000000000"]),
     "chunk_rows_zero": (_parquet, ["preprocess.chunk_rows=0"], ["preprocess.chunk_rows"]),
@@ -179,6 +179,7 @@ CASES: dict[str, tuple[Callable[[Path], Path], list[str], list[str]]] = {
     "output_inside_input_directory": (_mixed_directory, ["--output", "{tmp}/cat/enc"], ["--output", "inside the input"]),
     "output_under_a_file": (_parquet, ["--output", "{tmp}/notes.txt/enc"], ["--output", "notes.txt", "not a directory"]),
     "output_is_a_file": (_parquet, ["--output", "{tmp}/notes.txt"], ["--output", "notes.txt", "not a directory"]),
+    "output_name_too_long": (_parquet, ["--output", "{tmp}/" + "x" * 300], ["--output", "cannot write", "too long"]),
     "preprocessing_lacks_a_feature": (_parquet, ["--preprocessing", "{fitted}"], ["--preprocessing", "fitted for inputs", "'logg'"]),
     "reference_missing": (_parquet, ["preprocess.reference={tmp}/nope.parquet"], ["preprocess.reference", "nope.parquet", "not found"]),
     "reference_without_target": (_parquet, ["preprocess.reference={tmp}/notarget.csv"], ["preprocess.reference", "notarget.csv", "'z'"]),
@@ -229,7 +230,7 @@ def test_bad_preprocess_input_is_one_line_and_writes_nothing(tmp_path, capsys, m
     err = capsys.readouterr().err.strip()
     assert exit_.value.code == USER_ERROR_EXIT and len(err.splitlines()) == 1 and err.startswith("error: "), err
     assert all(w in err for w in words) and len(err) <= MAX_LINE_CHARS + 7, err
-    assert not (tmp_path / "enc").exists() and not (tmp_path / "pwned").exists()
+    assert not (tmp_path / "enc").exists() and not (tmp_path / "pwned").exists() and not list(tmp_path.glob(".*"))
     assert {p: _digest(p) for p in (tmp_path / "in").iterdir()} == before  # inputs untouched, nothing added beside them
 
 

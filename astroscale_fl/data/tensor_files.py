@@ -68,6 +68,8 @@ class NpyAppender:
         self._pending: Future | None = None
 
     def append(self, rows: np.ndarray) -> None:
+        if not len(rows):
+            return
         data = memoryview(np.ascontiguousarray(rows, dtype=self.dtype)).cast("B")  # no bytes copy
         self._wait()
         self._pending = self._writer.submit(self._file.write, data)
@@ -146,11 +148,12 @@ def encode_table(path: str | Path, pipeline: Pipeline, out_dir: str | Path, *, f
         raise DataError(f"{path}: missing column(s) {missing}; columns are {present[:20]}")
     if arrow:
         check_arrow_names(pipeline.features)
+    numeric = [c for c in pipeline.inputs + ([target] if with_target else []) if c != pipeline.time_column]
 
     def decoded(stop: int | None = None):
         """(table position, table rows, selected batch) per batch of the rows before ``stop`` (all when None)."""
         position = 0
-        for batch in iter_batches(path, columns, chunk_rows):
+        for batch in iter_batches(path, columns, chunk_rows, numeric=numeric):
             rows = len(batch[ROW])
             if stop is not None and position + rows > stop:
                 batch, rows = {k: v[: stop - position] for k, v in batch.items()}, stop - position
@@ -179,7 +182,10 @@ def encode_table(path: str | Path, pipeline: Pipeline, out_dir: str | Path, *, f
             if cache is not None:
                 cache.offer(position, rows, batch, verdict, verdict[0].nbytes + verdict[1].nbytes + verdict[2].nbytes)
         if stats is None:
-            raise DataError(f"{path}: no rows to fit preprocessing on")
+            raise DataError(f"{path}: no data rows (header only?); nothing to fit preprocessing on")
+        if not stats.count[stats.columns.index(target)]:
+            raise DataError(f"{path}: task.target {target!r}: every value is empty / NaN (or its row fails validation); "
+                            f"nothing to fit preprocessing on")
         pipeline.fit_statistics(stats)
 
     def encode_pass():

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from astroscale_fl.errors import ConfigError, report_user_errors
+from astroscale_fl.errors import ConfigError, DataError, report_user_errors
 
 DESCRIPTION = """Fit the configured preprocessing on --input (a .parquet file, a directory of them, or a
 small .csv) in record batches (or on preprocess.reference, a public table), or apply a fitted
@@ -46,8 +46,11 @@ def check_output(source: str | Path, output: str | Path) -> None:
         raise ConfigError(f"--output {output}: inside the input {source} (it would write into the input dataset); "
                           f"name a folder outside it")
     existing = out
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    try:
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+    except OSError as exc:  # a name too long, a loop of links
+        raise ConfigError(f"--output {output}: cannot write ({exc.strerror})") from None
     if not existing.is_dir():
         raise ConfigError(f"--output {output}: {existing} is not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
@@ -100,9 +103,14 @@ def main(argv: list[str] | None = None) -> int:
     with Progress(TextColumn("preprocess"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=Console(stderr=True), disable=not show) as bar:
         handle = bar.add_task("rows", total=total * passes)
-        summary = encode_table(args.input, pipeline, args.output, fit=not fitted,
-                               chunk_rows=cfg.preprocess.chunk_rows, id_column=id_column,
-                               progress=lambda n: bar.advance(handle, n), arrow=args.arrow,
-                               cache_bytes=cfg.preprocess.cache_bytes)
+        try:
+            summary = encode_table(args.input, pipeline, args.output, fit=not fitted,
+                                   chunk_rows=cfg.preprocess.chunk_rows, id_column=id_column,
+                                   progress=lambda n: bar.advance(handle, n), arrow=args.arrow,
+                                   cache_bytes=cfg.preprocess.cache_bytes)
+        except OSError as exc:  # writing (a full disk, a name too long): reading errors are DataErrors
+            if not str(exc.filename or "").startswith(str(Path(args.output).resolve().parent)):
+                raise
+            raise DataError(f"--output {args.output}: cannot write ({exc.strerror or exc})") from None
     print(f"preprocess: {summary.line()} -> {args.output}")
     return 0
