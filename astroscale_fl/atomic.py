@@ -18,6 +18,23 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from astroscale_fl.errors import ConfigError
+
+
+def check_writable_folder(path: str | os.PathLike[str], key: str) -> None:
+    """Folder ``path`` exists or can be made, and can be written (``key`` names it in the error):
+    checked before any work, so a run does not fail at its end, or with a library's traceback."""
+    existing = Path(path).resolve()
+    try:
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+    except OSError as exc:  # a name too long, a loop of links
+        raise ConfigError(f"{key} {path}: cannot write ({exc.strerror})") from None
+    if not existing.is_dir():
+        raise ConfigError(f"{key} {path}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key} {path}: {existing} is not writable")
+
 
 def _umask() -> int:
     mask = os.umask(0)

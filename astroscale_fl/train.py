@@ -14,6 +14,7 @@ from itertools import product
 from omegaconf import DictConfig
 
 from astroscale_fl import config
+from astroscale_fl.atomic import check_writable_folder
 from astroscale_fl.errors import USER_ERROR_EXIT, AstroScaleError, ConfigError, one_line, report_user_errors
 
 _HYDRA_FLAGS_WITH_VALUE = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--experimental-rerun", "--info", "-i"}
@@ -84,6 +85,11 @@ def preflight(cfg: DictConfig) -> DictConfig:
         from astroscale_fl.preprocessing.reference import fit_reference
 
         fit_reference(get_task(cfg.task), cfg, cfg.preprocess.reference)
+    elif cfg.mode == "federated":
+        from astroscale_fl.preprocessing import Pipeline
+        from astroscale_fl.privacy.dp_statistics import check_statistics_round
+
+        check_statistics_round(cfg, get_task(cfg.task), Pipeline.from_config(get_task(cfg.task), cfg))
     cfg = resolve_num_nodes(cfg)
     if cfg.mode == "federated":
         num_nodes = int(cfg.federation.num_nodes)
@@ -128,6 +134,19 @@ def check_overrides(overrides: list[str]) -> None:
         preflight(config.validate(config.compose(list(combination))))
 
 
+def check_output_dirs(argv: list[str]) -> None:
+    """``hydra.run.dir`` / ``hydra.sweep.dir`` (the part before any ``${...}``) can be written:
+    one line instead of Hydra's traceback when it cannot."""
+    dirs = {"hydra.run.dir": "outputs", "hydra.sweep.dir": "multirun"}  # conf/config.yaml's defaults
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key.lstrip("+") in dirs:
+            dirs[key.lstrip("+")] = value
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    check_writable_folder(dirs[key].split("${")[0] or ".", key)
+
+
 @report_user_errors
 def main(argv: list[str]) -> int:
     """Entry for ``astroscale-fl train [overrides]``."""
@@ -136,6 +155,7 @@ def main(argv: list[str]) -> int:
     argv = config.noise_overrides_target(list(argv))
     if not any(a in ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c") for a in argv):
         check_overrides(user_overrides(argv))
+        check_output_dirs(argv)
     conf = str(config.conf_dir())
     sys.argv = ["astroscale-fl train", *argv]
     hydra.main(config_path=conf, config_name="config", version_base="1.3")(run_job)()

@@ -149,10 +149,8 @@ def preprocessing_source(grid: Grid, cfg: DictConfig, node_ids: list[int], resum
         pipeline, statistics = fit_reference(task, cfg, cfg.preprocess.reference)
         log(INFO, "preprocessing fitted on the public reference %s; no statistics round", statistics["path"])
         return PreprocessingSource(pipeline, None, statistics)  # no statistics round: row counts not asked for
-    stats_epsilon = dp_statistics.statistics_epsilon(cfg.privacy)
-    if stats_epsilon is not None:
-        dp_statistics.StatisticsRelease.for_pipeline(task, Pipeline.from_config(task, cfg))  # ranges exist, or a one-line error
-    elif cfg.privacy.name != "none":
+    stats_epsilon = dp_statistics.check_statistics_round(cfg, task, Pipeline.from_config(task, cfg))
+    if stats_epsilon is None and cfg.privacy.name != "none":
         log(WARNING, "the statistics round releases exact per-node aggregates that %s does not cover; set "
             "privacy.statistics_epsilon, or preprocess.reference to a public table", cfg.privacy.name)
     entries: list[dict] = []

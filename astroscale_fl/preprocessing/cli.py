@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
+from astroscale_fl.atomic import check_writable_folder
 from astroscale_fl.errors import ConfigError, DataError, report_user_errors
 
 DESCRIPTION = """Fit the configured preprocessing on --input (a .parquet file, a directory of them, or a
@@ -45,16 +45,7 @@ def check_output(source: str | Path, output: str | Path) -> None:
     if out == src or src in out.parents:
         raise ConfigError(f"--output {output}: inside the input {source} (it would write into the input dataset); "
                           f"name a folder outside it")
-    existing = out
-    try:
-        while not existing.exists() and existing != existing.parent:
-            existing = existing.parent
-    except OSError as exc:  # a name too long, a loop of links
-        raise ConfigError(f"--output {output}: cannot write ({exc.strerror})") from None
-    if not existing.is_dir():
-        raise ConfigError(f"--output {output}: {existing} is not a directory")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"--output {output}: {existing} is not writable")
+    check_writable_folder(output, "--output")
 
 
 @report_user_errors
