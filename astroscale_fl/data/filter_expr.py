@@ -53,12 +53,6 @@ class RowFilter:
     tree: ast.Expression
     quoted: dict[str, str]  # placeholder identifier -> backticked column name
 
-    @property
-    def columns(self) -> list[str]:
-        """The column names the filter reads, in order of appearance."""
-        names = [self.quoted.get(n.id, n.id) for n in ast.walk(self.tree) if isinstance(n, ast.Name) and n.id not in _FUNCTIONS]
-        return list(dict.fromkeys(names))
-
     def mask(self, column: Callable[[str], np.ndarray], rows: int) -> np.ndarray:
         """The boolean row mask over ``rows`` rows; ``column(name)`` gives a column's values.
 
@@ -196,7 +190,7 @@ class _Evaluator:
         self.filter, self.column = row_filter, column
 
     def fail(self, node: ast.AST, why: str) -> DataError:
-        segment = _BACKTICKS.sub(lambda m: m.group(1), ast.unparse(node))
+        segment = ast.unparse(node)
         for placeholder, name in self.filter.quoted.items():
             segment = segment.replace(placeholder, f"`{name}`")
         return DataError(f"{KEY} {self.filter.text!r}: cannot evaluate {segment[:60]!r} ({why})")
