@@ -28,9 +28,9 @@ def read_table(path: str | Path, role: str = "input file") -> pd.DataFrame:
         raise DataError(f"{role} {path}: expected a .csv or .parquet file")
     columns_of(path, role)
     try:
-        if path.is_dir() or path.suffix.lower() == ".parquet":
+        if path.is_dir():
             return dataset(path, role).to_table().to_pandas()
-        return pd.read_csv(path)
+        return pd.read_parquet(path) if path.suffix.lower() == ".parquet" else pd.read_csv(path)
     except DataError:
         raise
     except Exception as exc:  # pyarrow / pandas parse errors (a ragged CSV row, a file cut mid-row group)
