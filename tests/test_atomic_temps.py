@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 
 from astroscale_fl.atomic import atomic_files, atomic_path, write_text
-from tests.conftest import CLI, ROOT, cli_env
+from astroscale_fl.preprocessing.cli import main as preprocess_main
+from tests.conftest import ROOT, cli_env
 
 KILLED_WRITER = """
 import os, signal, sys
@@ -88,8 +89,7 @@ def test_preprocess_killed_mid_write_leaves_nothing_a_rerun_does_not_remove(tmp_
                             capture_output=True, text=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert not (tmp_path / "enc").exists() and len(_temps(tmp_path)) == 1
-    rerun = subprocess.run([*CLI, "preprocess", *args], cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stderr
+    assert preprocess_main(args) == 0  # the rerun, in this process
     assert _temps(tmp_path) == [] and not [p for p in (tmp_path / "enc").iterdir() if "tmp" in p.name]
     assert np.load(tmp_path / "enc" / "features.npy").shape == (40_000, 2)
 

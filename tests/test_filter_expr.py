@@ -7,7 +7,6 @@ handler fed a hostile run config: no file appears and the error is one clean lin
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +15,12 @@ import pytest
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 
 from astroscale_fl import config
+from astroscale_fl.cli import main as cli_main
 from astroscale_fl.data.filter_expr import parse_filter
-from astroscale_fl.errors import MAX_LINE_CHARS, AstroScaleError, ConfigError, DataError
+from astroscale_fl.errors import MAX_LINE_CHARS, USER_ERROR_EXIT, AstroScaleError, ConfigError, DataError
 from astroscale_fl.federation import client, engine, protocol
 from astroscale_fl.federation.messages import RUN_CONFIG_KEY, round_config
-from tests.conftest import CLI, ROOT, cli_env
+from tests.conftest import ROOT
 
 FRAME = pd.DataFrame({"a": [1.0, 2.0, np.nan, 4.0], "s": ["x", "y", "z", None], "B-V": [0.1, 0.6, 0.9, 1.0]})
 
@@ -117,14 +117,17 @@ def _stars(path: Path) -> Path:
 
 
 @pytest.mark.parametrize("exploit", EXPLOITS)
-def test_the_issues_exploits_through_train_create_no_file(tmp_path, exploit):
+def test_the_issues_exploits_through_train_create_no_file(tmp_path, monkeypatch, capsys, exploit):
+    """``astroscale-fl train`` through the command dispatcher, in-process (the filter is refused
+    before Hydra starts, so a subprocess would only add its start-up)."""
+    monkeypatch.chdir(tmp_path)
     stars = _stars(tmp_path / "cat.csv")
-    result = subprocess.run([*CLI, "train", "task=catalog", f"task.path={stars}", "task.target=y", "task.features=[ra,b]",
-                             f"task.filter={json.dumps(exploit)}", f"hydra.run.dir={tmp_path / 'run'}"],
-                            cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300)
-    assert result.returncode != 0 and not (tmp_path / "pwned").exists() and not (ROOT / "pwned").exists()
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: task.filter") and "Traceback" not in result.stderr, result.stderr
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["train", "task=catalog", f"task.path={stars}", "task.target=y", "task.features=[ra,b]",
+                  f"task.filter={json.dumps(exploit)}", f"hydra.run.dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == USER_ERROR_EXIT and not (tmp_path / "pwned").exists() and not (ROOT / "pwned").exists()
+    assert len(err.splitlines()) == 1 and err.startswith("error: task.filter") and "Traceback" not in err, err
     assert not (tmp_path / "run").exists()
 
 
