@@ -180,6 +180,8 @@ CASES: dict[str, tuple[Callable[[Path], Path], list[str], list[str]]] = {
     "output_under_a_file": (_parquet, ["--output", "{tmp}/notes.txt/enc"], ["--output", "notes.txt", "not a directory"]),
     "output_is_a_file": (_parquet, ["--output", "{tmp}/notes.txt"], ["--output", "notes.txt", "not a directory"]),
     "output_name_too_long": (_parquet, ["--output", "{tmp}/" + "x" * 300], ["--output", "cannot write", "too long"]),
+    # a valid folder name whose temporary sibling's name is too long: the write itself fails
+    "output_temp_name_too_long": (_parquet, ["--output", "{tmp}/" + "x" * 250], ["--output", "cannot write", "too long"]),
     "preprocessing_lacks_a_feature": (_parquet, ["--preprocessing", "{fitted}"], ["--preprocessing", "fitted for inputs", "'logg'"]),
     "reference_missing": (_parquet, ["preprocess.reference={tmp}/nope.parquet"], ["preprocess.reference", "nope.parquet", "not found"]),
     "reference_without_target": (_parquet, ["preprocess.reference={tmp}/notarget.csv"], ["preprocess.reference", "notarget.csv", "'z'"]),
