@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from astroscale_fl.errors import DataError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -92,3 +94,12 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def check_directory_target(path: str | os.PathLike[str], what: str) -> Path:
+    """Refuse (one line naming ``what``) a directory path that is, or lies under, an existing file."""
+    target = Path(path)
+    blocking = next((p for p in (target, *target.parents) if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise DataError(f"{what} {path}: {blocking} is a file, not a directory; give a directory")
+    return target
