@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pandas as pd
 import pytest
@@ -10,9 +11,9 @@ import pytest
 from astroscale_fl import config
 from astroscale_fl.data.nodes import task_split
 from astroscale_fl.federation.server import run_federation
-from astroscale_fl.learning.compare import C_KMS
 from astroscale_fl.learning.compare import main as compare_main
 from astroscale_fl.simulator import ceiling_r2
+from astroscale_fl.simulator.galaxy import C_KMS
 from strategies import build_strategy
 from tests.inprocess import InProcessGrid
 
@@ -24,11 +25,32 @@ SURVEY = ["task=survey_redshift", "task.n_stars=3000", "model.widths=[16]", "fed
 def sweep_dir(tmp_path_factory):
     """Two real in-process survey runs (FedAvg, FedAdam) in one directory, as a multirun leaves them."""
     root = tmp_path_factory.mktemp("sweep")
-    for strategy in ("fedavg", "fedadam"):
-        cfg = config.validate(config.compose([*SURVEY, f"strategy={strategy}"]))
-        grid = InProcessGrid(int(cfg.federation.num_nodes))
-        run_federation(grid, cfg, build_strategy(cfg), root / strategy, show_progress=False)
+    catch = _Lines()
+    logging.getLogger("flwr").addHandler(catch)
+    try:
+        for strategy in ("fedavg", "fedadam"):
+            cfg = config.validate(config.compose([*SURVEY, f"strategy={strategy}"]))
+            grid = InProcessGrid(int(cfg.federation.num_nodes))
+            run_federation(grid, cfg, build_strategy(cfg), root / strategy, show_progress=False)
+    finally:
+        logging.getLogger("flwr").removeHandler(catch)
+    (root / "done-lines.txt").write_text("\n".join(m for m in catch.messages if m.startswith("done: ")))
     return root
+
+
+class _Lines(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def test_final_line_prints_rmse_in_the_display_unit(sweep_dir):
+    lines = (sweep_dir / "done-lines.txt").read_text().splitlines()
+    metrics = json.loads((sweep_dir / "fedavg" / "metrics.json").read_text())
+    assert len(lines) == 2 and f"RMSE={metrics['test_rmse'] * C_KMS:.4g} km/s " in lines[0], lines
 
 
 def test_survey_run_writes_r2_ceiling_next_to_test_r2(sweep_dir):
