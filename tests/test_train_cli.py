@@ -115,3 +115,17 @@ def test_centralized_reference_and_compare(run_dir):
     assert int(rows["fedavg"]["bytes_up"]) == fed["bytes_up"] > 0
     assert (run_dir / "summary.md").read_text().startswith("| strategy")
     assert (run_dir / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_every_job_of_a_multirun_prints_each_info_line_once(tmp_path):
+    sweep = tmp_path / "sweep"
+    out = train("-m", "seed=0,1", "federation.num_rounds=1", "federation.num_nodes=2", "model.widths=[8]",
+                "output.publish=false", "federation.metrics_port=0", f"hydra.sweep.dir={sweep}")
+    assert out.returncode == 0, out.stderr
+    both = out.stdout + out.stderr
+    done = [line for line in both.splitlines() if "done: test R²=" in line]
+    assert len(done) == 2 and all(" mag in " in line for line in done), both  # once per job, job #1 included
+    assert both.count("preprocessing fitted from") == 2
+    for job in sorted(sweep.glob("[01]_*")):
+        assert (job / "train.log").read_text().count("done: test R²=") == 1
