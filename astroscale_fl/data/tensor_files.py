@@ -30,7 +30,7 @@ import numpy as np
 
 from astroscale_fl.atomic import write_text
 from astroscale_fl.data.batch_cache import DEFAULT_CACHE_BYTES, BatchCache
-from astroscale_fl.errors import DataError
+from astroscale_fl.errors import DataError, short_list
 from astroscale_fl.preprocessing import Pipeline
 from astroscale_fl.preprocessing.stream import (
     ROW,
@@ -144,7 +144,7 @@ def encode_table(path: str | Path, pipeline: Pipeline, out_dir: str | Path, *, f
     columns = list(dict.fromkeys(pipeline.inputs + ([target] if with_target else []) + ([id_column] if id_column else [])))
     missing = [c for c in columns if c not in present]
     if missing:
-        raise DataError(f"{path}: missing column(s) {missing}; columns are {present[:20]}")
+        raise DataError(f"{path}: missing column(s) {short_list(missing)}; columns are {short_list(present, 20)}")
     if arrow:
         check_arrow_names(pipeline.features)
     out_dir.mkdir(parents=True, exist_ok=True)  # only once the input is known to fit

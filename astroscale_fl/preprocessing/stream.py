@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from astroscale_fl.errors import DataError
+from astroscale_fl.errors import DataError, short_list
 
 ROW = "__row__"
 BATCH_BYTES = 64 * 2**20  # default chunk: ~64 MB of float64 columns
@@ -69,7 +69,7 @@ def iter_batches(path: str | Path, columns: list[str], chunk_rows: int | None = 
     present = columns_of(path, role)
     missing = [c for c in columns if c not in present]
     if missing:
-        raise DataError(f"{role} {path}: missing column(s) {missing}; columns are {present[:20]}")
+        raise DataError(f"{role} {path}: missing column(s) {short_list(missing)}; columns are {short_list(present, 20)}")
     chunk_rows = int(chunk_rows or default_chunk_rows(len(columns)))
     start = 0
     if path.is_file() and path.suffix.lower() == ".csv":
