@@ -120,13 +120,14 @@ def _launcher_status(data_dir: Path) -> dict | None:
     try:
         info = json.loads((data_dir / ".astroscale" / LAUNCHER_FILE).read_text())
         os.kill(int(info["pid"]), 0)
-    except (OSError, ValueError, KeyError):
+        port = int(info.get("metrics_port") or 0)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # none running, or not our file
         return None
-    if not info.get("metrics_port"):
+    if not 0 < port <= 65535:
         return None
     host = info.get("metrics_host", "127.0.0.1")
     host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    url = f"http://{host}:{info['metrics_port']}/status"
+    url = f"http://{host}:{port}/status"
     try:
         with urllib.request.urlopen(url, timeout=5) as resp:
             doc = json.loads(resp.read())

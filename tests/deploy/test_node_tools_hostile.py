@@ -122,3 +122,12 @@ def test_status_names_the_connections_a_config_has(tmp_path, monkeypatch, capsys
     code, line = _exit_and_line(status_main, ["--connection", "nosuch"], capsys)
     assert code == 2 and "no [superlink.nosuch]" in line and "['prod']" in line
     assert sorted(p.name for p in home.iterdir()) == ["config.toml"]
+
+
+@pytest.mark.parametrize("info", ["[]", '{"pid": "x"}', '{"pid": 1, "metrics_port": "abc"}', "{"])
+def test_node_status_ignores_a_launcher_file_of_the_wrong_shape(info, tmp_path, capsys):
+    (tmp_path / ".astroscale").mkdir()
+    (tmp_path / ".astroscale" / LAUNCHER_FILE).write_text(info)
+    assert node_status_main(["--data-dir", str(tmp_path)]) == 0  # no launcher: the status file (none yet)
+    out = capsys.readouterr().out
+    assert "rounds trained    0" in out and "not running" in out
