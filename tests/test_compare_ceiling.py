@@ -73,3 +73,22 @@ def test_compare_shows_ceiling_and_rmse_in_km_per_s(sweep_dir, capsys):
     assert "test RMSE (km/s)" in markdown.splitlines()[0] and "R² ceiling" in markdown.splitlines()[0]
     assert f"{metrics['test_rmse'] * C_KMS:.4g}" in markdown
     assert (sweep_dir / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_curves_label_the_r2_axis_and_the_centralized_baseline_apart(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from astroscale_fl.learning.compare import BASELINE_LABEL, plot_curves
+
+    history = pd.DataFrame({"round": [1, 2, 3], "test_r2": [0.2, 0.3, 0.35], "test_rmse": [1e-4, 9e-5, 8e-5]})
+    table = pd.DataFrame({"mode": ["federated", "centralized"], "task": ["survey_redshift"] * 2, "strategy": ["fedavg", "centralized"],
+                          "partition": ["by_survey", "-"], "job": ["a", "b"], "r2_ceiling": [0.55, 0.55], "test_r2": [0.35, 0.4]})
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    plot_curves(table, {"a": history, "b": history}, tmp_path / "curves.png")
+    top, bottom = figures[0].axes
+    assert top.get_ylabel() == "test R² (held-out test set)" and "centralized" not in top.get_ylabel()
+    assert bottom.get_ylabel() == "test RMSE (km/s)"
+    assert [t.get_text() for t in top.get_legend().get_texts()] == ["fedavg", BASELINE_LABEL, "R² ceiling (0.550)"]
+    assert top.xaxis.get_major_locator().__class__.__name__ == "MaxNLocator"  # whole rounds, no 0.5 ticks
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
