@@ -92,3 +92,18 @@ def test_curves_label_the_r2_axis_and_the_centralized_baseline_apart(tmp_path, m
     assert [t.get_text() for t in top.get_legend().get_texts()] == ["fedavg", BASELINE_LABEL, "R² ceiling (0.550)"]
     assert top.xaxis.get_major_locator().__class__.__name__ == "MaxNLocator"  # whole rounds, no 0.5 ticks
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_curves_keep_a_dip_below_zero_in_view(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from astroscale_fl.learning.compare import plot_curves
+
+    history = pd.DataFrame({"round": [1, 2, 3], "test_r2": [0.2, -0.3, 0.4], "test_rmse": [1.0, 2.0, 0.5]})
+    table = pd.DataFrame({"mode": ["federated"], "task": ["hipparcos_absmag"], "strategy": ["fedadam"], "partition": ["sky"],
+                          "job": ["a"], "r2_ceiling": [None], "test_r2": [0.4]})
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    plot_curves(table, {"a": history}, tmp_path / "curves.png")
+    low, high = figures[0].axes[0].get_ylim()
+    assert low <= -0.3 and high >= 0.4

@@ -115,12 +115,15 @@ def plot_curves(table: pd.DataFrame, histories: dict[str, pd.DataFrame], path: P
     unit, factor = display_unit(table["task"].iloc[0]) if table["task"].nunique() == 1 else ("", 1.0)
     ceiling = pd.to_numeric(table["r2_ceiling"], errors="coerce").dropna()
     fig, axes = plt.subplots(2, len(partitions), figsize=(5.5 * len(partitions), 7.5), squeeze=False, sharex="col", sharey="row")
+    drawn_r2 = [pd.concat([table["test_r2"], ceiling])]
     for col, partition in enumerate(partitions):
         top, bottom = axes[0][col], axes[1][col]
         for strategy, group in federated[federated["partition"] == partition].groupby("strategy"):
             for ax, metric, scale in ((top, "test_r2", 1.0), (bottom, "test_rmse", factor)):
                 mean = pd.concat([histories[j].set_index("round")[metric] for j in group["job"]], axis=1).mean(axis=1)
                 ax.plot(mean.index, mean.to_numpy() * scale, marker=".", label=strategy)
+                if metric == "test_r2":
+                    drawn_r2.append(mean)
         for job in central["job"]:
             top.axhline(histories[job]["test_r2"].iloc[-1], color="k", ls="--", lw=1, label=BASELINE_LABEL)
             bottom.axhline(histories[job]["test_rmse"].iloc[-1] * factor, color="k", ls="--", lw=1, label=BASELINE_LABEL)
@@ -131,10 +134,10 @@ def plot_curves(table: pd.DataFrame, histories: dict[str, pd.DataFrame], path: P
         for ax in (top, bottom):
             ax.grid(alpha=0.3)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        finals = pd.concat([table["test_r2"], ceiling]).dropna()
-        if len(finals):
-            top.set_ylim(max(-1.0, min(0.0, finals.min() - 0.1)), min(1.0, finals.max() + 0.02))  # a negative R² stays visible
         top.legend(loc="best", fontsize="small", framealpha=0.85)
+    r2 = pd.to_numeric(pd.concat(drawn_r2, ignore_index=True), errors="coerce").dropna()
+    if len(r2):  # a dip below 0 stays visible, down to -1 (the rows share their y axis)
+        axes[0][0].set_ylim(max(-1.0, min(0.0, r2.min() - 0.05)), min(1.0, r2.max() + 0.02))
     axes[0][0].set_ylabel("test R² (held-out test set)")
     axes[1][0].set_ylabel(f"test RMSE ({unit})" if unit else "test RMSE")
     fig.tight_layout()
