@@ -46,7 +46,7 @@ def header_guard_protocol(timeout_s: float, max_header_bytes: int = MAX_HEADER_B
         _unparsed = 0  # bytes fed while the current request's headers were incomplete
         _header_bytes = 0
         _header_count = 0
-        _headers_completed = 0
+        _boundaries = 0  # requests whose headers, or whole message, the parser has finished
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
@@ -55,9 +55,10 @@ def header_guard_protocol(timeout_s: float, max_header_bytes: int = MAX_HEADER_B
         def data_received(self, data: bytes) -> None:
             if self._refused:
                 return  # drained until the linger timer closes the connection
-            completed = self._headers_completed
+            in_headers, boundaries = self._in_headers, self._boundaries
             super().data_received(data)
-            if self._in_headers and not self._refused and completed == self._headers_completed:  # all header bytes
+            # all of this chunk was header bytes only if no request's headers or body ended in it
+            if in_headers and self._in_headers and not self._refused and boundaries == self._boundaries:
                 self._unparsed += len(data)
                 if self._unparsed > max_header_bytes:  # before the parser holds more of an endless header
                     self._refuse(f"more than {max_header_bytes} bytes of request headers")
@@ -82,7 +83,7 @@ def header_guard_protocol(timeout_s: float, max_header_bytes: int = MAX_HEADER_B
             self._disarm()
             self._in_headers = False
             self._unparsed = 0
-            self._headers_completed += 1
+            self._boundaries += 1
             if self._refused:
                 return
             if self._header_count > max_headers:
@@ -98,6 +99,7 @@ def header_guard_protocol(timeout_s: float, max_header_bytes: int = MAX_HEADER_B
 
         def on_message_complete(self) -> None:
             self._in_headers = True
+            self._boundaries += 1
             if not self._refused:
                 super().on_message_complete()
 
