@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from astroscale_fl.errors import ConfigError
+from astroscale_fl.errors import ConfigError, DataError
 
 
 def check_writable_folder(path: str | os.PathLike[str], key: str) -> None:
@@ -185,3 +185,12 @@ def atomic_files(path: str | os.PathLike[str], last: str | None = None) -> Itera
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def check_directory_target(path: str | os.PathLike[str], what: str) -> Path:
+    """Refuse (one line naming ``what``) a directory path that is, or lies under, an existing file."""
+    target = Path(path)
+    blocking = next((p for p in (target, *target.parents) if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise DataError(f"{what} {path}: {blocking} is a file, not a directory; give a directory")
+    return target

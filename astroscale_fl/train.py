@@ -8,6 +8,7 @@ into the job's Hydra output directory.
 
 from __future__ import annotations
 
+import logging
 import sys
 from itertools import product
 
@@ -27,6 +28,7 @@ def run_job(cfg: DictConfig) -> dict:
     from clients.app import app as client_app
     from server.app import make_server_app
 
+    log_once_through_hydra()
     try:
         typed = preflight(config.validate(cfg))
         out_dir = HydraConfig.get().runtime.output_dir
@@ -43,6 +45,20 @@ def run_job(cfg: DictConfig) -> dict:
         raise SystemExit(USER_ERROR_EXIT) from None
     print(f"outputs: {out_dir}")
     return {"out_dir": out_dir}
+
+
+def log_once_through_hydra() -> None:
+    """Flower's log lines once, through Hydra's job logging (console and ``train.log``), in every job.
+
+    Importing flwr gives its logger a console handler of its own (each line printed twice: Flower's
+    style on stderr, Hydra's on stdout) and level DEBUG; Hydra then sets each later job of a
+    multirun back to the level in ``conf/`` (``hydra.job_logging``), so both are set here, per job.
+    """
+    from flwr.common.logger import console_handler
+
+    flwr_logger = logging.getLogger("flwr")
+    flwr_logger.removeHandler(console_handler)
+    flwr_logger.setLevel(logging.INFO)
 
 
 def write_quarantine(cfg: DictConfig, out_dir: str) -> None:

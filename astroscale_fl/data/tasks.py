@@ -25,6 +25,7 @@ from astroscale_fl.data.sources import hipparcos
 from astroscale_fl.data.split import PartitionColumns
 from astroscale_fl.data.tables import read_table
 from astroscale_fl.errors import ConfigError, DataError, short_list
+from astroscale_fl.simulator.galaxy import C_KMS
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,8 @@ class TaskSpec:
     target_range: tuple[float, float] = (-np.inf, np.inf)  # physical bounds (DP statistics clip to them)
     loader: Callable[[object], pd.DataFrame] = field(default=lambda cfg: pd.DataFrame(), repr=False)
     partition_columns: PartitionColumns = PartitionColumns()
+    #: The unit errors read best in and the factor from ``target_unit`` (z -> km/s for v_r = cz).
+    display_unit: tuple[str, float] | None = None
 
     @property
     def input_names(self) -> list[str]:
@@ -192,6 +195,7 @@ SURVEY_REDSHIFT = TaskSpec(
     description="Doppler redshift z = v_r / c of stars from ra, dec, teff, logg, fe_h, snr, parallax (simulated surveys)",
     loader=load_survey_redshift,
     partition_columns=PartitionColumns(dec="dec", dec_unit="deg", target="z"),
+    display_unit=("km/s", C_KMS),
 )
 
 #: Physical ranges a ``catalog`` task applies to columns it knows by name (the survey schema's).
@@ -201,6 +205,15 @@ TASKS: dict[str, TaskSpec] = {HIPPARCOS_ABSMAG.name: HIPPARCOS_ABSMAG, SURVEY_RE
 #: The partition ``partition=auto`` picks for each task: how its data is naturally split.
 DEFAULT_PARTITION = {"hipparcos_absmag": "sky", "survey_redshift": "by_survey", "catalog": "iid"}
 DYNAMIC_TASKS: dict[str, Callable[[object], TaskSpec]] = {"catalog": catalog_task}
+
+
+def display_unit(task_name: str) -> tuple[str, float]:
+    """The unit a task's errors (RMSE) are shown in, and the factor from its target's unit (``""`` and 1
+    for a task without a fixed unit, such as ``catalog``)."""
+    spec = TASKS.get(task_name)
+    if spec is None:
+        return "", 1.0
+    return spec.display_unit or (spec.target_unit, 1.0)
 
 
 def get_task(task) -> TaskSpec:
