@@ -196,9 +196,8 @@ class LocalFederation:
     # -- runs --------------------------------------------------------------------------------
 
     def run(self, overrides: list[str] | str, out_dir: str | Path, stream: bool = True) -> subprocess.Popen:
-        """Start ``flwr run <app> local`` with the run-config; returns the (running) process."""
-        if not (self.app / "pyproject.toml").is_file():
-            write_app(self.app, 1)
+        """Start ``flwr run <app> local`` (the app :meth:`prepare` wrote) with the run-config; returns the
+        (running) process."""
         argv = [command("flwr"), "run", str(self.app), CONNECTION, "--run-config", run_config_arg(overrides, out_dir)]
         if stream:
             argv.append("--stream")
