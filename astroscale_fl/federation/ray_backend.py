@@ -11,7 +11,7 @@ whatever ``ray_current_cluster`` file an earlier ``ray start`` left in Ray's tem
 (plain ``ray.init()`` would join that cluster, alive or dead, and retry a dead one for minutes).
 A configured address must answer within ``federation.ray_connect_timeout`` seconds, else the run
 stops with a one-line error. While Ray runs, SIGTERM and SIGINT are taken by a watcher thread
-(Ray's C++ calls can hold the main thread for minutes, so Python's own handlers would never run):
+(Ray's C++ calls can hold the main thread for minutes, so Python's own handlers would not run):
 it shuts Ray down (at most a few seconds) and ends the process with 128 + the signal number.
 
 Same seed, same results as ``federation.backend=inprocess``: node ``i`` (``partition-id`` i)
@@ -166,34 +166,41 @@ def init_ray(init_args: dict, connect_timeout: float) -> None:
 def stop_on_signals() -> Iterator[None]:
     """SIGTERM / SIGINT end the process promptly while the block runs (see the module doc).
 
-    The signals are blocked in this thread (and so in every thread Ray and Flower start inside
-    the block) and taken by a watcher thread with ``sigtimedwait``; blocked signals still pending
-    when the block ends are delivered to the usual handlers then.
+    Whichever thread the kernel hands a signal to, Python's C-level handler writes its number to a
+    wakeup pipe (``signal.set_wakeup_fd``) at once; a watcher thread reads the pipe and stops Ray,
+    so nothing waits for the main thread to come back from Ray's C++ code. The Python-level
+    handlers do nothing meanwhile; the previous ones are back when the block ends.
     """
-    watched = {signal.SIGTERM, signal.SIGINT}
+    watched = (signal.SIGTERM, signal.SIGINT)
     if threading.current_thread() is not threading.main_thread():
         yield  # signals reach the main thread only; whoever runs there handles them
         return
-    done = threading.Event()
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
 
     def watch() -> None:
-        while not done.is_set():
-            info = signal.sigtimedwait(watched, 0.2)
-            if info is None:
-                continue
-            print(f"\ninterrupted (signal {info.si_signo}): stopping Ray", file=sys.stderr, flush=True)
-            _shutdown_ray(SHUTDOWN_GRACE)
-            os._exit(128 + info.si_signo)
+        while True:
+            data = os.read(read_end, 1)
+            if not data:  # the block ended
+                return
+            if data[0] in watched:
+                print(f"\ninterrupted (signal {data[0]}): stopping Ray", file=sys.stderr, flush=True)
+                _shutdown_ray(SHUTDOWN_GRACE)
+                os._exit(128 + data[0])
 
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, watched)
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in watched}
+    previous_fd = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
     watcher = threading.Thread(target=watch, name="ray-signal-watcher", daemon=True)
     watcher.start()
     try:
         yield
     finally:
-        done.set()
+        signal.set_wakeup_fd(previous_fd)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        os.close(write_end)
         watcher.join()
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        os.close(read_end)
 
 
 def _shutdown_ray(grace: float) -> None:
