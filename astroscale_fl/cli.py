@@ -6,6 +6,8 @@ Subcommands
   compare   summary table and curves of a multirun
   serve     HTTP predict service (POST /predict, /predict/batch, /healthz, /metrics)
   ingest    download a survey catalog into the common schema
+  deploy    certificates, SuperLink, SuperNode, a whole local deployment
+  app       a Flower app directory for ``flwr run``
 """
 
 from __future__ import annotations
@@ -23,6 +25,11 @@ commands:
   predict                predict with an exported model (see astroscale-fl predict --help)
   compare DIR            summarise a multirun: summary.csv, summary.md, curves.png
   serve                  HTTP predict service (see astroscale-fl serve --help)
+  deploy certs DIR       test CA, SuperLink certificate and node keys (see --help)
+  deploy superlink       start a SuperLink with TLS and node authentication (see --help)
+  deploy supernode       start a SuperNode: warm runtime and fast polls unless --cold (see --help)
+  deploy local           SuperLink + N SuperNodes on 127.0.0.1, run the app, stop (--nodes N [overrides])
+  app DIR                write a Flower app directory for `flwr run DIR` (see --help)
   node-data DIR          write N node data directories for a deployment (see --help)
   status                 runs and SuperNodes the SuperLink knows (see --help)
   node launcher|status   a SuperNode's warm ClientApp runtime / what the node did (see --help)
@@ -40,6 +47,8 @@ COMMANDS = {
     "predict": ("astroscale_fl.export.predict", "main"),
     "compare": ("astroscale_fl.learning.compare", "main"),
     "serve": ("astroscale_fl.serve", "main"),
+    "deploy": ("astroscale_fl.deploy.cli", "deploy_main"),
+    "app": ("astroscale_fl.deploy.flower_app", "main"),
     "node-data": ("astroscale_fl.deploy.cli", "node_data_main"),
     "status": ("astroscale_fl.deploy.cli", "status_main"),
     "node": ("astroscale_fl.deploy.node_cli", "main"),

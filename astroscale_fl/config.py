@@ -176,6 +176,8 @@ def _check_values(cfg: DictConfig) -> None:
     require(fed.min_train_nodes >= 1, "federation.min_train_nodes", "an integer >= 1", fed.min_train_nodes)
     require(fed.client_threads >= 1, "federation.client_threads", "an integer >= 1", fed.client_threads)
     require(fed.backend in ("inprocess", "ray"), "federation.backend", "inprocess or ray", fed.backend)
+    require(0 < fed.ray_connect_timeout < float("inf"), "federation.ray_connect_timeout",
+            "a positive number of seconds", fed.ray_connect_timeout)
     require(train.local_epochs >= 1, "train.local_epochs", "an integer >= 1", train.local_epochs)
     require(train.batch_size >= 1, "train.batch_size", "an integer >= 1", train.batch_size)
     require(train.lr > 0, "train.lr", "a positive number", train.lr)

@@ -224,6 +224,7 @@ class Federation:
     evaluate_in_train: bool  # one message per round: round r's evaluation rides on round r+1's training message
     backend: str  # simulation engine: inprocess | ray (issue 13)
     ray_address: Optional[str]  # backend=ray: address of a running Ray cluster; null = start one here
+    ray_connect_timeout: float  # backend=ray: seconds ray_address may take to answer (issue 22)
     vectorize: bool  # train a round's nodes together as one stacked model where they share it (issue 13)
     secure_aggregation: str  # none | secaggplus
     secaggplus: SecAggPlusConfig

@@ -44,7 +44,7 @@ def test_catalog_cache_gives_identical_frames():
     from astroscale_fl.data.tasks import get_task
 
     a = get_task(cfg.task).load(cfg.task)
-    b = get_task(cfg.task).load(cfg.task)  # second time from data/cache
+    b = get_task(cfg.task).load(cfg.task)  # second time from the cache
     assert a.equals(b)
     assert np.isfinite(a[["ra", "dec", "teff", "logg", "fe_h", "snr", "parallax", "z"]].to_numpy()).all()
     assert OmegaConf.is_config(cfg)

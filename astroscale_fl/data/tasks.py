@@ -176,7 +176,7 @@ SURVEY_REDSHIFT_INPUTS = (
 
 
 def load_survey_redshift(task_cfg) -> pd.DataFrame:
-    """Simulated stars of the configured surveys (cached as Parquet under ``data/cache/``)."""
+    """Simulated stars of the configured surveys (cached as Parquet in the user cache directory, simulator/cache.py)."""
     from astroscale_fl.simulator.cache import cached_catalog
 
     frame = cached_catalog(int(task_cfg.n_stars), int(task_cfg.seed), list(task_cfg.surveys))

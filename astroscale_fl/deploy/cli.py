@@ -2,7 +2,8 @@
 
 - ``node_data_main(argv)``: ``astroscale-fl node-data`` (write N node data directories);
 - ``status_main(argv)``: ``astroscale-fl status`` (runs and SuperNodes of a SuperLink);
-- ``certs_main(argv)``: test CA, server certificate and node keys (``scripts/make-certs.sh``).
+- ``certs_main(argv)``: test CA, server certificate and node keys (``astroscale-fl deploy certs``);
+- ``deploy_main(argv)``: ``astroscale-fl deploy {certs,superlink,supernode,local}``.
 
 ``python -m astroscale_fl.deploy.cli {node-data,status,certs} ...`` runs them too.
 """
@@ -80,7 +81,7 @@ def status_main(argv: list[str]) -> int:
 def certs_main(argv: list[str]) -> int:
     """Write a test CA, a SuperLink certificate and node keys."""
     parser = argparse.ArgumentParser(
-        prog="make-certs", description="Write a local CA (ca.crt), a SuperLink certificate (server.pem, server.key) and "
+        prog="astroscale-fl deploy certs", description="Write a local CA (ca.crt), a SuperLink certificate (server.pem, server.key) and "
                                        "SuperNode key pairs (node-<i>, node-<i>.pub) for TESTING. Real deployments bring "
                                        "their own certificates and keys.")
     parser.add_argument("out_dir")
@@ -95,6 +96,28 @@ def certs_main(argv: list[str]) -> int:
     for key, path in paths.items():
         print(f"{key:12s} {path}")
     return 0
+
+
+DEPLOY_USAGE = """usage: astroscale-fl deploy {certs,superlink,supernode,local} [args...]
+
+  certs DIR [--nodes N] [--host NAME ...]   test CA, SuperLink certificate and node key pairs
+  superlink --certs DIR [--host H] [--port P] [--database FILE] [--insecure] [--no-node-auth] [--install-deps]
+  supernode --superlink HOST:PORT --data-dir DIR --ca CA.crt --key NODE_KEY [--cold] [--metrics-port P]
+            [--trusted-entities FILE] [--node-config 'require-dp=true min-noise-multiplier=1.0 ...']
+  local [--nodes N] [overrides...]          SuperLink + N SuperNodes on 127.0.0.1, run the app, stop
+
+Run `astroscale-fl deploy <command> --help` for a command's options."""
+
+
+def deploy_main(argv: list[str]) -> int:
+    """``astroscale-fl deploy <certs|superlink|supernode|local> ...``."""
+    from astroscale_fl.deploy import local, superlink, supernode
+
+    commands = {"certs": certs_main, "superlink": superlink.main, "supernode": supernode.main, "local": local.main}
+    if not argv or argv[0] not in commands:
+        print(DEPLOY_USAGE, file=sys.stdout if argv[:1] in (["-h"], ["--help"]) else sys.stderr)
+        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
+    return commands[argv[0]](argv[1:])
 
 
 def main(argv: list[str] | None = None) -> int:

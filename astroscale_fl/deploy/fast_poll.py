@@ -18,9 +18,11 @@ resets its handlers before it deactivates the node at the SuperLink, so a second
 whole process group's plus start-supernode.sh's own, killed it half way and left the node
 registered as active, and the same key could not rejoin); SIGKILL still stops it at once.
 
-It patches Flower's internals, so it checks first that they are the ones it was written for
-(flwr 1.41.x, and the module still sleeps 3 s / 0.5 s through its ``time`` global) and refuses
-with a one-line error otherwise: use plain ``flower-supernode`` then.
+It patches Flower's internals, so it checks first that they have the shape it was written for
+(whatever the version number: the loop still sleeps 3 s / 0.5 s through its ``time`` global and
+registers its signal handlers through ``register_signal_handlers``; the object pulls still take
+``initial_backoff`` / ``backoff_cap``). flwr 1.41 and 1.42 have that shape; anything else is
+refused with a one-line error: use plain ``flower-supernode`` then.
 """
 
 from __future__ import annotations
@@ -34,10 +36,9 @@ import types
 
 from astroscale_fl.errors import ConfigError, report_user_errors
 
-SUPPORTED_FLWR = "1.41."
 DEFAULT_POLL_INTERVAL = 0.2
 LOCAL_WAIT = 0.05  # cap of the sub-second sleeps: waits on the node's own in-memory state, no network
-# The sleeps this shim shortens, as they read in flwr 1.41's start_client_internal.py.
+# The sleeps this shim shortens, as they read in flwr 1.41/1.42's start_client_internal.py.
 EXPECTED_SLEEPS = ("time.sleep(3)", "time.sleep(0.5)")
 
 
@@ -56,21 +57,37 @@ class CappedTime(types.ModuleType):
         return getattr(_time, name)
 
 
-def check_flower(version: str, module: types.ModuleType) -> None:
-    """Raise :class:`ConfigError` unless ``module`` is the SuperNode loop this shim was written for."""
-    hint = "use plain flower-supernode (or start-supernode.sh without --fast-poll)"
-    if not version.startswith(SUPPORTED_FLWR):
-        raise ConfigError(f"node supernode: written for flwr {SUPPORTED_FLWR}x, found flwr {version}; {hint}")
+PULL_BACKOFF_PARAMETERS = ("initial_backoff", "backoff_cap")  # of inflatable_utils' object pulls
+
+
+def check_flower(module: types.ModuleType, pulls: tuple = ()) -> None:
+    """Raise :class:`ConfigError` unless ``module`` (the SuperNode loop) and the object-pull functions
+    ``pulls`` have the shape this shim patches: the sleeps, the signal-handler hook and the back-off
+    parameters it replaces. The version number is not looked at."""
+    hint = "use plain flower-supernode (or deploy supernode --cold)"
     try:
         source = inspect.getsource(module)
     except (OSError, TypeError):
         raise ConfigError(f"node supernode: cannot read the source of {module.__name__}; {hint}") from None
-    if not callable(getattr(module, "register_signal_handlers", None)):
+    if not callable(getattr(module, "register_signal_handlers", None)) or "register_signal_handlers(" not in source:
         raise ConfigError(f"node supernode: {module.__name__} no longer registers its signal handlers as expected; {hint}")
     missing = [s for s in EXPECTED_SLEEPS if s not in source]
     if missing or not re.search(r"^import time$", source, re.MULTILINE):
         raise ConfigError(f"node supernode: {module.__name__} no longer sleeps through its `time` module as expected "
                           f"(missing: {', '.join(missing) or 'import time'}); {hint}")
+    for func in pulls:
+        params = inspect.signature(func).parameters
+        absent = [p for p in PULL_BACKOFF_PARAMETERS if p not in params or params[p].default is inspect.Parameter.empty]
+        if absent:
+            raise ConfigError(f"node supernode: {func.__module__}.{func.__name__} no longer takes {', '.join(absent)} "
+                              f"with a default; {hint}")
+
+
+def object_pulls() -> tuple:
+    """Flower's object-pull functions whose retry back-off :func:`quick_object_pulls` shortens."""
+    from flwr.supercore.inflatable import inflatable_utils
+
+    return inflatable_utils.pull_objects, inflatable_utils.pull_and_inflate_object_from_tree
 
 
 def quick_object_pulls() -> None:
@@ -84,10 +101,8 @@ def quick_object_pulls() -> None:
     retry timing of this process changes (a few more cheap requests while waiting); the pulls,
     their limits and errors are Flower's.
     """
-    from flwr.supercore.inflatable import inflatable_utils
-
     wanted = {"initial_backoff": 0.05, "backoff_cap": 0.5}
-    for func in (inflatable_utils.pull_objects, inflatable_utils.pull_and_inflate_object_from_tree):
+    for func in object_pulls():
         params = list(inspect.signature(func).parameters.values())
         if func.__kwdefaults__:
             func.__kwdefaults__.update({k: v for k, v in wanted.items() if k in func.__kwdefaults__})
@@ -99,10 +114,9 @@ def quick_object_pulls() -> None:
 
 def install(poll_interval: float):
     """Check Flower and cap the SuperNode loop's sleeps at ``poll_interval``; returns the entry point."""
-    import flwr
     from flwr.supernode import start_client_internal as loop
 
-    check_flower(flwr.__version__, loop)
+    check_flower(loop, object_pulls())
     loop.time = CappedTime(poll_interval)
     quick_object_pulls()
     flower_registered = []
@@ -147,8 +161,8 @@ HELP = """usage: astroscale-fl node supernode [--poll-interval S] [flower-supern
 
 Flower's flower-supernode with its idle pull (3 s) and reply polls (0.5 s) capped at S seconds
 (default 0.2): a round's message reaches the node within S instead of up to 3 s. Idle cost: the
-SuperLink serves nodes / S pulls a second. Needs flwr 1.41.x; anything else is refused (use plain
-flower-supernode). `astroscale-fl node supernode -- --help` shows flower-supernode's own options."""
+SuperLink serves nodes / S pulls a second. Checks first that Flower's loop has the sleeps and
+handlers it replaces (flwr 1.41 and 1.42 do); anything else is refused (use plain flower-supernode). `astroscale-fl node supernode -- --help` shows flower-supernode's own options."""
 
 
 @report_user_errors

@@ -1,14 +1,16 @@
 """A whole federation on 127.0.0.1: SuperLink + N SuperNodes with TLS and node authentication.
 
-Used by ``scripts/deploy-local.sh`` and by the integration tests (``tests/deploy``). Every
-process is started through ``scripts/start-superlink.sh`` / ``scripts/start-supernode.sh`` in
-its own process group, so stopping it also stops the ``flower-superexec`` / ``flwr-clientapp``
-children; :meth:`LocalFederation.close` (also on Ctrl-C and errors) sends SIGTERM, waits, then
-SIGKILL.
+``astroscale-fl deploy local`` (and ``scripts/deploy-local.sh``) and the integration tests
+(``tests/deploy``) use it. Every process is started as ``astroscale-fl deploy superlink`` /
+``astroscale-fl deploy supernode`` in its own process group, so stopping it also stops the
+``flower-superexec`` / ``flwr-clientapp`` children; :meth:`LocalFederation.close` (also on Ctrl-C
+and errors) sends SIGTERM, waits, then SIGKILL. Needs nothing but the installed package: the app
+that ``flwr run`` submits is the one ``astroscale-fl app`` writes (the installed ServerApp and
+ClientApp), and nothing is written outside ``work_dir`` and the output directory.
 
 Layout of ``work_dir``: ``certs/`` (test CA, server certificate, node keys), ``nodes/node-<i>/``
-(each node's train.parquet), ``flwr-home/`` (FLWR_HOME: the ``local`` connection, installed
-apps), ``logs/`` (one log per process), ``superlink.db``.
+(each node's train.parquet), ``app/`` (the Flower app), ``flwr-home/`` (FLWR_HOME: the ``local``
+connection, installed apps), ``logs/`` (one log per process), ``superlink.db``.
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ import time
 from contextlib import closing
 from pathlib import Path
 
+from astroscale_fl.deploy.environment import child_env, command
+from astroscale_fl.deploy.flower_app import write_app
 from astroscale_fl.deploy.status import write_flwr_home
+from astroscale_fl.errors import AstroScaleError, ConfigError, report_user_errors
 
-ROOT = Path(__file__).resolve().parent.parent.parent
-SCRIPTS = ROOT / "scripts"
 CONNECTION = "local"
+DEPLOY = [sys.executable, "-m", "astroscale_fl.cli", "deploy"]
 
 
 def free_port() -> int:
@@ -83,28 +87,26 @@ class LocalFederation:
                  warm: bool = False, fast_poll: bool | None = None) -> None:
         self.work = Path(work_dir).resolve()
         self.tls, self.node_auth, self.verbose, self.warm = tls, node_auth, verbose, warm
-        self.fast_poll = fast_poll  # None: start-supernode.sh's default (fast polls with --warm only)
+        self.fast_poll = fast_poll  # None: deploy supernode's default (fast polls when warm, none with --cold)
         self.certs = self.work / "certs"
         self.nodes_dir = self.work / "nodes"
         self.logs = self.work / "logs"
         self.home = self.work / "flwr-home"
+        self.app = self.work / "app"
         self.port = 0
         self.superlink: subprocess.Popen | None = None
         self.nodes: dict[int, subprocess.Popen] = {}
         self.procs: list[subprocess.Popen] = []
         self.node_ids: dict[int, str] = {}
-        self.env = dict(os.environ)
-        bin_dir = str(Path(sys.executable).parent)
-        self.env["PATH"] = bin_dir + os.pathsep + self.env.get("PATH", "")
+        self.env = child_env()
         self.env["FLWR_HOME"] = str(self.home)
-        self.env.setdefault("PYTHONUNBUFFERED", "1")
         self.env.pop("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", None)
         _LIVE.append(self)
 
     # -- set-up ------------------------------------------------------------------------------
 
     def prepare(self, num_nodes: int, overrides: list[str] | str = (), num_keys: int | None = None) -> None:
-        """Certificates and keys (``num_keys``, default ``num_nodes``) and node data directories."""
+        """Certificates and keys (``num_keys``, default ``num_nodes``), node data directories and the app."""
         from astroscale_fl import config
         from astroscale_fl.deploy.certs import make_all
         from astroscale_fl.deploy.node_data import write_node_dirs
@@ -113,10 +115,11 @@ class LocalFederation:
         make_all(self.certs, num_keys or num_nodes)
         cfg = config.validate(config.compose(overrides))
         write_node_dirs(cfg, self.nodes_dir, num_nodes)
+        write_app(self.app, num_nodes)
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 (closed with the process)
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT, start_new_session=True)
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.work, start_new_session=True)
         log.close()
         self.procs.append(proc)
         return proc
@@ -127,7 +130,7 @@ class LocalFederation:
 
     def start_superlink(self, timeout: float = 60.0) -> None:
         self.port = free_port()
-        argv = [str(SCRIPTS / "start-superlink.sh"), "--port", str(self.port), "--database", str(self.work / "superlink.db")]
+        argv = [*DEPLOY, "superlink", "--port", str(self.port), "--database", str(self.work / "superlink.db")]
         argv += ["--certs", str(self.certs)] if self.tls else ["--insecure"]
         if not self.node_auth:
             argv.append("--no-node-auth")
@@ -144,7 +147,8 @@ class LocalFederation:
 
     def flwr(self, *args: str, timeout: float = 120.0, check: bool = True) -> subprocess.CompletedProcess:
         """Run a ``flwr`` command against this SuperLink (connection ``local``)."""
-        out = subprocess.run(["flwr", *args], capture_output=True, text=True, env=self.env, cwd=ROOT, timeout=timeout)
+        out = subprocess.run([command("flwr"), *args], capture_output=True, text=True, env=self.env, cwd=self.work,
+                             timeout=timeout)
         if check and out.returncode != 0:
             raise RuntimeError(f"flwr {' '.join(args)} failed ({out.returncode}): {(out.stdout + out.stderr)[-2000:]}")
         return out
@@ -162,10 +166,12 @@ class LocalFederation:
         (default: the federation's) adds the warm ClientApp runtime, ``node_config`` extra node config."""
         data_index = data_index or index
         key_index = key_index or index
-        argv = [str(SCRIPTS / "start-supernode.sh"), "--superlink", f"127.0.0.1:{self.port}",
+        argv = [*DEPLOY, "supernode", "--superlink", f"127.0.0.1:{self.port}",
                 "--data-dir", str(self.nodes_dir / f"node-{data_index}"), "--source", "hipparcos", "--port", str(free_port())]
         if self.warm if warm is None else warm:
             argv += ["--warm", "--metrics-port", str(metrics_port)]
+        else:
+            argv.append("--cold")
         if self.fast_poll is not None:
             argv.append("--fast-poll" if self.fast_poll else "--no-fast-poll")
         if node_config:
@@ -190,13 +196,14 @@ class LocalFederation:
     # -- runs --------------------------------------------------------------------------------
 
     def run(self, overrides: list[str] | str, out_dir: str | Path, stream: bool = True) -> subprocess.Popen:
-        """Start ``flwr run . local`` with the run-config; returns the (running) process."""
-        argv = ["flwr", "run", ".", CONNECTION, "--run-config", run_config_arg(overrides, out_dir)]
+        """Start ``flwr run <app> local`` (the app :meth:`prepare` wrote) with the run-config; returns the
+        (running) process."""
+        argv = [command("flwr"), "run", str(self.app), CONNECTION, "--run-config", run_config_arg(overrides, out_dir)]
         if stream:
             argv.append("--stream")
         name = f"run-{len([p for p in self.logs.glob('run-*.log')]) + 1}"
         if self.verbose:
-            proc = subprocess.Popen(argv, env=self.env, cwd=ROOT, start_new_session=True)
+            proc = subprocess.Popen(argv, env=self.env, cwd=self.work, start_new_session=True)
             self.procs.append(proc)
             return proc
         return self._spawn(name, argv)
@@ -255,22 +262,35 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
         pass
 
 
+def node_count(nodes: int | None, overrides: list[str]) -> int:
+    """``--nodes`` when given, else the configured ``federation.num_nodes`` (the app's default count)."""
+    from astroscale_fl import config
+    from astroscale_fl.data.nodes import resolve_num_nodes
+
+    if nodes is not None:
+        if nodes < 1:
+            raise ConfigError(f"--nodes: expected an integer >= 1, got {nodes}")
+        return nodes
+    return int(resolve_num_nodes(config.validate(config.compose(overrides))).federation.num_nodes)
+
+
+@report_user_errors
 def main(argv: list[str] | None = None) -> int:
-    """``scripts/deploy-local.sh N [overrides...]``."""
-    parser = argparse.ArgumentParser(prog="deploy-local.sh", description=(
-        "Deploy on 127.0.0.1: write N node data directories, start a SuperLink and N SuperNodes with TLS and node "
-        "authentication, run the app with `flwr run` and shut everything down. Outputs (history.csv, metrics.json, "
-        "model/) go to $OUT_DIR (default: a new directory under outputs/); certificates, node data and logs to "
-        "$OUT_DIR/deploy/."))
-    parser.add_argument("nodes", type=int, help="number of SuperNodes")
+    """``astroscale-fl deploy local [--nodes N] [--cold] [overrides...]`` (``scripts/deploy-local.sh N [overrides]``)."""
+    parser = argparse.ArgumentParser(prog="astroscale-fl deploy local", description=(
+        "Deploy on 127.0.0.1: write N node data directories, test certificates and keys, start a SuperLink and N "
+        "SuperNodes (warm runtime, fast polls) with TLS and node authentication, run the app with `flwr run` and shut "
+        "everything down (also on Ctrl-C or failure). Outputs (history.csv, metrics.json, model/) go to $OUT_DIR "
+        "(default: a new directory under ./outputs/); certificates, node data and logs to $OUT_DIR/deploy/."))
+    parser.add_argument("--nodes", "-n", type=int, help="number of SuperNodes (default: federation.num_nodes, i.e. 5)")
+    parser.add_argument("--cold", action="store_true", help="plain flower-supernode processes (no warm runtime, no fast polls)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. federation.num_rounds=5 model.widths=[64]")
-    args = parser.parse_args(argv)
-    if args.nodes < 1:
-        parser.error("N must be >= 1")
-    out_dir = Path(os.environ.get("OUT_DIR") or ROOT / "outputs" / f"deploy-{dt.datetime.now():%Y-%m-%d_%H-%M-%S}").resolve()
+    args = parser.parse_intermixed_args(sys.argv[1:] if argv is None else argv)
+    nodes = node_count(args.nodes, args.overrides)
+    out_dir = Path(os.environ.get("OUT_DIR") or Path.cwd() / "outputs" / f"deploy-{dt.datetime.now():%Y-%m-%d_%H-%M-%S}").resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    overrides = [f"federation.num_nodes={args.nodes}", *args.overrides]
-    fed = LocalFederation(out_dir / "deploy", verbose=True)
+    overrides = [f"federation.num_nodes={nodes}", *args.overrides]
+    fed = LocalFederation(out_dir / "deploy", verbose=True, warm=not args.cold)
 
     def on_signal(signum, _frame):
         raise KeyboardInterrupt(f"signal {signum}")
@@ -279,10 +299,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)  # also when started with SIGINT ignored (background jobs)
     started = time.perf_counter()
     try:
-        print(f"[deploy-local] writing certificates and {args.nodes} node data directories under {fed.work}", flush=True)
-        fed.prepare(args.nodes, overrides)
+        print(f"[deploy-local] writing certificates and {nodes} node data directories under {fed.work}", flush=True)
+        fed.prepare(nodes, overrides)
         print("[deploy-local] starting SuperLink (TLS, node authentication) and SuperNodes", flush=True)
-        fed.start(args.nodes)
+        fed.start(nodes)
         print(f"[deploy-local] SuperLink on 127.0.0.1:{fed.port}; running the app", flush=True)
         code = fed.run(overrides, out_dir).wait()
         ok = (out_dir / "metrics.json").is_file()
@@ -292,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\n[deploy-local] interrupted; shutting down", file=sys.stderr, flush=True)
         return 130
+    except AstroScaleError:
+        raise  # one line from report_user_errors, after the finally below
     except Exception as exc:  # report and still clean up
         print(f"[deploy-local] error: {exc}", file=sys.stderr, flush=True)
         return 1

@@ -35,6 +35,7 @@ from astroscale_fl.atomic import atomic_directory, write_json
 from astroscale_fl.errors import AstroScaleError, DataError, one_line
 from astroscale_fl.ingest.cache import file_sha256
 from astroscale_fl.preprocessing import Pipeline
+from astroscale_fl.source_tree import checkout_root
 
 WEIGHTS_FILE = "weights.pt"
 PIPELINE_FILE = "preprocessing.json"
@@ -44,8 +45,11 @@ VERIFIED_FILES = (WEIGHTS_FILE, PIPELINE_FILE)
 
 
 def git_commit() -> str | None:
-    """The commit of the source tree the package runs from, when it is a git checkout."""
-    root = Path(__file__).resolve().parents[2]
+    """The commit of the checkout the package runs from; ``None`` for an installed package (whose
+    version the card records), whatever git repository its environment happens to sit in."""
+    root = checkout_root()
+    if root is None:
+        return None
     try:
         out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):

@@ -6,6 +6,14 @@ app and its multiruns need the in-process one; Flower marks it deprecated in 1.4
 of ``flwr run``, which ``astroscale-fl`` supports too (the root pyproject is the Flower app).
 ``federation.ray_address`` joins an existing Ray cluster (``ray.init(address=...)``).
 
+Never hangs: ``ray_address: null`` starts a fresh local Ray instance (``address="local"``),
+whatever ``ray_current_cluster`` file an earlier ``ray start`` left in Ray's temporary directory
+(plain ``ray.init()`` would join that cluster, alive or dead, and retry a dead one for minutes).
+A configured address must answer within ``federation.ray_connect_timeout`` seconds, else the run
+stops with a one-line error. While Ray runs, SIGTERM and SIGINT are taken by a watcher thread
+(Ray's C++ calls can hold the main thread for minutes, so Python's own handlers would not run):
+it shuts Ray down (at most a few seconds) and ends the process with 128 + the signal number.
+
 Same seed, same results as ``federation.backend=inprocess``: node ``i`` (``partition-id`` i)
 gets the node id ``FIRST_NODE_ID + i`` in both backends (Flower draws node ids at random;
 :func:`_sequential_node_ids` numbers them in creation order instead), so the strategies sample
@@ -19,6 +27,12 @@ import contextlib
 import itertools
 import logging
 import os
+import re
+import signal
+import socket
+import sys
+import threading
+import time
 import warnings
 from collections.abc import Iterator
 
@@ -26,7 +40,13 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 from omegaconf import DictConfig
 
+from astroscale_fl.errors import ConfigError
 from astroscale_fl.federation.engine import FIRST_NODE_ID
+from astroscale_fl.federation.rounds import FederationError
+
+# host:port, optionally behind ray:// (Ray Client); the host a name, IPv4 or [IPv6]
+_ADDRESS = re.compile(r"^(?:ray://)?(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>\d{1,5})$")
+SHUTDOWN_GRACE = 5.0  # seconds ray.shutdown() may take after a signal before the process ends anyway
 
 
 class _DropRunSimulationDeprecation(logging.Filter):
@@ -53,8 +73,8 @@ def run_simulation(server_app: ServerApp, client_app: ClientApp, cfg: DictConfig
         "client_resources": {"num_cpus": float(cfg.federation.client_cpus), "num_gpus": num_gpus},
         "init_args": {"logging_level": logging.ERROR, "log_to_driver": verbose, "include_dashboard": False},
     }
-    if cfg.federation.get("ray_address"):
-        backend_config["init_args"]["address"] = str(cfg.federation.ray_address)
+    address = cfg.federation.get("ray_address")
+    backend_config["init_args"]["address"] = str(address) if address else "local"
     flwr_logger = logging.getLogger("flwr")
     previous = flwr_logger.level
     if not verbose:
@@ -66,8 +86,9 @@ def run_simulation(server_app: ServerApp, client_app: ClientApp, cfg: DictConfig
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(int(cfg.federation.client_threads))  # the server's evaluation: as in-process
     try:
-        with warnings.catch_warnings(), _sequential_node_ids():
+        with warnings.catch_warnings(), _sequential_node_ids(), stop_on_signals():
             warnings.simplefilter("ignore", DeprecationWarning)
+            init_ray(backend_config["init_args"], float(cfg.federation.get("ray_connect_timeout", 30.0)))
             flwr_run_simulation(
                 server_app=server_app, client_app=client_app, num_supernodes=int(cfg.federation.num_nodes),
                 backend_config=backend_config, verbose_logging=verbose,
@@ -76,6 +97,119 @@ def run_simulation(server_app: ServerApp, client_app: ClientApp, cfg: DictConfig
         torch.set_num_threads(previous_threads)
         flwr_logger.setLevel(previous)
         flwr_logger.removeFilter(deprecation_filter)
+
+
+def parse_ray_address(address: str) -> tuple[str, int]:
+    """``(host, port)`` of ``federation.ray_address`` (``host:port`` or ``ray://host:port``), or a ConfigError."""
+    match = _ADDRESS.match(str(address).strip())
+    port = int(match["port"]) if match else 0
+    if not match or not 1 <= port <= 65535:
+        raise ConfigError(f"federation.ray_address: expected HOST:PORT or ray://HOST:PORT of a running Ray cluster "
+                          f"(or null to start Ray here), got {address!r}")
+    return match["host"].strip("[]"), port
+
+
+def wait_for_ray(address: str, timeout: float) -> None:
+    """Return once something accepts TCP connections at ``address``; FederationError after ``timeout`` s."""
+    host, port = parse_ray_address(address)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=max(0.1, min(2.0, deadline - time.monotonic()))):
+                return
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+        if time.monotonic() >= deadline:
+            raise FederationError(f"federation.ray_address {address}: no Ray cluster answered within {timeout:g} s "
+                                  f"(federation.ray_connect_timeout; last attempt: {reason}); start it, fix the "
+                                  "address, or set federation.ray_address=null to start Ray here")
+        time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+
+
+def init_ray(init_args: dict, connect_timeout: float) -> None:
+    """``ray.init(**init_args)`` (Flower's Ray backend then reuses it), bounded by ``connect_timeout``
+    when ``init_args["address"]`` names a cluster to join: ray.init itself retries an address that
+    does not answer for minutes."""
+    import ray
+
+    # as Flower's Ray backend does when it starts Ray: workers see this driver's sys.path
+    pythonpath = os.pathsep.join([*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])])
+    os.environ["PYTHONPATH"] = pythonpath
+    init_args = {"include_dashboard": False, **init_args, "runtime_env": {"env_vars": {"PYTHONPATH": pythonpath}}}
+    address = init_args.get("address", "local")
+    if address == "local":
+        ray.init(**init_args)
+        return
+    started = time.monotonic()
+    wait_for_ray(address, connect_timeout)
+    outcome: list[BaseException | None] = []
+
+    def connect() -> None:
+        try:
+            ray.init(**init_args)
+            outcome.append(None)
+        except BaseException as exc:  # handed to the caller's thread
+            outcome.append(exc)
+
+    worker = threading.Thread(target=connect, name="ray-connect", daemon=True)
+    worker.start()
+    worker.join(max(0.1, connect_timeout - (time.monotonic() - started)))
+    if not outcome:  # a port answers but no Ray cluster behind it: Ray would keep retrying
+        print(f"error: federation.ray_address {address}: no Ray cluster answered within {connect_timeout:g} s "
+              "(federation.ray_connect_timeout)", file=sys.stderr, flush=True)
+        os._exit(2)  # the connecting thread is stuck in Ray's C++ code and would block the interpreter's exit
+    if outcome[0] is not None:
+        raise FederationError(f"federation.ray_address {address}: cannot join the Ray cluster: {outcome[0]}") from None
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """SIGTERM / SIGINT end the process promptly while the block runs (see the module doc).
+
+    Whichever thread the kernel hands a signal to, Python's C-level handler writes its number to a
+    wakeup pipe (``signal.set_wakeup_fd``) at once; a watcher thread reads the pipe and stops Ray,
+    so nothing waits for the main thread to come back from Ray's C++ code. The Python-level
+    handlers do nothing meanwhile; the previous ones are back when the block ends.
+    """
+    watched = (signal.SIGTERM, signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals reach the main thread only; whoever runs there handles them
+        return
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+
+    def watch() -> None:
+        while True:
+            data = os.read(read_end, 1)
+            if not data:  # the block ended
+                return
+            if data[0] in watched:
+                print(f"\ninterrupted (signal {data[0]}): stopping Ray", file=sys.stderr, flush=True)
+                _shutdown_ray(SHUTDOWN_GRACE)
+                os._exit(128 + data[0])
+
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in watched}
+    previous_fd = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    watcher = threading.Thread(target=watch, name="ray-signal-watcher", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        signal.set_wakeup_fd(previous_fd)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        os.close(write_end)
+        watcher.join()
+        os.close(read_end)
+
+
+def _shutdown_ray(grace: float) -> None:
+    """``ray.shutdown()`` in a helper thread, waiting at most ``grace`` seconds for it."""
+    import ray
+
+    stopper = threading.Thread(target=ray.shutdown, name="ray-shutdown", daemon=True)
+    stopper.start()
+    stopper.join(grace)
 
 
 @contextlib.contextmanager

@@ -1,4 +1,6 @@
-"""Simulated catalogs cached as Parquet under ``data/cache/`` (one file per size, seed, surveys).
+"""Simulated catalogs cached as Parquet in the user's cache directory (one file per size, seed, surveys):
+``$ASTROSCALE_FL_CACHE``, else ``$XDG_CACHE_HOME/astroscale-fl``, else ``~/.cache/astroscale-fl``;
+never inside the installation.
 
 Every simulation node and the server need the same catalog; generating it once per machine
 and reading it back is faster than re-simulating in each process.
@@ -16,9 +18,13 @@ from astroscale_fl.simulator.simulate import simulate_catalog, write_parquet
 
 
 def cache_dir() -> Path:
-    """``$ASTROSCALE_FL_CACHE`` or ``data/cache`` next to the package's repository."""
+    """``$ASTROSCALE_FL_CACHE``, else ``$XDG_CACHE_HOME/astroscale-fl`` (XDG's default: ``~/.cache``)."""
     env = os.environ.get("ASTROSCALE_FL_CACHE")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "data" / "cache"
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"  # XDG: a relative value is ignored
+    return base / "astroscale-fl"
 
 
 def cached_catalog(n_stars: int, seed: int, surveys: list[str]) -> pd.DataFrame:

@@ -1,6 +1,6 @@
 """Fixtures for deployment tests: real flower-superlink / flower-supernode processes on 127.0.0.1.
 
-Every process is started in its own process group through scripts/start-*.sh and stopped (SIGTERM,
+Every process is started in its own process group (astroscale-fl deploy superlink/supernode) and stopped (SIGTERM,
 then SIGKILL) when the fixture ends, also when a test fails.
 """
 

@@ -57,7 +57,7 @@ def test_status_lists_runs_and_nodes(federation, uninterrupted, capsys, monkeypa
     import sys
 
     from astroscale_fl.deploy.cli import main as deploy_cli
-    from astroscale_fl.deploy.local import ROOT
+    from tests.conftest import ROOT
 
     connect = ["--superlink", f"127.0.0.1:{federation.port}", "--root-certificates", str(federation.certs / "ca.crt")]
     out = subprocess.run([sys.executable, "-m", "astroscale_fl.deploy.cli", "status", *connect, "--json"],

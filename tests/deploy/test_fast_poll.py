@@ -28,35 +28,45 @@ def _module_from_source(tmp_path: Path, source: str) -> types.ModuleType:
     return module
 
 
-def test_guard_accepts_the_installed_flower_and_refuses_others(tmp_path):
+def test_guard_checks_the_shape_of_the_code_not_the_version(tmp_path, monkeypatch):
     import flwr
 
-    fast_poll.check_flower(flwr.__version__, loop)  # the flwr this project pins (1.41.x)
-    with pytest.raises(ConfigError, match=r"written for flwr 1\.41\.x, found flwr 1\.42\.0; use plain flower-supernode"):
-        fast_poll.check_flower("1.42.0", loop)
+    fast_poll.check_flower(loop, fast_poll.object_pulls())  # the installed flwr (1.41 here, 1.42 in test-flower-versions.sh)
+    monkeypatch.setattr(flwr, "__version__", "9.99.0")  # a version number alone is no reason to refuse
+    fast_poll.check_flower(loop, fast_poll.object_pulls())
     changed = _module_from_source(tmp_path, "import time\n\ndef register_signal_handlers():\n    pass\n\n"
-                                            "def loop():\n    time.sleep(1)\n")
+                                            "def loop():\n    register_signal_handlers()\n    time.sleep(1)\n")
     with pytest.raises(ConfigError, match=r"missing: time.sleep\(3\), time.sleep\(0.5\).*use plain flower-supernode"):
-        fast_poll.check_flower("1.41.0", changed)
+        fast_poll.check_flower(changed)
     other_time = _module_from_source(tmp_path, "from time import sleep as time_sleep\ntime = None\n"
-                                                "register_signal_handlers = print\n# time.sleep(3) time.sleep(0.5)\n")
+                                                "register_signal_handlers = print\nregister_signal_handlers()\n"
+                                                "# time.sleep(3) time.sleep(0.5)\n")
     with pytest.raises(ConfigError, match="import time"):
-        fast_poll.check_flower("1.41.0", other_time)
+        fast_poll.check_flower(other_time)
     no_handlers = _module_from_source(tmp_path, "import time\n# time.sleep(3) time.sleep(0.5)\n")
     with pytest.raises(ConfigError, match="signal handlers"):
-        fast_poll.check_flower("1.41.0", no_handlers)
+        fast_poll.check_flower(no_handlers)
+    never_registered = _module_from_source(tmp_path, "import time\n# time.sleep(3) time.sleep(0.5)\n"
+                                                      "register_signal_handlers = print\n")
+    with pytest.raises(ConfigError, match="signal handlers"):
+        fast_poll.check_flower(never_registered)
+
+    def pull_without_backoff(store, *, max_retries=3):
+        return store
+
+    with pytest.raises(ConfigError, match=r"pull_without_backoff no longer takes initial_backoff, backoff_cap"):
+        fast_poll.check_flower(loop, (pull_without_backoff,))
 
 
-def test_command_refuses_another_flower_with_one_line(monkeypatch, capsys):
-    import flwr
-
-    monkeypatch.setattr(flwr, "__version__", "1.42.0")
+def test_command_refuses_another_shape_with_one_line(monkeypatch, capsys):
     monkeypatch.setattr(loop, "time", loop.time)  # restored whatever happens
+    monkeypatch.setattr(fast_poll, "EXPECTED_SLEEPS", ("time.sleep(7)",))  # as if Flower had changed its sleeps
     with pytest.raises(SystemExit) as exited:
         fast_poll.main(["--poll-interval", "0.1", "--insecure", "--superlink", "127.0.0.1:1"])
     assert exited.value.code == USER_ERROR_EXIT
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: node supernode: written for flwr 1.41.x, found flwr 1.42.0")
+    assert err.count("\n") == 1
+    assert err.startswith("error: node supernode: flwr.supernode.start_client_internal no longer sleeps through its `time` module")
     assert loop.time is time  # nothing patched
 
 

@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from astroscale_fl.deploy.local import ROOT, LocalFederation
+from astroscale_fl.deploy.local import LocalFederation
 from astroscale_fl.deploy.node_status import read_status
+from tests.conftest import ROOT
 from tests.deploy.conftest import TINY, online_nodes, scrape, wait_for, wait_run, weights
 
 pytestmark = pytest.mark.slow
@@ -36,7 +37,7 @@ def node_dir(fed: LocalFederation, i: int) -> Path:
 
 
 def group_commands(fed: LocalFederation, i: int) -> list[str]:
-    """Command lines of node ``i``'s processes (its start-supernode.sh leads their process group)."""
+    """Command lines of node ``i``'s processes (its `deploy supernode` leads their process group)."""
     found = []
     for proc in Path("/proc").iterdir():
         try:
