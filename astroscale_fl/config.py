@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from astroscale_fl.config_checks import check_values, require
 from astroscale_fl.config_schema import SCHEMAS, SECTIONS, TOP_LEVEL
+from astroscale_fl.data import split
 from astroscale_fl.errors import ConfigError, one_line
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -127,31 +127,10 @@ def validate(cfg: DictConfig, without: tuple[str, ...] = ()) -> DictConfig:
     typed = OmegaConf.create(out)
     _check_missing(typed)
     if typed.federation.num_nodes is None:
-        typed.federation.num_nodes = default_num_nodes(typed)
+        typed.federation.num_nodes = split.default_num_nodes(typed)
     _check_values(typed)
     OmegaConf.set_readonly(typed, True)
     return typed
-
-
-DEFAULT_NUM_NODES = 5
-
-
-def default_num_nodes(cfg: DictConfig, distinct_values: Callable[[str], int] | None = None) -> int | None:
-    """The one rule for ``federation.num_nodes: null``: one node per value of the partition
-    column (:func:`astroscale_fl.data.split.partition_column`: the task's surveys when it lists them,
-    else ``distinct_values(column)`` counted in the data, None while no data is read), else 5.
-
-    :func:`validate` applies it without data; :func:`astroscale_fl.data.nodes.resolve_num_nodes`
-    with the training rows.
-    """
-    from astroscale_fl.data.split import partition_column
-
-    column = partition_column(cfg.partition)
-    if column is None:
-        return DEFAULT_NUM_NODES
-    if cfg.partition.name == "by_survey" and "surveys" in cfg.task:
-        return len(cfg.task.surveys)
-    return distinct_values(column) if distinct_values is not None else None
 
 
 def _check_values(cfg: DictConfig) -> None:

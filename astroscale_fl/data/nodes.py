@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from astroscale_fl import config
+from astroscale_fl.data import split
 from astroscale_fl.data.checks import QUARANTINE_ATTR
 from astroscale_fl.data.split import assign_nodes, train_test_split
 from astroscale_fl.data.tasks import get_task
@@ -62,7 +62,7 @@ def config_json(cfg: DictConfig, sections: tuple[str, ...] | None = None) -> str
 def resolve_num_nodes(cfg: DictConfig) -> DictConfig:
     """``cfg`` with ``federation.num_nodes`` set: a ``null`` left by :func:`config.validate`
     (a partition column without a known list of values) becomes the number of distinct values
-    of that column in the training rows (:func:`config.default_num_nodes`)."""
+    of that column in the training rows (:func:`split.default_num_nodes`)."""
     if cfg.federation.num_nodes is not None:
         return cfg
     train, _ = task_split(cfg)
@@ -73,7 +73,7 @@ def resolve_num_nodes(cfg: DictConfig) -> DictConfig:
         return int(train[column].astype(str).nunique())
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    resolved["federation"]["num_nodes"] = config.default_num_nodes(cfg, distinct_values)
+    resolved["federation"]["num_nodes"] = split.default_num_nodes(cfg, distinct_values)
     out = OmegaConf.create(resolved)
     OmegaConf.set_readonly(out, True)
     return out

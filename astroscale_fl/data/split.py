@@ -9,10 +9,12 @@ server evaluates the global model on them after every round.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from omegaconf import DictConfig
 
 from astroscale_fl.errors import ConfigError, DataError, short_list
 from astroscale_fl.preprocessing.stream import hash_unit
@@ -148,3 +150,22 @@ def assign_nodes(frame: pd.DataFrame, partition_cfg, num_nodes: int, seed: int, 
             f"federation.num_nodes={num_nodes}); use fewer nodes or more data"
         )
     return nodes
+
+
+DEFAULT_NUM_NODES = 5
+
+
+def default_num_nodes(cfg: DictConfig, distinct_values: Callable[[str], int] | None = None) -> int | None:
+    """The one rule for ``federation.num_nodes: null``: one node per value of the partition
+    column (:func:`astroscale_fl.data.split.partition_column`: the task's surveys when it lists them,
+    else ``distinct_values(column)`` counted in the data, None while no data is read), else 5.
+
+    :func:`astroscale_fl.run_config.validate` applies it without data; :func:`astroscale_fl.data.nodes.resolve_num_nodes`
+    with the training rows.
+    """
+    column = partition_column(cfg.partition)
+    if column is None:
+        return DEFAULT_NUM_NODES
+    if cfg.partition.name == "by_survey" and "surveys" in cfg.task:
+        return len(cfg.task.surveys)
+    return distinct_values(column) if distinct_values is not None else None
