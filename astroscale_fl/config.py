@@ -1,10 +1,10 @@
-"""Configuration: compose the Hydra tree under ``conf/`` and validate it.
+"""Configuration: compose the Hydra tree under ``conf/`` and merge it onto its schemas.
 
 ``conf/config.yaml`` composes one choice per group (task, model, strategy, partition,
-privacy, federation, train). After composition :func:`validate` checks the whole config against
+privacy, federation, train). After composition :func:`merge_schemas` checks the whole config against
 the dataclass schemas of :mod:`astroscale_fl.config_schema` (one schema per choice of a group,
 picked by its ``name``; defaults live in the YAML alone): unknown keys, ill-typed values and
-out-of-range values are rejected with a one-line :class:`ConfigError` naming the key and what
+out-of-range values (:func:`astroscale_fl.run_config.validate`, each owner's check) are rejected with a one-line :class:`ConfigError` naming the key and what
 was expected.
 
 The same tree configures ``astroscale-fl train`` (a Hydra app), Hydra multiruns and
@@ -22,13 +22,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from astroscale_fl.config_checks import check_values, require
 from astroscale_fl.config_schema import SCHEMAS, SECTIONS, TOP_LEVEL
-from astroscale_fl.data import split
 from astroscale_fl.errors import ConfigError, one_line
-
-DEVICES = ("auto", "cpu", "cuda")
-
 
 # ---- locating and composing the tree -----------------------------------------------------
 
@@ -74,6 +69,12 @@ def compose(overrides: list[str] | str = ()) -> DictConfig:
     return cfg
 
 
+def require(ok: bool, key: str, expected: str, value) -> None:
+    """Raise a one-line ConfigError naming ``key`` unless ``ok``."""
+    if not ok:
+        raise ConfigError(f"{key}: expected {expected}, got {value!r}")
+
+
 # ---- validation ---------------------------------------------------------------------------
 
 
@@ -87,12 +88,11 @@ def _check_section(cfg: DictConfig, key: str, schema: type) -> DictConfig:
         raise ConfigError(f"{where}: {msg} (schema {schema.__name__})") from None
 
 
-def validate(cfg: DictConfig, without: tuple[str, ...] = ()) -> DictConfig:
-    """Check a composed config against the schemas; return a typed, read-only copy.
-
-    ``without`` names groups the config leaves out on purpose (the nodes' copy has no
-    ``strategy``: see :mod:`astroscale_fl.federation.messages`). Raises :class:`ConfigError`
-    (one line) on unknown keys, wrong types or bad values.
+def merge_schemas(cfg: DictConfig, without: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Merge a composed config onto the schemas: each group onto the schema its ``name`` picks, each
+    section onto its own, the top-level keys checked for type. Raises a one-line :class:`ConfigError`
+    on unknown keys, unknown choices and ill-typed values; the owners' checks are
+    :func:`astroscale_fl.run_config.validate`'s.
     """
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     known = (set(SCHEMAS) | set(SECTIONS) | set(TOP_LEVEL) | {"mode"}) - set(without)
@@ -118,90 +118,10 @@ def validate(cfg: DictConfig, without: tuple[str, ...] = ()) -> DictConfig:
             raise ConfigError(f"{key}: expected {typ.__name__}, got {value!r}")
         out[key] = value
     out["mode"] = cfg.get("mode")
-    if out["partition"].name == "auto":
-        from astroscale_fl.data.tasks import DEFAULT_PARTITION
-
-        chosen = DEFAULT_PARTITION.get(out["task"].name, "iid")
-        out["partition"] = OmegaConf.merge(OmegaConf.structured(SCHEMAS["partition"][chosen]),
-                                           OmegaConf.load(conf_dir() / "partition" / f"{chosen}.yaml"))
-    typed = OmegaConf.create(out)
-    _check_missing(typed)
-    if typed.federation.num_nodes is None:
-        typed.federation.num_nodes = split.default_num_nodes(typed)
-    _check_values(typed)
-    OmegaConf.set_readonly(typed, True)
-    return typed
+    return out
 
 
-def _check_values(cfg: DictConfig) -> None:
-    fed, train = cfg.federation, cfg.train
-    require(cfg.device in DEVICES or str(cfg.device).startswith("cuda:"), "device", "auto, cpu or cuda", cfg.device)
-    require(fed.num_nodes is None or fed.num_nodes >= 1, "federation.num_nodes", "an integer >= 1", fed.num_nodes)
-    require(fed.num_rounds >= 1, "federation.num_rounds", "an integer >= 1", fed.num_rounds)
-    require(0.0 < fed.fraction_train <= 1.0, "federation.fraction_train", "a number in (0, 1]", fed.fraction_train)
-    require(0.0 <= fed.fraction_evaluate <= 1.0, "federation.fraction_evaluate", "a number in [0, 1]", fed.fraction_evaluate)
-    require(fed.min_train_nodes >= 1, "federation.min_train_nodes", "an integer >= 1", fed.min_train_nodes)
-    require(fed.client_threads >= 1, "federation.client_threads", "an integer >= 1", fed.client_threads)
-    require(fed.backend in ("inprocess", "ray"), "federation.backend", "inprocess or ray", fed.backend)
-    require(train.local_epochs >= 1, "train.local_epochs", "an integer >= 1", train.local_epochs)
-    require(train.batch_size >= 1, "train.batch_size", "an integer >= 1", train.batch_size)
-    require(train.lr > 0, "train.lr", "a positive number", train.lr)
-    require(train.optimizer in ("sgd", "adam"), "train.optimizer", "sgd or adam", train.optimizer)
-    require(cfg.preprocess.clip is None or cfg.preprocess.clip > 0, "preprocess.clip", "a positive number or null", cfg.preprocess.clip)
-    require(cfg.preprocess.scaling in ("robust", "standard", "minmax"), "preprocess.scaling", "robust, standard or minmax", cfg.preprocess.scaling)
-    _check_preprocess(cfg.preprocess)
-    require(cfg.mode in ("federated", "centralized"), "mode", "federated or centralized", cfg.mode)
-    strategy = cfg.get("strategy") or {}
-    for key in ("server_lr", "local_lr", "tau"):
-        if key in strategy:
-            require(strategy[key] > 0, f"strategy.{key}", "a positive number", strategy[key])
-    if "mu" in strategy:
-        require(strategy.mu >= 0, "strategy.mu", "a number >= 0", strategy.mu)
-    for key in ("beta1", "beta2"):
-        if key in strategy:
-            require(0 <= strategy[key] < 1, f"strategy.{key}", "a number in [0, 1)", strategy[key])
-    if cfg.partition.name == "dirichlet":
-        require(cfg.partition.alpha > 0, "partition.alpha", "a positive number", cfg.partition.alpha)
-        require(cfg.partition.bins >= 1, "partition.bins", "an integer >= 1", cfg.partition.bins)
-    check_values(cfg)
-    require(fed.secure_aggregation in ("none", "secaggplus"), "federation.secure_aggregation", "none or secaggplus", fed.secure_aggregation)
-    if fed.secure_aggregation == "secaggplus":
-        from astroscale_fl.federation.secagg.protocol import check_config
-
-        check_config(cfg)
-    if cfg.privacy.name != "none":
-        from astroscale_fl.privacy import PrivacySettings
-        from astroscale_fl.privacy.node_level import NodeLevelSettings
-
-        PrivacySettings.from_config(cfg.privacy)  # raises a one-line PrivacyError
-        NodeLevelSettings.from_config(cfg.privacy)
-
-
-def _check_preprocess(section) -> None:
-    """The issue-14 preprocess keys: choices and ranges (column names are checked against the task later)."""
-    require(section.impute in ("median", "mean", "ffill", "bfill", "interpolate"), "preprocess.impute",
-             "median, mean, ffill, bfill or interpolate", section.impute)
-    require(section.impute in ("median", "mean") or bool(section.order_by), "preprocess.order_by",
-             f"a column to order rows by for preprocess.impute={section.impute}", section.order_by)
-    require(section.outliers in ("none", "zscore", "iqr", "isolation_forest"), "preprocess.outliers",
-             "none, zscore, iqr or isolation_forest", section.outliers)
-    require(section.outliers != "isolation_forest" or 0 < section.outlier_threshold < 1, "preprocess.outlier_threshold",
-             "an anomaly score in (0, 1) for isolation_forest (e.g. 0.6)", section.outlier_threshold)
-    require(section.outliers != "isolation_forest" or section.outlier_action in ("drop", "flag"), "preprocess.outlier_action",
-             "drop or flag for isolation_forest (a forest has no bounds to clip to)", section.outlier_action)
-    require(section.outliers != "isolation_forest" or section.outlier_action == "drop" or bool(section.get("reference")),
-             "preprocess.outlier_action", "drop for isolation_forest without preprocess.reference (each node's own forest "
-             "stays on the node; flag needs the forest fitted on the public reference)", section.outlier_action)
-    require(section.outlier_action in ("drop", "clip", "flag"), "preprocess.outlier_action", "drop, clip or flag", section.outlier_action)
-    require(section.outlier_threshold > 0, "preprocess.outlier_threshold", "a positive number", section.outlier_threshold)
-    require(section.polynomial_degree >= 2, "preprocess.polynomial_degree", "an integer >= 2", section.polynomial_degree)
-    known = ("distance_pc", "polynomial", "interactions", "temporal")
-    require(all(f in known for f in section.features), "preprocess.features", f"some of {list(known)}", list(section.features))
-    require(section.chunk_rows is None or section.chunk_rows >= 1, "preprocess.chunk_rows", "a positive integer or null", section.chunk_rows)
-    require(section.cache_bytes >= 0, "preprocess.cache_bytes", "a number of bytes >= 0", section.cache_bytes)
-
-
-def _check_missing(cfg: DictConfig) -> None:
+def check_missing(cfg: DictConfig) -> None:
     """Every schema field needs a value: not ``???`` (task.path, partition.column), not absent from the YAML."""
     for group in (g for g in (*SCHEMAS, *SECTIONS) if g in cfg):
         for key in (k for k in cfg[group] if OmegaConf.is_missing(cfg[group], k)):
@@ -213,8 +133,3 @@ def to_json(cfg: DictConfig, without: tuple[str, ...] = ()) -> str:
     """The config (less the groups in ``without``) as a compact JSON string."""
     container = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in without}
     return json.dumps(container, sort_keys=True, separators=(",", ":"))
-
-
-def from_json(text: str, without: tuple[str, ...] = ()) -> DictConfig:
-    """Inverse of :func:`to_json`, validated."""
-    return validate(OmegaConf.create(json.loads(text)), without=without)

@@ -1,6 +1,6 @@
 """Config mistakes caught before anything is written (no run directory, no model, no ledger).
 
-:func:`check_values` runs inside :func:`astroscale_fl.config.validate` (keys on their own);
+:func:`check_values` runs inside :func:`astroscale_fl.run_config.validate` (keys on their own);
 :func:`check_run` runs in the training preflight, once the data and the node count are known
 (keys against each other and against the data: ``min_replies`` vs the nodes, a checkpoint to
 resume from, a privacy budget that could not pay for one round).
@@ -14,18 +14,13 @@ from collections.abc import Sequence
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from astroscale_fl.config import require
 from astroscale_fl.errors import ConfigError
 
 MAX_PORT = 65535
 #: a hidden layer wider than this is a typo, not a model (its weights alone would be gigabytes)
 MAX_LAYER_WIDTH = 65536
 MAX_HIDDEN_LAYERS = 64
-
-
-def require(ok: bool, key: str, expected: str, value) -> None:
-    """Raise a one-line ConfigError naming ``key`` unless ``ok``."""
-    if not ok:
-        raise ConfigError(f"{key}: expected {expected}, got {value!r}")
 
 
 def _finite_positive(value) -> bool:

@@ -1,6 +1,6 @@
 """Config schemas: one dataclass per choice of each group of the ``conf/`` tree, and the sections.
 
-:func:`astroscale_fl.config.validate` merges each composed group onto the schema picked by its
+:func:`astroscale_fl.run_config.validate` merges each composed group onto the schema picked by its
 ``name`` (:data:`SCHEMAS`), and each fixed section onto its schema (:data:`SECTIONS`).
 
 Defaults live in the YAML alone; the schemas hold names, types and comments, no defaults

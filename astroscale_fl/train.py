@@ -13,7 +13,7 @@ from itertools import product
 
 from omegaconf import DictConfig
 
-from astroscale_fl import config
+from astroscale_fl import config, run_config
 from astroscale_fl.errors import USER_ERROR_EXIT, AstroScaleError, ConfigError, one_line, report_user_errors
 
 _HYDRA_FLAGS_WITH_VALUE = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--experimental-rerun", "--info", "-i"}
@@ -27,7 +27,7 @@ def run_job(cfg: DictConfig) -> dict:
     from server.app import make_server_app
 
     try:
-        typed = preflight(config.validate(cfg))
+        typed = preflight(run_config.validate(cfg))
         out_dir = HydraConfig.get().runtime.output_dir
         write_quarantine(typed, out_dir)
         if typed.mode == "centralized":
@@ -125,7 +125,7 @@ def check_overrides(overrides: list[str]) -> None:
         else:
             choices.append([override.input_line])
     for combination in product(*choices):
-        preflight(config.validate(config.compose(list(combination))))
+        preflight(run_config.validate(config.compose(list(combination))))
 
 
 @report_user_errors

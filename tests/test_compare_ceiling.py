@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from astroscale_fl import config
+from astroscale_fl import config, run_config
 from astroscale_fl.data.nodes import task_split
 from astroscale_fl.federation.server import run_federation
 from astroscale_fl.learning.compare import C_KMS
@@ -25,7 +25,7 @@ def sweep_dir(tmp_path_factory):
     """Two real in-process survey runs (FedAvg, FedAdam) in one directory, as a multirun leaves them."""
     root = tmp_path_factory.mktemp("sweep")
     for strategy in ("fedavg", "fedadam"):
-        cfg = config.validate(config.compose([*SURVEY, f"strategy={strategy}"]))
+        cfg = run_config.validate(config.compose([*SURVEY, f"strategy={strategy}"]))
         grid = InProcessGrid(int(cfg.federation.num_nodes))
         run_federation(grid, cfg, build_strategy(cfg), root / strategy, show_progress=False)
     return root
@@ -33,7 +33,7 @@ def sweep_dir(tmp_path_factory):
 
 def test_survey_run_writes_r2_ceiling_next_to_test_r2(sweep_dir):
     metrics = json.loads((sweep_dir / "fedavg" / "metrics.json").read_text())
-    _, test = task_split(config.validate(config.compose(SURVEY)))
+    _, test = task_split(run_config.validate(config.compose(SURVEY)))
     assert metrics["r2_ceiling"] == pytest.approx(ceiling_r2(test)) and 0 < metrics["r2_ceiling"] < 1
     keys = list(metrics)
     assert keys.index("r2_ceiling") == keys.index("test_r2") + 1

@@ -60,7 +60,7 @@ def config_json(cfg: DictConfig, sections: tuple[str, ...] | None = None) -> str
 
 
 def resolve_num_nodes(cfg: DictConfig) -> DictConfig:
-    """``cfg`` with ``federation.num_nodes`` set: a ``null`` left by :func:`config.validate`
+    """``cfg`` with ``federation.num_nodes`` set: a ``null`` left by :func:`astroscale_fl.run_config.validate`
     (a partition column without a known list of values) becomes the number of distinct values
     of that column in the training rows (:func:`split.default_num_nodes`)."""
     if cfg.federation.num_nodes is not None:

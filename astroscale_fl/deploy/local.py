@@ -105,13 +105,13 @@ class LocalFederation:
 
     def prepare(self, num_nodes: int, overrides: list[str] | str = (), num_keys: int | None = None) -> None:
         """Certificates and keys (``num_keys``, default ``num_nodes``) and node data directories."""
-        from astroscale_fl import config
+        from astroscale_fl import config, run_config
         from astroscale_fl.deploy.certs import make_all
         from astroscale_fl.deploy.node_data import write_node_dirs
 
         self.logs.mkdir(parents=True, exist_ok=True)
         make_all(self.certs, num_keys or num_nodes)
-        cfg = config.validate(config.compose(overrides))
+        cfg = run_config.validate(config.compose(overrides))
         write_node_dirs(cfg, self.nodes_dir, num_nodes)
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:

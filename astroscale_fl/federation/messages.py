@@ -20,6 +20,7 @@ from flwr.app import ConfigRecord
 from omegaconf import DictConfig
 
 from astroscale_fl import config as config_mod
+from astroscale_fl import run_config
 from astroscale_fl.data import nodes
 from astroscale_fl.federation.protocol import PIPELINE_KEY, RUN_CONFIG_KEY
 from astroscale_fl.preprocessing import Pipeline
@@ -56,7 +57,7 @@ def config_digest(cfg: DictConfig, sections: tuple[str, ...] | None = None) -> s
 # node's step, so the result (read-only) is kept per process.
 @functools.lru_cache(maxsize=8)
 def _parse_run_config(text: str) -> DictConfig:
-    return config_mod.from_json(text, without=NODE_CONFIG_OMITS)
+    return run_config.from_json(text, without=NODE_CONFIG_OMITS)
 
 
 @functools.lru_cache(maxsize=8)

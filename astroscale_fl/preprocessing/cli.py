@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the command; one summary line on stdout."""
     args = _parser().parse_args(argv)
-    from astroscale_fl import config
+    from astroscale_fl import config, run_config
     from astroscale_fl.data.tasks import get_task
     from astroscale_fl.data.tensor_files import encode_table
     from astroscale_fl.preprocessing import Pipeline
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = list(args.overrides)
     if not any(o.startswith("task=") for o in overrides):  # default: the input is a catalog task's table
         overrides = ["task=catalog", *([] if any(o.startswith("task.path=") for o in overrides) else [f"task.path={args.input}"]), *overrides]
-    cfg = config.validate(config.compose(overrides))
+    cfg = run_config.validate(config.compose(overrides))
     task = get_task(cfg.task)
     if args.preprocessing:
         path = Path(args.preprocessing)

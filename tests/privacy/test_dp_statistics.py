@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from astroscale_fl import config
+from astroscale_fl import config, run_config
 from astroscale_fl.data.tasks import get_task
 from astroscale_fl.deploy.node_data import write_node_dirs
 from astroscale_fl.federation.client import node_split
@@ -68,14 +68,14 @@ def test_noise_has_the_calibrated_scale(frame):
 
 
 def test_unbounded_columns_are_refused():
-    cfg = config.validate(config.compose(["task=catalog", "task.path=x.csv", "task.features=[a,b]", "task.target=y"]))
+    cfg = run_config.validate(config.compose(["task=catalog", "task.path=x.csv", "task.features=[a,b]", "task.target=y"]))
     task = get_task(cfg.task)
     with pytest.raises(PrivacyError, match=r"column\(s\) \['a', 'b', 'y'\].*no finite physical range"):
         StatisticsRelease.for_pipeline(task, Pipeline.from_config(task, cfg))
 
 
 def _grid(overrides, root):
-    cfg = config.validate(config.compose(overrides))
+    cfg = run_config.validate(config.compose(overrides))
     dirs = write_node_dirs(cfg, root, int(cfg.federation.num_nodes))
     return cfg, dirs, InProcessGrid(len(dirs), node_configs=[{"data-dir": str(d)} for d in dirs])
 

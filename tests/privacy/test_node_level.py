@@ -9,7 +9,7 @@ from flwr.app import ConfigRecord
 from flwr.supercore.task_identity import TaskIdentity
 from opacus.accountants import create_accountant
 
-from astroscale_fl import config
+from astroscale_fl import config, run_config
 from astroscale_fl.errors import AstroScaleError
 from astroscale_fl.federation.records import numpy_to_arrays
 from astroscale_fl.federation.server import run_federation
@@ -84,7 +84,7 @@ def fresh_epsilon(entry):
 
 @pytest.mark.parametrize("strategy", ["fedavg", "fedprox", "fedadam", "scaffold"])
 def test_dp_fedavg_wraps_every_strategy_and_the_card_recomputes(tmp_path, strategy):
-    cfg = config.validate(config.compose([*SMALL, f"strategy={strategy}", "federation.fraction_train=0.75",
+    cfg = run_config.validate(config.compose([*SMALL, f"strategy={strategy}", "federation.fraction_train=0.75",
                                           "privacy.node_noise_multiplier=0.8", "privacy.clipping_norm=0.05"]))
     strat = build_strategy(cfg)
     assert isinstance(strat, DpFedAvg) and strat.strategy.fraction_train == 1.0
@@ -104,7 +104,7 @@ def test_dp_fedavg_wraps_every_strategy_and_the_card_recomputes(tmp_path, strate
 
 
 def test_global_step_is_bounded_by_the_clipping_norm(tmp_path):
-    cfg = config.validate(config.compose([*SMALL, "federation.num_rounds=1", "privacy.node_noise_multiplier=1e-9",
+    cfg = run_config.validate(config.compose([*SMALL, "federation.num_rounds=1", "privacy.node_noise_multiplier=1e-9",
                                           "privacy.clipping_norm=0.01"]))
     strat = build_strategy(cfg)
     start = {}
@@ -128,7 +128,7 @@ def test_global_step_is_bounded_by_the_clipping_norm(tmp_path):
 
 
 def test_budget_stops_the_run_early(tmp_path):
-    cfg = config.validate(config.compose([*SMALL, "federation.num_rounds=50", "privacy.node_epsilon_budget=12",
+    cfg = run_config.validate(config.compose([*SMALL, "federation.num_rounds=50", "privacy.node_epsilon_budget=12",
                                           "privacy.node_noise_multiplier=1.0"]))
     strat = build_strategy(cfg)
     allowed = strat.affordable_rounds(50)
