@@ -9,20 +9,15 @@ resume from, a privacy budget that could not pay for one round).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from astroscale_fl.config import require
 from astroscale_fl.errors import ConfigError
+from astroscale_fl.learning.model_spec import check_mlp
 
 MAX_PORT = 65535
-#: a hidden layer wider than this is a typo, not a model (its weights alone would be gigabytes)
-MAX_LAYER_WIDTH = 65536
-MAX_HIDDEN_LAYERS = 64
-
-
 def _finite_positive(value) -> bool:
     return value is not None and math.isfinite(value) and value > 0
 
@@ -48,19 +43,6 @@ def check_values(cfg: DictConfig) -> None:
     fraction = cfg.task.get("max_bad_fraction")
     if fraction is not None:
         require(0 <= fraction < 1, "task.max_bad_fraction", "a number in [0, 1)", fraction)
-
-
-def check_mlp(widths: Sequence, activation: str, dropout: float) -> None:
-    """``model.widths``, ``model.activation`` and ``model.dropout`` of an MLP: the one place these
-    rules live (the config, :class:`~astroscale_fl.learning.models.MLP` and a model card's model)."""
-    from astroscale_fl.learning.models import ACTIVATIONS
-
-    require(isinstance(widths, Sequence) and not isinstance(widths, str), "model.widths", "a list of layer widths", widths)
-    require(activation in ACTIVATIONS, "model.activation", f"one of {sorted(ACTIVATIONS)}", activation)
-    require(0.0 <= dropout < 1.0, "model.dropout", "a number in [0, 1)", dropout)
-    require(len(widths) <= MAX_HIDDEN_LAYERS, "model.widths", f"at most {MAX_HIDDEN_LAYERS} hidden layers", len(widths))
-    bad = [w for w in widths if isinstance(w, bool) or not isinstance(w, int) or not 1 <= w <= MAX_LAYER_WIDTH]
-    require(not bad, "model.widths", f"layer widths in 1..{MAX_LAYER_WIDTH}", widths)
 
 
 def check_min_replies(fed: DictConfig) -> None:

@@ -165,9 +165,9 @@ def test_noise_multiplier_on_the_command_line_wins_over_the_default_target():
                                                        ([8, True], "relu", 0.0), ("32,16", "relu", 0.0), ([8], "bogus", 0.0),
                                                        ([8], "relu", 1.0)])
 def test_the_model_refuses_what_the_config_check_refuses_with_the_same_line(widths, activation, dropout):
-    """config_checks.check_mlp is the one place for the MLP rules: the model built directly (as from a
+    """model_spec.check_mlp is the one place for the MLP rules: the model built directly (as from a
     model card) refuses the same values with the same one-line message as the config."""
-    from astroscale_fl.config_checks import check_mlp
+    from astroscale_fl.learning.model_spec import check_mlp
     from astroscale_fl.learning.models import MLP
 
     with pytest.raises(AstroScaleError) as from_config:
@@ -175,6 +175,14 @@ def test_the_model_refuses_what_the_config_check_refuses_with_the_same_line(widt
     with pytest.raises(AstroScaleError) as from_model:
         MLP(4, widths, activation, dropout)
     assert str(from_model.value) == str(from_config.value)
+
+
+def test_the_model_spec_names_exactly_the_activations_the_model_builds():
+    """The torch-free spec (what the config accepts) and the torch modules (what MLP builds) agree."""
+    from astroscale_fl.learning.model_spec import ACTIVATION_NAMES
+    from astroscale_fl.learning.models import ACTIVATIONS
+
+    assert sorted(ACTIVATION_NAMES) == sorted(ACTIVATIONS)
 
 
 def test_long_error_lines_are_cut_in_the_middle():

@@ -287,7 +287,7 @@ def load_exported(path: str | Path, device: torch.device | str = "cpu") -> tuple
     try:
         with torch.device("meta"):  # shapes only: nothing is allocated until the weights are assigned
             model = build_model(OmegaConf.create(card["model"]), len(pipeline.features), seed=0)
-    except Exception as exc:  # ConfigError from the model (config_checks.check_mlp), or OmegaConf refusing the section
+    except Exception as exc:  # ConfigError from the model (learning.model_spec.check_mlp), or OmegaConf refusing the section
         raise DataError(f"{path / CARD_FILE}: model: {one_line(str(exc))[:160]}") from None
     _fit_weights(model, _load_state(path / WEIGHTS_FILE), path / WEIGHTS_FILE)
     return model.to(device).eval(), pipeline, card
