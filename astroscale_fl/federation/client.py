@@ -37,7 +37,8 @@ from astroscale_fl.federation.node_cache import NodeCache
 from astroscale_fl.federation.records import load_arrays, model_to_arrays, numpy_to_arrays
 from astroscale_fl.learning.device import resolve_device
 from astroscale_fl.learning.models import build_model
-from astroscale_fl.learning.training import GradHook, eval_report, make_optimizer, predict
+from astroscale_fl.learning.steps import GradHook
+from astroscale_fl.learning.training import eval_report, make_optimizer, predict
 from astroscale_fl.preprocessing import Pipeline
 from astroscale_fl.privacy.calibrate import PrivacySettings
 from astroscale_fl.privacy.floor import PrivacyFloor

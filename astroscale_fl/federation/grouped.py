@@ -37,7 +37,8 @@ from astroscale_fl.federation import local_objectives as objectives
 from astroscale_fl.federation.messages import config_digest, read_pipeline, read_run_config
 from astroscale_fl.federation.records import array_from_numpy, array_record, load_arrays
 from astroscale_fl.federation.secagg import node as secagg_node
-from astroscale_fl.learning.training import TrainReport, shuffled_batches
+from astroscale_fl.learning.steps import TrainReport
+from astroscale_fl.learning.training import shuffled_batches
 from astroscale_fl.learning.vectorized import LocalOptimizer, NodeWork, StackedDP, stackable, train_stacked
 from astroscale_fl.privacy import PrivacySettings, card, poisson_batches
 from astroscale_fl.privacy import node as dp_node

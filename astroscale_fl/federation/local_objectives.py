@@ -22,7 +22,7 @@ from torch import nn
 from astroscale_fl.atomic import atomic_path
 from astroscale_fl.federation.protocol import ARRAYS_KEY, CONTROL_KEY, ScaffoldCorrection
 from astroscale_fl.federation.records import arrays_to_numpy, numpy_to_arrays
-from astroscale_fl.learning.training import GradHook
+from astroscale_fl.learning.steps import GradHook
 
 
 def combine(hooks: list[GradHook]) -> GradHook | None:

@@ -30,7 +30,8 @@ import torch
 from flwr.app import ConfigRecord, RecordDict
 
 from astroscale_fl.federation.protocol import DELTA_KEY, EPSILON_KEY, PRIVACY_KEY, TRAIN_LOSS_KEY, WEIGHT_KEY, Decline
-from astroscale_fl.learning.training import GradHook, TrainReport, shuffled_batches, train_local
+from astroscale_fl.learning.steps import GradHook, TrainReport
+from astroscale_fl.learning.training import shuffled_batches, train_local
 from astroscale_fl.privacy import card
 from astroscale_fl.privacy.calibrate import PrivacySettings, RoundPlan
 from astroscale_fl.privacy.dp_sgd import make_private, poisson_batches, train_local_dp
