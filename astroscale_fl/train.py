@@ -31,7 +31,7 @@ def run_job(cfg: DictConfig) -> dict:
         out_dir = HydraConfig.get().runtime.output_dir
         write_quarantine(typed, out_dir)
         if typed.mode == "centralized":
-            from astroscale_fl.learning.centralized import run_centralized
+            from astroscale_fl.centralized import run_centralized
 
             run_centralized(typed, out_dir)
         else:
