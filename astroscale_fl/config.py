@@ -28,13 +28,16 @@ from astroscale_fl.errors import ConfigError, one_line
 # ---- locating and composing the tree -----------------------------------------------------
 
 
-def conf_dir() -> Path:
-    """The ``conf/`` tree: ``$ASTROSCALE_FL_CONF``, the repository's, or the copy inside a wheel."""
+def conf_dir(holding: str = "config.yaml") -> Path:
+    """The ``conf/`` tree: ``$ASTROSCALE_FL_CONF``, the repository's, or the copy inside a wheel.
+
+    ``holding``: what the caller reads there (the training config's ``config.yaml``; the ingest's
+    sources need only ``source/``); a tree without it is a one-line :class:`ConfigError`."""
     env = os.environ.get("ASTROSCALE_FL_CONF")
     here = Path(__file__).resolve().parent
     path = Path(env) if env else next((p for p in (here.parent / "conf", here / "conf") if p.is_dir()), here.parent / "conf")
-    if not (path / "config.yaml").is_file():
-        raise ConfigError(f"config tree not found: {path}/config.yaml (set ASTROSCALE_FL_CONF to the conf/ directory)")
+    if not (path / holding).exists():
+        raise ConfigError(f"config tree not found: {path}/{holding} (set ASTROSCALE_FL_CONF to the conf/ directory)")
     return path
 
 

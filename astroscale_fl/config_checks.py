@@ -14,7 +14,10 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from astroscale_fl.config import require
+from astroscale_fl.data.node_arrays import is_local_val
 from astroscale_fl.errors import ConfigError
+from astroscale_fl.federation import checkpoint
+from astroscale_fl.federation.checkpoint import checkpoint_path
 from astroscale_fl.learning.model_spec import check_mlp
 
 MAX_PORT = 65535
@@ -33,8 +36,6 @@ def check_values(cfg: DictConfig) -> None:
     if fed.num_nodes is not None:
         check_min_replies(fed)
     if fed.resume_from:
-        from astroscale_fl.federation.checkpoint import checkpoint_path
-
         path = checkpoint_path(fed.resume_from)
         require(path.is_file(), "federation.resume_from", "a run directory holding checkpoint.npz, or a .npz file",
                  str(fed.resume_from))
@@ -60,8 +61,6 @@ def check_run(cfg: DictConfig, node_rows: np.ndarray | None) -> None:
     fed = cfg.federation
     check_min_replies(fed)
     if fed.resume_from:
-        from astroscale_fl.federation import checkpoint
-
         resumed = checkpoint.load(fed.resume_from)
         checkpoint.check_compatible(resumed, OmegaConf.to_container(cfg, resolve=True), fed.resume_from)
     if node_rows is not None and cfg.privacy.name != "none" and cfg.privacy.get("epsilon_budget") is not None:
@@ -90,8 +89,6 @@ def check_first_round_budget(cfg: DictConfig, node_rows: np.ndarray) -> None:
 
 def node_training_rows(train, nodes: np.ndarray, num_nodes: int, seed: int) -> np.ndarray:
     """Rows each simulated node trains on: its partition less its local validation rows (by row id)."""
-    from astroscale_fl.data.node_arrays import is_local_val
-
     is_val = is_local_val({"id": train["id"].to_numpy()}, seed)
     total = np.bincount(nodes, minlength=num_nodes)
     val = np.bincount(nodes, weights=is_val, minlength=num_nodes).astype(np.int64)

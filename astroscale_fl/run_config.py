@@ -19,7 +19,6 @@ from astroscale_fl.config_checks import check_values
 from astroscale_fl.config_schema import SCHEMAS
 from astroscale_fl.data import split
 from astroscale_fl.data.tasks import DEFAULT_PARTITION
-from astroscale_fl.federation.secagg.protocol import check_config
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -79,6 +78,8 @@ def _check_values(cfg: DictConfig) -> None:
     check_values(cfg)
     require(fed.secure_aggregation in ("none", "secaggplus"), "federation.secure_aggregation", "none or secaggplus", fed.secure_aggregation)
     if fed.secure_aggregation == "secaggplus":
+        from astroscale_fl.federation.secagg.protocol import check_config
+
         check_config(cfg)
     if cfg.privacy.name != "none":
         from astroscale_fl.privacy import PrivacySettings

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 from itertools import product
+from pathlib import Path
 
 from omegaconf import DictConfig
 
@@ -46,8 +47,6 @@ def run_job(cfg: DictConfig) -> dict:
 
 def write_quarantine(cfg: DictConfig, out_dir: str) -> None:
     """``<run dir>/quarantine.csv``: task rows left out for values that are not numbers, with the reason."""
-    from pathlib import Path
-
     from astroscale_fl.data.nodes import task_quarantine
     from astroscale_fl.data.tables import write_table
 

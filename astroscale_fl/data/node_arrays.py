@@ -20,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from astroscale_fl.data.tensor_files import cached_tensors
 from astroscale_fl.preprocessing import ColumnStatistics, Pipeline
-from astroscale_fl.preprocessing.stream import ROW, fingerprint, hash_unit, iter_batches
+from astroscale_fl.preprocessing.stream import ROW, columns_of, fingerprint, hash_unit, iter_batches
 
 LOCAL_VAL_FRACTION = 0.1
 VAL_SALT = 0x5A1
@@ -81,8 +82,6 @@ def validation_share(is_val: np.ndarray) -> np.ndarray:
 
 
 def _columns(pipeline: Pipeline, table: Path) -> list[str]:
-    from astroscale_fl.preprocessing.stream import columns_of
-
     names = pipeline.inputs + [pipeline.target.target]
     return names + ([ID] if ID in columns_of(table) else [])
 
@@ -123,8 +122,6 @@ def encode_frame(pipeline: Pipeline, frame, training: bool) -> tuple[np.ndarray,
 def node_arrays(cfg, node_config: dict, pipeline: Pipeline, frames=None) -> dict[str, np.ndarray]:
     """``train_x``, ``train_y``, ``val_x``, ``val_y`` of a node: memory-mapped tensor files for a
     node table, in-memory arrays for a simulated node's frames (``frames()`` -> (train, val))."""
-    from astroscale_fl.data.tensor_files import cached_tensors
-
     table = node_table(node_config)
     if table is None:
         train, val = frames()

@@ -10,6 +10,7 @@ import pandas as pd
 
 from astroscale_fl.atomic import atomic_path
 from astroscale_fl.errors import DataError
+from astroscale_fl.preprocessing.stream import dataset
 
 SUFFIXES = (".csv", ".parquet")
 
@@ -19,8 +20,6 @@ def read_table(path: str | Path, role: str = "input file") -> pd.DataFrame:
     ``role`` names it in errors (e.g. ``task.path``)."""
     path = Path(path)
     if path.is_dir():
-        from astroscale_fl.preprocessing.stream import dataset
-
         try:
             return dataset(path, role).to_table().to_pandas()
         except DataError:

@@ -24,6 +24,7 @@ from astroscale_fl.data.sources import hipparcos
 from astroscale_fl.data.split import PartitionColumns
 from astroscale_fl.data.tables import read_table
 from astroscale_fl.errors import ConfigError, DataError, short_list
+from astroscale_fl.simulator.cache import cached_catalog
 
 
 @dataclass(frozen=True)
@@ -174,8 +175,6 @@ SURVEY_REDSHIFT_INPUTS = (
 
 def load_survey_redshift(task_cfg) -> pd.DataFrame:
     """Simulated stars of the configured surveys (cached as Parquet under ``data/cache/``)."""
-    from astroscale_fl.simulator.cache import cached_catalog
-
     frame = cached_catalog(int(task_cfg.n_stars), int(task_cfg.seed), list(task_cfg.surveys))
     out = frame[[f.name for f in SURVEY_REDSHIFT_INPUTS] + ["z", "expected_z"]].copy()
     out.insert(0, "id", np.arange(len(out)).astype(str))

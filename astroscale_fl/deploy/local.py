@@ -14,6 +14,7 @@ apps), ``logs/`` (one log per process), ``superlink.db``.
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime as dt
 import os
 import shlex
@@ -62,8 +63,6 @@ def install_cleanup_handlers() -> None:
     Their processes live in their own sessions (so Ctrl-C reaches only us), hence nothing else
     would stop them if this process died without running its ``finally`` blocks.
     """
-    import atexit
-
     atexit.register(close_all)
 
     def handler(signum, _frame):

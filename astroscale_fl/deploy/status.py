@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,8 +54,6 @@ def write_flwr_home(home: str | Path, address: str, root_certificates: str | Non
 def _flwr() -> str:
     exe = shutil.which("flwr")
     if exe is None:
-        import sys
-
         candidate = Path(sys.executable).with_name("flwr")
         if candidate.is_file():
             return str(candidate)

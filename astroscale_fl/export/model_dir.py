@@ -21,6 +21,7 @@ import datetime as dt
 import json
 import math
 import pickle
+import shutil
 import subprocess
 import warnings
 from pathlib import Path
@@ -34,7 +35,9 @@ from astroscale_fl import __version__
 from astroscale_fl.atomic import atomic_directory, write_json
 from astroscale_fl.errors import AstroScaleError, DataError, one_line
 from astroscale_fl.ingest.cache import file_sha256
+from astroscale_fl.learning.models import build_model
 from astroscale_fl.preprocessing import Pipeline
+from astroscale_fl.simulator import ceiling_r2
 
 WEIGHTS_FILE = "weights.pt"
 PIPELINE_FILE = "preprocessing.json"
@@ -126,8 +129,6 @@ def add_r2_ceiling(metrics: dict[str, Any], test) -> None:
     rows into ``metrics`` right after ``test_r2``: the best R² any model could reach there."""
     if "expected_z" not in getattr(test, "columns", ()) or len(test) < 2:
         return
-    from astroscale_fl.simulator import ceiling_r2
-
     items = list(metrics.items())
     at = next((i + 1 for i, (k, _) in enumerate(items) if k == "test_r2"), len(items))
     metrics.clear()
@@ -136,8 +137,6 @@ def add_r2_ceiling(metrics: dict[str, Any], test) -> None:
 
 def publish(model_dir: Path, target: Path) -> Path:
     """Copy an exported model to ``target`` (e.g. models/<task>/latest), replacing it atomically."""
-    import shutil
-
     with atomic_directory(target) as tmp:
         for item in model_dir.iterdir():
             shutil.copy2(item, tmp / item.name)
@@ -272,8 +271,6 @@ def _fit_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -
 def load_exported(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, Pipeline, dict[str, Any]]:
     """Rebuild (model, pipeline, card) from a model directory, verified; one-line :class:`DataError` otherwise."""
     from omegaconf import OmegaConf
-
-    from astroscale_fl.learning.models import build_model
 
     path = Path(path)
     card = read_card(path)

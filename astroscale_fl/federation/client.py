@@ -41,6 +41,7 @@ from astroscale_fl.learning.steps import GradHook
 from astroscale_fl.learning.training import eval_report, make_optimizer, predict
 from astroscale_fl.preprocessing import Pipeline
 from astroscale_fl.privacy.calibrate import PrivacySettings
+from astroscale_fl.privacy.dp_statistics import private_statistics_reply
 from astroscale_fl.privacy.floor import PrivacyFloor
 from astroscale_fl.privacy.node import LocalJob, node_name, node_privacy
 
@@ -133,8 +134,6 @@ def handle_query(msg: Message, node_config: dict, state: RecordDict | None = Non
     ``privacy.statistics_epsilon`` through the Gaussian mechanism (``state``: the node's ledger)."""
     cfg = read_run_config(msg.content[protocol.CONFIG_KEY])
     if cfg.privacy.get("statistics_epsilon") is not None:
-        from astroscale_fl.privacy.dp_statistics import private_statistics_reply
-
         train, _ = node_split(cfg, node_config)
         return private_statistics_reply(cfg, get_task(cfg.task), unfitted_pipeline(cfg), train, RecordDict() if state is None else state, node_config)
     frame_batches = lambda: [_node_batch(cfg, node_config)]  # noqa: E731  (simulation: the node's row selection)
