@@ -280,8 +280,3 @@ SCHEMAS: dict[str, dict[str, type]] = {
 }
 SECTIONS: dict[str, type] = {"federation": Federation, "train": Train, "preprocess": Preprocess, "output": Output}
 TOP_LEVEL: dict[str, type] = {"seed": int, "device": str}
-
-
-def register_schema(group: str, name: str, schema: type) -> None:
-    """Add a choice to a config group (used by later modules: strategies, tasks, privacy)."""
-    SCHEMAS.setdefault(group, {})[name] = schema

@@ -6,7 +6,8 @@
 - ``evaluate``: the global model on the node's local validation rows, returned as sums so
   the server can pool RMSE and R² exactly.
 
-Each node keeps a local validation share (``federation.local_val_fraction``) out of training.
+Each node keeps a local validation share out of training: the rows whose id hashes below
+:data:`~astroscale_fl.data.node_arrays.LOCAL_VAL_FRACTION` (:func:`~astroscale_fl.data.node_arrays.is_local_val`).
 A simulated node's data is a row selection of the task table (:mod:`astroscale_fl.data.task_table`):
 the table is encoded once per pipeline and each message gathers the node's rows from it, so a
 thousand-node simulation holds the table once plus one index per node. A deployed node reads its
