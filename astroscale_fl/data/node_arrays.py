@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from astroscale_fl.data.nodes import node_table_path
 from astroscale_fl.data.tensor_files import cached_tensors
 from astroscale_fl.preprocessing import ColumnStatistics, Pipeline
 from astroscale_fl.preprocessing.stream import ROW, columns_of, fingerprint, hash_unit, iter_batches
@@ -34,9 +35,7 @@ def node_table(node_config: dict) -> Path | None:
     """A deployed node's table (a Parquet file or a directory of them), or None in simulation."""
     if "data-dir" not in node_config:
         return None
-    root = Path(str(node_config["data-dir"]))
-    directory = root / "train"
-    return directory if directory.is_dir() else root / "train.parquet"
+    return node_table_path(str(node_config["data-dir"]))
 
 
 def content_digest(table: Path) -> str:

@@ -18,10 +18,12 @@ from omegaconf import DictConfig, OmegaConf
 from astroscale_fl.data import split
 from astroscale_fl.data.checks import QUARANTINE_ATTR
 from astroscale_fl.data.split import assign_nodes, train_test_split
+from astroscale_fl.data.tables import read_table
 from astroscale_fl.data.tasks import get_task
 from astroscale_fl.errors import DataError
 
 NODE_DATA_FILE = "train.parquet"
+NODE_DATA_DIR = "train"  # or a folder of Parquet files
 
 
 @functools.lru_cache(maxsize=4)
@@ -111,12 +113,21 @@ def partition_rows(task_json: str, seed: int, partition_json: str, num_nodes: in
     return np.split(order, np.cumsum(np.bincount(nodes, minlength=num_nodes))[:-1])
 
 
+def node_table_path(data_dir: str | Path) -> Path:
+    """A deployed node's table: the folder ``<data-dir>/train/`` of Parquet files when there is one,
+    else ``<data-dir>/train.parquet``."""
+    root = Path(data_dir)
+    folder = root / NODE_DATA_DIR
+    return folder if folder.is_dir() else root / NODE_DATA_FILE
+
+
 def read_node_dir(data_dir: str | Path) -> pd.DataFrame:
-    """A deployed node's training rows: ``<data-dir>/train.parquet``."""
-    path = Path(data_dir) / NODE_DATA_FILE
-    if not path.is_file():
-        raise DataError(f"node data not found: {path} (expected a Parquet table written by `astroscale-fl node-data`)")
-    return pd.read_parquet(path)
+    """A deployed node's training rows (:func:`node_table_path`)."""
+    path = node_table_path(data_dir)
+    if not path.is_file() and not path.is_dir():
+        raise DataError(f"node data not found: {path} (expected a Parquet table written by `astroscale-fl node-data`, "
+                        f"or a folder {Path(data_dir) / NODE_DATA_DIR} of Parquet files)")
+    return read_table(path, "node data") if path.is_dir() else pd.read_parquet(path)
 
 
 def node_frame(cfg: DictConfig, node_config: dict, columns: tuple[str, ...] | None = None) -> pd.DataFrame:

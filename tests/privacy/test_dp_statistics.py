@@ -129,3 +129,28 @@ def test_dp_sgd_run_composes_statistics_and_training_in_the_card(tmp_path):
         assert node["epsilon"] > stats["epsilon"]
     assert card.main([str(path)]) == 0
     assert metrics["train_rows"] > 0
+
+
+def test_statistics_round_reads_a_node_whose_data_is_a_train_folder(tmp_path):
+    """A deployed node may hold ``train/`` (a folder of Parquet files) instead of ``train.parquet``
+    (training reads either): the DP statistics round reads the same rows from both layouts."""
+    import pandas as pd
+
+    cfg, dirs, _ = _grid([*SMALL, "privacy.statistics_epsilon=1.0"], tmp_path / "file")
+    folders = []
+    for d in dirs:
+        frame = pd.read_parquet(d / "train.parquet")
+        folder = tmp_path / "folder" / d.name
+        (folder / "train").mkdir(parents=True)
+        frame.iloc[: len(frame) // 2].to_parquet(folder / "train" / "part-0.parquet", index=False)
+        frame.iloc[len(frame) // 2:].to_parquet(folder / "train" / "part-1.parquet", index=False)
+        folders.append(folder)
+        from_file, from_folder = node_split(cfg, {"data-dir": str(d)}), node_split(cfg, {"data-dir": str(folder)})
+        for a, b in zip(from_file, from_folder):
+            pd.testing.assert_frame_equal(a, b)
+    grid = InProcessGrid(len(folders), node_configs=[{"data-dir": str(f)} for f in folders])
+    entries: list = []
+    stats = federated_statistics(grid, grid.get_node_ids(), round_config(cfg), 60, privacy_entries=entries)
+    assert len(entries) == 3 and stats.count[-1] > 0
+    for folder in folders:
+        assert PrivacyLedger.load(folder / ".astroscale" / LEDGER_FILENAME).history
