@@ -132,7 +132,20 @@ def check_missing(cfg: DictConfig) -> None:
             raise ConfigError(f"{group}.{key}: a value is required{choice} (e.g. {group}.{key}=...)")
 
 
-def to_json(cfg: DictConfig, without: tuple[str, ...] = ()) -> str:
-    """The config (less the groups in ``without``) as a compact JSON string."""
-    container = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in without}
-    return json.dumps(container, sort_keys=True, separators=(",", ":"))
+_JSON: dict[tuple[int, tuple[str, ...] | None, tuple[str, ...]], tuple[DictConfig, str]] = {}
+
+
+def to_json(cfg: DictConfig, sections: tuple[str, ...] | None = None, without: tuple[str, ...] = ()) -> str:
+    """The config (its top-level ``sections`` when given, less the groups in ``without``) as compact,
+    sorted JSON, remembered per config object: simulated nodes ask for it with every message, and
+    converting an OmegaConf node costs ~1 ms."""
+    key = (id(cfg), sections, without)
+    hit = _JSON.get(key)
+    if hit is None or hit[0] is not cfg:
+        picked = cfg if sections is None else OmegaConf.create({name: cfg[name] for name in sections})
+        container = {k: v for k, v in OmegaConf.to_container(picked, resolve=True).items() if k not in without}
+        text = json.dumps(container, sort_keys=True, separators=(",", ":"))
+        if len(_JSON) > 64:
+            _JSON.clear()
+        hit = _JSON[key] = (cfg, text)  # holds cfg, so its id is not reused while the entry lives
+    return hit[1]

@@ -78,7 +78,7 @@ def _check_values(cfg: DictConfig) -> None:
     check_values(cfg)
     require(fed.secure_aggregation in ("none", "secaggplus"), "federation.secure_aggregation", "none or secaggplus", fed.secure_aggregation)
     if fed.secure_aggregation == "secaggplus":
-        from astroscale_fl.federation.secagg.protocol import check_config
+        from astroscale_fl.federation.secagg.scheme import check_config
 
         check_config(cfg)
     if cfg.privacy.name != "none":

@@ -33,7 +33,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "astroscale_fl.federation.checkpoint", "astroscale_fl.federation.history")),
     ("privacy", ("astroscale_fl.privacy",)),
     ("export", ("astroscale_fl.export",)),
-    ("SecAgg+ protocol (masks, shares, its config check)", ("astroscale_fl.federation.secagg.protocol",)),
+    ("SecAgg+ protocol (masks, shares, its config check)", ("astroscale_fl.federation.secagg.scheme",)),
     ("run config: the schema merge, each owner's check, the pre-run checks", (
         "astroscale_fl.run_config", "astroscale_fl.config_checks")),
     ("federation apps", ("astroscale_fl.federation",)),
@@ -85,8 +85,8 @@ DEFERRED: dict[tuple[str, str], str] = {
     ("astroscale_fl.config_checks", "astroscale_fl.privacy.node"): _PRIVACY,
     ("astroscale_fl.run_config", "astroscale_fl.privacy"): _PRIVACY,
     ("astroscale_fl.run_config", "astroscale_fl.privacy.node_level"): _PRIVACY,
-    ("astroscale_fl.federation.secagg.protocol", "astroscale_fl.privacy.node_level"): _PRIVACY,
-    ("astroscale_fl.run_config", "astroscale_fl.federation.secagg.protocol"):
+    ("astroscale_fl.federation.secagg.scheme", "astroscale_fl.privacy.node_level"): _PRIVACY,
+    ("astroscale_fl.run_config", "astroscale_fl.federation.secagg.scheme"):
         "the SecAgg+ protocol imports Flower (~0.35 s): only secaggplus runs pay",
 }
 

@@ -13,7 +13,7 @@ from astroscale_fl.errors import ConfigError
 from astroscale_fl.federation.messages import round_config
 from astroscale_fl.federation.records import model_to_arrays
 from astroscale_fl.federation.rounds import FederationError, federated_statistics, run_rounds
-from astroscale_fl.federation.secagg.protocol import SecAggPlusParams, neighbours
+from astroscale_fl.federation.secagg.scheme import SecAggPlusParams, neighbours
 from astroscale_fl.learning.models import build_model
 from astroscale_fl.preprocessing import Pipeline
 from strategies import build_strategy

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from astroscale_fl.config import to_json
 from astroscale_fl.data import split
 from astroscale_fl.data.checks import QUARANTINE_ATTR
 from astroscale_fl.data.split import assign_nodes, train_test_split
@@ -36,29 +37,12 @@ def _split(task_json: str, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.Da
 
 def task_split(cfg: DictConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(train, test) rows of the configured task; cached per process."""
-    return _split(config_json(cfg, ("task",)), int(cfg.seed))[:2]
+    return _split(to_json(cfg, ("task",)), int(cfg.seed))[:2]
 
 
 def task_quarantine(cfg: DictConfig) -> pd.DataFrame | None:
     """Rows of the task table rejected for values that are not numbers (``row``, ``column``, ``value``, ``reason``)."""
-    return _split(config_json(cfg, ("task",)), int(cfg.seed))[2]
-
-
-_CONFIG_JSON: dict[tuple[int, tuple[str, ...] | None], tuple[DictConfig, str]] = {}
-
-
-def config_json(cfg: DictConfig, sections: tuple[str, ...] | None = None) -> str:
-    """The config (or its top-level ``sections``) as sorted JSON, remembered per config object:
-    simulated nodes ask for it with every message, and converting an OmegaConf node costs ~1 ms."""
-    key = (id(cfg), sections)
-    hit = _CONFIG_JSON.get(key)
-    if hit is None or hit[0] is not cfg:
-        picked = cfg if sections is None else OmegaConf.create({name: cfg[name] for name in sections})
-        text = json.dumps(OmegaConf.to_container(picked, resolve=True), sort_keys=True)
-        if len(_CONFIG_JSON) > 64:
-            _CONFIG_JSON.clear()
-        hit = _CONFIG_JSON[key] = (cfg, text)  # holds cfg, so its id is not reused while the entry lives
-    return hit[1]
+    return _split(to_json(cfg, ("task",)), int(cfg.seed))[2]
 
 
 def resolve_num_nodes(cfg: DictConfig) -> DictConfig:
@@ -84,14 +68,14 @@ def resolve_num_nodes(cfg: DictConfig) -> DictConfig:
 def partition_frame(cfg: DictConfig, node: int, num_nodes: int, columns: tuple[str, ...] | None = None) -> pd.DataFrame:
     """Rows of training partition ``node`` out of ``num_nodes`` (in the training split's order);
     only ``columns`` (those the table has) when given: a narrow table is much faster to slice."""
-    task_json, seed = config_json(cfg, ("task",)), int(cfg.seed)
+    task_json, seed = to_json(cfg, ("task",)), int(cfg.seed)
     train = _training_columns(task_json, seed, columns)
-    rows = partition_rows(task_json, seed, config_json(cfg, ("partition",)), num_nodes)[node]
+    rows = partition_rows(task_json, seed, to_json(cfg, ("partition",)), num_nodes)[node]
     return train.iloc[rows].reset_index(drop=True)
 
 
 def training_frame(task_json: str, seed: int) -> pd.DataFrame:
-    """The task's training split (cached per process; ``task_json``: :func:`config_json` of ``task``)."""
+    """The task's training split (cached per process; ``task_json``: :func:`astroscale_fl.config.to_json` of ``task``)."""
     return _split(task_json, seed)[0]
 
 

@@ -29,6 +29,7 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from omegaconf import DictConfig, OmegaConf
 
+from astroscale_fl.config import to_json
 from astroscale_fl.data import node_arrays, nodes, task_table
 from astroscale_fl.data.tasks import get_task
 from astroscale_fl.federation import local_objectives as objectives
@@ -97,7 +98,7 @@ def _unfitted_pipeline(task_and_preprocess_json: str, seed: int) -> Pipeline:
 def unfitted_pipeline(cfg: DictConfig) -> Pipeline:
     """The run's pipeline before fitting (built once per config: a statistics round asks every node
     for it, and building it reads the config through OmegaConf, ~5 ms). Shared: use it read-only."""
-    return _unfitted_pipeline(nodes.config_json(cfg, ("task", "preprocess")), int(cfg.seed))
+    return _unfitted_pipeline(to_json(cfg, ("task", "preprocess")), int(cfg.seed))
 
 
 def _pipeline_columns(cfg: DictConfig) -> tuple[tuple[str, ...], str | None]:

@@ -21,7 +21,6 @@ from omegaconf import DictConfig
 
 from astroscale_fl import config as config_mod
 from astroscale_fl import run_config
-from astroscale_fl.data import nodes
 from astroscale_fl.federation.protocol import PIPELINE_KEY, RUN_CONFIG_KEY
 from astroscale_fl.preprocessing import Pipeline
 
@@ -50,7 +49,7 @@ def read_pipeline(record: ConfigRecord) -> tuple[Pipeline, str]:
 def config_digest(cfg: DictConfig, sections: tuple[str, ...] | None = None) -> str:
     """A digest of the run config (or of some of its top-level ``sections``): a cache key for what
     nodes derive from it (``str`` of an OmegaConf node costs ~1 ms a message)."""
-    return _digest(nodes.config_json(cfg, sections))
+    return _digest(config_mod.to_json(cfg, sections))
 
 
 # Every message of a run carries the same JSON: validating it costs ~19 ms, far more than a

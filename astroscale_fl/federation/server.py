@@ -42,7 +42,7 @@ from astroscale_fl.federation.rounds import (
     run_rounds,
     wait_for_nodes,
 )
-from astroscale_fl.federation.secagg.protocol import secagg_params
+from astroscale_fl.federation.secagg.scheme import secagg_params
 from astroscale_fl.learning.models import build_model
 from astroscale_fl.learning.training import EvalReport, encode_rows, evaluate
 from astroscale_fl.preprocessing import Pipeline

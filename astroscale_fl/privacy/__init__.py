@@ -5,7 +5,7 @@
 - :mod:`.ghost`: the ghost-clipping DP optimizer (per-sample norms of ``nn.Linear`` models);
 - :mod:`.ledger`: a node's lifetime accountant history, ε, budget check, persistence;
 - :mod:`.calibrate`: δ, sample rate, steps, σ for a target ε, the validated settings;
-- :mod:`.node`: a node's privacy round as one call (``NoPrivacy`` or DP-SGD), declines;
+- :mod:`.node`: a node's privacy round as one call (``PlainRound`` or DP-SGD), declines;
 - :mod:`.card`: reply records and the model card's ``privacy`` section (recomputable);
 - :mod:`.dp_statistics`: the statistics round through the Gaussian mechanism (``privacy.statistics_epsilon``);
 - :mod:`.node_level`: node-level DP-FedAvg settings, clipping, noise and accounting (``privacy=dp_fedavg``).

@@ -2,7 +2,7 @@
 
 :func:`node_privacy` gives the ClientApp one object whose :meth:`~DPSGDRound.train` runs the
 node's local training, whether privacy is on or off (pfl-research's ``NoPrivacy`` idea):
-:class:`NoPrivacy` trains on seeded shuffled batches; :class:`DPSGDRound`, under
+:class:`PlainRound` trains on seeded shuffled batches; :class:`DPSGDRound`, under
 ``privacy=dp_sgd``, does:
 
 1. open the node's ledger (``Context.state``, and ``<data-dir>/.astroscale/privacy-ledger.json``
@@ -74,7 +74,7 @@ class LocalRound:
     records: dict[str, ConfigRecord]
 
 
-class NoPrivacy:
+class PlainRound:
     """``privacy=none``: seeded shuffled batches, plain :func:`~astroscale_fl.learning.training.train_local`."""
 
     def train(self, job: LocalJob) -> LocalRound:
@@ -107,10 +107,10 @@ class DPSGDRound:
         return LocalRound(report, metrics, {PRIVACY_KEY: card.reply_record(node_name(self.node_config), ledger)})
 
 
-def node_privacy(cfg, state: RecordDict, node_config: dict) -> NoPrivacy | DPSGDRound:
+def node_privacy(cfg, state: RecordDict, node_config: dict) -> PlainRound | DPSGDRound:
     """The node's privacy round for ``cfg.privacy``: one ``train(job)`` call either way."""
     settings = PrivacySettings.from_config(cfg.privacy)
-    return NoPrivacy() if settings is None else DPSGDRound(settings, cfg, state, node_config)
+    return PlainRound() if settings is None else DPSGDRound(settings, cfg, state, node_config)
 
 
 def node_name(node_config: dict) -> str:

@@ -30,7 +30,7 @@ agree with the script to float32 rounding, ~1e-6 relative, not bit for bit).
 
 Modules: :mod:`.schema` (request validation), :mod:`.service` (validation + prediction without
 HTTP), :mod:`.batching` (micro-batcher), :mod:`.middleware` (metrics, body limits),
-:mod:`.protocol` (header deadline), :mod:`.app` (the ASGI app), :mod:`.cli` (the command).
+:mod:`.header_deadline`, :mod:`.app` (the ASGI app), :mod:`.cli` (the command).
 """
 
 from astroscale_fl.serve.app import THREAD_OFFLOAD_ROWS, content_type_error, create_app

@@ -9,6 +9,7 @@ from scipy.stats import chi2
 
 from astroscale_fl import config, run_config
 from astroscale_fl.errors import ConfigError
+from astroscale_fl.export import verify_card
 from astroscale_fl.federation.rounds import FederationError
 from astroscale_fl.federation.server import run_federation
 from astroscale_fl.privacy import card
@@ -102,7 +103,7 @@ def test_card_says_distributed_and_every_epsilon_recomputes(tmp_path):
     assert level["against_server"]["epsilon"] > level["epsilon"] > 0
     assert card.verify_section(section) == []
     assert any(label.startswith("node_level against_server") for label, _, _ in card.recomputable_groups(section))
-    assert card.main([str(tmp_path / "model" / "model_card.json")]) == 0
+    assert verify_card.main([str(tmp_path / "model" / "model_card.json")]) == 0
 
 
 @pytest.mark.parametrize("override, needle", [
@@ -120,7 +121,7 @@ def test_bad_combinations_fail_in_config(override, needle):
 def test_default_clipping_range_is_the_smallest_that_never_clips_the_noise():
     """federation.secaggplus.clipping_range=null: 1.0 for plain SecAgg+, C + 8 x a node's noise std
     (to 0.1) under distributed DP-FedAvg, which the config check then accepts."""
-    from astroscale_fl.federation.secagg.protocol import secagg_params
+    from astroscale_fl.federation.secagg.scheme import secagg_params
 
     cfg = run_config.validate(config.compose([*SMALL, "federation.secure_aggregation=secaggplus"]))
     assert cfg.federation.secaggplus.clipping_range is None

@@ -8,6 +8,7 @@ import pytest
 from astroscale_fl import config, run_config
 from astroscale_fl.data.tasks import get_task
 from astroscale_fl.deploy.node_data import write_node_dirs
+from astroscale_fl.export import verify_card
 from astroscale_fl.federation.client import node_split
 from astroscale_fl.federation.messages import round_config
 from astroscale_fl.federation.rounds import FederationError, federated_statistics
@@ -127,7 +128,7 @@ def test_dp_sgd_run_composes_statistics_and_training_in_the_card(tmp_path):
     for node in section["nodes"]:  # lifetime: the statistics release, then the DP-SGD steps
         assert node["history"][0][1:] == [1.0, 1] and node["history"][1][0] == 1.0
         assert node["epsilon"] > stats["epsilon"]
-    assert card.main([str(path)]) == 0
+    assert verify_card.main([str(path)]) == 0
     assert metrics["train_rows"] > 0
 
 

@@ -11,9 +11,9 @@ from opacus.accountants import create_accountant
 
 from astroscale_fl import config, run_config
 from astroscale_fl.errors import AstroScaleError
+from astroscale_fl.export import verify_card
 from astroscale_fl.federation.records import numpy_to_arrays
 from astroscale_fl.federation.server import run_federation
-from astroscale_fl.privacy import card
 from astroscale_fl.privacy.ledger import PrivacyLedger
 from astroscale_fl.privacy.node_level import (
     AdaptiveClipping,
@@ -98,7 +98,7 @@ def test_dp_fedavg_wraps_every_strategy_and_the_card_recomputes(tmp_path, strate
     assert level["history"] == [[0.8, 0.75, 2]] and level["accountant"] == "rdp" and level["delta"] == 1e-2
     assert level["epsilon"] == pytest.approx(fresh_epsilon(level), rel=1e-6)
     assert metrics["privacy"]["node_level_epsilon"] == level["epsilon"] and np.isfinite(metrics["test_r2"])
-    assert card.main([str(path)]) == 0
+    assert verify_card.main([str(path)]) == 0
     if strategy == "scaffold":
         assert any(np.abs(v).max() > 0 for v in strat.strategy.control.values())  # control variates moved (noisy means)
 
