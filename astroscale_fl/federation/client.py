@@ -189,7 +189,7 @@ def _prepare(msg: Message, node_config: dict, cfg: DictConfig | None = None) -> 
     device = settings.device
     pipeline, pipeline_key = read_pipeline(config)
     tensors = node_tensors(cfg, node_config, pipeline, pipeline_key, device)
-    model = _fresh_model(cfg, len(pipeline.features), device)
+    model = fresh_model(cfg, len(pipeline.features), device)
     load_arrays(model, msg.content[protocol.ARRAYS_KEY])
     return cfg, model, tensors, pipeline
 
@@ -197,7 +197,7 @@ def _prepare(msg: Message, node_config: dict, cfg: DictConfig | None = None) -> 
 _MODELS = threading.local()  # per thread: architecture key -> a model reused for each message
 
 
-def _fresh_model(cfg: DictConfig, in_features: int, device: torch.device) -> torch.nn.Module:
+def fresh_model(cfg: DictConfig, in_features: int, device: torch.device) -> torch.nn.Module:
     """A model of the run's architecture whose values the message's arrays then overwrite.
 
     ``build_model`` seeds torch's global generator (~6 ms, and not for threads to race on), so
@@ -244,7 +244,7 @@ def handle_train(msg: Message, context: Context) -> RecordDict:
     generator = batch_generator(local.seed, server_round, node_config)
     job = LocalJob(model, optimizer, tensors.train_x, tensors.train_y, local.batch_size, local.local_epochs,
                    generator, after_backward=objectives.combine(hooks), cuda_graph=local.cuda_graph)
-    trained = node_privacy(cfg, context.state, node_config).train(job)
+    trained = node_privacy(local.privacy, cfg, context.state, node_config).train(job)
     reply = RecordDict({protocol.ARRAYS_KEY: model_to_arrays(model), protocol.METRICS_KEY: MetricRecord(trained.metrics),
                         **trained.records})
     if evaluation is not None:

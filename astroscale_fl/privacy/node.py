@@ -107,9 +107,9 @@ class DPSGDRound:
         return LocalRound(report, metrics, {PRIVACY_KEY: card.reply_record(node_name(self.node_config), ledger)})
 
 
-def node_privacy(cfg, state: RecordDict, node_config: dict) -> PlainRound | DPSGDRound:
-    """The node's privacy round for ``cfg.privacy``: one ``train(job)`` call either way."""
-    settings = PrivacySettings.from_config(cfg.privacy)
+def node_privacy(settings: PrivacySettings | None, cfg, state: RecordDict, node_config: dict) -> PlainRound | DPSGDRound:
+    """The node's privacy round: one ``train(job)`` call either way. ``settings``: the run's
+    :meth:`PrivacySettings.from_config` (None without DP-SGD), built once per run config by the caller."""
     return PlainRound() if settings is None else DPSGDRound(settings, cfg, state, node_config)
 
 
