@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from astroscale_fl.data.nodes import node_table_path
+from astroscale_fl.data.node_dirs import node_table_path
 from astroscale_fl.data.tensor_files import cached_tensors
 from astroscale_fl.preprocessing import ColumnStatistics, Pipeline
 from astroscale_fl.preprocessing.stream import ROW, columns_of, fingerprint, hash_unit, iter_batches

@@ -18,13 +18,11 @@ from omegaconf import DictConfig, OmegaConf
 from astroscale_fl.config import to_json
 from astroscale_fl.data import split
 from astroscale_fl.data.checks import QUARANTINE_ATTR
+from astroscale_fl.data.node_dirs import NODE_DATA_DIR, node_table_path
 from astroscale_fl.data.split import assign_nodes, train_test_split
 from astroscale_fl.data.tables import read_table
 from astroscale_fl.data.tasks import get_task
 from astroscale_fl.errors import DataError
-
-NODE_DATA_FILE = "train.parquet"
-NODE_DATA_DIR = "train"  # or a folder of Parquet files
 
 
 @functools.lru_cache(maxsize=4)
@@ -95,14 +93,6 @@ def partition_rows(task_json: str, seed: int, partition_json: str, num_nodes: in
     nodes = assign_nodes(train, partition_cfg, num_nodes, seed, get_task(task_cfg).partition_columns)
     order = np.argsort(nodes, kind="stable")
     return np.split(order, np.cumsum(np.bincount(nodes, minlength=num_nodes))[:-1])
-
-
-def node_table_path(data_dir: str | Path) -> Path:
-    """A deployed node's table: the folder ``<data-dir>/train/`` of Parquet files when there is one,
-    else ``<data-dir>/train.parquet``."""
-    root = Path(data_dir)
-    folder = root / NODE_DATA_DIR
-    return folder if folder.is_dir() else root / NODE_DATA_FILE
 
 
 def read_node_dir(data_dir: str | Path) -> pd.DataFrame:

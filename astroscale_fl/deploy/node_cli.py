@@ -17,6 +17,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from astroscale_fl.data.node_dirs import node_state_dir
 from astroscale_fl.deploy.node_status import write_private
 from astroscale_fl.errors import ConfigError, report_user_errors
 
@@ -79,7 +80,7 @@ def launcher_main(argv: list[str]) -> int:
             print(f"warning: node metrics on {args.metrics_host}:{args.metrics_port} are readable by anyone who can reach it",
                   file=sys.stderr)
         port = serve(data_dir, stats, args.metrics_port, args.metrics_host).server_address[1]
-    info = data_dir / ".astroscale" / LAUNCHER_FILE
+    info = node_state_dir(data_dir) / LAUNCHER_FILE
     write_private(info, json.dumps({"pid": os.getpid(), "metrics_port": port, "metrics_host": args.metrics_host,
                                      "runtime_api_address": args.runtime_api_address, "started": time.time()}))
     stopping = []
@@ -94,7 +95,7 @@ def launcher_main(argv: list[str]) -> int:
 
 def _launcher_status(data_dir: Path) -> dict | None:
     try:
-        info = json.loads((data_dir / ".astroscale" / LAUNCHER_FILE).read_text())
+        info = json.loads((node_state_dir(data_dir) / LAUNCHER_FILE).read_text())
         os.kill(int(info["pid"]), 0)
     except (OSError, ValueError, KeyError):
         return None

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from flwr.app import ConfigRecord, RecordDict
 
+from astroscale_fl.data.node_dirs import node_state_dir
 from astroscale_fl.federation.protocol import DELTA_KEY, EPSILON_KEY, PRIVACY_KEY, TRAIN_LOSS_KEY, WEIGHT_KEY, Decline
 from astroscale_fl.learning.steps import GradHook, TrainReport
 from astroscale_fl.learning.training import shuffled_batches, train_local
@@ -124,7 +125,7 @@ def node_name(node_config: dict) -> str:
 
 def ledger_path(node_config: dict) -> Path | None:
     """The node's ledger file (deployment), or None in simulation."""
-    return Path(str(node_config["data-dir"])) / ".astroscale" / LEDGER_FILENAME if "data-dir" in node_config else None
+    return node_state_dir(str(node_config["data-dir"])) / LEDGER_FILENAME if "data-dir" in node_config else None
 
 
 def plan_round(settings: PrivacySettings, cfg, state: RecordDict, ledger: PrivacyLedger, n_rows: int, batch_size: int) -> RoundPlan:
