@@ -18,7 +18,7 @@ from astroscale_fl.config import require
 from astroscale_fl.config_checks import check_values
 from astroscale_fl.config_schema import SCHEMAS
 from astroscale_fl.data import split
-from astroscale_fl.data.tasks import DEFAULT_PARTITION
+from astroscale_fl.data.tasks import default_partition
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -32,7 +32,7 @@ def validate(cfg: DictConfig, without: tuple[str, ...] = ()) -> DictConfig:
     """
     out = config.merge_schemas(cfg, without)
     if out["partition"].name == "auto":
-        chosen = DEFAULT_PARTITION.get(out["task"].name, "iid")
+        chosen = default_partition(out["task"].name)
         out["partition"] = OmegaConf.merge(OmegaConf.structured(SCHEMAS["partition"][chosen]),
                                            OmegaConf.load(config.conf_dir() / "partition" / f"{chosen}.yaml"))
     typed = OmegaConf.create(out)

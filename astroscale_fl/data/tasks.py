@@ -51,6 +51,7 @@ class TaskSpec:
     target_range: tuple[float, float] = (-np.inf, np.inf)  # physical bounds (DP statistics clip to them)
     loader: Callable[[object], pd.DataFrame] = field(default=lambda cfg: pd.DataFrame(), repr=False)
     partition_columns: PartitionColumns = PartitionColumns()
+    default_partition: str = "iid"  # the task's natural split, what partition=auto picks
 
     @property
     def input_names(self) -> list[str]:
@@ -104,6 +105,7 @@ def load_hipparcos_absmag(task_cfg: object) -> pd.DataFrame:
 
 HIPPARCOS_ABSMAG = TaskSpec(
     name="hipparcos_absmag",
+    default_partition="sky",
     target="M_Hp",
     target_unit="mag",
     inputs=HIPPARCOS_ABSMAG_INPUTS,
@@ -184,6 +186,7 @@ def load_survey_redshift(task_cfg) -> pd.DataFrame:
 
 SURVEY_REDSHIFT = TaskSpec(
     name="survey_redshift",
+    default_partition="by_survey",
     target="z",
     target_unit="",
     inputs=SURVEY_REDSHIFT_INPUTS,
@@ -198,8 +201,13 @@ KNOWN_COLUMNS: dict[str, Feature] = {f.name: f for f in SURVEY_REDSHIFT_INPUTS}
 
 TASKS: dict[str, TaskSpec] = {HIPPARCOS_ABSMAG.name: HIPPARCOS_ABSMAG, SURVEY_REDSHIFT.name: SURVEY_REDSHIFT}
 #: The partition ``partition=auto`` picks for each task: how its data is naturally split.
-DEFAULT_PARTITION = {"hipparcos_absmag": "sky", "survey_redshift": "by_survey", "catalog": "iid"}
 DYNAMIC_TASKS: dict[str, Callable[[object], TaskSpec]] = {"catalog": catalog_task}
+
+
+def default_partition(name: str) -> str:
+    """What ``partition=auto`` picks for the task ``name``: its spec's natural split (a catalog's: iid)."""
+    spec = TASKS.get(name)
+    return spec.default_partition if spec is not None else TaskSpec.default_partition
 
 
 def get_task(task) -> TaskSpec:
