@@ -14,7 +14,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from astroscale_fl.config import require
-from astroscale_fl.data.node_arrays import is_local_val
+from astroscale_fl.data.holdout import is_local_val
 from astroscale_fl.errors import ConfigError
 from astroscale_fl.federation import checkpoint
 from astroscale_fl.federation.checkpoint import checkpoint_path

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from astroscale_fl import config, run_config
-from astroscale_fl.federation.client import LOCAL_VAL_FRACTION
+from astroscale_fl.data.holdout import LOCAL_VAL_FRACTION
 
 QUIET = ["federation.metrics_port=0", "output.publish=false", "federation.checkpoint=false"]
 

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from astroscale_fl import config, run_config
-from astroscale_fl.data import node_arrays
+from astroscale_fl.data import holdout, node_arrays
 from astroscale_fl.data.tasks import get_task
 from astroscale_fl.data.tensor_files import (
     FEATURES,
@@ -114,7 +114,7 @@ def test_node_streams_statistics_and_trains_from_memory_mapped_tensors(tmp_path)
     pipeline = Pipeline.from_config(get_task(cfg.task), cfg)
     stats, rows, quarantined = node_arrays.node_statistics(cfg, {"data-dir": str(data_dir)}, pipeline)
     frame = pd.read_parquet(data_dir / "train")
-    is_val = node_arrays.is_local_val({"id": frame.id.to_numpy()}, int(cfg.seed))
+    is_val = holdout.is_local_val({"id": frame.id.to_numpy()}, int(cfg.seed))
     assert rows == (~is_val).sum() and 0.08 < is_val.mean() < 0.12
     pipeline.fit_statistics(stats)
     arrays = node_arrays.node_arrays(cfg, {"data-dir": str(data_dir)}, pipeline)

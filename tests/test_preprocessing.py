@@ -13,6 +13,7 @@ from sklearn.preprocessing import (
     StandardScaler,
 )
 
+from astroscale_fl.data.holdout import hash_unit
 from astroscale_fl.data.tasks import Feature, TaskSpec, get_task
 from astroscale_fl.errors import ConfigError, DataError
 from astroscale_fl.preprocessing import ColumnStatistics, Options, Pipeline, sketch
@@ -21,7 +22,6 @@ from astroscale_fl.preprocessing.derived import (
     reduced_proper_motion,
     to_mjd,
 )
-from astroscale_fl.preprocessing.stream import hash_unit
 
 RNG = np.random.default_rng(7)
 TASK = TaskSpec(name="toy", target="y", target_unit="", inputs=(

@@ -6,9 +6,7 @@ the encoded rows live in memory-mapped tensor files under ``<data-dir>/.astrosca
 keyed by the table's fingerprint and the pipeline (:func:`astroscale_fl.data.tensor_files.cached_tensors`).
 A simulated node's rows (its partition of the task frame) go through the same functions as one batch.
 
-The local validation share is defined by row id: a row is held out when
-``hash_unit(id, seed, VAL_SALT) < LOCAL_VAL_FRACTION`` (splitmix64 of the id), so it does not
-depend on how the table is cut into batches or files.
+The local validation share is defined by row id (:mod:`astroscale_fl.data.holdout`).
 """
 
 from __future__ import annotations
@@ -20,14 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
+from astroscale_fl.data.holdout import ID, LOCAL_VAL_FRACTION, is_local_val
 from astroscale_fl.data.node_dirs import node_table_path
 from astroscale_fl.data.tensor_files import cached_tensors
 from astroscale_fl.preprocessing import ColumnStatistics, Pipeline
-from astroscale_fl.preprocessing.stream import ROW, columns_of, fingerprint, hash_unit, iter_batches
+from astroscale_fl.preprocessing.stream import ROW, columns_of, fingerprint, iter_batches
 
-LOCAL_VAL_FRACTION = 0.1
-VAL_SALT = 0x5A1
-ID = "id"
 CACHE_DIR = ".astroscale-cache"
 
 
@@ -66,18 +62,6 @@ def _content_digest(table: str, _stat_key: str) -> str:
             for block in iter(lambda: handle.read(1 << 20), b""):  # not Parquet (a CSV): all of it, streamed
                 digest.update(block)
     return digest.hexdigest()[:24]
-
-
-def is_local_val(batch: dict[str, np.ndarray], seed: int) -> np.ndarray:
-    """True for rows in the node's local validation share (by row id)."""
-    ids = batch[ID] if ID in batch else batch[ROW]
-    return hash_unit(ids, seed, VAL_SALT) < LOCAL_VAL_FRACTION
-
-
-def validation_share(is_val: np.ndarray) -> np.ndarray:
-    """A node's local validation share from its rows' :func:`is_local_val`: none at all when the
-    node has fewer than 2 rows or every row would be held out (it would have nothing to train on)."""
-    return np.zeros(len(is_val), dtype=bool) if len(is_val) < 2 or is_val.all() else is_val
 
 
 def _columns(pipeline: Pipeline, table: Path) -> list[str]:

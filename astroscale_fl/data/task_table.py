@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 
 from astroscale_fl.config import to_json
 from astroscale_fl.data import nodes
-from astroscale_fl.data.node_arrays import ID, is_local_val, validation_share
+from astroscale_fl.data.holdout import ID, is_local_val, validation_share
 from astroscale_fl.preprocessing import Pipeline
 from astroscale_fl.preprocessing.steps import Imputer, IsolationForestFilter
 

@@ -7,7 +7,7 @@
   the server can pool RMSE and R² exactly.
 
 Each node keeps a local validation share out of training: the rows whose id hashes below
-:data:`~astroscale_fl.data.node_arrays.LOCAL_VAL_FRACTION` (:func:`~astroscale_fl.data.node_arrays.is_local_val`).
+:data:`~astroscale_fl.data.holdout.LOCAL_VAL_FRACTION` (:func:`~astroscale_fl.data.holdout.is_local_val`).
 A simulated node's data is a row selection of the task table (:mod:`astroscale_fl.data.task_table`):
 the table is encoded once per pipeline and each message gathers the node's rows from it, so a
 thousand-node simulation holds the table once plus one index per node. A deployed node reads its
@@ -30,7 +30,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from omegaconf import DictConfig, OmegaConf
 
 from astroscale_fl.config import to_json
-from astroscale_fl.data import node_arrays, nodes, task_table
+from astroscale_fl.data import holdout, node_arrays, nodes, task_table
 from astroscale_fl.data.tasks import get_task
 from astroscale_fl.federation import local_objectives as objectives
 from astroscale_fl.federation import protocol
@@ -46,8 +46,6 @@ from astroscale_fl.privacy.calibrate import PrivacySettings
 from astroscale_fl.privacy.dp_statistics import private_statistics_reply
 from astroscale_fl.privacy.floor import PrivacyFloor
 from astroscale_fl.privacy.node import LocalJob, node_name, node_privacy
-
-LOCAL_VAL_FRACTION = node_arrays.LOCAL_VAL_FRACTION
 
 
 @dataclass
@@ -70,7 +68,7 @@ def _key(*parts: str) -> str:
 
 
 def _split_shares(frame: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    is_val = node_arrays.validation_share(node_arrays.is_local_val({"id": frame["id"].to_numpy()}, seed))
+    is_val = holdout.validation_share(holdout.is_local_val({"id": frame["id"].to_numpy()}, seed))
     return frame.loc[~is_val].reset_index(drop=True), frame.loc[is_val].reset_index(drop=True)
 
 
@@ -104,7 +102,7 @@ def unfitted_pipeline(cfg: DictConfig) -> Pipeline:
 def _pipeline_columns(cfg: DictConfig) -> tuple[tuple[str, ...], str | None]:
     """The columns a node's pipeline reads (inputs, target, row id: all a node needs), and its time column."""
     pipeline = unfitted_pipeline(cfg)
-    return (*pipeline.inputs, pipeline.target.target, node_arrays.ID), pipeline.time_column  # the id decides the local validation share
+    return (*pipeline.inputs, pipeline.target.target, holdout.ID), pipeline.time_column  # the id decides the local validation share
 
 
 def node_tensors(cfg: DictConfig, node_config: dict, pipeline: Pipeline, pipeline_key: str, device: torch.device) -> NodeTensors:
