@@ -33,7 +33,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "astroscale_fl.federation.checkpoint", "astroscale_fl.federation.history")),
     ("privacy", ("astroscale_fl.privacy",)),
     ("export", ("astroscale_fl.export",)),
-    ("SecAgg+ protocol (masks, shares, its config check)", ("astroscale_fl.federation.secagg.scheme",)),
+    ("SecAgg+ scheme (masks, shares, its config check)", ("astroscale_fl.federation.secagg.scheme",)),
     ("run config: the schema merge, each owner's check, the pre-run checks", (
         "astroscale_fl.run_config", "astroscale_fl.config_checks")),
     ("federation apps", ("astroscale_fl.federation",)),
