@@ -7,6 +7,9 @@ field that is a clock reading); simulates a small catalog and hashes its Parquet
 
     python scripts/fingerprints.py > before.json   # ... change the code ...
     python scripts/fingerprints.py > after.json && diff before.json after.json
+    python scripts/fingerprints.py scaffold-ray-vec   # only these training runs (and the preprocess output)
+
+A run that fails is tried once more (a loaded machine can time out Ray's start-up).
 """
 
 from __future__ import annotations
@@ -51,16 +54,26 @@ def history_hash(path: Path) -> str:
     return sha256(out.getvalue().encode())
 
 
-def run(args: list[str], cwd: Path) -> None:
-    """Run a CLI command; stop with its stderr when it fails."""
+def run(args: list[str], cwd: Path, tries: int = 2) -> None:
+    """Run a CLI command (again when it fails, up to ``tries`` times); stop with its stderr when it keeps failing."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    if out.returncode != 0:
-        raise SystemExit(f"{' '.join(args)} failed:\n{out.stderr[-3000:]}")
+    for _ in range(tries):
+        try:
+            out = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+        except subprocess.TimeoutExpired as exc:
+            out = subprocess.CompletedProcess(args, 124, "", f"timed out after {exc.timeout} s")
+        if out.returncode == 0:
+            return
+        print(f"{' '.join(args)} failed (exit {out.returncode}); {out.stderr[-300:]}", file=sys.stderr)
+    raise SystemExit(f"{' '.join(args)} failed:\n{out.stderr[-3000:]}")
 
 
-def main() -> int:
-    """Run everything in a temporary directory and print the hashes."""
+def main(argv: list[str] | None = None) -> int:
+    """Run everything (or the named training runs) in a temporary directory and print the hashes."""
+    names = list(sys.argv[1:] if argv is None else argv) or list(RUNS)
+    unknown = sorted(set(names) - set(RUNS))
+    if unknown:
+        raise SystemExit(f"unknown run(s) {unknown}; expected some of {list(RUNS)}")
     hashes: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -70,9 +83,9 @@ def main() -> int:
              "--no-progress", *PREPROCESS], work)
         for path in sorted((work / "enc").iterdir()):
             hashes[f"preprocess/{path.name}"] = sha256(path.read_bytes())
-        for name, overrides in RUNS.items():
+        for name in names:
             out = work / name
-            run(["-m", "astroscale_fl.cli", "train", *COMMON, *overrides, f"hydra.run.dir={out}"], work)
+            run(["-m", "astroscale_fl.cli", "train", *COMMON, *RUNS[name], f"hydra.run.dir={out}"], work)
             hashes[f"{name}/weights.pt"] = sha256((out / "model" / "weights.pt").read_bytes())
             hashes[f"{name}/history.csv"] = history_hash(out / "history.csv")
     print(json.dumps(hashes, indent=1, sort_keys=True))
