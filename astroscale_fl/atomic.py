@@ -1,6 +1,8 @@
 """Atomic file output: write to a temporary file in the same directory, then rename.
 
-A crash never leaves a half-written file under the final name.
+A crash never leaves a half-written file under the final name. A temporary's name carries its
+writer (``.<name>.<pid>@<host>~<random>.tmp``), so the next write of the same name removes the
+temporaries of writers that died (a SIGKILL runs no clean-up): they never pile up.
 """
 
 from __future__ import annotations
@@ -8,17 +10,74 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from astroscale_fl.errors import ConfigError, DataError
+
+
+def check_writable_folder(path: str | os.PathLike[str], key: str) -> None:
+    """Folder ``path`` exists or can be made, and can be written (``key`` names it in the error):
+    checked before any work, so a run does not fail at its end, or with a library's traceback."""
+    existing = Path(path).resolve()
+    try:
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+    except OSError as exc:  # a name too long, a loop of links
+        raise ConfigError(f"{key} {path}: cannot write ({exc.strerror})") from None
+    if not existing.is_dir():
+        raise ConfigError(f"{key} {path}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key} {path}: {existing} is not writable")
 
 
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+_WRITER = re.compile(r"(\d+)@(.+)~[^~]+")
+
+
+def _prefix(final: Path) -> str:
+    return f".{final.name}.{os.getpid()}@{socket.gethostname()}~"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temps(final: Path) -> None:
+    """Remove the temporaries of ``final`` left by writers on this host that are no longer running."""
+    host = socket.gethostname()
+    start = f".{final.name}."
+    try:
+        siblings = list(final.parent.iterdir())
+    except OSError:
+        return
+    for sibling in siblings:
+        name = sibling.name
+        if not (name.startswith(start) and name.endswith(".tmp")):
+            continue
+        writer = _WRITER.fullmatch(name[len(start):-len(".tmp")])
+        if writer and writer.group(2) == host and not _alive(int(writer.group(1))):
+            if sibling.is_dir() and not sibling.is_symlink():
+                shutil.rmtree(sibling, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    sibling.unlink()
 
 
 @contextlib.contextmanager
@@ -31,7 +90,8 @@ def atomic_path(path: str | os.PathLike[str], mode: int | None = None) -> Iterat
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)  # created 0600
+    remove_stale_temps(final)
+    fd, tmp_name = tempfile.mkstemp(prefix=_prefix(final), suffix=".tmp", dir=final.parent)  # created 0600
     os.close(fd)
     tmp = Path(tmp_name)
     os.chmod(tmp, (0o666 & ~_umask()) if mode is None else mode)
@@ -78,12 +138,13 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    remove_stale_temps(final)
+    tmp = Path(tempfile.mkdtemp(prefix=_prefix(final), suffix=".tmp", dir=final.parent))
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
         if final.exists():
-            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            old = final.with_name(f"{_prefix(final)}old.tmp")  # a crash here leaves a temp the next write removes
             os.replace(final, old)
             os.replace(tmp, final)
             shutil.rmtree(old, ignore_errors=True)
@@ -92,3 +153,44 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_files(path: str | os.PathLike[str], last: str | None = None) -> Iterator[Path]:
+    """Yield a temporary directory; on success move each of its files into directory ``path``.
+
+    Unlike :func:`atomic_directory`, other files already in ``path`` stay. ``path`` is created
+    only on success (a failed write leaves no empty folder); when it exists the temporary
+    directory is made inside it (its parent may be read-only). ``last``: the file moved last (a
+    reader that checks for it then finds the others).
+    """
+    final = Path(path)
+    anchor = final / f".{final.name}" if final.is_dir() else final
+    anchor.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(anchor)
+    tmp = Path(tempfile.mkdtemp(prefix=_prefix(anchor), suffix=".tmp", dir=anchor.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    try:
+        yield tmp
+        if not final.is_dir():
+            try:
+                os.rename(tmp, final)  # the whole folder at once
+                return
+            except OSError:
+                if not final.is_dir():  # not "another writer made it first"
+                    raise
+        for item in sorted(tmp.iterdir(), key=lambda p: p.name == last):
+            os.replace(item, final / item.name)
+        tmp.rmdir()
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def check_directory_target(path: str | os.PathLike[str], what: str) -> Path:
+    """Refuse (one line naming ``what``) a directory path that is, or lies under, an existing file."""
+    target = Path(path)
+    blocking = next((p for p in (target, *target.parents) if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise DataError(f"{what} {path}: {blocking} is a file, not a directory; give a directory")
+    return target

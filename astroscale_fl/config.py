@@ -16,8 +16,9 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -82,6 +83,7 @@ def require(ok: bool, key: str, expected: str, value) -> None:
 
 
 def _check_section(cfg: DictConfig, key: str, schema: type) -> DictConfig:
+    _check_booleans(cfg[key], key, schema)
     try:
         return OmegaConf.merge(OmegaConf.structured(schema), cfg[key])
     except OmegaConfBaseException as exc:
@@ -89,6 +91,16 @@ def _check_section(cfg: DictConfig, key: str, schema: type) -> DictConfig:
         sub = getattr(exc, "full_key", None)
         where = f"{key}.{sub}" if sub else key
         raise ConfigError(f"{where}: {msg} (schema {schema.__name__})") from None
+
+
+def _check_booleans(section: Any, key: str, schema: type) -> None:
+    """A flag must be true or false: OmegaConf would take ``2`` or ``"yes"`` for a bool."""
+    if not isinstance(section, DictConfig):
+        return
+    for name, hint in typing.get_type_hints(schema).items():
+        value = section.get(name) if name in section else None
+        if hint in (bool, Optional[bool]) and value is not None and not isinstance(value, bool):
+            raise ConfigError(f"{key}.{name}: expected true or false, got {value!r}")
 
 
 def merge_schemas(cfg: DictConfig, without: tuple[str, ...] = ()) -> dict[str, Any]:

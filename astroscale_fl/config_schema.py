@@ -37,7 +37,7 @@ class CatalogTask:
     path: str
     features: list[str]
     target: str
-    filter: Optional[str]  # a pandas query selecting rows, e.g. "snr > 20 and parallax > 0"
+    filter: Optional[str]  # rows to keep, e.g. "snr > 20 and parallax > 0" (the language: data/filter_expr.py)
     id_column: Optional[str]
     dec_column: Optional[str]  # for partition=sky (degrees)
     magnitude_column: Optional[str]  # for partition=depth

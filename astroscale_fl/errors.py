@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import functools
 import sys
 from collections.abc import Callable
@@ -47,6 +48,16 @@ def short_list(items, limit: int = 10) -> str:
     items = list(items)
     shown = ", ".join(repr(i) for i in items[:limit])
     return f"[{shown}, ... ({len(items) - limit} more)]" if len(items) > limit else f"[{shown}]"
+
+
+class UserArgumentParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one ``error: PROG: ...`` line and exit 2 (argparse
+    prints the whole usage first; ``--help`` still prints it)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        """Print the mistake as one line and exit with :data:`USER_ERROR_EXIT`."""
+        print(f"error: {self.prog}: {one_line(message)}", file=sys.stderr)
+        raise SystemExit(USER_ERROR_EXIT)
 
 
 def report_user_errors(func: F) -> F:

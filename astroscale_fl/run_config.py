@@ -10,6 +10,7 @@ read-only copy; a mistake is a one-line :class:`~astroscale_fl.errors.ConfigErro
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -19,6 +20,7 @@ from astroscale_fl.config_checks import check_values
 from astroscale_fl.config_schema import SCHEMAS
 from astroscale_fl.data import split
 from astroscale_fl.data.tasks import default_partition
+from astroscale_fl.errors import ConfigError, one_line
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -110,11 +112,33 @@ def _check_preprocess(section) -> None:
     require(section.polynomial_degree >= 2, "preprocess.polynomial_degree", "an integer >= 2", section.polynomial_degree)
     known = ("distance_pc", "polynomial", "interactions", "temporal")
     require(all(f in known for f in section.features), "preprocess.features", f"some of {list(known)}", list(section.features))
-    require(section.chunk_rows is None or section.chunk_rows >= 1, "preprocess.chunk_rows", "a positive integer or null", section.chunk_rows)
+    require(section.chunk_rows is None or 1 <= section.chunk_rows <= 100_000_000, "preprocess.chunk_rows",  # a batch is held in memory
+            "a number of rows in 1..100000000 or null", section.chunk_rows)
     require(section.cache_bytes >= 0, "preprocess.cache_bytes", "a number of bytes >= 0", section.cache_bytes)
 
 
 
 def from_json(text: str, without: tuple[str, ...] = ()) -> DictConfig:
-    """Inverse of :func:`astroscale_fl.config.to_json`, validated."""
-    return validate(OmegaConf.create(json.loads(text)), without=without)
+    """Inverse of :func:`astroscale_fl.config.to_json`, validated.
+
+    The text may come from another machine (a node reads the server's run config):
+    :func:`~astroscale_fl.config.to_json` writes resolved values only, so an interpolation
+    (``${oc.env:SECRET}``), which the reader would resolve against its own environment, is refused
+    with the key that holds it."""
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ConfigError(f"run config: not JSON ({one_line(str(exc))})") from None
+    _refuse_interpolations(data, "")
+    return validate(OmegaConf.create(data), without=without)
+
+
+def _refuse_interpolations(value: Any, key: str) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _refuse_interpolations(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _refuse_interpolations(v, f"{key}[{i}]")
+    elif isinstance(value, str) and "${" in value:
+        raise ConfigError(f"{key}: {value[:60]!r} holds an interpolation; a run config carries resolved values only")

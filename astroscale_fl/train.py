@@ -8,6 +8,7 @@ into the job's Hydra output directory.
 
 from __future__ import annotations
 
+import logging
 import sys
 from itertools import product
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from astroscale_fl import config, run_config
+from astroscale_fl.atomic import check_writable_folder
 from astroscale_fl.errors import USER_ERROR_EXIT, AstroScaleError, ConfigError, one_line, report_user_errors
 
 _HYDRA_FLAGS_WITH_VALUE = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--experimental-rerun", "--info", "-i"}
@@ -27,6 +29,7 @@ def run_job(cfg: DictConfig) -> dict:
     from clients.app import app as client_app
     from server.app import make_server_app
 
+    log_once_through_hydra()
     try:
         typed = preflight(run_config.validate(cfg))
         out_dir = HydraConfig.get().runtime.output_dir
@@ -43,6 +46,20 @@ def run_job(cfg: DictConfig) -> dict:
         raise SystemExit(USER_ERROR_EXIT) from None
     print(f"outputs: {out_dir}")
     return {"out_dir": out_dir}
+
+
+def log_once_through_hydra() -> None:
+    """Flower's log lines once, through Hydra's job logging (console and ``train.log``), in every job.
+
+    Importing flwr gives its logger a console handler of its own (each line printed twice: Flower's
+    style on stderr, Hydra's on stdout) and level DEBUG; Hydra then sets each later job of a
+    multirun back to the level in ``conf/`` (``hydra.job_logging``), so both are set here, per job.
+    """
+    from flwr.common.logger import console_handler
+
+    flwr_logger = logging.getLogger("flwr")
+    flwr_logger.removeHandler(console_handler)
+    flwr_logger.setLevel(logging.INFO)
 
 
 def write_quarantine(cfg: DictConfig, out_dir: str) -> None:
@@ -83,6 +100,11 @@ def preflight(cfg: DictConfig) -> DictConfig:
         from astroscale_fl.preprocessing.reference import fit_reference
 
         fit_reference(get_task(cfg.task), cfg, cfg.preprocess.reference)
+    elif cfg.mode == "federated":
+        from astroscale_fl.preprocessing import Pipeline
+        from astroscale_fl.privacy.dp_statistics import check_statistics_round
+
+        check_statistics_round(cfg, get_task(cfg.task), Pipeline.from_config(get_task(cfg.task), cfg))
     cfg = resolve_num_nodes(cfg)
     if cfg.mode == "federated":
         num_nodes = int(cfg.federation.num_nodes)
@@ -127,6 +149,19 @@ def check_overrides(overrides: list[str]) -> None:
         preflight(run_config.validate(config.compose(list(combination))))
 
 
+def check_output_dirs(argv: list[str]) -> None:
+    """``hydra.run.dir`` / ``hydra.sweep.dir`` (the part before any ``${...}``) can be written:
+    one line instead of Hydra's traceback when it cannot."""
+    dirs = {"hydra.run.dir": "outputs", "hydra.sweep.dir": "multirun"}  # conf/config.yaml's defaults
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key.lstrip("+") in dirs:
+            dirs[key.lstrip("+")] = value
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    check_writable_folder(dirs[key].split("${")[0] or ".", key)
+
+
 @report_user_errors
 def main(argv: list[str]) -> int:
     """Entry for ``astroscale-fl train [overrides]``."""
@@ -135,6 +170,7 @@ def main(argv: list[str]) -> int:
     argv = config.noise_overrides_target(list(argv))
     if not any(a in ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c") for a in argv):
         check_overrides(user_overrides(argv))
+        check_output_dirs(argv)
     conf = str(config.conf_dir())
     sys.argv = ["astroscale-fl train", *argv]
     hydra.main(config_path=conf, config_name="config", version_base="1.3")(run_job)()

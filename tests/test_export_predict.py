@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -107,6 +108,34 @@ def test_predict_cli_bad_values(exported, args, needle, capsys):
     code, _, err = predict_main(capsys, "--model", exported[0], *args)
     assert code == 2
     assert needle in err and err.count("\n") == 1 and err.startswith("error: "), err
+
+
+@pytest.mark.parametrize("spelled, value", [("-1e-3", -0.001), ("-1E-3", -0.001), ("-.001", -0.001), ("-1.0e+0", -1.0)])
+def test_predict_cli_takes_negative_numbers_in_any_spelling_as_values(exported, capsys, spelled, value):
+    values = ["0.1", spelled, "-3e1", "1", "8", "0.001", "0.01", "0.5", "0.6"]  # DErad and pmDE negative
+    code, out, err = predict_main(capsys, "--model", exported[0], *values)
+    assert code == 0, err
+    expected = Predictor(exported[0]).predict_one([0.1, value, -30.0, 1, 8, 0.001, 0.01, 0.5, 0.6])
+    assert json.loads(out) == {"predicted_M_Hp": expected}
+
+
+@pytest.mark.parametrize("spelled", ["-inf", "-Infinity", "-nan"])
+def test_predict_cli_negative_non_finite_value_is_named(exported, capsys, spelled):
+    code, _, err = predict_main(capsys, "--model", exported[0], "0.1", "0.2", "1", "1", "8", "0.001", "0.01", "0.5", spelled)
+    assert code == 2 and "input V-I: expected a finite number" in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("where", ["directory", "sys", "missing_parent"])
+def test_predict_cli_unwritable_output_is_one_line(exported, tmp_path, capsys, where):
+    src = tmp_path / "in.csv"
+    exported[3].head(5).to_csv(src, index=False)
+    output = {"directory": tmp_path / "out.csv", "sys": Path("/sys/kernel/astroscale-out.csv"),
+              "missing_parent": tmp_path / "no" / "out.csv"}[where]
+    if where == "directory":
+        output.mkdir()
+    code, out, err = predict_main(capsys, "--model", exported[0], "--input", src, "--output", output)
+    assert code == 2 and f"--output {output}" in err and err.count("\n") == 1 and "Traceback" not in err, err
+    assert out == "" and not Path(f"{output}.quarantine.csv").exists()
 
 
 def test_predict_cli_missing_batch_columns(exported, tmp_path, capsys):

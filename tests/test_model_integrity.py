@@ -361,10 +361,20 @@ def test_old_style_bounds_null_is_an_open_end(exported, tmp_path):
     assert np.isfinite(predictor.predict_frame(exported[1])).all()
 
 
-def test_card_example_is_the_test_row_nearest_the_median_target():
+def test_card_examples_are_the_test_rows_nearest_the_target_quantiles():
     import pandas as pd
 
-    from astroscale_fl.export.model_dir import typical_row
+    from astroscale_fl.export.model_dir import EXAMPLE_QUANTILES, example_positions
 
     test = pd.DataFrame({"id": ["a", "b", "c", "d", "e", "f"], "y": [9.0, -3.0, 1.0, float("nan"), 0.5, 2.0]})
-    assert typical_row(test, "y")["id"] == "c"  # the median of the finite targets is 1.0
+    assert test["id"].iloc[example_positions(test, "y", (0.5,))[0]] == "c"  # the median of the finite targets is 1.0
+    assert [test["id"].iloc[i] for i in example_positions(test, "y")] == ["b", "e", "c", "f", "a"]
+    assert EXAMPLE_QUANTILES[len(EXAMPLE_QUANTILES) // 2] == 0.5  # the middle example is the median one
+
+
+@pytest.mark.parametrize("value, written", [(70761, "70761"), (np.int64(70761), "70761"), (70761.0, "70761"),
+                                            (np.float64(12.0), "12"), (12.5, "12.5"), ("2M0001+002", "2M0001+002")])
+def test_card_ids_are_written_as_the_catalogue_writes_them(value, written):
+    from astroscale_fl.export.model_dir import catalog_id
+
+    assert catalog_id(value) == written

@@ -260,7 +260,9 @@ def test_healthz_describes_the_model_without_paths(exported, client):
     assert health["status"] == "ok" and health["output"] == "predicted_M_Hp" and health["task"] == "hipparcos_absmag"
     assert [i["name"] for i in health["inputs"]] == get_task("hipparcos_absmag").input_names
     card = json.loads((exported[0] / "model_card.json").read_text())
-    assert health["model"] == "model" and health["weights_sha256"] == card["files"]["weights.pt"]["sha256"]
+    assert health["model"] == {"task": "hipparcos_absmag", "version": card["created"],
+                               "weights_sha256": card["files"]["weights.pt"]["sha256"]}
+    assert health["weights_sha256"] == card["files"]["weights.pt"]["sha256"]
     assert str(exported[0].parent) not in answer.text and str(ROOT) not in answer.text
 
 

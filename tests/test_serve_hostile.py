@@ -182,3 +182,55 @@ def test_no_cors_and_no_paths_by_default(exported, servers):
     assert not any(k.startswith("access-control-") for k in httpx.options(f"{url}/predict", headers=preflight).headers)
     health = httpx.get(f"{url}/healthz").text
     assert str(exported[0]) not in health and str(ROOT) not in health and "/tmp" not in health
+
+
+def _send_headers(url: str, headers: bytes) -> bytes:
+    """Send a GET with ``headers`` (stop sending when the server hangs up) and read its answer."""
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
+        data = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n"
+        try:
+            for start in range(0, len(data), 1 << 20):
+                sock.sendall(data[start:start + (1 << 20)])
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        return answer_and_close(sock, time.monotonic() + 20)
+
+
+@pytest.mark.parametrize("headers, logged", [
+    (b"X-Big: " + b"a" * (16 << 20) + b"\r\n", "bytes of request headers"),
+    (b"".join(b"X-%d: 1\r\n" % i for i in range(100_000)), "bytes of request headers"),
+    (b"".join(b"X-%d: 1\r\n" % i for i in range(101)), "102 request headers (at most 100)"),
+    (b"X-Url: 1\r\n" * 2 + b"X-Big: " + b"b" * 70_000 + b"\r\n", "bytes of request headers"),
+], ids=["16MB_header", "100000_headers", "102_headers", "70kB_header"])
+def test_oversized_or_too_many_headers_get_431_and_the_server_stays_up(servers, headers, logged):
+    url, log = servers[0]
+    answer = _send_headers(url, headers)
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
+    assert logged in log.read_text() and "Traceback" not in log.read_text()
+
+
+def test_headers_under_the_limits_are_served(servers):
+    answer = _send_headers(servers[0][0], b"".join(b"X-%d: %s\r\n" % (i, b"v" * 500) for i in range(90)) + b"Connection: close\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 ")
+
+
+def test_healthz_names_the_task_version_and_weights(exported, servers):
+    card = json.loads((exported[0] / "model_card.json").read_text())
+    model = httpx.get(f"{servers[0][0]}/healthz").json()["model"]
+    assert model == {"task": "hipparcos_absmag", "version": card["created"], "weights_sha256": card["files"]["weights.pt"]["sha256"]}
+
+
+def test_the_serving_line_comes_once_the_socket_accepts(exported):
+    proc = subprocess.Popen([sys.executable, "-m", "astroscale_fl.serve", "--model", str(exported[0]), "--port", "0",
+                             "--log-level", "warning"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            cwd=ROOT, env=cli_env())
+    try:
+        line = proc.stdout.readline()
+        parts = urlsplit(line.split(" on ", 1)[1].split()[0])
+        with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:  # at once: not refused
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert answer_and_close(sock, time.monotonic() + 30).startswith(b"HTTP/1.1 200 ")
+    finally:
+        stop([proc])

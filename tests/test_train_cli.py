@@ -115,3 +115,36 @@ def test_centralized_reference_and_compare(run_dir):
     assert int(rows["fedavg"]["bytes_up"]) == fed["bytes_up"] > 0
     assert (run_dir / "summary.md").read_text().startswith("| strategy")
     assert (run_dir / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_every_job_of_a_multirun_prints_each_info_line_once(tmp_path):
+    sweep = tmp_path / "sweep"
+    out = train("-m", "seed=0,1", "federation.num_rounds=1", "federation.num_nodes=2", "model.widths=[8]",
+                "output.publish=false", "federation.metrics_port=0", f"hydra.sweep.dir={sweep}")
+    assert out.returncode == 0, out.stderr
+    both = out.stdout + out.stderr
+    done = [line for line in both.splitlines() if "done: test R²=" in line]
+    assert len(done) == 2 and all(" mag in " in line for line in done), both  # once per job, job #1 included
+    assert both.count("preprocessing fitted from") == 2
+    for job in sorted(sweep.glob("[01]_*")):
+        assert (job / "train.log").read_text().count("done: test R²=") == 1
+
+
+@pytest.mark.slow
+def test_showcase_prints_test_stars_with_catalogue_ids_beside_the_test_rmse(run_dir):
+    model = run_dir / "models" / "hipparcos_absmag" / "latest"
+    card = json.loads((model / "model_card.json").read_text())
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "showcase.py"), str(model)], capture_output=True, text=True,
+                         env=cli_env(), timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert len(card["examples"]) == 5 and card["example"] == card["examples"][2]
+    predictor = Predictor(model)
+    for example, line in zip(card["examples"], lines[1:6]):
+        assert example["id"].isdigit()  # HIP 70761, not 70761.0
+        cells = line.split()
+        assert cells[0] == example["id"] and float(cells[2]) == pytest.approx(predictor.predict_one(example["inputs"]), abs=1e-3)
+    assert [e["target"] for e in card["examples"]] == sorted(e["target"] for e in card["examples"])
+    assert f"test RMSE over all {card['metrics']['test_rows']} test stars: {card['metrics']['test_rmse']:.4g} mag" in lines[6]
+    assert lines[7].startswith("predict one yourself: python scripts/predict.py --model ")

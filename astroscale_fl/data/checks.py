@@ -31,7 +31,10 @@ QUARANTINE_ATTR = "quarantine"
 
 
 def check_task_columns(features: list[str], target: str) -> None:
-    """A target that is also a feature would let the model read its answer."""
+    """A feature listed twice, or a target that is also a feature (a model would read its answer)."""
+    repeated = sorted({f for f in features if features.count(f) > 1})
+    if repeated:
+        raise ConfigError(f"task.features: {short_list(repeated)} listed more than once; list each input column once")
     if target in features:
         raise ConfigError(f"task.target {target!r} is also listed in task.features; a model would be given its answer "
                           f"as an input: remove it from task.features")

@@ -20,11 +20,13 @@ from astroscale_fl.data.checks import (
     check_task_frame,
     coerce_numeric,
 )
+from astroscale_fl.data.filter_expr import parse_filter
 from astroscale_fl.data.sources import hipparcos
 from astroscale_fl.data.split import PartitionColumns
 from astroscale_fl.data.tables import read_table
 from astroscale_fl.errors import ConfigError, DataError, short_list
 from astroscale_fl.simulator.cache import cached_catalog
+from astroscale_fl.simulator.galaxy import C_KMS
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,8 @@ class TaskSpec:
     loader: Callable[[object], pd.DataFrame] = field(default=lambda cfg: pd.DataFrame(), repr=False)
     partition_columns: PartitionColumns = PartitionColumns()
     default_partition: str = "iid"  # the task's natural split, what partition=auto picks
+    #: The unit errors read best in and the factor from ``target_unit`` (z -> km/s for v_r = cz).
+    display_unit: tuple[str, float] | None = None
 
     @property
     def input_names(self) -> list[str]:
@@ -133,10 +137,7 @@ def load_catalog(task_cfg) -> pd.DataFrame:
         raise DataError(f"{task_cfg.path}: missing column(s) {short_list(missing)}; columns are {short_list(table.columns, 30)}")
     check_has_rows(table, f"task.path {task_cfg.path}")
     if task_cfg.get("filter"):
-        try:
-            table = table.query(str(task_cfg.filter))
-        except Exception as exc:  # pandas raises many types for a bad expression
-            raise DataError(f"task.filter: cannot apply {task_cfg.filter!r} ({str(exc).splitlines()[0]})") from None
+        table = parse_filter(task_cfg.filter).apply(table)
     id_column = task_cfg.get("id_column")
     ids = table[id_column].astype(str) if id_column else np.arange(len(table)).astype(str)
     table = table.drop(columns=["id"], errors="ignore")
@@ -150,6 +151,8 @@ def catalog_task(task_cfg) -> TaskSpec:
     if not features:
         raise ConfigError("task.features: list the input columns, e.g. 'task.features=[teff,logg,fe_h]'")
     check_task_columns(features, str(task_cfg.target))
+    if task_cfg.get("filter"):
+        parse_filter(task_cfg.filter)  # refused before any data is read
     return TaskSpec(
         name="catalog",
         target=str(task_cfg.target),
@@ -194,6 +197,7 @@ SURVEY_REDSHIFT = TaskSpec(
     description="Doppler redshift z = v_r / c of stars from ra, dec, teff, logg, fe_h, snr, parallax (simulated surveys)",
     loader=load_survey_redshift,
     partition_columns=PartitionColumns(dec="dec", dec_unit="deg", target="z"),
+    display_unit=("km/s", C_KMS),
 )
 
 #: Physical ranges a ``catalog`` task applies to columns it knows by name (the survey schema's).
@@ -208,6 +212,15 @@ def default_partition(name: str) -> str:
     """What ``partition=auto`` picks for the task ``name``: its spec's natural split (a catalog's: iid)."""
     spec = TASKS.get(name)
     return spec.default_partition if spec is not None else TaskSpec.default_partition
+
+
+def display_unit(task_name: str) -> tuple[str, float]:
+    """The unit a task's errors (RMSE) are shown in, and the factor from its target's unit (``""`` and 1
+    for a task without a fixed unit, such as ``catalog``)."""
+    spec = TASKS.get(task_name)
+    if spec is None:
+        return "", 1.0
+    return spec.display_unit or (spec.target_unit, 1.0)
 
 
 def get_task(task) -> TaskSpec:

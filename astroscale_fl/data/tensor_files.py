@@ -6,8 +6,9 @@ validation, and appends each batch's encoded rows to ``features.npy``, ``target.
 table has the target) and ``row_ids.npy``, so memory stays at one batch whatever the table's size.
 When fitting, the encoding pass replays the last batches of the statistics pass that fit in
 ``preprocess.cache_bytes`` (:mod:`.batch_cache`) and decodes only the rows before them; a table of
-one batch is decoded once. Files are written under temporary names and
-renamed into place at the end; a crash leaves no file that looks whole.
+one batch is decoded once. Files are written into one temporary directory and moved into place
+at the end (:func:`astroscale_fl.atomic.atomic_files`); a crash leaves no file that looks whole,
+and the next write removes a dead writer's temporary directory.
 
 :func:`cached_tensors` keeps those files in a node's cache directory, keyed by the table's
 fingerprint and the pipeline's state, and opens them with ``np.load(mmap_mode="r")``: a later
@@ -18,8 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from astroscale_fl.atomic import write_text
+from astroscale_fl.atomic import atomic_files, write_text
 from astroscale_fl.data.batch_cache import DEFAULT_CACHE_BYTES, BatchCache
-from astroscale_fl.errors import DataError
+from astroscale_fl.errors import DataError, short_list
 from astroscale_fl.preprocessing import Pipeline
 from astroscale_fl.preprocessing.stream import (
     ROW,
@@ -69,6 +68,8 @@ class NpyAppender:
         self._pending: Future | None = None
 
     def append(self, rows: np.ndarray) -> None:
+        if not len(rows):
+            return
         data = memoryview(np.ascontiguousarray(rows, dtype=self.dtype)).cast("B")  # no bytes copy
         self._wait()
         self._pending = self._writer.submit(self._file.write, data)
@@ -144,15 +145,15 @@ def encode_table(path: str | Path, pipeline: Pipeline, out_dir: str | Path, *, f
     columns = list(dict.fromkeys(pipeline.inputs + ([target] if with_target else []) + ([id_column] if id_column else [])))
     missing = [c for c in columns if c not in present]
     if missing:
-        raise DataError(f"{path}: missing column(s) {missing}; columns are {present[:20]}")
+        raise DataError(f"{path}: missing column(s) {short_list(missing)}; columns are {short_list(present, 20)}")
     if arrow:
         check_arrow_names(pipeline.features)
-    out_dir.mkdir(parents=True, exist_ok=True)  # only once the input is known to fit
+    numeric = [c for c in pipeline.inputs + ([target] if with_target else []) if c != pipeline.time_column]
 
     def decoded(stop: int | None = None):
         """(table position, table rows, selected batch) per batch of the rows before ``stop`` (all when None)."""
         position = 0
-        for batch in iter_batches(path, columns, chunk_rows):
+        for batch in iter_batches(path, columns, chunk_rows, numeric=numeric):
             rows = len(batch[ROW])
             if stop is not None and position + rows > stop:
                 batch, rows = {k: v[: stop - position] for k, v in batch.items()}, stop - position
@@ -181,7 +182,10 @@ def encode_table(path: str | Path, pipeline: Pipeline, out_dir: str | Path, *, f
             if cache is not None:
                 cache.offer(position, rows, batch, verdict, verdict[0].nbytes + verdict[1].nbytes + verdict[2].nbytes)
         if stats is None:
-            raise DataError(f"{path}: no rows to fit preprocessing on")
+            raise DataError(f"{path}: no data rows (header only?); nothing to fit preprocessing on")
+        if not stats.count[stats.columns.index(target)]:
+            raise DataError(f"{path}: task.target {target!r}: every value is empty / NaN (or its row fails validation); "
+                            f"nothing to fit preprocessing on")
         pipeline.fit_statistics(stats)
 
     def encode_pass():
@@ -192,20 +196,29 @@ def encode_table(path: str | Path, pipeline: Pipeline, out_dir: str | Path, *, f
             if progress:
                 progress(rows)
             yield batch, verdict
-    suffix = f".tmp-{os.getpid()}"
-    writers = {"x": NpyAppender(out_dir / (FEATURES + suffix), "<f4", len(pipeline.features)),
-               "ids": NpyAppender(out_dir / (ROW_IDS + suffix), "<i8", None)}
+
+    with atomic_files(out_dir, last=FEATURES) as tmp:  # out_dir gets every file, or none (not even the folder)
+        writers, quarantine, rows_in, dropped = _encode_into(tmp, pipeline, encode_pass(), with_target, training, arrow)
+    written = writers["x"].rows
+    return Summary(rows_in, written, quarantine.rows, dropped, time.perf_counter() - start)
+
+
+def _encode_into(out_dir: Path, pipeline: Pipeline, batches, with_target: bool, training: bool, arrow: bool):
+    """Write the tensor files of ``batches`` (batch, verdict or None) into ``out_dir``."""
+    target = pipeline.target.target
+    writers = {"x": NpyAppender(out_dir / FEATURES, "<f4", len(pipeline.features)),
+               "ids": NpyAppender(out_dir / ROW_IDS, "<i8", None)}
     if with_target:
-        writers["y"] = NpyAppender(out_dir / (TARGET + suffix), "<f4", None)
+        writers["y"] = NpyAppender(out_dir / TARGET, "<f4", None)
     if arrow:
-        writers["arrow"] = ArrowAppender(out_dir / (ARROW + suffix), pipeline.features, target if with_target else None)
-    quarantine = _QuarantineWriter(out_dir / (QUARANTINE + suffix))
+        writers["arrow"] = ArrowAppender(out_dir / ARROW, pipeline.features, target if with_target else None)
+    quarantine = _QuarantineWriter(out_dir / QUARANTINE)
     rows_in = dropped = 0
     # two output buffers, alternating: the features.npy writer holds at most one batch in flight,
     # and reused pages spare the kernel a fresh-page fault per 4 kB of every batch's output
     buffers: list[np.ndarray] = [np.empty((0, len(pipeline.features)), dtype=np.float32)] * 2
     try:
-        for batch, verdict in encode_pass():
+        for batch, verdict in batches:
             rows_in += len(batch[ROW])
             failing, names, reasons = verdict or pipeline.quarantine(batch, with_target)
             quarantine.append(batch[ROW][failing], names, reasons)
@@ -232,16 +245,12 @@ def encode_table(path: str | Path, pipeline: Pipeline, out_dir: str | Path, *, f
             w.close()
         quarantine.close()
         write_text(out_dir / PIPELINE, json.dumps(pipeline.state_dict(), indent=1))
-        for w in writers.values():
-            os.replace(w.path, out_dir / w.path.name[: -len(suffix)])
-        os.replace(quarantine.path, out_dir / QUARANTINE)
     except BaseException:
         for w in writers.values():
             w.abort()
         quarantine.abort()
         raise
-    written = writers["x"].rows
-    return Summary(rows_in, written, quarantine.rows, dropped, time.perf_counter() - start)
+    return writers, quarantine, rows_in, dropped
 
 
 class ArrowAppender:
@@ -344,15 +353,6 @@ def cached_tensors(cache_dir: str | Path, path: str | Path, pipeline: Pipeline, 
     """Memory-mapped tensor files of the selected rows of ``path`` under the fitted ``pipeline``,
     written into ``cache_dir/<key>/`` on first use."""
     final = Path(cache_dir) / cache_key(path, pipeline, selection_key, str(id_column), str(training))
-    if not (final / FEATURES).is_file():
-        tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
-            encode_table(path, pipeline, tmp, fit=False, chunk_rows=chunk_rows, id_column=id_column, select=select, training=training)
-            try:
-                os.rename(tmp, final)
-            except OSError:  # another process finished first: use its files
-                pass
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    if not (final / FEATURES).is_file():  # another process writing the same key writes the same files
+        encode_table(path, pipeline, final, fit=False, chunk_rows=chunk_rows, id_column=id_column, select=select, training=training)
     return open_tensors(final)

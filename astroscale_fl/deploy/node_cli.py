@@ -8,18 +8,18 @@ and Flower's SuperNode with short polls (:mod:`astroscale_fl.deploy.fast_poll`).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
+import socket
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
 from astroscale_fl.data.node_dirs import node_state_dir
-from astroscale_fl.deploy.node_status import write_private
-from astroscale_fl.errors import ConfigError, report_user_errors
+from astroscale_fl.deploy.node_status import load_status, validate_status, write_private
+from astroscale_fl.errors import ConfigError, UserArgumentParser, report_user_errors
 
 LAUNCHER_FILE = "launcher.json"  # <data-dir>/.astroscale/launcher.json: pid and metrics port of the running launcher
 
@@ -31,10 +31,31 @@ def _data_dir(value: str) -> Path:
     return path.resolve()
 
 
+def _runtime_api_address(value: str) -> str:
+    """``--runtime-api-address``: ``HOST:PORT`` on loopback with a port in 1..65535."""
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(f"--runtime-api-address {value}: expected HOST:PORT with a port in 1..65535")
+    if host.strip("[]") not in ("127.0.0.1", "localhost", "::1"):
+        raise ConfigError(f"--runtime-api-address {value}: the Runtime API hands out task tokens; "
+                          "keep it on loopback (127.0.0.1)")
+    return value
+
+
+def _metrics_host(host: str) -> str:
+    """``--metrics-host``: an address this machine can resolve (checked before the slow imports)."""
+    try:
+        socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ConfigError(f"--metrics-host {host}: not an address or a name this machine resolves "
+                          f"({getattr(exc, 'strerror', None) or exc})") from None
+    return host
+
+
 @report_user_errors
 def launcher_main(argv: list[str]) -> int:
     """``astroscale-fl node launcher --data-dir DIR --runtime-api-address HOST:PORT [...]``."""
-    parser = argparse.ArgumentParser(
+    parser = UserArgumentParser(
         prog="astroscale-fl node launcher",
         description="Warm ClientApp runtime for a SuperNode started with --isolation process: imports torch, pandas "
                     "and pyarrow once and forks one flwr-clientapp per message (no per-message import cost). "
@@ -55,10 +76,9 @@ def launcher_main(argv: list[str]) -> int:
         raise ConfigError(f"--metrics-port: expected 0..65535, got {args.metrics_port}")
     if not 0.01 <= args.poll <= 10:
         raise ConfigError(f"--poll: expected 0.01..10 seconds, got {args.poll}")
-    host = args.runtime_api_address.rsplit(":", 1)[0].strip("[]")
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        raise ConfigError(f"--runtime-api-address {args.runtime_api_address}: the Runtime API hands out task tokens; "
-                          "keep it on loopback (127.0.0.1)")
+    _runtime_api_address(args.runtime_api_address)
+    if args.metrics_port:
+        _metrics_host(args.metrics_host)
     secret = None
     if args.superexec_auth_secret_file:
         try:
@@ -79,7 +99,11 @@ def launcher_main(argv: list[str]) -> int:
         if args.metrics_host not in ("127.0.0.1", "localhost", "::1"):
             print(f"warning: node metrics on {args.metrics_host}:{args.metrics_port} are readable by anyone who can reach it",
                   file=sys.stderr)
-        port = serve(data_dir, stats, args.metrics_port, args.metrics_host).server_address[1]
+        try:
+            port = serve(data_dir, stats, args.metrics_port, args.metrics_host).server_address[1]
+        except OSError as exc:  # port taken, or an address that is not this machine's
+            raise ConfigError(f"--metrics-host {args.metrics_host} --metrics-port {args.metrics_port}: cannot listen "
+                              f"({exc.strerror or exc})") from None
     info = node_state_dir(data_dir) / LAUNCHER_FILE
     write_private(info, json.dumps({"pid": os.getpid(), "metrics_port": port, "metrics_host": args.metrics_host,
                                      "runtime_api_address": args.runtime_api_address, "started": time.time()}))
@@ -97,23 +121,26 @@ def _launcher_status(data_dir: Path) -> dict | None:
     try:
         info = json.loads((node_state_dir(data_dir) / LAUNCHER_FILE).read_text())
         os.kill(int(info["pid"]), 0)
-    except (OSError, ValueError, KeyError):
+        port = int(info.get("metrics_port") or 0)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # none running, or not our file
         return None
-    if not info.get("metrics_port"):
+    if not 0 < port <= 65535:
         return None
     host = info.get("metrics_host", "127.0.0.1")
     host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    url = f"http://{host}:{port}/status"
     try:
-        with urllib.request.urlopen(f"http://{host}:{info['metrics_port']}/status", timeout=5) as resp:
-            return json.loads(resp.read())
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            doc = json.loads(resp.read())
     except (OSError, ValueError):
         return None
+    return validate_status(doc, f"the launcher's {url}")
 
 
 @report_user_errors
 def status_main(argv: list[str]) -> int:
     """``astroscale-fl node status --data-dir DIR [--json]``."""
-    parser = argparse.ArgumentParser(prog="astroscale-fl node status",
+    parser = UserArgumentParser(prog="astroscale-fl node status",
                                      description="What this node did: rows, rounds trained, last round's seconds, "
                                                  "epsilon spent vs budget, declines (from its launcher's /status, or "
                                                  "from the status file in DIR when no launcher serves metrics).")
@@ -123,14 +150,12 @@ def status_main(argv: list[str]) -> int:
     data_dir = _data_dir(args.data_dir)
     status = _launcher_status(data_dir)
     if status is None:
-        from astroscale_fl.deploy.node_status import read_status
-
-        status = {**read_status(data_dir), "data_dir": str(data_dir), "launcher": None}
+        status = {**load_status(data_dir), "data_dir": str(data_dir), "launcher": None}
     if args.json:
         print(json.dumps(status, indent=1))
         return 0
     fmt = lambda v, spec=".4g": "-" if v is None else format(v, spec)  # noqa: E731
-    print(f"node data dir     {status['data_dir']}")
+    print(f"node data dir     {status.get('data_dir', data_dir)}")
     print(f"rows              {status.get('rows', '-')}")
     print(f"rounds trained    {status.get('rounds_trained', 0)}")
     print(f"last train        {fmt(status.get('last_train_seconds'), '.3f')} s")

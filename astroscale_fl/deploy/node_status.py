@@ -22,6 +22,7 @@ from typing import Any
 
 from astroscale_fl.atomic import write_text
 from astroscale_fl.data.node_dirs import node_state_dir
+from astroscale_fl.errors import DataError
 
 STATUS_FILE = "node-status.json"
 KEEP_MESSAGES = 200  # timings of the last messages kept in the file
@@ -32,12 +33,68 @@ def status_path(data_dir: str | Path) -> Path:
     return node_state_dir(data_dir) / STATUS_FILE
 
 
-def read_status(data_dir: str | Path) -> dict[str, Any]:
-    """The node's status (an empty one when the node has not handled a message yet)."""
+def _empty() -> dict[str, Any]:
+    return {"rounds_trained": 0, "declines": 0, "messages": []}
+
+
+def load_status(data_dir: str | Path) -> dict[str, Any]:
+    """The node's status file, checked (an empty status when the node has not handled a message yet);
+    an unreadable or malformed file is a one-line :class:`DataError` naming it."""
+    path = status_path(data_dir)
     try:
-        return json.loads(status_path(data_dir).read_text())
-    except (OSError, ValueError):
-        return {"rounds_trained": 0, "declines": 0, "messages": []}
+        text = path.read_text()
+    except FileNotFoundError:
+        return _empty()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read the node status ({getattr(exc, 'strerror', None) or exc})") from None
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise DataError(f"{path}: not JSON ({exc})") from None
+    return validate_status(doc, str(path))
+
+
+def read_status(data_dir: str | Path) -> dict[str, Any]:
+    """The node's status for the node itself: a malformed file counts as empty (it is rewritten whole)."""
+    try:
+        return load_status(data_dir)
+    except DataError:
+        return _empty()
+
+
+_COUNTS = ("rows", "rounds_trained", "declines")
+_NUMBERS = ("last_train_seconds", "epsilon", "epsilon_budget")
+_LAUNCHER_COUNTS = ("pid", "clientapps_started", "clientapps_failed")
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def validate_status(doc: Any, origin: str) -> dict[str, Any]:
+    """``doc`` if it has the shape of a node status (the file, or a launcher's ``GET /status``), else a
+    one-line :class:`DataError` naming ``origin``, the key and what was expected."""
+    if not isinstance(doc, dict):
+        raise DataError(f"{origin}: expected a JSON object (a node status), got {type(doc).__name__}")
+    for key in _COUNTS:
+        if doc.get(key) is not None and not _is_count(doc[key]):
+            raise DataError(f"{origin}: {key!r} must be a whole number >= 0, got {doc[key]!r}")
+    for key in _NUMBERS:
+        value = doc.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise DataError(f"{origin}: {key!r} must be a number, got {value!r}")
+    for key in ("last_decline", "data_dir"):
+        if doc.get(key) is not None and not isinstance(doc[key], str):
+            raise DataError(f"{origin}: {key!r} must be a string, got {doc[key]!r}")
+    busy = doc.get("in_progress")
+    if busy is not None and not (isinstance(busy, dict) and isinstance(busy.get("kind"), str)
+                                 and _is_count(busy.get("round"))):
+        raise DataError(f"{origin}: 'in_progress' must be an object with 'kind' (text) and 'round' (a whole "
+                        f"number), got {busy!r}")
+    launcher = doc.get("launcher")
+    if launcher is not None and not (isinstance(launcher, dict) and all(_is_count(launcher.get(k)) for k in _LAUNCHER_COUNTS)):
+        raise DataError(f"{origin}: 'launcher' must be an object with whole numbers {list(_LAUNCHER_COUNTS)}, got {launcher!r}")
+    return doc
 
 
 def write_private(path: Path, text: str) -> None:

@@ -9,11 +9,13 @@ signed its certificate (a temporary FLWR_HOME is written for the query).
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,8 +94,36 @@ def _query(args: list[str], conn: Connection, timeout: float) -> Any:
     return data
 
 
+def flwr_home() -> Path:
+    """Where the ``flwr`` CLI keeps its ``config.toml`` (``$FLWR_HOME``, else ``~/.flwr``)."""
+    return Path(os.environ.get("FLWR_HOME") or Path.home() / ".flwr")
+
+
+def check_connection(conn: Connection) -> None:
+    """Refuse a named (or default) connection that ``$FLWR_HOME/config.toml`` lacks: asked for one,
+    ``flwr`` writes its default configuration there (and may start a local SuperLink)."""
+    if conn.address:
+        return
+    path = flwr_home() / "config.toml"
+    hint = "give --superlink HOST:PORT --root-certificates CA.crt, or add the connection with `flwr`"
+    try:
+        superlinks = tomllib.loads(path.read_text()).get("superlink", {})
+    except FileNotFoundError:
+        raise StatusError(f"no Flower configuration at {path}; {hint}") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise StatusError(f"{path}: cannot read the Flower configuration ({exc})") from None
+    names = sorted(k for k, v in superlinks.items() if isinstance(v, dict)) if isinstance(superlinks, dict) else []
+    name = conn.name or (superlinks.get("default") if isinstance(superlinks, dict) else None)
+    if not name or name not in names:
+        raise StatusError(f"--connection {conn.name or '(default)'}: no [superlink.{name or '<name>'}] in {path} "
+                          f"(it has {names or 'none'}); {hint}")
+
+
 def query(conn: Connection, timeout: float = 30.0) -> dict[str, Any]:
     """``{"runs": [...], "nodes": [...]}`` as the SuperLink reports them."""
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise StatusError(f"--timeout: expected a number of seconds > 0, got {timeout}")
+    check_connection(conn)
     runs = _query(["ls"], conn, timeout)
     nodes = _query(["supernode", "ls"], conn, timeout)
     return {"runs": runs.get("runs", []), "nodes": nodes.get("nodes", [])}

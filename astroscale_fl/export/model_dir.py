@@ -145,15 +145,15 @@ def publish(model_dir: Path, target: Path) -> Path:
 
 def finish_run(out_dir: Path, task, cfg, pipeline: Pipeline, model: nn.Module, metrics: dict[str, Any], test,
                strategy_params: dict[str, Any] | None = None, card_extra: dict[str, Any] | None = None) -> Path:
-    """The end of every training run: export ``model/`` (its card carries a typical test row as a
-    worked example: the one whose target is nearest the test median), write ``metrics.json`` and, with ``output.publish``, publish the export as
+    """The end of every training run: export ``model/`` (its card carries test stars as worked examples,
+    :func:`example_positions`), write ``metrics.json`` and, with ``output.publish``, publish the export as
     ``<output.models_dir>/<task>/latest``.  Returns the model directory."""
     add_r2_ceiling(metrics, test)
-    example = typical_row(test, task.target)
+    examples = [worked_example(test, task, position) for position in example_positions(test, task.target)]
     card = build_card(task, cfg, pipeline, {k: metrics[k] for k in CARD_METRICS if k in metrics}, strategy_params or {}, extra={
         **(card_extra or {}),
-        "example": {"inputs": [float(example[n]) for n in task.input_names], "target": float(example[task.target]),
-                    "id": str(example["id"])},
+        "example": examples[len(examples) // 2],
+        "examples": examples,
     })
     model_dir = export_model(out_dir / "model", model, pipeline, card)
     write_json(out_dir / "metrics.json", metrics)
@@ -162,11 +162,29 @@ def finish_run(out_dir: Path, task, cfg, pipeline: Pipeline, model: nn.Module, m
     return model_dir
 
 
-def typical_row(test, target: str):
-    """The test row whose target is nearest the test set's median (the first such row on ties):
-    a worked example that shows the model on an ordinary star rather than whichever came first."""
+#: Target quantiles of the test stars a model card shows as worked examples (``examples``; the middle
+#: one, nearest the median, is also ``example``): ordinary and extreme stars rather than whichever came first.
+EXAMPLE_QUANTILES = (0.1, 0.3, 0.5, 0.7, 0.9)
+
+
+def example_positions(test, target: str, quantiles=EXAMPLE_QUANTILES) -> list[int]:
+    """Positions of the test rows whose target is nearest each quantile of the test targets (the first
+    such row on ties)."""
     values = test[target].to_numpy(dtype=float)
-    return test.iloc[int(np.nanargmin(np.abs(values - np.nanmedian(values))))]
+    return [int(np.nanargmin(np.abs(values - np.nanquantile(values, q)))) for q in quantiles]
+
+
+def catalog_id(value: Any) -> str:
+    """An id as the catalogue writes it: ``70761``, not the ``70761.0`` a float column or row makes of it."""
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def worked_example(test, task, position: int) -> dict[str, Any]:
+    """One test star for the card: its id, inputs in card order and true target."""
+    return {"id": catalog_id(test["id"].iloc[position]), "inputs": [float(test[n].iloc[position]) for n in task.input_names],
+            "target": float(test[task.target].iloc[position])}
 
 
 def _short(value: Any, limit: int = 80) -> str:

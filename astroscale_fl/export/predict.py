@@ -15,10 +15,13 @@ quarantine), however the path is spelled.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
+import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +30,7 @@ import torch
 
 from astroscale_fl.atomic import atomic_path
 from astroscale_fl.data.tables import SUFFIXES, read_table, write_table
-from astroscale_fl.errors import DataError, one_line, report_user_errors
+from astroscale_fl.errors import DataError, UserArgumentParser, one_line, report_user_errors
 from astroscale_fl.export.model_dir import load_exported
 from astroscale_fl.learning.training import predict as model_predict
 
@@ -117,16 +120,26 @@ def predict_table(predictor: Predictor, input_path: Path, output_path: Path) -> 
     out = frame.copy()
     out[predictor.output_name] = predictions
     quarantine = Path(f"{output_path}.quarantine.csv")
-    if (~ok).any():
-        rejected = frame.loc[~ok].copy()
-        rejected.insert(0, "row", np.flatnonzero(~ok) + 1)
-        rejected["reason"] = reasons[~ok].to_numpy()
-        with atomic_path(quarantine) as tmp:
-            rejected.to_csv(tmp, index=False)
-    else:
-        quarantine.unlink(missing_ok=True)
-    write_table(out, output_path)
+    with _writing(output_path):
+        if (~ok).any():
+            rejected = frame.loc[~ok].copy()
+            rejected.insert(0, "row", np.flatnonzero(~ok) + 1)
+            rejected["reason"] = reasons[~ok].to_numpy()
+            with atomic_path(quarantine) as tmp:
+                rejected.to_csv(tmp, index=False)
+        else:
+            quarantine.unlink(missing_ok=True)
+        write_table(out, output_path)
     return int(ok.sum()), int((~ok).sum())
+
+
+@contextlib.contextmanager
+def _writing(output_path: Path) -> Iterator[None]:
+    """An OS refusal while writing ``--output`` (permissions, a read-only or full disk) as one line."""
+    try:
+        yield
+    except OSError as exc:
+        raise DataError(f"--output {output_path}: cannot write ({exc.strerror or exc}: {exc.filename or output_path})") from None
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -144,6 +157,8 @@ def check_batch_paths(input_path: Path, output_path: Path) -> None:
         raise DataError(f"--output {output_path}: expected a .csv or .parquet file")
     if not output_path.parent.is_dir():
         raise DataError(f"--output {output_path}: directory {output_path.parent} does not exist")
+    if output_path.is_dir():
+        raise DataError(f"--output {output_path}: is a directory; give a .csv or .parquet file name")
     for written in (output_path, Path(f"{output_path}.quarantine.csv")):
         if _same_file(input_path, written):
             raise DataError(f"--output {output_path}: would overwrite --input {input_path} ({written} is the input file); "
@@ -165,8 +180,22 @@ def default_model_dir(task: str) -> Path:
     return Path("models") / task / "latest"
 
 
+#: Any spelling of a negative number (``-3``, ``-.5``, ``-1e-3``, ``-inf``, ``-nan``): argparse takes
+#: only ``-3`` and ``-0.5`` for values and the rest for unknown options.
+_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*(e[-+]?\d+)?|\.\d+(e[-+]?\d+)?|inf(inity)?|nan)$", re.IGNORECASE)
+
+
+class _ValuesParser(UserArgumentParser):
+    """The predict parser: a negative number in any spelling is an input value, never an option."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = _NEGATIVE_NUMBER  # argparse's hook for "looks like a negative number"
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    """The ``astroscale-fl predict`` argument parser."""
+    p = _ValuesParser(
         prog="astroscale-fl predict",
         description="Predict with an exported model directory. Give the input values in the order "
         "`--list-inputs` prints, or a whole table with --input/--output.",

@@ -25,7 +25,7 @@ from flwr.serverapp.strategy import Strategy
 from omegaconf import DictConfig, OmegaConf
 
 from astroscale_fl.data.nodes import task_split
-from astroscale_fl.data.tasks import get_task
+from astroscale_fl.data.tasks import display_unit, get_task
 from astroscale_fl.errors import ConfigError
 from astroscale_fl.export.model_dir import finish_run
 from astroscale_fl.federation import checkpoint as ckpt_mod
@@ -150,10 +150,8 @@ def preprocessing_source(grid: Grid, cfg: DictConfig, node_ids: list[int], resum
         pipeline, statistics = fit_reference(task, cfg, cfg.preprocess.reference)
         log(INFO, "preprocessing fitted on the public reference %s; no statistics round", statistics["path"])
         return PreprocessingSource(pipeline, None, statistics)  # no statistics round: row counts not asked for
-    stats_epsilon = dp_statistics.statistics_epsilon(cfg.privacy)
-    if stats_epsilon is not None:
-        dp_statistics.StatisticsRelease.for_pipeline(task, Pipeline.from_config(task, cfg))  # ranges exist, or a one-line error
-    elif cfg.privacy.name != "none":
+    stats_epsilon = dp_statistics.check_statistics_round(cfg, task, Pipeline.from_config(task, cfg))
+    if stats_epsilon is None and cfg.privacy.name != "none":
         log(WARNING, "the statistics round releases exact per-node aggregates that %s does not cover; set "
             "privacy.statistics_epsilon, or preprocess.reference to a public table", cfg.privacy.name)
     entries: list[dict] = []
@@ -259,7 +257,9 @@ def finish(cfg: DictConfig, strategy: Strategy, source: PreprocessingSource, eva
     params = strategy.params() if hasattr(strategy, "params") else {}
     finish_run(out_dir, get_task(cfg.task), cfg, source.pipeline, evaluator.model, metrics, evaluator.test, params,
                card_extra={"privacy": privacy["card"], **_secure_aggregation_card(cfg)})
-    log(INFO, "done: test R²=%.4f RMSE=%.4f in %.1f s -> %s", final.r2, final.rmse, wall, out_dir)
+    unit, factor = display_unit(cfg.task.name)
+    log(INFO, "done: test R²=%.4f RMSE=%.4g%s in %.1f s -> %s", final.r2, final.rmse * factor, f" {unit}" if unit else "",
+        wall, out_dir)
     return metrics
 
 

@@ -58,19 +58,30 @@ def extract_fits(path: Path, hdu: int | str, columns: dict[str, str], *, origin:
         hdul.close()
 
 
-def where_filter(table: pa.Table, expr: str | None) -> pa.Table:
-    """Apply ``a > 1 AND b <= 2`` style conditions (on table columns) to ``table``."""
+def parse_where(expr: str | None, columns) -> list[tuple[str, str, float]]:
+    """``a > 1 AND b <= 2`` as ``(column, op, number)`` conditions on ``columns``; a condition of any
+    other shape, or on another column, is a one-line error (checked before any download)."""
     if not expr or not expr.strip():
-        return table
-    mask = None
+        return []
+    conditions = []
     for part in re.split(r"\s+AND\s+", expr.strip(), flags=re.I):
         m = _COND.match(part.strip().strip("()"))
         if not m:
             raise DataError(f"--where: cannot use {part.strip()!r} on a file source; expected "
                             "'<column> <op> <number>' conditions joined by AND (ops: < <= > >= = !=)")
-        col, op, value = m.group(1), m.group(2), float(m.group(3))
-        if col not in table.column_names:
-            raise DataError(f"--where: unknown column {col!r}; available: {table.column_names}")
+        if m.group(1) not in columns:
+            raise DataError(f"--where: unknown column {m.group(1)!r}; available: {list(columns)}")
+        conditions.append((m.group(1), m.group(2), float(m.group(3))))
+    return conditions
+
+
+def where_filter(table: pa.Table, expr: str | None) -> pa.Table:
+    """Apply ``a > 1 AND b <= 2`` style conditions (on table columns) to ``table``."""
+    conditions = parse_where(expr, table.column_names)
+    if not conditions:
+        return table
+    mask = None
+    for col, op, value in conditions:
         cond = pc.fill_null(_OPS[op](table.column(col), value), False)
         mask = cond if mask is None else pc.and_(mask, cond)
     return table.filter(mask)

@@ -7,6 +7,9 @@ Layout under the cache directory::
     partial/<key-hash>.part      in-progress downloads (+ ``.part.json`` resume state)
     tmp/<key-hash>.<pid>.<kind>  a query result being fetched (deleted when the fetch fails or is
                                  interrupted; left by a killed process, removed by the next ingest)
+    jobs/<key-hash>.json         a pending TAP async job (for ``--resume``)
+
+``tmp/`` and ``jobs/`` are removed when a run leaves them empty.
 
 A *key* describes what was asked for (endpoint, query, format, or a file URL); a hit returns
 the stored object without any network request. Entries are written atomically, so a crash
@@ -107,6 +110,14 @@ class Cache:
                 path.unlink(missing_ok=True)
                 removed += 1
         return removed
+
+    def remove_empty_work_dirs(self) -> None:
+        """Remove ``tmp/`` and ``jobs/`` when a run leaves them empty (a failed fetch, a finished job)."""
+        for name in ("tmp", "jobs"):
+            try:
+                (self.root / name).rmdir()
+            except OSError:  # missing, or holds another run's files
+                pass
 
     def put(self, key: dict | str, src: Path, *, sha256: str | None = None, meta: dict | None = None,
             move: bool = True, ttl_s: float | None = None) -> CacheEntry:

@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from astroscale_fl.errors import USER_ERROR_EXIT, AstroScaleError, one_line
+from astroscale_fl.errors import USER_ERROR_EXIT, AstroScaleError, UserArgumentParser, one_line
 from astroscale_fl.ingest.pipeline import DEFAULT_CACHE, DEFAULT_OUT, IngestOptions, run_ingest
 from astroscale_fl.ingest.schema import MAPPABLE
 
@@ -39,7 +39,7 @@ examples:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``astroscale-fl ingest``."""
-    p = argparse.ArgumentParser(
+    p = UserArgumentParser(
         prog="astroscale-fl ingest",
         description="Download a survey catalog from its public archive, verify it, and write it as "
                     "Parquet in the common AstroScale schema (with provenance and a quarantine of "
@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="TAP query mode (auto: sync up to sync_max_rows, async above)")
     p.add_argument("--no-cache", action="store_true", help="ignore cached results (the new result is still cached)")
     p.add_argument("--timeout", type=float, metavar="S", help="per-request read timeout in seconds")
-    p.add_argument("--retries", type=int, metavar="N", help="attempts per request before giving up")
+    p.add_argument("--retries", type=int, metavar="N", help="attempts per request before giving up (>= 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (default when stderr is not a terminal)")
     return p
 

@@ -64,9 +64,8 @@ async def fetch_to_file(
 
     A body shorter than its ``Content-Length`` (reset or truncated connection) is retried.
     """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-
     async def attempt(client: httpx.AsyncClient) -> Fetched:
+        dest.parent.mkdir(parents=True, exist_ok=True)  # each attempt: another run may remove an empty tmp/
         h = hashlib.sha256()
         size = 0
         async with client.stream(method, url, params=params, data=data,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -20,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from astroscale_fl.atomic import atomic_path, write_json
+from astroscale_fl.atomic import atomic_path, check_directory_target, write_json
 from astroscale_fl.errors import DataError
 from astroscale_fl.ingest import apogee, skyserver
 from astroscale_fl.ingest.cache import Cache, file_sha256, key_hash
@@ -97,6 +98,16 @@ def select_columns(cfg: SourceConfig, wanted: list[str] | None) -> dict[str, str
     return {c: cfg.columns[c] for c in keep}
 
 
+def check_options(opts: IngestOptions) -> None:
+    """One line for the first flag out of its range (before any file is written or request made)."""
+    if opts.timeout_s is not None and not (math.isfinite(opts.timeout_s) and opts.timeout_s > 0):
+        raise DataError(f"--timeout: expected a number of seconds > 0, got {opts.timeout_s}")
+    if opts.max_attempts is not None and opts.max_attempts < 1:
+        raise DataError(f"--retries: expected attempts per request >= 1, got {opts.max_attempts}")
+    if opts.limit is not None and opts.limit < 0:
+        raise DataError(f"--limit must be >= 0, got {opts.limit}")
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -108,18 +119,54 @@ def run_ingest(opts: IngestOptions) -> IngestResult:
         cfg = replace(cfg, endpoint=opts.endpoint)
     if opts.format:
         cfg = replace(cfg, format=opts.format)
+    check_options(opts)
     if opts.timeout_s is not None:
         cfg.transport.timeout_s = opts.timeout_s
     if opts.max_attempts is not None:
-        cfg.transport.max_attempts = max(1, opts.max_attempts)
-    if opts.limit is not None and opts.limit < 0:
-        raise DataError(f"--limit must be >= 0, got {opts.limit}")
+        cfg.transport.max_attempts = opts.max_attempts
     limit = cfg.default_limit if opts.limit is None else (opts.limit or None)
     columns = select_columns(cfg, opts.columns)
-    out_dir = Path(opts.out) if opts.out else DEFAULT_OUT / cfg.name
-    cache = Cache(Path(opts.cache_dir) if opts.cache_dir else DEFAULT_CACHE, cfg.cache_ttl_s)
+    if cfg.protocol == "file":
+        apogee.parse_where(opts.where, columns)
+    out_dir = check_directory_target(opts.out or DEFAULT_OUT / cfg.name, "--out")
+    cache = Cache(check_directory_target(opts.cache_dir or DEFAULT_CACHE, "--cache-dir"), cfg.cache_ttl_s)
     cache.remove_stale_tmp()
 
+    try:
+        acquired, requests, parsed, norm = _fetch_and_parse(cfg, opts, columns, limit, cache)
+    finally:
+        cache.remove_empty_work_dirs()
+
+    quarantine = _quarantine(parsed.rejected, norm.quarantine)
+    provenance = {
+        "source": cfg.name,
+        "survey": cfg.survey,
+        "release": cfg.release,
+        "protocol": cfg.protocol,
+        "endpoint": cfg.endpoint,
+        "query": acquired.query,
+        "mode": acquired.mode,
+        "format": acquired.kind,
+        "limit": limit,
+        "where": opts.where,
+        "columns": columns,
+        "retrieved_at": acquired.retrieved_at,
+        "written_at": _now(),
+        "from_cache": acquired.from_cache,
+        "raw_sha256": acquired.sha256,
+        "raw_bytes": acquired.size,
+        "rows": norm.table.num_rows,
+        "rejected": quarantine.num_rows,
+        "notes": acquired.notes + parsed.notes,
+        "schema_version": SCHEMA_VERSION,
+        "config": str(cfg.path),
+    }
+    return _write_outputs(cfg.name, out_dir, norm.table, quarantine, provenance, acquired.from_cache, requests)
+
+
+def _fetch_and_parse(cfg: SourceConfig, opts: IngestOptions, columns: dict[str, str], limit: int | None,
+                     cache: Cache):
+    """The raw result (from the archive or the cache), parsed and normalised; a fresh result is cached."""
     with Reporter(opts.progress) as rep:
         acquired, requests = asyncio.run(_acquire(cfg, opts, columns, limit, cache, rep))
         task = rep.add(f"parse {acquired.kind}", total=acquired.size)
@@ -149,32 +196,7 @@ def run_ingest(opts: IngestOptions) -> IngestResult:
                       meta={"retrieved_at": acquired.retrieved_at, "query": acquired.query})
         elif not acquired.from_cache and acquired.kind != "fits":
             acquired.path.unlink(missing_ok=True)
-
-    quarantine = _quarantine(parsed.rejected, norm.quarantine)
-    provenance = {
-        "source": cfg.name,
-        "survey": cfg.survey,
-        "release": cfg.release,
-        "protocol": cfg.protocol,
-        "endpoint": cfg.endpoint,
-        "query": acquired.query,
-        "mode": acquired.mode,
-        "format": acquired.kind,
-        "limit": limit,
-        "where": opts.where,
-        "columns": columns,
-        "retrieved_at": acquired.retrieved_at,
-        "written_at": _now(),
-        "from_cache": acquired.from_cache,
-        "raw_sha256": acquired.sha256,
-        "raw_bytes": acquired.size,
-        "rows": norm.table.num_rows,
-        "rejected": quarantine.num_rows,
-        "notes": acquired.notes + parsed.notes,
-        "schema_version": SCHEMA_VERSION,
-        "config": str(cfg.path),
-    }
-    return _write_outputs(cfg.name, out_dir, norm.table, quarantine, provenance, acquired.from_cache, requests)
+    return acquired, requests, parsed, norm
 
 
 def _quarantine(parse_rejects: pa.Table, value_rejects: pa.Table) -> pa.Table:

@@ -7,9 +7,10 @@ multirun job directories, and any ``mode=centralized`` run placed there or given
 - ``summary.csv`` / ``summary.md``: per strategy x partition, the final test RMSE and R²,
   rounds to reach ``--target-r2``, wall seconds, bytes up and down; centralized runs as
   reference rows, with each row's gap to the centralized R²;
-- ``curves.png``: centralized test R² (top) and test RMSE in the task's natural unit (bottom,
+- ``curves.png``: test R² (top) and test RMSE in the task's display unit (bottom,
   km/s for survey_redshift) per round, one column per partition, one line per strategy (the
-  centralized reference dashed, the simulator's R² ceiling dotted when the runs report one).
+  centralized baseline, trained on the pooled data, dashed; the simulator's R² ceiling dotted
+  when the runs report one).
 """
 
 from __future__ import annotations
@@ -23,20 +24,13 @@ import numpy as np
 import pandas as pd
 
 from astroscale_fl.atomic import atomic_path, write_text
+from astroscale_fl.data.tasks import display_unit
 from astroscale_fl.errors import DataError, report_user_errors
 
+#: The dashed reference line: one model trained on all nodes' data pooled (``mode=centralized``).
+BASELINE_LABEL = "centralized baseline (pooled data)"
 SUMMARY_COLUMNS = ["mode", "task", "strategy", "partition", "seed", "test_rmse", "test_r2", "r2_ceiling", "gap_to_centralized_r2",
                    "rounds_to_target", "rounds", "wall_seconds", "bytes_up", "bytes_down", "job"]
-C_KMS = 299_792.458
-#: (unit, factor) that turns a task's target RMSE into its natural unit (z -> km/s for v_r = cz)
-NATURAL_UNITS = {"survey_redshift": ("km/s", C_KMS), "hipparcos_absmag": ("mag", 1.0)}
-
-
-def natural_unit(task: str) -> tuple[str, float]:
-    """The unit a task's RMSE reads best in, and the factor from the target's own unit."""
-    return NATURAL_UNITS.get(task, ("", 1.0))
-
-
 def find_jobs(root: Path) -> list[Path]:
     """Job directories below ``root`` (any depth) with a metrics.json and a history.csv."""
     return sorted(p.parent for p in root.rglob("metrics.json") if (p.parent / "history.csv").is_file())
@@ -93,7 +87,7 @@ def to_markdown(table: pd.DataFrame, target_r2: float) -> str:
     def fmt(value, spec):
         return "" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
-    unit, factor = natural_unit(table["task"].iloc[0]) if table["task"].nunique() == 1 else ("", 1.0)
+    unit, factor = display_unit(table["task"].iloc[0]) if table["task"].nunique() == 1 else ("", 1.0)
     head = ["strategy", "partition", f"test RMSE ({unit})" if unit else "test RMSE", "test R²", "R² ceiling",
             "gap to centralized R²", f"rounds to R² ≥ {target_r2}", "wall s", "MB up", "MB down"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -118,18 +112,21 @@ def plot_curves(table: pd.DataFrame, histories: dict[str, pd.DataFrame], path: P
     federated = table[table["mode"] != "centralized"]
     central = table[table["mode"] == "centralized"]
     partitions = sorted(federated["partition"].unique()) or ["-"]
-    unit, factor = natural_unit(table["task"].iloc[0]) if table["task"].nunique() == 1 else ("", 1.0)
+    unit, factor = display_unit(table["task"].iloc[0]) if table["task"].nunique() == 1 else ("", 1.0)
     ceiling = pd.to_numeric(table["r2_ceiling"], errors="coerce").dropna()
     fig, axes = plt.subplots(2, len(partitions), figsize=(5.5 * len(partitions), 7.5), squeeze=False, sharex="col", sharey="row")
+    drawn_r2 = [pd.concat([table["test_r2"], ceiling])]
     for col, partition in enumerate(partitions):
         top, bottom = axes[0][col], axes[1][col]
         for strategy, group in federated[federated["partition"] == partition].groupby("strategy"):
             for ax, metric, scale in ((top, "test_r2", 1.0), (bottom, "test_rmse", factor)):
                 mean = pd.concat([histories[j].set_index("round")[metric] for j in group["job"]], axis=1).mean(axis=1)
                 ax.plot(mean.index, mean.to_numpy() * scale, marker=".", label=strategy)
+                if metric == "test_r2":
+                    drawn_r2.append(mean)
         for job in central["job"]:
-            top.axhline(histories[job]["test_r2"].iloc[-1], color="k", ls="--", lw=1, label="centralized")
-            bottom.axhline(histories[job]["test_rmse"].iloc[-1] * factor, color="k", ls="--", lw=1, label="centralized")
+            top.axhline(histories[job]["test_r2"].iloc[-1], color="k", ls="--", lw=1, label=BASELINE_LABEL)
+            bottom.axhline(histories[job]["test_rmse"].iloc[-1] * factor, color="k", ls="--", lw=1, label=BASELINE_LABEL)
         if len(ceiling):
             top.axhline(ceiling.mean(), color="0.4", ls=":", lw=1.5, label=f"R² ceiling ({ceiling.mean():.3f})")
         top.set_title(f"partition = {partition}")
@@ -137,11 +134,11 @@ def plot_curves(table: pd.DataFrame, histories: dict[str, pd.DataFrame], path: P
         for ax in (top, bottom):
             ax.grid(alpha=0.3)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        finals = pd.concat([table["test_r2"], ceiling]).dropna()
-        if len(finals):
-            top.set_ylim(max(-1.0, min(0.0, finals.min() - 0.1)), min(1.0, finals.max() + 0.02))  # a negative R² stays visible
         top.legend(loc="best", fontsize="small", framealpha=0.85)
-    axes[0][0].set_ylabel("centralized test R²")
+    r2 = pd.to_numeric(pd.concat(drawn_r2, ignore_index=True), errors="coerce").dropna()
+    if len(r2):  # a dip below 0 stays visible, down to -1 (the rows share their y axis)
+        axes[0][0].set_ylim(max(-1.0, min(0.0, r2.min() - 0.05)), min(1.0, r2.max() + 0.02))
+    axes[0][0].set_ylabel("test R² (held-out test set)")
     axes[1][0].set_ylabel(f"test RMSE ({unit})" if unit else "test RMSE")
     fig.tight_layout()
     with atomic_path(path) as tmp:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from astroscale_fl.data.tables import read_table
-from astroscale_fl.errors import ConfigError, DataError
+from astroscale_fl.errors import ConfigError, DataError, one_line
 from astroscale_fl.ingest.cache import file_sha256
 from astroscale_fl.preprocessing import Pipeline
 
@@ -36,13 +36,7 @@ def fit_reference(task, cfg, path: str | Path) -> tuple[Pipeline, dict[str, Any]
                           f"and target, or a preprocessing.json")
     expected = Pipeline.from_config(task, cfg)
     if path.suffix.lower() == ".json":
-        try:
-            pipeline = Pipeline.from_state(json.loads(path.read_text()))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise DataError(f"{KEY}: {path} is not a preprocessing.json ({type(exc).__name__}: {exc})") from None
-        if pipeline.inputs != expected.inputs or pipeline.target.target != expected.target.target:
-            raise ConfigError(f"{KEY}: {path} was fitted for inputs {pipeline.inputs} -> {pipeline.target.target}; "
-                              f"task {task.name} needs {expected.inputs} -> {expected.target.target}")
+        pipeline = load_fitted(path, KEY, expected, task.name)
         rows = None
     else:
         frame = read_table(path, role=KEY)
@@ -55,6 +49,20 @@ def fit_reference(task, cfg, path: str | Path) -> tuple[Pipeline, dict[str, Any]
         pipeline = expected.fit(frame)
         rows = len(frame)
     return pipeline, {"source": "public reference", "path": str(path), "sha256": file_sha256(path), "rows": rows}
+
+
+def load_fitted(path: Path, role: str, expected: Pipeline, task_name: str) -> Pipeline:
+    """A fitted ``preprocessing.json`` for the task's inputs and target (``role`` names it in errors)."""
+    try:
+        pipeline = Pipeline.from_state(json.loads(path.read_text()))
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, RecursionError) as exc:
+        raise DataError(f"{role}: {path} is not a preprocessing.json ({type(exc).__name__}: {one_line(str(exc), 200)})") from None
+    except OSError as exc:
+        raise DataError(f"{role}: cannot read {path} ({exc.strerror})") from None
+    if pipeline.inputs != expected.inputs or pipeline.target.target != expected.target.target:
+        raise ConfigError(f"{role}: {path} was fitted for inputs {pipeline.inputs} -> {pipeline.target.target}; "
+                          f"task {task_name} needs {expected.inputs} -> {expected.target.target}")
+    return pipeline
 
 
 #: How the card describes the default statistics round.

@@ -64,6 +64,16 @@ def statistics_epsilon(privacy_cfg: Mapping) -> float | None:
     return float(value)
 
 
+def check_statistics_round(cfg, task, pipeline) -> float | None:
+    """``privacy.statistics_epsilon`` of a run whose statistics round can run under it (epsilon
+    positive, every released column with a physical range); None: the round is exact. One
+    check for ``train``'s preflight (before the run directory exists) and the server."""
+    epsilon = statistics_epsilon(cfg.privacy)
+    if epsilon is not None:
+        StatisticsRelease.for_pipeline(task, pipeline)  # ranges exist, or a one-line error
+    return epsilon
+
+
 def column_ranges(task, columns: list[str]) -> np.ndarray:
     """Physical ``[lo, hi]`` of each statistics column (raw inputs, derived features, target)."""
     known = {f.name: (f.low, f.high) for f in task.inputs} | dict(DERIVED_RANGES) | {task.target: task.target_range}

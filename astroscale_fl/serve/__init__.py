@@ -7,8 +7,8 @@ Endpoints (JSON in, JSON out; the request fields are the model card's ``inputs``
 - ``POST /predict``: one object ``{"<input>": number, ...}`` -> ``{"predicted_<target>": float}``;
 - ``POST /predict/batch``: a list of such objects -> ``{"predicted_<target>": [float, ...]}``
   (in request order; one invalid row rejects the whole batch with 422 naming the bad rows);
-- ``GET /healthz``: ``{"status": "ok", ...}`` with the task, inputs (unit, valid range), output
-  and the weights' SHA-256 (no filesystem paths);
+- ``GET /healthz``: ``{"status": "ok", "model": {"task", "version", "weights_sha256"}, ...}`` with
+  the inputs (unit, valid range) and output (no filesystem paths);
 - ``GET /metrics``: Prometheus text (request counts, latency histogram, predictions).
 
 Invalid input never reaches the model: a missing field, a non-number (strings and booleans
@@ -18,7 +18,8 @@ unknown field gets 422 ``{"detail": [{"loc": ["body", field], "msg": ..., "type"
 values echoed at most 80 characters). POST bodies must declare ``Content-Type:
 application/json`` (else 415). A body larger than ``--max-body-bytes`` or a batch of more than
 ``--max-batch`` rows gets 413, a body not complete within ``--body-timeout-s`` gets 408 (and a
-connection whose headers take as long is closed), a client that leaves mid-body is counted as
+connection whose headers take as long is closed), request headers over 64 KiB or 100 fields get
+431 (:mod:`astroscale_fl.serve.header_guard`), a client that leaves mid-body is counted as
 499; past ``--max-connections`` the server answers 503. CORS is off unless ``--cors-origins``
 names the origins allowed.
 
@@ -30,7 +31,7 @@ agree with the script to float32 rounding, ~1e-6 relative, not bit for bit).
 
 Modules: :mod:`.schema` (request validation), :mod:`.service` (validation + prediction without
 HTTP), :mod:`.batching` (micro-batcher), :mod:`.middleware` (metrics, body limits),
-:mod:`.header_deadline`, :mod:`.app` (the ASGI app), :mod:`.cli` (the command).
+:mod:`.header_guard`, :mod:`.app` (the ASGI app), :mod:`.cli` (the command).
 """
 
 from astroscale_fl.serve.app import THREAD_OFFLOAD_ROWS, content_type_error, create_app

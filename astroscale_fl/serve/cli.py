@@ -8,13 +8,15 @@ import socket
 import sys
 from pathlib import Path
 
-from astroscale_fl.errors import DataError, one_line, report_user_errors
+from astroscale_fl.errors import DataError, UserArgumentParser, one_line, report_user_errors
 from astroscale_fl.serve.middleware import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES
 from astroscale_fl.serve.service import DEFAULT_MAX_BATCH
 
 DEFAULT_TASK = "survey_redshift"
 #: Connections (and in-flight requests) beyond this get 503 at once (uvicorn's ``limit_concurrency``).
 DEFAULT_MAX_CONNECTIONS = 1000
+#: Pending connections the kernel queues (uvicorn's default).
+BACKLOG = 2048
 
 
 def resolve_model_dir(model: str | None) -> Path:
@@ -36,7 +38,7 @@ def resolve_model_dir(model: str | None) -> Path:
 
 def parser() -> argparse.ArgumentParser:
     """The ``astroscale-fl serve`` argument parser."""
-    p = argparse.ArgumentParser(
+    p = UserArgumentParser(
         prog="astroscale-fl serve",
         description="Serve an exported model over HTTP: POST /predict (one object), POST /predict/batch "
         "(a list), GET /healthz, GET /metrics (Prometheus). Request fields are the model card's inputs "
@@ -75,6 +77,7 @@ def _listen(host: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
+        sock.listen(BACKLOG)  # connections queue from now on: none is refused while the model loads
     except OSError as exc:
         sock.close()
         raise DataError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
@@ -114,7 +117,7 @@ def _serve(args: argparse.Namespace, model_dir: Path, sock: socket.socket) -> in
 
     from astroscale_fl.export.predict import Predictor
     from astroscale_fl.serve.app import create_app
-    from astroscale_fl.serve.header_deadline import header_deadline_protocol
+    from astroscale_fl.serve.header_guard import header_guard_protocol
 
     torch.set_num_threads(args.threads)
     try:
@@ -132,8 +135,8 @@ def _serve(args: argparse.Namespace, model_dir: Path, sock: socket.socket) -> in
     print(f"serving {predictor.card.get('task')} model {model_dir} on http://{shown}:{port} "
           f"(POST /predict, POST /predict/batch, GET /healthz, GET /metrics)", flush=True)
     config = uvicorn.Config(app, log_level=args.log_level, access_log=args.access_log, server_header=False,
-                            lifespan="off", timeout_graceful_shutdown=5, limit_concurrency=args.max_connections,
-                            http=header_deadline_protocol(args.body_timeout_s))
+                            lifespan="off", timeout_graceful_shutdown=5, limit_concurrency=args.max_connections, backlog=BACKLOG,
+                            http=header_guard_protocol(args.body_timeout_s))
     uvicorn.Server(config).run(sockets=[sock])
     return 0
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -121,18 +120,20 @@ class Service:
         return self.encode(self.predict_columns(self.parse_batch(body)).tolist())
 
     def health(self) -> dict[str, Any]:
-        """``/healthz``: what the model predicts from what. No filesystem paths: the model is named
-        by its directory's name and identified by the SHA-256 of its weights (from the card)."""
+        """``/healthz``: what the model predicts from what. No filesystem paths: ``model`` names it by
+        its task, its version (when it was exported) and the SHA-256 of its weights (from the card),
+        the same for ``models/<task>/latest`` as for the directory it was published from."""
         card = self.predictor.card
 
         def finite(x: float) -> float | None:
             return x if math.isfinite(x) else None
 
         weights = (card.get("files") or {}).get("weights.pt") or {}
+        sha256 = weights.get("sha256") if isinstance(weights, dict) else None
         return {
             "status": "ok",
-            "model": Path(self.predictor.model_dir).name,
-            "weights_sha256": weights.get("sha256") if isinstance(weights, dict) else None,
+            "model": {"task": card.get("task"), "version": card.get("created"), "weights_sha256": sha256},
+            "weights_sha256": sha256,
             "task": card.get("task"),
             "created": card.get("created"),
             "output": self.output_name,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -211,6 +212,14 @@ def _workers() -> int:
     return max(1, min(n, 8))
 
 
+def prepare_tables(surveys: Sequence[str]) -> float:
+    """Build the seed-independent sampling tables of ``surveys`` that this process lacks (a few
+    seconds each, on all cores; kept for the process's later catalogs); returns the seconds it took."""
+    started = time.perf_counter()
+    sampler.build_tables([get_survey(name) for name in surveys], _workers())
+    return time.perf_counter() - started
+
+
 def simulate_catalog(
     n_stars: int | None = None,
     seed: int = 0,
@@ -250,8 +259,7 @@ def simulate_catalog(
     survey_codes = np.empty(total, dtype=np.int8)
     jobs = []
     offset = 0
-    # the seed-independent tables of every survey with rows, before the chunks start
-    sampler.build_tables([get_survey(name) for name, n in counts.items() if n], _workers())
+    prepare_tables([name for name, n in counts.items() if n])  # before the chunks start
     for name, n in counts.items():
         survey = get_survey(name)
         survey_codes[offset : offset + n] = SURVEY_NAMES.index(name)
