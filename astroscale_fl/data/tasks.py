@@ -204,7 +204,6 @@ SURVEY_REDSHIFT = TaskSpec(
 KNOWN_COLUMNS: dict[str, Feature] = {f.name: f for f in SURVEY_REDSHIFT_INPUTS}
 
 TASKS: dict[str, TaskSpec] = {HIPPARCOS_ABSMAG.name: HIPPARCOS_ABSMAG, SURVEY_REDSHIFT.name: SURVEY_REDSHIFT}
-#: The partition ``partition=auto`` picks for each task: how its data is naturally split.
 DYNAMIC_TASKS: dict[str, Callable[[object], TaskSpec]] = {"catalog": catalog_task}
 
 
