@@ -1,10 +1,10 @@
-"""Configuration: compose the Hydra tree under ``conf/`` and validate it.
+"""Configuration: compose the Hydra tree under ``conf/`` and merge it onto its schemas.
 
 ``conf/config.yaml`` composes one choice per group (task, model, strategy, partition,
-privacy, federation, train). After composition :func:`validate` checks the whole config against
+privacy, federation, train). After composition :func:`merge_schemas` checks the whole config against
 the dataclass schemas of :mod:`astroscale_fl.config_schema` (one schema per choice of a group,
 picked by its ``name``; defaults live in the YAML alone): unknown keys, ill-typed values and
-out-of-range values are rejected with a one-line :class:`ConfigError` naming the key and what
+out-of-range values (:func:`astroscale_fl.run_config.validate`, each owner's check) are rejected with a one-line :class:`ConfigError` naming the key and what
 was expected.
 
 The same tree configures ``astroscale-fl train`` (a Hydra app), Hydra multiruns and
@@ -17,30 +17,28 @@ import json
 import os
 import shlex
 import typing
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from astroscale_fl.config_checks import check_values, require
 from astroscale_fl.config_schema import SCHEMAS, SECTIONS, TOP_LEVEL
 from astroscale_fl.errors import ConfigError, one_line
-
-DEVICES = ("auto", "cpu", "cuda")
-
 
 # ---- locating and composing the tree -----------------------------------------------------
 
 
-def conf_dir() -> Path:
-    """The ``conf/`` tree: ``$ASTROSCALE_FL_CONF``, the repository's, or the copy inside a wheel."""
+def conf_dir(holding: str = "config.yaml") -> Path:
+    """The ``conf/`` tree: ``$ASTROSCALE_FL_CONF``, the repository's, or the copy inside a wheel.
+
+    ``holding``: what the caller reads there (the training config's ``config.yaml``; the ingest's
+    sources need only ``source/``); a tree without it is a one-line :class:`ConfigError`."""
     env = os.environ.get("ASTROSCALE_FL_CONF")
     here = Path(__file__).resolve().parent
     path = Path(env) if env else next((p for p in (here.parent / "conf", here / "conf") if p.is_dir()), here.parent / "conf")
-    if not (path / "config.yaml").is_file():
-        raise ConfigError(f"config tree not found: {path}/config.yaml (set ASTROSCALE_FL_CONF to the conf/ directory)")
+    if not (path / holding).exists():
+        raise ConfigError(f"config tree not found: {path}/{holding} (set ASTROSCALE_FL_CONF to the conf/ directory)")
     return path
 
 
@@ -75,6 +73,12 @@ def compose(overrides: list[str] | str = ()) -> DictConfig:
     return cfg
 
 
+def require(ok: bool, key: str, expected: str, value) -> None:
+    """Raise a one-line ConfigError naming ``key`` unless ``ok``."""
+    if not ok:
+        raise ConfigError(f"{key}: expected {expected}, got {value!r}")
+
+
 # ---- validation ---------------------------------------------------------------------------
 
 
@@ -99,12 +103,11 @@ def _check_booleans(section: Any, key: str, schema: type) -> None:
             raise ConfigError(f"{key}.{name}: expected true or false, got {value!r}")
 
 
-def validate(cfg: DictConfig, without: tuple[str, ...] = ()) -> DictConfig:
-    """Check a composed config against the schemas; return a typed, read-only copy.
-
-    ``without`` names groups the config leaves out on purpose (the nodes' copy has no
-    ``strategy``: see :mod:`astroscale_fl.federation.messages`). Raises :class:`ConfigError`
-    (one line) on unknown keys, wrong types or bad values.
+def merge_schemas(cfg: DictConfig, without: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Merge a composed config onto the schemas: each group onto the schema its ``name`` picks, each
+    section onto its own, the top-level keys checked for type. Raises a one-line :class:`ConfigError`
+    on unknown keys, unknown choices and ill-typed values; the owners' checks are
+    :func:`astroscale_fl.run_config.validate`'s.
     """
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     known = (set(SCHEMAS) | set(SECTIONS) | set(TOP_LEVEL) | {"mode"}) - set(without)
@@ -130,114 +133,10 @@ def validate(cfg: DictConfig, without: tuple[str, ...] = ()) -> DictConfig:
             raise ConfigError(f"{key}: expected {typ.__name__}, got {value!r}")
         out[key] = value
     out["mode"] = cfg.get("mode")
-    if out["partition"].name == "auto":
-        from astroscale_fl.data.tasks import DEFAULT_PARTITION
-
-        chosen = DEFAULT_PARTITION.get(out["task"].name, "iid")
-        out["partition"] = OmegaConf.merge(OmegaConf.structured(SCHEMAS["partition"][chosen]),
-                                           OmegaConf.load(conf_dir() / "partition" / f"{chosen}.yaml"))
-    typed = OmegaConf.create(out)
-    _check_missing(typed)
-    if typed.federation.num_nodes is None:
-        typed.federation.num_nodes = default_num_nodes(typed)
-    _check_values(typed)
-    OmegaConf.set_readonly(typed, True)
-    return typed
+    return out
 
 
-DEFAULT_NUM_NODES = 5
-
-
-def default_num_nodes(cfg: DictConfig, distinct_values: Callable[[str], int] | None = None) -> int | None:
-    """The one rule for ``federation.num_nodes: null``: one node per value of the partition
-    column (:func:`astroscale_fl.data.split.partition_column`: the task's surveys when it lists them,
-    else ``distinct_values(column)`` counted in the data, None while no data is read), else 5.
-
-    :func:`validate` applies it without data; :func:`astroscale_fl.data.nodes.resolve_num_nodes`
-    with the training rows.
-    """
-    from astroscale_fl.data.split import partition_column
-
-    column = partition_column(cfg.partition)
-    if column is None:
-        return DEFAULT_NUM_NODES
-    if cfg.partition.name == "by_survey" and "surveys" in cfg.task:
-        return len(cfg.task.surveys)
-    return distinct_values(column) if distinct_values is not None else None
-
-
-def _check_values(cfg: DictConfig) -> None:
-    fed, train = cfg.federation, cfg.train
-    require(cfg.device in DEVICES or str(cfg.device).startswith("cuda:"), "device", "auto, cpu or cuda", cfg.device)
-    require(fed.num_nodes is None or fed.num_nodes >= 1, "federation.num_nodes", "an integer >= 1", fed.num_nodes)
-    require(fed.num_rounds >= 1, "federation.num_rounds", "an integer >= 1", fed.num_rounds)
-    require(0.0 < fed.fraction_train <= 1.0, "federation.fraction_train", "a number in (0, 1]", fed.fraction_train)
-    require(0.0 <= fed.fraction_evaluate <= 1.0, "federation.fraction_evaluate", "a number in [0, 1]", fed.fraction_evaluate)
-    require(fed.min_train_nodes >= 1, "federation.min_train_nodes", "an integer >= 1", fed.min_train_nodes)
-    require(fed.client_threads >= 1, "federation.client_threads", "an integer >= 1", fed.client_threads)
-    require(fed.backend in ("inprocess", "ray"), "federation.backend", "inprocess or ray", fed.backend)
-    require(0 < fed.ray_connect_timeout < float("inf"), "federation.ray_connect_timeout",
-            "a positive number of seconds", fed.ray_connect_timeout)
-    require(train.local_epochs >= 1, "train.local_epochs", "an integer >= 1", train.local_epochs)
-    require(train.batch_size >= 1, "train.batch_size", "an integer >= 1", train.batch_size)
-    require(train.lr > 0, "train.lr", "a positive number", train.lr)
-    require(train.optimizer in ("sgd", "adam"), "train.optimizer", "sgd or adam", train.optimizer)
-    require(cfg.preprocess.clip is None or cfg.preprocess.clip > 0, "preprocess.clip", "a positive number or null", cfg.preprocess.clip)
-    require(cfg.preprocess.scaling in ("robust", "standard", "minmax"), "preprocess.scaling", "robust, standard or minmax", cfg.preprocess.scaling)
-    _check_preprocess(cfg.preprocess)
-    require(cfg.mode in ("federated", "centralized"), "mode", "federated or centralized", cfg.mode)
-    strategy = cfg.get("strategy") or {}
-    for key in ("server_lr", "local_lr", "tau"):
-        if key in strategy:
-            require(strategy[key] > 0, f"strategy.{key}", "a positive number", strategy[key])
-    if "mu" in strategy:
-        require(strategy.mu >= 0, "strategy.mu", "a number >= 0", strategy.mu)
-    for key in ("beta1", "beta2"):
-        if key in strategy:
-            require(0 <= strategy[key] < 1, f"strategy.{key}", "a number in [0, 1)", strategy[key])
-    if cfg.partition.name == "dirichlet":
-        require(cfg.partition.alpha > 0, "partition.alpha", "a positive number", cfg.partition.alpha)
-        require(cfg.partition.bins >= 1, "partition.bins", "an integer >= 1", cfg.partition.bins)
-    check_values(cfg)
-    require(fed.secure_aggregation in ("none", "secaggplus"), "federation.secure_aggregation", "none or secaggplus", fed.secure_aggregation)
-    if fed.secure_aggregation == "secaggplus":
-        from astroscale_fl.federation.secagg.protocol import check_config
-
-        check_config(cfg)
-    if cfg.privacy.name != "none":
-        from astroscale_fl.privacy import PrivacySettings
-        from astroscale_fl.privacy.node_level import NodeLevelSettings
-
-        PrivacySettings.from_config(cfg.privacy)  # raises a one-line PrivacyError
-        NodeLevelSettings.from_config(cfg.privacy)
-
-
-def _check_preprocess(section) -> None:
-    """The issue-14 preprocess keys: choices and ranges (column names are checked against the task later)."""
-    require(section.impute in ("median", "mean", "ffill", "bfill", "interpolate"), "preprocess.impute",
-             "median, mean, ffill, bfill or interpolate", section.impute)
-    require(section.impute in ("median", "mean") or bool(section.order_by), "preprocess.order_by",
-             f"a column to order rows by for preprocess.impute={section.impute}", section.order_by)
-    require(section.outliers in ("none", "zscore", "iqr", "isolation_forest"), "preprocess.outliers",
-             "none, zscore, iqr or isolation_forest", section.outliers)
-    require(section.outliers != "isolation_forest" or 0 < section.outlier_threshold < 1, "preprocess.outlier_threshold",
-             "an anomaly score in (0, 1) for isolation_forest (e.g. 0.6)", section.outlier_threshold)
-    require(section.outliers != "isolation_forest" or section.outlier_action in ("drop", "flag"), "preprocess.outlier_action",
-             "drop or flag for isolation_forest (a forest has no bounds to clip to)", section.outlier_action)
-    require(section.outliers != "isolation_forest" or section.outlier_action == "drop" or bool(section.get("reference")),
-             "preprocess.outlier_action", "drop for isolation_forest without preprocess.reference (each node's own forest "
-             "stays on the node; flag needs the forest fitted on the public reference)", section.outlier_action)
-    require(section.outlier_action in ("drop", "clip", "flag"), "preprocess.outlier_action", "drop, clip or flag", section.outlier_action)
-    require(section.outlier_threshold > 0, "preprocess.outlier_threshold", "a positive number", section.outlier_threshold)
-    require(section.polynomial_degree >= 2, "preprocess.polynomial_degree", "an integer >= 2", section.polynomial_degree)
-    known = ("distance_pc", "polynomial", "interactions", "temporal")
-    require(all(f in known for f in section.features), "preprocess.features", f"some of {list(known)}", list(section.features))
-    require(section.chunk_rows is None or 1 <= section.chunk_rows <= 100_000_000, "preprocess.chunk_rows",  # a batch is held in memory
-            "a number of rows in 1..100000000 or null", section.chunk_rows)
-    require(section.cache_bytes >= 0, "preprocess.cache_bytes", "a number of bytes >= 0", section.cache_bytes)
-
-
-def _check_missing(cfg: DictConfig) -> None:
+def check_missing(cfg: DictConfig) -> None:
     """Every schema field needs a value: not ``???`` (task.path, partition.column), not absent from the YAML."""
     for group in (g for g in (*SCHEMAS, *SECTIONS) if g in cfg):
         for key in (k for k in cfg[group] if OmegaConf.is_missing(cfg[group], k)):
@@ -245,32 +144,20 @@ def _check_missing(cfg: DictConfig) -> None:
             raise ConfigError(f"{group}.{key}: a value is required{choice} (e.g. {group}.{key}=...)")
 
 
-def to_json(cfg: DictConfig, without: tuple[str, ...] = ()) -> str:
-    """The config (less the groups in ``without``) as a compact JSON string."""
-    container = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in without}
-    return json.dumps(container, sort_keys=True, separators=(",", ":"))
+_JSON: dict[tuple[int, tuple[str, ...] | None, tuple[str, ...]], tuple[DictConfig, str]] = {}
 
 
-def from_json(text: str, without: tuple[str, ...] = ()) -> DictConfig:
-    """Inverse of :func:`to_json`, validated.
-
-    The text may come from another machine (a node reads the server's run config): :func:`to_json`
-    writes resolved values only, so an interpolation (``${oc.env:SECRET}``), which the reader would
-    resolve against its own environment, is refused with the key that holds it."""
-    try:
-        data = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise ConfigError(f"run config: not JSON ({one_line(str(exc))})") from None
-    _refuse_interpolations(data, "")
-    return validate(OmegaConf.create(data), without=without)
-
-
-def _refuse_interpolations(value: Any, key: str) -> None:
-    if isinstance(value, dict):
-        for k, v in value.items():
-            _refuse_interpolations(v, f"{key}.{k}" if key else str(k))
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            _refuse_interpolations(v, f"{key}[{i}]")
-    elif isinstance(value, str) and "${" in value:
-        raise ConfigError(f"{key}: {value[:60]!r} holds an interpolation; a run config carries resolved values only")
+def to_json(cfg: DictConfig, sections: tuple[str, ...] | None = None, without: tuple[str, ...] = ()) -> str:
+    """The config (its top-level ``sections`` when given, less the groups in ``without``) as compact,
+    sorted JSON, remembered per config object: simulated nodes ask for it with every message, and
+    converting an OmegaConf node costs ~1 ms."""
+    key = (id(cfg), sections, without)
+    hit = _JSON.get(key)
+    if hit is None or hit[0] is not cfg:
+        picked = cfg if sections is None else OmegaConf.create({name: cfg[name] for name in sections})
+        container = {k: v for k, v in OmegaConf.to_container(picked, resolve=True).items() if k not in without}
+        text = json.dumps(container, sort_keys=True, separators=(",", ":"))
+        if len(_JSON) > 64:
+            _JSON.clear()
+        hit = _JSON[key] = (cfg, text)  # holds cfg, so its id is not reused while the entry lives
+    return hit[1]

@@ -1,6 +1,6 @@
 """Config mistakes caught before anything is written (no run directory, no model, no ledger).
 
-:func:`check_values` runs inside :func:`astroscale_fl.config.validate` (keys on their own);
+:func:`check_values` runs inside :func:`astroscale_fl.run_config.validate` (keys on their own);
 :func:`check_run` runs in the training preflight, once the data and the node count are known
 (keys against each other and against the data: ``min_replies`` vs the nodes, a checkpoint to
 resume from, a privacy budget that could not pay for one round).
@@ -9,25 +9,18 @@ resume from, a privacy budget that could not pay for one round).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from astroscale_fl.config import require
+from astroscale_fl.data.holdout import is_local_val
 from astroscale_fl.errors import ConfigError
+from astroscale_fl.federation import checkpoint
+from astroscale_fl.federation.checkpoint import checkpoint_path
+from astroscale_fl.learning.model_spec import check_mlp
 
 MAX_PORT = 65535
-#: a hidden layer wider than this is a typo, not a model (its weights alone would be gigabytes)
-MAX_LAYER_WIDTH = 65536
-MAX_HIDDEN_LAYERS = 64
-
-
-def require(ok: bool, key: str, expected: str, value) -> None:
-    """Raise a one-line ConfigError naming ``key`` unless ``ok``."""
-    if not ok:
-        raise ConfigError(f"{key}: expected {expected}, got {value!r}")
-
-
 def _finite_positive(value) -> bool:
     return value is not None and math.isfinite(value) and value > 0
 
@@ -43,8 +36,6 @@ def check_values(cfg: DictConfig) -> None:
     if fed.num_nodes is not None:
         check_min_replies(fed)
     if fed.resume_from:
-        from astroscale_fl.federation.checkpoint import checkpoint_path
-
         path = checkpoint_path(fed.resume_from)
         require(path.is_file(), "federation.resume_from", "a run directory holding checkpoint.npz, or a .npz file",
                  str(fed.resume_from))
@@ -53,19 +44,6 @@ def check_values(cfg: DictConfig) -> None:
     fraction = cfg.task.get("max_bad_fraction")
     if fraction is not None:
         require(0 <= fraction < 1, "task.max_bad_fraction", "a number in [0, 1)", fraction)
-
-
-def check_mlp(widths: Sequence, activation: str, dropout: float) -> None:
-    """``model.widths``, ``model.activation`` and ``model.dropout`` of an MLP: the one place these
-    rules live (the config, :class:`~astroscale_fl.learning.models.MLP` and a model card's model)."""
-    from astroscale_fl.learning.models import ACTIVATIONS
-
-    require(isinstance(widths, Sequence) and not isinstance(widths, str), "model.widths", "a list of layer widths", widths)
-    require(activation in ACTIVATIONS, "model.activation", f"one of {sorted(ACTIVATIONS)}", activation)
-    require(0.0 <= dropout < 1.0, "model.dropout", "a number in [0, 1)", dropout)
-    require(len(widths) <= MAX_HIDDEN_LAYERS, "model.widths", f"at most {MAX_HIDDEN_LAYERS} hidden layers", len(widths))
-    bad = [w for w in widths if isinstance(w, bool) or not isinstance(w, int) or not 1 <= w <= MAX_LAYER_WIDTH]
-    require(not bad, "model.widths", f"layer widths in 1..{MAX_LAYER_WIDTH}", widths)
 
 
 def check_min_replies(fed: DictConfig) -> None:
@@ -83,8 +61,6 @@ def check_run(cfg: DictConfig, node_rows: np.ndarray | None) -> None:
     fed = cfg.federation
     check_min_replies(fed)
     if fed.resume_from:
-        from astroscale_fl.federation import checkpoint
-
         resumed = checkpoint.load(fed.resume_from)
         checkpoint.check_compatible(resumed, OmegaConf.to_container(cfg, resolve=True), fed.resume_from)
     if node_rows is not None and cfg.privacy.name != "none" and cfg.privacy.get("epsilon_budget") is not None:
@@ -113,8 +89,6 @@ def check_first_round_budget(cfg: DictConfig, node_rows: np.ndarray) -> None:
 
 def node_training_rows(train, nodes: np.ndarray, num_nodes: int, seed: int) -> np.ndarray:
     """Rows each simulated node trains on: its partition less its local validation rows (by row id)."""
-    from astroscale_fl.data.node_arrays import is_local_val
-
     is_val = is_local_val({"id": train["id"].to_numpy()}, seed)
     total = np.bincount(nodes, minlength=num_nodes)
     val = np.bincount(nodes, weights=is_val, minlength=num_nodes).astype(np.int64)

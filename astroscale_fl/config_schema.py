@@ -1,6 +1,6 @@
 """Config schemas: one dataclass per choice of each group of the ``conf/`` tree, and the sections.
 
-:func:`astroscale_fl.config.validate` merges each composed group onto the schema picked by its
+:func:`astroscale_fl.run_config.validate` merges each composed group onto the schema picked by its
 ``name`` (:data:`SCHEMAS`), and each fixed section onto its schema (:data:`SECTIONS`).
 
 Defaults live in the YAML alone; the schemas hold names, types and comments, no defaults
@@ -281,8 +281,3 @@ SCHEMAS: dict[str, dict[str, type]] = {
 }
 SECTIONS: dict[str, type] = {"federation": Federation, "train": Train, "preprocess": Preprocess, "output": Output}
 TOP_LEVEL: dict[str, type] = {"seed": int, "device": str}
-
-
-def register_schema(group: str, name: str, schema: type) -> None:
-    """Add a choice to a config group (used by later modules: strategies, tasks, privacy)."""
-    SCHEMAS.setdefault(group, {})[name] = schema

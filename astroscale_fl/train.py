@@ -11,10 +11,11 @@ from __future__ import annotations
 import logging
 import sys
 from itertools import product
+from pathlib import Path
 
 from omegaconf import DictConfig
 
-from astroscale_fl import config
+from astroscale_fl import config, run_config
 from astroscale_fl.atomic import check_writable_folder
 from astroscale_fl.errors import USER_ERROR_EXIT, AstroScaleError, ConfigError, one_line, report_user_errors
 
@@ -30,11 +31,11 @@ def run_job(cfg: DictConfig) -> dict:
 
     log_once_through_hydra()
     try:
-        typed = preflight(config.validate(cfg))
+        typed = preflight(run_config.validate(cfg))
         out_dir = HydraConfig.get().runtime.output_dir
         write_quarantine(typed, out_dir)
         if typed.mode == "centralized":
-            from astroscale_fl.learning.centralized import run_centralized
+            from astroscale_fl.centralized import run_centralized
 
             run_centralized(typed, out_dir)
         else:
@@ -63,8 +64,6 @@ def log_once_through_hydra() -> None:
 
 def write_quarantine(cfg: DictConfig, out_dir: str) -> None:
     """``<run dir>/quarantine.csv``: task rows left out for values that are not numbers, with the reason."""
-    from pathlib import Path
-
     from astroscale_fl.data.nodes import task_quarantine
     from astroscale_fl.data.tables import write_table
 
@@ -147,7 +146,7 @@ def check_overrides(overrides: list[str]) -> None:
         else:
             choices.append([override.input_line])
     for combination in product(*choices):
-        preflight(config.validate(config.compose(list(combination))))
+        preflight(run_config.validate(config.compose(list(combination))))
 
 
 def check_output_dirs(argv: list[str]) -> None:

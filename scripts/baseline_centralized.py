@@ -18,13 +18,13 @@ def main(overrides: list[str]) -> None:
     from sklearn.ensemble import HistGradientBoostingRegressor
     from sklearn.linear_model import LinearRegression
 
-    from astroscale_fl import config
+    from astroscale_fl import config, run_config
     from astroscale_fl.data.nodes import task_split
     from astroscale_fl.data.tasks import get_task
     from astroscale_fl.learning.metrics import r2_score, rmse
     from astroscale_fl.preprocessing import Pipeline
 
-    cfg = config.validate(config.compose(overrides))
+    cfg = run_config.validate(config.compose(overrides))
     task = get_task(cfg.task)
     train, test = task_split(cfg)
     pipeline = Pipeline.from_config(task, cfg).fit(train)

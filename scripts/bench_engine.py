@@ -35,8 +35,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from astroscale_fl import config
-from astroscale_fl.federation.client import LOCAL_VAL_FRACTION
+from astroscale_fl import config, run_config
+from astroscale_fl.data.holdout import LOCAL_VAL_FRACTION
 
 QUIET = ["federation.metrics_port=0", "output.publish=false", "federation.checkpoint=false"]
 
@@ -51,7 +51,7 @@ def bare_fedavg(overrides: list[str]) -> tuple[float, float, float]:
     from astroscale_fl.train import preflight
 
     started = time.perf_counter()
-    cfg = preflight(config.validate(config.compose(overrides)))
+    cfg = preflight(run_config.validate(config.compose(overrides)))
     torch.set_num_threads(int(cfg.federation.client_threads))
     fed, tr = cfg.federation, cfg.train
     train, test = task_split(cfg)
@@ -138,7 +138,7 @@ def engine_rounds(overrides: list[str], workers: int | None = None, profile: cPr
     from clients.app import app as client_app
     from server.app import make_server_app
 
-    cfg = preflight(config.validate(config.compose([*overrides, *QUIET])))
+    cfg = preflight(run_config.validate(config.compose([*overrides, *QUIET])))
     out = tempfile.mkdtemp(prefix="bench-engine-")
     default_workers = engine.default_workers
     if workers is not None:

@@ -23,7 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from astroscale_fl import config  # noqa: E402
+from astroscale_fl import (
+    config,  # noqa: E402
+    run_config,
+)
 from astroscale_fl.data.nodes import task_split  # noqa: E402
 from astroscale_fl.data.tasks import get_task  # noqa: E402
 from astroscale_fl.federation.messages import round_config  # noqa: E402
@@ -37,7 +40,7 @@ from tests.inprocess import InProcessGrid  # noqa: E402  (the in-process Grid of
 
 
 def setup(rounds: int):
-    cfg = config.validate(config.compose(["task=survey_redshift", "strategy=fedadam", f"federation.num_rounds={rounds}",
+    cfg = run_config.validate(config.compose(["task=survey_redshift", "strategy=fedadam", f"federation.num_rounds={rounds}",
                                           "federation.fraction_evaluate=0"]))
     grid = InProcessGrid(int(cfg.federation.num_nodes))
     stats = federated_statistics(grid, grid.get_node_ids(), round_config(cfg), timeout=600)
@@ -53,7 +56,7 @@ def test_r2(cfg, pipeline, test_xy, arrays) -> float:
 
 
 def run_ours(cfg, grid, pipeline, test_xy, lr: float, bias_correction: bool, rounds: int) -> float:
-    strategy = build_strategy(config.validate(config.compose([
+    strategy = build_strategy(run_config.validate(config.compose([
         "task=survey_redshift", "strategy=fedadam", f"strategy.server_lr={lr}",
         f"strategy.bias_correction={str(bias_correction).lower()}", "federation.fraction_evaluate=0"])))
     model = build_model(cfg.model, len(pipeline.features), int(cfg.seed))

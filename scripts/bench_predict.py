@@ -66,7 +66,7 @@ def train_small_model(directory: Path) -> Path:
     import torch
     from omegaconf import OmegaConf
 
-    from astroscale_fl import config
+    from astroscale_fl import config, run_config
     from astroscale_fl.data.tasks import get_task
     from astroscale_fl.export.model_dir import build_card, export_model
     from astroscale_fl.learning.models import build_model
@@ -75,7 +75,7 @@ def train_small_model(directory: Path) -> Path:
 
     task = get_task("hipparcos_absmag")
     frame = task.load(OmegaConf.create({"path": None, "min_parallax_snr": 10.0}))
-    cfg = config.validate(config.compose(["model.widths=[32,16]"]))
+    cfg = run_config.validate(config.compose(["model.widths=[32,16]"]))
     train = frame.iloc[:3000]
     pipeline = Pipeline.build(task).fit(train)
     x = torch.from_numpy(pipeline.transform_features(train))

@@ -221,11 +221,11 @@ def main() -> None:
     parser.add_argument("--simulate", type=int, default=1_000_000, help="rows simulated; larger sizes repeat them")
     parser.add_argument("--workdir", default=None, help="scratch directory (default: a temporary one)")
     args = parser.parse_args()
-    from astroscale_fl import config
+    from astroscale_fl import config, run_config
 
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         work = Path(tmp)
-        cfg = config.validate(config.compose(OVERRIDES + [f"task.path={work}"]))
+        cfg = run_config.validate(config.compose(OVERRIDES + [f"task.path={work}"]))
         print(f"bench_preprocess: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} (shared machine: ratios, not absolutes)")
         for rows in args.sizes:
             bench_size(rows, args.simulate, work, cfg)

@@ -22,7 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from astroscale_fl import config  # noqa: E402
+from astroscale_fl import (
+    config,  # noqa: E402
+    run_config,
+)
 from astroscale_fl.federation.server import run_federation  # noqa: E402
 from strategies import build_strategy  # noqa: E402
 from tests.inprocess import InProcessGrid  # noqa: E402
@@ -35,7 +38,7 @@ def run(nodes: int, rounds: int, secure: bool, extra: list[str]) -> dict:
     overrides = [*BASE, f"federation.num_nodes={nodes}", f"federation.num_rounds={rounds}", *extra]
     if secure:
         overrides.append("federation.secure_aggregation=secaggplus")
-    cfg = config.validate(config.compose(overrides))
+    cfg = run_config.validate(config.compose(overrides))
     strategy = build_strategy(cfg)
     with tempfile.TemporaryDirectory() as out:
         metrics = run_federation(InProcessGrid(nodes), cfg, strategy, out, show_progress=False)

@@ -26,7 +26,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from astroscale_fl import config  # noqa: E402
+from astroscale_fl import (
+    config,  # noqa: E402
+    run_config,
+)
 from astroscale_fl.federation.server import run_federation  # noqa: E402
 from strategies import build_strategy  # noqa: E402
 from tests.inprocess import InProcessGrid  # noqa: E402
@@ -37,7 +40,7 @@ BASE = ["federation.metrics_port=0", "output.publish=false", "federation.checkpo
 
 def run(overrides: list[str]) -> dict:
     """One federated run; its metrics."""
-    cfg = config.validate(config.compose([*BASE, *overrides]))
+    cfg = run_config.validate(config.compose([*BASE, *overrides]))
     grid = InProcessGrid(int(cfg.federation.num_nodes))
     with tempfile.TemporaryDirectory() as out:
         return run_federation(grid, cfg, build_strategy(cfg), out, show_progress=False)

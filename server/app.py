@@ -14,7 +14,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 from omegaconf import DictConfig
 
-from astroscale_fl import config
+from astroscale_fl import config, run_config
 from astroscale_fl.data.nodes import resolve_num_nodes
 from astroscale_fl.deploy.fast_poll import quick_object_pulls
 from astroscale_fl.federation.server import run_federation
@@ -39,6 +39,6 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     """Entry point for ``flwr run .``: config from run-config ``overrides``."""
     quick_object_pulls()  # a node's reply is pulled within 0.05 s of its upload, not after Flower's 1 s retry
-    cfg = resolve_num_nodes(config.validate(config.compose(str(context.run_config.get("overrides", "")))))
+    cfg = resolve_num_nodes(run_config.validate(config.compose(str(context.run_config.get("overrides", "")))))
     out_dir = str(context.run_config.get("output-dir", "")) or f"outputs/flwr/{dt.datetime.now():%Y-%m-%d/%H-%M-%S}"
     run_federation(grid, cfg, build_strategy(cfg), out_dir)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from astroscale_fl.errors import ConfigError
-from astroscale_fl.federation.secagg.protocol import secagg_params
+from astroscale_fl.federation.secagg.scheme import secagg_params
 from astroscale_fl.privacy.node_level import NodeLevelSettings
 from strategies.distributed_dp import DistributedDpFedAvg
 from strategies.dp_fedavg import DpFedAvg

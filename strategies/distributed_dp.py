@@ -62,7 +62,7 @@ from flwr.common import log
 from flwr.serverapp import Grid
 
 from astroscale_fl.federation.records import numpy_to_arrays
-from astroscale_fl.federation.secagg.protocol import DP_CLIP, DP_STDDEV, SecAggPlusParams, noise_share_nodes
+from astroscale_fl.federation.secagg.scheme import DP_CLIP, DP_STDDEV, SecAggPlusParams, noise_share_nodes
 from astroscale_fl.privacy.node_level import NodeLevelSettings, card_entry
 from strategies.dp_fedavg import DpFedAvg, SampledGrid
 from strategies.fedavg import FedAvg

@@ -47,7 +47,7 @@ from astroscale_fl.federation.protocol import SECAGG_MESSAGE_TYPE, WEIGHT_KEY
 from astroscale_fl.federation.records import arrays_to_numpy, numpy_to_arrays
 from astroscale_fl.federation.rounds import FederationError, send_and_receive
 from astroscale_fl.federation.secagg.node import CONTROL, MODEL, RECORD
-from astroscale_fl.federation.secagg.protocol import (
+from astroscale_fl.federation.secagg.scheme import (
     MODULUS,
     WEIGHT,
     SecAggPlusParams,

@@ -53,14 +53,14 @@ def train_and_export(directory: Path, frame, rows: int = 3000, epochs: int = 2):
     """
     import torch
 
-    from astroscale_fl import config
+    from astroscale_fl import config, run_config
     from astroscale_fl.data.tasks import get_task
     from astroscale_fl.export.model_dir import build_card, export_model
     from astroscale_fl.learning.models import build_model
     from astroscale_fl.learning.training import make_optimizer, shuffled_batches, train_local
     from astroscale_fl.preprocessing import Pipeline
 
-    cfg = config.validate(config.compose(["model.widths=[32,16]"]))
+    cfg = run_config.validate(config.compose(["model.widths=[32,16]"]))
     task = get_task("hipparcos_absmag")
     train = frame.iloc[:rows]
     pipeline = Pipeline.build(task).fit(train)

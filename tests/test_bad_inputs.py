@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from astroscale_fl import config
+from astroscale_fl import config, run_config
 from astroscale_fl.errors import MAX_LINE_CHARS, AstroScaleError, one_line
 from astroscale_fl.federation import checkpoint
 from astroscale_fl.train import check_overrides, preflight
@@ -89,7 +89,7 @@ def test_a_small_share_of_garbage_goes_to_the_quarantine(tmp_path):
         frame.loc[11, "b"] = np.inf
 
     path = _catalog(tmp_path / "stars.csv", edit)
-    cfg = preflight(config.validate(config.compose(_catalog_overrides(path, []))))
+    cfg = preflight(run_config.validate(config.compose(_catalog_overrides(path, []))))
     train, test = task_split(cfg)
     assert len(train) + len(test) == N_ROWS - 3
     assert np.isfinite(train[["a", "b", "y"]].to_numpy()).all()
@@ -102,7 +102,7 @@ def test_a_small_share_of_garbage_goes_to_the_quarantine(tmp_path):
 
 def test_empty_cells_are_missing_values_not_garbage(tmp_path):
     path = _catalog(tmp_path / "stars.csv", _set("a", slice(0, 299), ""))  # 15 % blank: imputed later
-    cfg = preflight(config.validate(config.compose(_catalog_overrides(path, []))))
+    cfg = preflight(run_config.validate(config.compose(_catalog_overrides(path, []))))
     from astroscale_fl.data.nodes import task_split
 
     assert sum(map(len, task_split(cfg))) == N_ROWS
@@ -147,27 +147,27 @@ def test_config_mistakes_are_caught_before_the_run(overrides):
 
 
 def test_resume_from_a_checkpoint_of_another_config_is_refused_in_preflight(tmp_path):
-    other = OmegaConf.to_container(config.validate(config.compose(["model.widths=[8]"])), resolve=True)
+    other = OmegaConf.to_container(run_config.validate(config.compose(["model.widths=[8]"])), resolve=True)
     checkpoint.save(tmp_path, checkpoint.Checkpoint(1, OrderedDict(), {}, [], {}, other))
     with pytest.raises(AstroScaleError, match=r"federation.resume_from=.*: model differs"):
         check_overrides([f"federation.resume_from={tmp_path}"])
 
 
 def test_noise_multiplier_on_the_command_line_wins_over_the_default_target():
-    cfg = config.validate(config.compose(["privacy=dp_sgd", "privacy.noise_multiplier=1.1"]))
+    cfg = run_config.validate(config.compose(["privacy=dp_sgd", "privacy.noise_multiplier=1.1"]))
     assert cfg.privacy.noise_multiplier == 1.1 and cfg.privacy.target_epsilon is None
-    assert config.validate(config.compose(["privacy=dp_sgd"])).privacy.target_epsilon == 8.0
+    assert run_config.validate(config.compose(["privacy=dp_sgd"])).privacy.target_epsilon == 8.0
     with pytest.raises(AstroScaleError, match="exactly one"):  # both given explicitly is still a contradiction
-        config.validate(config.compose(["privacy=dp_sgd", "privacy.noise_multiplier=1.1", "privacy.target_epsilon=3"]))
+        run_config.validate(config.compose(["privacy=dp_sgd", "privacy.noise_multiplier=1.1", "privacy.target_epsilon=3"]))
 
 
 @pytest.mark.parametrize("widths, activation, dropout", [([0], "relu", 0.0), ([100_000_000], "relu", 0.0), ([8] * 65, "relu", 0.0),
                                                        ([8, True], "relu", 0.0), ("32,16", "relu", 0.0), ([8], "bogus", 0.0),
                                                        ([8], "relu", 1.0)])
 def test_the_model_refuses_what_the_config_check_refuses_with_the_same_line(widths, activation, dropout):
-    """config_checks.check_mlp is the one place for the MLP rules: the model built directly (as from a
+    """model_spec.check_mlp is the one place for the MLP rules: the model built directly (as from a
     model card) refuses the same values with the same one-line message as the config."""
-    from astroscale_fl.config_checks import check_mlp
+    from astroscale_fl.learning.model_spec import check_mlp
     from astroscale_fl.learning.models import MLP
 
     with pytest.raises(AstroScaleError) as from_config:
@@ -175,6 +175,14 @@ def test_the_model_refuses_what_the_config_check_refuses_with_the_same_line(widt
     with pytest.raises(AstroScaleError) as from_model:
         MLP(4, widths, activation, dropout)
     assert str(from_model.value) == str(from_config.value)
+
+
+def test_the_model_spec_names_exactly_the_activations_the_model_builds():
+    """The torch-free spec (what the config accepts) and the torch modules (what MLP builds) agree."""
+    from astroscale_fl.learning.model_spec import ACTIVATION_NAMES
+    from astroscale_fl.learning.models import ACTIVATIONS
+
+    assert sorted(ACTIVATION_NAMES) == sorted(ACTIVATIONS)
 
 
 def test_long_error_lines_are_cut_in_the_middle():

@@ -9,7 +9,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from astroscale_fl import config
+from astroscale_fl import config, run_config
 from astroscale_fl.data import tensor_files
 from astroscale_fl.data.batch_cache import BatchCache
 from astroscale_fl.data.tensor_files import FEATURES, PIPELINE, QUARANTINE, ROW_IDS, TARGET, encode_table
@@ -103,9 +103,9 @@ def test_memory_with_a_cache_stays_within_its_budget(tmp_path, monkeypatch):
 
 def test_cache_bytes_is_validated():
     base = ["task=catalog", "task.path=x.parquet", "task.features=[ra]", "task.target=z"]
-    assert config.validate(config.compose(base)).preprocess.cache_bytes == 384 * 2**20
+    assert run_config.validate(config.compose(base)).preprocess.cache_bytes == 384 * 2**20
     with pytest.raises(Exception, match="preprocess.cache_bytes"):
-        config.validate(config.compose(base + ["preprocess.cache_bytes=-1"]))
+        run_config.validate(config.compose(base + ["preprocess.cache_bytes=-1"]))
 
 
 def test_unfused_pipeline_batches_fill_the_reused_output_buffers(tmp_path):

@@ -8,7 +8,7 @@ import logging
 import pandas as pd
 import pytest
 
-from astroscale_fl import config
+from astroscale_fl import config, run_config
 from astroscale_fl.data.nodes import task_split
 from astroscale_fl.federation.server import run_federation
 from astroscale_fl.learning.compare import main as compare_main
@@ -29,7 +29,7 @@ def sweep_dir(tmp_path_factory):
     logging.getLogger("flwr").addHandler(catch)
     try:
         for strategy in ("fedavg", "fedadam"):
-            cfg = config.validate(config.compose([*SURVEY, f"strategy={strategy}"]))
+            cfg = run_config.validate(config.compose([*SURVEY, f"strategy={strategy}"]))
             grid = InProcessGrid(int(cfg.federation.num_nodes))
             run_federation(grid, cfg, build_strategy(cfg), root / strategy, show_progress=False)
     finally:
@@ -55,7 +55,7 @@ def test_final_line_prints_rmse_in_the_display_unit(sweep_dir):
 
 def test_survey_run_writes_r2_ceiling_next_to_test_r2(sweep_dir):
     metrics = json.loads((sweep_dir / "fedavg" / "metrics.json").read_text())
-    _, test = task_split(config.validate(config.compose(SURVEY)))
+    _, test = task_split(run_config.validate(config.compose(SURVEY)))
     assert metrics["r2_ceiling"] == pytest.approx(ceiling_r2(test)) and 0 < metrics["r2_ceiling"] < 1
     keys = list(metrics)
     assert keys.index("r2_ceiling") == keys.index("test_r2") + 1

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from astroscale_fl import config
+from astroscale_fl import config, run_config
 from astroscale_fl.data.split import assign_nodes, train_test_split
 from astroscale_fl.data.tasks import get_task
 from astroscale_fl.errors import ConfigError, DataError
@@ -14,14 +14,14 @@ HIP_COLUMNS = get_task("hipparcos_absmag").partition_columns
 
 
 def test_default_config_validates():
-    cfg = config.validate(config.compose([]))
+    cfg = run_config.validate(config.compose([]))
     assert cfg.task.name == "hipparcos_absmag" and cfg.strategy.name == "fedavg" and cfg.partition.name == "sky"
     assert cfg.privacy.name == "none" and cfg.device == "auto"
     for key in ("num_nodes", "num_rounds", "fraction_train"):
         assert key in cfg.federation
     for key in ("local_epochs", "batch_size", "lr"):
         assert key in cfg.train
-    assert config.from_json(config.to_json(cfg)) == cfg
+    assert run_config.from_json(config.to_json(cfg)) == cfg
 
 
 def test_defaults_come_from_the_yaml_alone(tmp_path, monkeypatch):
@@ -32,9 +32,9 @@ def test_defaults_come_from_the_yaml_alone(tmp_path, monkeypatch):
     shutil.copytree(config.conf_dir(), tree)
     fedprox = tree / "strategy" / "fedprox.yaml"
     fedprox.write_text(fedprox.read_text().replace("mu: 0.01", "mu: 0.5"))
-    assert config.validate(config.compose(["strategy=fedprox"])).strategy.mu == 0.01
+    assert run_config.validate(config.compose(["strategy=fedprox"])).strategy.mu == 0.01
     monkeypatch.setenv("ASTROSCALE_FL_CONF", str(tree))
-    assert config.validate(config.compose(["strategy=fedprox"])).strategy.mu == 0.5
+    assert run_config.validate(config.compose(["strategy=fedprox"])).strategy.mu == 0.5
 
 
 @pytest.mark.parametrize("override, message", [
@@ -51,7 +51,7 @@ def test_defaults_come_from_the_yaml_alone(tmp_path, monkeypatch):
 ])
 def test_bad_overrides_are_one_line_errors(override, message):
     with pytest.raises(ConfigError) as info:
-        config.validate(config.compose([override]))
+        run_config.validate(config.compose([override]))
     text = str(info.value)
     assert message in text and "\n" not in text
 

@@ -19,7 +19,7 @@ from flwr.app import (
 )
 from flwr.clientapp import ClientApp
 
-from astroscale_fl import config
+from astroscale_fl import config, run_config
 from astroscale_fl.federation import engine
 from astroscale_fl.federation.engine import (
     FIRST_NODE_ID,
@@ -104,7 +104,7 @@ def test_sampling_many_nodes_with_64_bit_ids_picks_connected_nodes():
 
 
 def _job(tmp: Path, overrides: list[str], workers: int | None = None, backend: str = "inprocess") -> tuple[pd.DataFrame, str]:
-    cfg = preflight(config.validate(config.compose([*SMALL, *QUIET, *overrides, f"federation.backend={backend}"])))
+    cfg = preflight(run_config.validate(config.compose([*SMALL, *QUIET, *overrides, f"federation.backend={backend}"])))
     app = make_server_app(cfg, tmp, show_progress=False)
     if workers is None:
         simulate(app, astroscale_client_app, cfg)

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 
-from astroscale_fl import config
+from astroscale_fl import config, run_config
 from astroscale_fl.cli import main as cli_main
 from astroscale_fl.data.filter_expr import parse_filter
 from astroscale_fl.errors import MAX_LINE_CHARS, USER_ERROR_EXIT, AstroScaleError, ConfigError, DataError
@@ -136,12 +136,12 @@ def test_a_hostile_servers_filter_runs_no_code_on_a_node(tmp_path, monkeypatch, 
     """The server's run config reaches a node as JSON: a filter in it is parsed, never executed."""
     monkeypatch.chdir(tmp_path)
     stars = _stars(tmp_path / "cat.csv")
-    cfg = config.validate(config.compose(["task=catalog", f"task.path={stars}", "task.target=y", "task.features=[ra,b]",
+    cfg = run_config.validate(config.compose(["task=catalog", f"task.path={stars}", "task.target=y", "task.features=[ra,b]",
                                           "federation.num_nodes=2", "partition=iid"]))
     record = round_config(cfg)
-    run_config = json.loads(str(record[RUN_CONFIG_KEY]))
-    run_config["task"]["filter"] = exploit  # what a hostile server (or a man in the middle) sends
-    hostile = ConfigRecord({RUN_CONFIG_KEY: json.dumps(run_config)})
+    sent = json.loads(str(record[RUN_CONFIG_KEY]))
+    sent["task"]["filter"] = exploit  # what a hostile server (or a man in the middle) sends
+    hostile = ConfigRecord({RUN_CONFIG_KEY: json.dumps(sent)})
     engine._set_task_identity(engine.RUN_ID)
     msg = Message(RecordDict({protocol.CONFIG_KEY: hostile}), dst_node_id=1001, message_type=MessageType.QUERY)
     with pytest.raises(ConfigError, match=r"^task\.filter") as err:
@@ -154,10 +154,10 @@ def test_a_run_config_from_a_server_cannot_make_a_node_resolve_interpolations(tm
     """``${oc.env:...}`` in the server's JSON would read the node's environment into its config
     (and into error replies that go back to the server): refused, naming the key."""
     stars = _stars(tmp_path / "cat.csv")
-    cfg = config.validate(config.compose(["task=catalog", f"task.path={stars}", "task.target=y", "task.features=[ra,b]"]))
-    run_config = json.loads(config.to_json(cfg))
-    run_config["task"]["path"] = value
+    cfg = run_config.validate(config.compose(["task=catalog", f"task.path={stars}", "task.target=y", "task.features=[ra,b]"]))
+    sent = json.loads(config.to_json(cfg))
+    sent["task"]["path"] = value
     with pytest.raises(ConfigError, match=r"^task\.path: .* holds an interpolation"):
-        config.from_json(json.dumps(run_config))
+        run_config.from_json(json.dumps(sent))
     with pytest.raises(ConfigError, match="run config: not JSON"):
-        config.from_json("{" * 10)
+        run_config.from_json("{" * 10)

@@ -2,7 +2,7 @@
 
 Each case copies a real exported model, breaks it one way and runs the real entry points in
 process: ``predict.main`` (what ``scripts/predict.py`` runs), ``serve.main`` (up to the point
-where uvicorn would start) and, for the file digests, ``python -m astroscale_fl.privacy.card``.
+where uvicorn would start) and, for the file digests, ``python -m astroscale_fl.export.verify_card``.
 Cases marked ``resign`` also rewrite the card's SHA-256 of the changed file, so the break gets
 past the digest check and reaches the deeper one (a consistent but wrong export).
 """
@@ -269,9 +269,11 @@ def test_card_records_digests_and_every_checker_accepts_an_intact_directory(expo
     assert set(files) == {WEIGHTS, PIPELINE}
     for name, entry in files.items():
         assert entry == {"sha256": file_sha256(path / name), "bytes": (path / name).stat().st_size}
-    out = run("-m", "astroscale_fl.privacy.card", path)
+    out = run("-m", "astroscale_fl.export.verify_card", path)
     assert out.returncode == 0, out.stderr
-    from astroscale_fl.privacy import card as card_checker  # the card file itself: the same entry, in this process
+    from astroscale_fl.export import (
+        verify_card as card_checker,  # the card file itself: the same entry, in this process
+    )
 
     assert card_checker.main([str(path / CARD)]) == 0
 
@@ -279,8 +281,8 @@ def test_card_records_digests_and_every_checker_accepts_an_intact_directory(expo
 @pytest.mark.parametrize("command", [
     ["scripts/predict.py", "--model", "{m}", "--list-inputs"],
     ["-m", "astroscale_fl.serve", "--model", "{m}", "--port", "0"],
-    ["-m", "astroscale_fl.privacy.card", "{m}/model_card.json"],
-], ids=["predict", "serve", "privacy.card"])
+    ["-m", "astroscale_fl.export.verify_card", "{m}/model_card.json"],
+], ids=["predict", "serve", "verify_card"])
 def test_processes_refuse_a_tampered_directory_in_one_line(exported, tmp_path, command):
     copy = tmp_path / "model"
     shutil.copytree(exported[0], copy)

@@ -4,7 +4,7 @@ The source is scanned with :mod:`ast` for every call that runs or loads code (``
 ``compile``, ``__import__``, pandas ``query``/``eval``, pickle, ``torch.load`` without
 ``weights_only=True``, ``np.load(allow_pickle=True)``, ``importlib.import_module``, Hydra's
 ``instantiate``). Each is absent or one of the sites listed here, reviewed: a new one fails this
-test until it is reviewed too. (Configs reach nodes as JSON, checked by ``config.from_json``;
+test until it is reviewed too. (Configs reach nodes as JSON, checked by ``run_config.from_json``;
 ``task.filter`` is :mod:`astroscale_fl.data.filter_expr`, tested in ``test_filter_expr.py``.)
 """
 

@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from astroscale_fl import config
-from astroscale_fl.data import node_arrays
+from astroscale_fl import config, run_config
+from astroscale_fl.data import holdout, node_arrays
 from astroscale_fl.data.tasks import get_task
 from astroscale_fl.data.tensor_files import (
     FEATURES,
@@ -48,7 +48,7 @@ def write_catalog(directory, files=4, rows=50_000, seed=0):
 
 
 def catalog_pipeline(path, **options):
-    cfg = config.validate(config.compose(OVERRIDES + [f"task.path={path}"]))
+    cfg = run_config.validate(config.compose(OVERRIDES + [f"task.path={path}"]))
     return Pipeline.build(get_task(cfg.task), options=Options(**options))
 
 
@@ -110,11 +110,11 @@ def test_node_streams_statistics_and_trains_from_memory_mapped_tensors(tmp_path)
 
     data_dir = tmp_path / "node"
     write_catalog(data_dir / "train", files=2, rows=20_000)
-    cfg = config.validate(config.compose(OVERRIDES + [f"task.path={data_dir / 'train'}", "preprocess.chunk_rows=4000"]))
+    cfg = run_config.validate(config.compose(OVERRIDES + [f"task.path={data_dir / 'train'}", "preprocess.chunk_rows=4000"]))
     pipeline = Pipeline.from_config(get_task(cfg.task), cfg)
     stats, rows, quarantined = node_arrays.node_statistics(cfg, {"data-dir": str(data_dir)}, pipeline)
     frame = pd.read_parquet(data_dir / "train")
-    is_val = node_arrays.is_local_val({"id": frame.id.to_numpy()}, int(cfg.seed))
+    is_val = holdout.is_local_val({"id": frame.id.to_numpy()}, int(cfg.seed))
     assert rows == (~is_val).sum() and 0.08 < is_val.mean() < 0.12
     pipeline.fit_statistics(stats)
     arrays = node_arrays.node_arrays(cfg, {"data-dir": str(data_dir)}, pipeline)
@@ -175,7 +175,7 @@ def test_train_catalog_from_a_directory_of_parquet_files(tmp_path):
     path = write_catalog(tmp_path / "cat", files=3, rows=4_000)
     overrides = OVERRIDES + [f"task.path={path}", "task.id_column=id", "federation.num_nodes=3", "federation.num_rounds=1",
                              "model.widths=[16]", "federation.metrics_port=0", "output.publish=false", "federation.checkpoint=false"]
-    cfg = preflight(config.validate(config.compose(overrides)))
+    cfg = preflight(run_config.validate(config.compose(overrides)))
     train, _ = task_split(cfg)
     metrics = run_federation(InProcessGrid(3), cfg, build_strategy(cfg), tmp_path / "run", show_progress=False)
     assert metrics["rounds"] == 1 and np.isfinite(metrics["test_r2"])

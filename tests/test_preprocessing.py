@@ -13,6 +13,7 @@ from sklearn.preprocessing import (
     StandardScaler,
 )
 
+from astroscale_fl.data.holdout import hash_unit
 from astroscale_fl.data.tasks import Feature, TaskSpec, get_task
 from astroscale_fl.errors import ConfigError, DataError
 from astroscale_fl.preprocessing import ColumnStatistics, Options, Pipeline, sketch
@@ -21,7 +22,6 @@ from astroscale_fl.preprocessing.derived import (
     reduced_proper_motion,
     to_mjd,
 )
-from astroscale_fl.preprocessing.stream import hash_unit
 
 RNG = np.random.default_rng(7)
 TASK = TaskSpec(name="toy", target="y", target_unit="", inputs=(
@@ -323,14 +323,14 @@ def test_isolation_forest_fitted_on_a_table_travels_in_preprocessing_json_and_fl
 
 
 def test_config_keys_shape_the_pipeline():
-    from astroscale_fl import config
+    from astroscale_fl import config, run_config
     from astroscale_fl.errors import ConfigError
 
     overrides = ["task=catalog", "task.path=x.parquet", "task.features=[ra,dec,parallax]", "task.target=z", "preprocess.clip=null",
                  "preprocess.scaling=minmax", "preprocess.impute=ffill", "preprocess.order_by=mjd", "preprocess.outliers=iqr",
                  "preprocess.outlier_action=flag", "preprocess.features=[distance_pc,temporal,polynomial]", "preprocess.time_column=mjd",
                  "preprocess.feature_columns=[dec]", "preprocess.polynomial_degree=3", "preprocess.validate=false"]
-    cfg = config.validate(config.compose(overrides))
+    cfg = run_config.validate(config.compose(overrides))
     pipe = Pipeline.from_config(get_task(cfg.task), cfg)
     assert [s.kind for s in pipe.steps] == ["range_validator", "derived_features", "distance_pc", "temporal", "polynomial",
                                             "imputer", "outliers", "scaler"]
@@ -340,4 +340,4 @@ def test_config_keys_shape_the_pipeline():
     for bad, key in (("preprocess.impute=ffill", "preprocess.order_by"), ("preprocess.outliers=lof", "preprocess.outliers"),
                      ("preprocess.features=[magic]", "preprocess.features"), ("preprocess.chunk_rows=0", "preprocess.chunk_rows")):
         with pytest.raises(ConfigError, match=key):
-            config.validate(config.compose(overrides[:4] + [bad]))
+            run_config.validate(config.compose(overrides[:4] + [bad]))

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from astroscale_fl import config
+from astroscale_fl import config, run_config
 from astroscale_fl.data.nodes import task_split
 from astroscale_fl.data.tasks import get_task
 from astroscale_fl.deploy.node_data import write_node_dirs
@@ -23,7 +23,7 @@ DP = ["privacy=dp_sgd", "privacy.target_epsilon=null", "privacy.noise_multiplier
 @pytest.fixture(scope="module")
 def public_table(tmp_path_factory):
     """A 'public' table with the task's columns: here the held-out test split."""
-    cfg = config.validate(config.compose(DP))
+    cfg = run_config.validate(config.compose(DP))
     _, test = task_split(cfg)
     path = tmp_path_factory.mktemp("public") / "public.parquet"
     test.to_parquet(path, index=False)
@@ -33,7 +33,7 @@ def public_table(tmp_path_factory):
 def run(tmp_path, overrides):
     from astroscale_fl.federation.server import run_federation
 
-    cfg = config.validate(config.compose(overrides))
+    cfg = run_config.validate(config.compose(overrides))
     dirs = write_node_dirs(cfg, tmp_path / "nodes", int(cfg.federation.num_nodes))
     grid = InProcessGrid(len(dirs), node_configs=[{"data-dir": str(d)} for d in dirs])
     metrics = run_federation(grid, cfg, build_strategy(cfg), tmp_path / "run", show_progress=False)
@@ -67,7 +67,7 @@ def test_default_statistics_round_is_declared_uncovered(tmp_path):
 
 def test_reference_preprocessing_json_is_used_as_is(tmp_path, public_table):
     path, _ = public_table
-    cfg = config.validate(config.compose(DP))
+    cfg = run_config.validate(config.compose(DP))
     fitted, _ = fit_reference(get_task(cfg.task), cfg, path)
     saved = tmp_path / "preprocessing.json"
     saved.write_text(json.dumps(fitted.state_dict()))
@@ -77,7 +77,7 @@ def test_reference_preprocessing_json_is_used_as_is(tmp_path, public_table):
 
 def test_bad_references_are_one_line_config_errors(capsys, tmp_path, public_table):
     path, frame = public_table
-    cfg = config.validate(config.compose(DP))
+    cfg = run_config.validate(config.compose(DP))
     task = get_task(cfg.task)
     with pytest.raises(ConfigError, match="preprocess.reference: .*nope.csv not found"):
         fit_reference(task, cfg, tmp_path / "nope.csv")
@@ -106,7 +106,7 @@ def test_reference_fits_the_isolation_forest_every_node_and_the_model_share(tmp_
     path, frame = public_table
     forest = ["preprocess.outliers=isolation_forest", "preprocess.outlier_threshold=0.6", "preprocess.outlier_action=flag"]
     with pytest.raises(ConfigError, match="preprocess.outlier_action"):
-        config.validate(config.compose(DP + forest))
+        run_config.validate(config.compose(DP + forest))
     cfg, grid, metrics, card, state = run(tmp_path, DP + forest + [f"preprocess.reference={path}"])
     step = next(s["state"] for s in state["steps"] if s["kind"] == "isolation_forest")
     assert step["action"] == "flag" and len(step["forest"]["trees"]) == 100 and state["features"][-1] == "outlier"

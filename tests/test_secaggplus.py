@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 from flwr.app import Error, Message, MessageType
 
-from astroscale_fl import config
+from astroscale_fl import config, run_config
 from astroscale_fl.data.tasks import get_task
 from astroscale_fl.errors import ConfigError
 from astroscale_fl.federation.messages import round_config
 from astroscale_fl.federation.records import model_to_arrays
 from astroscale_fl.federation.rounds import FederationError, federated_statistics, run_rounds
-from astroscale_fl.federation.secagg.protocol import SecAggPlusParams, neighbours
+from astroscale_fl.federation.secagg.scheme import SecAggPlusParams, neighbours
 from astroscale_fl.learning.models import build_model
 from astroscale_fl.preprocessing import Pipeline
 from strategies import build_strategy
@@ -43,7 +43,7 @@ class DroppingGrid(InProcessGrid):
 
 def one_round(overrides, drop=(), base=SMALL):
     """Global arrays after one round, the strategy, the replies it got, the history and the arrays before."""
-    cfg = config.validate(config.compose([*base, *overrides]))
+    cfg = run_config.validate(config.compose([*base, *overrides]))
     grid = DroppingGrid(5, drop)
     pipeline = Pipeline.from_config(get_task(cfg.task), cfg).fit_statistics(
         federated_statistics(grid, grid.get_node_ids(), round_config(cfg), 60))
@@ -108,15 +108,15 @@ def test_neighbour_graph_and_config_checks():
     with pytest.raises(ConfigError, match="reconstruction_threshold"):
         SecAggPlusParams(num_shares=3, reconstruction_threshold=4)
     with pytest.raises(ConfigError, match="max_update_norm"):
-        config.validate(config.compose([*SECAGG, "federation.max_update_norm=1.0"]))
+        run_config.validate(config.compose([*SECAGG, "federation.max_update_norm=1.0"]))
     with pytest.raises(ConfigError, match="clipping_range: expected >= .* under distributed DP-FedAvg"):
-        config.validate(config.compose([*SECAGG, "privacy=dp_fedavg", "federation.secaggplus.clipping_range=1.0"]))
+        run_config.validate(config.compose([*SECAGG, "privacy=dp_fedavg", "federation.secaggplus.clipping_range=1.0"]))
 
 
 def test_card_records_secure_aggregation(tmp_path):
     from astroscale_fl.federation.server import run_federation
 
-    cfg = config.validate(config.compose([*SMALL, *SECAGG]))
+    cfg = run_config.validate(config.compose([*SMALL, *SECAGG]))
     run_federation(InProcessGrid(5), cfg, build_strategy(cfg), tmp_path, show_progress=False)
     card = json.loads((tmp_path / "model" / "model_card.json").read_text())
     assert card["secure_aggregation"] == "secaggplus"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from astroscale_fl import config
+from astroscale_fl import config, run_config
 from astroscale_fl.data.nodes import partition_frame, task_split
 from astroscale_fl.data.split import node_names
 from astroscale_fl.train import preflight
@@ -18,7 +18,7 @@ SMALL = ["task=survey_redshift", "task.n_stars=4000"]
 
 
 def test_defaults_pick_one_node_per_survey():
-    cfg = preflight(config.validate(config.compose(SMALL)))
+    cfg = preflight(run_config.validate(config.compose(SMALL)))
     assert cfg.partition.name == "by_survey" and cfg.federation.num_nodes == 4
     train, test = task_split(cfg)
     assert list(train.columns[:8]) == ["id", "ra", "dec", "teff", "logg", "fe_h", "snr", "parallax"]
@@ -33,14 +33,14 @@ def test_defaults_pick_one_node_per_survey():
 
 
 def test_other_partitions_and_node_counts_still_apply():
-    cfg = preflight(config.validate(config.compose(SMALL + ["partition=iid"])))
+    cfg = preflight(run_config.validate(config.compose(SMALL + ["partition=iid"])))
     assert cfg.partition.name == "iid" and cfg.federation.num_nodes == 5
     with pytest.raises(Exception, match="federation.num_nodes=4"):
-        preflight(config.validate(config.compose(SMALL + ["federation.num_nodes=3"])))
+        preflight(run_config.validate(config.compose(SMALL + ["federation.num_nodes=3"])))
 
 
 def test_catalog_cache_gives_identical_frames():
-    cfg = config.validate(config.compose(SMALL))
+    cfg = run_config.validate(config.compose(SMALL))
     from astroscale_fl.data.tasks import get_task
 
     a = get_task(cfg.task).load(cfg.task)
@@ -77,7 +77,7 @@ def test_simulator_parquet_trains_through_the_catalog_task(tmp_path):
     overrides = ["task=catalog", f"task.path={path}", "task.features=[ra,dec,teff,logg,fe_h,snr,parallax]",
                  "task.target=z", "partition=by_column", "partition.column=survey", "federation.num_rounds=1",
                  "model.widths=[16]", "federation.metrics_port=0", "output.publish=false", "federation.checkpoint=false"]
-    cfg = preflight(config.validate(config.compose(overrides)))
+    cfg = preflight(run_config.validate(config.compose(overrides)))
     assert cfg.federation.num_nodes == 4
     train, _ = task_split(cfg)
     assert node_names(train, cfg.partition, 4) == ["apogee", "gaia", "rave", "sdss"]

@@ -9,7 +9,7 @@ import pytest
 import torch
 from flwr.app import Message, MessageType, RecordDict
 
-from astroscale_fl import config
+from astroscale_fl import config, run_config
 from astroscale_fl.data import node_arrays, nodes, task_table
 from astroscale_fl.data.tasks import get_task
 from astroscale_fl.federation import client, engine, protocol
@@ -22,7 +22,7 @@ CPU = torch.device("cpu")
 
 
 def _fitted(overrides: list[str]):
-    cfg = config.validate(config.compose(BASE + overrides))
+    cfg = run_config.validate(config.compose(BASE + overrides))
     train, _ = nodes.task_split(cfg)
     pipeline = Pipeline.from_config(get_task(cfg.task), cfg).fit(train)
     return cfg, pipeline, json.dumps(pipeline.state_dict(), sort_keys=True)

@@ -83,7 +83,7 @@ def _train(features, target, device):
 
 
 def test_training_slices_memory_mapped_batches_on_cpu(tmp_path):
-    from astroscale_fl.learning.training import BatchStager
+    from astroscale_fl.learning.steps import BatchStager
 
     features, target = _memmapped_tensors(tmp_path)
     index = torch.tensor([3, 0, 4_000, 17])
@@ -99,7 +99,7 @@ def test_training_slices_memory_mapped_batches_on_cpu(tmp_path):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_batches_from_memory_map_are_pinned_and_non_blocking(tmp_path):
-    from astroscale_fl.learning.training import _stager
+    from astroscale_fl.learning.steps import _stager
 
     features, target = _memmapped_tensors(tmp_path)
     device = torch.device("cuda")

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from astroscale_fl import config
+from astroscale_fl import run_config
 from astroscale_fl.data.nodes import task_split
 from astroscale_fl.export.predict import Predictor
 from tests.conftest import CLI, ROOT, cli_env
@@ -52,7 +52,7 @@ def test_exported_model_reproduces_server_test_metrics(run_dir):
     metrics = json.loads((run / "metrics.json").read_text())
     from omegaconf import OmegaConf
 
-    cfg = config.validate(OmegaConf.create(metrics["config"]))
+    cfg = run_config.validate(OmegaConf.create(metrics["config"]))
     _, test = task_split(cfg)
     predictor = Predictor(run / "model")
     pred = predictor.predict_frame(test)

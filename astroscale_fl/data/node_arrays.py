@@ -6,9 +6,7 @@ the encoded rows live in memory-mapped tensor files under ``<data-dir>/.astrosca
 keyed by the table's fingerprint and the pipeline (:func:`astroscale_fl.data.tensor_files.cached_tensors`).
 A simulated node's rows (its partition of the task frame) go through the same functions as one batch.
 
-The local validation share is defined by row id: a row is held out when
-``hash_unit(id, seed, VAL_SALT) < LOCAL_VAL_FRACTION`` (splitmix64 of the id), so it does not
-depend on how the table is cut into batches or files.
+The local validation share is defined by row id (:mod:`astroscale_fl.data.holdout`).
 """
 
 from __future__ import annotations
@@ -20,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
+from astroscale_fl.data.holdout import ID, LOCAL_VAL_FRACTION, is_local_val
+from astroscale_fl.data.node_dirs import node_table_path
+from astroscale_fl.data.tensor_files import cached_tensors
 from astroscale_fl.preprocessing import ColumnStatistics, Pipeline
-from astroscale_fl.preprocessing.stream import ROW, fingerprint, hash_unit, iter_batches
+from astroscale_fl.preprocessing.stream import ROW, columns_of, fingerprint, iter_batches
 
-LOCAL_VAL_FRACTION = 0.1
-VAL_SALT = 0x5A1
-ID = "id"
 CACHE_DIR = ".astroscale-cache"
 
 
@@ -33,9 +31,7 @@ def node_table(node_config: dict) -> Path | None:
     """A deployed node's table (a Parquet file or a directory of them), or None in simulation."""
     if "data-dir" not in node_config:
         return None
-    root = Path(str(node_config["data-dir"]))
-    directory = root / "train"
-    return directory if directory.is_dir() else root / "train.parquet"
+    return node_table_path(str(node_config["data-dir"]))
 
 
 def content_digest(table: Path) -> str:
@@ -68,21 +64,7 @@ def _content_digest(table: str, _stat_key: str) -> str:
     return digest.hexdigest()[:24]
 
 
-def is_local_val(batch: dict[str, np.ndarray], seed: int) -> np.ndarray:
-    """True for rows in the node's local validation share (by row id)."""
-    ids = batch[ID] if ID in batch else batch[ROW]
-    return hash_unit(ids, seed, VAL_SALT) < LOCAL_VAL_FRACTION
-
-
-def validation_share(is_val: np.ndarray) -> np.ndarray:
-    """A node's local validation share from its rows' :func:`is_local_val`: none at all when the
-    node has fewer than 2 rows or every row would be held out (it would have nothing to train on)."""
-    return np.zeros(len(is_val), dtype=bool) if len(is_val) < 2 or is_val.all() else is_val
-
-
 def _columns(pipeline: Pipeline, table: Path) -> list[str]:
-    from astroscale_fl.preprocessing.stream import columns_of
-
     names = pipeline.inputs + [pipeline.target.target]
     return names + ([ID] if ID in columns_of(table) else [])
 
@@ -123,8 +105,6 @@ def encode_frame(pipeline: Pipeline, frame, training: bool) -> tuple[np.ndarray,
 def node_arrays(cfg, node_config: dict, pipeline: Pipeline, frames=None) -> dict[str, np.ndarray]:
     """``train_x``, ``train_y``, ``val_x``, ``val_y`` of a node: memory-mapped tensor files for a
     node table, in-memory arrays for a simulated node's frames (``frames()`` -> (train, val))."""
-    from astroscale_fl.data.tensor_files import cached_tensors
-
     table = node_table(node_config)
     if table is None:
         train, val = frames()

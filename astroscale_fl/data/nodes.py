@@ -15,13 +15,14 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from astroscale_fl import config
+from astroscale_fl.config import to_json
+from astroscale_fl.data import split
 from astroscale_fl.data.checks import QUARANTINE_ATTR
+from astroscale_fl.data.node_dirs import NODE_DATA_DIR, node_table_path
 from astroscale_fl.data.split import assign_nodes, train_test_split
+from astroscale_fl.data.tables import read_table
 from astroscale_fl.data.tasks import get_task
 from astroscale_fl.errors import DataError
-
-NODE_DATA_FILE = "train.parquet"
 
 
 @functools.lru_cache(maxsize=4)
@@ -34,35 +35,18 @@ def _split(task_json: str, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.Da
 
 def task_split(cfg: DictConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(train, test) rows of the configured task; cached per process."""
-    return _split(config_json(cfg, ("task",)), int(cfg.seed))[:2]
+    return _split(to_json(cfg, ("task",)), int(cfg.seed))[:2]
 
 
 def task_quarantine(cfg: DictConfig) -> pd.DataFrame | None:
     """Rows of the task table rejected for values that are not numbers (``row``, ``column``, ``value``, ``reason``)."""
-    return _split(config_json(cfg, ("task",)), int(cfg.seed))[2]
-
-
-_CONFIG_JSON: dict[tuple[int, tuple[str, ...] | None], tuple[DictConfig, str]] = {}
-
-
-def config_json(cfg: DictConfig, sections: tuple[str, ...] | None = None) -> str:
-    """The config (or its top-level ``sections``) as sorted JSON, remembered per config object:
-    simulated nodes ask for it with every message, and converting an OmegaConf node costs ~1 ms."""
-    key = (id(cfg), sections)
-    hit = _CONFIG_JSON.get(key)
-    if hit is None or hit[0] is not cfg:
-        picked = cfg if sections is None else OmegaConf.create({name: cfg[name] for name in sections})
-        text = json.dumps(OmegaConf.to_container(picked, resolve=True), sort_keys=True)
-        if len(_CONFIG_JSON) > 64:
-            _CONFIG_JSON.clear()
-        hit = _CONFIG_JSON[key] = (cfg, text)  # holds cfg, so its id is not reused while the entry lives
-    return hit[1]
+    return _split(to_json(cfg, ("task",)), int(cfg.seed))[2]
 
 
 def resolve_num_nodes(cfg: DictConfig) -> DictConfig:
-    """``cfg`` with ``federation.num_nodes`` set: a ``null`` left by :func:`config.validate`
+    """``cfg`` with ``federation.num_nodes`` set: a ``null`` left by :func:`astroscale_fl.run_config.validate`
     (a partition column without a known list of values) becomes the number of distinct values
-    of that column in the training rows (:func:`config.default_num_nodes`)."""
+    of that column in the training rows (:func:`split.default_num_nodes`)."""
     if cfg.federation.num_nodes is not None:
         return cfg
     train, _ = task_split(cfg)
@@ -73,7 +57,7 @@ def resolve_num_nodes(cfg: DictConfig) -> DictConfig:
         return int(train[column].astype(str).nunique())
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    resolved["federation"]["num_nodes"] = config.default_num_nodes(cfg, distinct_values)
+    resolved["federation"]["num_nodes"] = split.default_num_nodes(cfg, distinct_values)
     out = OmegaConf.create(resolved)
     OmegaConf.set_readonly(out, True)
     return out
@@ -82,14 +66,14 @@ def resolve_num_nodes(cfg: DictConfig) -> DictConfig:
 def partition_frame(cfg: DictConfig, node: int, num_nodes: int, columns: tuple[str, ...] | None = None) -> pd.DataFrame:
     """Rows of training partition ``node`` out of ``num_nodes`` (in the training split's order);
     only ``columns`` (those the table has) when given: a narrow table is much faster to slice."""
-    task_json, seed = config_json(cfg, ("task",)), int(cfg.seed)
+    task_json, seed = to_json(cfg, ("task",)), int(cfg.seed)
     train = _training_columns(task_json, seed, columns)
-    rows = partition_rows(task_json, seed, config_json(cfg, ("partition",)), num_nodes)[node]
+    rows = partition_rows(task_json, seed, to_json(cfg, ("partition",)), num_nodes)[node]
     return train.iloc[rows].reset_index(drop=True)
 
 
 def training_frame(task_json: str, seed: int) -> pd.DataFrame:
-    """The task's training split (cached per process; ``task_json``: :func:`config_json` of ``task``)."""
+    """The task's training split (cached per process; ``task_json``: :func:`astroscale_fl.config.to_json` of ``task``)."""
     return _split(task_json, seed)[0]
 
 
@@ -112,11 +96,12 @@ def partition_rows(task_json: str, seed: int, partition_json: str, num_nodes: in
 
 
 def read_node_dir(data_dir: str | Path) -> pd.DataFrame:
-    """A deployed node's training rows: ``<data-dir>/train.parquet``."""
-    path = Path(data_dir) / NODE_DATA_FILE
-    if not path.is_file():
-        raise DataError(f"node data not found: {path} (expected a Parquet table written by `astroscale-fl node-data`)")
-    return pd.read_parquet(path)
+    """A deployed node's training rows (:func:`node_table_path`)."""
+    path = node_table_path(data_dir)
+    if not path.is_file() and not path.is_dir():
+        raise DataError(f"node data not found: {path} (expected a Parquet table written by `astroscale-fl node-data`, "
+                        f"or a folder {Path(data_dir) / NODE_DATA_DIR} of Parquet files)")
+    return read_table(path, "node data") if path.is_dir() else pd.read_parquet(path)
 
 
 def node_frame(cfg: DictConfig, node_config: dict, columns: tuple[str, ...] | None = None) -> pd.DataFrame:

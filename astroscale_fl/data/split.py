@@ -1,7 +1,7 @@
 """Hold out the test rows, then split the training rows among federation nodes.
 
 Both steps are deterministic for a seed and defined by row id (the ``id`` column): a row is a
-test row when ``hash_unit(id, seed, TEST_SALT) < test_fraction`` (splitmix64 of the id), and the
+test row by its id (:mod:`astroscale_fl.data.holdout`), and the
 ``iid`` partition deals rows out in the order of another seeded hash of their ids, so neither
 depends on the order rows were read in. The held-out test rows are never given to a node; the
 server evaluates the global model on them after every round.
@@ -9,13 +9,15 @@ server evaluates the global model on them after every round.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from omegaconf import DictConfig
 
+from astroscale_fl.data.holdout import hash_unit, is_test_row, row_ids
 from astroscale_fl.errors import ConfigError, DataError, short_list
-from astroscale_fl.preprocessing.stream import hash_unit
 
 SURVEY_COLUMN = "survey"  # the column that names a row's survey (partition=by_survey)
 
@@ -33,20 +35,15 @@ def train_test_split(frame: pd.DataFrame, test_fraction: float, seed: int) -> tu
     """Split rows at random into (train, test) with ``test_fraction`` of them held out."""
     if not 0.0 < test_fraction < 1.0:
         raise ConfigError(f"task.test_fraction: expected a number in (0, 1), got {test_fraction}")
-    is_test = hash_unit(_row_ids(frame), seed, 0x7E57) < test_fraction
+    is_test = is_test_row(row_ids(frame), seed, test_fraction)
     return frame.loc[~is_test].reset_index(drop=True), frame.loc[is_test].reset_index(drop=True)
 
 
 def assign_iid(frame: pd.DataFrame, num_nodes: int, seed: int, columns: PartitionColumns, **_) -> np.ndarray:
     """Node index per row: rows in the order of a seeded hash of their ids, dealt out in equal shares."""
     nodes = np.empty(len(frame), dtype=np.int64)
-    nodes[np.argsort(hash_unit(_row_ids(frame), seed, 0x11D), kind="stable")] = np.arange(len(frame)) % num_nodes
+    nodes[np.argsort(hash_unit(row_ids(frame), seed, 0x11D), kind="stable")] = np.arange(len(frame)) % num_nodes
     return nodes
-
-
-def _row_ids(frame: pd.DataFrame) -> np.ndarray:
-    """The rows' ids: the ``id`` column of a task frame, else row positions."""
-    return frame["id"].to_numpy() if "id" in frame.columns else np.arange(len(frame))
 
 
 def assign_sky(frame: pd.DataFrame, num_nodes: int, seed: int, columns: PartitionColumns, **_) -> np.ndarray:
@@ -148,3 +145,22 @@ def assign_nodes(frame: pd.DataFrame, partition_cfg, num_nodes: int, seed: int, 
             f"federation.num_nodes={num_nodes}); use fewer nodes or more data"
         )
     return nodes
+
+
+DEFAULT_NUM_NODES = 5
+
+
+def default_num_nodes(cfg: DictConfig, distinct_values: Callable[[str], int] | None = None) -> int | None:
+    """The one rule for ``federation.num_nodes: null``: one node per value of the partition
+    column (:func:`astroscale_fl.data.split.partition_column`: the task's surveys when it lists them,
+    else ``distinct_values(column)`` counted in the data, None while no data is read), else 5.
+
+    :func:`astroscale_fl.run_config.validate` applies it without data; :func:`astroscale_fl.data.nodes.resolve_num_nodes`
+    with the training rows.
+    """
+    column = partition_column(cfg.partition)
+    if column is None:
+        return DEFAULT_NUM_NODES
+    if cfg.partition.name == "by_survey" and "surveys" in cfg.task:
+        return len(cfg.task.surveys)
+    return distinct_values(column) if distinct_values is not None else None

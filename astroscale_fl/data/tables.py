@@ -10,6 +10,7 @@ import pandas as pd
 
 from astroscale_fl.atomic import atomic_path
 from astroscale_fl.errors import DataError
+from astroscale_fl.preprocessing.stream import columns_of, dataset
 
 SUFFIXES = (".csv", ".parquet")
 
@@ -19,8 +20,6 @@ def read_table(path: str | Path, role: str = "input file") -> pd.DataFrame:
     ``role`` names it in errors (e.g. ``task.path``). The streaming reader's checks come first
     (:func:`~astroscale_fl.preprocessing.stream.columns_of`: empty, binary or corrupt files, a
     column named twice), so ``train`` and ``preprocess`` refuse the same files alike."""
-    from astroscale_fl.preprocessing.stream import columns_of, dataset
-
     path = Path(path)
     if not path.exists():
         raise DataError(f"{role} not found: {path}")

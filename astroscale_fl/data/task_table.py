@@ -23,8 +23,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from astroscale_fl.config import to_json
 from astroscale_fl.data import nodes
-from astroscale_fl.data.node_arrays import ID, is_local_val, validation_share
+from astroscale_fl.data.holdout import ID, is_local_val, validation_share
 from astroscale_fl.preprocessing import Pipeline
 from astroscale_fl.preprocessing.steps import Imputer, IsolationForestFilter
 
@@ -41,15 +42,15 @@ def row_local(pipeline: Pipeline) -> bool:
 def node_rows(cfg: DictConfig, node_config: dict, seed: int) -> np.ndarray:
     """Positions of a simulated node's rows in the task's training split (its partition);
     ``seed``: the run's (passed in: reading ``cfg.seed`` through OmegaConf costs ~30 µs)."""
-    task_json = nodes.config_json(cfg, ("task",))
+    task_json = to_json(cfg, ("task",))
     num_nodes = int(node_config["num-partitions"])
-    return nodes.partition_rows(task_json, seed, nodes.config_json(cfg, ("partition",)), num_nodes)[int(node_config["partition-id"])]
+    return nodes.partition_rows(task_json, seed, to_json(cfg, ("partition",)), num_nodes)[int(node_config["partition-id"])]
 
 
 def task_columns(cfg: DictConfig, seed: int, columns: tuple[str, ...], time_column: str | None = None) -> Columns:
     """The training split's ``columns`` (those it has) as numpy arrays, converted once per process
     as the pipeline reads them (float64; the row id and a time column as they are)."""
-    return _task_columns(nodes.config_json(cfg, ("task",)), seed, tuple(columns), time_column)
+    return _task_columns(to_json(cfg, ("task",)), seed, tuple(columns), time_column)
 
 
 @functools.lru_cache(maxsize=4)
@@ -108,7 +109,7 @@ def encoded_table(cfg: DictConfig, seed: int, pipeline: Pipeline, pipeline_key: 
     """The training split encoded with ``pipeline`` (fitted; :func:`row_local`), once per
     (task, seed, pipeline state) and process."""
     columns = (*pipeline.inputs, pipeline.target.target, ID)
-    key = (nodes.config_json(cfg, ("task",)), seed, columns, pipeline_key)
+    key = (to_json(cfg, ("task",)), seed, columns, pipeline_key)
     table = _ENCODED.get(key)
     if table is None:
         table = _encode(task_columns(cfg, seed, columns, pipeline.time_column), pipeline, seed)

@@ -25,6 +25,7 @@ from astroscale_fl.data.sources import hipparcos
 from astroscale_fl.data.split import PartitionColumns
 from astroscale_fl.data.tables import read_table
 from astroscale_fl.errors import ConfigError, DataError, short_list
+from astroscale_fl.simulator.cache import cached_catalog
 from astroscale_fl.simulator.galaxy import C_KMS
 
 
@@ -52,6 +53,7 @@ class TaskSpec:
     target_range: tuple[float, float] = (-np.inf, np.inf)  # physical bounds (DP statistics clip to them)
     loader: Callable[[object], pd.DataFrame] = field(default=lambda cfg: pd.DataFrame(), repr=False)
     partition_columns: PartitionColumns = PartitionColumns()
+    default_partition: str = "iid"  # the task's natural split, what partition=auto picks
     #: The unit errors read best in and the factor from ``target_unit`` (z -> km/s for v_r = cz).
     display_unit: tuple[str, float] | None = None
 
@@ -107,6 +109,7 @@ def load_hipparcos_absmag(task_cfg: object) -> pd.DataFrame:
 
 HIPPARCOS_ABSMAG = TaskSpec(
     name="hipparcos_absmag",
+    default_partition="sky",
     target="M_Hp",
     target_unit="mag",
     inputs=HIPPARCOS_ABSMAG_INPUTS,
@@ -177,8 +180,6 @@ SURVEY_REDSHIFT_INPUTS = (
 
 def load_survey_redshift(task_cfg) -> pd.DataFrame:
     """Simulated stars of the configured surveys (cached as Parquet in the user cache directory, simulator/cache.py)."""
-    from astroscale_fl.simulator.cache import cached_catalog
-
     frame = cached_catalog(int(task_cfg.n_stars), int(task_cfg.seed), list(task_cfg.surveys))
     out = frame[[f.name for f in SURVEY_REDSHIFT_INPUTS] + ["z", "expected_z"]].copy()
     out.insert(0, "id", np.arange(len(out)).astype(str))
@@ -188,6 +189,7 @@ def load_survey_redshift(task_cfg) -> pd.DataFrame:
 
 SURVEY_REDSHIFT = TaskSpec(
     name="survey_redshift",
+    default_partition="by_survey",
     target="z",
     target_unit="",
     inputs=SURVEY_REDSHIFT_INPUTS,
@@ -202,9 +204,13 @@ SURVEY_REDSHIFT = TaskSpec(
 KNOWN_COLUMNS: dict[str, Feature] = {f.name: f for f in SURVEY_REDSHIFT_INPUTS}
 
 TASKS: dict[str, TaskSpec] = {HIPPARCOS_ABSMAG.name: HIPPARCOS_ABSMAG, SURVEY_REDSHIFT.name: SURVEY_REDSHIFT}
-#: The partition ``partition=auto`` picks for each task: how its data is naturally split.
-DEFAULT_PARTITION = {"hipparcos_absmag": "sky", "survey_redshift": "by_survey", "catalog": "iid"}
 DYNAMIC_TASKS: dict[str, Callable[[object], TaskSpec]] = {"catalog": catalog_task}
+
+
+def default_partition(name: str) -> str:
+    """What ``partition=auto`` picks for the task ``name``: its spec's natural split (a catalog's: iid)."""
+    spec = TASKS.get(name)
+    return spec.default_partition if spec is not None else TaskSpec.default_partition
 
 
 def display_unit(task_name: str) -> tuple[str, float]:

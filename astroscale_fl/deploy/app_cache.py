@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import importlib
 import json
 import os
 import sys
@@ -91,8 +92,6 @@ class AppCache:
 
     def import_lazy(self, names: list[str], fab_hash: str | None) -> None:
         """Import here the modules a child imported while it handled a message (each tried once)."""
-        import importlib
-
         same_app = self.warm is not None and fab_hash == self.warm.fab_hash
         for name in names:
             if name in self._imported or (name.split(".")[0] in APP_PACKAGES and not same_app):

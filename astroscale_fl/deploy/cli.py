@@ -36,10 +36,10 @@ def node_data_main(argv: list[str]) -> int:
     blocking = next((p for p in (out, *out.parents) if p.exists()), None)
     if blocking is not None and not blocking.is_dir():
         raise DataError(f"node-data OUT_DIR {args.out_dir}: {blocking} is a file, not a directory; give a directory to write node-1 .. node-N into")
-    from astroscale_fl import config
+    from astroscale_fl import config, run_config
     from astroscale_fl.deploy.node_data import source_name, write_node_dirs
 
-    cfg = config.validate(config.compose(args.overrides))
+    cfg = run_config.validate(config.compose(args.overrides))
     try:
         paths = write_node_dirs(cfg, args.out_dir, args.nodes)
     except OSError as exc:  # permissions, a full disk, a file where a node directory goes

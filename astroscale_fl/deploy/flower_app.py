@@ -81,7 +81,7 @@ def write_app(app_dir: str | Path, num_nodes: int) -> Path:
 @report_user_errors
 def main(argv: list[str]) -> int:
     """``astroscale-fl app DIR [--nodes N]``."""
-    from astroscale_fl.config import DEFAULT_NUM_NODES
+    from astroscale_fl.data.split import DEFAULT_NUM_NODES
 
     parser = argparse.ArgumentParser(
         prog="astroscale-fl app",

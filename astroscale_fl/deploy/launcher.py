@@ -33,6 +33,7 @@ import os
 import signal
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 
@@ -136,8 +137,6 @@ def fork_clientapp(address: str, token: str, root_certificates: str | None, stat
         if code == 0 and apps is not None:
             apps.report_imports()
     except BaseException:  # noqa: BLE001 (report and leave; the launcher goes on)
-        import traceback
-
         traceback.print_exc()
     finally:
         sys.stdout.flush()

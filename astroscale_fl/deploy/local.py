@@ -16,6 +16,7 @@ connection, installed apps), ``logs/`` (one log per process), ``superlink.db``.
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime as dt
 import os
 import shlex
@@ -66,8 +67,6 @@ def install_cleanup_handlers() -> None:
     Their processes live in their own sessions (so Ctrl-C reaches only us), hence nothing else
     would stop them if this process died without running its ``finally`` blocks.
     """
-    import atexit
-
     atexit.register(close_all)
 
     def handler(signum, _frame):
@@ -107,13 +106,13 @@ class LocalFederation:
 
     def prepare(self, num_nodes: int, overrides: list[str] | str = (), num_keys: int | None = None) -> None:
         """Certificates and keys (``num_keys``, default ``num_nodes``), node data directories and the app."""
-        from astroscale_fl import config
+        from astroscale_fl import config, run_config
         from astroscale_fl.deploy.certs import make_all
         from astroscale_fl.deploy.node_data import write_node_dirs
 
         self.logs.mkdir(parents=True, exist_ok=True)
         make_all(self.certs, num_keys or num_nodes)
-        cfg = config.validate(config.compose(overrides))
+        cfg = run_config.validate(config.compose(overrides))
         write_node_dirs(cfg, self.nodes_dir, num_nodes)
         write_app(self.app, num_nodes)
 
@@ -264,14 +263,14 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
 
 def node_count(nodes: int | None, overrides: list[str]) -> int:
     """``--nodes`` when given, else the configured ``federation.num_nodes`` (the app's default count)."""
-    from astroscale_fl import config
+    from astroscale_fl import config, run_config
     from astroscale_fl.data.nodes import resolve_num_nodes
 
     if nodes is not None:
         if nodes < 1:
             raise ConfigError(f"--nodes: expected an integer >= 1, got {nodes}")
         return nodes
-    return int(resolve_num_nodes(config.validate(config.compose(overrides))).federation.num_nodes)
+    return int(resolve_num_nodes(run_config.validate(config.compose(overrides))).federation.num_nodes)
 
 
 @report_user_errors

@@ -17,6 +17,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from astroscale_fl.data.node_dirs import node_state_dir
 from astroscale_fl.deploy.node_status import load_status, validate_status, write_private
 from astroscale_fl.errors import ConfigError, UserArgumentParser, report_user_errors
 
@@ -103,7 +104,7 @@ def launcher_main(argv: list[str]) -> int:
         except OSError as exc:  # port taken, or an address that is not this machine's
             raise ConfigError(f"--metrics-host {args.metrics_host} --metrics-port {args.metrics_port}: cannot listen "
                               f"({exc.strerror or exc})") from None
-    info = data_dir / ".astroscale" / LAUNCHER_FILE
+    info = node_state_dir(data_dir) / LAUNCHER_FILE
     write_private(info, json.dumps({"pid": os.getpid(), "metrics_port": port, "metrics_host": args.metrics_host,
                                      "runtime_api_address": args.runtime_api_address, "started": time.time()}))
     stopping = []
@@ -118,7 +119,7 @@ def launcher_main(argv: list[str]) -> int:
 
 def _launcher_status(data_dir: Path) -> dict | None:
     try:
-        info = json.loads((data_dir / ".astroscale" / LAUNCHER_FILE).read_text())
+        info = json.loads((node_state_dir(data_dir) / LAUNCHER_FILE).read_text())
         os.kill(int(info["pid"]), 0)
         port = int(info.get("metrics_port") or 0)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):  # none running, or not our file

@@ -16,7 +16,8 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from astroscale_fl.atomic import atomic_path, write_text
-from astroscale_fl.data.nodes import NODE_DATA_FILE, partition_frame
+from astroscale_fl.data.node_dirs import NODE_DATA_FILE
+from astroscale_fl.data.nodes import partition_frame
 from astroscale_fl.data.tasks import get_task
 
 NODE_META_FILE = "node.json"

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from astroscale_fl.atomic import write_text
+from astroscale_fl.data.node_dirs import node_state_dir
 from astroscale_fl.errors import DataError
 
 STATUS_FILE = "node-status.json"
@@ -29,7 +30,7 @@ KEEP_MESSAGES = 200  # timings of the last messages kept in the file
 
 def status_path(data_dir: str | Path) -> Path:
     """``<data-dir>/.astroscale/node-status.json``."""
-    return Path(data_dir) / ".astroscale" / STATUS_FILE
+    return node_state_dir(data_dir) / STATUS_FILE
 
 
 def _empty() -> dict[str, Any]:

@@ -13,6 +13,7 @@ import math
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import tomllib
 from dataclasses import dataclass
@@ -55,8 +56,6 @@ def write_flwr_home(home: str | Path, address: str, root_certificates: str | Non
 def _flwr() -> str:
     exe = shutil.which("flwr")
     if exe is None:
-        import sys
-
         candidate = Path(sys.executable).with_name("flwr")
         if candidate.is_file():
             return str(candidate)

@@ -21,11 +21,11 @@ import time
 from pathlib import Path
 
 from astroscale_fl.atomic import write_bytes
+from astroscale_fl.data.node_dirs import node_state_dir
 from astroscale_fl.deploy.environment import child_env, command
 from astroscale_fl.deploy.fast_poll import DEFAULT_POLL_INTERVAL
 from astroscale_fl.errors import ConfigError, report_user_errors
 
-STATE_DIR = ".astroscale"  # DIR/.astroscale/: the launcher's secret and launcher.json (0700)
 SECRET_FILE = "superexec.secret"
 RESTART_DELAY = 0.5  # seconds before a dead launcher is started again
 STOP_GRACE = 30.0  # seconds the SuperNode may take to leave the federation after SIGTERM
@@ -117,7 +117,7 @@ def supernode_argv(args: argparse.Namespace, data_dir: Path) -> list[str]:
 
 def write_secret(data_dir: Path) -> Path:
     """A fresh per-start secret in ``DIR/.astroscale/superexec.secret`` (directory 0700, file 0600)."""
-    state = data_dir / STATE_DIR
+    state = node_state_dir(data_dir)  # the launcher's secret and launcher.json (0700)
     state.mkdir(mode=0o700, exist_ok=True)
     state.chmod(0o700)
     return write_bytes(state / SECRET_FILE, os.urandom(32), mode=0o600)

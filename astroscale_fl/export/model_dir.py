@@ -21,6 +21,7 @@ import datetime as dt
 import json
 import math
 import pickle
+import shutil
 import subprocess
 import warnings
 from pathlib import Path
@@ -34,7 +35,9 @@ from astroscale_fl import __version__
 from astroscale_fl.atomic import atomic_directory, write_json
 from astroscale_fl.errors import AstroScaleError, DataError, one_line
 from astroscale_fl.ingest.cache import file_sha256
+from astroscale_fl.learning.models import build_model
 from astroscale_fl.preprocessing import Pipeline
+from astroscale_fl.simulator import ceiling_r2
 from astroscale_fl.source_tree import checkout_root
 
 WEIGHTS_FILE = "weights.pt"
@@ -130,8 +133,6 @@ def add_r2_ceiling(metrics: dict[str, Any], test) -> None:
     rows into ``metrics`` right after ``test_r2``: the best R² any model could reach there."""
     if "expected_z" not in getattr(test, "columns", ()) or len(test) < 2:
         return
-    from astroscale_fl.simulator import ceiling_r2
-
     items = list(metrics.items())
     at = next((i + 1 for i, (k, _) in enumerate(items) if k == "test_r2"), len(items))
     metrics.clear()
@@ -140,8 +141,6 @@ def add_r2_ceiling(metrics: dict[str, Any], test) -> None:
 
 def publish(model_dir: Path, target: Path) -> Path:
     """Copy an exported model to ``target`` (e.g. models/<task>/latest), replacing it atomically."""
-    import shutil
-
     with atomic_directory(target) as tmp:
         for item in model_dir.iterdir():
             shutil.copy2(item, tmp / item.name)
@@ -295,8 +294,6 @@ def load_exported(path: str | Path, device: torch.device | str = "cpu") -> tuple
     """Rebuild (model, pipeline, card) from a model directory, verified; one-line :class:`DataError` otherwise."""
     from omegaconf import OmegaConf
 
-    from astroscale_fl.learning.models import build_model
-
     path = Path(path)
     card = read_card(path)
     check_card(card, path / CARD_FILE)
@@ -309,7 +306,7 @@ def load_exported(path: str | Path, device: torch.device | str = "cpu") -> tuple
     try:
         with torch.device("meta"):  # shapes only: nothing is allocated until the weights are assigned
             model = build_model(OmegaConf.create(card["model"]), len(pipeline.features), seed=0)
-    except Exception as exc:  # ConfigError from the model (config_checks.check_mlp), or OmegaConf refusing the section
+    except Exception as exc:  # ConfigError from the model (learning.model_spec.check_mlp), or OmegaConf refusing the section
         raise DataError(f"{path / CARD_FILE}: model: {one_line(str(exc))[:160]}") from None
     _fit_weights(model, _load_state(path / WEIGHTS_FILE), path / WEIGHTS_FILE)
     return model.to(device).eval(), pipeline, card

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -77,8 +78,6 @@ def save(location: str | Path, ckpt: Checkpoint) -> Path:
         with open(tmp, "wb") as fh:
             fh.write(buffer.getbuffer())
             fh.flush()
-            import os
-
             os.fsync(fh.fileno())
     return path
 

@@ -6,7 +6,8 @@
 - ``evaluate``: the global model on the node's local validation rows, returned as sums so
   the server can pool RMSE and R² exactly.
 
-Each node keeps a local validation share (``federation.local_val_fraction``) out of training.
+Each node keeps a local validation share out of training: the rows whose id hashes below
+:data:`~astroscale_fl.data.holdout.LOCAL_VAL_FRACTION` (:func:`~astroscale_fl.data.holdout.is_local_val`).
 A simulated node's data is a row selection of the task table (:mod:`astroscale_fl.data.task_table`):
 the table is encoded once per pipeline and each message gathers the node's rows from it, so a
 thousand-node simulation holds the table once plus one index per node. A deployed node reads its
@@ -28,7 +29,8 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from omegaconf import DictConfig, OmegaConf
 
-from astroscale_fl.data import node_arrays, nodes, task_table
+from astroscale_fl.config import to_json
+from astroscale_fl.data import holdout, node_arrays, nodes, task_table
 from astroscale_fl.data.tasks import get_task
 from astroscale_fl.federation import local_objectives as objectives
 from astroscale_fl.federation import protocol
@@ -37,13 +39,13 @@ from astroscale_fl.federation.node_cache import NodeCache
 from astroscale_fl.federation.records import load_arrays, model_to_arrays, numpy_to_arrays
 from astroscale_fl.learning.device import resolve_device
 from astroscale_fl.learning.models import build_model
-from astroscale_fl.learning.training import GradHook, eval_report, make_optimizer, predict
+from astroscale_fl.learning.steps import GradHook
+from astroscale_fl.learning.training import eval_report, make_optimizer, predict
 from astroscale_fl.preprocessing import Pipeline
 from astroscale_fl.privacy.calibrate import PrivacySettings
+from astroscale_fl.privacy.dp_statistics import private_statistics_reply
 from astroscale_fl.privacy.floor import PrivacyFloor
 from astroscale_fl.privacy.node import LocalJob, node_name, node_privacy
-
-LOCAL_VAL_FRACTION = node_arrays.LOCAL_VAL_FRACTION
 
 
 @dataclass
@@ -66,7 +68,7 @@ def _key(*parts: str) -> str:
 
 
 def _split_shares(frame: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    is_val = node_arrays.validation_share(node_arrays.is_local_val({"id": frame["id"].to_numpy()}, seed))
+    is_val = holdout.validation_share(holdout.is_local_val({"id": frame["id"].to_numpy()}, seed))
     return frame.loc[~is_val].reset_index(drop=True), frame.loc[is_val].reset_index(drop=True)
 
 
@@ -94,13 +96,13 @@ def _unfitted_pipeline(task_and_preprocess_json: str, seed: int) -> Pipeline:
 def unfitted_pipeline(cfg: DictConfig) -> Pipeline:
     """The run's pipeline before fitting (built once per config: a statistics round asks every node
     for it, and building it reads the config through OmegaConf, ~5 ms). Shared: use it read-only."""
-    return _unfitted_pipeline(nodes.config_json(cfg, ("task", "preprocess")), int(cfg.seed))
+    return _unfitted_pipeline(to_json(cfg, ("task", "preprocess")), int(cfg.seed))
 
 
 def _pipeline_columns(cfg: DictConfig) -> tuple[tuple[str, ...], str | None]:
     """The columns a node's pipeline reads (inputs, target, row id: all a node needs), and its time column."""
     pipeline = unfitted_pipeline(cfg)
-    return (*pipeline.inputs, pipeline.target.target, node_arrays.ID), pipeline.time_column  # the id decides the local validation share
+    return (*pipeline.inputs, pipeline.target.target, holdout.ID), pipeline.time_column  # the id decides the local validation share
 
 
 def node_tensors(cfg: DictConfig, node_config: dict, pipeline: Pipeline, pipeline_key: str, device: torch.device) -> NodeTensors:
@@ -132,8 +134,6 @@ def handle_query(msg: Message, node_config: dict, state: RecordDict | None = Non
     ``privacy.statistics_epsilon`` through the Gaussian mechanism (``state``: the node's ledger)."""
     cfg = read_run_config(msg.content[protocol.CONFIG_KEY])
     if cfg.privacy.get("statistics_epsilon") is not None:
-        from astroscale_fl.privacy.dp_statistics import private_statistics_reply
-
         train, _ = node_split(cfg, node_config)
         return private_statistics_reply(cfg, get_task(cfg.task), unfitted_pipeline(cfg), train, RecordDict() if state is None else state, node_config)
     frame_batches = lambda: [_node_batch(cfg, node_config)]  # noqa: E731  (simulation: the node's row selection)
@@ -187,7 +187,7 @@ def _prepare(msg: Message, node_config: dict, cfg: DictConfig | None = None) -> 
     device = settings.device
     pipeline, pipeline_key = read_pipeline(config)
     tensors = node_tensors(cfg, node_config, pipeline, pipeline_key, device)
-    model = _fresh_model(cfg, len(pipeline.features), device)
+    model = fresh_model(cfg, len(pipeline.features), device)
     load_arrays(model, msg.content[protocol.ARRAYS_KEY])
     return cfg, model, tensors, pipeline
 
@@ -195,7 +195,7 @@ def _prepare(msg: Message, node_config: dict, cfg: DictConfig | None = None) -> 
 _MODELS = threading.local()  # per thread: architecture key -> a model reused for each message
 
 
-def _fresh_model(cfg: DictConfig, in_features: int, device: torch.device) -> torch.nn.Module:
+def fresh_model(cfg: DictConfig, in_features: int, device: torch.device) -> torch.nn.Module:
     """A model of the run's architecture whose values the message's arrays then overwrite.
 
     ``build_model`` seeds torch's global generator (~6 ms, and not for threads to race on), so
@@ -242,7 +242,7 @@ def handle_train(msg: Message, context: Context) -> RecordDict:
     generator = batch_generator(local.seed, server_round, node_config)
     job = LocalJob(model, optimizer, tensors.train_x, tensors.train_y, local.batch_size, local.local_epochs,
                    generator, after_backward=objectives.combine(hooks), cuda_graph=local.cuda_graph)
-    trained = node_privacy(cfg, context.state, node_config).train(job)
+    trained = node_privacy(local.privacy, cfg, context.state, node_config).train(job)
     reply = RecordDict({protocol.ARRAYS_KEY: model_to_arrays(model), protocol.METRICS_KEY: MetricRecord(trained.metrics),
                         **trained.records})
     if evaluation is not None:

@@ -38,6 +38,8 @@ from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 from omegaconf import DictConfig
 
+from astroscale_fl.federation.grouped import run_evaluate_grouped, run_train_grouped
+
 FIRST_NODE_ID = 1_000  # node i is FIRST_NODE_ID + i, in both backends (see ray_backend)
 RUN_ID = 1
 Work = list[tuple[Message, Context]]  # messages with the Context of the node each is addressed to
@@ -216,8 +218,6 @@ def run_inprocess(server_app: ServerApp, client_app: ClientApp, cfg: DictConfig,
     """
     evaluate_runner = None
     if bool(cfg.federation.vectorize):
-        from astroscale_fl.federation.grouped import run_evaluate_grouped, run_train_grouped
-
         train_runner = train_runner or run_train_grouped
         evaluate_runner = run_evaluate_grouped
     threads = int(cfg.federation.client_threads)

@@ -37,7 +37,8 @@ from astroscale_fl.federation import local_objectives as objectives
 from astroscale_fl.federation.messages import config_digest, read_pipeline, read_run_config
 from astroscale_fl.federation.records import array_from_numpy, array_record, load_arrays
 from astroscale_fl.federation.secagg import node as secagg_node
-from astroscale_fl.learning.training import TrainReport, shuffled_batches
+from astroscale_fl.learning.steps import TrainReport
+from astroscale_fl.learning.training import shuffled_batches
 from astroscale_fl.learning.vectorized import LocalOptimizer, NodeWork, StackedDP, stackable, train_stacked
 from astroscale_fl.privacy import PrivacySettings, card, poisson_batches
 from astroscale_fl.privacy import node as dp_node
@@ -122,7 +123,7 @@ def _setup(msg: Message, context: Context, digests: dict[int, str]) -> Member | 
     local = client.local_settings(cfg)
     digest, run = _run_settings(cfg)
     pipeline, pipeline_key = read_pipeline(config)
-    model = client._fresh_model(cfg, len(pipeline.features), local.device)
+    model = client.fresh_model(cfg, len(pipeline.features), local.device)
     if not _eligible(run, local.privacy, model):
         return None
     node_config = dict(context.node_config)
@@ -278,7 +279,7 @@ def evaluate_grouped(work: list[tuple[Message, Context]]) -> list[Message | None
             continue
         cfg, pipeline, device = settings[key]
         first = work[members[0][0]][0]
-        model = _received_model(client._fresh_model(cfg, len(pipeline.features), device), first.content[protocol.ARRAYS_KEY])
+        model = _received_model(client.fresh_model(cfg, len(pipeline.features), device), first.content[protocol.ARRAYS_KEY])
         for (i, _), metrics in zip(members, client.evaluation_metrics(model, [t for _, t in members], pipeline), strict=True):
             replies[i] = Message(RecordDict({protocol.METRICS_KEY: metrics}), reply_to=work[i][0])
     return replies

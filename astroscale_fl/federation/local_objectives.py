@@ -12,17 +12,16 @@ per-example data gradients and treat these terms as post-processing.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, RecordDict
 from torch import nn
 
 from astroscale_fl.atomic import atomic_path
+from astroscale_fl.data.node_dirs import node_state_dir
 from astroscale_fl.federation.protocol import ARRAYS_KEY, CONTROL_KEY, ScaffoldCorrection
 from astroscale_fl.federation.records import arrays_to_numpy, numpy_to_arrays
-from astroscale_fl.learning.training import GradHook
+from astroscale_fl.learning.steps import GradHook
 
 
 def combine(hooks: list[GradHook]) -> GradHook | None:
@@ -86,7 +85,7 @@ class ControlVariateStore:
 
     def __init__(self, state: RecordDict, run_id: int, data_dir: str | None = None):
         self.state = state
-        self.path = Path(data_dir) / ".astroscale" / f"scaffold-run{run_id}.npz" if data_dir else None
+        self.path = node_state_dir(data_dir) / f"scaffold-run{run_id}.npz" if data_dir else None
 
     def load(self, like: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The stored ``c_i`` (zeros shaped like ``like`` on first use)."""

@@ -20,7 +20,7 @@ from flwr.app import ConfigRecord
 from omegaconf import DictConfig
 
 from astroscale_fl import config as config_mod
-from astroscale_fl.data import nodes
+from astroscale_fl import run_config
 from astroscale_fl.federation.protocol import PIPELINE_KEY, RUN_CONFIG_KEY
 from astroscale_fl.preprocessing import Pipeline
 
@@ -49,14 +49,14 @@ def read_pipeline(record: ConfigRecord) -> tuple[Pipeline, str]:
 def config_digest(cfg: DictConfig, sections: tuple[str, ...] | None = None) -> str:
     """A digest of the run config (or of some of its top-level ``sections``): a cache key for what
     nodes derive from it (``str`` of an OmegaConf node costs ~1 ms a message)."""
-    return _digest(nodes.config_json(cfg, sections))
+    return _digest(config_mod.to_json(cfg, sections))
 
 
 # Every message of a run carries the same JSON: validating it costs ~19 ms, far more than a
 # node's step, so the result (read-only) is kept per process.
 @functools.lru_cache(maxsize=8)
 def _parse_run_config(text: str) -> DictConfig:
-    return config_mod.from_json(text, without=NODE_CONFIG_OMITS)
+    return run_config.from_json(text, without=NODE_CONFIG_OMITS)
 
 
 @functools.lru_cache(maxsize=8)

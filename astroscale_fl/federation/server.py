@@ -42,6 +42,7 @@ from astroscale_fl.federation.rounds import (
     run_rounds,
     wait_for_nodes,
 )
+from astroscale_fl.federation.secagg.scheme import secagg_params
 from astroscale_fl.learning.models import build_model
 from astroscale_fl.learning.training import EvalReport, encode_rows, evaluate
 from astroscale_fl.preprocessing import Pipeline
@@ -266,8 +267,6 @@ def _secure_aggregation_card(cfg: DictConfig) -> dict[str, Any]:
     """The card's ``secure_aggregation`` entry (and SecAgg+'s parameters)."""
     if cfg.federation.secure_aggregation == "none":
         return {"secure_aggregation": "none"}
-    from astroscale_fl.federation.secagg.protocol import secagg_params
-
     return {"secure_aggregation": "secaggplus", "secaggplus": secagg_params(cfg).as_dict()}
 
 

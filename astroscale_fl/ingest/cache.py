@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,8 +131,6 @@ class Cache:
             if move:
                 os.replace(src, tmp)
             else:
-                import shutil
-
                 shutil.copyfile(src, tmp)
             os.replace(tmp, obj)
         elif move:

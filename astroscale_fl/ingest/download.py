@@ -23,6 +23,7 @@ import httpx
 
 from astroscale_fl.atomic import write_json
 from astroscale_fl.errors import DataError
+from astroscale_fl.ingest.cache import file_sha256
 from astroscale_fl.ingest.transport import HttpTransport, RetryableError, check_status
 
 CHUNK = 1 << 20
@@ -190,8 +191,6 @@ async def download_resumable(
 
 
 def _sha256(path: Path) -> str:
-    from astroscale_fl.ingest.cache import file_sha256
-
     return file_sha256(path)
 
 

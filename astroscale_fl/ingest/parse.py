@@ -10,7 +10,9 @@ with the reason, rather than aborting the whole result:
 
 from __future__ import annotations
 
+import base64
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,8 +163,6 @@ def read_votable(path: Path, *, origin: str) -> Parsed:
     Columns are converted wholesale from astropy's masked arrays; TAP error documents raise
     :class:`DataError` with the service's message.
     """
-    import warnings
-
     from astropy.io.votable import parse
     from astropy.io.votable.exceptions import VOTableSpecWarning, VOWarning
 
@@ -216,8 +216,6 @@ def read_binary2_fixed(path: Path) -> pa.Table | None:
     whole stream is one NumPy structured array. Returns None (use astropy) for anything else:
     variable-length or array fields, several tables, other serialisations.
     """
-    import base64
-
     data = path.read_bytes()
     start = data.find(b"<BINARY2>")
     if start < 0 or data.count(b"<TABLE") != 1:

@@ -9,6 +9,7 @@ never leaves a file that looks complete; a run with no rejected rows removes a s
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import os
 from dataclasses import dataclass, field, replace
@@ -282,8 +283,6 @@ async def _acquire_query(cfg, opts, columns, limit, transport: HttpTransport, ca
 async def _run_async_job(client: TapClient, cfg: SourceConfig, opts: IngestOptions, query: str, limit,
                          dest: Path, cache: Cache, khash: str, on_bytes):
     """Create (or with --resume, re-attach to) an async job, wait, fetch, delete."""
-    import json
-
     state = cache.root / "jobs" / f"{khash}.json"
     job = None
     if opts.resume and state.exists():

@@ -1,6 +1,6 @@
 """Source registry: loads and validates ``conf/source/<name>.yaml``.
 
-The conf directory is ``$ASTROSCALE_FL_CONF`` if set, else the repository's ``conf/``.
+The conf directory is :func:`astroscale_fl.config.conf_dir` (``$ASTROSCALE_FL_CONF`` if set, else the repository's ``conf/``).
 Each YAML names the protocol (``tap``, ``skyserver`` or ``file``), the public endpoint, the
 table (or file), and ``columns``: a mapping from common-schema column to the archive's
 expression or column name.
@@ -8,12 +8,12 @@ expression or column name.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from astroscale_fl.config import conf_dir
 from astroscale_fl.errors import ConfigError
 from astroscale_fl.ingest.schema import MAPPABLE, REQUIRED
 from astroscale_fl.ingest.transport import TransportSettings
@@ -27,20 +27,9 @@ _KEYS = {
 }
 
 
-def conf_dir() -> Path:
-    """The configuration directory (``$ASTROSCALE_FL_CONF``, else the training config's tree:
-    ``<repo>/conf`` or the copy inside an installed wheel)."""
-    env = os.environ.get("ASTROSCALE_FL_CONF")
-    if env:
-        return Path(env)
-    from astroscale_fl.config import conf_dir as config_tree
-
-    return config_tree()
-
-
 def available_sources() -> list[str]:
     """Names of the sources with a YAML file under ``conf/source``."""
-    return sorted(p.stem for p in (conf_dir() / "source").glob("*.yaml"))
+    return sorted(p.stem for p in (conf_dir("source") / "source").glob("*.yaml"))
 
 
 @dataclass
@@ -73,7 +62,7 @@ class SourceConfig:
 
 def load_source(name: str) -> SourceConfig:
     """Load and validate ``conf/source/<name>.yaml``; errors name the file and the field."""
-    path = conf_dir() / "source" / f"{name}.yaml"
+    path = conf_dir("source") / "source" / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"unknown source {name!r}: no {path} (available: {', '.join(available_sources()) or 'none'})")
     try:

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-from astroscale_fl.learning.training import GradHook, TrainReport, batch_loss
+from astroscale_fl.learning.steps import GradHook, TrainReport, batch_loss
 
 #: Eager steps before the graph is captured (they train; the graph replays the rest).
 WARMUP_STEPS = 3

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from astroscale_fl.config_checks import check_mlp
 from astroscale_fl.errors import ConfigError
+from astroscale_fl.learning.model_spec import check_mlp
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from astroscale_fl.errors import ConfigError
+
 
 class StackedOptimizer:
     """In-place optimizer over ``params`` (name -> (K, ...) tensor); see the module docstring."""
@@ -21,8 +23,6 @@ class StackedOptimizer:
     def __init__(self, params: dict[str, torch.Tensor], spec, *, proximal_mu: float = 0.0,
                  anchors: dict[str, torch.Tensor] | None = None, corrections: dict[str, torch.Tensor] | None = None):
         if spec.name not in ("adam", "sgd"):
-            from astroscale_fl.errors import ConfigError
-
             raise ConfigError(f"train.optimizer: expected 'sgd' or 'adam', got {spec.name!r}")
         self.params, self.spec = params, spec
         self.proximal_mu, self.anchors, self.corrections = float(proximal_mu), anchors, corrections

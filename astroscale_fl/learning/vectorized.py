@@ -40,7 +40,7 @@ from astroscale_fl.errors import ConfigError
 from astroscale_fl.learning.cuda_graphs import GraphedStep
 from astroscale_fl.learning.models import ACTIVATIONS, MLP, Linear
 from astroscale_fl.learning.stacked_optim import StackedOptimizer
-from astroscale_fl.learning.training import TrainReport
+from astroscale_fl.learning.steps import TrainReport
 
 
 @dataclass(frozen=True)
@@ -278,7 +278,7 @@ def train_stacked(model: nn.Module, nodes: Sequence[NodeWork], optimizer: LocalO
     """Train one copy of ``model`` per node, all at once; ``model`` itself is not modified.
 
     Returns, per node in order, its trained parameters (name -> tensor) and its
-    :class:`~astroscale_fl.learning.training.TrainReport` (mean batch loss over its steps, steps, rows).
+    :class:`~astroscale_fl.learning.steps.TrainReport` (mean batch loss over its steps, steps, rows).
     ``proximal_mu`` adds FedProx' ``mu (w - w_global)`` (``w_global`` = ``model``'s weights);
     ``NodeWork.correction`` adds SCAFFOLD's ``c - c_i``; ``dp`` turns on per-node DP-SGD
     (both terms then act on the noised gradient, as in ``train_local_dp``). ``on_host``: return

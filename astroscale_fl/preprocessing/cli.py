@@ -52,7 +52,7 @@ def check_output(source: str | Path, output: str | Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the command; one summary line on stdout."""
     args = _parser().parse_args(argv)
-    from astroscale_fl import config
+    from astroscale_fl import config, run_config
     from astroscale_fl.data.tasks import get_task
     from astroscale_fl.data.tensor_files import encode_table
     from astroscale_fl.preprocessing import Pipeline
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = list(args.overrides)
     if not any(o.startswith("task=") for o in overrides):  # default: the input is a catalog task's table
         overrides = ["task=catalog", *([] if any(o.startswith("task.path=") for o in overrides) else [f"task.path={args.input}"]), *overrides]
-    cfg = config.validate(config.compose(overrides))
+    cfg = run_config.validate(config.compose(overrides))
     task = get_task(cfg.task)
     reference = cfg.preprocess.get("reference")
     if args.preprocessing and reference:

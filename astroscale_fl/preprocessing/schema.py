@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from astroscale_fl.errors import DataError
+from astroscale_fl.preprocessing.forest import check_forest
 
 FILE = "preprocessing.json"
 
@@ -96,8 +97,6 @@ def _count(path: str, value) -> int:
     return int(_number(path, value, integer=True))
 
 def _forest(path: str, value, state=None):
-    from astroscale_fl.preprocessing.forest import check_forest
-
     columns = state.get("columns") if isinstance(state, dict) else None
     return None if value is None else check_forest(path, value, len(columns) if isinstance(columns, list) else None)
 

@@ -17,6 +17,7 @@ import numpy as np
 from astroscale_fl.errors import ConfigError, DataError
 from astroscale_fl.preprocessing.base import Columns, Step, select
 from astroscale_fl.preprocessing.chunks import CHUNK_ROWS, parallel_map, threads
+from astroscale_fl.preprocessing.forest import CompleteForest, export_forest
 from astroscale_fl.preprocessing.statistics import ColumnStatistics
 
 
@@ -228,8 +229,6 @@ class IsolationForestFilter(Step):
 
     def fit_rows(self, columns: Columns) -> IsolationForestFilter:
         """Fit the shared forest on a table's rows (after imputation); it goes into ``preprocessing.json``."""
-        from astroscale_fl.preprocessing.forest import export_forest
-
         self.forest = export_forest(self._fit(np.column_stack([columns[c] for c in self.columns])))
         self.__dict__.pop("_scorer", None)
         return self
@@ -241,8 +240,6 @@ class IsolationForestFilter(Step):
         if self.forest is not None:
             scorer = self.__dict__.get("_scorer")
             if scorer is None:
-                from astroscale_fl.preprocessing.forest import CompleteForest
-
                 scorer = self._scorer = CompleteForest(self.forest)
             return scorer.scores(matrix) > self.threshold
         if self.action != "drop":

@@ -204,26 +204,3 @@ def fingerprint(path: str | Path) -> str:
         st = f.stat()
         digest.update(f"{f.relative_to(path) if path.is_dir() else f.name}\x00{st.st_size}\x00{st.st_mtime_ns}\x00".encode())
     return digest.hexdigest()[:24]
-
-
-def hash_unit(row_ids: np.ndarray, seed: int, salt: int) -> np.ndarray:
-    """A uniform number in [0, 1) per row id, fixed by (seed, salt): splitmix64 of the id
-    (string ids are first hashed with pandas' stable ``hash_array``).
-
-    Test split, node partitions and local validation shares compare it with a fraction, so a
-    row's assignment depends on its id alone, never on which rows were read with it."""
-    ids = np.asarray(row_ids)
-    if ids.dtype.kind == "f" and np.isfinite(ids).all() and (ids == np.round(ids)).all():
-        ids = ids.astype(np.int64)  # 3.0 and 3 are one id
-    if ids.dtype.kind in "iu":
-        x = ids.astype(np.uint64, copy=True)
-    else:
-        x = pd.util.hash_array(ids.astype(str).astype(object) if ids.dtype.kind != "O" else ids).astype(np.uint64)
-    with np.errstate(over="ignore"):
-        x += np.uint64((seed * 0x9E3779B97F4A7C15 + salt * 0xD1B54A32D192ED03) & 0xFFFFFFFFFFFFFFFF)
-        x ^= x >> np.uint64(30)
-        x *= np.uint64(0xBF58476D1CE4E5B9)
-        x ^= x >> np.uint64(27)
-        x *= np.uint64(0x94D049BB133111EB)
-        x ^= x >> np.uint64(31)
-    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)

@@ -5,7 +5,7 @@
 - :mod:`.ghost`: the ghost-clipping DP optimizer (per-sample norms of ``nn.Linear`` models);
 - :mod:`.ledger`: a node's lifetime accountant history, ε, budget check, persistence;
 - :mod:`.calibrate`: δ, sample rate, steps, σ for a target ε, the validated settings;
-- :mod:`.node`: a node's privacy round as one call (``NoPrivacy`` or DP-SGD), declines;
+- :mod:`.node`: a node's privacy round as one call (``PlainRound`` or DP-SGD), declines;
 - :mod:`.card`: reply records and the model card's ``privacy`` section (recomputable);
 - :mod:`.dp_statistics`: the statistics round through the Gaussian mechanism (``privacy.statistics_epsilon``);
 - :mod:`.node_level`: node-level DP-FedAvg settings, clipping, noise and accounting (``privacy=dp_fedavg``).
@@ -21,6 +21,14 @@ from astroscale_fl.privacy.calibrate import (
     sample_rate,
     steps_per_round,
 )
+from astroscale_fl.privacy.card import (
+    entry_from_record,
+    node_entry,
+    privacy_section,
+    recompute_epsilon,
+    reply_record,
+    verify_section,
+)
 from astroscale_fl.privacy.dp_sgd import make_private, poisson_batches, train_local_dp, unwrap
 from astroscale_fl.privacy.ledger import (
     LEDGER_FILENAME,
@@ -32,19 +40,6 @@ from astroscale_fl.privacy.ledger import (
     ledger_to_state,
     open_ledger,
 )
-
-_CARD_NAMES = frozenset({"entry_from_record", "node_entry", "privacy_section", "recompute_epsilon", "reply_record", "verify_section"})
-
-
-def __getattr__(name: str):
-    """The :mod:`.card` names, imported on first use: importing :mod:`.card` here would make
-    ``python -m astroscale_fl.privacy.card`` warn that the module was imported twice."""
-    if name in _CARD_NAMES:
-        from astroscale_fl.privacy import card
-
-        return getattr(card, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 
 __all__ = [
     "BUDGET_EXCEEDED_CODE", "FLOOR_REFUSED_CODE", "LEDGER_FILENAME", "PrivacyError", "PrivacyLedger", "PrivacySettings", "RoundPlan",

@@ -65,7 +65,7 @@ import torch
 from torch import nn
 
 from astroscale_fl.errors import ConfigError
-from astroscale_fl.learning.training import GradHook, TrainReport, batch_loss
+from astroscale_fl.learning.steps import GradHook, TrainReport, batch_loss
 from astroscale_fl.privacy.ghost import GhostClipModule, GhostDPOptimizer, ghost_supported
 
 BACKENDS = ("auto", "ghost", "opacus")

@@ -2,7 +2,7 @@
 
 :func:`node_privacy` gives the ClientApp one object whose :meth:`~DPSGDRound.train` runs the
 node's local training, whether privacy is on or off (pfl-research's ``NoPrivacy`` idea):
-:class:`NoPrivacy` trains on seeded shuffled batches; :class:`DPSGDRound`, under
+:class:`PlainRound` trains on seeded shuffled batches; :class:`DPSGDRound`, under
 ``privacy=dp_sgd``, does:
 
 1. open the node's ledger (``Context.state``, and ``<data-dir>/.astroscale/privacy-ledger.json``
@@ -29,8 +29,10 @@ from pathlib import Path
 import torch
 from flwr.app import ConfigRecord, RecordDict
 
+from astroscale_fl.data.node_dirs import node_state_dir
 from astroscale_fl.federation.protocol import DELTA_KEY, EPSILON_KEY, PRIVACY_KEY, TRAIN_LOSS_KEY, WEIGHT_KEY, Decline
-from astroscale_fl.learning.training import GradHook, TrainReport, shuffled_batches, train_local
+from astroscale_fl.learning.steps import GradHook, TrainReport
+from astroscale_fl.learning.training import shuffled_batches, train_local
 from astroscale_fl.privacy import card
 from astroscale_fl.privacy.calibrate import PrivacySettings, RoundPlan
 from astroscale_fl.privacy.dp_sgd import make_private, poisson_batches, train_local_dp
@@ -73,7 +75,7 @@ class LocalRound:
     records: dict[str, ConfigRecord]
 
 
-class NoPrivacy:
+class PlainRound:
     """``privacy=none``: seeded shuffled batches, plain :func:`~astroscale_fl.learning.training.train_local`."""
 
     def train(self, job: LocalJob) -> LocalRound:
@@ -106,10 +108,10 @@ class DPSGDRound:
         return LocalRound(report, metrics, {PRIVACY_KEY: card.reply_record(node_name(self.node_config), ledger)})
 
 
-def node_privacy(cfg, state: RecordDict, node_config: dict) -> NoPrivacy | DPSGDRound:
-    """The node's privacy round for ``cfg.privacy``: one ``train(job)`` call either way."""
-    settings = PrivacySettings.from_config(cfg.privacy)
-    return NoPrivacy() if settings is None else DPSGDRound(settings, cfg, state, node_config)
+def node_privacy(settings: PrivacySettings | None, cfg, state: RecordDict, node_config: dict) -> PlainRound | DPSGDRound:
+    """The node's privacy round: one ``train(job)`` call either way. ``settings``: the run's
+    :meth:`PrivacySettings.from_config` (None without DP-SGD), built once per run config by the caller."""
+    return PlainRound() if settings is None else DPSGDRound(settings, cfg, state, node_config)
 
 
 def node_name(node_config: dict) -> str:
@@ -123,7 +125,7 @@ def node_name(node_config: dict) -> str:
 
 def ledger_path(node_config: dict) -> Path | None:
     """The node's ledger file (deployment), or None in simulation."""
-    return Path(str(node_config["data-dir"])) / ".astroscale" / LEDGER_FILENAME if "data-dir" in node_config else None
+    return node_state_dir(str(node_config["data-dir"])) / LEDGER_FILENAME if "data-dir" in node_config else None
 
 
 def plan_round(settings: PrivacySettings, cfg, state: RecordDict, ledger: PrivacyLedger, n_rows: int, batch_size: int) -> RoundPlan:

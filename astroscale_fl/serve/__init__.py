@@ -19,7 +19,7 @@ values echoed at most 80 characters). POST bodies must declare ``Content-Type:
 application/json`` (else 415). A body larger than ``--max-body-bytes`` or a batch of more than
 ``--max-batch`` rows gets 413, a body not complete within ``--body-timeout-s`` gets 408 (and a
 connection whose headers take as long is closed), request headers over 64 KiB or 100 fields get
-431 (:mod:`astroscale_fl.serve.protocol`), a client that leaves mid-body is counted as
+431 (:mod:`astroscale_fl.serve.header_guard`), a client that leaves mid-body is counted as
 499; past ``--max-connections`` the server answers 503. CORS is off unless ``--cors-origins``
 names the origins allowed.
 
@@ -31,7 +31,7 @@ agree with the script to float32 rounding, ~1e-6 relative, not bit for bit).
 
 Modules: :mod:`.schema` (request validation), :mod:`.service` (validation + prediction without
 HTTP), :mod:`.batching` (micro-batcher), :mod:`.middleware` (metrics, body limits),
-:mod:`.protocol` (header deadline), :mod:`.app` (the ASGI app), :mod:`.cli` (the command).
+:mod:`.header_guard`, :mod:`.app` (the ASGI app), :mod:`.cli` (the command).
 """
 
 from astroscale_fl.serve.app import THREAD_OFFLOAD_ROWS, content_type_error, create_app

@@ -117,7 +117,7 @@ def _serve(args: argparse.Namespace, model_dir: Path, sock: socket.socket) -> in
 
     from astroscale_fl.export.predict import Predictor
     from astroscale_fl.serve.app import create_app
-    from astroscale_fl.serve.protocol import header_guard_protocol
+    from astroscale_fl.serve.header_guard import header_guard_protocol
 
     torch.set_num_threads(args.threads)
     try:

@@ -116,53 +116,9 @@ def sun_velocity() -> np.ndarray:
     return np.array([U, V_CIRC_KMS + V, W])
 
 
-def unit_vector(l_rad: np.ndarray, b_rad: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Heliocentric Galactic unit vector (towards the Galactic centre, along rotation, to the NGP)."""
-    cb = np.cos(b_rad)
-    return cb * np.cos(l_rad), cb * np.sin(l_rad), np.sin(b_rad)
-
-
 def galactocentric(nx, ny, nz, d_pc):
     """Galactocentric Cartesian position (pc) of a star at distance ``d_pc`` along (nx, ny, nz)."""
     return d_pc * nx - R0_PC, d_pc * ny, d_pc * nz + Z_SUN_PC
-
-
-def mean_velocity(pop_code: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean Galactocentric (vx, vy) of each star's population at (x, y): pure rotation, v_phi lagging.
-
-    The rotation unit vector is (y, -x)/R (at the Sun (0, 1), i.e. towards l = 90 deg).
-    """
-    vphi = np.array([p.mean_vphi_kms for p in POPULATIONS])[pop_code]
-    R = np.sqrt(x * x + y * y)
-    R = np.maximum(R, 1e-6)
-    return vphi * y / R, -vphi * x / R
-
-
-def draw_velocity(rng: np.random.Generator, pop_code: np.ndarray, x: np.ndarray, y: np.ndarray):
-    """Draw Galactocentric (vx, vy, vz) from each population's velocity ellipsoid (R, phi, z)."""
-    n = pop_code.size
-    sig = np.array([p.sigma_kms for p in POPULATIONS])[pop_code]  # (n, 3)
-    vphi = np.array([p.mean_vphi_kms for p in POPULATIONS])[pop_code]
-    g = rng.standard_normal((3, n))
-    vR = sig[:, 0] * g[0]
-    vp = vphi + sig[:, 1] * g[1]
-    vz = sig[:, 2] * g[2]
-    R = np.maximum(np.sqrt(x * x + y * y), 1e-6)
-    eRx, eRy = x / R, y / R  # outwards
-    ePx, ePy = y / R, -x / R  # along rotation
-    return vR * eRx + vp * ePx, vR * eRy + vp * ePy, vz
-
-
-def line_of_sight(vx, vy, vz, nx, ny, nz) -> np.ndarray:
-    """Heliocentric radial velocity (km/s) of Galactocentric velocity (vx, vy, vz) along n."""
-    vs = sun_velocity()
-    return (vx - vs[0]) * nx + (vy - vs[1]) * ny + (vz - vs[2]) * nz
-
-
-def expected_vr(pop_code, x, y, nx, ny, nz) -> np.ndarray:
-    """E[v_r | position, distance, population] (km/s): mean velocity field minus the Sun's motion."""
-    mvx, mvy = mean_velocity(pop_code, x, y)
-    return line_of_sight(mvx, mvy, 0.0, nx, ny, nz)
 
 
 def extinction_v(d_pc: np.ndarray, sin_b: np.ndarray) -> np.ndarray:
@@ -185,27 +141,6 @@ _A_G = np.array(
         [-0.8676661490190047, -0.1980763734312015, +0.4559837761750669],
     ]
 )
-
-
-def galactic_to_icrs(nx, ny, nz) -> tuple[np.ndarray, np.ndarray]:
-    """(ra, dec) in degrees of Galactic unit vectors."""
-    ex = _A_G[0, 0] * nx + _A_G[1, 0] * ny + _A_G[2, 0] * nz
-    ey = _A_G[0, 1] * nx + _A_G[1, 1] * ny + _A_G[2, 1] * nz
-    ez = _A_G[0, 2] * nx + _A_G[1, 2] * ny + _A_G[2, 2] * nz
-    ra = np.degrees(np.arctan2(ey, ex)) % 360.0
-    dec = np.degrees(np.arcsin(np.clip(ez, -1.0, 1.0)))
-    return ra, dec
-
-
-def icrs_to_galactic(ra_deg, dec_deg) -> tuple[np.ndarray, np.ndarray]:
-    """(l, b) in degrees of ICRS (ra, dec) in degrees."""
-    ra, dec = np.radians(ra_deg), np.radians(dec_deg)
-    cd = np.cos(dec)
-    ex, ey, ez = cd * np.cos(ra), cd * np.sin(ra), np.sin(dec)
-    gx = _A_G[0, 0] * ex + _A_G[0, 1] * ey + _A_G[0, 2] * ez
-    gy = _A_G[1, 0] * ex + _A_G[1, 1] * ey + _A_G[1, 2] * ez
-    gz = _A_G[2, 0] * ex + _A_G[2, 1] * ey + _A_G[2, 2] * ez
-    return np.degrees(np.arctan2(gy, gx)) % 360.0, np.degrees(np.arcsin(np.clip(gz, -1.0, 1.0)))
 
 
 def sin_dec(nx, ny, nz):

@@ -47,6 +47,7 @@ sized from each survey's measured acceptance, so few proposals are drawn in vain
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -132,8 +133,6 @@ def build_tables(surveys, workers: int) -> None:
     row_major_tables()  # shared by all surveys: once, before the threads
     missing = [s for s in surveys if s.name not in _TABLES]
     if len(missing) > 1 and workers > 1:
-        from concurrent.futures import ThreadPoolExecutor
-
         with ThreadPoolExecutor(max_workers=workers) as pool:
             list(pool.map(survey_tables, missing))
     else:

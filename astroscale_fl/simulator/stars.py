@@ -96,11 +96,6 @@ def t_ms_gyr(m):
     return T_MS_SUN_GYR * np.power(m, -2.5)
 
 
-def turnoff_mass(age_gyr):
-    """Mass whose main-sequence lifetime equals ``age_gyr`` (capped at M_UP)."""
-    return np.minimum(np.power(T_MS_SUN_GYR / age_gyr, 0.4), M_UP)
-
-
 _LOG_TSUN = float(np.log10(TEFF_SUN))
 # Python floats (not numpy scalars), so that float32 arrays stay float32 (NEP 50).
 _LOG_043, _LOG_023, _LOG_14, _LOG2 = (float(np.log10(v)) for v in (0.43, 0.23, 1.4, 2.0))

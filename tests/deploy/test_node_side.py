@@ -9,7 +9,7 @@ import urllib.request
 import pytest
 from flwr.app import RecordDict
 
-from astroscale_fl import config
+from astroscale_fl import config, run_config
 from astroscale_fl.data.tasks import get_task
 from astroscale_fl.deploy.launcher import LauncherStats
 from astroscale_fl.deploy.node_data import write_node_dirs
@@ -42,10 +42,10 @@ def test_floor_rejects_bad_node_config_in_one_line(node_config, key):
 
 def test_floor_checks_run_noise_and_budget():
     floor = PrivacyFloor.from_node_config({"require-dp": True, "min-noise-multiplier": 1.0, "max-epsilon": 4.0, "max-rounds": 10})
-    plain = config.validate(config.compose(["federation.num_rounds=5"]))
+    plain = run_config.validate(config.compose(["federation.num_rounds=5"]))
     with pytest.raises(FloorRefused, match="require-dp"):
         floor.check_run(plain, "n1")
-    dp = config.validate(config.compose(["privacy=dp_sgd", "federation.num_rounds=20"]))
+    dp = run_config.validate(config.compose(["privacy=dp_sgd", "federation.num_rounds=20"]))
     with pytest.raises(FloorRefused, match="max-rounds=10"):
         floor.check_run(dp, "n1")
     with pytest.raises(FloorRefused, match="min-noise-multiplier=1"):
@@ -56,7 +56,7 @@ def test_floor_checks_run_noise_and_budget():
 
 
 def test_spend_round_refuses_before_spending(tmp_path):
-    cfg = config.validate(config.compose(["privacy=dp_sgd", "privacy.target_epsilon=null", "privacy.noise_multiplier=0.8"]))
+    cfg = run_config.validate(config.compose(["privacy=dp_sgd", "privacy.target_epsilon=null", "privacy.noise_multiplier=0.8"]))
     settings = PrivacySettings.from_config(cfg.privacy)
     node = {"data-dir": str(tmp_path)}
     ledger_file = tmp_path / ".astroscale" / LEDGER_FILENAME
@@ -71,7 +71,7 @@ def test_spend_round_refuses_before_spending(tmp_path):
 
 
 def test_floor_refusal_is_a_counted_decline_and_the_node_still_evaluates(tmp_path):
-    cfg = config.validate(config.compose(SMALL))
+    cfg = run_config.validate(config.compose(SMALL))
     dirs = write_node_dirs(cfg, tmp_path, 3)
     node_configs = [{"data-dir": str(d)} for d in dirs]
     node_configs[2]["require-dp"] = True

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from astroscale_fl.privacy import card
+from astroscale_fl.export import verify_card
 from tests.deploy.conftest import TINY, wait_run
 
 pytestmark = pytest.mark.slow
@@ -32,7 +32,7 @@ def test_secaggplus_with_dp_sgd_and_dp_statistics(warm_fed, tmp_path):
     stats = model_card["privacy"]["preprocessing_statistics"]
     assert stats["covered_by_dp"] is True and 0.9 < stats["epsilon"] <= 1.0
     assert all(node["history"][0][1:] == [1.0, 1] for node in model_card["privacy"]["nodes"])
-    assert card.main([str(tmp_path / "model" / "model_card.json")]) == 0
+    assert verify_card.main([str(tmp_path / "model" / "model_card.json")]) == 0
 
 
 def test_node_level_dp_fedavg(warm_fed, tmp_path):
@@ -41,7 +41,7 @@ def test_node_level_dp_fedavg(warm_fed, tmp_path):
     model_card = json.loads((tmp_path / "model" / "model_card.json").read_text())
     level = model_card["privacy"]["node_level"]
     assert level["history"] == [[1.0, 1.0, 1]] and level["epsilon"] > 0
-    assert card.main([str(tmp_path / "model" / "model_card.json")]) == 0
+    assert verify_card.main([str(tmp_path / "model" / "model_card.json")]) == 0
 
 
 def test_distributed_dp_fedavg_over_secaggplus(warm_fed, tmp_path):
@@ -56,4 +56,4 @@ def test_distributed_dp_fedavg_over_secaggplus(warm_fed, tmp_path):
     level = model_card["privacy"]["node_level"]
     assert level["mode"] == "distributed" and level["noise_share_nodes"] == 2 and level["history"] == [[1.0, 1.0, 1]]
     assert model_card["secure_aggregation"] == "secaggplus"
-    assert card.main([str(tmp_path / "model" / "model_card.json")]) == 0
+    assert verify_card.main([str(tmp_path / "model" / "model_card.json")]) == 0

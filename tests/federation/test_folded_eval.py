@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flwr.app import MessageType
 
-from astroscale_fl import config
+from astroscale_fl import config, run_config
 from astroscale_fl.data.tasks import get_task
 from astroscale_fl.federation.messages import round_config
 from astroscale_fl.federation.records import arrays_to_numpy, model_to_arrays
@@ -21,7 +21,7 @@ EVAL_COLUMNS = ("eval_loss", "eval_rmse", "eval_r2")
 
 
 def federate(overrides, rounds, folded):
-    cfg = config.validate(config.compose(overrides))
+    cfg = run_config.validate(config.compose(overrides))
     grid = InProcessGrid(int(cfg.federation.num_nodes))
     stats = federated_statistics(grid, grid.get_node_ids(), round_config(cfg), timeout=60)
     pipeline = Pipeline.from_config(get_task(cfg.task), cfg).fit_statistics(stats)

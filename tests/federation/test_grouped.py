@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from astroscale_fl import config
+from astroscale_fl import config, run_config
 from astroscale_fl.data.tasks import get_task
 from astroscale_fl.federation import grouped
 from astroscale_fl.federation.messages import round_config
@@ -29,7 +29,7 @@ def grouped_replies(monkeypatch):
 
 
 def federate(overrides, vectorize: bool, rounds=2):
-    cfg = config.validate(config.compose(BASE + overrides))
+    cfg = run_config.validate(config.compose(BASE + overrides))
     grid = InProcessGrid(int(cfg.federation.num_nodes))
     if vectorize:  # what engine.run_inprocess installs
         grid.train_runner, grid.evaluate_runner = grouped.run_train_grouped, grouped.run_evaluate_grouped

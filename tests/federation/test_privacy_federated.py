@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from opacus.accountants import create_accountant
 
-from astroscale_fl import config
+from astroscale_fl import config, run_config
 from astroscale_fl.data.tasks import get_task
 from astroscale_fl.deploy.node_data import write_node_dirs
 from astroscale_fl.federation.engine import FIRST_NODE_ID
@@ -25,7 +25,7 @@ DP = ["privacy=dp_sgd", "privacy.target_epsilon=null", "privacy.noise_multiplier
 
 
 def setup(overrides, root):
-    cfg = config.validate(config.compose(overrides))
+    cfg = run_config.validate(config.compose(overrides))
     dirs = write_node_dirs(cfg, root, int(cfg.federation.num_nodes))
     grid = InProcessGrid(len(dirs), node_configs=[{"data-dir": str(d)} for d in dirs])
     stats = federated_statistics(grid, grid.get_node_ids(), round_config(cfg), timeout=60)

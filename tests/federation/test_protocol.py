@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-from astroscale_fl import config
+from astroscale_fl import config, run_config
 from astroscale_fl.federation import protocol
 from astroscale_fl.federation.messages import read_run_config, round_config
 from strategies import build_strategy
@@ -46,7 +46,7 @@ def test_strategy_record_keys_are_constructor_arguments():
 ])
 def test_algorithm_parameters_reach_the_node_once_typed(overrides, expected):
     """The round config carries the typed local objective; the run config copy carries no strategy."""
-    cfg = config.validate(config.compose(overrides))
+    cfg = run_config.validate(config.compose(overrides))
     strategy = build_strategy(cfg)
     arrays = ArrayRecord({"w": Array(np.zeros(2, np.float32))})
     content = strategy.train_content(1, arrays, round_config(cfg))

@@ -94,12 +94,12 @@ def test_a_dead_address_fails_within_the_connect_timeout():
 
 
 def test_connect_timeout_is_validated():
-    from astroscale_fl import config
+    from astroscale_fl import config, run_config
 
     for bad in ("0", "-1", "inf", "nan"):
         with pytest.raises(ConfigError, match="federation.ray_connect_timeout: expected a positive number of seconds"):
-            config.validate(config.compose([f"federation.ray_connect_timeout={bad}"]))
-    assert config.validate(config.compose([])).federation.ray_connect_timeout == 30.0
+            run_config.validate(config.compose([f"federation.ray_connect_timeout={bad}"]))
+    assert run_config.validate(config.compose([])).federation.ray_connect_timeout == 30.0
 
 
 @pytest.mark.slow

@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from astroscale_fl import config
+from astroscale_fl import config, run_config
 from astroscale_fl.federation.server import run_federation
 from strategies import build_strategy
 from tests.inprocess import InProcessGrid
@@ -13,7 +13,7 @@ SMALL = ["federation.num_nodes=3", "model.widths=[16]", "task.min_parallax_snr=4
 
 
 def run(tmp_path, name, *overrides):
-    cfg = config.validate(config.compose([*SMALL, *overrides]))
+    cfg = run_config.validate(config.compose([*SMALL, *overrides]))
     return run_federation(InProcessGrid(3), cfg, build_strategy(cfg), tmp_path / name, show_progress=False)
 
 

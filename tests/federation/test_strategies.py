@@ -6,7 +6,7 @@ import pytest
 import torch
 from flwr.app import ArrayRecord
 
-from astroscale_fl import config
+from astroscale_fl import config, run_config
 from astroscale_fl.data.tasks import get_task
 from astroscale_fl.federation.messages import round_config
 from astroscale_fl.federation.records import arrays_to_numpy, model_to_arrays
@@ -20,7 +20,7 @@ from tests.inprocess import InProcessGrid
 
 def federate(overrides, rounds, node_configs=None):
     """Run ``rounds`` rounds in process; return final arrays, the grid and the pipeline."""
-    cfg = config.validate(config.compose(overrides))
+    cfg = run_config.validate(config.compose(overrides))
     grid = InProcessGrid(int(cfg.federation.num_nodes), node_configs=node_configs)
     stats = federated_statistics(grid, grid.get_node_ids(), round_config(cfg), timeout=60)
     pipeline = Pipeline.from_config(get_task(cfg.task), cfg).fit_statistics(stats)
@@ -45,7 +45,7 @@ def test_fedprox_with_mu_zero_is_bit_identical_to_fedavg():
 
 
 def test_fedprox_term_pulls_towards_global_model():
-    start = build_model(config.validate(config.compose(SMALL)).model, 13, seed=0)
+    start = build_model(run_config.validate(config.compose(SMALL)).model, 13, seed=0)
     initial = {k: v.detach().numpy().copy() for k, v in start.state_dict().items()}
     dist = {}
     for mu in (0.0, 10.0):
@@ -136,7 +136,7 @@ def test_scaffold_partial_participation_keeps_skipped_control_variates(heterogen
     from astroscale_fl.federation.local_objectives import ControlVariateStore
 
     overrides = lsq_overrides(heterogeneous_least_squares, ["strategy=scaffold", "federation.fraction_train=0.5"])
-    cfg = config.validate(config.compose(overrides))
+    cfg = run_config.validate(config.compose(overrides))
     grid = InProcessGrid(4, node_configs=None)
     stats = federated_statistics(grid, grid.get_node_ids(), round_config(cfg), timeout=60)
     pipeline = Pipeline.build(get_task(cfg.task), "standard").fit_statistics(stats)

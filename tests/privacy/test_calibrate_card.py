@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from astroscale_fl.export import verify_card as card_module
 from astroscale_fl.privacy import (
     PrivacyError,
     PrivacyLedger,
@@ -22,7 +23,6 @@ from astroscale_fl.privacy import (
     steps_per_round,
     verify_section,
 )
-from astroscale_fl.privacy import card as card_module
 from astroscale_fl.privacy.ledger import create_accountant
 
 ACCOUNTANTS = ["rdp", "prv", "gdp"]

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from scipy.stats import chi2
 
-from astroscale_fl import config
+from astroscale_fl import config, run_config
 from astroscale_fl.errors import ConfigError
+from astroscale_fl.export import verify_card
 from astroscale_fl.federation.rounds import FederationError
 from astroscale_fl.federation.server import run_federation
 from astroscale_fl.privacy import card
@@ -93,7 +94,7 @@ def test_nodes_clip_and_the_release_matches_server_side_dp_fedavg(monkeypatch):
 
 
 def test_card_says_distributed_and_every_epsilon_recomputes(tmp_path):
-    cfg = config.validate(config.compose([*SMALL, *DISTRIBUTED, "model.widths=[16]", "federation.fraction_train=0.8"]))
+    cfg = run_config.validate(config.compose([*SMALL, *DISTRIBUTED, "model.widths=[16]", "federation.fraction_train=0.8"]))
     run_federation(InProcessGrid(5), cfg, build_strategy(cfg), tmp_path, show_progress=False)
     section = json.loads((tmp_path / "model" / "model_card.json").read_text())["privacy"]
     level = section["node_level"]
@@ -102,7 +103,7 @@ def test_card_says_distributed_and_every_epsilon_recomputes(tmp_path):
     assert level["against_server"]["epsilon"] > level["epsilon"] > 0
     assert card.verify_section(section) == []
     assert any(label.startswith("node_level against_server") for label, _, _ in card.recomputable_groups(section))
-    assert card.main([str(tmp_path / "model" / "model_card.json")]) == 0
+    assert verify_card.main([str(tmp_path / "model" / "model_card.json")]) == 0
 
 
 @pytest.mark.parametrize("override, needle", [
@@ -113,20 +114,20 @@ def test_card_says_distributed_and_every_epsilon_recomputes(tmp_path):
 def test_bad_combinations_fail_in_config(override, needle):
     overrides = [*SMALL, "federation.secure_aggregation=secaggplus", "federation.secaggplus.clipping_range=4", override]
     with pytest.raises(ConfigError) as err:
-        config.validate(config.compose(overrides))
+        run_config.validate(config.compose(overrides))
     assert needle in str(err.value) and "\n" not in str(err.value)
 
 
 def test_default_clipping_range_is_the_smallest_that_never_clips_the_noise():
     """federation.secaggplus.clipping_range=null: 1.0 for plain SecAgg+, C + 8 x a node's noise std
     (to 0.1) under distributed DP-FedAvg, which the config check then accepts."""
-    from astroscale_fl.federation.secagg.protocol import secagg_params
+    from astroscale_fl.federation.secagg.scheme import secagg_params
 
-    cfg = config.validate(config.compose([*SMALL, "federation.secure_aggregation=secaggplus"]))
+    cfg = run_config.validate(config.compose([*SMALL, "federation.secure_aggregation=secaggplus"]))
     assert cfg.federation.secaggplus.clipping_range is None
     assert secagg_params(cfg).clipping_range == 2.9  # the check's bound is 2.809 (test_bad_combinations_fail_in_config)
     assert build_strategy(cfg).secure.secagg.clipping_range == 2.9
-    plain = config.validate(config.compose([*SMALL, "privacy=none", "federation.secure_aggregation=secaggplus"]))
+    plain = run_config.validate(config.compose([*SMALL, "privacy=none", "federation.secure_aggregation=secaggplus"]))
     assert secagg_params(plain).clipping_range == 1.0
 
 
@@ -138,7 +139,7 @@ def test_adaptive_clipping_with_secaggplus_is_one_line_on_the_cli_and_writes_not
 
 
 def test_too_few_connected_nodes_fail_the_round_instead_of_resampling_forever():
-    cfg = config.validate(config.compose([*SMALL, *DISTRIBUTED]))
+    cfg = run_config.validate(config.compose([*SMALL, *DISTRIBUTED]))
     strategy = build_strategy(cfg)
     with pytest.raises(FederationError, match=r"round 1: distributed DP-FedAvg needs at least 3 connected nodes .* 2 connected"):
         strategy.configure_train(1, None, None, InProcessGrid(2))

@@ -5,9 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from astroscale_fl import config
+from astroscale_fl import config, run_config
 from astroscale_fl.data.tasks import get_task
 from astroscale_fl.deploy.node_data import write_node_dirs
+from astroscale_fl.export import verify_card
 from astroscale_fl.federation.client import node_split
 from astroscale_fl.federation.messages import round_config
 from astroscale_fl.federation.rounds import FederationError, federated_statistics
@@ -68,14 +69,14 @@ def test_noise_has_the_calibrated_scale(frame):
 
 
 def test_unbounded_columns_are_refused():
-    cfg = config.validate(config.compose(["task=catalog", "task.path=x.csv", "task.features=[a,b]", "task.target=y"]))
+    cfg = run_config.validate(config.compose(["task=catalog", "task.path=x.csv", "task.features=[a,b]", "task.target=y"]))
     task = get_task(cfg.task)
     with pytest.raises(PrivacyError, match=r"column\(s\) \['a', 'b', 'y'\].*no finite physical range"):
         StatisticsRelease.for_pipeline(task, Pipeline.from_config(task, cfg))
 
 
 def _grid(overrides, root):
-    cfg = config.validate(config.compose(overrides))
+    cfg = run_config.validate(config.compose(overrides))
     dirs = write_node_dirs(cfg, root, int(cfg.federation.num_nodes))
     return cfg, dirs, InProcessGrid(len(dirs), node_configs=[{"data-dir": str(d)} for d in dirs])
 
@@ -127,5 +128,30 @@ def test_dp_sgd_run_composes_statistics_and_training_in_the_card(tmp_path):
     for node in section["nodes"]:  # lifetime: the statistics release, then the DP-SGD steps
         assert node["history"][0][1:] == [1.0, 1] and node["history"][1][0] == 1.0
         assert node["epsilon"] > stats["epsilon"]
-    assert card.main([str(path)]) == 0
+    assert verify_card.main([str(path)]) == 0
     assert metrics["train_rows"] > 0
+
+
+def test_statistics_round_reads_a_node_whose_data_is_a_train_folder(tmp_path):
+    """A deployed node may hold ``train/`` (a folder of Parquet files) instead of ``train.parquet``
+    (training reads either): the DP statistics round reads the same rows from both layouts."""
+    import pandas as pd
+
+    cfg, dirs, _ = _grid([*SMALL, "privacy.statistics_epsilon=1.0"], tmp_path / "file")
+    folders = []
+    for d in dirs:
+        frame = pd.read_parquet(d / "train.parquet")
+        folder = tmp_path / "folder" / d.name
+        (folder / "train").mkdir(parents=True)
+        frame.iloc[: len(frame) // 2].to_parquet(folder / "train" / "part-0.parquet", index=False)
+        frame.iloc[len(frame) // 2:].to_parquet(folder / "train" / "part-1.parquet", index=False)
+        folders.append(folder)
+        from_file, from_folder = node_split(cfg, {"data-dir": str(d)}), node_split(cfg, {"data-dir": str(folder)})
+        for a, b in zip(from_file, from_folder):
+            pd.testing.assert_frame_equal(a, b)
+    grid = InProcessGrid(len(folders), node_configs=[{"data-dir": str(f)} for f in folders])
+    entries: list = []
+    stats = federated_statistics(grid, grid.get_node_ids(), round_config(cfg), 60, privacy_entries=entries)
+    assert len(entries) == 3 and stats.count[-1] > 0
+    for folder in folders:
+        assert PrivacyLedger.load(folder / ".astroscale" / LEDGER_FILENAME).history

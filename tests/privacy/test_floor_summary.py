@@ -5,7 +5,7 @@ A whole run with both kinds: ``tests/federation/test_privacy_federated.py::test_
 
 from __future__ import annotations
 
-from astroscale_fl import config
+from astroscale_fl import config, run_config
 from astroscale_fl.federation.protocol import BUDGET_EXCEEDED_CODE, FLOOR_REFUSED_CODE
 from astroscale_fl.federation.server import privacy_summary
 
@@ -14,7 +14,7 @@ DP = ["privacy=dp_sgd", "privacy.target_epsilon=null", "privacy.noise_multiplier
 
 def test_floor_refusals_are_listed_when_the_run_has_no_privacy():
     """privacy=none: a ``require-dp`` node refuses every round; the summary still names it."""
-    cfg = config.validate(config.compose(["federation.num_nodes=2"]))
+    cfg = run_config.validate(config.compose(["federation.num_nodes=2"]))
     declines = [{"round": r, "node": "n2", "reason": "refused by its privacy floor: it requires differential privacy",
                  "epsilon": None, "code": FLOOR_REFUSED_CODE} for r in (1, 2, 3)]
     summary = privacy_summary(cfg, [], declines, {})
@@ -25,7 +25,7 @@ def test_floor_refusals_are_listed_when_the_run_has_no_privacy():
 
 def test_a_checkpointed_decline_without_a_code_still_counts_as_a_budget_stop():
     """Declines saved by an older checkpoint carry no code: they were budget stops."""
-    cfg = config.validate(config.compose(DP))
+    cfg = run_config.validate(config.compose(DP))
     old = {"round": 3, "node": "n1", "reason": "budget", "epsilon": 4.9}
     new = {"round": 4, "node": "n3", "reason": "budget", "epsilon": 4.8, "code": BUDGET_EXCEEDED_CODE}
     summary = privacy_summary(cfg, [], [old, new], {})

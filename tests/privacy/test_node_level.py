@@ -9,11 +9,11 @@ from flwr.app import ConfigRecord
 from flwr.supercore.task_identity import TaskIdentity
 from opacus.accountants import create_accountant
 
-from astroscale_fl import config
+from astroscale_fl import config, run_config
 from astroscale_fl.errors import AstroScaleError
+from astroscale_fl.export import verify_card
 from astroscale_fl.federation.records import numpy_to_arrays
 from astroscale_fl.federation.server import run_federation
-from astroscale_fl.privacy import card
 from astroscale_fl.privacy.ledger import PrivacyLedger
 from astroscale_fl.privacy.node_level import (
     AdaptiveClipping,
@@ -84,7 +84,7 @@ def fresh_epsilon(entry):
 
 @pytest.mark.parametrize("strategy", ["fedavg", "fedprox", "fedadam", "scaffold"])
 def test_dp_fedavg_wraps_every_strategy_and_the_card_recomputes(tmp_path, strategy):
-    cfg = config.validate(config.compose([*SMALL, f"strategy={strategy}", "federation.fraction_train=0.75",
+    cfg = run_config.validate(config.compose([*SMALL, f"strategy={strategy}", "federation.fraction_train=0.75",
                                           "privacy.node_noise_multiplier=0.8", "privacy.clipping_norm=0.05"]))
     strat = build_strategy(cfg)
     assert isinstance(strat, DpFedAvg) and strat.strategy.fraction_train == 1.0
@@ -98,13 +98,13 @@ def test_dp_fedavg_wraps_every_strategy_and_the_card_recomputes(tmp_path, strate
     assert level["history"] == [[0.8, 0.75, 2]] and level["accountant"] == "rdp" and level["delta"] == 1e-2
     assert level["epsilon"] == pytest.approx(fresh_epsilon(level), rel=1e-6)
     assert metrics["privacy"]["node_level_epsilon"] == level["epsilon"] and np.isfinite(metrics["test_r2"])
-    assert card.main([str(path)]) == 0
+    assert verify_card.main([str(path)]) == 0
     if strategy == "scaffold":
         assert any(np.abs(v).max() > 0 for v in strat.strategy.control.values())  # control variates moved (noisy means)
 
 
 def test_global_step_is_bounded_by_the_clipping_norm(tmp_path):
-    cfg = config.validate(config.compose([*SMALL, "federation.num_rounds=1", "privacy.node_noise_multiplier=1e-9",
+    cfg = run_config.validate(config.compose([*SMALL, "federation.num_rounds=1", "privacy.node_noise_multiplier=1e-9",
                                           "privacy.clipping_norm=0.01"]))
     strat = build_strategy(cfg)
     start = {}
@@ -128,7 +128,7 @@ def test_global_step_is_bounded_by_the_clipping_norm(tmp_path):
 
 
 def test_budget_stops_the_run_early(tmp_path):
-    cfg = config.validate(config.compose([*SMALL, "federation.num_rounds=50", "privacy.node_epsilon_budget=12",
+    cfg = run_config.validate(config.compose([*SMALL, "federation.num_rounds=50", "privacy.node_epsilon_budget=12",
                                           "privacy.node_noise_multiplier=1.0"]))
     strat = build_strategy(cfg)
     allowed = strat.affordable_rounds(50)

@@ -7,7 +7,7 @@ round than the one set up is refused.
 2. ``share-keys``: given its neighbours' public keys, a fresh 32-byte mask seed ``b``; Shamir
    shares (threshold ``t``) of ``b`` and of sk1, each encrypted for its neighbour (ECDH + Fernet).
 3. train: after local training, decrypt the shares forwarded by the server, then reply with the
-   masked vector (:mod:`.protocol`) instead of the model: never the update, never the count.
+   masked vector (:mod:`.scheme`) instead of the model: never the update, never the count.
    Under distributed DP-FedAvg (``privacy=dp_fedavg`` with SecAgg+) the node first clips its update
    to the L2 norm C the server sent and adds its share N(0, s²) of the noise
    (:mod:`strategies.distributed_dp`); the noise comes from OS entropy, not the run's seed.
@@ -36,7 +36,7 @@ from flwr.supercore.primitives.asymmetric import (
 from astroscale_fl.errors import AstroScaleError
 from astroscale_fl.federation import protocol
 from astroscale_fl.federation.records import arrays_to_numpy, numpy_to_arrays
-from astroscale_fl.federation.secagg.protocol import DP_CLIP, DP_STDDEV, MODULUS, WEIGHT, flatten, prg, unflatten
+from astroscale_fl.federation.secagg.scheme import DP_CLIP, DP_STDDEV, MODULUS, WEIGHT, flatten, prg, unflatten
 from astroscale_fl.privacy.node_level import clip_and_add_noise
 
 STATE_KEY = "secaggplus"
