@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from astroscale_fl.data.node_dirs import node_state_dir
 from astroscale_fl.deploy import flower_app, superlink, supernode
 from astroscale_fl.errors import ConfigError
 from tests.conftest import CLI, ROOT
@@ -95,7 +96,7 @@ def test_supernode_defaults_to_warm_with_fast_polls_and_cold_is_plain(tmp_path):
     (tmp_path / "train.parquet").unlink()
     out = _cli("deploy", "supernode", *base, cwd=tmp_path)
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "train.parquet not found" in out.stderr
-    assert not (tmp_path / supernode.STATE_DIR).exists()  # refused before anything was written
+    assert not node_state_dir(tmp_path).exists()  # refused before anything was written
 
 
 def test_warm_node_restarts_its_launcher_and_stops_both_on_sigterm(tmp_path):
