@@ -26,6 +26,7 @@ from omegaconf.errors import OmegaConfBaseException
 from astroscale_fl.config_checks import check_values, require
 from astroscale_fl.config_schema import SCHEMAS, SECTIONS, TOP_LEVEL
 from astroscale_fl.errors import ConfigError, one_line
+from astroscale_fl.federation.selection import SelectionSettings
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -185,6 +186,7 @@ def _check_values(cfg: DictConfig) -> None:
         require(cfg.partition.alpha > 0, "partition.alpha", "a positive number", cfg.partition.alpha)
         require(cfg.partition.bins >= 1, "partition.bins", "an integer >= 1", cfg.partition.bins)
     check_values(cfg)
+    SelectionSettings.from_config(fed)
     require(fed.secure_aggregation in ("none", "secaggplus"), "federation.secure_aggregation", "none or secaggplus", fed.secure_aggregation)
     if fed.secure_aggregation == "secaggplus":
         from astroscale_fl.federation.secagg.protocol import check_config

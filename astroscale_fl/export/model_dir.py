@@ -118,7 +118,8 @@ def verify_files(directory: str | Path, card: dict[str, Any]) -> None:
 
 
 #: The metrics every model card repeats from the run's metrics.json.
-CARD_METRICS = ("test_rmse", "test_r2", "r2_ceiling", "test_rows", "train_rows")
+CARD_METRICS = ("test_rmse", "test_r2", "r2_ceiling", "test_rows", "train_rows", "selected_round", "selected_val_score",
+                "last_round_test_r2", "last_round_test_rmse", "stopped_early_at", "selection")
 
 
 def add_r2_ceiling(metrics: dict[str, Any], test) -> None:

@@ -327,6 +327,7 @@ def run_rounds(
     policy: RoundPolicy | None = None,
     start_round: int = 1,
     metrics=None,
+    stop: Callable[[], str | None] | None = None,
 ) -> tuple[ArrayRecord, list[RoundOutcome]]:
     """Run rounds ``start_round .. num_rounds`` of ``strategy``; return the final arrays and each round's outcome.
 
@@ -335,6 +336,9 @@ def run_rounds(
     and round) and its outcome completes then. ``metrics`` (an
     :class:`astroscale_fl.federation.observability.RunMetrics`) is updated as rounds go;
     ``on_round(outcome, arrays)`` runs after each completed round (checkpoints, history.csv).
+    ``stop()`` (early stopping) is asked after each completed round: a reason ends the run there. With
+    ``policy.evaluate_in_train`` round r's evaluation completes inside round r+1, whose training has then
+    already happened: that round is evaluated on its own and completed, and the run ends after it.
     """
     policy = policy or RoundPolicy(timeout=600.0 if timeout is None else timeout)
     outcomes: list[RoundOutcome] = []
@@ -356,8 +360,17 @@ def run_rounds(
             detail = f"ε={row.max_epsilon:.2f}" if math.isfinite(row.max_epsilon) else f"loss={row.train_loss:.4f}"
             progress.update(task, advance=1, status=f"test R²={row.test_r2:.4f} {detail}")
 
+        def stopped() -> bool:
+            reason = stop() if stop is not None else None
+            if reason:
+                log(INFO, "%s", reason)
+                progress.update(task, status=reason)
+            return bool(reason)
+
         pending: tuple[RoundOutcome, ArrayRecord, FoldedEvaluation] | None = None  # evaluated by the next round's messages
         for server_round in range(start_round, num_rounds + 1):
+            if stopped():  # a resumed run whose patience had already run out
+                break
             if metrics is not None:
                 metrics.round_started(server_round)
             start = time.perf_counter()
@@ -372,6 +385,12 @@ def run_rounds(
                 pending = None
                 if metrics is not None:
                     metrics.round_started(server_round)  # the completed round set the gauge back to its number
+                if stop is not None and stop():  # this round already trained: evaluate it on its own and end
+                    evaluate_phase(strategy, grid, server_round, arrays, config, policy, outcome.record, central_eval)
+                    outcome.record.wall_seconds = time.perf_counter() - start
+                    complete(outcome, arrays)
+                    stopped()
+                    break
             row = outcome.record
             if policy.evaluate_in_train and server_round < num_rounds:
                 eval_msgs = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(dict(config)), grid))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from pathlib import Path
@@ -42,6 +43,7 @@ from astroscale_fl.federation.rounds import (
     run_rounds,
     wait_for_nodes,
 )
+from astroscale_fl.federation.selection import ModelSelector, SelectionSettings, selection_metrics
 from astroscale_fl.learning.models import build_model
 from astroscale_fl.learning.training import EvalReport, encode_rows, evaluate
 from astroscale_fl.preprocessing import Pipeline
@@ -74,6 +76,7 @@ class RunRecord:
     rejected: dict[str, int] = field(default_factory=dict)  # round -> replies rejected
     privacy_entries: list[dict] = field(default_factory=list)
     privacy_declines: list[dict] = field(default_factory=list)  # {round, node, reason, epsilon, code}
+    selection: dict[str, Any] = field(default_factory=dict)  # ModelSelector.state_dict()
 
     def add(self, outcome: RoundOutcome) -> None:
         """Record a finished round."""
@@ -92,7 +95,7 @@ class RunRecord:
         """Continue from a checkpoint: its rows and its per-round counts."""
         self.rows = list(resumed.history)
         for key in ("declined", "rejected", "privacy_entries", "privacy_declines", "train_rows", "statistics",
-                    "initial_test_r2", "initial_test_rmse"):
+                    "initial_test_r2", "initial_test_rmse", "selection"):
             if key in resumed.extra:
                 setattr(self, key, resumed.extra[key])
         for row in self.rows:  # history.csv holds declines; the checkpoint's extra is the authority
@@ -116,8 +119,9 @@ def run_federation(grid: Grid, cfg: DictConfig, strategy: Strategy, out_dir: str
     node_ids = wait_for_nodes(grid, int(fed.num_nodes), timeout=float(fed.round_timeout))
     source = preprocessing_source(grid, cfg, node_ids, resumed)
     evaluator = CentralEvaluator(cfg, source.pipeline)
-    arrays, record = federated_rounds(grid, cfg, strategy, source, evaluator, out_dir, resumed, run_metrics, show_progress)
-    return finish(cfg, strategy, source, evaluator, arrays, record, out_dir, resumed, started)
+    selector = ModelSelector(SelectionSettings.from_config(fed))
+    arrays, record = federated_rounds(grid, cfg, strategy, source, evaluator, out_dir, resumed, run_metrics, show_progress, selector)
+    return finish(cfg, strategy, source, evaluator, arrays, record, out_dir, resumed, started, selector)
 
 
 def _load_resume(cfg: DictConfig) -> ckpt_mod.Checkpoint | None:
@@ -189,9 +193,10 @@ class CentralEvaluator:
 
 def federated_rounds(grid: Grid, cfg: DictConfig, strategy: Strategy, source: PreprocessingSource, evaluator: CentralEvaluator,
                      out_dir: Path, resumed: ckpt_mod.Checkpoint | None, run_metrics: RunMetrics,
-                     show_progress: bool) -> tuple[ArrayRecord, RunRecord]:
+                     show_progress: bool, selector: ModelSelector) -> tuple[ArrayRecord, RunRecord]:
     """The train / evaluate rounds (continuing a checkpoint), writing history.csv and the
-    checkpoint after every round; the final arrays and what the rounds recorded."""
+    checkpoint after every round; the final arrays and what the rounds recorded. ``selector``
+    follows the validation score (the model to export; early stopping)."""
     fed = cfg.federation
     initial = model_to_arrays(evaluator.model)
     initial_rmse, initial_r2 = evaluator(initial)
@@ -203,6 +208,8 @@ def federated_rounds(grid: Grid, cfg: DictConfig, strategy: Strategy, source: Pr
         if hasattr(strategy, "load_state_dict"):
             strategy.load_state_dict(resumed.strategy)
         record.restore(resumed)
+        best_is_last = record.selection.get("best_round") == resumed.round  # saved as the model itself
+        selector.load_state_dict(record.selection, resumed.model if best_is_last else resumed.best_model)
         start_round = resumed.round + 1
         run_metrics.restore(record.rows, {int(k): int(v) for k, v in record.rejected.items()})
         write_history(out_dir / "history.csv", record.rows)
@@ -210,11 +217,16 @@ def federated_rounds(grid: Grid, cfg: DictConfig, strategy: Strategy, source: Pr
 
     def on_round(outcome: RoundOutcome, arrays: ArrayRecord) -> None:
         record.add(outcome)
+        row = outcome.record
+        model = arrays_to_numpy(arrays)
+        selector.observe(row.round, getattr(row, selector.settings.metric), model)
+        record.selection = selector.state_dict()
         write_history(out_dir / "history.csv", record.rows)
         if fed.checkpoint:
             state = strategy.state_dict() if hasattr(strategy, "state_dict") else {}
-            ckpt_mod.save(out_dir, ckpt_mod.Checkpoint(outcome.record.round, arrays_to_numpy(arrays), state, record.rows,
-                                                       source.pipeline.state_dict(), config_dict, record.extra()))
+            best = selector.best_model if selector.best_round != row.round else OrderedDict()
+            ckpt_mod.save(out_dir, ckpt_mod.Checkpoint(row.round, model, state, record.rows, source.pipeline.state_dict(),
+                                                       config_dict, record.extra(), best))
 
     strategy.summary()
     policy = RoundPolicy(timeout=float(fed.round_timeout), min_replies=int(fed.min_replies),
@@ -223,20 +235,24 @@ def federated_rounds(grid: Grid, cfg: DictConfig, strategy: Strategy, source: Pr
     arrays, _ = run_rounds(
         strategy, grid, initial, _rounds_within_budget(strategy, int(fed.num_rounds), start_round), round_config(cfg, source.pipeline),
         evaluator, on_round=on_round, show_progress=show_progress, policy=policy, start_round=start_round, metrics=run_metrics,
+        stop=lambda: selector.stop_reason() if selector.should_stop() else None,
     )
     return arrays, record
 
 
 def finish(cfg: DictConfig, strategy: Strategy, source: PreprocessingSource, evaluator: CentralEvaluator, arrays: ArrayRecord,
-           record: RunRecord, out_dir: Path, resumed: ckpt_mod.Checkpoint | None, started: float) -> dict[str, Any]:
-    """Final test metrics, metrics.json, the model card and model/ (:func:`export.finish_run`)."""
-    final = evaluator.evaluate(arrays)
+           record: RunRecord, out_dir: Path, resumed: ckpt_mod.Checkpoint | None, started: float,
+           selector: ModelSelector) -> dict[str, Any]:
+    """Test metrics of the selected round's model, metrics.json, the model card and model/
+    (:func:`export.finish_run`)."""
+    final = evaluator.evaluate(numpy_to_arrays(selector.chosen_model(arrays_to_numpy(arrays))))
     wall = time.perf_counter() - started
     history = record.rows
     metrics = {
         "test_rmse": final.rmse,
         "test_r2": final.r2,
         "test_rows": final.examples,
+        **selection_metrics(selector, history, int(cfg.federation.num_rounds)),
         "initial_test_r2": record.initial_test_r2,
         "initial_test_rmse": record.initial_test_rmse,
         "wall_seconds": wall,
