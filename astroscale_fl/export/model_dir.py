@@ -152,7 +152,8 @@ def finish_run(out_dir: Path, task, cfg, pipeline: Pipeline, model: nn.Module, m
     ``<output.models_dir>/<task>/latest``.  Returns the model directory."""
     add_r2_ceiling(metrics, test)
     example = typical_row(test, task.target)
-    card = build_card(task, cfg, pipeline, {k: metrics[k] for k in CARD_METRICS if k in metrics}, strategy_params or {}, extra={
+    card_metrics = {k: v for k, v in metrics.items() if k in CARD_METRICS or k.startswith("test_by_")}
+    card = build_card(task, cfg, pipeline, card_metrics, strategy_params or {}, extra={
         **(card_extra or {}),
         "example": {"inputs": [float(example[n]) for n in task.input_names], "target": float(example[task.target]),
                     "id": str(example["id"])},

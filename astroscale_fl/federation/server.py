@@ -30,7 +30,7 @@ from astroscale_fl.data.tasks import get_task
 from astroscale_fl.errors import ConfigError
 from astroscale_fl.export.model_dir import finish_run
 from astroscale_fl.federation import checkpoint as ckpt_mod
-from astroscale_fl.federation.history import RoundRecord, write_history
+from astroscale_fl.federation.history import NODE_COLUMNS, NodeRecord, RoundRecord, write_history
 from astroscale_fl.federation.messages import round_config
 from astroscale_fl.federation.observability import RunMetrics, serve
 from astroscale_fl.federation.protocol import FLOOR_REFUSED_CODE
@@ -44,8 +44,9 @@ from astroscale_fl.federation.rounds import (
     wait_for_nodes,
 )
 from astroscale_fl.federation.selection import ModelSelector, SelectionSettings, selection_metrics
+from astroscale_fl.learning.group_metrics import test_by_groups
 from astroscale_fl.learning.models import build_model
-from astroscale_fl.learning.training import EvalReport, encode_rows, evaluate
+from astroscale_fl.learning.training import EvalReport, encode_rows, evaluate, predict
 from astroscale_fl.preprocessing import Pipeline
 from astroscale_fl.preprocessing.reference import NODE_STATISTICS, fit_reference
 from astroscale_fl.privacy import dp_statistics
@@ -77,6 +78,7 @@ class RunRecord:
     privacy_entries: list[dict] = field(default_factory=list)
     privacy_declines: list[dict] = field(default_factory=list)  # {round, node, reason, epsilon, code}
     selection: dict[str, Any] = field(default_factory=dict)  # ModelSelector.state_dict()
+    node_rows: list[dict] = field(default_factory=list)  # history_nodes.csv (NodeRecord as dicts)
 
     def add(self, outcome: RoundOutcome) -> None:
         """Record a finished round."""
@@ -86,6 +88,7 @@ class RunRecord:
         self.rejected[str(row.round)] = len(outcome.rejections)
         self.privacy_entries.extend(outcome.privacy_entries)
         self.privacy_declines.extend({"round": row.round, **dataclasses.asdict(d)} for d in outcome.declines)
+        self.node_rows.extend(dataclasses.asdict(n) for n in outcome.node_evaluations)
 
     def extra(self) -> dict[str, Any]:
         """The checkpoint's ``extra`` (everything but the rows, which it keeps as history)."""
@@ -95,7 +98,7 @@ class RunRecord:
         """Continue from a checkpoint: its rows and its per-round counts."""
         self.rows = list(resumed.history)
         for key in ("declined", "rejected", "privacy_entries", "privacy_declines", "train_rows", "statistics",
-                    "initial_test_r2", "initial_test_rmse", "selection"):
+                    "initial_test_r2", "initial_test_rmse", "selection", "node_rows"):
             if key in resumed.extra:
                 setattr(self, key, resumed.extra[key])
         for row in self.rows:  # history.csv holds declines; the checkpoint's extra is the authority
@@ -186,6 +189,12 @@ class CentralEvaluator:
             load_arrays(self.model, arrays)
         return evaluate(self.model, self.test_x, self.test_y, self.pipeline.target.inverse)
 
+    def by_groups(self, cfg: DictConfig) -> dict[str, Any]:
+        """``test_by_node`` / ``test_by_<column>`` of the model as it is (:mod:`~astroscale_fl.learning.group_metrics`)."""
+        inverse = self.pipeline.target.inverse
+        y_true, y_pred = inverse(self.test_y.double().numpy()), inverse(predict(self.model, self.test_x))
+        return test_by_groups(cfg, self.test, y_true, y_pred, get_task(cfg.task).partition_columns)
+
     def __call__(self, arrays: ArrayRecord) -> tuple[float, float]:
         report = self.evaluate(arrays)
         return report.rmse, report.r2
@@ -213,6 +222,7 @@ def federated_rounds(grid: Grid, cfg: DictConfig, strategy: Strategy, source: Pr
         start_round = resumed.round + 1
         run_metrics.restore(record.rows, {int(k): int(v) for k, v in record.rejected.items()})
         write_history(out_dir / "history.csv", record.rows)
+        write_history(out_dir / "history_nodes.csv", [NodeRecord(**n) for n in record.node_rows], NODE_COLUMNS)
     config_dict = OmegaConf.to_container(cfg, resolve=True)
 
     def on_round(outcome: RoundOutcome, arrays: ArrayRecord) -> None:
@@ -222,6 +232,7 @@ def federated_rounds(grid: Grid, cfg: DictConfig, strategy: Strategy, source: Pr
         selector.observe(row.round, getattr(row, selector.settings.metric), model)
         record.selection = selector.state_dict()
         write_history(out_dir / "history.csv", record.rows)
+        write_history(out_dir / "history_nodes.csv", [NodeRecord(**n) for n in record.node_rows], NODE_COLUMNS)
         if fed.checkpoint:
             state = strategy.state_dict() if hasattr(strategy, "state_dict") else {}
             best = selector.best_model if selector.best_round != row.round else OrderedDict()
@@ -253,6 +264,7 @@ def finish(cfg: DictConfig, strategy: Strategy, source: PreprocessingSource, eva
         "test_r2": final.r2,
         "test_rows": final.examples,
         **selection_metrics(selector, history, int(cfg.federation.num_rounds)),
+        **evaluator.by_groups(cfg),
         "initial_test_r2": record.initial_test_r2,
         "initial_test_rmse": record.initial_test_rmse,
         "wall_seconds": wall,

@@ -30,8 +30,16 @@ from astroscale_fl.export.model_dir import finish_run
 from astroscale_fl.federation.history import RoundRecord, write_history
 from astroscale_fl.federation.selection import ModelSelector, SelectionSettings, selection_metrics
 from astroscale_fl.learning.device import resolve_device
+from astroscale_fl.learning.group_metrics import test_by_groups
 from astroscale_fl.learning.models import build_model
-from astroscale_fl.learning.training import encode_rows, evaluate, make_optimizer, shuffled_batches, train_local
+from astroscale_fl.learning.training import (
+    encode_rows,
+    evaluate,
+    make_optimizer,
+    predict,
+    shuffled_batches,
+    train_local,
+)
 from astroscale_fl.preprocessing import Pipeline
 from astroscale_fl.preprocessing.reference import fit_reference
 
@@ -84,6 +92,8 @@ def run_centralized(cfg: DictConfig, out_dir: str | Path, show_progress: bool = 
     metrics = {
         "mode": "centralized", "test_rmse": final.rmse, "test_r2": final.r2, "test_rows": final.examples,
         **selection_metrics(selector, rows, epochs),
+        **test_by_groups(cfg, test, pipeline.target.inverse(test_y.double().cpu().numpy()),
+                         pipeline.target.inverse(predict(model, test_x)), task.partition_columns),
         "initial_test_r2": initial.r2, "initial_test_rmse": initial.rmse, "wall_seconds": time.perf_counter() - started,
         "rounds": len(rows), "bytes_down": 0, "bytes_up": 0, "nodes_failed": 0, "train_rows": len(train),
         "config": OmegaConf.to_container(cfg, resolve=True),
