@@ -39,14 +39,17 @@ class SelectionSettings:
     min_delta: float = 0.0
 
     @classmethod
-    def from_config(cls, fed) -> SelectionSettings:
-        """The settings of a ``federation`` section; a one-line ConfigError names a bad key."""
+    def from_config(cls, fed, mode: str = "federated") -> SelectionSettings:
+        """The settings of a ``federation`` section; a one-line ConfigError names a bad key. A federated
+        run scores rounds by the nodes' evaluation, so patience needs ``fraction_evaluate > 0``."""
         require(fed.select in SELECTS, "federation.select", "best or last", fed.select)
         require(fed.select_metric in SELECT_METRICS, "federation.select_metric",
                 f"a validation metric, one of {sorted(SELECT_METRICS)} (never a test metric)", fed.select_metric)
         require(fed.patience is None or (not isinstance(fed.patience, bool) and fed.patience >= 1), "federation.patience",
                 "null or an integer >= 1 (rounds without improvement before stopping)", fed.patience)
         require(math.isfinite(fed.min_delta) and fed.min_delta >= 0, "federation.min_delta", "a number >= 0", fed.min_delta)
+        require(fed.patience is None or mode == "centralized" or fed.fraction_evaluate > 0, "federation.patience",
+                "null when federation.fraction_evaluate=0 (no node evaluates: no round could improve)", fed.patience)
         return cls(str(fed.select), str(fed.select_metric), None if fed.patience is None else int(fed.patience),
                    float(fed.min_delta))
 

@@ -77,6 +77,16 @@ def test_early_stop_under_dp_charges_only_the_rounds_run(tmp_path):
     assert stopped["privacy"]["max_epsilon"] == same["privacy"]["max_epsilon"] == history["max_epsilon"].iloc[-1]
 
 
+def test_early_stop_under_node_level_dp_charges_only_the_rounds_run(tmp_path):
+    stopped, history = run(tmp_path, "stop", "privacy=dp_fedavg", "federation.num_rounds=15", "federation.patience=1")
+    ran = stopped["stopped_early_at"]
+    assert ran is not None and ran < 15 and len(history) == ran
+    same, _ = run(tmp_path, "same", "privacy=dp_fedavg", f"federation.num_rounds={ran}")
+    # the server's node-level ledger: one entry per aggregated round, as in a run of that many rounds
+    assert stopped["privacy"]["node_level_epsilon"] == same["privacy"]["node_level_epsilon"]
+    assert stopped["privacy"]["card"]["node_level"] == same["privacy"]["card"]["node_level"]
+
+
 def test_centralized_selects_the_best_epoch_on_its_validation_share(tmp_path):
     from astroscale_fl.learning.centralized import run_centralized
 
@@ -95,7 +105,8 @@ def test_centralized_selects_the_best_epoch_on_its_validation_share(tmp_path):
     ("federation.select_metric=test_r2", "federation.select_metric"),
     ("federation.patience=0", "federation.patience"),
     ("federation.min_delta=-0.1", "federation.min_delta"),
+    ("federation.patience=3 federation.fraction_evaluate=0", "federation.patience"),
 ])
 def test_bad_selection_settings_are_one_line_errors(override, key):
     with pytest.raises(ConfigError, match=f"^{key}: expected"):
-        config.validate(config.compose([override]))
+        config.validate(config.compose(override.split()))
