@@ -162,9 +162,10 @@ def plot_curves(table: pd.DataFrame, histories: dict[str, pd.DataFrame], path: P
             for ax, metric, scale in ((top, "test_r2", 1.0), (bottom, "test_rmse", factor)):
                 mean = pd.concat([histories[j].set_index("round")[metric] for j in group["job"]], axis=1).mean(axis=1)
                 ax.plot(mean.index, mean.to_numpy() * scale, marker=".", label=strategy)
-        for job in central["job"]:
-            top.axhline(histories[job]["test_r2"].iloc[-1], color="k", ls="--", lw=1, label="centralized")
-            bottom.axhline(histories[job]["test_rmse"].iloc[-1] * factor, color="k", ls="--", lw=1, label="centralized")
+        for i, reference in enumerate(central.itertuples()):  # the exported (selected) epoch's model
+            label = "centralized" if i == 0 else None
+            top.axhline(reference.test_r2, color="k", ls="--", lw=1, label=label)
+            bottom.axhline(reference.test_rmse * factor, color="k", ls="--", lw=1, label=label)
         if len(ceiling):
             top.axhline(ceiling.mean(), color="0.4", ls=":", lw=1.5, label=f"R² ceiling ({ceiling.mean():.3f})")
         top.set_title(f"partition = {partition}")
