@@ -66,11 +66,16 @@ def test_resume_keeps_the_best_model_so_far(tmp_path):
     assert resumed["test_r2"] == pytest.approx(whole["test_r2"], abs=1e-9)
 
 
+STOP_AFTER_3 = ("federation.patience=1", "federation.min_delta=1.0")
+
+
 def test_early_stop_under_dp_charges_only_the_rounds_run(tmp_path):
     dp = ["privacy=dp_sgd", "privacy.target_epsilon=null", "privacy.noise_multiplier=1.0", "train.batch_size=64"]
-    stopped, history = run(tmp_path, "stop", *dp, "federation.num_rounds=15", "federation.patience=1")
+    # min_delta=1: no round can beat round 1 by that much, so round 2 uses up the patience whatever the noise;
+    # round 2's evaluation rides on round 3's training message: the run ends after round 3
+    stopped, history = run(tmp_path, "stop", *dp, "federation.num_rounds=15", *STOP_AFTER_3)
     ran = stopped["stopped_early_at"]
-    assert ran is not None and ran < 15 and len(history) == ran
+    assert ran == 3 == len(history)
     same, _ = run(tmp_path, "same", *dp, f"federation.num_rounds={ran}")
     # the nodes' ledgers hold exactly the rounds that ran: the same ε as a run planned with that many rounds
     assert stopped["privacy"]["card"]["nodes"] == same["privacy"]["card"]["nodes"]
@@ -78,9 +83,9 @@ def test_early_stop_under_dp_charges_only_the_rounds_run(tmp_path):
 
 
 def test_early_stop_under_node_level_dp_charges_only_the_rounds_run(tmp_path):
-    stopped, history = run(tmp_path, "stop", "privacy=dp_fedavg", "federation.num_rounds=15", "federation.patience=1")
+    stopped, history = run(tmp_path, "stop", "privacy=dp_fedavg", "federation.num_rounds=15", *STOP_AFTER_3)
     ran = stopped["stopped_early_at"]
-    assert ran is not None and ran < 15 and len(history) == ran
+    assert ran == 3 == len(history)
     same, _ = run(tmp_path, "same", "privacy=dp_fedavg", f"federation.num_rounds={ran}")
     # the server's node-level ledger: one entry per aggregated round, as in a run of that many rounds
     assert stopped["privacy"]["node_level_epsilon"] == same["privacy"]["node_level_epsilon"]
