@@ -66,23 +66,25 @@ def page(name: str, command: str, table: pd.DataFrame, groups: pd.DataFrame) -> 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("task")
-    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run (after --)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES))
     parser.add_argument("--name", help="page name (default: the task)")
     parser.add_argument("--runs", type=Path, help="run directories (default: outputs/results/<name>)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results")
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:cut])
+    overrides = argv[cut + 1:]  # extra Hydra overrides for every run
     name = args.name or args.task
     runs = args.runs or ROOT / "outputs" / "results" / name
     for seed in args.seeds:
-        run(args.task, runs / f"centralized-s{seed}", ["mode=centralized", f"seed={seed}", *args.overrides])
+        run(args.task, runs / f"centralized-s{seed}", ["mode=centralized", f"seed={seed}", *overrides])
         for strategy in args.strategies:
-            run(args.task, runs / f"{strategy}-s{seed}", [f"strategy={strategy}", f"seed={seed}", *args.overrides])
+            run(args.task, runs / f"{strategy}-s{seed}", [f"strategy={strategy}", f"seed={seed}", *overrides])
     table, histories = summarise(runs, 0.9, [])
     groups = pd.DataFrame([g for r in table.to_dict("records") for g in group_rows(Path(r["job"]), r)], columns=GROUP_COLUMNS)
     args.out.mkdir(parents=True, exist_ok=True)
-    command = "python scripts/results.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python scripts/results.py " + " ".join(argv)
     write_text(args.out / f"{name}.md", page(name, command, table, groups))
     plot_curves(table, histories, args.out / f"{name}.png")
     print(f"wrote {args.out / f'{name}.md'} and {args.out / f'{name}.png'}")
