@@ -12,5 +12,7 @@ def test_survey_task_brings_its_tuned_defaults_and_the_command_line_still_wins()
                                             "federation.num_rounds=7", "model=linear"]))
     assert (given.train.lr, given.federation.num_rounds, given.federation.patience) == (0.001, 7, None)
     assert "dropout" not in given.model  # the MLP's tuned dropout does not follow another model
-    plain = config.validate(config.compose([]))  # hipparcos_absmag: the groups' own defaults
-    assert (plain.train.lr, plain.federation.num_rounds, plain.federation.patience, plain.model.dropout) == (0.001, 20, None, 0.0)
+    plain = config.validate(config.compose([]))  # hipparcos_absmag: only its rounds and patience are its own
+    assert (plain.train.lr, plain.federation.num_rounds, plain.federation.patience, plain.model.dropout) == (0.001, 100, 10, 0.0)
+    catalog = config.validate(config.compose(["task=catalog", "task.path=x.csv", "task.features=[a]", "task.target=y"]))
+    assert (catalog.federation.num_rounds, catalog.federation.patience) == (20, None)  # no tuned file: the groups' defaults
