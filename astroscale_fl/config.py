@@ -186,7 +186,7 @@ def _check_values(cfg: DictConfig) -> None:
         require(cfg.partition.alpha > 0, "partition.alpha", "a positive number", cfg.partition.alpha)
         require(cfg.partition.bins >= 1, "partition.bins", "an integer >= 1", cfg.partition.bins)
     check_values(cfg)
-    SelectionSettings.from_config(fed, cfg.mode)
+    SelectionSettings.from_config(fed)
     require(fed.secure_aggregation in ("none", "secaggplus"), "federation.secure_aggregation", "none or secaggplus", fed.secure_aggregation)
     if fed.secure_aggregation == "secaggplus":
         from astroscale_fl.federation.secagg.protocol import check_config

@@ -8,8 +8,9 @@ validation score has not beaten its best by more than ``federation.min_delta`` f
 (``federation.num_rounds`` is then the maximum). Centralized runs apply the same to epochs,
 scored on a validation share of the training rows.
 
-Both are deterministic: ties keep the earlier round, and a round without a validation score
-(no node evaluated) counts as no improvement.
+Both are deterministic: ties keep the earlier round. A round without a validation score (no node
+evaluated, e.g. ``fraction_evaluate=0``) neither improves nor uses up patience: a run without
+federated evaluation runs every round and exports the last.
 """
 
 from __future__ import annotations
@@ -39,17 +40,14 @@ class SelectionSettings:
     min_delta: float = 0.0
 
     @classmethod
-    def from_config(cls, fed, mode: str = "federated") -> SelectionSettings:
-        """The settings of a ``federation`` section; a one-line ConfigError names a bad key. A federated
-        run scores rounds by the nodes' evaluation, so patience needs ``fraction_evaluate > 0``."""
+    def from_config(cls, fed) -> SelectionSettings:
+        """The settings of a ``federation`` section; a one-line ConfigError names a bad key."""
         require(fed.select in SELECTS, "federation.select", "best or last", fed.select)
         require(fed.select_metric in SELECT_METRICS, "federation.select_metric",
                 f"a validation metric, one of {sorted(SELECT_METRICS)} (never a test metric)", fed.select_metric)
         require(fed.patience is None or (not isinstance(fed.patience, bool) and fed.patience >= 1), "federation.patience",
                 "null or an integer >= 1 (rounds without improvement before stopping)", fed.patience)
         require(math.isfinite(fed.min_delta) and fed.min_delta >= 0, "federation.min_delta", "a number >= 0", fed.min_delta)
-        require(fed.patience is None or mode == "centralized" or fed.fraction_evaluate > 0, "federation.patience",
-                "null when federation.fraction_evaluate=0 (no node evaluates: no round could improve)", fed.patience)
         return cls(str(fed.select), str(fed.select_metric), None if fed.patience is None else int(fed.patience),
                    float(fed.min_delta))
 
@@ -82,6 +80,8 @@ class ModelSelector:
         """Record a completed round's validation ``score`` and its global ``model``; True when it
         is the best so far (its model is kept, copied, for ``select=best``)."""
         self.last_round = server_round
+        if not math.isfinite(score):
+            return False
         if self._better(score, self.reference, self.settings.min_delta):
             self.reference, self.since_improved = score, 0
         else:
@@ -136,9 +136,10 @@ def selection_metrics(selector: ModelSelector, history: list[RoundRecord], num_r
     stopped_early = selector.should_stop() and selector.last_round < num_rounds
     chosen = selector.chosen_round()
     last = history[-1] if history else RoundRecord(round=0)
+    score = next((getattr(r, selector.settings.metric) for r in history if r.round == chosen), math.nan)
     return {
         "selected_round": chosen,
-        "selected_val_score": next((getattr(r, selector.settings.metric) for r in history if r.round == chosen), None),
+        "selected_val_score": float(score) if math.isfinite(score) else None,
         "last_round_test_r2": last.test_r2,
         "last_round_test_rmse": last.test_rmse,
         "stopped_early_at": selector.last_round if stopped_early else None,

@@ -110,8 +110,14 @@ def test_centralized_selects_the_best_epoch_on_its_validation_share(tmp_path):
     ("federation.select_metric=test_r2", "federation.select_metric"),
     ("federation.patience=0", "federation.patience"),
     ("federation.min_delta=-0.1", "federation.min_delta"),
-    ("federation.patience=3 federation.fraction_evaluate=0", "federation.patience"),
 ])
 def test_bad_selection_settings_are_one_line_errors(override, key):
     with pytest.raises(ConfigError, match=f"^{key}: expected"):
-        config.validate(config.compose(override.split()))
+        config.validate(config.compose([override]))
+
+
+def test_rounds_without_validation_neither_improve_nor_use_up_patience(tmp_path):
+    metrics, history = run(tmp_path, "blind", "federation.num_rounds=3", "federation.patience=1",
+                           "federation.fraction_evaluate=0")
+    assert history["eval_r2"].isna().all() and len(history) == 3  # nothing evaluated: every round runs
+    assert metrics["selected_round"] == 3 and metrics["stopped_early_at"] is None and metrics["selected_val_score"] is None
