@@ -228,6 +228,11 @@ class Federation:
     vectorize: bool  # train a round's nodes together as one stacked model where they share it (issue 13)
     secure_aggregation: str  # none | secaggplus
     secaggplus: SecAggPlusConfig
+    # model selection and early stopping (issue 25, astroscale_fl/federation/selection.py)
+    select: str  # best | last: the round whose model is exported
+    select_metric: str  # pooled node-validation column of history.csv: eval_r2 | eval_loss | eval_rmse
+    patience: Optional[int]  # null: run every round; K: stop after K rounds without improvement
+    min_delta: float  # improvement patience requires
 
 
 @dataclass

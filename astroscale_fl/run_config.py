@@ -21,6 +21,7 @@ from astroscale_fl.config_schema import SCHEMAS
 from astroscale_fl.data import split
 from astroscale_fl.data.tasks import default_partition
 from astroscale_fl.errors import ConfigError, one_line
+from astroscale_fl.federation.selection import SelectionSettings
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -80,6 +81,7 @@ def _check_values(cfg: DictConfig) -> None:
         require(cfg.partition.alpha > 0, "partition.alpha", "a positive number", cfg.partition.alpha)
         require(cfg.partition.bins >= 1, "partition.bins", "an integer >= 1", cfg.partition.bins)
     check_values(cfg)
+    SelectionSettings.from_config(fed)
     require(fed.secure_aggregation in ("none", "secaggplus"), "federation.secure_aggregation", "none or secaggplus", fed.secure_aggregation)
     if fed.secure_aggregation == "secaggplus":
         from astroscale_fl.federation.secagg.scheme import check_config

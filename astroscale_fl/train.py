@@ -3,7 +3,9 @@
 Hydra composes ``conf/`` with the command-line overrides (``-m`` sweeps them as a multirun).
 Each job validates its config, simulates ``federation.num_nodes`` SuperNodes running our
 ClientApp against our ServerApp, and writes ``history.csv``, ``metrics.json`` and ``model/``
-into the job's Hydra output directory.
+into the job's Hydra output directory. A job returns its selected pooled validation score
+(``federation.select_metric`` of the exported round, never a test metric): the objective of a
+Hydra sweeper such as Optuna's (``-m hydra/sweeper=survey_redshift``, the ``[sweep]`` extra).
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from astroscale_fl.errors import USER_ERROR_EXIT, AstroScaleError, ConfigError, 
 _HYDRA_FLAGS_WITH_VALUE = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--experimental-rerun", "--info", "-i"}
 
 
-def run_job(cfg: DictConfig) -> dict:
-    """One training job from a composed config (called by Hydra for every job)."""
+def run_job(cfg: DictConfig) -> float:
+    """One training job from a composed config (called by Hydra for every job); its selected validation score."""
     from hydra.core.hydra_config import HydraConfig
 
     from clients.app import app as client_app
@@ -45,7 +47,16 @@ def run_job(cfg: DictConfig) -> dict:
         print(f"error: {one_line(str(exc))}", file=sys.stderr)
         raise SystemExit(USER_ERROR_EXIT) from None
     print(f"outputs: {out_dir}")
-    return {"out_dir": out_dir}
+    return selected_score(out_dir)
+
+
+def selected_score(out_dir: str) -> float:
+    """A finished run's ``selected_val_score`` (metrics.json), NaN when no round had a validation score."""
+    import json
+    from pathlib import Path
+
+    score = json.loads((Path(out_dir) / "metrics.json").read_text()).get("selected_val_score")
+    return float("nan") if score is None else float(score)
 
 
 def log_once_through_hydra() -> None:

@@ -35,7 +35,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("export", ("astroscale_fl.export",)),
     ("SecAgg+ scheme (masks, shares, its config check)", ("astroscale_fl.federation.secagg.scheme",)),
     ("run config: the schema merge, each owner's check, the pre-run checks", (
-        "astroscale_fl.run_config", "astroscale_fl.config_checks")),
+        "astroscale_fl.run_config", "astroscale_fl.config_checks",
+        "astroscale_fl.federation.selection")),  # model selection's settings (checked by the run config) and its tracker
     ("federation apps", ("astroscale_fl.federation",)),
     ("strategies", ("strategies",)),
     ("applications: ServerApp, ClientApp, serve, deploy, the CLI", (

@@ -125,7 +125,8 @@ def verify_files(directory: str | Path, card: dict[str, Any]) -> None:
 
 
 #: The metrics every model card repeats from the run's metrics.json.
-CARD_METRICS = ("test_rmse", "test_r2", "r2_ceiling", "test_rows", "train_rows")
+CARD_METRICS = ("test_rmse", "test_r2", "r2_ceiling", "test_rows", "train_rows", "selected_round", "selected_val_score",
+                "last_round_test_r2", "last_round_test_rmse", "stopped_early_at", "selection")
 
 
 def add_r2_ceiling(metrics: dict[str, Any], test) -> None:
@@ -154,7 +155,8 @@ def finish_run(out_dir: Path, task, cfg, pipeline: Pipeline, model: nn.Module, m
     ``<output.models_dir>/<task>/latest``.  Returns the model directory."""
     add_r2_ceiling(metrics, test)
     examples = [worked_example(test, task, position) for position in example_positions(test, task.target)]
-    card = build_card(task, cfg, pipeline, {k: metrics[k] for k in CARD_METRICS if k in metrics}, strategy_params or {}, extra={
+    card_metrics = {k: v for k, v in metrics.items() if k in CARD_METRICS or k.startswith("test_by_")}
+    card = build_card(task, cfg, pipeline, card_metrics, strategy_params or {}, extra={
         **(card_extra or {}),
         "example": examples[len(examples) // 2],
         "examples": examples,

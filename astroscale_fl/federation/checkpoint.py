@@ -4,6 +4,7 @@
 
 - ``model/<name>``: the global model's arrays;
 - ``strategy/<name>``: ``strategy.state_dict()`` (FedAdam moments, SCAFFOLD's ``c``, ...);
+- ``best/<name>``: the best round's model so far (``federation.select=best``), when it is not the last;
 - ``__meta__``: JSON (as uint8) with the round number, the history rows, the fitted
   preprocessing state, the run config, counters not in the history, and the format version.
 
@@ -33,6 +34,7 @@ FORMAT_VERSION = 1
 _META = "__meta__"
 _MODEL = "model/"
 _STRATEGY = "strategy/"
+_BEST = "best/"
 #: config sections that must match between a checkpoint and the run resuming it
 RESUME_MUST_MATCH = ("task", "model", "strategy", "partition", "privacy", "train", "preprocess", "seed")
 
@@ -48,6 +50,7 @@ class Checkpoint:
     pipeline: dict[str, Any]
     config: dict[str, Any]
     extra: dict[str, Any] = field(default_factory=dict)
+    best_model: OrderedDict[str, np.ndarray] = field(default_factory=OrderedDict)  # model selection's best so far
 
 
 def checkpoint_path(location: str | Path) -> Path:
@@ -68,10 +71,12 @@ def save(location: str | Path, ckpt: Checkpoint) -> Path:
         "extra": ckpt.extra,
         "model_keys": list(ckpt.model),
         "strategy_keys": list(ckpt.strategy),
+        "best_keys": list(ckpt.best_model),
     }
     payload = {_META: np.frombuffer(json.dumps(meta, allow_nan=True).encode(), dtype=np.uint8)}
     payload.update({_MODEL + k: np.asarray(v) for k, v in ckpt.model.items()})
     payload.update({_STRATEGY + k: np.asarray(v) for k, v in ckpt.strategy.items()})
+    payload.update({_BEST + k: np.asarray(v) for k, v in ckpt.best_model.items()})
     buffer = io.BytesIO()
     np.savez(buffer, **payload)
     with atomic_path(path) as tmp:
@@ -92,13 +97,14 @@ def load(location: str | Path) -> Checkpoint:
             meta = json.loads(bytes(npz[_META]).decode())
             model = OrderedDict((k, npz[_MODEL + k]) for k in meta["model_keys"])
             strategy = {k: npz[_STRATEGY + k] for k in meta["strategy_keys"]}
+            best = OrderedDict((k, npz[_BEST + k]) for k in meta.get("best_keys", []))
     except (OSError, ValueError, KeyError) as exc:
         raise DataError(f"{path}: not a readable checkpoint ({exc})") from None
     if meta.get("format") != FORMAT_VERSION:
         raise DataError(f"{path}: checkpoint format {meta.get('format')!r}, expected {FORMAT_VERSION}")
     names = {f.name for f in fields(RoundRecord)}
     history = [RoundRecord(**{k: v for k, v in row.items() if k in names}) for row in meta["history"]]
-    return Checkpoint(int(meta["round"]), model, strategy, history, meta["pipeline"], meta["config"], meta.get("extra", {}))
+    return Checkpoint(int(meta["round"]), model, strategy, history, meta["pipeline"], meta["config"], meta.get("extra", {}), best)
 
 
 def check_compatible(ckpt: Checkpoint, config: dict[str, Any], source: str | Path) -> None:

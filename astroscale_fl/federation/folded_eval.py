@@ -33,6 +33,7 @@ class FoldedEvaluation:
         self.errored: set[int] = set()  # flagged nodes whose training reply was an error
         self.missing_own: list[int] = []  # evaluation-only nodes that did not reply
         self.bytes_down = 0  # payload of the evaluate messages sent on their own
+        self.result_nodes: list[int] = []  # the node of each result :meth:`finish` returned
 
     def attach(self, train_msgs: list[Message]) -> list[Message]:
         """Flag the training messages of nodes in the evaluation sample; return training messages
@@ -83,4 +84,6 @@ class FoldedEvaluation:
             self.results += [(r.metadata.src_node_id, r) for r in again]
             missing += again_missing
         # in node order, as send_and_receive returns replies: the pooled sums then add up identically
-        return [msg for _, msg in sorted(self.results, key=lambda pair: pair[0])], missing
+        ordered = sorted(self.results, key=lambda pair: pair[0])
+        self.result_nodes = [node for node, _ in ordered]  # the results' senders (a folded result has no sender of its own)
+        return [msg for _, msg in ordered], missing

@@ -1,4 +1,5 @@
-"""Per-round history of a run, written as ``history.csv`` (atomically, after every round)."""
+"""Per-round history of a run, written as ``history.csv`` (atomically, after every round), and
+each node's validation metrics per round, ``history_nodes.csv``."""
 
 from __future__ import annotations
 
@@ -35,10 +36,25 @@ class RoundRecord:
 COLUMNS = [f.name for f in fields(RoundRecord)]
 
 
-def write_history(path: str | Path, rows: list[RoundRecord]) -> None:
-    """Write rows as CSV (header always present), atomically."""
+@dataclass
+class NodeRecord:
+    """One node's evaluation of a round's global model on its local validation rows."""
+
+    round: int
+    node: int  # the node id the server addressed
+    rows: int
+    loss: float
+    rmse: float
+    r2: float
+
+
+NODE_COLUMNS = [f.name for f in fields(NodeRecord)]
+
+
+def write_history(path: str | Path, rows: list[RoundRecord] | list[NodeRecord], columns: list[str] = COLUMNS) -> None:
+    """Write rows as CSV (header always present), atomically: ``columns`` is ``NODE_COLUMNS`` for :class:`NodeRecord` rows."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(row).items()})

@@ -41,7 +41,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from astroscale_fl.errors import AstroScaleError
 from astroscale_fl.federation.folded_eval import FoldedEvaluation
-from astroscale_fl.federation.history import RoundRecord
+from astroscale_fl.federation.history import NodeRecord, RoundRecord
 from astroscale_fl.federation.packing import packed_message, unpack_reply
 from astroscale_fl.federation.protocol import (
     ARRAYS_KEY,
@@ -50,11 +50,16 @@ from astroscale_fl.federation.protocol import (
     CONFIG_KEY,
     DECLINE_CODES,
     EPSILON_KEY,
+    LOSS_KEY,
     METRICS_KEY,
     PRIVACY_KEY,
     QUARANTINED_KEY,
+    SSE_KEY,
     STATS_KEY,
+    SUM_Y2_KEY,
+    SUM_Y_KEY,
     TRAIN_LOSS_KEY,
+    WEIGHT_KEY,
     Decline,
 )
 from astroscale_fl.federation.records import array_view, arrays_to_numpy, record_nbytes
@@ -213,6 +218,7 @@ class RoundOutcome:
     declines: list[Decline]  # nodes that declined (privacy budget spent)
     privacy_entries: list[dict]  # model-card entries of the DP replies
     rejections: list[str]  # reasons of the replies not aggregated
+    node_evaluations: list[NodeRecord] = field(default_factory=list)  # history_nodes.csv rows of this round
 
     @property
     def bytes_down(self) -> int:
@@ -289,29 +295,43 @@ def train_phase(strategy: Strategy, grid: Grid, server_round: int, arrays: Array
 
 def evaluate_phase(strategy: Strategy, grid: Grid, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                    policy: RoundPolicy, row: RoundRecord, central_eval: CentralEval | None,
-                   eval_msgs: list[Message] | None = None) -> None:
+                   eval_msgs: list[Message] | None = None) -> list[NodeRecord]:
     """Federated evaluation (configure_evaluate -> send and receive -> aggregate_evaluate), then
-    centralized evaluation; fills ``row``'s evaluation columns and bytes down."""
+    centralized evaluation; fills ``row``'s evaluation columns and bytes down; each node's evaluation."""
     if eval_msgs is None:
         eval_msgs = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(dict(config)), grid))
     row.bytes_down += sum(record_nbytes(m.content) for m in eval_msgs)
     eval_replies, eval_missing = send_and_receive(grid, eval_msgs, policy.timeout)
-    record_evaluation(strategy, server_round, eval_replies, eval_missing, policy, row)
+    nodes = record_evaluation(strategy, server_round, eval_replies, eval_missing, policy, row)
     if central_eval is not None:
         row.test_rmse, row.test_r2 = central_eval(arrays)
+    return nodes
 
 
 def record_evaluation(strategy: Strategy, server_round: int, eval_replies: list[Message], eval_missing: list[int],
-                      policy: RoundPolicy, row: RoundRecord) -> None:
-    """Log the evaluations that failed or never came; aggregate the others into ``row``."""
-    for reply in eval_replies:
+                      policy: RoundPolicy, row: RoundRecord, nodes: list[int] | None = None) -> list[NodeRecord]:
+    """Log the evaluations that failed or never came; aggregate the others into ``row``; each node's
+    evaluation. ``nodes``: the node of each reply, where it is not the reply's sender (folded results)."""
+    nodes = nodes if nodes is not None else [r.metadata.src_node_id for r in eval_replies]
+    for node, reply in zip(nodes, eval_replies):
         if reply.has_error():
-            log(WARNING, "round %d: evaluation on node %s failed: %s", server_round, reply.metadata.src_node_id, reply.error.reason)
+            log(WARNING, "round %d: evaluation on node %s failed: %s", server_round, node, reply.error.reason)
     for node in eval_missing:
         log(WARNING, "round %d: node %s did not evaluate within %.0f s", server_round, node, policy.timeout)
     eval_metrics = strategy.aggregate_evaluate(server_round, eval_replies)
     if eval_metrics is not None:
         row.eval_loss, row.eval_rmse, row.eval_r2 = (float(eval_metrics[k]) for k in ("loss", "rmse", "r2"))
+    return [node_evaluation(server_round, node, r) for node, r in zip(nodes, eval_replies)
+            if not r.has_error() and METRICS_KEY in r.content.metric_records]
+
+
+def node_evaluation(server_round: int, node: int, reply: Message) -> NodeRecord:
+    """One node's loss, RMSE and R² on its validation rows, from the sums its evaluation reply carries."""
+    metrics = reply.content[METRICS_KEY]
+    n, sse = float(metrics[WEIGHT_KEY]), float(metrics[SSE_KEY])
+    ss_tot = float(metrics[SUM_Y2_KEY]) - float(metrics[SUM_Y_KEY]) ** 2 / n if n else 0.0
+    return NodeRecord(server_round, int(node), int(n), float(metrics[LOSS_KEY]),
+                      math.sqrt(sse / n) if n else math.nan, 1.0 - sse / ss_tot if ss_tot > 0 else math.nan)
 
 
 def run_rounds(
@@ -327,6 +347,7 @@ def run_rounds(
     policy: RoundPolicy | None = None,
     start_round: int = 1,
     metrics=None,
+    stop: Callable[[], str | None] | None = None,
 ) -> tuple[ArrayRecord, list[RoundOutcome]]:
     """Run rounds ``start_round .. num_rounds`` of ``strategy``; return the final arrays and each round's outcome.
 
@@ -335,6 +356,9 @@ def run_rounds(
     and round) and its outcome completes then. ``metrics`` (an
     :class:`astroscale_fl.federation.observability.RunMetrics`) is updated as rounds go;
     ``on_round(outcome, arrays)`` runs after each completed round (checkpoints, history.csv).
+    ``stop()`` (early stopping) is asked after each completed round: a reason ends the run there. With
+    ``policy.evaluate_in_train`` round r's evaluation completes inside round r+1, whose training has then
+    already happened: that round is evaluated on its own and completed, and the run ends after it.
     """
     policy = policy or RoundPolicy(timeout=600.0 if timeout is None else timeout)
     outcomes: list[RoundOutcome] = []
@@ -356,8 +380,17 @@ def run_rounds(
             detail = f"ε={row.max_epsilon:.2f}" if math.isfinite(row.max_epsilon) else f"loss={row.train_loss:.4f}"
             progress.update(task, advance=1, status=f"test R²={row.test_r2:.4f} {detail}")
 
+        def stopped() -> bool:
+            reason = stop() if stop is not None else None
+            if reason:
+                log(INFO, "%s", reason)
+                progress.update(task, status=reason)
+            return bool(reason)
+
         pending: tuple[RoundOutcome, ArrayRecord, FoldedEvaluation] | None = None  # evaluated by the next round's messages
         for server_round in range(start_round, num_rounds + 1):
+            if stopped():  # a resumed run whose patience had already run out
+                break
             if metrics is not None:
                 metrics.round_started(server_round)
             start = time.perf_counter()
@@ -367,11 +400,18 @@ def run_rounds(
                 done, done_arrays, _ = pending
                 eval_replies, eval_missing = fold.finish(lambda msgs: send_and_receive(grid, msgs, policy.timeout))
                 done.record.bytes_down += fold.bytes_down
-                record_evaluation(strategy, done.record.round, eval_replies, eval_missing, policy, done.record)
+                done.node_evaluations = record_evaluation(strategy, done.record.round, eval_replies, eval_missing, policy, done.record,
+                                                          fold.result_nodes)
                 complete(done, done_arrays)
                 pending = None
                 if metrics is not None:
                     metrics.round_started(server_round)  # the completed round set the gauge back to its number
+                if stop is not None and stop():  # this round already trained: evaluate it on its own and end
+                    outcome.node_evaluations = evaluate_phase(strategy, grid, server_round, arrays, config, policy, outcome.record, central_eval)
+                    outcome.record.wall_seconds = time.perf_counter() - start
+                    complete(outcome, arrays)
+                    stopped()
+                    break
             row = outcome.record
             if policy.evaluate_in_train and server_round < num_rounds:
                 eval_msgs = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(dict(config)), grid))
@@ -381,9 +421,10 @@ def run_rounds(
                     row.wall_seconds = time.perf_counter() - start
                     pending = (outcome, arrays, FoldedEvaluation(eval_msgs, server_round))
                     continue
-                evaluate_phase(strategy, grid, server_round, arrays, config, policy, row, central_eval, eval_msgs)
+                outcome.node_evaluations = evaluate_phase(strategy, grid, server_round, arrays, config, policy, row, central_eval,
+                                                          eval_msgs)
             else:
-                evaluate_phase(strategy, grid, server_round, arrays, config, policy, row, central_eval)
+                outcome.node_evaluations = evaluate_phase(strategy, grid, server_round, arrays, config, policy, row, central_eval)
             row.wall_seconds = time.perf_counter() - start
             complete(outcome, arrays)
     return arrays, outcomes

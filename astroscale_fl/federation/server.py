@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from pathlib import Path
@@ -29,7 +30,7 @@ from astroscale_fl.data.tasks import display_unit, get_task
 from astroscale_fl.errors import ConfigError
 from astroscale_fl.export.model_dir import finish_run
 from astroscale_fl.federation import checkpoint as ckpt_mod
-from astroscale_fl.federation.history import RoundRecord, write_history
+from astroscale_fl.federation.history import NODE_COLUMNS, NodeRecord, RoundRecord, write_history
 from astroscale_fl.federation.messages import round_config
 from astroscale_fl.federation.observability import RunMetrics, serve
 from astroscale_fl.federation.protocol import FLOOR_REFUSED_CODE
@@ -43,8 +44,10 @@ from astroscale_fl.federation.rounds import (
     wait_for_nodes,
 )
 from astroscale_fl.federation.secagg.scheme import secagg_params
+from astroscale_fl.federation.selection import ModelSelector, SelectionSettings, selection_metrics
+from astroscale_fl.learning.group_metrics import test_by_groups
 from astroscale_fl.learning.models import build_model
-from astroscale_fl.learning.training import EvalReport, encode_rows, evaluate
+from astroscale_fl.learning.training import EvalReport, encode_rows, evaluate, predict
 from astroscale_fl.preprocessing import Pipeline
 from astroscale_fl.preprocessing.reference import NODE_STATISTICS, fit_reference
 from astroscale_fl.privacy import dp_statistics
@@ -75,6 +78,8 @@ class RunRecord:
     rejected: dict[str, int] = field(default_factory=dict)  # round -> replies rejected
     privacy_entries: list[dict] = field(default_factory=list)
     privacy_declines: list[dict] = field(default_factory=list)  # {round, node, reason, epsilon, code}
+    selection: dict[str, Any] = field(default_factory=dict)  # ModelSelector.state_dict()
+    node_rows: list[dict] = field(default_factory=list)  # history_nodes.csv (NodeRecord as dicts)
 
     def add(self, outcome: RoundOutcome) -> None:
         """Record a finished round."""
@@ -84,6 +89,7 @@ class RunRecord:
         self.rejected[str(row.round)] = len(outcome.rejections)
         self.privacy_entries.extend(outcome.privacy_entries)
         self.privacy_declines.extend({"round": row.round, **dataclasses.asdict(d)} for d in outcome.declines)
+        self.node_rows.extend(dataclasses.asdict(n) for n in outcome.node_evaluations)
 
     def extra(self) -> dict[str, Any]:
         """The checkpoint's ``extra`` (everything but the rows, which it keeps as history)."""
@@ -93,7 +99,7 @@ class RunRecord:
         """Continue from a checkpoint: its rows and its per-round counts."""
         self.rows = list(resumed.history)
         for key in ("declined", "rejected", "privacy_entries", "privacy_declines", "train_rows", "statistics",
-                    "initial_test_r2", "initial_test_rmse"):
+                    "initial_test_r2", "initial_test_rmse", "selection", "node_rows"):
             if key in resumed.extra:
                 setattr(self, key, resumed.extra[key])
         for row in self.rows:  # history.csv holds declines; the checkpoint's extra is the authority
@@ -117,8 +123,9 @@ def run_federation(grid: Grid, cfg: DictConfig, strategy: Strategy, out_dir: str
     node_ids = wait_for_nodes(grid, int(fed.num_nodes), timeout=float(fed.round_timeout))
     source = preprocessing_source(grid, cfg, node_ids, resumed)
     evaluator = CentralEvaluator(cfg, source.pipeline)
-    arrays, record = federated_rounds(grid, cfg, strategy, source, evaluator, out_dir, resumed, run_metrics, show_progress)
-    return finish(cfg, strategy, source, evaluator, arrays, record, out_dir, resumed, started)
+    selector = ModelSelector(SelectionSettings.from_config(fed))
+    arrays, record = federated_rounds(grid, cfg, strategy, source, evaluator, out_dir, resumed, run_metrics, show_progress, selector)
+    return finish(cfg, strategy, source, evaluator, arrays, record, out_dir, resumed, started, selector)
 
 
 def _load_resume(cfg: DictConfig) -> ckpt_mod.Checkpoint | None:
@@ -181,6 +188,12 @@ class CentralEvaluator:
             load_arrays(self.model, arrays)
         return evaluate(self.model, self.test_x, self.test_y, self.pipeline.target.inverse)
 
+    def by_groups(self, cfg: DictConfig) -> dict[str, Any]:
+        """``test_by_node`` / ``test_by_<column>`` of the model as it is (:mod:`~astroscale_fl.learning.group_metrics`)."""
+        inverse = self.pipeline.target.inverse
+        y_true, y_pred = inverse(self.test_y.double().numpy()), inverse(predict(self.model, self.test_x))
+        return test_by_groups(cfg, self.test, y_true, y_pred, get_task(cfg.task).partition_columns)
+
     def __call__(self, arrays: ArrayRecord) -> tuple[float, float]:
         report = self.evaluate(arrays)
         return report.rmse, report.r2
@@ -188,9 +201,10 @@ class CentralEvaluator:
 
 def federated_rounds(grid: Grid, cfg: DictConfig, strategy: Strategy, source: PreprocessingSource, evaluator: CentralEvaluator,
                      out_dir: Path, resumed: ckpt_mod.Checkpoint | None, run_metrics: RunMetrics,
-                     show_progress: bool) -> tuple[ArrayRecord, RunRecord]:
+                     show_progress: bool, selector: ModelSelector) -> tuple[ArrayRecord, RunRecord]:
     """The train / evaluate rounds (continuing a checkpoint), writing history.csv and the
-    checkpoint after every round; the final arrays and what the rounds recorded."""
+    checkpoint after every round; the final arrays and what the rounds recorded. ``selector``
+    follows the validation score (the model to export; early stopping)."""
     fed = cfg.federation
     initial = model_to_arrays(evaluator.model)
     initial_rmse, initial_r2 = evaluator(initial)
@@ -202,18 +216,27 @@ def federated_rounds(grid: Grid, cfg: DictConfig, strategy: Strategy, source: Pr
         if hasattr(strategy, "load_state_dict"):
             strategy.load_state_dict(resumed.strategy)
         record.restore(resumed)
+        best_is_last = record.selection.get("best_round") == resumed.round  # saved as the model itself
+        selector.load_state_dict(record.selection, resumed.model if best_is_last else resumed.best_model)
         start_round = resumed.round + 1
         run_metrics.restore(record.rows, {int(k): int(v) for k, v in record.rejected.items()})
         write_history(out_dir / "history.csv", record.rows)
+        write_history(out_dir / "history_nodes.csv", [NodeRecord(**n) for n in record.node_rows], NODE_COLUMNS)
     config_dict = OmegaConf.to_container(cfg, resolve=True)
 
     def on_round(outcome: RoundOutcome, arrays: ArrayRecord) -> None:
         record.add(outcome)
+        row = outcome.record
+        model = arrays_to_numpy(arrays)
+        selector.observe(row.round, getattr(row, selector.settings.metric), model)
+        record.selection = selector.state_dict()
         write_history(out_dir / "history.csv", record.rows)
+        write_history(out_dir / "history_nodes.csv", [NodeRecord(**n) for n in record.node_rows], NODE_COLUMNS)
         if fed.checkpoint:
             state = strategy.state_dict() if hasattr(strategy, "state_dict") else {}
-            ckpt_mod.save(out_dir, ckpt_mod.Checkpoint(outcome.record.round, arrays_to_numpy(arrays), state, record.rows,
-                                                       source.pipeline.state_dict(), config_dict, record.extra()))
+            best = selector.best_model if selector.best_round != row.round else OrderedDict()
+            ckpt_mod.save(out_dir, ckpt_mod.Checkpoint(row.round, model, state, record.rows, source.pipeline.state_dict(),
+                                                       config_dict, record.extra(), best))
 
     strategy.summary()
     policy = RoundPolicy(timeout=float(fed.round_timeout), min_replies=int(fed.min_replies),
@@ -222,20 +245,25 @@ def federated_rounds(grid: Grid, cfg: DictConfig, strategy: Strategy, source: Pr
     arrays, _ = run_rounds(
         strategy, grid, initial, _rounds_within_budget(strategy, int(fed.num_rounds), start_round), round_config(cfg, source.pipeline),
         evaluator, on_round=on_round, show_progress=show_progress, policy=policy, start_round=start_round, metrics=run_metrics,
+        stop=lambda: selector.stop_reason() if selector.should_stop() else None,
     )
     return arrays, record
 
 
 def finish(cfg: DictConfig, strategy: Strategy, source: PreprocessingSource, evaluator: CentralEvaluator, arrays: ArrayRecord,
-           record: RunRecord, out_dir: Path, resumed: ckpt_mod.Checkpoint | None, started: float) -> dict[str, Any]:
-    """Final test metrics, metrics.json, the model card and model/ (:func:`export.finish_run`)."""
-    final = evaluator.evaluate(arrays)
+           record: RunRecord, out_dir: Path, resumed: ckpt_mod.Checkpoint | None, started: float,
+           selector: ModelSelector) -> dict[str, Any]:
+    """Test metrics of the selected round's model, metrics.json, the model card and model/
+    (:func:`export.finish_run`)."""
+    final = evaluator.evaluate(numpy_to_arrays(selector.chosen_model(arrays_to_numpy(arrays))))
     wall = time.perf_counter() - started
     history = record.rows
     metrics = {
         "test_rmse": final.rmse,
         "test_r2": final.r2,
         "test_rows": final.examples,
+        **selection_metrics(selector, history, int(cfg.federation.num_rounds)),
+        **evaluator.by_groups(cfg),
         "initial_test_r2": record.initial_test_r2,
         "initial_test_rmse": record.initial_test_rmse,
         "wall_seconds": wall,

@@ -4,9 +4,12 @@ Reads every job directory under DIR that holds ``metrics.json`` and ``history.cs
 multirun job directories, and any ``mode=centralized`` run placed there or given with
 ``--reference``) and writes into DIR:
 
-- ``summary.csv`` / ``summary.md``: per strategy x partition, the final test RMSE and R²,
+- ``summary.csv`` / ``summary.md``: per strategy x partition, the exported model's test RMSE
+  and R² (with the round it comes from and the last round's R²: ``federation.select``),
   rounds to reach ``--target-r2``, wall seconds, bytes up and down; centralized runs as
   reference rows, with each row's gap to the centralized R²;
+- ``groups.csv`` (and a second table in ``summary.md``): each run's test rows, RMSE, R² and
+  bias per node and per survey (``test_by_node``, ``test_by_<column>`` of metrics.json);
 - ``curves.png``: test R² (top) and test RMSE in the task's display unit (bottom,
   km/s for survey_redshift) per round, one column per partition, one line per strategy (the
   centralized baseline, trained on the pooled data, dashed; the simulator's R² ceiling dotted
@@ -30,7 +33,11 @@ from astroscale_fl.errors import DataError, report_user_errors
 #: The dashed reference line: one model trained on all nodes' data pooled (``mode=centralized``).
 BASELINE_LABEL = "centralized baseline (pooled data)"
 SUMMARY_COLUMNS = ["mode", "task", "strategy", "partition", "seed", "test_rmse", "test_r2", "r2_ceiling", "gap_to_centralized_r2",
-                   "rounds_to_target", "rounds", "wall_seconds", "bytes_up", "bytes_down", "job"]
+                   "selected_round", "last_round_test_r2", "stopped_early_at", "rounds_to_target", "rounds", "wall_seconds",
+                   "bytes_up", "bytes_down", "job"]
+GROUP_COLUMNS = ["strategy", "partition", "seed", "grouping", "group", "rows", "test_rmse", "test_r2", "bias", "job"]
+
+
 def find_jobs(root: Path) -> list[Path]:
     """Job directories below ``root`` (any depth) with a metrics.json and a history.csv."""
     return sorted(p.parent for p in root.rglob("metrics.json") if (p.parent / "history.csv").is_file())
@@ -56,6 +63,9 @@ def load_job(job: Path, target_r2: float) -> tuple[dict, pd.DataFrame]:
         "test_r2": metrics["test_r2"],
         "r2_ceiling": metrics.get("r2_ceiling"),
         "rounds_to_target": int(reached.iloc[0]) if len(reached) else None,
+        "selected_round": metrics.get("selected_round", int(metrics.get("rounds", len(history)))),
+        "last_round_test_r2": metrics.get("last_round_test_r2", metrics["test_r2"]),
+        "stopped_early_at": metrics.get("stopped_early_at"),
         "rounds": int(metrics.get("rounds", len(history))),
         "wall_seconds": metrics.get("wall_seconds"),
         "bytes_up": int(metrics.get("bytes_up", 0)),
@@ -63,6 +73,32 @@ def load_job(job: Path, target_r2: float) -> tuple[dict, pd.DataFrame]:
         "job": str(job),
     }
     return row, history
+
+
+def group_rows(job: Path, summary_row: dict) -> list[dict]:
+    """One row per node and per group of a job's ``test_by_*`` metrics (none for runs without them)."""
+    metrics = json.loads((job / "metrics.json").read_text())
+    return [{"strategy": summary_row["strategy"], "partition": summary_row["partition"], "seed": summary_row["seed"],
+             "grouping": key.removeprefix("test_by_"), "group": name, "rows": g["rows"], "test_rmse": g["rmse"],
+             "test_r2": g["r2"], "bias": g["bias"], "job": str(job)}
+            for key, groups in metrics.items() if key.startswith("test_by_") for name, g in groups.items()]
+
+
+def groups_markdown(groups: pd.DataFrame, task: str) -> str:
+    """Per-group test RMSE and bias, one row per strategy x partition (mean over seeds), one column per group."""
+    if groups.empty:
+        return ""
+    unit, factor = display_unit(task)
+    grouping = "survey" if (groups["grouping"] == "survey").any() else "node"
+    part = groups[groups["grouping"] == grouping]
+    mean = part.groupby(["partition", "strategy", "group"], sort=True)[["test_rmse", "bias", "test_r2"]].mean().reset_index()
+    names = sorted(mean["group"].unique())
+    lines = [f"test RMSE{f' ({unit})' if unit else ''} / bias / R² per {grouping}:", "",
+             "| strategy | partition | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 2)]
+    for (partition, strategy), rows in mean.groupby(["partition", "strategy"], sort=True):
+        cells = {r.group: f"{r.test_rmse * factor:.4g} / {r.bias * factor:+.3g} / {r.test_r2:.3f}" for r in rows.itertuples()}
+        lines.append(f"| {strategy} | {partition} | " + " | ".join(cells.get(n, "") for n in names) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def summarise(root: Path, target_r2: float, references: list[Path]) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
@@ -89,12 +125,13 @@ def to_markdown(table: pd.DataFrame, target_r2: float) -> str:
 
     unit, factor = display_unit(table["task"].iloc[0]) if table["task"].nunique() == 1 else ("", 1.0)
     head = ["strategy", "partition", f"test RMSE ({unit})" if unit else "test RMSE", "test R²", "R² ceiling",
-            "gap to centralized R²", f"rounds to R² ≥ {target_r2}", "wall s", "MB up", "MB down"]
+            "gap to centralized R²", "round exported", "last round's R²", f"rounds to R² ≥ {target_r2}", "wall s", "MB up", "MB down"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in table.itertuples():
         lines.append("| " + " | ".join([
             r.strategy, r.partition, fmt(r.test_rmse * factor, ".4g"), fmt(r.test_r2, ".4f"), fmt(r.r2_ceiling, ".4f"),
-            fmt(r.gap_to_centralized_r2, "+.4f"),
+            fmt(r.gap_to_centralized_r2, "+.4f"), f"{fmt(r.selected_round, '.0f')} of {fmt(r.rounds, '.0f')}",
+            fmt(r.last_round_test_r2, ".4f"),
             "—" if r.rounds_to_target is None or (isinstance(r.rounds_to_target, float) and math.isnan(r.rounds_to_target)) else str(int(r.rounds_to_target)),
             fmt(r.wall_seconds, ".1f"), fmt(r.bytes_up / 1e6, ".2f"), fmt(r.bytes_down / 1e6, ".2f"),
         ]) + " |")
@@ -124,9 +161,10 @@ def plot_curves(table: pd.DataFrame, histories: dict[str, pd.DataFrame], path: P
                 ax.plot(mean.index, mean.to_numpy() * scale, marker=".", label=strategy)
                 if metric == "test_r2":
                     drawn_r2.append(mean)
-        for job in central["job"]:
-            top.axhline(histories[job]["test_r2"].iloc[-1], color="k", ls="--", lw=1, label=BASELINE_LABEL)
-            bottom.axhline(histories[job]["test_rmse"].iloc[-1] * factor, color="k", ls="--", lw=1, label=BASELINE_LABEL)
+        for i, reference in enumerate(central.itertuples()):  # the exported (selected) epoch's model
+            label = BASELINE_LABEL if i == 0 else None
+            top.axhline(reference.test_r2, color="k", ls="--", lw=1, label=label)
+            bottom.axhline(reference.test_rmse * factor, color="k", ls="--", lw=1, label=label)
         if len(ceiling):
             top.axhline(ceiling.mean(), color="0.4", ls=":", lw=1.5, label=f"R² ceiling ({ceiling.mean():.3f})")
         top.set_title(f"partition = {partition}")
@@ -158,10 +196,16 @@ def main(argv: list[str] | None = None) -> int:
     if not args.dir.is_dir():
         raise DataError(f"not a directory: {args.dir}")
     table, histories = summarise(args.dir, args.target_r2, args.reference)
+    groups = pd.DataFrame([g for r in table.to_dict("records") for g in group_rows(Path(r["job"]), r)], columns=GROUP_COLUMNS)
     with atomic_path(args.dir / "summary.csv") as tmp:
         table.to_csv(tmp, index=False)
-    write_text(args.dir / "summary.md", to_markdown(table, args.target_r2))
+    with atomic_path(args.dir / "groups.csv") as tmp:
+        groups.to_csv(tmp, index=False)
+    text = to_markdown(table, args.target_r2)
+    per_group = groups_markdown(groups, table["task"].iloc[0]) if table["task"].nunique() == 1 else ""
+    text += f"\n{per_group}" if per_group else ""
+    write_text(args.dir / "summary.md", text)
     plot_curves(table, histories, args.dir / "curves.png")
-    print(to_markdown(table, args.target_r2))
-    print(f"wrote {args.dir / 'summary.csv'}, {args.dir / 'summary.md'}, {args.dir / 'curves.png'}")
+    print(text)
+    print(f"wrote {args.dir / 'summary.csv'}, {args.dir / 'groups.csv'}, {args.dir / 'summary.md'}, {args.dir / 'curves.png'}")
     return 0
