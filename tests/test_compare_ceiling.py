@@ -82,7 +82,8 @@ def test_curves_label_the_r2_axis_and_the_centralized_baseline_apart(tmp_path, m
 
     history = pd.DataFrame({"round": [1, 2, 3], "test_r2": [0.2, 0.3, 0.35], "test_rmse": [1e-4, 9e-5, 8e-5]})
     table = pd.DataFrame({"mode": ["federated", "centralized"], "task": ["survey_redshift"] * 2, "strategy": ["fedavg", "centralized"],
-                          "partition": ["by_survey", "-"], "job": ["a", "b"], "r2_ceiling": [0.55, 0.55], "test_r2": [0.35, 0.4]})
+                          "partition": ["by_survey", "-"], "job": ["a", "b"], "r2_ceiling": [0.55, 0.55], "test_r2": [0.35, 0.4],
+                          "test_rmse": [8e-5, 7e-5]})
     figures = []
     monkeypatch.setattr(plt, "close", figures.append)
     plot_curves(table, {"a": history, "b": history}, tmp_path / "curves.png")
