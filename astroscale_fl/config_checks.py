@@ -19,6 +19,8 @@ from astroscale_fl.errors import ConfigError
 from astroscale_fl.federation import checkpoint
 from astroscale_fl.federation.checkpoint import checkpoint_path
 from astroscale_fl.learning.model_spec import check_mlp
+from astroscale_fl.privacy.ledger import PrivacyLedger
+from astroscale_fl.privacy.settings import dp_sgd_settings
 
 MAX_PORT = 65535
 def _finite_positive(value) -> bool:
@@ -71,11 +73,9 @@ def check_first_round_budget(cfg: DictConfig, node_rows: np.ndarray) -> None:
     """A lifetime budget smaller than one round's ε would make every node decline round 1."""
     from flwr.app import RecordDict
 
-    from astroscale_fl.privacy import PrivacySettings
-    from astroscale_fl.privacy.ledger import PrivacyLedger
     from astroscale_fl.privacy.node import plan_round
 
-    settings = PrivacySettings.from_config(cfg.privacy)
+    settings = dp_sgd_settings(cfg.privacy)
     for n_rows in sorted({int(n) for n in node_rows}):
         ledger = PrivacyLedger(settings.accountant, settings.delta_for(n_rows))
         plan = plan_round(settings, cfg, RecordDict(), ledger, n_rows, int(cfg.train.batch_size))

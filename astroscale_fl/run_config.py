@@ -22,6 +22,8 @@ from astroscale_fl.data import split
 from astroscale_fl.data.tasks import default_partition
 from astroscale_fl.errors import ConfigError, one_line
 from astroscale_fl.federation.selection import SelectionSettings
+from astroscale_fl.federation.strategy_params import strategy_params
+from astroscale_fl.privacy.settings import dp_sgd_settings, node_level_settings
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -68,15 +70,8 @@ def _check_values(cfg: DictConfig) -> None:
     require(cfg.preprocess.scaling in ("robust", "standard", "minmax"), "preprocess.scaling", "robust, standard or minmax", cfg.preprocess.scaling)
     _check_preprocess(cfg.preprocess)
     require(cfg.mode in ("federated", "centralized"), "mode", "federated or centralized", cfg.mode)
-    strategy = cfg.get("strategy") or {}
-    for key in ("server_lr", "local_lr", "tau"):
-        if key in strategy:
-            require(strategy[key] > 0, f"strategy.{key}", "a positive number", strategy[key])
-    if "mu" in strategy:
-        require(strategy.mu >= 0, "strategy.mu", "a number >= 0", strategy.mu)
-    for key in ("beta1", "beta2"):
-        if key in strategy:
-            require(0 <= strategy[key] < 1, f"strategy.{key}", "a number in [0, 1)", strategy[key])
+    if cfg.get("strategy") is not None:  # the nodes' copy has none
+        strategy_params(cfg.strategy)
     if cfg.partition.name == "dirichlet":
         require(cfg.partition.alpha > 0, "partition.alpha", "a positive number", cfg.partition.alpha)
         require(cfg.partition.bins >= 1, "partition.bins", "an integer >= 1", cfg.partition.bins)
@@ -87,13 +82,8 @@ def _check_values(cfg: DictConfig) -> None:
         from astroscale_fl.federation.secagg.scheme import check_config
 
         check_config(cfg)
-    if cfg.privacy.name != "none":
-        from astroscale_fl.privacy import PrivacySettings
-        from astroscale_fl.privacy.node_level import NodeLevelSettings
-
-        PrivacySettings.from_config(cfg.privacy)  # raises a one-line PrivacyError
-        NodeLevelSettings.from_config(cfg.privacy)
-
+    dp_sgd_settings(cfg.privacy)  # each raises a one-line PrivacyError
+    node_level_settings(cfg.privacy)
 
 
 def _check_preprocess(section) -> None:

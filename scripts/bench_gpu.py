@@ -33,7 +33,7 @@ from astroscale_fl.learning.cuda_graphs import GraphedStep
 from astroscale_fl.learning.models import MLP
 from astroscale_fl.learning.training import make_optimizer, shuffled_batches, train_local
 from astroscale_fl.learning.vectorized import LocalOptimizer, NodeWork, StackedDP, train_stacked
-from astroscale_fl.privacy import make_private, poisson_batches, train_local_dp
+from astroscale_fl.privacy.dp_sgd import make_private, poisson_batches, train_local_dp
 
 RESULTS: dict[str, float] = {}
 

@@ -6,7 +6,7 @@ from omegaconf import DictConfig
 
 from astroscale_fl.errors import ConfigError
 from astroscale_fl.federation.secagg.scheme import secagg_params
-from astroscale_fl.privacy.node_level import NodeLevelSettings
+from astroscale_fl.privacy.settings import node_level_settings
 from strategies.distributed_dp import DistributedDpFedAvg
 from strategies.dp_fedavg import DpFedAvg
 from strategies.fedadam import FedAdam
@@ -24,7 +24,7 @@ def build_strategy(cfg: DictConfig) -> FedAvg:
         cls = STRATEGIES[cfg.strategy.name]
     except KeyError:
         raise ConfigError(f"strategy: unknown strategy {cfg.strategy.name!r}; expected one of {sorted(STRATEGIES)}") from None
-    params = {k: v for k, v in cfg.strategy.items() if k != "name"}
+    params = {k: v for k, v in cfg.strategy.items() if k != "name"}  # checked by the strategy's own Params
     fed = cfg.federation
     strategy = cls(
         fraction_train=fed.fraction_train,
@@ -33,7 +33,7 @@ def build_strategy(cfg: DictConfig) -> FedAvg:
         seed=int(cfg.seed),
         **params,
     )
-    node_level = NodeLevelSettings.from_config(cfg.privacy)
+    node_level = node_level_settings(cfg.privacy)
     if node_level is not None and fed.secure_aggregation == "secaggplus":
         return DistributedDpFedAvg(strategy, node_level, int(fed.num_nodes), secagg_params(cfg),
                                    float(fed.round_timeout))

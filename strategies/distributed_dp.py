@@ -63,7 +63,8 @@ from flwr.serverapp import Grid
 
 from astroscale_fl.federation.records import numpy_to_arrays
 from astroscale_fl.federation.secagg.scheme import DP_CLIP, DP_STDDEV, SecAggPlusParams, noise_share_nodes
-from astroscale_fl.privacy.node_level import NodeLevelSettings, card_entry
+from astroscale_fl.privacy.node_level import card_entry
+from astroscale_fl.privacy.settings import NodeLevelSettings
 from strategies.dp_fedavg import DpFedAvg, SampledGrid
 from strategies.fedavg import FedAvg
 from strategies.mean_step import apply_mean_update

@@ -49,12 +49,12 @@ from astroscale_fl.federation.records import arrays_to_numpy, numpy_to_arrays
 from astroscale_fl.federation.rounds import FederationError
 from astroscale_fl.privacy.ledger import PrivacyLedger
 from astroscale_fl.privacy.node_level import (
-    NodeLevelSettings,
     affordable_rounds,
     card_entry,
     next_clipping_norm,
     noisy_mean,
 )
+from astroscale_fl.privacy.settings import NodeLevelSettings
 from strategies.fedavg import FedAvg
 from strategies.mean_step import apply_mean_update
 

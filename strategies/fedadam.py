@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from astroscale_fl.federation.strategy_params import FedAdamParams
 from strategies.fedavg import FedAvg
 
 
@@ -29,14 +30,11 @@ class FedAdam(FedAvg):
 
     def __init__(self, *, server_lr: float, beta1: float, beta2: float, tau: float, bias_correction: bool, **kwargs) -> None:
         super().__init__(server_lr=server_lr, **kwargs)
+        self.hyper = FedAdamParams(server_lr, beta1, beta2, tau, bool(bias_correction))
         self.beta1, self.beta2, self.tau, self.bias_correction = beta1, beta2, tau, bool(bias_correction)
         self.m: dict[str, np.ndarray] = {}
         self.v: dict[str, np.ndarray] = {}
         self.steps = 0  # server steps taken (t of the bias correction)
-
-    def params(self) -> dict[str, float]:
-        return {"server_lr": self.server_lr, "beta1": self.beta1, "beta2": self.beta2, "tau": self.tau,
-                "bias_correction": self.bias_correction}
 
     def step_size(self) -> float:
         """``server_lr``, bias-corrected for the current step ``t = self.steps`` when enabled."""

@@ -12,6 +12,7 @@ aggregates the same sums in the same order every time (bit-identical runs, in ei
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable
 from logging import INFO
@@ -36,6 +37,7 @@ from astroscale_fl.federation.protocol import (
     WEIGHT_KEY,
 )
 from astroscale_fl.federation.records import arrays_to_numpy, numpy_to_arrays
+from astroscale_fl.federation.strategy_params import FedAvgParams
 
 
 def weighted_mean(arrays: list[dict[str, np.ndarray]], weights: list[float]) -> dict[str, np.ndarray]:
@@ -86,6 +88,7 @@ class FedAvg(Strategy):
         self.fraction_train = fraction_train
         self.fraction_evaluate = fraction_evaluate
         self.min_train_nodes = min_train_nodes
+        self.hyper: FedAvgParams = FedAvgParams(server_lr)  # checks the range; a subclass replaces it with its own
         self.server_lr = server_lr
         self.seed = seed
         self.global_arrays: dict[str, np.ndarray] | None = None
@@ -94,7 +97,7 @@ class FedAvg(Strategy):
 
     def params(self) -> dict[str, float]:
         """Strategy parameters as recorded in the model card."""
-        return {"server_lr": self.server_lr}
+        return dataclasses.asdict(self.hyper)
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Strategy state a checkpoint must keep (FedAvg has none beyond the global model)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from astroscale_fl.federation.protocol import ProximalTerm
+from astroscale_fl.federation.strategy_params import FedProxParams
 from strategies.fedavg import FedAvg
 
 
@@ -20,10 +21,8 @@ class FedProx(FedAvg):
 
     def __init__(self, *, mu: float, **kwargs) -> None:  # mu: from conf/strategy/fedprox.yaml, no second default
         super().__init__(**kwargs)
+        self.hyper = FedProxParams(self.server_lr, mu)
         self.mu = mu
-
-    def params(self) -> dict[str, float]:
-        return {**super().params(), "mu": self.mu}
 
     def train_content(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord) -> RecordDict:
         ProximalTerm(float(self.mu)).write(config)

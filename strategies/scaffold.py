@@ -28,6 +28,7 @@ from flwr.serverapp import Grid
 
 from astroscale_fl.federation.protocol import CONTROL_DELTA_KEY, CONTROL_KEY, ScaffoldCorrection
 from astroscale_fl.federation.records import arrays_to_numpy, numpy_to_arrays
+from astroscale_fl.federation.strategy_params import ScaffoldParams
 from strategies.fedavg import FedAvg, weighted_metrics
 
 
@@ -43,12 +44,10 @@ class Scaffold(FedAvg):
         super().__init__(server_lr=server_lr, **kwargs)
         self.control_key = control_key
         self.control_delta_key = control_delta_key
+        self.hyper = ScaffoldParams(server_lr, local_lr)
         self.local_lr = local_lr
         self.control: dict[str, np.ndarray] = {}
         self.num_nodes = 0
-
-    def params(self) -> dict[str, float]:
-        return {"server_lr": self.server_lr, "local_lr": self.local_lr}
 
     def train_content(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord) -> RecordDict:
         if not self.control:

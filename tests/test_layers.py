@@ -34,6 +34,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("privacy", ("astroscale_fl.privacy",)),
     ("export", ("astroscale_fl.export",)),
     ("SecAgg+ scheme (masks, shares, its config check)", ("astroscale_fl.federation.secagg.scheme",)),
+    ("strategy parameters: each strategy's ranges, below the run config that checks them", (
+        "astroscale_fl.federation.strategy_params",)),
     ("run config: the schema merge, each owner's check, the pre-run checks", (
         "astroscale_fl.run_config", "astroscale_fl.config_checks",
         "astroscale_fl.federation.selection")),  # model selection's settings (checked by the run config) and its tracker
@@ -80,15 +82,10 @@ DEFERRED_COMMANDS: dict[str, str] = {
     "astroscale_fl.serve.cli": "--help answers before torch and the model are imported",
 }
 
-_PRIVACY = "astroscale_fl/privacy/__init__ imports torch and opacus (dp_sgd, ~2 s): only runs with privacy pay"
+_PRIVACY = "astroscale_fl/privacy/node imports torch and opacus (dp_sgd, ~2 s): only runs with a privacy budget pay"
 #: Other project imports a function may make late: (importing module, imported module) -> reason.
 DEFERRED: dict[tuple[str, str], str] = {
-    ("astroscale_fl.config_checks", "astroscale_fl.privacy"): _PRIVACY,
-    ("astroscale_fl.config_checks", "astroscale_fl.privacy.ledger"): _PRIVACY,
     ("astroscale_fl.config_checks", "astroscale_fl.privacy.node"): _PRIVACY,
-    ("astroscale_fl.run_config", "astroscale_fl.privacy"): _PRIVACY,
-    ("astroscale_fl.run_config", "astroscale_fl.privacy.node_level"): _PRIVACY,
-    ("astroscale_fl.federation.secagg.scheme", "astroscale_fl.privacy.node_level"): _PRIVACY,
     ("astroscale_fl.run_config", "astroscale_fl.federation.secagg.scheme"):
         "the SecAgg+ protocol imports Flower (~0.35 s): only secaggplus runs pay",
 }

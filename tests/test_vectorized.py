@@ -14,7 +14,7 @@ from astroscale_fl.federation import local_objectives as objectives
 from astroscale_fl.learning.models import MLP, Linear
 from astroscale_fl.learning.training import make_optimizer, shuffled_batches, train_local
 from astroscale_fl.learning.vectorized import LocalOptimizer, NodeWork, StackedDP, stackable, train_stacked
-from astroscale_fl.privacy import make_private, poisson_batches, train_local_dp
+from astroscale_fl.privacy.dp_sgd import make_private, poisson_batches, train_local_dp
 
 SIZES = [50, 131, 7, 0, 64]  # uneven nodes: different step counts and last-batch sizes, one empty
 

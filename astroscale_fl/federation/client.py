@@ -42,10 +42,10 @@ from astroscale_fl.learning.models import build_model
 from astroscale_fl.learning.steps import GradHook
 from astroscale_fl.learning.training import eval_report, make_optimizer, predict
 from astroscale_fl.preprocessing import Pipeline
-from astroscale_fl.privacy.calibrate import PrivacySettings
 from astroscale_fl.privacy.dp_statistics import private_statistics_reply
 from astroscale_fl.privacy.floor import PrivacyFloor
 from astroscale_fl.privacy.node import LocalJob, node_name, node_privacy
+from astroscale_fl.privacy.settings import PrivacySettings, dp_sgd_settings
 
 
 @dataclass
@@ -174,7 +174,7 @@ def local_settings(cfg: DictConfig) -> LocalSettings:
         _SETTINGS[digest] = LocalSettings(int(cfg.seed), int(train.batch_size), int(train.local_epochs), str(train.optimizer),
                                           float(train.lr), float(train.momentum), float(train.weight_decay),
                                           int(cfg.federation.client_threads), resolve_device(cfg.device),
-                                          PrivacySettings.from_config(cfg.privacy), bool(train.cuda_graph))
+                                          dp_sgd_settings(cfg.privacy), bool(train.cuda_graph))
     return _SETTINGS[digest]
 
 

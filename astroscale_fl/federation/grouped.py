@@ -40,8 +40,9 @@ from astroscale_fl.federation.secagg import node as secagg_node
 from astroscale_fl.learning.steps import TrainReport
 from astroscale_fl.learning.training import shuffled_batches
 from astroscale_fl.learning.vectorized import LocalOptimizer, NodeWork, StackedDP, stackable, train_stacked
-from astroscale_fl.privacy import PrivacySettings, card, poisson_batches
+from astroscale_fl.privacy import PrivacySettings, card
 from astroscale_fl.privacy import node as dp_node
+from astroscale_fl.privacy.dp_sgd import poisson_batches
 from astroscale_fl.privacy.floor import PrivacyFloor
 from astroscale_fl.privacy.ghost import ghost_supported
 

@@ -6,7 +6,7 @@ have alone: its rows, its batch order (the index tensors the caller drew for it)
 optimizer state (Adam moments, step count / SGD momentum, stacked), its FedProx anchor,
 its SCAFFOLD correction ``c - c_i`` and, with DP-SGD, its own per-sample clipping, noise and
 expected batch size. Results equal training the nodes one by one with
-:func:`astroscale_fl.learning.training.train_local` / :func:`astroscale_fl.privacy.train_local_dp`
+:func:`astroscale_fl.learning.training.train_local` / :func:`astroscale_fl.privacy.dp_sgd.train_local_dp`
 (to float rounding; tested).
 
 Uneven nodes: batches are padded to the largest batch of the run (a row mask), and a node

@@ -1,19 +1,23 @@
 """Differential privacy for AstroScale FL nodes (GitHub issues 5 and 16).
 
+- :mod:`.settings`: the validated settings, one frozen object per mechanism (DP-SGD, node-level);
 - :mod:`.dp_sgd`: DP-SGD for the tensor-slicing loop (Poisson masks, per-sample clipping,
   Gaussian noise; FedProx / SCAFFOLD terms as post-processing);
 - :mod:`.ghost`: the ghost-clipping DP optimizer (per-sample norms of ``nn.Linear`` models);
 - :mod:`.ledger`: a node's lifetime accountant history, ε, budget check, persistence;
-- :mod:`.calibrate`: δ, sample rate, steps, σ for a target ε, the validated settings;
+- :mod:`.calibrate`: δ, sample rate, steps, σ for a target ε;
 - :mod:`.node`: a node's privacy round as one call (``PlainRound`` or DP-SGD), declines;
 - :mod:`.card`: reply records and the model card's ``privacy`` section (recomputable);
 - :mod:`.dp_statistics`: the statistics round through the Gaussian mechanism (``privacy.statistics_epsilon``);
-- :mod:`.node_level`: node-level DP-FedAvg settings, clipping, noise and accounting (``privacy=dp_fedavg``).
+- :mod:`.node_level`: node-level DP-FedAvg clipping, noise and accounting (``privacy=dp_fedavg``).
+
+The package re-exports only what imports neither torch nor Opacus (settings, calibration, the
+ledger), so the run-config check can read the settings cheaply; import :mod:`.dp_sgd` and
+:mod:`.card` by name.
 """
 
 from astroscale_fl.federation.protocol import BUDGET_EXCEEDED_CODE, FLOOR_REFUSED_CODE  # re-exported
 from astroscale_fl.privacy.calibrate import (
-    PrivacySettings,
     RoundPlan,
     default_delta,
     noise_for_target_epsilon,
@@ -21,15 +25,6 @@ from astroscale_fl.privacy.calibrate import (
     sample_rate,
     steps_per_round,
 )
-from astroscale_fl.privacy.card import (
-    entry_from_record,
-    node_entry,
-    privacy_section,
-    recompute_epsilon,
-    reply_record,
-    verify_section,
-)
-from astroscale_fl.privacy.dp_sgd import make_private, poisson_batches, train_local_dp, unwrap
 from astroscale_fl.privacy.ledger import (
     LEDGER_FILENAME,
     PrivacyError,
@@ -40,11 +35,17 @@ from astroscale_fl.privacy.ledger import (
     ledger_to_state,
     open_ledger,
 )
+from astroscale_fl.privacy.settings import (
+    AdaptiveClipping,
+    NodeLevelSettings,
+    PrivacySettings,
+    dp_sgd_settings,
+    node_level_settings,
+)
 
 __all__ = [
-    "BUDGET_EXCEEDED_CODE", "FLOOR_REFUSED_CODE", "LEDGER_FILENAME", "PrivacyError", "PrivacyLedger", "PrivacySettings", "RoundPlan",
-    "commit_ledger", "default_delta", "entry_from_record", "epsilon_of", "ledger_from_state", "ledger_to_state",
-    "make_private", "node_entry", "noise_for_target_epsilon", "open_ledger", "planned_steps", "poisson_batches",
-    "privacy_section", "recompute_epsilon", "reply_record", "sample_rate", "steps_per_round", "train_local_dp",
-    "unwrap", "verify_section",
+    "BUDGET_EXCEEDED_CODE", "FLOOR_REFUSED_CODE", "LEDGER_FILENAME", "AdaptiveClipping", "NodeLevelSettings", "PrivacyError",
+    "PrivacyLedger", "PrivacySettings", "RoundPlan", "commit_ledger", "default_delta", "dp_sgd_settings", "epsilon_of",
+    "ledger_from_state", "ledger_to_state", "node_level_settings", "noise_for_target_epsilon", "open_ledger",
+    "planned_steps", "sample_rate", "steps_per_round",
 ]

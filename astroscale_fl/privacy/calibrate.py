@@ -1,6 +1,6 @@
 """Choosing DP-SGD's parameters: δ, sample rate, steps, and σ for a target ε.
 
-``privacy=dp_sgd`` settings (:class:`PrivacySettings`) turn into one :class:`RoundPlan` per
+``privacy=dp_sgd`` settings (:class:`~astroscale_fl.privacy.settings.PrivacySettings`) turn into one :class:`RoundPlan` per
 node and round: noise multiplier σ, Poisson sample rate ``q = batch_size / N``, and the
 number of steps ``local_epochs × ⌈N / batch_size⌉``. With ``target_epsilon``, σ is chosen
 before the first round so that the node's planned steps over the whole run (rounds ×
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -123,97 +123,3 @@ class RoundPlan:
     steps: int
     expected_batch_size: float  # sample_rate × rows: the mean's denominator
     max_grad_norm: float
-
-
-@dataclass(frozen=True)
-class PrivacySettings:
-    """The validated ``privacy=dp_sgd`` config group."""
-
-    max_grad_norm: float
-    noise_multiplier: float | None = None
-    target_epsilon: float | None = None
-    delta: float | None = None  # None: default_delta(rows of the node)
-    accountant: str = "rdp"
-    epsilon_budget: float | None = None  # per node, lifetime; None: no limit
-    backend: str = "auto"  # auto | ghost | opacus
-    secure_mode: bool = False
-    statistics_epsilon: float | None = None  # DP statistics round (privacy.dp_statistics)
-
-    def __post_init__(self) -> None:
-        if (self.noise_multiplier is None) == (self.target_epsilon is None):
-            raise PrivacyError("privacy: set exactly one of noise_multiplier and target_epsilon (e.g. privacy.noise_multiplier=1.1 privacy.target_epsilon=null)")
-        if self.noise_multiplier is not None and not (self.noise_multiplier > 0 and math.isfinite(self.noise_multiplier)):
-            raise PrivacyError(f"privacy.noise_multiplier: expected a positive number, got {self.noise_multiplier}")
-        if self.target_epsilon is not None and not self.target_epsilon > 0:
-            raise PrivacyError(f"privacy.target_epsilon: expected a positive number, got {self.target_epsilon}")
-        if self.delta is not None and not 0 < self.delta < 1:
-            raise PrivacyError(f"privacy.delta: expected a number in (0, 1), got {self.delta}")
-        if not (self.max_grad_norm > 0 and math.isfinite(self.max_grad_norm)):
-            raise PrivacyError(f"privacy.max_grad_norm: expected a positive number, got {self.max_grad_norm}")
-        check_accountant(self.accountant)
-        if self.epsilon_budget is not None and not self.epsilon_budget > 0:
-            raise PrivacyError(f"privacy.epsilon_budget: expected a positive number, got {self.epsilon_budget}")
-        if self.statistics_epsilon is not None and not self.statistics_epsilon > 0:
-            raise PrivacyError(f"privacy.statistics_epsilon: expected a positive number or null, got {self.statistics_epsilon}")
-        if self.backend not in ("auto", "ghost", "opacus"):
-            raise PrivacyError(f"privacy.backend: expected auto, ghost or opacus, got {self.backend!r}")
-
-    @classmethod
-    def from_config(cls, section: Mapping | None) -> PrivacySettings | None:
-        """Settings from the ``privacy`` config group; ``None`` when the nodes run no DP-SGD
-        (``privacy=none``, or ``dp_fedavg``: node-level noise is added by the server)."""
-        if section is None or section.get("name", "none") in ("none", "dp_fedavg"):
-            return None
-        if section.get("name") != "dp_sgd":
-            raise PrivacyError(f"privacy: expected 'none', 'dp_sgd' or 'dp_fedavg', got {section.get('name')!r}")
-        known = {"name", *cls.__dataclass_fields__}
-        unknown = sorted(set(section) - known)
-        if unknown:
-            raise PrivacyError(f"privacy: unknown keys {unknown}; expected some of {sorted(known)}")
-
-        def num(key: str) -> float | None:
-            value = section.get(key)
-            if value is None:
-                return None
-            try:
-                return float(value)
-            except (TypeError, ValueError):
-                raise PrivacyError(f"privacy.{key}: expected a number, got {value!r}") from None
-
-        if section.get("max_grad_norm") is None:
-            raise PrivacyError("privacy.max_grad_norm: required for dp_sgd")
-        return cls(
-            max_grad_norm=num("max_grad_norm"),  # type: ignore[arg-type]
-            noise_multiplier=num("noise_multiplier"),
-            target_epsilon=num("target_epsilon"),
-            delta=num("delta"),
-            accountant=str(section.get("accountant", "rdp")),
-            epsilon_budget=num("epsilon_budget"),
-            backend=str(section.get("backend", "auto")),
-            secure_mode=bool(section.get("secure_mode", False)),
-            statistics_epsilon=num("statistics_epsilon"),
-        )
-
-    def delta_for(self, n_rows: int) -> float:
-        """δ of a node with ``n_rows`` training rows."""
-        return float(self.delta) if self.delta is not None else default_delta(n_rows)
-
-    def plan(
-        self,
-        *,
-        n_rows: int,
-        batch_size: int,
-        local_epochs: int,
-        num_rounds: int,
-        participation: float = 1.0,
-        prior_history: Sequence[Sequence[float]] = (),
-    ) -> RoundPlan:
-        """This node's round: σ (given, or calibrated for the run), q, steps, denominator."""
-        q = sample_rate(n_rows, batch_size)
-        steps = steps_per_round(n_rows, batch_size, local_epochs)
-        if self.noise_multiplier is not None:
-            sigma = float(self.noise_multiplier)
-        else:
-            total = planned_steps(steps, num_rounds, participation)
-            sigma = noise_for_target_epsilon(self.target_epsilon, self.delta_for(n_rows), q, total, self.accountant, prior_history)  # type: ignore[arg-type]
-        return RoundPlan(noise_multiplier=sigma, sample_rate=q, steps=steps, expected_batch_size=q * n_rows, max_grad_norm=self.max_grad_norm)

@@ -45,9 +45,10 @@ from astroscale_fl.federation.records import numpy_to_arrays
 from astroscale_fl.preprocessing import ColumnStatistics, sketch
 from astroscale_fl.preprocessing.derived import DERIVED_RANGES
 from astroscale_fl.privacy import node as dp_node
-from astroscale_fl.privacy.calibrate import PrivacySettings, default_delta, noise_for_target_epsilon
+from astroscale_fl.privacy.calibrate import default_delta, noise_for_target_epsilon
 from astroscale_fl.privacy.card import reply_record
 from astroscale_fl.privacy.ledger import PrivacyError, commit_ledger, epsilon_of, open_ledger
+from astroscale_fl.privacy.settings import dp_sgd_settings
 
 BINS = 256
 RESOLUTION = 1000.0
@@ -159,7 +160,7 @@ class StatisticsRelease:
 
 def _node_ledger_settings(privacy_cfg: Mapping, n_rows: int) -> tuple[str, float, float | None]:
     """(accountant, δ, lifetime budget) of the node's ledger under the run's privacy option."""
-    settings = PrivacySettings.from_config(privacy_cfg)
+    settings = dp_sgd_settings(privacy_cfg)
     if settings is None:
         return "rdp", default_delta(n_rows), None
     return settings.accountant, settings.delta_for(n_rows), settings.epsilon_budget

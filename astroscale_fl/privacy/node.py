@@ -34,10 +34,11 @@ from astroscale_fl.federation.protocol import DELTA_KEY, EPSILON_KEY, PRIVACY_KE
 from astroscale_fl.learning.steps import GradHook, TrainReport
 from astroscale_fl.learning.training import shuffled_batches, train_local
 from astroscale_fl.privacy import card
-from astroscale_fl.privacy.calibrate import PrivacySettings, RoundPlan
+from astroscale_fl.privacy.calibrate import RoundPlan
 from astroscale_fl.privacy.dp_sgd import make_private, poisson_batches, train_local_dp
 from astroscale_fl.privacy.floor import PrivacyFloor
 from astroscale_fl.privacy.ledger import LEDGER_FILENAME, PrivacyError, PrivacyLedger, commit_ledger, open_ledger
+from astroscale_fl.privacy.settings import PrivacySettings
 
 PLAN_KEY = "privacy-plan"
 

@@ -1,4 +1,4 @@
-"""Node-level DP (``privacy=dp_fedavg``): settings, clipping, noise and the server's ledger.
+"""Node-level DP (``privacy=dp_fedavg``): clipping, noise and the server's ledger (settings: :mod:`.settings`).
 
 DP-FedAvg (McMahan et al., ICLR 2018) protects a whole node: the released global models are
 about as likely with or without any one archive's participation (all its rows at once). Each
@@ -30,94 +30,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import numpy as np
 
-from astroscale_fl.privacy.calibrate import default_delta
-from astroscale_fl.privacy.ledger import PrivacyError, PrivacyLedger
-
-
-@dataclass(frozen=True)
-class AdaptiveClipping:
-    """``privacy.adaptive_clipping.*`` (Andrew et al. 2021); ``clipping_norm`` is the initial C."""
-
-    target_quantile: float = 0.5  # γ: fraction of updates meant to be within C
-    learning_rate: float = 0.2  # η of the geometric update of C
-    clipped_count_stddev: float | None = None  # σ_b; null: expected sampled nodes / 20 (paper's choice)
-
-
-@dataclass(frozen=True)
-class NodeLevelSettings:
-    """The validated ``privacy=dp_fedavg`` config group."""
-
-    noise_multiplier: float
-    clipping_norm: float
-    adaptive: AdaptiveClipping | None = None
-    delta: float | None = None  # None: default_delta(10 × nodes)
-    epsilon_budget: float | None = None
-    accountant: str = "rdp"
-    distributed_noise_nodes: int | None = None  # m under SecAgg+; None: the reconstruction threshold
-
-    def __post_init__(self) -> None:
-        if not (self.noise_multiplier > 0 and math.isfinite(self.noise_multiplier)):
-            raise PrivacyError(f"privacy.node_noise_multiplier: expected a positive number, got {self.noise_multiplier}")
-        if not (self.clipping_norm > 0 and math.isfinite(self.clipping_norm)):
-            raise PrivacyError(f"privacy.clipping_norm: expected a positive number, got {self.clipping_norm}")
-        if self.delta is not None and not 0 < self.delta < 1:
-            raise PrivacyError(f"privacy.node_delta: expected a number in (0, 1), got {self.delta}")
-        if self.epsilon_budget is not None and not self.epsilon_budget > 0:
-            raise PrivacyError(f"privacy.node_epsilon_budget: expected a positive number, got {self.epsilon_budget}")
-        if self.accountant not in ("rdp", "prv"):
-            raise PrivacyError(f"privacy.accountant: expected rdp or prv for dp_fedavg, got {self.accountant!r}")
-        if self.distributed_noise_nodes is not None and not self.distributed_noise_nodes >= 1:
-            raise PrivacyError(f"privacy.distributed_noise_nodes: expected an integer >= 1, got {self.distributed_noise_nodes}")
-        if self.adaptive is not None:
-            a = self.adaptive
-            if not 0 < a.target_quantile < 1:
-                raise PrivacyError(f"privacy.adaptive_clipping.target_quantile: expected a number in (0, 1), got {a.target_quantile}")
-            if not a.learning_rate > 0:
-                raise PrivacyError(f"privacy.adaptive_clipping.learning_rate: expected a positive number, got {a.learning_rate}")
-            if a.clipped_count_stddev is not None and not a.clipped_count_stddev > 0:
-                raise PrivacyError(f"privacy.adaptive_clipping.clipped_count_stddev: expected a positive number, got {a.clipped_count_stddev}")
-
-    @classmethod
-    def from_config(cls, section: Mapping | None) -> NodeLevelSettings | None:
-        """Settings from the ``privacy`` group; ``None`` unless ``privacy=dp_fedavg``."""
-        if section is None or section.get("name") != "dp_fedavg":
-            return None
-        adaptive = section.get("adaptive_clipping") or {}
-        return cls(
-            noise_multiplier=float(section["node_noise_multiplier"]),
-            clipping_norm=float(section["clipping_norm"]),
-            adaptive=AdaptiveClipping(float(adaptive.get("target_quantile", 0.5)), float(adaptive.get("learning_rate", 0.2)),
-                                      None if adaptive.get("clipped_count_stddev") is None else float(adaptive["clipped_count_stddev"]))
-            if adaptive.get("enabled") else None,
-            delta=None if section.get("node_delta") is None else float(section["node_delta"]),
-            epsilon_budget=None if section.get("node_epsilon_budget") is None else float(section["node_epsilon_budget"]),
-            accountant=str(section.get("accountant", "rdp")),
-            distributed_noise_nodes=None if section.get("distributed_noise_nodes") is None else int(section["distributed_noise_nodes"]),
-        )
-
-    def delta_for(self, num_nodes: int) -> float:
-        """δ of the node-level guarantee (default: 1 / (10 N) rounded down to a power of ten)."""
-        return float(self.delta) if self.delta is not None else default_delta(10 * int(num_nodes))
-
-    def count_stddev(self, expected_nodes: float) -> float:
-        """σ_b of the adaptive clipping count."""
-        assert self.adaptive is not None
-        return self.adaptive.clipped_count_stddev or max(expected_nodes / 20.0, 1e-12)
-
-    def update_noise_multiplier(self, expected_nodes: float) -> float:
-        """σ_Δ: the multiplier on the update sum, leaving room for the clipped count's release."""
-        if self.adaptive is None:
-            return self.noise_multiplier
-        rest = self.noise_multiplier**-2 - (2.0 * self.count_stddev(expected_nodes)) ** -2
-        if rest <= 0:
-            raise PrivacyError(
-                f"privacy.adaptive_clipping.clipped_count_stddev={self.count_stddev(expected_nodes):.4g} is too small for "
-                f"node_noise_multiplier={self.noise_multiplier:g}: it must exceed node_noise_multiplier / 2")
-        return rest**-0.5
+from astroscale_fl.privacy.ledger import PrivacyLedger
+from astroscale_fl.privacy.settings import NodeLevelSettings
 
 
 def flat_norm(update: Mapping[str, np.ndarray]) -> float:

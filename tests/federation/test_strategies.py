@@ -1,5 +1,8 @@
 """Strategy correctness: FedProx, FedAdam, SCAFFOLD (tests that fail if the algorithm is wrong)."""
 
+import dataclasses
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -8,13 +11,16 @@ from flwr.app import ArrayRecord
 
 from astroscale_fl import config, run_config
 from astroscale_fl.data.tasks import get_task
+from astroscale_fl.errors import ConfigError
 from astroscale_fl.federation.messages import round_config
 from astroscale_fl.federation.records import arrays_to_numpy, model_to_arrays
 from astroscale_fl.federation.rounds import federated_statistics, run_rounds
+from astroscale_fl.federation.strategy_params import FedProxParams
 from astroscale_fl.learning.models import build_model
 from astroscale_fl.preprocessing import Pipeline
 from strategies import build_strategy
 from strategies.fedadam import FedAdam
+from strategies.fedprox import FedProx
 from tests.inprocess import InProcessGrid
 
 
@@ -177,3 +183,23 @@ def test_scaffold_reply_carries_control_delta_and_doubles_traffic(heterogeneous_
     assert scaffold_hist[0].bytes_down > fedavg_hist[0].bytes_down
     assert set(strategy.state_dict()) == {"c/linear.weight", "c/linear.bias"}
     assert torch is not None
+
+
+@pytest.mark.parametrize("override, message", [
+    ("strategy.mu=-0.5", "strategy.mu: expected a number >= 0, got -0.5"),
+    ("strategy.server_lr=0", "strategy.server_lr: expected a positive number, got 0.0"),
+])
+def test_strategy_ranges_are_checked_by_the_strategys_own_params(override, message):
+    """One owner of a strategy's ranges: the run-config check and the strategy made in code raise the same line."""
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        run_config.validate(config.compose(["strategy=fedprox", override]))
+    key, value = override.removeprefix("strategy.").split("=")
+    values = {"server_lr": 1.0, "mu": 0.01, key: float(value)}
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        FedProx(**values)
+    params = FedProx(server_lr=0.5, mu=0.25).hyper
+    assert params == FedProxParams(0.5, 0.25) and FedProx(server_lr=0.5, mu=0.25).params() == {"server_lr": 0.5, "mu": 0.25}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        params.mu = 1.0  # type: ignore[misc]
+    with pytest.raises(ConfigError, match=r"^strategy.beta2: expected a number in \[0, 1\), got 1.0$"):
+        FedAdam(server_lr=0.1, beta1=0.9, beta2=1.0, tau=1e-3, bias_correction=True)

@@ -2,28 +2,38 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+import subprocess
+import sys
 
 import pytest
+from omegaconf import OmegaConf
 
+from astroscale_fl import run_config
+from astroscale_fl.config import compose, conf_dir
 from astroscale_fl.export import verify_card as card_module
 from astroscale_fl.privacy import (
     PrivacyError,
     PrivacyLedger,
     PrivacySettings,
     default_delta,
-    entry_from_record,
-    node_entry,
     noise_for_target_epsilon,
     planned_steps,
+    sample_rate,
+    steps_per_round,
+)
+from astroscale_fl.privacy.card import (
+    entry_from_record,
+    node_entry,
     privacy_section,
     recompute_epsilon,
     reply_record,
-    sample_rate,
-    steps_per_round,
     verify_section,
 )
 from astroscale_fl.privacy.ledger import create_accountant
+from astroscale_fl.privacy.settings import dp_sgd_settings, node_level_settings
 
 ACCOUNTANTS = ["rdp", "prv", "gdp"]
 
@@ -70,28 +80,51 @@ def test_calibration_over_a_node_life_counts_earlier_steps():
         noise_for_target_epsilon(0.1, delta, q, 200, "rdp", prior_history=prior)
 
 
+def _dp_sgd(**keys) -> dict:
+    """The ``privacy=dp_sgd`` section of conf/ (the settings' defaults live there alone), with ``keys`` set."""
+    return {**OmegaConf.to_container(OmegaConf.load(conf_dir() / "privacy" / "dp_sgd.yaml")), **keys}
+
+
 def test_settings_from_config_and_plan():
-    section = {"name": "dp_sgd", "target_epsilon": 4.0, "max_grad_norm": 1.0, "accountant": "rdp", "epsilon_budget": 8.0}
+    section = _dp_sgd(target_epsilon=4.0, max_grad_norm=1.0, accountant="rdp", epsilon_budget=8.0)
     settings = PrivacySettings.from_config(section)
     plan = settings.plan(n_rows=4400, batch_size=64, local_epochs=1, num_rounds=10, participation=0.5)
     assert (plan.steps, plan.sample_rate, plan.expected_batch_size) == (69, 64 / 4400, pytest.approx(64.0))
     total = PrivacyLedger("rdp", settings.delta_for(4400), [(plan.noise_multiplier, plan.sample_rate, 69 * 5)])
     assert total.epsilon() == pytest.approx(4.0, rel=0.01)
-    fixed = PrivacySettings.from_config({"name": "dp_sgd", "noise_multiplier": 1.1, "max_grad_norm": 0.5, "delta": 1e-6})
+    fixed = PrivacySettings.from_config(_dp_sgd(noise_multiplier=1.1, target_epsilon=None, max_grad_norm=0.5, delta=1e-6))
     assert fixed.plan(n_rows=100, batch_size=10, local_epochs=2, num_rounds=3).noise_multiplier == 1.1
     assert fixed.delta_for(100) == 1e-6
     assert PrivacySettings.from_config({"name": "none"}) is None
     for bad in (
-        {"name": "dp_sgd", "max_grad_norm": 1.0},  # neither σ nor target
-        {"name": "dp_sgd", "max_grad_norm": 1.0, "noise_multiplier": 1.0, "target_epsilon": 1.0},
-        {"name": "dp_sgd", "noise_multiplier": 1.0},  # no max_grad_norm
-        {"name": "dp_sgd", "noise_multiplier": 1.0, "max_grad_norm": 1.0, "accountant": "moments"},
-        {"name": "dp_sgd", "noise_multiplier": 1.0, "max_grad_norm": 1.0, "delta": 2},
-        {"name": "dp_sgd", "noise_multiplier": 1.0, "max_grad_norm": 1.0, "budget": 3},  # unknown key
-        {"name": "dp_sgd", "noise_multiplier": "lots", "max_grad_norm": 1.0},
+        _dp_sgd(max_grad_norm=1.0, target_epsilon=None),  # neither σ nor target
+        _dp_sgd(max_grad_norm=1.0, noise_multiplier=1.0, target_epsilon=1.0),
+        _dp_sgd(noise_multiplier=1.0, target_epsilon=None, max_grad_norm=None),  # no max_grad_norm
+        _dp_sgd(noise_multiplier=1.0, target_epsilon=None, max_grad_norm=1.0, accountant="moments"),
+        _dp_sgd(noise_multiplier=1.0, target_epsilon=None, max_grad_norm=1.0, delta=2),
+        _dp_sgd(noise_multiplier=1.0, target_epsilon=None, max_grad_norm=1.0, budget=3),  # unknown key
+        _dp_sgd(noise_multiplier="lots", target_epsilon=None, max_grad_norm=1.0),
+        {"name": "dp_sgd", "noise_multiplier": 1.0, "max_grad_norm": 1.0},  # the other keys come from conf/ only
     ):
         with pytest.raises(PrivacyError):
             PrivacySettings.from_config(bad)
+
+
+def test_settings_are_built_once_per_run_config_without_torch():
+    """One frozen settings object per mechanism and run config; the run-config check imports no torch."""
+    cfg = run_config.validate(compose(["privacy=dp_sgd", "privacy.noise_multiplier=1.1", "privacy.target_epsilon=null"]))
+    again = run_config.validate(compose(["privacy=dp_sgd", "privacy.noise_multiplier=1.1", "privacy.target_epsilon=null"]))
+    settings = dp_sgd_settings(cfg.privacy)
+    assert settings is dp_sgd_settings(again.privacy) and settings.noise_multiplier == 1.1
+    assert node_level_settings(cfg.privacy) is None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.noise_multiplier = 2.0  # type: ignore[misc]
+    node = node_level_settings(run_config.validate(compose(["privacy=dp_fedavg"])).privacy)
+    assert node is node_level_settings(run_config.validate(compose(["privacy=dp_fedavg"])).privacy) and node.clipping_norm == 0.5
+    code = "import sys, astroscale_fl.run_config, astroscale_fl.privacy; print(sorted({'torch', 'opacus'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=conf_dir().parent,
+                         env={**os.environ, "PYTHONPATH": str(conf_dir().parent)})
+    assert out.stdout.strip() == "[]"
 
 
 @pytest.mark.parametrize("accountant", ACCOUNTANTS)

@@ -17,7 +17,8 @@ from astroscale_fl.errors import ConfigError
 from astroscale_fl.federation.local_objectives import proximal_gradient
 from astroscale_fl.learning.models import MLP, Linear
 from astroscale_fl.learning.training import train_local
-from astroscale_fl.privacy import PrivacyLedger, make_private, poisson_batches, train_local_dp
+from astroscale_fl.privacy import PrivacyLedger
+from astroscale_fl.privacy.dp_sgd import make_private, poisson_batches, train_local_dp
 from astroscale_fl.privacy.ledger import create_accountant
 
 BACKENDS = ["ghost", "opacus"]

@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from astroscale_fl.errors import ConfigError
 from astroscale_fl.federation.protocol import SECAGG_WEIGHT_KEY
+from astroscale_fl.privacy.settings import node_level_settings
 
 MODULUS = 1 << 62  # power of two: int64 sums wrap modulo 2^64, and 2^62 divides it
 WEIGHT = SECAGG_WEIGHT_KEY
@@ -86,9 +87,7 @@ def secagg_params(cfg) -> SecAggPlusParams:
 
 def distributed_dp_range(cfg) -> float:
     """:func:`needed_range` of the run's distributed DP-FedAvg, rounded up to 0.1."""
-    from astroscale_fl.privacy.node_level import NodeLevelSettings
-
-    settings = NodeLevelSettings.from_config(cfg.privacy)
+    settings = node_level_settings(cfg.privacy)
     params = SecAggPlusParams.from_config({**cfg.federation.secaggplus, "clipping_range": 1.0})
     return math.ceil(10 * needed_range(settings, noise_share_nodes(settings, params)) - 1e-9) / 10
 
@@ -112,9 +111,7 @@ def check_distributed_dp(cfg) -> None:
     """``privacy=dp_fedavg`` with SecAgg+ is distributed DP-FedAvg (``strategies/distributed_dp.py``):
     fixed clipping only, enough nodes for the noise shares, and a quantisation range wide enough
     that the noise is never clipped."""
-    from astroscale_fl.privacy.node_level import NodeLevelSettings
-
-    settings = NodeLevelSettings.from_config(cfg.privacy)
+    settings = node_level_settings(cfg.privacy)
     if settings.adaptive is not None:
         raise ConfigError("privacy.adaptive_clipping.enabled: not supported with secure_aggregation=secaggplus (the server "
                           "would need each node's clipped/unclipped bit, which SecAgg+ hides); use fixed clipping")
