@@ -49,7 +49,8 @@ def _prefix(final: Path) -> str:
     return f".{final.name}.{os.getpid()}@{socket.gethostname()}~"
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` on this host still runs (another user's counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -72,7 +73,7 @@ def remove_stale_temps(final: Path) -> None:
         if not (name.startswith(start) and name.endswith(".tmp")):
             continue
         writer = _WRITER.fullmatch(name[len(start):-len(".tmp")])
-        if writer and writer.group(2) == host and not _alive(int(writer.group(1))):
+        if writer and writer.group(2) == host and not pid_alive(int(writer.group(1))):
             if sibling.is_dir() and not sibling.is_symlink():
                 shutil.rmtree(sibling, ignore_errors=True)
             else:
@@ -130,6 +131,16 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
 
 
+def _temp_dir_beside(anchor: Path) -> Path:
+    """A fresh temporary directory named after ``anchor``'s writer, in ``anchor``'s folder (made when
+    missing), after dead writers' leftovers there are removed; permissions as the umask gives."""
+    anchor.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(anchor)
+    tmp = Path(tempfile.mkdtemp(prefix=_prefix(anchor), suffix=".tmp", dir=anchor.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    return tmp
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary directory next to ``path``; move it onto ``path`` on success.
@@ -137,10 +148,7 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     An existing directory at ``path`` is replaced only after the new one is complete.
     """
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(final)
-    tmp = Path(tempfile.mkdtemp(prefix=_prefix(final), suffix=".tmp", dir=final.parent))
-    os.chmod(tmp, 0o777 & ~_umask())
+    tmp = _temp_dir_beside(final)
     try:
         yield tmp
         if final.exists():
@@ -165,11 +173,7 @@ def atomic_files(path: str | os.PathLike[str], last: str | None = None) -> Itera
     reader that checks for it then finds the others).
     """
     final = Path(path)
-    anchor = final / f".{final.name}" if final.is_dir() else final
-    anchor.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(anchor)
-    tmp = Path(tempfile.mkdtemp(prefix=_prefix(anchor), suffix=".tmp", dir=anchor.parent))
-    os.chmod(tmp, 0o777 & ~_umask())
+    tmp = _temp_dir_beside(final / f".{final.name}" if final.is_dir() else final)
     try:
         yield tmp
         if not final.is_dir():

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from astroscale_fl.atomic import write_json
+from astroscale_fl.atomic import pid_alive, write_json
 
 
 def key_hash(key: dict | str) -> str:
@@ -42,16 +42,6 @@ def file_sha256(path: Path, chunk: int = 8 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
 
 
 @dataclass
@@ -106,7 +96,7 @@ class Cache:
         removed = 0
         for path in (self.root / "tmp").glob("*.*.*"):
             pid = path.name.split(".")[1]
-            if pid.isdigit() and not _alive(int(pid)):
+            if pid.isdigit() and not pid_alive(int(pid)):
                 path.unlink(missing_ok=True)
                 removed += 1
         return removed
