@@ -69,8 +69,6 @@ class _Node:
     """What both kinds of node share: the run config and the raw node config (its other keys,
     such as the privacy floor's, are read by their owners)."""
 
-    deployed = False
-
     def __init__(self, cfg: DictConfig, config: dict):
         self.cfg, self.config = cfg, config
 
@@ -153,8 +151,6 @@ class SimulatedNode(_Node):
 class DeployedNode(_Node):
     """A deployed node: the table in its data directory (``data-dir``), its state in
     ``<data-dir>/.astroscale/``, its encoded rows in memory-mapped tensor files."""
-
-    deployed = True
 
     def __init__(self, cfg: DictConfig, config: dict, data_dir: str):
         super().__init__(cfg, config)
