@@ -10,6 +10,7 @@ import pandas as pd
 import torch
 
 from astroscale_fl.data.node_arrays import content_digest
+from astroscale_fl.data.node_data import node_data
 from astroscale_fl.federation.client import batch_generator
 
 
@@ -22,7 +23,8 @@ def _node_dir(root, seed: int, rows: int = 500):
 
 
 def _order(node_config: dict, server_round: int = 3) -> torch.Tensor:
-    return torch.randperm(1000, generator=batch_generator(7, server_round, node_config))
+    node = node_data(None, node_config)  # a node's salt reads no run config
+    return torch.randperm(1000, generator=batch_generator(7, server_round, node))
 
 
 def test_the_same_data_in_another_folder_shuffles_the_same(tmp_path):

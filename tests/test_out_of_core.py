@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from astroscale_fl import config, run_config
-from astroscale_fl.data import holdout, node_arrays
+from astroscale_fl.data import holdout
 from astroscale_fl.data.tasks import get_task
 from astroscale_fl.data.tensor_files import (
     FEATURES,
@@ -106,21 +106,23 @@ def test_node_streams_statistics_and_trains_from_memory_mapped_tensors(tmp_path)
     tensors stream; the local validation share is the rows whose id hashes under the fraction."""
     import torch
 
+    from astroscale_fl.data.node_data import node_data
     from astroscale_fl.federation.client import node_tensors
 
     data_dir = tmp_path / "node"
     write_catalog(data_dir / "train", files=2, rows=20_000)
     cfg = run_config.validate(config.compose(OVERRIDES + [f"task.path={data_dir / 'train'}", "preprocess.chunk_rows=4000"]))
     pipeline = Pipeline.from_config(get_task(cfg.task), cfg)
-    stats, rows, quarantined = node_arrays.node_statistics(cfg, {"data-dir": str(data_dir)}, pipeline)
+    node = node_data(cfg, {"data-dir": str(data_dir)})
+    stats, rows, quarantined = node.statistics(pipeline)
     frame = pd.read_parquet(data_dir / "train")
     is_val = holdout.is_local_val({"id": frame.id.to_numpy()}, int(cfg.seed))
     assert rows == (~is_val).sum() and 0.08 < is_val.mean() < 0.12
     pipeline.fit_statistics(stats)
-    arrays = node_arrays.node_arrays(cfg, {"data-dir": str(data_dir)}, pipeline)
+    arrays = node.arrays(pipeline)
     assert all(isinstance(arrays[k], np.memmap) for k in ("train_x", "train_y", "val_x", "val_y"))
     assert len(arrays["train_y"]) == rows - quarantined and len(arrays["train_y"]) + len(arrays["val_y"]) == len(frame) - 6
-    tensors = node_tensors(cfg, {"data-dir": str(data_dir)}, pipeline, "k", torch.device("cpu"))
+    tensors = node_tensors(cfg, node, pipeline, "k", torch.device("cpu"))
     assert np.shares_memory(tensors.train_x.numpy(), arrays["train_x"]) or np.array_equal(tensors.train_x.numpy(), arrays["train_x"])
     assert len(list((data_dir / ".astroscale-cache").iterdir())) == 2  # train and val tensor files, reused by node_tensors
 

@@ -4,7 +4,8 @@ A deployed node's table (``<data-dir>/train.parquet``, or a directory ``<data-di
 Parquet files) is never loaded whole: its statistics and its encoding stream record batches, and
 the encoded rows live in memory-mapped tensor files under ``<data-dir>/.astroscale-cache/``,
 keyed by the table's fingerprint and the pipeline (:func:`astroscale_fl.data.tensor_files.cached_tensors`).
-A simulated node's rows (its partition of the task frame) go through the same functions as one batch.
+A simulated node's rows (its partition of the task frame) go through the same functions as one batch
+(:mod:`astroscale_fl.data.node_data` picks the path).
 
 The local validation share is defined by row id (:mod:`astroscale_fl.data.holdout`).
 """
@@ -19,19 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from astroscale_fl.data.holdout import ID, LOCAL_VAL_FRACTION, is_local_val
-from astroscale_fl.data.node_dirs import node_table_path
 from astroscale_fl.data.tensor_files import cached_tensors
 from astroscale_fl.preprocessing import ColumnStatistics, Pipeline
 from astroscale_fl.preprocessing.stream import ROW, columns_of, fingerprint, iter_batches
 
 CACHE_DIR = ".astroscale-cache"
-
-
-def node_table(node_config: dict) -> Path | None:
-    """A deployed node's table (a Parquet file or a directory of them), or None in simulation."""
-    if "data-dir" not in node_config:
-        return None
-    return node_table_path(str(node_config["data-dir"]))
 
 
 def content_digest(table: Path) -> str:
@@ -86,11 +79,9 @@ def statistics(pipeline: Pipeline, batches: Iterable[dict[str, np.ndarray]], see
     return total, rows, quarantined
 
 
-def node_statistics(cfg, node_config: dict, pipeline: Pipeline, frame_batches=None) -> tuple[ColumnStatistics, int, int]:
-    """The statistics a node contributes to the federated fit (streamed for a node table)."""
-    table = node_table(node_config)
-    batches = _batches(pipeline, table, cfg.preprocess.chunk_rows) if table is not None else frame_batches()
-    return statistics(pipeline, batches, int(cfg.seed))
+def table_statistics(cfg, table: Path, pipeline: Pipeline) -> tuple[ColumnStatistics, int, int]:
+    """The statistics a deployed node's table contributes to the federated fit (streamed)."""
+    return statistics(pipeline, _batches(pipeline, table, cfg.preprocess.chunk_rows), int(cfg.seed))
 
 
 def encode_frame(pipeline: Pipeline, frame, training: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -102,16 +93,17 @@ def encode_frame(pipeline: Pipeline, frame, training: bool) -> tuple[np.ndarray,
     return pipeline.transform_features(rows, validated=True), pipeline.transform_target(rows)
 
 
-def node_arrays(cfg, node_config: dict, pipeline: Pipeline, frames=None) -> dict[str, np.ndarray]:
-    """``train_x``, ``train_y``, ``val_x``, ``val_y`` of a node: memory-mapped tensor files for a
-    node table, in-memory arrays for a simulated node's frames (``frames()`` -> (train, val))."""
-    table = node_table(node_config)
-    if table is None:
-        train, val = frames()
-        (tx, ty), (vx, vy) = encode_frame(pipeline, train, True), encode_frame(pipeline, val, False)
-        return {"train_x": tx, "train_y": ty, "val_x": vx, "val_y": vy}
+def frame_arrays(pipeline: Pipeline, train, val) -> dict[str, np.ndarray]:
+    """``train_x``, ``train_y``, ``val_x``, ``val_y`` of a node's in-memory (training, validation) frames."""
+    (tx, ty), (vx, vy) = encode_frame(pipeline, train, True), encode_frame(pipeline, val, False)
+    return {"train_x": tx, "train_y": ty, "val_x": vx, "val_y": vy}
+
+
+def table_arrays(cfg, data_dir: str, table: Path, pipeline: Pipeline) -> dict[str, np.ndarray]:
+    """``train_x``, ``train_y``, ``val_x``, ``val_y`` of a deployed node's table: memory-mapped
+    tensor files under ``<data_dir>/.astroscale-cache``."""
     seed = int(cfg.seed)
-    cache = Path(str(node_config["data-dir"])) / CACHE_DIR
+    cache = Path(data_dir) / CACHE_DIR
     id_column = ID if ID in _columns(pipeline, table) else None
     out = {}
     for share, want_val in (("train", False), ("val", True)):

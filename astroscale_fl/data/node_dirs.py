@@ -9,6 +9,15 @@ from pathlib import Path
 NODE_DATA_FILE = "train.parquet"
 NODE_DATA_DIR = "train"  # or a folder of Parquet files
 STATE_DIR = ".astroscale"  # <data-dir>/.astroscale: what a deployed node keeps across restarts (ledger, status, ...)
+DATA_DIR_KEY = "data-dir"  # the node config key that makes a node a deployed one
+
+
+def deployed_data_dir(node_config: dict) -> str | None:
+    """A deployed node's data directory from its node config (``data-dir``), or None for a
+    simulated node. Read here and in :func:`astroscale_fl.data.node_data.node_data` only; the
+    node's status file uses it before a run config exists."""
+    value = node_config.get(DATA_DIR_KEY)
+    return str(value) if value else None
 
 
 def node_state_dir(data_dir: str | Path) -> Path:

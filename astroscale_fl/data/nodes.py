@@ -1,8 +1,8 @@
 """From config to rows: the task frame, its held-out test split, and each node's share.
 
-In simulation a node's rows are its partition of the training split (``partition-id`` of
-``num-partitions`` in the node config). In deployment a SuperNode's node config names its own
-data directory (``data-dir``), and the ClientApp reads only that directory.
+In simulation a node's rows are its partition of the training split. In deployment a SuperNode
+reads only its own data directory. Which one a node is, its node config says, read by
+:func:`astroscale_fl.data.node_data.node_data`.
 """
 
 from __future__ import annotations
@@ -102,13 +102,3 @@ def read_node_dir(data_dir: str | Path) -> pd.DataFrame:
         raise DataError(f"node data not found: {path} (expected a Parquet table written by `astroscale-fl node-data`, "
                         f"or a folder {Path(data_dir) / NODE_DATA_DIR} of Parquet files)")
     return read_table(path, "node data") if path.is_dir() else pd.read_parquet(path)
-
-
-def node_frame(cfg: DictConfig, node_config: dict, columns: tuple[str, ...] | None = None) -> pd.DataFrame:
-    """The rows a ClientApp trains on, from its node config (deployment or simulation); in
-    simulation only ``columns`` (when given) of them."""
-    if "data-dir" in node_config:
-        return read_node_dir(str(node_config["data-dir"]))
-    if "partition-id" in node_config:
-        return partition_frame(cfg, int(node_config["partition-id"]), int(node_config["num-partitions"]), columns)
-    raise DataError("node config names no data: expected data-dir=<dir> (deployment) or partition-id (simulation)")

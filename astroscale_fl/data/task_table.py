@@ -39,12 +39,11 @@ def row_local(pipeline: Pipeline) -> bool:
                    for s in pipeline.steps)
 
 
-def node_rows(cfg: DictConfig, node_config: dict, seed: int) -> np.ndarray:
-    """Positions of a simulated node's rows in the task's training split (its partition);
-    ``seed``: the run's (passed in: reading ``cfg.seed`` through OmegaConf costs ~30 µs)."""
+def node_rows(cfg: DictConfig, partition: int, num_partitions: int, seed: int) -> np.ndarray:
+    """Positions of a simulated node's rows in the task's training split (its ``partition`` of
+    ``num_partitions``); ``seed``: the run's (passed in: reading ``cfg.seed`` through OmegaConf costs ~30 µs)."""
     task_json = to_json(cfg, ("task",))
-    num_nodes = int(node_config["num-partitions"])
-    return nodes.partition_rows(task_json, seed, to_json(cfg, ("partition",)), num_nodes)[int(node_config["partition-id"])]
+    return nodes.partition_rows(task_json, seed, to_json(cfg, ("partition",)), num_partitions)[partition]
 
 
 def task_columns(cfg: DictConfig, seed: int, columns: tuple[str, ...], time_column: str | None = None) -> Columns:
@@ -88,7 +87,7 @@ class EncodedTable:
 
     def selection(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """A node's (training, local validation) positions from its partition ``rows``: what
-        :func:`astroscale_fl.federation.client.node_split` then encoding each share would keep."""
+        :meth:`astroscale_fl.data.node_data.SimulatedNode.split` then encoding each share would keep."""
         is_val = validation_share(self.local_val[rows])
         valid = self.valid[rows]
         return rows[~is_val & valid & ~self.outlier[rows]], rows[is_val & valid]

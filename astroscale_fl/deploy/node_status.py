@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from astroscale_fl.atomic import write_text
-from astroscale_fl.data.node_dirs import node_state_dir
+from astroscale_fl.data.node_dirs import deployed_data_dir, node_state_dir
 from astroscale_fl.errors import DataError
 
 STATUS_FILE = "node-status.json"
@@ -130,7 +130,7 @@ def recording(node_config: dict[str, Any], kind: str, server_round: int) -> Iter
     (the reason). A message that raises is recorded as failed and the exception propagates.
     """
     outcome: dict[str, Any] = {}
-    data_dir = node_config.get("data-dir")
+    data_dir = deployed_data_dir(node_config)
     if not data_dir:
         yield outcome
         return

@@ -8,6 +8,7 @@
 
 Each node keeps a local validation share out of training: the rows whose id hashes below
 :data:`~astroscale_fl.data.holdout.LOCAL_VAL_FRACTION` (:func:`~astroscale_fl.data.holdout.is_local_val`).
+Each handler reaches the node's rows through :func:`~astroscale_fl.data.node_data.node_data`.
 A simulated node's data is a row selection of the task table (:mod:`astroscale_fl.data.task_table`):
 the table is encoded once per pipeline and each message gathers the node's rows from it, so a
 thousand-node simulation holds the table once plus one index per node. A deployed node reads its
@@ -30,7 +31,8 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from omegaconf import DictConfig, OmegaConf
 
 from astroscale_fl.config import to_json
-from astroscale_fl.data import holdout, node_arrays, nodes, task_table
+from astroscale_fl.data import holdout
+from astroscale_fl.data.node_data import Columns, NodeData, NodeTensors, node_data
 from astroscale_fl.data.tasks import get_task
 from astroscale_fl.federation import local_objectives as objectives
 from astroscale_fl.federation import protocol
@@ -44,19 +46,8 @@ from astroscale_fl.learning.training import eval_report, make_optimizer, predict
 from astroscale_fl.preprocessing import Pipeline
 from astroscale_fl.privacy.dp_statistics import private_statistics_reply
 from astroscale_fl.privacy.floor import PrivacyFloor
-from astroscale_fl.privacy.node import LocalJob, node_name, node_privacy
+from astroscale_fl.privacy.node import LocalJob, node_privacy
 from astroscale_fl.privacy.settings import PrivacySettings, dp_sgd_settings
-
-
-@dataclass
-class NodeTensors:
-    """A node's encoded rows on its device: training and local validation shares."""
-
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    val_x: torch.Tensor
-    val_y: torch.Tensor
-
 
 CACHE_BYTES = 256 * 2**20  # per process: encoded rows of the recently served nodes that cannot share one encoding
 _TENSORS: NodeCache[NodeTensors] = NodeCache(
@@ -65,26 +56,6 @@ _TENSORS: NodeCache[NodeTensors] = NodeCache(
 
 def _key(*parts: str) -> str:
     return hashlib.sha256("\x00".join(parts).encode()).hexdigest()
-
-
-def _split_shares(frame: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    is_val = holdout.validation_share(holdout.is_local_val({"id": frame["id"].to_numpy()}, seed))
-    return frame.loc[~is_val].reset_index(drop=True), frame.loc[is_val].reset_index(drop=True)
-
-
-def node_split(cfg: DictConfig, node_config: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The node's (training, local validation) rows, seeded by row id. A simulated node's are
-    gathered from the shared task table by its row selection, on each call (nothing is kept)."""
-    if "data-dir" in node_config:
-        return _split_shares(nodes.node_frame(cfg, node_config), int(cfg.seed))
-    return _split_shares(pd.DataFrame(_node_batch(cfg, node_config)), int(cfg.seed))
-
-
-def _node_batch(cfg: DictConfig, node_config: dict) -> dict:
-    """A simulated node's rows of the columns its pipeline reads: a selection of the task table."""
-    columns, time_column = _pipeline_columns(cfg)
-    seed = local_settings(cfg).seed
-    return task_table.select(task_table.task_columns(cfg, seed, columns, time_column), task_table.node_rows(cfg, node_config, seed))
 
 
 @functools.lru_cache(maxsize=8)
@@ -99,45 +70,42 @@ def unfitted_pipeline(cfg: DictConfig) -> Pipeline:
     return _unfitted_pipeline(to_json(cfg, ("task", "preprocess")), int(cfg.seed))
 
 
-def _pipeline_columns(cfg: DictConfig) -> tuple[tuple[str, ...], str | None]:
+def pipeline_columns(cfg: DictConfig) -> Columns:
     """The columns a node's pipeline reads (inputs, target, row id: all a node needs), and its time column."""
     pipeline = unfitted_pipeline(cfg)
-    return (*pipeline.inputs, pipeline.target.target, holdout.ID), pipeline.time_column  # the id decides the local validation share
+    return Columns((*pipeline.inputs, pipeline.target.target, holdout.ID), pipeline.time_column)  # the id decides the local validation share
 
 
-def node_tensors(cfg: DictConfig, node_config: dict, pipeline: Pipeline, pipeline_key: str, device: torch.device) -> NodeTensors:
+def node_split(cfg: DictConfig, node: NodeData) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The node's (training, local validation) rows, seeded by row id. A simulated node's are
+    gathered from the shared task table by its row selection, on each call (nothing is kept)."""
+    return node.split(pipeline_columns(cfg))
+
+
+def node_tensors(cfg: DictConfig, node: NodeData, pipeline: Pipeline, pipeline_key: str, device: torch.device) -> NodeTensors:
     """The node's rows encoded with the global pipeline, on ``device``.
 
     A simulated node's are gathered by its row selection from the task table encoded once
-    (:func:`astroscale_fl.data.task_table.encoded_table`); a deployed node's come from its
-    memory-mapped tensor files; a pipeline that encodes node by node encodes the node's rows
-    once per (node, pipeline, device) and keeps them while the byte budget allows.
+    (:meth:`~astroscale_fl.data.node_data.SimulatedNode.shared_tensors`); otherwise (a deployed
+    node's memory-mapped tensor files, a pipeline that encodes node by node) the node's rows are
+    encoded once per (node, pipeline, device) and kept while the byte budget allows.
     """
-    if "data-dir" not in node_config and task_table.row_local(pipeline):
-        seed = local_settings(cfg).seed
-        table = task_table.encoded_table(cfg, seed, pipeline, pipeline_key)
-        train, val = (torch.from_numpy(rows).to(device) for rows in table.selection(task_table.node_rows(cfg, node_config, seed)))
-        x, y = table.on(device)
-        return NodeTensors(x[train], y[train], x[val], y[val])
-    key = _key(repr(sorted(node_config.items())), config_digest(cfg), pipeline_key, str(device))
-
-    def encode() -> NodeTensors:
-        # deployment: memory-mapped tensor files in <data-dir>/.astroscale-cache (streamed, reused across messages)
-        arrays = node_arrays.node_arrays(cfg, node_config, pipeline, frames=lambda: node_split(cfg, node_config))
-        return NodeTensors(*(torch.from_numpy(arrays[k]).to(device) for k in ("train_x", "train_y", "val_x", "val_y")))
-
-    return _TENSORS.get(key, encode)
+    shared = node.shared_tensors(pipeline, pipeline_key, device)
+    if shared is not None:
+        return shared
+    key = _key(node.key, config_digest(cfg), pipeline_key, str(device))
+    return _TENSORS.get(key, lambda: node.tensors(pipeline, pipeline_columns(cfg), device))
 
 
 def handle_query(msg: Message, node_config: dict, state: RecordDict | None = None) -> RecordDict:
     """Statistics round: this node's column statistics (no rows leave the node); under
     ``privacy.statistics_epsilon`` through the Gaussian mechanism (``state``: the node's ledger)."""
     cfg = read_run_config(msg.content[protocol.CONFIG_KEY])
+    node = node_data(cfg, node_config)
     if cfg.privacy.get("statistics_epsilon") is not None:
-        train, _ = node_split(cfg, node_config)
-        return private_statistics_reply(cfg, get_task(cfg.task), unfitted_pipeline(cfg), train, RecordDict() if state is None else state, node_config)
-    frame_batches = lambda: [_node_batch(cfg, node_config)]  # noqa: E731  (simulation: the node's row selection)
-    stats, rows, quarantined = node_arrays.node_statistics(cfg, node_config, unfitted_pipeline(cfg), frame_batches)
+        train, _ = node_split(cfg, node)
+        return private_statistics_reply(cfg, get_task(cfg.task), unfitted_pipeline(cfg), train, RecordDict() if state is None else state, node)
+    stats, rows, quarantined = node.statistics(unfitted_pipeline(cfg), pipeline_columns(cfg))
     return RecordDict({
         protocol.STATS_KEY: numpy_to_arrays(stats.to_arrays()),
         protocol.COLUMNS_KEY: ConfigRecord({protocol.COLUMN_NAMES_KEY: list(stats.columns)}),
@@ -178,18 +146,17 @@ def local_settings(cfg: DictConfig) -> LocalSettings:
     return _SETTINGS[digest]
 
 
-def _prepare(msg: Message, node_config: dict, cfg: DictConfig | None = None) -> tuple[DictConfig, torch.nn.Module, NodeTensors, Pipeline]:
+def _prepare(msg: Message, cfg: DictConfig, node: NodeData) -> tuple[torch.nn.Module, NodeTensors, Pipeline]:
     config = msg.content[protocol.CONFIG_KEY]
-    cfg = cfg if cfg is not None else read_run_config(config)
     settings = local_settings(cfg)
     if torch.get_num_threads() != settings.threads:
         torch.set_num_threads(settings.threads)
     device = settings.device
     pipeline, pipeline_key = read_pipeline(config)
-    tensors = node_tensors(cfg, node_config, pipeline, pipeline_key, device)
+    tensors = node_tensors(cfg, node, pipeline, pipeline_key, device)
     model = fresh_model(cfg, len(pipeline.features), device)
     load_arrays(model, msg.content[protocol.ARRAYS_KEY])
-    return cfg, model, tensors, pipeline
+    return model, tensors, pipeline
 
 
 _MODELS = threading.local()  # per thread: architecture key -> a model reused for each message
@@ -218,11 +185,11 @@ def handle_train(msg: Message, context: Context) -> RecordDict:
     and adds the control-variate delta to the reply. The node's privacy round
     (:func:`astroscale_fl.privacy.node.node_privacy`) trains, with or without DP.
     """
-    node_config = dict(context.node_config)
     config = msg.content[protocol.CONFIG_KEY]
     cfg = read_run_config(config)
-    PrivacyFloor.from_node_config(node_config).check_run(cfg, node_name(node_config))  # before any data is touched
-    cfg, model, tensors, pipeline = _prepare(msg, node_config, cfg)
+    node = node_data(cfg, context.node_config)
+    PrivacyFloor.from_node_config(node.config).check_run(cfg, node.name)  # before any data is touched
+    model, tensors, pipeline = _prepare(msg, cfg, node)
     local = local_settings(cfg)
     # one message per round: evaluate the received global model (the previous round's) before training it
     evaluation = _evaluation_metrics(model, tensors, pipeline) if protocol.EVAL_ROUND_KEY in config else None
@@ -233,16 +200,16 @@ def handle_train(msg: Message, context: Context) -> RecordDict:
         hooks.append(objectives.proximal_gradient(model, wanted.proximal.mu))
     scaffold = None
     if wanted.scaffold is not None:
-        store = objectives.ControlVariateStore(context.state, context.run_id, node_config.get("data-dir"))
+        store = objectives.ControlVariateStore(context.state, context.run_id, node.data_dir)
         scaffold = objectives.ScaffoldRound(model, wanted.scaffold, msg.content, store)
         hooks.append(scaffold.hook)
         optimizer = scaffold.optimizer(model)
     else:
         optimizer = make_optimizer(model.parameters(), local.optimizer, local.lr, local.momentum, local.weight_decay)
-    generator = batch_generator(local.seed, server_round, node_config)
+    generator = batch_generator(local.seed, server_round, node)
     job = LocalJob(model, optimizer, tensors.train_x, tensors.train_y, local.batch_size, local.local_epochs,
                    generator, after_backward=objectives.combine(hooks), cuda_graph=local.cuda_graph)
-    trained = node_privacy(local.privacy, cfg, context.state, node_config).train(job)
+    trained = node_privacy(local.privacy, cfg, context.state, node).train(job)
     reply = RecordDict({protocol.ARRAYS_KEY: model_to_arrays(model), protocol.METRICS_KEY: MetricRecord(trained.metrics),
                         **trained.records})
     if evaluation is not None:
@@ -254,7 +221,8 @@ def handle_train(msg: Message, context: Context) -> RecordDict:
 
 def handle_evaluate(msg: Message, node_config: dict) -> RecordDict:
     """Evaluate the global model on the node's local validation rows, as poolable sums."""
-    _, model, tensors, pipeline = _prepare(msg, node_config)
+    cfg = read_run_config(msg.content[protocol.CONFIG_KEY])
+    model, tensors, pipeline = _prepare(msg, cfg, node_data(cfg, node_config))
     return RecordDict({protocol.METRICS_KEY: _evaluation_metrics(model, tensors, pipeline)})
 
 
@@ -304,21 +272,11 @@ def _metrics_record(scaled_pred: np.ndarray, scaled_true: np.ndarray, pipeline: 
     })
 
 
-def batch_generator(seed: int, server_round: int, node_config: dict) -> torch.Generator:
-    """The generator of a node's batch order in a round: seeded by run seed, round and node."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + server_round * 7919 + _node_salt(node_config))
-
-
-def _node_salt(node_config: dict) -> int:
-    """A stable per-node integer, so nodes shuffle differently under one seed: the partition in
-    simulation; in deployment the content of the node's table (not its path, so the same data
-    in another folder shuffles the same)."""
-    table = None if "partition-id" in node_config else node_arrays.node_table(node_config)
-    if table is not None and table.exists():
-        ident = node_arrays.content_digest(table)
-    else:
-        ident = str(node_config.get("partition-id", node_config.get("data-dir", "")))
-    return int(hashlib.sha256(ident.encode()).hexdigest()[:8], 16)
+def batch_generator(seed: int, server_round: int, node: NodeData) -> torch.Generator:
+    """The generator of a node's batch order in a round: seeded by run seed, round and the node's
+    :attr:`~astroscale_fl.data.node_data.SimulatedNode.salt` (its partition in simulation, its
+    table's content in deployment)."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + server_round * 7919 + node.salt)
 
 
 def node_epsilon_budget(msg: Message, context: Context) -> float | None:

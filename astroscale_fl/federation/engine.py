@@ -38,6 +38,7 @@ from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 from omegaconf import DictConfig
 
+from astroscale_fl.data.node_data import NUM_PARTITIONS_KEY, PARTITION_KEY
 from astroscale_fl.federation.grouped import run_evaluate_grouped, run_train_grouped
 
 FIRST_NODE_ID = 1_000  # node i is FIRST_NODE_ID + i, in both backends (see ray_backend)
@@ -48,7 +49,7 @@ TrainRunner = Callable[["InProcessGrid", Work], list[Message]]  # also the type 
 
 def simulation_node_configs(num_nodes: int) -> list[dict]:
     """Node configs as Flower's simulation gives them: ``partition-id`` of ``num-partitions``."""
-    return [{"partition-id": i, "num-partitions": num_nodes} for i in range(num_nodes)]
+    return [{PARTITION_KEY: i, NUM_PARTITIONS_KEY: num_nodes} for i in range(num_nodes)]
 
 
 def default_workers(threads_per_node: int = 1) -> int:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 
+from astroscale_fl.data.node_data import NodeData, NodeTensors, node_data
 from astroscale_fl.federation import client, protocol
 from astroscale_fl.federation import local_objectives as objectives
 from astroscale_fl.federation.messages import config_digest, read_pipeline, read_run_config
@@ -63,10 +64,11 @@ class Member:
     privacy: tuple | None = None  # (ledger, plan) once spent
     privacy_settings: PrivacySettings | None = None
     run: _RunSettings | None = None
-    tensors: client.NodeTensors | None = None
+    tensors: NodeTensors | None = None
     pipeline: object = None
     evaluates: bool = False  # one message per round: evaluate the received model on the node's validation rows first
     evaluation: MetricRecord | None = None
+    node: NodeData | None = None  # the node's data (name, salt, state directory)
 
 
 @dataclass(frozen=True)
@@ -99,11 +101,11 @@ def _eligible(run: _RunSettings, privacy: PrivacySettings | None, model: torch.n
 _FLOOR_PASSED: set[tuple] = set()  # (node's privacy floor, run config digest) pairs that passed
 
 
-def _check_floor(cfg, digest: str, node_config: dict) -> None:
+def _check_floor(cfg, digest: str, node: NodeData) -> None:
     """The node's privacy floor against the run (raises: the handler declines); remembered once passed."""
-    floor = PrivacyFloor.from_node_config(node_config)
+    floor = PrivacyFloor.from_node_config(node.config)
     if (floor, digest) not in _FLOOR_PASSED:
-        floor.check_run(cfg, dp_node.node_name(node_config))
+        floor.check_run(cfg, node.name)
         _FLOOR_PASSED.add((floor, digest))
 
 
@@ -127,14 +129,14 @@ def _setup(msg: Message, context: Context, digests: dict[int, str]) -> Member | 
     model = client.fresh_model(cfg, len(pipeline.features), local.device)
     if not _eligible(run, local.privacy, model):
         return None
-    node_config = dict(context.node_config)
-    _check_floor(cfg, digest, node_config)
-    tensors = client.node_tensors(cfg, node_config, pipeline, pipeline_key, local.device)
+    node = node_data(cfg, context.node_config)
+    _check_floor(cfg, digest, node)
+    tensors = client.node_tensors(cfg, node, pipeline, pipeline_key, local.device)
     wanted = protocol.local_objectives(config)
     mu = wanted.proximal.mu if wanted.proximal is not None else 0.0
     scaffold, correction = None, None
     if wanted.scaffold is not None:
-        store = objectives.ControlVariateStore(context.state, context.run_id, node_config.get("data-dir"))
+        store = objectives.ControlVariateStore(context.state, context.run_id, node.data_dir)
         scaffold = objectives.ScaffoldRound(model, wanted.scaffold, msg.content, store)
         correction = {n: torch.as_tensor(scaffold.server_c[n] - scaffold.node_c[n], dtype=p.dtype, device=local.device)
                       for n, p in model.named_parameters()}
@@ -144,20 +146,20 @@ def _setup(msg: Message, context: Context, digests: dict[int, str]) -> Member | 
     key = (arrays_key(msg.content[protocol.ARRAYS_KEY], digests), digest, pipeline_key, optimizer, mu, scaffold is not None)
     work = NodeWork(tensors.train_x, tensors.train_y, [], correction)
     return Member(msg, context, work, key, model, cfg, optimizer, mu, scaffold, None, local.privacy, run, tensors, pipeline,
-                  protocol.EVAL_ROUND_KEY in config)
+                  protocol.EVAL_ROUND_KEY in config, node=node)
 
 
 def _batches(member: Member) -> None:
     """Draw the node's batches as its handler would (seeded shuffle, or Poisson after the DP spend)."""
-    cfg, node_config = member.cfg, dict(member.context.node_config)
+    cfg, node = member.cfg, member.node
     n = len(member.work.target)
     if member.privacy_settings is None:
         local = client.local_settings(cfg)
         server_round = int(member.msg.content[protocol.CONFIG_KEY][protocol.SERVER_ROUND_KEY])
-        generator = client.batch_generator(local.seed, server_round, node_config)
+        generator = client.batch_generator(local.seed, server_round, node)
         member.work.batches = list(shuffled_batches(n, local.batch_size, local.local_epochs, generator))
     else:
-        ledger, plan = dp_node.spend_round(member.privacy_settings, cfg, member.context.state, node_config, n)
+        ledger, plan = dp_node.spend_round(member.privacy_settings, cfg, member.context.state, node, n)
         member.privacy = (ledger, plan)
         member.work.batches = list(poisson_batches(n, plan.sample_rate, plan.steps, generator=None))
 
@@ -174,7 +176,7 @@ def _reply(member: Member, params: dict[str, torch.Tensor], report: TrainReport,
     else:
         ledger, _ = member.privacy
         metrics = {protocol.WEIGHT_KEY: report.examples, protocol.EPSILON_KEY: ledger.epsilon(), protocol.DELTA_KEY: ledger.delta}
-        reply[protocol.PRIVACY_KEY] = card.reply_record(dp_node.node_name(dict(member.context.node_config)), ledger)
+        reply[protocol.PRIVACY_KEY] = card.reply_record(member.node.name, ledger)
     reply[protocol.METRICS_KEY] = MetricRecord(metrics)
     if member.evaluation is not None:
         reply[protocol.EVAL_METRICS_KEY] = member.evaluation
@@ -257,7 +259,7 @@ def evaluate_grouped(work: list[tuple[Message, Context]]) -> list[Message | None
     its own rows (:func:`client.evaluation_metrics`), answered with the reply its handler builds.
     """
     digests: dict[int, str] = {}
-    groups: dict[tuple, list[tuple[int, client.NodeTensors]]] = {}
+    groups: dict[tuple, list[tuple[int, NodeTensors]]] = {}
     settings = {}
     for i, (msg, context) in enumerate(work):
         try:
@@ -268,7 +270,7 @@ def evaluate_grouped(work: list[tuple[Message, Context]]) -> list[Message | None
                 continue
             pipeline, pipeline_key = read_pipeline(config)
             local = client.local_settings(cfg)
-            tensors = client.node_tensors(cfg, dict(context.node_config), pipeline, pipeline_key, local.device)
+            tensors = client.node_tensors(cfg, node_data(cfg, context.node_config), pipeline, pipeline_key, local.device)
             key = (arrays_key(msg.content[protocol.ARRAYS_KEY], digests), digest, pipeline_key)
         except Exception:  # the handler, run alone, reports it as it always does
             continue

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
+from astroscale_fl.data.node_data import NodeData
 from astroscale_fl.federation import protocol
 from astroscale_fl.federation.protocol import Decline
 from astroscale_fl.federation.records import numpy_to_arrays
@@ -166,7 +167,7 @@ def _node_ledger_settings(privacy_cfg: Mapping, n_rows: int) -> tuple[str, float
     return settings.accountant, settings.delta_for(n_rows), settings.epsilon_budget
 
 
-def private_statistics_reply(cfg, task, pipeline, train_frame, state, node_config: dict) -> RecordDict:
+def private_statistics_reply(cfg, task, pipeline, train_frame, state, node: NodeData) -> RecordDict:
     """The node's DP statistics reply: spend in its ledger first (write-ahead), then release.
 
     Raises :class:`astroscale_fl.privacy.node.BudgetExceeded` if the release would take the node
@@ -178,13 +179,13 @@ def private_statistics_reply(cfg, task, pipeline, train_frame, state, node_confi
     accountant, delta, budget = _node_ledger_settings(cfg.privacy, n_rows)
     if accountant == "gdp":
         raise PrivacyError("privacy.statistics_epsilon: the gdp accountant cannot compose the statistics release with DP-SGD steps; use rdp or prv")
-    path = dp_node.ledger_path(node_config)
+    path = dp_node.ledger_path(node)
     ledger = open_ledger(accountant, delta, state=state, path=path)
     if RELEASE_KEY not in state:
         sigma = noise_for_target_epsilon(epsilon, delta, 1.0, 1, accountant)
         reason = ledger.budget_refusal(budget, sigma, 1.0, 1)
         if reason:
-            raise dp_node.BudgetExceeded(Decline(dp_node.node_name(node_config), f"the statistics round: {reason}", ledger.epsilon()))
+            raise dp_node.BudgetExceeded(Decline(node.name, f"the statistics round: {reason}", ledger.epsilon()))
         ledger.record(sigma, 1.0, 1)
         commit_ledger(ledger, state=state, path=path)
         stats = release.release(pipeline.statistics_frame(train_frame), sigma, np.random.default_rng())
@@ -194,7 +195,7 @@ def private_statistics_reply(cfg, task, pipeline, train_frame, state, node_confi
         protocol.STATS_KEY: numpy_to_arrays(stats.to_arrays()),
         protocol.COLUMNS_KEY: ConfigRecord({protocol.COLUMN_NAMES_KEY: list(stats.columns)}),
         protocol.METRICS_KEY: MetricRecord({protocol.WEIGHT_KEY: max(0, int(round(float(stats.count[-1]))))}),  # noisy count
-        protocol.PRIVACY_KEY: reply_record(dp_node.node_name(node_config), ledger),
+        protocol.PRIVACY_KEY: reply_record(node.name, ledger),
     })
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from flwr.app import ConfigRecord, RecordDict
 
-from astroscale_fl.data.node_dirs import node_state_dir
+from astroscale_fl.data.node_data import NodeData
 from astroscale_fl.federation.protocol import DELTA_KEY, EPSILON_KEY, PRIVACY_KEY, TRAIN_LOSS_KEY, WEIGHT_KEY, Decline
 from astroscale_fl.learning.steps import GradHook, TrainReport
 from astroscale_fl.learning.training import shuffled_batches, train_local
@@ -94,39 +94,30 @@ class DPSGDRound:
     the model card), and no loss computed without noise.
     """
 
-    def __init__(self, settings: PrivacySettings, cfg, state: RecordDict, node_config: dict):
-        self.settings, self.cfg, self.state, self.node_config = settings, cfg, state, node_config
+    def __init__(self, settings: PrivacySettings, cfg, state: RecordDict, node: NodeData):
+        self.settings, self.cfg, self.state, self.node = settings, cfg, state, node
 
     def train(self, job: LocalJob) -> LocalRound:
         n = len(job.target)
-        ledger, plan = spend_round(self.settings, self.cfg, self.state, self.node_config, n)
+        ledger, plan = spend_round(self.settings, self.cfg, self.state, self.node, n)
         private, dp_optimizer = make_private(job.model, job.optimizer, noise_multiplier=plan.noise_multiplier,
                                              max_grad_norm=plan.max_grad_norm, expected_batch_size=plan.expected_batch_size,
                                              backend=self.settings.backend, secure_mode=self.settings.secure_mode)
         batches = poisson_batches(n, plan.sample_rate, plan.steps, generator=None)
         report = train_local_dp(private, dp_optimizer, job.features, job.target, batches, after_backward=job.after_backward)
         metrics = {WEIGHT_KEY: n, EPSILON_KEY: ledger.epsilon(), DELTA_KEY: ledger.delta}
-        return LocalRound(report, metrics, {PRIVACY_KEY: card.reply_record(node_name(self.node_config), ledger)})
+        return LocalRound(report, metrics, {PRIVACY_KEY: card.reply_record(self.node.name, ledger)})
 
 
-def node_privacy(settings: PrivacySettings | None, cfg, state: RecordDict, node_config: dict) -> PlainRound | DPSGDRound:
+def node_privacy(settings: PrivacySettings | None, cfg, state: RecordDict, node: NodeData) -> PlainRound | DPSGDRound:
     """The node's privacy round: one ``train(job)`` call either way. ``settings``: the run's
     :meth:`PrivacySettings.from_config` (None without DP-SGD), built once per run config by the caller."""
-    return PlainRound() if settings is None else DPSGDRound(settings, cfg, state, node_config)
+    return PlainRound() if settings is None else DPSGDRound(settings, cfg, state, node)
 
 
-def node_name(node_config: dict) -> str:
-    """A name for the node that stays the same across restarts (not Flower's node id)."""
-    if "node-name" in node_config:
-        return str(node_config["node-name"])
-    if "data-dir" in node_config:
-        return Path(str(node_config["data-dir"])).resolve().name
-    return f"partition-{node_config.get('partition-id', 0)}"
-
-
-def ledger_path(node_config: dict) -> Path | None:
-    """The node's ledger file (deployment), or None in simulation."""
-    return node_state_dir(str(node_config["data-dir"])) / LEDGER_FILENAME if "data-dir" in node_config else None
+def ledger_path(node: NodeData) -> Path | None:
+    """The node's ledger file (deployment: in its state directory), or None in simulation."""
+    return node.state_dir / LEDGER_FILENAME if node.state_dir is not None else None
 
 
 def plan_round(settings: PrivacySettings, cfg, state: RecordDict, ledger: PrivacyLedger, n_rows: int, batch_size: int) -> RoundPlan:
@@ -144,21 +135,21 @@ def plan_round(settings: PrivacySettings, cfg, state: RecordDict, ledger: Privac
     return plan
 
 
-def spend_round(settings: PrivacySettings, cfg, state: RecordDict, node_config: dict, n_rows: int,
+def spend_round(settings: PrivacySettings, cfg, state: RecordDict, node: NodeData, n_rows: int,
                 floor: PrivacyFloor | None = None) -> tuple[PrivacyLedger, RoundPlan]:
     """Plan the round, check the node's floor and budget, and record the spend; raise
     :class:`BudgetExceeded` or :class:`~astroscale_fl.privacy.floor.FloorRefused`."""
-    floor = floor or PrivacyFloor.from_node_config(node_config)
-    path = ledger_path(node_config)
+    floor = floor or PrivacyFloor.from_node_config(node.config)
+    path = ledger_path(node)
     ledger = open_ledger(settings.accountant, settings.delta_for(n_rows), state=state, path=path)
     plan = plan_round(settings, cfg, state, ledger, n_rows, int(cfg.train.batch_size))
-    floor.check_noise(plan.noise_multiplier, node_name(node_config))
+    floor.check_noise(plan.noise_multiplier, node.name)
     budget = floor.budget(settings.epsilon_budget)
     reason = ledger.budget_refusal(budget, plan.noise_multiplier, plan.sample_rate, plan.steps)
     if reason:
         if budget != settings.epsilon_budget:
             reason += f" (node config max-epsilon={floor.max_epsilon:g})"
-        raise BudgetExceeded(Decline(node_name(node_config), reason, ledger.epsilon()))
+        raise BudgetExceeded(Decline(node.name, reason, ledger.epsilon()))
     ledger.record(plan.noise_multiplier, plan.sample_rate, plan.steps)
     commit_ledger(ledger, state=state, path=path)
     return ledger, plan

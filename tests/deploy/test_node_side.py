@@ -10,6 +10,7 @@ import pytest
 from flwr.app import RecordDict
 
 from astroscale_fl import config, run_config
+from astroscale_fl.data.node_data import node_data
 from astroscale_fl.data.tasks import get_task
 from astroscale_fl.deploy.launcher import LauncherStats
 from astroscale_fl.deploy.node_data import write_node_dirs
@@ -58,7 +59,7 @@ def test_floor_checks_run_noise_and_budget():
 def test_spend_round_refuses_before_spending(tmp_path):
     cfg = run_config.validate(config.compose(["privacy=dp_sgd", "privacy.target_epsilon=null", "privacy.noise_multiplier=0.8"]))
     settings = PrivacySettings.from_config(cfg.privacy)
-    node = {"data-dir": str(tmp_path)}
+    node = node_data(cfg, {"data-dir": str(tmp_path)})
     ledger_file = tmp_path / ".astroscale" / LEDGER_FILENAME
     with pytest.raises(FloorRefused, match="noise multiplier 0.8"):
         spend_round(settings, cfg, RecordDict(), node, 2000, PrivacyFloor(min_noise_multiplier=1.0))

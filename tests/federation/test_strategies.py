@@ -102,6 +102,7 @@ def heterogeneous_least_squares(tmp_path_factory):
 
 def pooled_optimum(grid, pipeline):
     """Minimiser of the mean over nodes of each node's mean squared error (what SCAFFOLD solves)."""
+    from astroscale_fl.data.node_data import node_data
     from astroscale_fl.federation.client import node_split
 
     cfg_json = grid.received[0].content["config"]
@@ -110,7 +111,7 @@ def pooled_optimum(grid, pipeline):
     cfg = read_run_config(cfg_json)
     xs, ys, ws = [], [], []
     for context in grid.contexts.values():
-        train, _ = node_split(cfg, dict(context.node_config))
+        train, _ = node_split(cfg, node_data(cfg, context.node_config))
         x = pipeline.transform_features(train).astype(np.float64)
         xs.append(np.hstack([x, np.ones((len(x), 1))]))
         ys.append(pipeline.transform_target(train).astype(np.float64))

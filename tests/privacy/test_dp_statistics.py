@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from astroscale_fl import config, run_config
+from astroscale_fl.data.node_data import node_data
 from astroscale_fl.data.tasks import get_task
 from astroscale_fl.deploy.node_data import write_node_dirs
 from astroscale_fl.export import verify_card
@@ -100,7 +101,7 @@ def test_statistics_round_spends_once_in_the_ledger_and_the_card_recomputes(tmp_
     forged["nodes"][0]["epsilon"] = 0.1
     assert card.verify_section({"max_epsilon": 0.0, "nodes": [], "preprocessing_statistics": forged})
     pipeline = Pipeline.from_config(get_task(cfg.task), cfg)
-    exact = ColumnStatistics.merge([pipeline.compute_statistics(node_split(cfg, {"data-dir": str(d)})[0]) for d in dirs])
+    exact = ColumnStatistics.merge([pipeline.compute_statistics(node_split(cfg, node_data(cfg, {"data-dir": str(d)}))[0]) for d in dirs])
     # ~1,900 rows: the noisy target mean is off by ~0.25 mag (1 sd); 6 sd keeps this check from flaking
     assert stats.mean()[-1] == pytest.approx(exact.mean()[-1], abs=1.5)
     assert stats.count[-1] == pytest.approx(exact.count[-1], abs=6 * 3.6 * 4 * np.sqrt(3))
@@ -146,7 +147,7 @@ def test_statistics_round_reads_a_node_whose_data_is_a_train_folder(tmp_path):
         frame.iloc[: len(frame) // 2].to_parquet(folder / "train" / "part-0.parquet", index=False)
         frame.iloc[len(frame) // 2:].to_parquet(folder / "train" / "part-1.parquet", index=False)
         folders.append(folder)
-        from_file, from_folder = node_split(cfg, {"data-dir": str(d)}), node_split(cfg, {"data-dir": str(folder)})
+        from_file, from_folder = (node_split(cfg, node_data(cfg, {"data-dir": str(p)})) for p in (d, folder))
         for a, b in zip(from_file, from_folder):
             pd.testing.assert_frame_equal(a, b)
     grid = InProcessGrid(len(folders), node_configs=[{"data-dir": str(f)} for f in folders])
