@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import pytest
 
+from astroscale_fl.deploy import flower_app, local, superlink, supernode
+from astroscale_fl.deploy.cli import certs_main, node_data_main
+from astroscale_fl.deploy.cli import status_main as centre_status_main
 from astroscale_fl.deploy.node_cli import launcher_main
 from astroscale_fl.deploy.node_cli import status_main as node_status_main
 from astroscale_fl.export.predict import main as predict_main
 from astroscale_fl.ingest.cli import main as ingest_main
+from astroscale_fl.learning.compare import main as compare_main
+from astroscale_fl.preprocessing.cli import main as preprocess_main
 from astroscale_fl.serve.cli import main as serve_main
 
 CASES = {
@@ -20,6 +25,16 @@ CASES = {
     "ingest_no_source": (ingest_main, [], ["astroscale-fl ingest", "--source"]),
     "node_status_no_data_dir": (node_status_main, [], ["astroscale-fl node status", "--data-dir"]),
     "node_launcher_metrics_port_text": (launcher_main, ["--data-dir", ".", "--metrics-port", "x"], ["--metrics-port", "invalid int"]),
+    # the deployment commands (issue 22) and the other commands, e.g. a flag given without its value
+    "deploy_supernode_superlink_without_value": (supernode.main, ["--superlink"], ["astroscale-fl deploy supernode", "--superlink"]),
+    "deploy_superlink_certs_without_value": (superlink.main, ["--certs"], ["astroscale-fl deploy superlink", "--certs"]),
+    "deploy_local_nodes_text": (local.main, ["--nodes", "two"], ["astroscale-fl deploy local", "--nodes"]),
+    "deploy_certs_no_dir": (certs_main, [], ["deploy certs"]),
+    "app_no_dir": (flower_app.main, [], ["astroscale-fl app", "DIR"]),
+    "node_data_no_nodes": (node_data_main, [], ["astroscale-fl node-data", "--nodes"]),
+    "status_timeout_text": (centre_status_main, ["--timeout", "soon"], ["astroscale-fl status", "--timeout"]),
+    "preprocess_no_input": (preprocess_main, [], ["astroscale-fl preprocess", "--input"]),
+    "compare_no_dir": (compare_main, [], ["astroscale-fl compare"]),
 }
 
 

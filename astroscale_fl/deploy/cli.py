@@ -10,18 +10,17 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-from astroscale_fl.errors import DataError, report_user_errors
+from astroscale_fl.errors import DataError, UserArgumentParser, report_user_errors
 
 
 @report_user_errors
 def node_data_main(argv: list[str]) -> int:
     """``astroscale-fl node-data OUT_DIR --nodes N [overrides...]``."""
-    parser = argparse.ArgumentParser(
+    parser = UserArgumentParser(
         prog="astroscale-fl node-data",
         description="Write OUT_DIR/node-<i>/train.parquet (i = 1..N): node i's share of the configured task's "
                     "training split (same task, partition and seed as a simulation with N nodes), for SuperNodes "
@@ -53,7 +52,7 @@ def node_data_main(argv: list[str]) -> int:
 @report_user_errors
 def status_main(argv: list[str]) -> int:
     """``astroscale-fl status [--superlink HOST:PORT --root-certificates CA | --connection NAME]``."""
-    parser = argparse.ArgumentParser(prog="astroscale-fl status",
+    parser = UserArgumentParser(prog="astroscale-fl status",
                                      description="Show the runs and SuperNodes a SuperLink knows, as tables.")
     parser.add_argument("--superlink", metavar="HOST:PORT", help="SuperLink address (its one HTTPS port)")
     parser.add_argument("--root-certificates", "--ca", dest="ca", metavar="CA.crt",
@@ -80,7 +79,7 @@ def status_main(argv: list[str]) -> int:
 @report_user_errors
 def certs_main(argv: list[str]) -> int:
     """Write a test CA, a SuperLink certificate and node keys."""
-    parser = argparse.ArgumentParser(
+    parser = UserArgumentParser(
         prog="astroscale-fl deploy certs", description="Write a local CA (ca.crt), a SuperLink certificate (server.pem, server.key) and "
                                        "SuperNode key pairs (node-<i>, node-<i>.pub) for TESTING. Real deployments bring "
                                        "their own certificates and keys.")

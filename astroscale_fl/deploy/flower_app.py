@@ -14,12 +14,11 @@ local SuperLink ``flwr run`` starts run the app in this environment (Flower's sw
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from astroscale_fl import __version__
 from astroscale_fl.atomic import write_text
-from astroscale_fl.errors import ConfigError, report_user_errors
+from astroscale_fl.errors import ConfigError, UserArgumentParser, report_user_errors
 
 APP_NAME = "astroscale-fl-app"
 MARKER = "# Written by `astroscale-fl app`"
@@ -83,7 +82,7 @@ def main(argv: list[str]) -> int:
     """``astroscale-fl app DIR [--nodes N]``."""
     from astroscale_fl.data.split import DEFAULT_NUM_NODES
 
-    parser = argparse.ArgumentParser(
+    parser = UserArgumentParser(
         prog="astroscale-fl app",
         description="Write DIR/pyproject.toml: a Flower app that runs the installed ServerApp and ClientApp, for "
                     "`flwr run DIR` (local simulation) or `flwr run DIR <connection>` (a deployment).")

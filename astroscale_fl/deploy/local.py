@@ -15,7 +15,6 @@ connection, installed apps), ``logs/`` (one log per process), ``superlink.db``.
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import datetime as dt
 import os
@@ -31,7 +30,7 @@ from pathlib import Path
 from astroscale_fl.deploy.environment import child_env, command
 from astroscale_fl.deploy.flower_app import write_app
 from astroscale_fl.deploy.status import write_flwr_home
-from astroscale_fl.errors import AstroScaleError, ConfigError, report_user_errors
+from astroscale_fl.errors import AstroScaleError, ConfigError, UserArgumentParser, report_user_errors
 
 CONNECTION = "local"
 DEPLOY = [sys.executable, "-m", "astroscale_fl.cli", "deploy"]
@@ -276,7 +275,7 @@ def node_count(nodes: int | None, overrides: list[str]) -> int:
 @report_user_errors
 def main(argv: list[str] | None = None) -> int:
     """``astroscale-fl deploy local [--nodes N] [--cold] [overrides...]`` (``scripts/deploy-local.sh N [overrides]``)."""
-    parser = argparse.ArgumentParser(prog="astroscale-fl deploy local", description=(
+    parser = UserArgumentParser(prog="astroscale-fl deploy local", description=(
         "Deploy on 127.0.0.1: write N node data directories, test certificates and keys, start a SuperLink and N "
         "SuperNodes (warm runtime, fast polls) with TLS and node authentication, run the app with `flwr run` and shut "
         "everything down (also on Ctrl-C or failure). Outputs (history.csv, metrics.json, model/) go to $OUT_DIR "

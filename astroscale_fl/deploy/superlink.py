@@ -16,14 +16,14 @@ import sys
 from pathlib import Path
 
 from astroscale_fl.deploy.environment import child_env, command
-from astroscale_fl.errors import ConfigError, report_user_errors
+from astroscale_fl.errors import ConfigError, UserArgumentParser, report_user_errors
 
 SERVER_FILES = ("server.pem", "server.key", "ca.crt")
 
 
 def parser() -> argparse.ArgumentParser:
     """The options of ``deploy superlink``."""
-    p = argparse.ArgumentParser(
+    p = UserArgumentParser(
         prog="astroscale-fl deploy superlink",
         description="Start a Flower SuperLink with TLS (--certs DIR: server.pem, server.key, ca.crt; `astroscale-fl "
                     "deploy certs` writes test ones) and SuperNode authentication. After it starts, authorise each "

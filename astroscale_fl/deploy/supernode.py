@@ -24,7 +24,7 @@ from astroscale_fl.atomic import write_bytes
 from astroscale_fl.data.node_dirs import node_state_dir
 from astroscale_fl.deploy.environment import child_env, command
 from astroscale_fl.deploy.fast_poll import DEFAULT_POLL_INTERVAL
-from astroscale_fl.errors import ConfigError, report_user_errors
+from astroscale_fl.errors import ConfigError, UserArgumentParser, report_user_errors
 
 SECRET_FILE = "superexec.secret"
 RESTART_DELAY = 0.5  # seconds before a dead launcher is started again
@@ -33,7 +33,7 @@ STOP_GRACE = 30.0  # seconds the SuperNode may take to leave the federation afte
 
 def parser() -> argparse.ArgumentParser:
     """The options of ``deploy supernode``."""
-    p = argparse.ArgumentParser(
+    p = UserArgumentParser(
         prog="astroscale-fl deploy supernode",
         description="Start a Flower SuperNode that trains on DIR/train.parquet only (columns id, the task's raw inputs "
                     "and its target; `astroscale-fl node-data` writes test ones). Warm ClientApp runtime and fast polls "

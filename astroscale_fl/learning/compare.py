@@ -18,7 +18,6 @@ multirun job directories, and any ``mode=centralized`` run placed there or given
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
@@ -28,7 +27,7 @@ import pandas as pd
 
 from astroscale_fl.atomic import atomic_path, write_text
 from astroscale_fl.data.tasks import display_unit
-from astroscale_fl.errors import DataError, report_user_errors
+from astroscale_fl.errors import DataError, UserArgumentParser, report_user_errors
 
 #: The dashed reference line: one model trained on all nodes' data pooled (``mode=centralized``).
 BASELINE_LABEL = "centralized baseline (pooled data)"
@@ -187,7 +186,7 @@ def plot_curves(table: pd.DataFrame, histories: dict[str, pd.DataFrame], path: P
 @report_user_errors
 def main(argv: list[str] | None = None) -> int:
     """Entry for ``astroscale-fl compare DIR``."""
-    parser = argparse.ArgumentParser(prog="astroscale-fl compare", description=__doc__.split("\n\n")[0] + ".")
+    parser = UserArgumentParser(prog="astroscale-fl compare", description=__doc__.split("\n\n")[0] + ".")
     parser.add_argument("dir", type=Path, help="a multirun directory (e.g. multirun/2026-11-23/13-00-00)")
     parser.add_argument("--target-r2", type=float, default=0.9, help="R² for the rounds-to-target column (default 0.9)")
     parser.add_argument("--reference", type=Path, action="append", default=[],

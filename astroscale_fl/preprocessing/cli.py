@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from astroscale_fl.atomic import check_writable_folder
-from astroscale_fl.errors import ConfigError, DataError, report_user_errors
+from astroscale_fl.errors import ConfigError, DataError, UserArgumentParser, report_user_errors
 
 DESCRIPTION = """Fit the configured preprocessing on --input (a .parquet file, a directory of them, or a
 small .csv) in record batches (or on preprocess.reference, a public table), or apply a fitted
@@ -25,7 +25,7 @@ Overrides are the training run's, e.g.
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="astroscale-fl preprocess", description=DESCRIPTION,
+    parser = UserArgumentParser(prog="astroscale-fl preprocess", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", required=True, help="table to encode: .parquet file, directory of .parquet files, or .csv")
     parser.add_argument("--output", required=True, help="directory receiving the tensor files")

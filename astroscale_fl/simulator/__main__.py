@@ -10,6 +10,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from astroscale_fl.errors import UserArgumentParser
+
 from ..errors import ConfigError, report_user_errors
 from .simulate import (
     DEFAULT_N_STARS,
@@ -27,7 +29,7 @@ PROGRESS_FROM_ROWS = 500_000
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = UserArgumentParser(
         prog="python -m astroscale_fl.simulator",
         description=(
             "Simulate the stars APOGEE, SDSS/SEGUE, RAVE and Gaia RVS observe in a model Milky Way "
