@@ -21,15 +21,19 @@ from typing import Any
 from astroscale_fl.errors import ConfigError, DataError
 
 
+def _nearest_existing(target: Path, path: str | os.PathLike[str], key: str) -> Path:
+    """``target`` or its nearest existing ancestor; a name that cannot be looked up (too long, a loop of
+    links) is one line naming ``key`` and ``path`` as given."""
+    try:
+        return next(p for p in (target, *target.parents) if p.exists())
+    except OSError as exc:
+        raise ConfigError(f"{key} {path}: cannot write ({exc.strerror})") from None
+
+
 def check_writable_folder(path: str | os.PathLike[str], key: str) -> None:
     """Folder ``path`` exists or can be made, and can be written (``key`` names it in the error):
     checked before any work, so a run does not fail at its end, or with a library's traceback."""
-    existing = Path(path).resolve()
-    try:
-        while not existing.exists() and existing != existing.parent:
-            existing = existing.parent
-    except OSError as exc:  # a name too long, a loop of links
-        raise ConfigError(f"{key} {path}: cannot write ({exc.strerror})") from None
+    existing = _nearest_existing(Path(path).resolve(), path, key)
     if not existing.is_dir():
         raise ConfigError(f"{key} {path}: {existing} is not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
@@ -194,7 +198,7 @@ def atomic_files(path: str | os.PathLike[str], last: str | None = None) -> Itera
 def check_directory_target(path: str | os.PathLike[str], what: str) -> Path:
     """Refuse (one line naming ``what``) a directory path that is, or lies under, an existing file."""
     target = Path(path)
-    blocking = next((p for p in (target, *target.parents) if p.exists()), None)
-    if blocking is not None and not blocking.is_dir():
+    blocking = _nearest_existing(target, path, what)
+    if not blocking.is_dir():
         raise DataError(f"{what} {path}: {blocking} is a file, not a directory; give a directory")
     return target

@@ -14,7 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from astroscale_fl import atomic
 from astroscale_fl.atomic import atomic_files, atomic_path, write_text
+from astroscale_fl.errors import AstroScaleError
 from astroscale_fl.preprocessing.cli import main as preprocess_main
 from tests.conftest import ROOT, cli_env
 
@@ -108,3 +110,9 @@ def test_a_temporary_of_a_live_process_or_another_host_is_kept(tmp_path):
     finally:
         live.kill()
         live.wait()
+
+
+@pytest.mark.parametrize("check", ["check_directory_target", "check_writable_folder"])
+def test_a_folder_name_too_long_to_look_up_is_one_line(check, tmp_path):
+    with pytest.raises(AstroScaleError, match=r"^--out .*: cannot write \(File name too long\)$"):
+        getattr(atomic, check)(tmp_path / ("a" * 300) / "x", "--out")
