@@ -2,10 +2,12 @@
 
 ``conf/config.yaml`` composes one choice per group (task, model, strategy, partition,
 privacy, federation, train). After composition :func:`merge_schemas` checks the whole config against
-the dataclass schemas of :mod:`astroscale_fl.config_schema` (one schema per choice of a group,
-picked by its ``name``; defaults live in the YAML alone): unknown keys, ill-typed values and
-out-of-range values (:func:`astroscale_fl.run_config.validate`, each owner's check) are rejected with a one-line :class:`ConfigError` naming the key and what
-was expected.
+dataclass schemas (one per choice of a group, picked by its ``name``; defaults live in the YAML
+alone): those of :mod:`astroscale_fl.config_schema`, and for the strategy and privacy groups the
+owners' own frozen settings classes (:func:`schema_of`), assembled by
+:func:`astroscale_fl.run_config.validate`. Unknown keys, ill-typed values and out-of-range values
+(each owner's check) are rejected with a one-line :class:`ConfigError` naming the key and what was
+expected.
 
 The same tree configures ``astroscale-fl train`` (a Hydra app), Hydra multiruns and
 ``flwr run .`` (its run-config carries Hydra overrides), so there is one source of truth.
@@ -13,17 +15,19 @@ The same tree configures ``astroscale-fl train`` (a Hydra app), Hydra multiruns 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shlex
 import typing
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from astroscale_fl.config_schema import SCHEMAS, SECTIONS, TOP_LEVEL
+from astroscale_fl.config_schema import SECTIONS, TOP_LEVEL
 from astroscale_fl.errors import ConfigError, one_line
 
 # ---- locating and composing the tree -----------------------------------------------------
@@ -82,10 +86,27 @@ def require(ok: bool, key: str, expected: str, value) -> None:
 # ---- validation ---------------------------------------------------------------------------
 
 
-def _check_section(cfg: DictConfig, key: str, schema: type) -> DictConfig:
-    _check_booleans(cfg[key], key, schema)
+@lru_cache(maxsize=None)
+def schema_of(settings: type, named: bool = True) -> type:
+    """The config schema of an owner's frozen settings dataclass: its fields and types, a ``name``
+    field first when the class is a group's choice (``named``), and mutable, since OmegaConf makes a
+    frozen dataclass's nodes read-only and a merge writes into them. So a setting is defined once, by
+    the class that checks it (:class:`~astroscale_fl.federation.strategy_params.FedProxParams`,
+    :class:`~astroscale_fl.privacy.settings.DpSgdSettings`, ...)."""
+    hints = typing.get_type_hints(settings)
+    fields = [("name", str)] if named else []
+    for field in dataclasses.fields(settings):
+        hint = hints[field.name]
+        fields.append((field.name, schema_of(hint, named=False) if dataclasses.is_dataclass(hint) else hint))
+    return dataclasses.make_dataclass(settings.__name__, fields)
+
+
+def merge_section(section: Any, key: str, schema: type) -> DictConfig:
+    """``section`` (the config's ``key``) merged onto ``schema``: typed values, or a one-line
+    :class:`ConfigError` naming the key on an unknown key or an ill-typed value."""
+    _check_booleans(section, key, schema)
     try:
-        return OmegaConf.merge(OmegaConf.structured(schema), cfg[key])
+        return OmegaConf.merge(OmegaConf.structured(schema), section)
     except OmegaConfBaseException as exc:
         msg = one_line(str(exc)).split(" full_key:")[0]
         sub = getattr(exc, "full_key", None)
@@ -95,38 +116,40 @@ def _check_section(cfg: DictConfig, key: str, schema: type) -> DictConfig:
 
 def _check_booleans(section: Any, key: str, schema: type) -> None:
     """A flag must be true or false: OmegaConf would take ``2`` or ``"yes"`` for a bool."""
-    if not isinstance(section, DictConfig):
+    if not isinstance(section, (DictConfig, dict)):
         return
     for name, hint in typing.get_type_hints(schema).items():
         value = section.get(name) if name in section else None
         if hint in (bool, Optional[bool]) and value is not None and not isinstance(value, bool):
             raise ConfigError(f"{key}.{name}: expected true or false, got {value!r}")
+        if dataclasses.is_dataclass(hint):
+            _check_booleans(value, f"{key}.{name}", hint)
 
 
-def merge_schemas(cfg: DictConfig, without: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Merge a composed config onto the schemas: each group onto the schema its ``name`` picks, each
-    section onto its own, the top-level keys checked for type. Raises a one-line :class:`ConfigError`
-    on unknown keys, unknown choices and ill-typed values; the owners' checks are
-    :func:`astroscale_fl.run_config.validate`'s.
+def merge_schemas(cfg: DictConfig, schemas: dict[str, dict[str, type]], without: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Merge a composed config onto the schemas: each group onto the schema its ``name`` picks from
+    ``schemas`` (group -> choice -> schema), each section onto its own, the top-level keys checked for
+    type. Raises a one-line :class:`ConfigError` on unknown keys, unknown choices and ill-typed values;
+    the owners' checks are :func:`astroscale_fl.run_config.validate`'s.
     """
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    known = (set(SCHEMAS) | set(SECTIONS) | set(TOP_LEVEL) | {"mode"}) - set(without)
+    known = (set(schemas) | set(SECTIONS) | set(TOP_LEVEL) | {"mode"}) - set(without)
     unknown = sorted(set(cfg.keys()) - known)
     if unknown:
         raise ConfigError(f"unknown config key(s) {unknown}; expected some of {sorted(known)}")
     out: dict[str, Any] = {}
-    for group, choices in SCHEMAS.items():
+    for group, choices in schemas.items():
         if group in without:
             continue
         section = cfg.get(group)
         name = section.get("name") if isinstance(section, DictConfig) else None
         if name not in choices:
             raise ConfigError(f"{group}: unknown choice {name!r}; expected one of {sorted(choices)}")
-        out[group] = _check_section(cfg, group, choices[name])
+        out[group] = merge_section(cfg[group], group, choices[name])
     for key, schema in SECTIONS.items():
         if key not in cfg:
             raise ConfigError(f"{key}: section missing from the config; expected the keys of {schema.__name__}")
-        out[key] = _check_section(cfg, key, schema)
+        out[key] = merge_section(cfg[key], key, schema)
     for key, typ in TOP_LEVEL.items():
         value = cfg.get(key)
         if not isinstance(value, typ) or isinstance(value, bool):
@@ -136,11 +159,12 @@ def merge_schemas(cfg: DictConfig, without: tuple[str, ...] = ()) -> dict[str, A
     return out
 
 
-def check_missing(cfg: DictConfig) -> None:
-    """Every schema field needs a value: not ``???`` (task.path, partition.column), not absent from the YAML."""
-    for group in (g for g in (*SCHEMAS, *SECTIONS) if g in cfg):
+def check_missing(cfg: DictConfig, groups: tuple[str, ...]) -> None:
+    """Every schema field needs a value: not ``???`` (task.path, partition.column), not absent from the YAML.
+    ``groups``: the config groups (their message names the choice)."""
+    for group in (g for g in (*groups, *SECTIONS) if g in cfg):
         for key in (k for k in cfg[group] if OmegaConf.is_missing(cfg[group], k)):
-            choice = f" for {group}={cfg[group].name}" if group in SCHEMAS else ""
+            choice = f" for {group}={cfg[group].name}" if group in groups else ""
             raise ConfigError(f"{group}.{key}: a value is required{choice} (e.g. {group}.{key}=...)")
 
 

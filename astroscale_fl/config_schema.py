@@ -1,15 +1,17 @@
-"""Config schemas: one dataclass per choice of each group of the ``conf/`` tree, and the sections.
+"""Config schemas: one dataclass per choice of the task, model and partition groups, and the sections.
 
 :func:`astroscale_fl.run_config.validate` merges each composed group onto the schema picked by its
-``name`` (:data:`SCHEMAS`), and each fixed section onto its schema (:data:`SECTIONS`).
+``name`` (:data:`GROUPS`; the ``strategy`` and ``privacy`` groups' schemas are their owners' frozen
+settings classes, see :data:`astroscale_fl.run_config.SCHEMAS`), and each fixed section onto its
+schema (:data:`SECTIONS`).
 
 Defaults live in the YAML alone; the schemas hold names, types and comments, no defaults
 (a key the YAML lacks is a one-line error). Why YAML rather than dataclass defaults in Hydra's
 ConfigStore: ``conf/`` is what every entry point composes (the Hydra app, multiruns, ``flwr run .``,
 another tree via ``$ASTROSCALE_FL_CONF``), what ``--cfg job`` prints and what users read, with its
 comments; a ConfigStore node and a YAML file of one name are ambiguous in Hydra's search path,
-so ConfigStore defaults would mean deleting the YAML that documents them. Strategies take their
-parameters from the validated config, with no defaults of their own.
+so ConfigStore defaults would mean deleting the YAML that documents them. Strategies and privacy
+mechanisms take their parameters from the validated config, with no defaults of their own.
 """
 
 from __future__ import annotations
@@ -71,42 +73,6 @@ class LinearModel:
 
 
 @dataclass
-class FedAvgStrategy:
-    name: str
-    server_lr: float
-
-
-@dataclass
-class FedProxStrategy:
-    """FedProx (Li et al. 2020): local objective + mu/2 ||w - w_global||^2."""
-
-    name: str
-    mu: float
-    server_lr: float
-
-
-@dataclass
-class FedAdamStrategy:
-    """FedAdam (Reddi et al. 2021): server-side Adam on the pseudo-gradient."""
-
-    name: str
-    server_lr: float
-    beta1: float
-    beta2: float
-    tau: float
-    bias_correction: bool  # Adam's (Kingma & Ba) step-size correction, as Flower's FedAdam
-
-
-@dataclass
-class ScaffoldStrategy:
-    """SCAFFOLD (Karimireddy et al. 2020), option II control variates, plain local SGD."""
-
-    name: str
-    server_lr: float
-    local_lr: float
-
-
-@dataclass
 class IidPartition:
     name: str
 
@@ -144,53 +110,6 @@ class AutoPartition:
     """The task's natural split (sky for hipparcos_absmag, by_survey for survey_redshift, iid for catalog)."""
 
     name: str
-
-
-@dataclass
-class NoPrivacy:
-    name: str
-    statistics_epsilon: Optional[float]  # DP statistics round (Gaussian mechanism); null: exact statistics
-
-
-@dataclass
-class DpSgdPrivacy:
-    """Per-node DP-SGD with a lifetime ledger (astroscale_fl/privacy)."""
-
-    name: str
-    noise_multiplier: Optional[float]  # set this or target_epsilon
-    target_epsilon: Optional[float]
-    delta: Optional[float]  # null: 1/N_node rounded down to a power of ten
-    max_grad_norm: float
-    accountant: str  # rdp | prv | gdp
-    epsilon_budget: Optional[float]  # per node, lifetime; null: no limit
-    backend: str  # auto | ghost | opacus
-    secure_mode: bool
-    statistics_epsilon: Optional[float]  # DP statistics round, composed in the node's ledger
-
-
-@dataclass
-class AdaptiveClippingConfig:
-    """Andrew et al. (2021) adaptive clipping of node updates; privacy.clipping_norm is the initial norm."""
-
-    enabled: bool
-    target_quantile: float
-    learning_rate: float
-    clipped_count_stddev: Optional[float]  # null: expected sampled nodes / 20
-
-
-@dataclass
-class DpFedAvgPrivacy:
-    """Node-level DP-FedAvg on the server (astroscale_fl/privacy/node_level.py, strategies/dp_fedavg.py)."""
-
-    name: str
-    node_noise_multiplier: float
-    clipping_norm: float  # L2 bound on each node's update (initial value under adaptive clipping)
-    adaptive_clipping: AdaptiveClippingConfig
-    node_delta: Optional[float]  # null: 1 / (10 x nodes) rounded down to a power of ten
-    node_epsilon_budget: Optional[float]  # the run stops before the node-level epsilon would pass it
-    accountant: str  # rdp | prv
-    statistics_epsilon: Optional[float]  # DP statistics round (example-level, in the nodes' ledgers)
-    distributed_noise_nodes: Optional[int]  # with secaggplus: m nodes' noise shares make sigma*C; null: reconstruction_threshold
 
 
 @dataclass
@@ -275,14 +194,14 @@ class Output:
     models_dir: str
 
 
-SCHEMAS: dict[str, dict[str, type]] = {
+#: the groups whose schemas live here; ``strategy`` and ``privacy`` are their owners' settings classes
+#: (:data:`astroscale_fl.run_config.SCHEMAS` holds every group)
+GROUPS: dict[str, dict[str, type]] = {
     "task": {"hipparcos_absmag": HipparcosAbsmagTask, "catalog": CatalogTask, "survey_redshift": SurveyRedshiftTask},
     "model": {"mlp": MLPModel, "linear": LinearModel},
-    "strategy": {"fedavg": FedAvgStrategy, "fedprox": FedProxStrategy, "fedadam": FedAdamStrategy, "scaffold": ScaffoldStrategy},
     "partition": {"iid": IidPartition, "sky": SkyPartition, "depth": DepthPartition,
                   "dirichlet": DirichletPartition, "by_column": ByColumnPartition, "by_survey": BySurveyPartition,
                   "auto": AutoPartition},
-    "privacy": {"none": NoPrivacy, "dp_sgd": DpSgdPrivacy, "dp_fedavg": DpFedAvgPrivacy},
 }
 SECTIONS: dict[str, type] = {"federation": Federation, "train": Train, "preprocess": Preprocess, "output": Output}
 TOP_LEVEL: dict[str, type] = {"seed": int, "device": str}

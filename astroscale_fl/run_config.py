@@ -1,6 +1,9 @@
 """The run's configuration, checked: the schema merge, then each owner's check of its own keys,
 then (:func:`astroscale_fl.config_checks.check_run`, once the data is read) the pre-run checks.
 
+:data:`SCHEMAS` holds every group's schemas: the task, model and partition groups' from
+:mod:`astroscale_fl.config_schema`, the strategy and privacy groups' from their owners' settings
+classes (:mod:`astroscale_fl.federation.strategy_params`, :mod:`astroscale_fl.privacy.settings`).
 :func:`validate` is what every entry point calls on a composed config (:func:`astroscale_fl.config.compose`):
 it merges the config onto the schemas (:func:`astroscale_fl.config.merge_schemas`), resolves
 ``partition=auto`` and ``federation.num_nodes: null``, and runs the checks. It returns a typed,
@@ -15,17 +18,23 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from astroscale_fl import config
-from astroscale_fl.config import require
+from astroscale_fl.config import require, schema_of
 from astroscale_fl.config_checks import check_values
-from astroscale_fl.config_schema import SCHEMAS
+from astroscale_fl.config_schema import GROUPS
 from astroscale_fl.data import split
 from astroscale_fl.data.tasks import default_partition
 from astroscale_fl.errors import ConfigError, one_line
 from astroscale_fl.federation.selection import SelectionSettings
-from astroscale_fl.federation.strategy_params import strategy_params
-from astroscale_fl.privacy.settings import dp_sgd_settings, node_level_settings
+from astroscale_fl.federation.strategy_params import STRATEGY_PARAMS, strategy_params
+from astroscale_fl.privacy.settings import PRIVACY_SETTINGS, privacy_settings
 
 DEVICES = ("auto", "cpu", "cuda")
+#: every config group: choice name -> schema
+SCHEMAS: dict[str, dict[str, type]] = {
+    **GROUPS,
+    "strategy": {name: schema_of(params) for name, params in STRATEGY_PARAMS.items()},
+    "privacy": {name: schema_of(settings) for name, settings in PRIVACY_SETTINGS.items()},
+}
 
 
 def validate(cfg: DictConfig, without: tuple[str, ...] = ()) -> DictConfig:
@@ -35,13 +44,13 @@ def validate(cfg: DictConfig, without: tuple[str, ...] = ()) -> DictConfig:
     ``strategy``: see :mod:`astroscale_fl.federation.messages`). Raises :class:`ConfigError`
     (one line) on unknown keys, wrong types or bad values.
     """
-    out = config.merge_schemas(cfg, without)
+    out = config.merge_schemas(cfg, SCHEMAS, without)
     if out["partition"].name == "auto":
         chosen = default_partition(out["task"].name)
         out["partition"] = OmegaConf.merge(OmegaConf.structured(SCHEMAS["partition"][chosen]),
                                            OmegaConf.load(config.conf_dir() / "partition" / f"{chosen}.yaml"))
     typed = OmegaConf.create(out)
-    config.check_missing(typed)
+    config.check_missing(typed, tuple(SCHEMAS))
     if typed.federation.num_nodes is None:
         typed.federation.num_nodes = split.default_num_nodes(typed)
     _check_values(typed)
@@ -82,8 +91,7 @@ def _check_values(cfg: DictConfig) -> None:
         from astroscale_fl.federation.secagg.scheme import check_config
 
         check_config(cfg)
-    dp_sgd_settings(cfg.privacy)  # each raises a one-line PrivacyError
-    node_level_settings(cfg.privacy)
+    privacy_settings(cfg.privacy)  # raises a one-line PrivacyError
 
 
 def _check_preprocess(section) -> None:

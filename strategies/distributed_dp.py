@@ -88,7 +88,7 @@ class DistributedDpFedAvg(DpFedAvg):
     @property
     def node_noise_stddev(self) -> float:
         """``s = σC / √m``: each node's share of the noise."""
-        return self.settings.noise_multiplier * self.clipping_norm / math.sqrt(self.noise_nodes)
+        return self.settings.node_noise_multiplier * self.clipping_norm / math.sqrt(self.noise_nodes)
 
     @property
     def protocol_bytes(self) -> list[int]:
@@ -102,7 +102,7 @@ class DistributedDpFedAvg(DpFedAvg):
     def summary(self) -> None:
         log(INFO, "Distributed DP-FedAvg (nodes clip to C=%.4g and add N(0, %.4g^2); m=%d noise shares, sigma=%.4g, q=%.3g) "
             "with SecAgg+ (%s) around:", self.clipping_norm, self.node_noise_stddev, self.noise_nodes,
-            self.settings.noise_multiplier, self.sample_rate, self.secure.secagg.as_dict())
+            self.settings.node_noise_multiplier, self.sample_rate, self.secure.secagg.as_dict())
         self.strategy.summary()
 
     def node_level_section(self) -> dict:
@@ -117,7 +117,7 @@ class DistributedDpFedAvg(DpFedAvg):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """The unmasked noisy sum divided by ``q N``, then the wrapped strategy's server step."""
-        self.ledger.record(self.settings.noise_multiplier, self.sample_rate, 1)  # write-ahead: count before unmasking
+        self.ledger.record(self.settings.node_noise_multiplier, self.sample_rate, 1)  # write-ahead: count before unmasking
         total, _, metrics = self.secure.unmasked_sum(server_round, replies)
         self.clipping_norms.append(self.clipping_norm)
         model, control = split_sums(total, self.expected_nodes)

@@ -103,19 +103,19 @@ class DpFedAvg(Strategy):
 
     def affordable_rounds(self, wanted: int) -> int:
         """How many of ``wanted`` further rounds fit ``privacy.node_epsilon_budget``."""
-        return affordable_rounds(self.ledger, self.settings.noise_multiplier, self.sample_rate, self.settings.epsilon_budget, wanted)
+        return affordable_rounds(self.ledger, self.settings.node_noise_multiplier, self.sample_rate, self.settings.node_epsilon_budget, wanted)
 
     def node_level_section(self) -> dict:
         """The model card's ``privacy.node_level``."""
         return card_entry(self.ledger, self.settings, self.clipping_norms, self._connected)
 
     def params(self) -> dict:
-        return {**self.strategy.params(), "node_noise_multiplier": self.settings.noise_multiplier,
+        return {**self.strategy.params(), "node_noise_multiplier": self.settings.node_noise_multiplier,
                 "clipping_norm": self.settings.clipping_norm, "sample_rate": self.sample_rate}
 
     def summary(self) -> None:
         log(INFO, "DP-FedAvg (node-level, %s clipping C=%.4g, sigma=%.4g, q=%.3g) around:",
-            "adaptive" if self.settings.adaptive else "fixed", self.clipping_norm, self.settings.noise_multiplier, self.sample_rate)
+            "adaptive" if self.settings.adaptive else "fixed", self.clipping_norm, self.settings.node_noise_multiplier, self.sample_rate)
         self.strategy.summary()
 
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -168,7 +168,7 @@ class DpFedAvg(Strategy):
             if CONTROL_DELTA_KEY in reply.content.array_records:
                 update.update({CONTROL + k: v for k, v in arrays_to_numpy(reply.content[CONTROL_DELTA_KEY]).items()})
             updates.append(update)
-        self.ledger.record(self.settings.noise_multiplier, self.sample_rate, 1)  # write-ahead: count before releasing
+        self.ledger.record(self.settings.node_noise_multiplier, self.sample_rate, 1)  # write-ahead: count before releasing
         used = self.clipping_norm
         mean, norms = noisy_mean(updates, used, self.settings.update_noise_multiplier(self.expected_nodes), self.expected_nodes, self.rng)
         self.clipping_norms.append(used)

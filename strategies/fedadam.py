@@ -30,32 +30,33 @@ class FedAdam(FedAvg):
 
     def __init__(self, *, server_lr: float, beta1: float, beta2: float, tau: float, bias_correction: bool, **kwargs) -> None:
         super().__init__(server_lr=server_lr, **kwargs)
-        self.hyper = FedAdamParams(server_lr, beta1, beta2, tau, bool(bias_correction))
-        self.beta1, self.beta2, self.tau, self.bias_correction = beta1, beta2, tau, bool(bias_correction)
+        self.hyper: FedAdamParams = FedAdamParams(server_lr, beta1, beta2, tau, bool(bias_correction))
         self.m: dict[str, np.ndarray] = {}
         self.v: dict[str, np.ndarray] = {}
         self.steps = 0  # server steps taken (t of the bias correction)
 
     def step_size(self) -> float:
         """``server_lr``, bias-corrected for the current step ``t = self.steps`` when enabled."""
-        if not self.bias_correction:
-            return self.server_lr
+        hyper = self.hyper
+        if not hyper.bias_correction:
+            return hyper.server_lr
         t = max(self.steps, 1)
-        return self.server_lr * np.sqrt(1.0 - self.beta2**t) / (1.0 - self.beta1**t)
+        return hyper.server_lr * np.sqrt(1.0 - hyper.beta2**t) / (1.0 - hyper.beta1**t)
 
     def server_step(self, mean: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One Adam step from the global model along the pseudo-gradient ``mean - global``."""
         assert self.global_arrays is not None, "configure_train sets the global arrays first"
         self.steps += 1
         eta = self.step_size()
+        beta1, beta2, tau = self.hyper.beta1, self.hyper.beta2, self.hyper.tau
         out = {}
         for name, avg in mean.items():
             current = self.global_arrays[name].astype(np.float64)
             delta = avg.astype(np.float64) - current
-            m = self.beta1 * self.m.get(name, np.zeros_like(delta)) + (1 - self.beta1) * delta
-            v = self.beta2 * self.v.get(name, np.zeros_like(delta)) + (1 - self.beta2) * delta**2
+            m = beta1 * self.m.get(name, np.zeros_like(delta)) + (1 - beta1) * delta
+            v = beta2 * self.v.get(name, np.zeros_like(delta)) + (1 - beta2) * delta**2
             self.m[name], self.v[name] = m, v
-            out[name] = (current + eta * m / (np.sqrt(v) + self.tau)).astype(avg.dtype)
+            out[name] = (current + eta * m / (np.sqrt(v) + tau)).astype(avg.dtype)
         return out
 
     def state_dict(self) -> dict[str, np.ndarray]:

@@ -89,7 +89,6 @@ class FedAvg(Strategy):
         self.fraction_evaluate = fraction_evaluate
         self.min_train_nodes = min_train_nodes
         self.hyper: FedAvgParams = FedAvgParams(server_lr)  # checks the range; a subclass replaces it with its own
-        self.server_lr = server_lr
         self.seed = seed
         self.global_arrays: dict[str, np.ndarray] | None = None
 
@@ -168,12 +167,12 @@ class FedAvg(Strategy):
 
     def server_step(self, mean: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """``w + server_lr * (mean - w)``; exactly ``mean`` when ``server_lr`` is 1."""
-        if self.server_lr == 1.0 or self.global_arrays is None:
+        if self.hyper.server_lr == 1.0 or self.global_arrays is None:
             return mean
         out = {}
         for name, avg in mean.items():
             current = self.global_arrays[name].astype(np.float64)
-            out[name] = (current + self.server_lr * (avg.astype(np.float64) - current)).astype(avg.dtype)
+            out[name] = (current + self.hyper.server_lr * (avg.astype(np.float64) - current)).astype(avg.dtype)
         return out
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:

@@ -21,9 +21,8 @@ class FedProx(FedAvg):
 
     def __init__(self, *, mu: float, **kwargs) -> None:  # mu: from conf/strategy/fedprox.yaml, no second default
         super().__init__(**kwargs)
-        self.hyper = FedProxParams(self.server_lr, mu)
-        self.mu = mu
+        self.hyper: FedProxParams = FedProxParams(self.hyper.server_lr, mu)
 
     def train_content(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord) -> RecordDict:
-        ProximalTerm(float(self.mu)).write(config)
+        ProximalTerm(float(self.hyper.mu)).write(config)
         return super().train_content(server_round, arrays, config)

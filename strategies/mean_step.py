@@ -22,5 +22,5 @@ def apply_mean_update(strategy: FedAvg, model_delta: dict[str, np.ndarray], cont
     if isinstance(strategy, Scaffold):
         for name in strategy.control:
             strategy.control[name] = strategy.control[name] + share * np.asarray(control_delta[name], np.float64)  # type: ignore[index]
-        return {k: (x[k].astype(np.float64) + strategy.server_lr * model_delta[k]).astype(x[k].dtype) for k in x}
+        return {k: (x[k].astype(np.float64) + strategy.hyper.server_lr * model_delta[k]).astype(x[k].dtype) for k in x}
     return strategy.server_step({k: (x[k].astype(np.float64) + model_delta[k]).astype(x[k].dtype) for k in x})

@@ -44,15 +44,14 @@ class Scaffold(FedAvg):
         super().__init__(server_lr=server_lr, **kwargs)
         self.control_key = control_key
         self.control_delta_key = control_delta_key
-        self.hyper = ScaffoldParams(server_lr, local_lr)
-        self.local_lr = local_lr
+        self.hyper: ScaffoldParams = ScaffoldParams(server_lr, local_lr)
         self.control: dict[str, np.ndarray] = {}
         self.num_nodes = 0
 
     def train_content(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord) -> RecordDict:
         if not self.control:
             self.control = {k: np.zeros(v.shape, np.float64) for k, v in arrays_to_numpy(arrays).items()}
-        ScaffoldCorrection(float(self.local_lr)).write(config)
+        ScaffoldCorrection(float(self.hyper.local_lr)).write(config)
         content = super().train_content(server_round, arrays, config)
         content[self.control_key] = numpy_to_arrays({k: v.astype(np.float32) for k, v in self.control.items()})
         return content
@@ -73,7 +72,7 @@ class Scaffold(FedAvg):
         for name, current in self.global_arrays.items():
             x = current.astype(np.float64)
             mean_dy = np.mean([model[name].astype(np.float64) - x for model in models], axis=0)
-            new[name] = (x + self.server_lr * mean_dy).astype(current.dtype)
+            new[name] = (x + self.hyper.server_lr * mean_dy).astype(current.dtype)
         share = len(valid) / max(self.num_nodes, len(valid))
         for name in self.control:
             self.control[name] = self.control[name] + share * np.mean([d[name].astype(np.float64) for d in deltas], axis=0)

@@ -1,14 +1,18 @@
 """Config validation and partitions."""
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from astroscale_fl import config, run_config
+from astroscale_fl import config, config_schema, run_config
 from astroscale_fl.data.split import assign_nodes, train_test_split
 from astroscale_fl.data.tasks import get_task
 from astroscale_fl.errors import ConfigError, DataError
+from astroscale_fl.federation.strategy_params import STRATEGY_PARAMS, FedAdamParams, strategy_params
+from astroscale_fl.privacy.settings import PRIVACY_SETTINGS, AdaptiveClipping, NodeLevelSettings, privacy_settings
 
 HIP_COLUMNS = get_task("hipparcos_absmag").partition_columns
 
@@ -48,12 +52,36 @@ def test_defaults_come_from_the_yaml_alone(tmp_path, monkeypatch):
     ("strategy=nope", "strategy"),
     ("+task.bogus=1", "task.bogus"),
     ("train.batch_size=0", "train.batch_size"),
+    ("+privacy.bogus=1", "privacy.bogus"),
+    ("+strategy.bogus=1", "strategy.bogus"),
 ])
 def test_bad_overrides_are_one_line_errors(override, message):
     with pytest.raises(ConfigError) as info:
         run_config.validate(config.compose([override]))
     text = str(info.value)
     assert message in text and "\n" not in text
+
+
+@pytest.mark.parametrize("group, owners", [("privacy", PRIVACY_SETTINGS), ("strategy", STRATEGY_PARAMS)])
+def test_privacy_and_strategy_keys_are_defined_once_by_their_owners(group, owners):
+    """The schema of each privacy and strategy choice is its owner's frozen settings class: the YAML's keys
+    are that class's fields, nothing in config_schema describes them again, and the validated config
+    builds the owner's object."""
+    assert group not in config_schema.GROUPS
+    for name, owner in owners.items():
+        yaml_keys = set(OmegaConf.load(config.conf_dir() / group / f"{name}.yaml")) - {"name"}
+        assert yaml_keys == {f.name for f in dataclasses.fields(owner)}, name
+        assert [f.name for f in dataclasses.fields(run_config.SCHEMAS[group][name])] == ["name", *(f.name for f in dataclasses.fields(owner))]
+        assert owner.__dataclass_params__.frozen
+    cfg = run_config.validate(config.compose(["privacy=dp_fedavg", "strategy=fedadam"]))
+    plain = {k: v for k, v in OmegaConf.to_container(cfg.privacy).items() if k != "name"}
+    assert privacy_settings(cfg.privacy) == NodeLevelSettings(**{**plain, "adaptive_clipping": AdaptiveClipping(**plain["adaptive_clipping"])})
+    assert strategy_params(cfg.strategy) == FedAdamParams(**{k: v for k, v in cfg.strategy.items() if k != "name"})
+
+
+def test_a_nested_flag_must_be_true_or_false():
+    with pytest.raises(ConfigError, match=r"^privacy.adaptive_clipping.enabled: expected true or false, got 2$"):
+        run_config.validate(config.compose(["privacy=dp_fedavg", "privacy.adaptive_clipping.enabled=2"]))
 
 
 def test_cuda_requested_without_cuda_is_clear():

@@ -112,7 +112,7 @@ def card_entry(ledger: PrivacyLedger, settings: NodeLevelSettings, clipping_norm
     return {
         "accountant": ledger.accountant, "history": [list(h) for h in ledger.history], "delta": ledger.delta,
         "epsilon": ledger.epsilon(), "rounds": ledger.steps, "num_nodes": int(num_nodes),
-        "noise_multiplier": settings.noise_multiplier, "clipping": "adaptive" if settings.adaptive else "fixed",
-        "clipping_norms": [float(c) for c in clipping_norms], "epsilon_budget": settings.epsilon_budget,
+        "noise_multiplier": settings.node_noise_multiplier, "clipping": "adaptive" if settings.adaptive else "fixed",
+        "clipping_norms": [float(c) for c in clipping_norms], "epsilon_budget": settings.node_epsilon_budget,
         "weighting": "uniform (each sampled node's clipped update counts once; fixed denominator q N)", **extra,
     }

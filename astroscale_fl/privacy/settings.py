@@ -1,13 +1,17 @@
-"""The privacy settings of a run, one typed, frozen object per mechanism, validated where they are defined.
+"""The privacy settings of a run: one typed, frozen object per mechanism, each the schema of its
+``conf/privacy/*.yaml`` choice and validated where it is defined.
 
+- :class:`NoPrivacy`: ``privacy=none`` (at most a DP statistics round);
 - :class:`PrivacySettings`: ``privacy=dp_sgd`` (per-node DP-SGD, its ledger, the statistics round);
 - :class:`NodeLevelSettings` (with :class:`AdaptiveClipping`): ``privacy=dp_fedavg`` (node-level DP-FedAvg).
 
-Each class owns its checks (``__post_init__`` raises a one-line :class:`PrivacyError` naming the key)
-and has no defaults of its own: the defaults live in ``conf/privacy/*.yaml`` and reach here through
-the validated run config. :func:`dp_sgd_settings` and :func:`node_level_settings` build them once
-per run config (memoised on the ``privacy`` section) and return ``None`` when the run uses the
-other mechanism or none. This module imports neither torch nor Opacus, so the run-config check
+The field names are the config keys: :data:`PRIVACY_SETTINGS` is the ``privacy`` group's schema
+registry (the run config merges the YAML onto :func:`astroscale_fl.config.schema_of` of these
+classes), so a key is defined once. Each class owns its checks (``__post_init__`` raises a one-line
+:class:`PrivacyError` naming the key) and has no defaults of its own: the defaults live in
+``conf/privacy/*.yaml``. :func:`dp_sgd_settings` and :func:`node_level_settings` build them once per
+run config (memoised on the ``privacy`` section) and return ``None`` when the run uses the other
+mechanism or none. This module imports neither torch nor Opacus, so the run-config check
 (:mod:`astroscale_fl.run_config`) can use it.
 """
 
@@ -15,12 +19,16 @@ from __future__ import annotations
 
 import json
 import math
+import typing
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, is_dataclass
 from functools import lru_cache
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
+from astroscale_fl.config import merge_section, schema_of
+from astroscale_fl.errors import ConfigError
 from astroscale_fl.privacy.calibrate import (
     RoundPlan,
     default_delta,
@@ -31,7 +39,20 @@ from astroscale_fl.privacy.calibrate import (
 )
 from astroscale_fl.privacy.ledger import PrivacyError, check_accountant
 
-PRIVACY_NAMES = ("none", "dp_sgd", "dp_fedavg")
+
+def _check_statistics_epsilon(value: float | None) -> None:
+    if value is not None and not value > 0:
+        raise PrivacyError(f"privacy.statistics_epsilon: expected a positive number or null, got {value}")
+
+
+@dataclass(frozen=True)
+class NoPrivacy:
+    """The validated ``privacy=none`` config group: no DP training, at most a DP statistics round."""
+
+    statistics_epsilon: float | None  # DP statistics round (Gaussian mechanism); None: exact statistics
+
+    def __post_init__(self) -> None:
+        _check_statistics_epsilon(self.statistics_epsilon)
 
 
 @dataclass(frozen=True)
@@ -62,38 +83,14 @@ class PrivacySettings:
         check_accountant(self.accountant)
         if self.epsilon_budget is not None and not self.epsilon_budget > 0:
             raise PrivacyError(f"privacy.epsilon_budget: expected a positive number, got {self.epsilon_budget}")
-        if self.statistics_epsilon is not None and not self.statistics_epsilon > 0:
-            raise PrivacyError(f"privacy.statistics_epsilon: expected a positive number or null, got {self.statistics_epsilon}")
+        _check_statistics_epsilon(self.statistics_epsilon)
         if self.backend not in ("auto", "ghost", "opacus"):
             raise PrivacyError(f"privacy.backend: expected auto, ghost or opacus, got {self.backend!r}")
 
     @classmethod
     def from_config(cls, section: Mapping | None) -> PrivacySettings | None:
-        """Settings from the ``privacy`` config group; ``None`` when the nodes run no DP-SGD
-        (``privacy=none``, or ``dp_fedavg``: node-level noise is added by the server)."""
-        if _name(section) != "dp_sgd":
-            return None
-        assert section is not None
-        known = {"name", *(f.name for f in fields(cls))}
-        unknown = sorted(set(section) - known)
-        if unknown:
-            raise PrivacyError(f"privacy: unknown keys {unknown}; expected some of {sorted(known)}")
-        for f in fields(cls):
-            if f.name not in section:
-                raise PrivacyError(f"privacy.{f.name}: required for dp_sgd")
-        if section["max_grad_norm"] is None:
-            raise PrivacyError("privacy.max_grad_norm: required for dp_sgd")
-        return cls(
-            max_grad_norm=_number(section, "max_grad_norm"),  # type: ignore[arg-type]
-            noise_multiplier=_number(section, "noise_multiplier"),
-            target_epsilon=_number(section, "target_epsilon"),
-            delta=_number(section, "delta"),
-            accountant=str(section["accountant"]),
-            epsilon_budget=_number(section, "epsilon_budget"),
-            backend=str(section["backend"]),
-            secure_mode=bool(section["secure_mode"]),
-            statistics_epsilon=_number(section, "statistics_epsilon"),
-        )
+        """The settings of a ``privacy`` section; ``None`` when it names another mechanism."""
+        return settings_from_config(section) if _name(section) == _CHOICE[cls] else None
 
     def delta_for(self, n_rows: int) -> float:
         """δ of a node with ``n_rows`` training rows."""
@@ -124,11 +121,14 @@ class PrivacySettings:
 class AdaptiveClipping:
     """``privacy.adaptive_clipping.*`` (Andrew et al. 2021); ``clipping_norm`` is the initial C."""
 
+    enabled: bool  # false: fixed clipping at clipping_norm (the other keys are not used)
     target_quantile: float  # γ: fraction of updates meant to be within C
     learning_rate: float  # η of the geometric update of C
-    clipped_count_stddev: float | None  # σ_b; null: expected sampled nodes / 20 (paper's choice)
+    clipped_count_stddev: float | None  # σ_b; None: expected sampled nodes / 20 (paper's choice)
 
     def __post_init__(self) -> None:
+        if not self.enabled:
+            return
         if not 0 < self.target_quantile < 1:
             raise PrivacyError(f"privacy.adaptive_clipping.target_quantile: expected a number in (0, 1), got {self.target_quantile}")
         if not self.learning_rate > 0:
@@ -141,49 +141,43 @@ class AdaptiveClipping:
 class NodeLevelSettings:
     """The validated ``privacy=dp_fedavg`` config group."""
 
-    noise_multiplier: float
-    clipping_norm: float
-    adaptive: AdaptiveClipping | None  # None: fixed clipping
-    delta: float | None  # None: default_delta(10 × nodes)
-    epsilon_budget: float | None
-    accountant: str
+    node_noise_multiplier: float  # σ of the node-level Gaussian mechanism
+    clipping_norm: float  # L2 bound on a node's update (the initial C under adaptive clipping)
+    adaptive_clipping: AdaptiveClipping
+    node_delta: float | None  # None: default_delta(10 × nodes)
+    node_epsilon_budget: float | None  # the run stops before the node-level ε would pass it
+    accountant: str  # rdp | prv
+    statistics_epsilon: float | None  # DP statistics round (example-level, in the nodes' ledgers)
     distributed_noise_nodes: int | None  # m under SecAgg+; None: the reconstruction threshold
 
     def __post_init__(self) -> None:
-        if not (self.noise_multiplier > 0 and math.isfinite(self.noise_multiplier)):
-            raise PrivacyError(f"privacy.node_noise_multiplier: expected a positive number, got {self.noise_multiplier}")
+        if not (self.node_noise_multiplier > 0 and math.isfinite(self.node_noise_multiplier)):
+            raise PrivacyError(f"privacy.node_noise_multiplier: expected a positive number, got {self.node_noise_multiplier}")
         if not (self.clipping_norm > 0 and math.isfinite(self.clipping_norm)):
             raise PrivacyError(f"privacy.clipping_norm: expected a positive number, got {self.clipping_norm}")
-        if self.delta is not None and not 0 < self.delta < 1:
-            raise PrivacyError(f"privacy.node_delta: expected a number in (0, 1), got {self.delta}")
-        if self.epsilon_budget is not None and not self.epsilon_budget > 0:
-            raise PrivacyError(f"privacy.node_epsilon_budget: expected a positive number, got {self.epsilon_budget}")
+        if self.node_delta is not None and not 0 < self.node_delta < 1:
+            raise PrivacyError(f"privacy.node_delta: expected a number in (0, 1), got {self.node_delta}")
+        if self.node_epsilon_budget is not None and not self.node_epsilon_budget > 0:
+            raise PrivacyError(f"privacy.node_epsilon_budget: expected a positive number, got {self.node_epsilon_budget}")
         if self.accountant not in ("rdp", "prv"):
             raise PrivacyError(f"privacy.accountant: expected rdp or prv for dp_fedavg, got {self.accountant!r}")
+        _check_statistics_epsilon(self.statistics_epsilon)
         if self.distributed_noise_nodes is not None and not self.distributed_noise_nodes >= 1:
             raise PrivacyError(f"privacy.distributed_noise_nodes: expected an integer >= 1, got {self.distributed_noise_nodes}")
 
+    @property
+    def adaptive(self) -> AdaptiveClipping | None:
+        """The adaptive clipping settings, ``None`` under fixed clipping."""
+        return self.adaptive_clipping if self.adaptive_clipping.enabled else None
+
     @classmethod
     def from_config(cls, section: Mapping | None) -> NodeLevelSettings | None:
-        """Settings from the ``privacy`` group; ``None`` unless ``privacy=dp_fedavg``."""
-        if _name(section) != "dp_fedavg":
-            return None
-        assert section is not None
-        adaptive = section["adaptive_clipping"]
-        return cls(
-            noise_multiplier=float(section["node_noise_multiplier"]),
-            clipping_norm=float(section["clipping_norm"]),
-            adaptive=AdaptiveClipping(float(adaptive["target_quantile"]), float(adaptive["learning_rate"]),
-                                      _number(adaptive, "clipped_count_stddev")) if adaptive["enabled"] else None,
-            delta=_number(section, "node_delta"),
-            epsilon_budget=_number(section, "node_epsilon_budget"),
-            accountant=str(section["accountant"]),
-            distributed_noise_nodes=None if section["distributed_noise_nodes"] is None else int(section["distributed_noise_nodes"]),
-        )
+        """The settings of a ``privacy`` section; ``None`` when it names another mechanism."""
+        return settings_from_config(section) if _name(section) == _CHOICE[cls] else None
 
     def delta_for(self, num_nodes: int) -> float:
         """δ of the node-level guarantee (default: 1 / (10 N) rounded down to a power of ten)."""
-        return float(self.delta) if self.delta is not None else default_delta(10 * int(num_nodes))
+        return float(self.node_delta) if self.node_delta is not None else default_delta(10 * int(num_nodes))
 
     def count_stddev(self, expected_nodes: float) -> float:
         """σ_b of the adaptive clipping count."""
@@ -193,28 +187,75 @@ class NodeLevelSettings:
     def update_noise_multiplier(self, expected_nodes: float) -> float:
         """σ_Δ: the multiplier on the update sum, leaving room for the clipped count's release."""
         if self.adaptive is None:
-            return self.noise_multiplier
-        rest = self.noise_multiplier**-2 - (2.0 * self.count_stddev(expected_nodes)) ** -2
+            return self.node_noise_multiplier
+        rest = self.node_noise_multiplier**-2 - (2.0 * self.count_stddev(expected_nodes)) ** -2
         if rest <= 0:
             raise PrivacyError(
                 f"privacy.adaptive_clipping.clipped_count_stddev={self.count_stddev(expected_nodes):.4g} is too small for "
-                f"node_noise_multiplier={self.noise_multiplier:g}: it must exceed node_noise_multiplier / 2")
+                f"node_noise_multiplier={self.node_noise_multiplier:g}: it must exceed node_noise_multiplier / 2")
         return rest**-0.5
 
 
+#: the ``privacy`` group's choices and the settings class (and config schema) of each
+PRIVACY_SETTINGS: dict[str, type] = {"none": NoPrivacy, "dp_sgd": PrivacySettings, "dp_fedavg": NodeLevelSettings}
+
+
+def settings_from_config(section: Mapping | None) -> NoPrivacy | PrivacySettings | NodeLevelSettings:
+    """The settings object of a ``privacy`` section (``None``: ``privacy=none``): the section merged
+    onto its choice's schema (unknown keys, ill-typed and missing values are one-line errors), then
+    the class's own checks."""
+    name = _name(section)
+    if section is None:
+        return NoPrivacy(statistics_epsilon=None)
+    cls = PRIVACY_SETTINGS[name]
+    try:
+        typed = merge_section(section, "privacy", schema_of(cls))
+        plain = OmegaConf.to_container(typed, throw_on_missing=True)
+    except ConfigError as exc:
+        raise PrivacyError(str(exc)) from None
+    except OmegaConfBaseException as exc:
+        raise PrivacyError(f"privacy.{exc.full_key}: a value is required for privacy={name}") from None
+    return _from_mapping(cls, plain)
+
+
+def privacy_settings(section: Mapping | None) -> NoPrivacy | PrivacySettings | NodeLevelSettings:
+    """:func:`settings_from_config`, built once per distinct section (one per run)."""
+    return _built(_section_key(section))
+
+
 def dp_sgd_settings(section: Mapping | None) -> PrivacySettings | None:
-    """:meth:`PrivacySettings.from_config`, built once per distinct ``privacy`` section (one per run)."""
-    return _built(PrivacySettings, _section_key(section))
+    """The ``privacy=dp_sgd`` settings; ``None`` when the nodes run no DP-SGD (``privacy=none``, or
+    ``dp_fedavg``: node-level noise is added by the server)."""
+    settings = privacy_settings(section)
+    return settings if isinstance(settings, PrivacySettings) else None
 
 
 def node_level_settings(section: Mapping | None) -> NodeLevelSettings | None:
-    """:meth:`NodeLevelSettings.from_config`, built once per distinct ``privacy`` section (one per run)."""
-    return _built(NodeLevelSettings, _section_key(section))
+    """The ``privacy=dp_fedavg`` settings; ``None`` unless the run uses node-level DP-FedAvg."""
+    settings = privacy_settings(section)
+    return settings if isinstance(settings, NodeLevelSettings) else None
+
+
+_CHOICE = {cls: name for name, cls in PRIVACY_SETTINGS.items()}
+
+
+def _name(section: Mapping | None) -> str:
+    name = "none" if section is None else section.get("name", "none")
+    if name not in PRIVACY_SETTINGS:
+        raise PrivacyError(f"privacy: expected one of {sorted(PRIVACY_SETTINGS)}, got {name!r}")
+    return str(name)
 
 
 @lru_cache(maxsize=16)
-def _built(cls: type, key: str):
-    return cls.from_config(json.loads(key))
+def _built(key: str):
+    return settings_from_config(json.loads(key))
+
+
+def _from_mapping(cls: type, values: Mapping):
+    """``cls`` from a plain mapping of the schema's values (less ``name``), nested settings classes built too."""
+    hints = typing.get_type_hints(cls)
+    return cls(**{f.name: _from_mapping(hints[f.name], values[f.name]) if is_dataclass(hints[f.name]) else values[f.name]
+                  for f in fields(cls)})
 
 
 def _section_key(section: Mapping | None) -> str:
@@ -226,20 +267,3 @@ def _section_key(section: Mapping | None) -> str:
         return json.dumps(plain, sort_keys=True)
     except TypeError:
         raise PrivacyError(f"privacy: expected plain values, got {plain!r}") from None
-
-
-def _name(section: Mapping | None) -> str:
-    name = "none" if section is None else section.get("name", "none")
-    if name not in PRIVACY_NAMES:
-        raise PrivacyError(f"privacy: expected 'none', 'dp_sgd' or 'dp_fedavg', got {name!r}")
-    return str(name)
-
-
-def _number(section: Mapping, key: str) -> float | None:
-    value = section[key]
-    if value is None:
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise PrivacyError(f"privacy.{key}: expected a number, got {value!r}") from None

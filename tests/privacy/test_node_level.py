@@ -34,16 +34,16 @@ def test_noisy_mean_clips_each_update_and_divides_by_the_fixed_denominator():
 
 
 def test_adaptive_clipping_moves_towards_the_target_quantile_and_splits_the_noise():
-    settings = NodeLevelSettings(1.0, 1.0, AdaptiveClipping(0.5, 0.2, 1e-9), None, None, "rdp", None)
+    settings = NodeLevelSettings(1.0, 1.0, AdaptiveClipping(True, 0.5, 0.2, 1e-9), None, None, "rdp", None, None)
     rng = np.random.default_rng(0)
     assert next_clipping_norm(1.0, [0.1] * 10, settings, 10, rng) == pytest.approx(math.exp(-0.2 * 0.5))  # all within: shrink
     assert next_clipping_norm(1.0, [5.0] * 10, settings, 10, rng) == pytest.approx(math.exp(0.2 * 0.5))  # all clipped: grow
-    loose = NodeLevelSettings(1.0, 1.0, AdaptiveClipping(0.5, 0.2, None), None, None, "rdp", None)
+    loose = NodeLevelSettings(1.0, 1.0, AdaptiveClipping(True, 0.5, 0.2, None), None, None, "rdp", None, None)
     sigma_b = loose.count_stddev(100.0)
     assert sigma_b == 5.0
     assert loose.update_noise_multiplier(100.0) == pytest.approx((1.0 - (2 * sigma_b) ** -2) ** -0.5)
     with pytest.raises(AstroScaleError, match="clipped_count_stddev"):
-        NodeLevelSettings(1.0, 1.0, AdaptiveClipping(0.5, 0.2, 0.4), None, None, "rdp", None).update_noise_multiplier(10.0)
+        NodeLevelSettings(1.0, 1.0, AdaptiveClipping(True, 0.5, 0.2, 0.4), None, None, "rdp", None, None).update_noise_multiplier(10.0)
 
 
 def test_affordable_rounds_is_the_longest_prefix_within_budget():
@@ -64,7 +64,7 @@ class _Grid:
 
 def test_nodes_are_poisson_sampled_at_the_configured_rate():
     inner = FedAvg(fraction_train=0.3, min_train_nodes=5)
-    wrapper = DpFedAvg(inner, NodeLevelSettings(1.0, 1.0, None, None, None, "rdp", None), 50, rng=np.random.default_rng(0))
+    wrapper = DpFedAvg(inner, NodeLevelSettings(1.0, 1.0, AdaptiveClipping(False, 0.5, 0.2, None), None, None, "rdp", None, None), 50, rng=np.random.default_rng(0))
     arrays = numpy_to_arrays({"w": np.zeros(2, np.float32)})
     sizes = [len(list(wrapper.configure_train(r, arrays, ConfigRecord({}), _Grid(50)))) for r in range(1, 201)]
     assert np.mean(sizes) == pytest.approx(15.0, rel=0.05) and np.std(sizes) > 1.5  # q N, binomial spread

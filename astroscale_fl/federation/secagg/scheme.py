@@ -95,7 +95,7 @@ def distributed_dp_range(cfg) -> float:
 def needed_range(settings, shares: int) -> float:
     """The smallest clipping range that practically never clips a node's noised update under
     distributed DP-FedAvg: C + NOISE_MARGIN x a node's noise std (σC / sqrt(m))."""
-    return settings.clipping_norm + NOISE_MARGIN * settings.noise_multiplier * settings.clipping_norm / math.sqrt(shares)
+    return settings.clipping_norm + NOISE_MARGIN * settings.node_noise_multiplier * settings.clipping_norm / math.sqrt(shares)
 
 
 def check_config(cfg) -> None:
