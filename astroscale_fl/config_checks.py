@@ -71,14 +71,10 @@ def check_run(cfg: DictConfig, node_rows: np.ndarray | None) -> None:
 
 def check_first_round_budget(cfg: DictConfig, node_rows: np.ndarray) -> None:
     """A lifetime budget smaller than one round's ε would make every node decline round 1."""
-    from flwr.app import RecordDict
-
-    from astroscale_fl.privacy.node import plan_round
-
     settings = dp_sgd_settings(cfg.privacy)
     for n_rows in sorted({int(n) for n in node_rows}):
         ledger = PrivacyLedger(settings.accountant, settings.delta_for(n_rows))
-        plan = plan_round(settings, cfg, RecordDict(), ledger, n_rows, int(cfg.train.batch_size))
+        plan = settings.plan_in_run(cfg, n_rows)
         cost = ledger.epsilon_after(plan.noise_multiplier, plan.sample_rate, plan.steps)
         if cost > settings.epsilon_budget:
             raise ConfigError(

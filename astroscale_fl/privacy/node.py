@@ -120,17 +120,13 @@ def ledger_path(node: NodeData) -> Path | None:
     return node.state_dir / LEDGER_FILENAME if node.state_dir is not None else None
 
 
-def plan_round(settings: PrivacySettings, cfg, state: RecordDict, ledger: PrivacyLedger, n_rows: int, batch_size: int) -> RoundPlan:
+def plan_round(settings: PrivacySettings, cfg, state: RecordDict, ledger: PrivacyLedger, n_rows: int) -> RoundPlan:
     """This round's plan; the noise multiplier is fixed on the node's first round of the run."""
-    fed = cfg.federation
-    participation = min(1.0, max(int(fed.num_nodes * fed.fraction_train), fed.min_train_nodes) / fed.num_nodes)
     if PLAN_KEY in state:
         stored = state[PLAN_KEY]
         fixed = dataclasses.replace(settings, noise_multiplier=float(stored["noise-multiplier"]), target_epsilon=None)
-        return fixed.plan(n_rows=n_rows, batch_size=batch_size, local_epochs=int(cfg.train.local_epochs),
-                          num_rounds=int(fed.num_rounds), participation=participation)
-    plan = settings.plan(n_rows=n_rows, batch_size=batch_size, local_epochs=int(cfg.train.local_epochs),
-                         num_rounds=int(fed.num_rounds), participation=participation, prior_history=ledger.history)
+        return fixed.plan_in_run(cfg, n_rows)
+    plan = settings.plan_in_run(cfg, n_rows, prior_history=ledger.history)
     state[PLAN_KEY] = ConfigRecord({"noise-multiplier": float(plan.noise_multiplier)})
     return plan
 
@@ -142,7 +138,7 @@ def spend_round(settings: PrivacySettings, cfg, state: RecordDict, node: NodeDat
     floor = floor or PrivacyFloor.from_node_config(node.config)
     path = ledger_path(node)
     ledger = open_ledger(settings.accountant, settings.delta_for(n_rows), state=state, path=path)
-    plan = plan_round(settings, cfg, state, ledger, n_rows, int(cfg.train.batch_size))
+    plan = plan_round(settings, cfg, state, ledger, n_rows)
     floor.check_noise(plan.noise_multiplier, node.name)
     budget = floor.budget(settings.epsilon_budget)
     reason = ledger.budget_refusal(budget, plan.noise_multiplier, plan.sample_rate, plan.steps)

@@ -116,6 +116,14 @@ class PrivacySettings:
             sigma = noise_for_target_epsilon(self.target_epsilon, self.delta_for(n_rows), q, total, self.accountant, prior_history)  # type: ignore[arg-type]
         return RoundPlan(noise_multiplier=sigma, sample_rate=q, steps=steps, expected_batch_size=q * n_rows, max_grad_norm=self.max_grad_norm)
 
+    def plan_in_run(self, cfg, n_rows: int, prior_history: Sequence[Sequence[float]] = ()) -> RoundPlan:
+        """:meth:`plan` for a node with ``n_rows`` training rows in the run ``cfg`` (its batch size, local
+        epochs, rounds, and the share of nodes a round samples)."""
+        fed = cfg.federation
+        participation = min(1.0, max(int(fed.num_nodes * fed.fraction_train), fed.min_train_nodes) / fed.num_nodes)
+        return self.plan(n_rows=n_rows, batch_size=int(cfg.train.batch_size), local_epochs=int(cfg.train.local_epochs),
+                         num_rounds=int(fed.num_rounds), participation=participation, prior_history=prior_history)
+
 
 @dataclass(frozen=True)
 class AdaptiveClipping:
