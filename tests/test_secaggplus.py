@@ -106,7 +106,7 @@ def test_neighbour_graph_and_config_checks():
     big = [2**64 - 5, 6277904573203050746, 12]  # Flower node ids are uint64: no float rounding on the way
     assert set(neighbours(big, 3, np.random.default_rng(0))) == set(big)
     with pytest.raises(ConfigError, match="reconstruction_threshold"):
-        SecAggPlusParams(num_shares=3, reconstruction_threshold=4)
+        SecAggPlusParams(num_shares=3, reconstruction_threshold=4, clipping_range=1.0, quantization_range=1 << 24, max_weight=1e5)
     with pytest.raises(ConfigError, match="max_update_norm"):
         run_config.validate(config.compose([*SECAGG, "federation.max_update_norm=1.0"]))
     with pytest.raises(ConfigError, match="clipping_range: expected >= .* under distributed DP-FedAvg"):

@@ -43,13 +43,14 @@ DP_CLIP, DP_STDDEV = "dp-clip-norm", "dp-noise-stddev"  # train message: distrib
 
 @dataclass(frozen=True)
 class SecAggPlusParams:
-    """``federation.secaggplus.*``, validated."""
+    """``federation.secaggplus.*``, validated, with ``clipping_range`` resolved (the config's null:
+    :func:`secagg_params`). No defaults: they live in ``conf/federation/default.yaml``."""
 
-    num_shares: int = 5  # neighbours per node, itself included (odd; >= nodes: everyone)
-    reconstruction_threshold: int = 3  # shares needed to rebuild a secret
-    clipping_range: float = 1.0  # update coordinates are clipped to [-c, c] before quantisation (config null: secagg_params)
-    quantization_range: int = 1 << 24  # Q: quantisation levels over [-c, c]
-    max_weight: float = 100_000.0  # largest node weight (examples); w = weight / max_weight
+    num_shares: int  # neighbours per node, itself included (odd; >= nodes: everyone)
+    reconstruction_threshold: int  # shares needed to rebuild a secret
+    clipping_range: float  # update coordinates are clipped to [-c, c] before quantisation
+    quantization_range: int  # Q: quantisation levels over [-c, c]
+    max_weight: float  # largest node weight (examples); w = weight / max_weight
 
     def __post_init__(self) -> None:
         if self.num_shares < 2:
