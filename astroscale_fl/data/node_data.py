@@ -212,9 +212,9 @@ _KEEP = 4096  # nodes kept per process: a thousand-node simulation's, for its ru
 def node_data(cfg: DictConfig, node_config: dict) -> NodeData:
     """The node a node config describes: deployed when it names a ``data-dir``, else simulated.
 
-    The same object for the same run config object and node config (nodes of a process read
-    their run config once per run, :func:`astroscale_fl.federation.messages.read_run`), so what
-    the node derives from them (its rows, its salt) is derived once."""
+    The same object for the same run config object and node config (a node process parses each
+    run's config once, so a run is one config object), so what the node derives from them (its
+    rows, its task key, a simulated node's salt) is derived once per run."""
     config = dict(node_config)
     key = (id(cfg), repr(sorted(config.items())))
     hit = _NODES.get(key)

@@ -8,7 +8,9 @@
 
 Each node keeps a local validation share out of training: the rows whose id hashes below
 :data:`~astroscale_fl.data.holdout.LOCAL_VAL_FRACTION` (:func:`~astroscale_fl.data.holdout.is_local_val`).
-Each handler reaches the node's rows through :func:`~astroscale_fl.data.node_data.node_data`.
+Each handler reads the message's run with :func:`~astroscale_fl.federation.messages.read_run` (parsed
+once per run, typed) and reaches the node's rows through :func:`~astroscale_fl.data.node_data.node_data`
+(one object per run and node).
 A simulated node's data is a row selection of the task table (:mod:`astroscale_fl.data.task_table`):
 the table is encoded once per pipeline and each message gathers the node's rows from it, so a
 thousand-node simulation holds the table once plus one index per node. A deployed node reads its
