@@ -60,3 +60,18 @@ def test_a_node_config_that_names_no_data_is_refused(run):
     cfg, _ = run
     with pytest.raises(DataError, match="expected data-dir=<dir> \\(deployment\\) or partition-id"):
         node_data(cfg, {}).rows()
+
+
+def test_one_node_object_per_run_and_node_config_and_a_deployed_salt_follows_its_table(run, tmp_path):
+    cfg, _ = run
+    node = node_data(cfg, {"partition-id": 3, "num-partitions": 6})
+    assert node_data(cfg, {"num-partitions": 6, "partition-id": 3}) is node  # derived once per run: rows, salt
+    assert node.rows() is node.rows() and len(node.rows()) > 0
+    another_run = run_config.validate(config.compose(["task.min_parallax_snr=40", "partition=iid", "federation.num_nodes=6"]))
+    assert node_data(another_run, {"partition-id": 3, "num-partitions": 6}) is not node
+    np.testing.assert_array_equal(node_data(another_run, {"partition-id": 3, "num-partitions": 6}).rows(), node.rows())
+    deployed = node_data(cfg, {"data-dir": str(tmp_path)})
+    pd.DataFrame({"id": [1, 2, 3], "x": [0.5, 1.5, 2.5]}).to_parquet(tmp_path / "train.parquet", index=False)
+    before = deployed.salt
+    pd.DataFrame({"id": [1, 2, 3, 4], "x": [0.5, 1.5, 2.5, 3.5]}).to_parquet(tmp_path / "train.parquet", index=False)
+    assert node_data(cfg, {"data-dir": str(tmp_path)}) is deployed and deployed.salt != before  # an edited table is read again

@@ -8,7 +8,7 @@ import pytest
 from astroscale_fl import config, run_config
 from astroscale_fl.data.nodes import task_split
 from astroscale_fl.data.tasks import get_task
-from astroscale_fl.deploy.node_data import write_node_dirs
+from astroscale_fl.deploy.split_nodes import write_node_dirs
 from astroscale_fl.errors import ConfigError
 from astroscale_fl.preprocessing import Pipeline
 from astroscale_fl.preprocessing.reference import fit_reference

@@ -48,8 +48,9 @@ def test_a_simulated_nodes_rows_gathered_from_the_shared_encoding_equal_its_own_
             assert np.array_equal(getattr(tensors, name).numpy(), own[name]), name  # bit for bit
         sizes.append(len(tensors.train_y) + len(tensors.val_y))
     assert sum(sizes) > 0 and len(client._TENSORS) == 0  # nothing kept per node: its rows are gathered when used
-    table = task_table.encoded_table(cfg, int(cfg.seed), pipeline, key)
-    assert table is task_table.encoded_table(cfg, int(cfg.seed), pipeline, key)  # encoded once for every node
+    task_json = config.to_json(cfg, ("task",))
+    table = task_table.encoded_table(task_json, int(cfg.seed), pipeline, key)
+    assert table is task_table.encoded_table(task_json, int(cfg.seed), pipeline, key)  # encoded once for every node
     assert len(table.target) == len(nodes.task_split(cfg)[0])
 
 

@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
+from astroscale_fl.config import to_json
 from astroscale_fl.data import holdout, node_arrays, nodes, task_table
 from astroscale_fl.data.node_dirs import deployed_data_dir, node_state_dir, node_table_path
 from astroscale_fl.errors import DataError
@@ -67,7 +68,8 @@ def _salt(ident: str) -> int:
 
 class _Node:
     """What both kinds of node share: the run config and the raw node config (its other keys,
-    such as the privacy floor's, are read by their owners)."""
+    such as the privacy floor's, are read by their owners). One object per (run config, node
+    config) (:func:`node_data`): what it reads from them is read once."""
 
     def __init__(self, cfg: DictConfig, config: dict):
         self.cfg, self.config = cfg, config
@@ -119,15 +121,25 @@ class SimulatedNode(_Node):
         """A stable per-node integer, so nodes shuffle differently under one seed: its partition."""
         return _salt(str(self.config.get(PARTITION_KEY, "")))
 
-    def rows(self) -> np.ndarray:
-        """Positions of the node's rows in the task's training split (its partition)."""
+    @functools.cached_property
+    def task_json(self) -> str:
+        """The run's ``task`` section as JSON: with the seed, what fixes the task table."""
+        return to_json(self.cfg, ("task",))
+
+    @functools.cached_property
+    def _rows(self) -> np.ndarray:
         if PARTITION_KEY not in self.config:
             raise DataError("node config names no data: expected data-dir=<dir> (deployment) or partition-id (simulation)")
-        return task_table.node_rows(self.cfg, int(self.config[PARTITION_KEY]), int(self.config[NUM_PARTITIONS_KEY]), self.seed)
+        return task_table.node_rows(self.task_json, to_json(self.cfg, ("partition",)), self.seed,
+                                    int(self.config[PARTITION_KEY]), int(self.config[NUM_PARTITIONS_KEY]))
+
+    def rows(self) -> np.ndarray:
+        """Positions of the node's rows in the task's training split (its partition; an index, not a copy)."""
+        return self._rows
 
     def batch(self, columns: Columns) -> dict[str, np.ndarray]:
         """The node's rows of ``columns``: a selection of the task table."""
-        return task_table.select(task_table.task_columns(self.cfg, self.seed, columns.names, columns.time_column), self.rows())
+        return task_table.select(task_table.task_columns(self.task_json, self.seed, columns.names, columns.time_column), self.rows())
 
     def frame(self, columns: Columns) -> pd.DataFrame:
         """The node's rows of ``columns`` as a frame (gathered on each call: nothing is kept)."""
@@ -142,10 +154,7 @@ class SimulatedNode(_Node):
         (:func:`~astroscale_fl.data.task_table.encoded_table`), when ``pipeline`` encodes row by row."""
         if not task_table.row_local(pipeline):
             return None
-        table = task_table.encoded_table(self.cfg, self.seed, pipeline, pipeline_key)
-        train, val = (torch.from_numpy(rows).to(device) for rows in table.selection(self.rows()))
-        x, y = table.on(device)
-        return NodeTensors(x[train], y[train], x[val], y[val])
+        return NodeTensors(*task_table.encoded_table(self.task_json, self.seed, pipeline, pipeline_key).gather(self.rows(), device))
 
 
 class DeployedNode(_Node):
@@ -171,10 +180,11 @@ class DeployedNode(_Node):
         """The node's table: a Parquet file or a folder of them."""
         return node_table_path(self.data_dir)
 
-    @functools.cached_property
+    @property
     def salt(self) -> int:
         """A stable per-node integer: the content of the node's table (not its path, so the same
-        data in another folder shuffles the same)."""
+        data in another folder shuffles the same; an edited table is read again, see
+        :func:`~astroscale_fl.data.node_arrays.content_digest`)."""
         table = self.table
         return _salt(node_arrays.content_digest(table) if table.exists() else self.data_dir)
 
@@ -195,8 +205,24 @@ class DeployedNode(_Node):
 NodeData = SimulatedNode | DeployedNode
 
 
+_NODES: dict[tuple[int, str], tuple[DictConfig, NodeData]] = {}
+_KEEP = 4096  # nodes kept per process: a thousand-node simulation's, for its run
+
+
 def node_data(cfg: DictConfig, node_config: dict) -> NodeData:
-    """The node a node config describes: deployed when it names a ``data-dir``, else simulated."""
+    """The node a node config describes: deployed when it names a ``data-dir``, else simulated.
+
+    The same object for the same run config object and node config (a node process parses each
+    run's config once, so a run is one config object), so what the node derives from them (its
+    rows, its task key, a simulated node's salt) is derived once per run."""
     config = dict(node_config)
+    key = (id(cfg), repr(sorted(config.items())))
+    hit = _NODES.get(key)
+    if hit is not None and hit[0] is cfg:
+        return hit[1]
     data_dir = deployed_data_dir(config)
-    return SimulatedNode(cfg, config) if data_dir is None else DeployedNode(cfg, config, data_dir)
+    node = SimulatedNode(cfg, config) if data_dir is None else DeployedNode(cfg, config, data_dir)
+    if len(_NODES) >= _KEEP:
+        _NODES.clear()
+    _NODES[key] = (cfg, node)  # holds cfg, so its id is not reused while the entry lives
+    return node

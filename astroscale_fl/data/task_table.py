@@ -21,9 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
 
-from astroscale_fl.config import to_json
 from astroscale_fl.data import nodes
 from astroscale_fl.data.holdout import ID, is_local_val, validation_share
 from astroscale_fl.preprocessing import Pipeline
@@ -39,17 +37,17 @@ def row_local(pipeline: Pipeline) -> bool:
                    for s in pipeline.steps)
 
 
-def node_rows(cfg: DictConfig, partition: int, num_partitions: int, seed: int) -> np.ndarray:
+def node_rows(task_json: str, partition_json: str, seed: int, partition: int, num_partitions: int) -> np.ndarray:
     """Positions of a simulated node's rows in the task's training split (its ``partition`` of
-    ``num_partitions``); ``seed``: the run's (passed in: reading ``cfg.seed`` through OmegaConf costs ~30 µs)."""
-    task_json = to_json(cfg, ("task",))
-    return nodes.partition_rows(task_json, seed, to_json(cfg, ("partition",)), num_partitions)[partition]
+    ``num_partitions``). ``task_json`` / ``partition_json``: the run config's ``task`` / ``partition``
+    sections as JSON (``config.to_json(cfg, ("task",))``), which with the run's ``seed`` fix the table."""
+    return nodes.partition_rows(task_json, seed, partition_json, num_partitions)[partition]
 
 
-def task_columns(cfg: DictConfig, seed: int, columns: tuple[str, ...], time_column: str | None = None) -> Columns:
+def task_columns(task_json: str, seed: int, columns: tuple[str, ...], time_column: str | None = None) -> Columns:
     """The training split's ``columns`` (those it has) as numpy arrays, converted once per process
     as the pipeline reads them (float64; the row id and a time column as they are)."""
-    return _task_columns(to_json(cfg, ("task",)), seed, tuple(columns), time_column)
+    return _task_columns(task_json, seed, tuple(columns), time_column)
 
 
 @functools.lru_cache(maxsize=4)
@@ -92,6 +90,13 @@ class EncodedTable:
         valid = self.valid[rows]
         return rows[~is_val & valid & ~self.outlier[rows]], rows[is_val & valid]
 
+    def gather(self, rows: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A node's (train_x, train_y, val_x, val_y) on ``device``, gathered by its partition ``rows``."""
+        x, y = self.on(device)
+        train, val = self.selection(rows)
+        train, val = torch.from_numpy(train).to(device), torch.from_numpy(val).to(device)
+        return x[train], y[train], x[val], y[val]
+
     def on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """(features, target) as tensors on ``device`` (the CPU's share the numpy memory)."""
         key = str(device)
@@ -104,14 +109,14 @@ _ENCODED: dict[tuple, EncodedTable] = {}
 _KEEP = 2  # encoded tables kept per process (a run uses one pipeline; a sweep moves on)
 
 
-def encoded_table(cfg: DictConfig, seed: int, pipeline: Pipeline, pipeline_key: str) -> EncodedTable:
+def encoded_table(task_json: str, seed: int, pipeline: Pipeline, pipeline_key: str) -> EncodedTable:
     """The training split encoded with ``pipeline`` (fitted; :func:`row_local`), once per
     (task, seed, pipeline state) and process."""
     columns = (*pipeline.inputs, pipeline.target.target, ID)
-    key = (to_json(cfg, ("task",)), seed, columns, pipeline_key)
+    key = (task_json, seed, columns, pipeline_key)
     table = _ENCODED.get(key)
     if table is None:
-        table = _encode(task_columns(cfg, seed, columns, pipeline.time_column), pipeline, seed)
+        table = _encode(task_columns(task_json, seed, columns, pipeline.time_column), pipeline, seed)
         while len(_ENCODED) >= _KEEP:
             _ENCODED.pop(next(iter(_ENCODED)))
         _ENCODED[key] = table

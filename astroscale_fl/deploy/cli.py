@@ -36,7 +36,7 @@ def node_data_main(argv: list[str]) -> int:
     if blocking is not None and not blocking.is_dir():
         raise DataError(f"node-data OUT_DIR {args.out_dir}: {blocking} is a file, not a directory; give a directory to write node-1 .. node-N into")
     from astroscale_fl import config, run_config
-    from astroscale_fl.deploy.node_data import source_name, write_node_dirs
+    from astroscale_fl.deploy.split_nodes import source_name, write_node_dirs
 
     cfg = run_config.validate(config.compose(args.overrides))
     try:

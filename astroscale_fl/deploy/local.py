@@ -107,7 +107,7 @@ class LocalFederation:
         """Certificates and keys (``num_keys``, default ``num_nodes``), node data directories and the app."""
         from astroscale_fl import config, run_config
         from astroscale_fl.deploy.certs import make_all
-        from astroscale_fl.deploy.node_data import write_node_dirs
+        from astroscale_fl.deploy.split_nodes import write_node_dirs
 
         self.logs.mkdir(parents=True, exist_ok=True)
         make_all(self.certs, num_keys or num_nodes)

@@ -8,7 +8,9 @@
 
 Each node keeps a local validation share out of training: the rows whose id hashes below
 :data:`~astroscale_fl.data.holdout.LOCAL_VAL_FRACTION` (:func:`~astroscale_fl.data.holdout.is_local_val`).
-Each handler reaches the node's rows through :func:`~astroscale_fl.data.node_data.node_data`.
+Each handler reads the message's run with :func:`~astroscale_fl.federation.messages.read_run` (parsed
+once per run, typed) and reaches the node's rows through :func:`~astroscale_fl.data.node_data.node_data`
+(one object per run and node).
 A simulated node's data is a row selection of the task table (:mod:`astroscale_fl.data.task_table`):
 the table is encoded once per pipeline and each message gathers the node's rows from it, so a
 thousand-node simulation holds the table once plus one index per node. A deployed node reads its
@@ -22,7 +24,6 @@ import functools
 import hashlib
 import json
 import threading
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -36,10 +37,9 @@ from astroscale_fl.data.node_data import Columns, NodeData, NodeTensors, node_da
 from astroscale_fl.data.tasks import get_task
 from astroscale_fl.federation import local_objectives as objectives
 from astroscale_fl.federation import protocol
-from astroscale_fl.federation.messages import config_digest, read_pipeline, read_run_config
+from astroscale_fl.federation.messages import NodeRun, config_digest, read_pipeline, read_run, read_run_config
 from astroscale_fl.federation.node_cache import NodeCache
 from astroscale_fl.federation.records import load_arrays, model_to_arrays, numpy_to_arrays
-from astroscale_fl.learning.device import resolve_device
 from astroscale_fl.learning.models import build_model
 from astroscale_fl.learning.steps import GradHook
 from astroscale_fl.learning.training import eval_report, make_optimizer, predict
@@ -47,7 +47,6 @@ from astroscale_fl.preprocessing import Pipeline
 from astroscale_fl.privacy.dp_statistics import private_statistics_reply
 from astroscale_fl.privacy.floor import PrivacyFloor
 from astroscale_fl.privacy.node import LocalJob, node_privacy
-from astroscale_fl.privacy.settings import PrivacySettings, dp_sgd_settings
 
 CACHE_BYTES = 256 * 2**20  # per process: encoded rows of the recently served nodes that cannot share one encoding
 _TENSORS: NodeCache[NodeTensors] = NodeCache(
@@ -113,67 +112,44 @@ def handle_query(msg: Message, node_config: dict, state: RecordDict | None = Non
     })
 
 
-@dataclass(frozen=True)
-class LocalSettings:
-    """The run-config values every message's handling reads, read once per run config (an
-    OmegaConf attribute costs ~30 µs, and a message reads a dozen)."""
-
-    seed: int
-    batch_size: int
-    local_epochs: int
-    optimizer: str
-    lr: float
-    momentum: float
-    weight_decay: float
-    threads: int
-    device: torch.device
-    privacy: PrivacySettings | None
-    cuda_graph: bool  # train.cuda_graph
+_FLOOR_PASSED: set[tuple[str, str]] = set()  # (node config key, run digest) pairs whose floor check passed
 
 
-_SETTINGS: dict[str, LocalSettings] = {}
+def check_floor(run: NodeRun, node: NodeData) -> None:
+    """Refuse the run if it is weaker than the node's privacy floor (node config), before any data is
+    touched. Both are fixed for the run, so a pair that passed is not checked again; a refusal is."""
+    if (node.key, run.digest) not in _FLOOR_PASSED:
+        PrivacyFloor.from_node_config(node.config).check_run(run.cfg, node.name)
+        _FLOOR_PASSED.add((node.key, run.digest))
 
 
-def local_settings(cfg: DictConfig) -> LocalSettings:
-    """:class:`LocalSettings` of a run config (memoised by its digest)."""
-    digest = config_digest(cfg)
-    if digest not in _SETTINGS:
-        train = cfg.train
-        _SETTINGS[digest] = LocalSettings(int(cfg.seed), int(train.batch_size), int(train.local_epochs), str(train.optimizer),
-                                          float(train.lr), float(train.momentum), float(train.weight_decay),
-                                          int(cfg.federation.client_threads), resolve_device(cfg.device),
-                                          dp_sgd_settings(cfg.privacy), bool(train.cuda_graph))
-    return _SETTINGS[digest]
-
-
-def _prepare(msg: Message, cfg: DictConfig, node: NodeData) -> tuple[torch.nn.Module, NodeTensors, Pipeline]:
-    config = msg.content[protocol.CONFIG_KEY]
-    settings = local_settings(cfg)
+def _prepare(msg: Message, run: NodeRun, node: NodeData, pipeline: Pipeline, pipeline_key: str) -> tuple[torch.nn.Module, NodeTensors]:
+    """The received model and the node's rows, encoded by the message's pipeline, on the run's device."""
+    settings = run.settings
     if torch.get_num_threads() != settings.threads:
         torch.set_num_threads(settings.threads)
-    device = settings.device
-    pipeline, pipeline_key = read_pipeline(config)
-    tensors = node_tensors(cfg, node, pipeline, pipeline_key, device)
-    model = fresh_model(cfg, len(pipeline.features), device)
+    tensors = node_tensors(run.cfg, node, pipeline, pipeline_key, settings.device)
+    model = fresh_model(run, len(pipeline.features))
     load_arrays(model, msg.content[protocol.ARRAYS_KEY])
-    return model, tensors, pipeline
+    return model, tensors
 
 
 _MODELS = threading.local()  # per thread: architecture key -> a model reused for each message
 
 
-def fresh_model(cfg: DictConfig, in_features: int, device: torch.device) -> torch.nn.Module:
-    """A model of the run's architecture whose values the message's arrays then overwrite.
+def fresh_model(run: NodeRun, in_features: int) -> torch.nn.Module:
+    """A model of the run's architecture, on its device, whose values the message's arrays then overwrite.
 
     ``build_model`` seeds torch's global generator (~6 ms, and not for threads to race on), so
     each thread builds one per architecture and reuses it; DP-SGD hooks its model (Opacus), so
     it gets a fresh copy of that one instead.
     """
-    key = _key(config_digest(cfg, ("model",)), str(in_features), str(device))
+    settings = run.settings
+    key = _key(run.model_digest, str(in_features), str(settings.device))
     models = _MODELS.__dict__
     if key not in models:
-        models[key] = build_model(cfg.model, in_features, int(cfg.seed)).to(device)
-    return copy.deepcopy(models[key]) if local_settings(cfg).privacy is not None else models[key]
+        models[key] = build_model(run.cfg.model, in_features, settings.seed).to(settings.device)
+    return copy.deepcopy(models[key]) if settings.privacy is not None else models[key]
 
 
 def handle_train(msg: Message, context: Context) -> RecordDict:
@@ -186,11 +162,12 @@ def handle_train(msg: Message, context: Context) -> RecordDict:
     (:func:`astroscale_fl.privacy.node.node_privacy`) trains, with or without DP.
     """
     config = msg.content[protocol.CONFIG_KEY]
-    cfg = read_run_config(config)
-    node = node_data(cfg, context.node_config)
-    PrivacyFloor.from_node_config(node.config).check_run(cfg, node.name)  # before any data is touched
-    model, tensors, pipeline = _prepare(msg, cfg, node)
-    local = local_settings(cfg)
+    run = read_run(config)
+    pipeline, pipeline_key = read_pipeline(config)
+    node = node_data(run.cfg, context.node_config)
+    check_floor(run, node)
+    model, tensors = _prepare(msg, run, node, pipeline, pipeline_key)
+    local = run.settings
     # one message per round: evaluate the received global model (the previous round's) before training it
     evaluation = _evaluation_metrics(model, tensors, pipeline) if protocol.EVAL_ROUND_KEY in config else None
     server_round = int(config[protocol.SERVER_ROUND_KEY])
@@ -209,7 +186,7 @@ def handle_train(msg: Message, context: Context) -> RecordDict:
     generator = batch_generator(local.seed, server_round, node)
     job = LocalJob(model, optimizer, tensors.train_x, tensors.train_y, local.batch_size, local.local_epochs,
                    generator, after_backward=objectives.combine(hooks), cuda_graph=local.cuda_graph)
-    trained = node_privacy(local.privacy, cfg, context.state, node).train(job)
+    trained = node_privacy(local.privacy, run.cfg, context.state, node).train(job)
     reply = RecordDict({protocol.ARRAYS_KEY: model_to_arrays(model), protocol.METRICS_KEY: MetricRecord(trained.metrics),
                         **trained.records})
     if evaluation is not None:
@@ -221,8 +198,10 @@ def handle_train(msg: Message, context: Context) -> RecordDict:
 
 def handle_evaluate(msg: Message, node_config: dict) -> RecordDict:
     """Evaluate the global model on the node's local validation rows, as poolable sums."""
-    cfg = read_run_config(msg.content[protocol.CONFIG_KEY])
-    model, tensors, pipeline = _prepare(msg, cfg, node_data(cfg, node_config))
+    config = msg.content[protocol.CONFIG_KEY]
+    run = read_run(config)
+    pipeline, pipeline_key = read_pipeline(config)
+    model, tensors = _prepare(msg, run, node_data(run.cfg, node_config), pipeline, pipeline_key)
     return RecordDict({protocol.METRICS_KEY: _evaluation_metrics(model, tensors, pipeline)})
 
 

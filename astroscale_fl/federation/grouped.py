@@ -35,7 +35,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from astroscale_fl.data.node_data import NodeData, NodeTensors, node_data
 from astroscale_fl.federation import client, protocol
 from astroscale_fl.federation import local_objectives as objectives
-from astroscale_fl.federation.messages import config_digest, read_pipeline, read_run_config
+from astroscale_fl.federation.messages import NodeRun, read_pipeline, read_run
 from astroscale_fl.federation.records import array_from_numpy, array_record, load_arrays
 from astroscale_fl.federation.secagg import node as secagg_node
 from astroscale_fl.learning.steps import TrainReport
@@ -44,7 +44,6 @@ from astroscale_fl.learning.vectorized import LocalOptimizer, NodeWork, StackedD
 from astroscale_fl.privacy import PrivacySettings, card
 from astroscale_fl.privacy import node as dp_node
 from astroscale_fl.privacy.dp_sgd import poisson_batches
-from astroscale_fl.privacy.floor import PrivacyFloor
 from astroscale_fl.privacy.ghost import ghost_supported
 
 
@@ -83,12 +82,12 @@ class _RunSettings:
 _RUN_SETTINGS: dict[str, _RunSettings] = {}
 
 
-def _run_settings(cfg) -> tuple[str, _RunSettings]:
-    digest = config_digest(cfg)
-    if digest not in _RUN_SETTINGS:
+def _run_settings(run: NodeRun) -> _RunSettings:
+    if run.digest not in _RUN_SETTINGS:
+        cfg = run.cfg
         clip = float(cfg.privacy.max_grad_norm) if cfg.privacy.name != "none" else None
-        _RUN_SETTINGS[digest] = _RunSettings(bool(cfg.federation.vectorize), bool(cfg.train.cuda_graph), clip)
-    return digest, _RUN_SETTINGS[digest]
+        _RUN_SETTINGS[run.digest] = _RunSettings(bool(cfg.federation.vectorize), bool(cfg.train.cuda_graph), clip)
+    return _RUN_SETTINGS[run.digest]
 
 
 def _eligible(run: _RunSettings, privacy: PrivacySettings | None, model: torch.nn.Module) -> bool:
@@ -96,17 +95,6 @@ def _eligible(run: _RunSettings, privacy: PrivacySettings | None, model: torch.n
     if not run.vectorize or not stackable(model):
         return False
     return privacy is None or not (privacy.backend == "opacus" or privacy.secure_mode or not ghost_supported(model))
-
-
-_FLOOR_PASSED: set[tuple] = set()  # (node's privacy floor, run config digest) pairs that passed
-
-
-def _check_floor(cfg, digest: str, node: NodeData) -> None:
-    """The node's privacy floor against the run (raises: the handler declines); remembered once passed."""
-    floor = PrivacyFloor.from_node_config(node.config)
-    if (floor, digest) not in _FLOOR_PASSED:
-        floor.check_run(cfg, node.name)
-        _FLOOR_PASSED.add((floor, digest))
 
 
 def arrays_key(record, digests: dict[int, str]) -> str:
@@ -122,15 +110,15 @@ def _setup(msg: Message, context: Context, digests: dict[int, str]) -> Member | 
     if secagg_node.RECORD in msg.content.config_records:
         return None  # SecAgg+: the ClientApp masks the reply
     config = msg.content[protocol.CONFIG_KEY]
-    cfg = read_run_config(config)
-    local = client.local_settings(cfg)
-    digest, run = _run_settings(cfg)
+    node_run = read_run(config)
+    cfg, local, digest = node_run.cfg, node_run.settings, node_run.digest
+    run = _run_settings(node_run)
     pipeline, pipeline_key = read_pipeline(config)
-    model = client.fresh_model(cfg, len(pipeline.features), local.device)
+    model = client.fresh_model(node_run, len(pipeline.features))
     if not _eligible(run, local.privacy, model):
         return None
     node = node_data(cfg, context.node_config)
-    _check_floor(cfg, digest, node)
+    client.check_floor(node_run, node)
     tensors = client.node_tensors(cfg, node, pipeline, pipeline_key, local.device)
     wanted = protocol.local_objectives(config)
     mu = wanted.proximal.mu if wanted.proximal is not None else 0.0
@@ -154,7 +142,7 @@ def _batches(member: Member) -> None:
     cfg, node = member.cfg, member.node
     n = len(member.work.target)
     if member.privacy_settings is None:
-        local = client.local_settings(cfg)
+        local = read_run(member.msg.content[protocol.CONFIG_KEY]).settings
         server_round = int(member.msg.content[protocol.CONFIG_KEY][protocol.SERVER_ROUND_KEY])
         generator = client.batch_generator(local.seed, server_round, node)
         member.work.batches = list(shuffled_batches(n, local.batch_size, local.local_epochs, generator))
@@ -264,25 +252,24 @@ def evaluate_grouped(work: list[tuple[Message, Context]]) -> list[Message | None
     for i, (msg, context) in enumerate(work):
         try:
             config = msg.content[protocol.CONFIG_KEY]
-            cfg = read_run_config(config)
-            digest, run = _run_settings(cfg)
-            if not run.vectorize:
+            node_run = read_run(config)
+            if not _run_settings(node_run).vectorize:
                 continue
             pipeline, pipeline_key = read_pipeline(config)
-            local = client.local_settings(cfg)
-            tensors = client.node_tensors(cfg, node_data(cfg, context.node_config), pipeline, pipeline_key, local.device)
-            key = (arrays_key(msg.content[protocol.ARRAYS_KEY], digests), digest, pipeline_key)
+            cfg = node_run.cfg
+            tensors = client.node_tensors(cfg, node_data(cfg, context.node_config), pipeline, pipeline_key, node_run.settings.device)
+            key = (arrays_key(msg.content[protocol.ARRAYS_KEY], digests), node_run.digest, pipeline_key)
         except Exception:  # the handler, run alone, reports it as it always does
             continue
         groups.setdefault(key, []).append((i, tensors))
-        settings.setdefault(key, (cfg, pipeline, local.device))
+        settings.setdefault(key, (node_run, pipeline))
     replies: list[Message | None] = [None] * len(work)
     for key, members in groups.items():
         if len(members) < 2:
             continue
-        cfg, pipeline, device = settings[key]
+        node_run, pipeline = settings[key]
         first = work[members[0][0]][0]
-        model = _received_model(client.fresh_model(cfg, len(pipeline.features), device), first.content[protocol.ARRAYS_KEY])
+        model = _received_model(client.fresh_model(node_run, len(pipeline.features)), first.content[protocol.ARRAYS_KEY])
         for (i, _), metrics in zip(members, client.evaluation_metrics(model, [t for _, t in members], pipeline), strict=True):
             replies[i] = Message(RecordDict({protocol.METRICS_KEY: metrics}), reply_to=work[i][0])
     return replies

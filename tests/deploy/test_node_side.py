@@ -13,9 +13,9 @@ from astroscale_fl import config, run_config
 from astroscale_fl.data.node_data import node_data
 from astroscale_fl.data.tasks import get_task
 from astroscale_fl.deploy.launcher import LauncherStats
-from astroscale_fl.deploy.node_data import write_node_dirs
 from astroscale_fl.deploy.node_metrics import serve
 from astroscale_fl.deploy.node_status import read_status, recording, status_path
+from astroscale_fl.deploy.split_nodes import write_node_dirs
 from astroscale_fl.federation.messages import round_config
 from astroscale_fl.federation.records import model_to_arrays
 from astroscale_fl.federation.rounds import federated_statistics, run_rounds

@@ -9,7 +9,7 @@ from opacus.accountants import create_accountant
 
 from astroscale_fl import config, run_config
 from astroscale_fl.data.tasks import get_task
-from astroscale_fl.deploy.node_data import write_node_dirs
+from astroscale_fl.deploy.split_nodes import write_node_dirs
 from astroscale_fl.federation.engine import FIRST_NODE_ID
 from astroscale_fl.federation.messages import round_config
 from astroscale_fl.federation.records import model_to_arrays

@@ -8,7 +8,7 @@ import pytest
 from astroscale_fl import config, run_config
 from astroscale_fl.data.node_data import node_data
 from astroscale_fl.data.tasks import get_task
-from astroscale_fl.deploy.node_data import write_node_dirs
+from astroscale_fl.deploy.split_nodes import write_node_dirs
 from astroscale_fl.export import verify_card
 from astroscale_fl.federation.client import node_split
 from astroscale_fl.federation.messages import round_config

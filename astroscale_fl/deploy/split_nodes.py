@@ -1,4 +1,4 @@
-"""Node data directories for a deployment, cut from the embedded catalog.
+"""The catalog split into node data directories for a deployment (behind ``astroscale-fl node-data``).
 
 ``write_node_dirs(cfg, root, n)`` writes ``root/node-<i>/train.parquet`` (i = 1..n): node i's
 share of the configured task's training split (``partition_frame(cfg, i - 1, n)``, so the
