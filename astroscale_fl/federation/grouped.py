@@ -35,13 +35,13 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from astroscale_fl.data.node_data import NodeData, NodeTensors, node_data
 from astroscale_fl.federation import client, protocol
 from astroscale_fl.federation import local_objectives as objectives
-from astroscale_fl.federation.messages import NodeRun, read_pipeline, read_run
+from astroscale_fl.federation.messages import LocalSettings, read_pipeline, read_run
 from astroscale_fl.federation.records import array_from_numpy, array_record, load_arrays
 from astroscale_fl.federation.secagg import node as secagg_node
 from astroscale_fl.learning.steps import TrainReport
 from astroscale_fl.learning.training import shuffled_batches
 from astroscale_fl.learning.vectorized import LocalOptimizer, NodeWork, StackedDP, stackable, train_stacked
-from astroscale_fl.privacy import PrivacySettings, card
+from astroscale_fl.privacy import card
 from astroscale_fl.privacy import node as dp_node
 from astroscale_fl.privacy.dp_sgd import poisson_batches
 from astroscale_fl.privacy.ghost import ghost_supported
@@ -61,8 +61,7 @@ class Member:
     mu: float = 0.0
     scaffold: objectives.ScaffoldRound | None = None  # c, c_i (from the node's state), local_lr
     privacy: tuple | None = None  # (ledger, plan) once spent
-    privacy_settings: PrivacySettings | None = None
-    run: _RunSettings | None = None
+    run: LocalSettings | None = None  # the run's settings as the node reads them (DP-SGD's: run.privacy)
     tensors: NodeTensors | None = None
     pipeline: object = None
     evaluates: bool = False  # one message per round: evaluate the received model on the node's validation rows first
@@ -70,30 +69,11 @@ class Member:
     node: NodeData | None = None  # the node's data (name, salt, state directory)
 
 
-@dataclass(frozen=True)
-class _RunSettings:
-    """What grouping reads from a run config, read once per config (OmegaConf reads are slow)."""
-
-    vectorize: bool
-    cuda_graph: bool
-    max_grad_norm: float | None
-
-
-_RUN_SETTINGS: dict[str, _RunSettings] = {}
-
-
-def _run_settings(run: NodeRun) -> _RunSettings:
-    if run.digest not in _RUN_SETTINGS:
-        cfg = run.cfg
-        clip = float(cfg.privacy.max_grad_norm) if cfg.privacy.name != "none" else None
-        _RUN_SETTINGS[run.digest] = _RunSettings(bool(cfg.federation.vectorize), bool(cfg.train.cuda_graph), clip)
-    return _RUN_SETTINGS[run.digest]
-
-
-def _eligible(run: _RunSettings, privacy: PrivacySettings | None, model: torch.nn.Module) -> bool:
+def _eligible(run: LocalSettings, model: torch.nn.Module) -> bool:
     """Whether the node can train in a group (else its handler trains it alone)."""
     if not run.vectorize or not stackable(model):
         return False
+    privacy = run.privacy
     return privacy is None or not (privacy.backend == "opacus" or privacy.secure_mode or not ghost_supported(model))
 
 
@@ -112,10 +92,9 @@ def _setup(msg: Message, context: Context, digests: dict[int, str]) -> Member | 
     config = msg.content[protocol.CONFIG_KEY]
     node_run = read_run(config)
     cfg, local, digest = node_run.cfg, node_run.settings, node_run.digest
-    run = _run_settings(node_run)
     pipeline, pipeline_key = read_pipeline(config)
     model = client.fresh_model(node_run, len(pipeline.features))
-    if not _eligible(run, local.privacy, model):
+    if not _eligible(local, model):
         return None
     node = node_data(cfg, context.node_config)
     client.check_floor(node_run, node)
@@ -133,7 +112,7 @@ def _setup(msg: Message, context: Context, digests: dict[int, str]) -> Member | 
         optimizer = LocalOptimizer(local.optimizer, local.lr, local.momentum, local.weight_decay)
     key = (arrays_key(msg.content[protocol.ARRAYS_KEY], digests), digest, pipeline_key, optimizer, mu, scaffold is not None)
     work = NodeWork(tensors.train_x, tensors.train_y, [], correction)
-    return Member(msg, context, work, key, model, cfg, optimizer, mu, scaffold, None, local.privacy, run, tensors, pipeline,
+    return Member(msg, context, work, key, model, cfg, optimizer, mu, scaffold, None, local, tensors, pipeline,
                   protocol.EVAL_ROUND_KEY in config, node=node)
 
 
@@ -141,13 +120,13 @@ def _batches(member: Member) -> None:
     """Draw the node's batches as its handler would (seeded shuffle, or Poisson after the DP spend)."""
     cfg, node = member.cfg, member.node
     n = len(member.work.target)
-    if member.privacy_settings is None:
-        local = read_run(member.msg.content[protocol.CONFIG_KEY]).settings
+    local = member.run
+    if local.privacy is None:
         server_round = int(member.msg.content[protocol.CONFIG_KEY][protocol.SERVER_ROUND_KEY])
         generator = client.batch_generator(local.seed, server_round, node)
         member.work.batches = list(shuffled_batches(n, local.batch_size, local.local_epochs, generator))
     else:
-        ledger, plan = dp_node.spend_round(member.privacy_settings, cfg, member.context.state, node, n)
+        ledger, plan = dp_node.spend_round(local.privacy, cfg, member.context.state, node, n)
         member.privacy = (ledger, plan)
         member.work.batches = list(poisson_batches(n, plan.sample_rate, plan.steps, generator=None))
 
@@ -194,7 +173,7 @@ def _train_group(group: list[Member]) -> list[Message]:
     dp = None
     if first.privacy is not None:
         plans = [m.privacy[1] for m in group]
-        dp = StackedDP(tuple(p.noise_multiplier for p in plans), first.run.max_grad_norm,
+        dp = StackedDP(tuple(p.noise_multiplier for p in plans), first.run.privacy.max_grad_norm,
                        tuple(p.expected_batch_size for p in plans))
     results = train_stacked(start, [m.work for m in group], first.optimizer, proximal_mu=first.mu, dp=dp,
                             cuda_graph=first.run.cuda_graph, on_host=True)
@@ -253,7 +232,7 @@ def evaluate_grouped(work: list[tuple[Message, Context]]) -> list[Message | None
         try:
             config = msg.content[protocol.CONFIG_KEY]
             node_run = read_run(config)
-            if not _run_settings(node_run).vectorize:
+            if not node_run.settings.vectorize:
                 continue
             pipeline, pipeline_key = read_pipeline(config)
             cfg = node_run.cfg

@@ -30,7 +30,7 @@ from astroscale_fl import run_config
 from astroscale_fl.federation.protocol import PIPELINE_KEY, RUN_CONFIG_KEY
 from astroscale_fl.learning.device import resolve_device
 from astroscale_fl.preprocessing import Pipeline
-from astroscale_fl.privacy.settings import PrivacySettings, dp_sgd_settings
+from astroscale_fl.privacy.settings import DpSgdSettings, dp_sgd_settings
 
 NODE_CONFIG_OMITS = ("strategy",)  # config groups the nodes' copy of the run config leaves out
 
@@ -57,8 +57,9 @@ class LocalSettings:
     weight_decay: float
     threads: int
     device: torch.device
-    privacy: PrivacySettings | None
+    privacy: DpSgdSettings | None
     cuda_graph: bool  # train.cuda_graph
+    vectorize: bool  # federation.vectorize: train the round's nodes together where they share a model
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> LocalSettings:
@@ -66,7 +67,8 @@ class LocalSettings:
         train = cfg.train
         return cls(int(cfg.seed), int(train.batch_size), int(train.local_epochs), str(train.optimizer), float(train.lr),
                    float(train.momentum), float(train.weight_decay), int(cfg.federation.client_threads),
-                   resolve_device(cfg.device), dp_sgd_settings(cfg.privacy), bool(train.cuda_graph))
+                   resolve_device(cfg.device), dp_sgd_settings(cfg.privacy), bool(train.cuda_graph),
+                   bool(cfg.federation.vectorize))
 
 
 @dataclass(frozen=True, eq=False)

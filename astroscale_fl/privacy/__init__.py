@@ -37,15 +37,15 @@ from astroscale_fl.privacy.ledger import (
 )
 from astroscale_fl.privacy.settings import (
     AdaptiveClipping,
+    DpSgdSettings,
     NodeLevelSettings,
-    PrivacySettings,
     dp_sgd_settings,
     node_level_settings,
 )
 
 __all__ = [
     "BUDGET_EXCEEDED_CODE", "FLOOR_REFUSED_CODE", "LEDGER_FILENAME", "AdaptiveClipping", "NodeLevelSettings", "PrivacyError",
-    "PrivacyLedger", "PrivacySettings", "RoundPlan", "commit_ledger", "default_delta", "dp_sgd_settings", "epsilon_of",
+    "PrivacyLedger", "DpSgdSettings", "RoundPlan", "commit_ledger", "default_delta", "dp_sgd_settings", "epsilon_of",
     "ledger_from_state", "ledger_to_state", "node_level_settings", "noise_for_target_epsilon", "open_ledger",
     "planned_steps", "sample_rate", "steps_per_round",
 ]

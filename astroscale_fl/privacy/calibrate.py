@@ -1,6 +1,6 @@
 """Choosing DP-SGD's parameters: δ, sample rate, steps, and σ for a target ε.
 
-``privacy=dp_sgd`` settings (:class:`~astroscale_fl.privacy.settings.PrivacySettings`) turn into one :class:`RoundPlan` per
+``privacy=dp_sgd`` settings (:class:`~astroscale_fl.privacy.settings.DpSgdSettings`) turn into one :class:`RoundPlan` per
 node and round: noise multiplier σ, Poisson sample rate ``q = batch_size / N``, and the
 number of steps ``local_epochs × ⌈N / batch_size⌉``. With ``target_epsilon``, σ is chosen
 before the first round so that the node's planned steps over the whole run (rounds ×

@@ -38,7 +38,7 @@ from astroscale_fl.privacy.calibrate import RoundPlan
 from astroscale_fl.privacy.dp_sgd import make_private, poisson_batches, train_local_dp
 from astroscale_fl.privacy.floor import PrivacyFloor
 from astroscale_fl.privacy.ledger import LEDGER_FILENAME, PrivacyError, PrivacyLedger, commit_ledger, open_ledger
-from astroscale_fl.privacy.settings import PrivacySettings
+from astroscale_fl.privacy.settings import DpSgdSettings
 
 PLAN_KEY = "privacy-plan"
 
@@ -94,7 +94,7 @@ class DPSGDRound:
     the model card), and no loss computed without noise.
     """
 
-    def __init__(self, settings: PrivacySettings, cfg, state: RecordDict, node: NodeData):
+    def __init__(self, settings: DpSgdSettings, cfg, state: RecordDict, node: NodeData):
         self.settings, self.cfg, self.state, self.node = settings, cfg, state, node
 
     def train(self, job: LocalJob) -> LocalRound:
@@ -109,9 +109,9 @@ class DPSGDRound:
         return LocalRound(report, metrics, {PRIVACY_KEY: card.reply_record(self.node.name, ledger)})
 
 
-def node_privacy(settings: PrivacySettings | None, cfg, state: RecordDict, node: NodeData) -> PlainRound | DPSGDRound:
+def node_privacy(settings: DpSgdSettings | None, cfg, state: RecordDict, node: NodeData) -> PlainRound | DPSGDRound:
     """The node's privacy round: one ``train(job)`` call either way. ``settings``: the run's
-    :meth:`PrivacySettings.from_config` (None without DP-SGD), built once per run config by the caller."""
+    :meth:`DpSgdSettings.from_config` (None without DP-SGD), built once per run config by the caller."""
     return PlainRound() if settings is None else DPSGDRound(settings, cfg, state, node)
 
 
@@ -120,7 +120,7 @@ def ledger_path(node: NodeData) -> Path | None:
     return node.state_dir / LEDGER_FILENAME if node.state_dir is not None else None
 
 
-def plan_round(settings: PrivacySettings, cfg, state: RecordDict, ledger: PrivacyLedger, n_rows: int) -> RoundPlan:
+def plan_round(settings: DpSgdSettings, cfg, state: RecordDict, ledger: PrivacyLedger, n_rows: int) -> RoundPlan:
     """This round's plan; the noise multiplier is fixed on the node's first round of the run."""
     if PLAN_KEY in state:
         stored = state[PLAN_KEY]
@@ -131,7 +131,7 @@ def plan_round(settings: PrivacySettings, cfg, state: RecordDict, ledger: Privac
     return plan
 
 
-def spend_round(settings: PrivacySettings, cfg, state: RecordDict, node: NodeData, n_rows: int,
+def spend_round(settings: DpSgdSettings, cfg, state: RecordDict, node: NodeData, n_rows: int,
                 floor: PrivacyFloor | None = None) -> tuple[PrivacyLedger, RoundPlan]:
     """Plan the round, check the node's floor and budget, and record the spend; raise
     :class:`BudgetExceeded` or :class:`~astroscale_fl.privacy.floor.FloorRefused`."""

@@ -2,7 +2,7 @@
 ``conf/privacy/*.yaml`` choice and validated where it is defined.
 
 - :class:`NoPrivacy`: ``privacy=none`` (at most a DP statistics round);
-- :class:`PrivacySettings`: ``privacy=dp_sgd`` (per-node DP-SGD, its ledger, the statistics round);
+- :class:`DpSgdSettings`: ``privacy=dp_sgd`` (per-node DP-SGD, its ledger, the statistics round);
 - :class:`NodeLevelSettings` (with :class:`AdaptiveClipping`): ``privacy=dp_fedavg`` (node-level DP-FedAvg).
 
 The field names are the config keys: :data:`PRIVACY_SETTINGS` is the ``privacy`` group's schema
@@ -56,7 +56,7 @@ class NoPrivacy:
 
 
 @dataclass(frozen=True)
-class PrivacySettings:
+class DpSgdSettings:
     """The validated ``privacy=dp_sgd`` config group."""
 
     max_grad_norm: float
@@ -88,7 +88,7 @@ class PrivacySettings:
             raise PrivacyError(f"privacy.backend: expected auto, ghost or opacus, got {self.backend!r}")
 
     @classmethod
-    def from_config(cls, section: Mapping | None) -> PrivacySettings | None:
+    def from_config(cls, section: Mapping | None) -> DpSgdSettings | None:
         """The settings of a ``privacy`` section; ``None`` when it names another mechanism."""
         return settings_from_config(section) if _name(section) == _CHOICE[cls] else None
 
@@ -205,10 +205,10 @@ class NodeLevelSettings:
 
 
 #: the ``privacy`` group's choices and the settings class (and config schema) of each
-PRIVACY_SETTINGS: dict[str, type] = {"none": NoPrivacy, "dp_sgd": PrivacySettings, "dp_fedavg": NodeLevelSettings}
+PRIVACY_SETTINGS: dict[str, type] = {"none": NoPrivacy, "dp_sgd": DpSgdSettings, "dp_fedavg": NodeLevelSettings}
 
 
-def settings_from_config(section: Mapping | None) -> NoPrivacy | PrivacySettings | NodeLevelSettings:
+def settings_from_config(section: Mapping | None) -> NoPrivacy | DpSgdSettings | NodeLevelSettings:
     """The settings object of a ``privacy`` section (``None``: ``privacy=none``): the section merged
     onto its choice's schema (unknown keys, ill-typed and missing values are one-line errors), then
     the class's own checks."""
@@ -226,16 +226,16 @@ def settings_from_config(section: Mapping | None) -> NoPrivacy | PrivacySettings
     return _from_mapping(cls, plain)
 
 
-def privacy_settings(section: Mapping | None) -> NoPrivacy | PrivacySettings | NodeLevelSettings:
+def privacy_settings(section: Mapping | None) -> NoPrivacy | DpSgdSettings | NodeLevelSettings:
     """:func:`settings_from_config`, built once per distinct section (one per run)."""
     return _built(_section_key(section))
 
 
-def dp_sgd_settings(section: Mapping | None) -> PrivacySettings | None:
+def dp_sgd_settings(section: Mapping | None) -> DpSgdSettings | None:
     """The ``privacy=dp_sgd`` settings; ``None`` when the nodes run no DP-SGD (``privacy=none``, or
     ``dp_fedavg``: node-level noise is added by the server)."""
     settings = privacy_settings(section)
-    return settings if isinstance(settings, PrivacySettings) else None
+    return settings if isinstance(settings, DpSgdSettings) else None
 
 
 def node_level_settings(section: Mapping | None) -> NodeLevelSettings | None:

@@ -21,7 +21,7 @@ from astroscale_fl.federation.records import model_to_arrays
 from astroscale_fl.federation.rounds import federated_statistics, run_rounds
 from astroscale_fl.learning.models import build_model
 from astroscale_fl.preprocessing import Pipeline
-from astroscale_fl.privacy import LEDGER_FILENAME, PrivacySettings
+from astroscale_fl.privacy import LEDGER_FILENAME, DpSgdSettings
 from astroscale_fl.privacy.floor import FloorRefused, NodeConfigError, PrivacyFloor
 from astroscale_fl.privacy.node import BudgetExceeded, spend_round
 from strategies import build_strategy
@@ -58,7 +58,7 @@ def test_floor_checks_run_noise_and_budget():
 
 def test_spend_round_refuses_before_spending(tmp_path):
     cfg = run_config.validate(config.compose(["privacy=dp_sgd", "privacy.target_epsilon=null", "privacy.noise_multiplier=0.8"]))
-    settings = PrivacySettings.from_config(cfg.privacy)
+    settings = DpSgdSettings.from_config(cfg.privacy)
     node = node_data(cfg, {"data-dir": str(tmp_path)})
     ledger_file = tmp_path / ".astroscale" / LEDGER_FILENAME
     with pytest.raises(FloorRefused, match="noise multiplier 0.8"):

@@ -90,3 +90,10 @@ def test_dp_nodes_spend_their_own_ledgers_and_decline_alone(grouped_replies):
         assert {k: dict(v) for k, v in mine.config_records.items()} == {k: dict(v) for k, v in theirs.config_records.items()}
     assert grouped_replies
     assert [r.declines for r in history] == [r.declines for r in alone_history]
+
+
+def test_node_level_dp_nodes_train_grouped(grouped_replies):
+    """privacy=dp_fedavg adds its noise on the server: the nodes train plainly, so they train together
+    (the grouped path once read privacy.max_grad_norm, which dp_fedavg lacks, and served every node alone)."""
+    federate(["privacy=dp_fedavg"], vectorize=True, rounds=1)
+    assert len(grouped_replies) == 4

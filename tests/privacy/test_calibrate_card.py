@@ -15,9 +15,9 @@ from astroscale_fl import run_config
 from astroscale_fl.config import compose, conf_dir
 from astroscale_fl.export import verify_card as card_module
 from astroscale_fl.privacy import (
+    DpSgdSettings,
     PrivacyError,
     PrivacyLedger,
-    PrivacySettings,
     default_delta,
     noise_for_target_epsilon,
     planned_steps,
@@ -87,15 +87,15 @@ def _dp_sgd(**keys) -> dict:
 
 def test_settings_from_config_and_plan():
     section = _dp_sgd(target_epsilon=4.0, max_grad_norm=1.0, accountant="rdp", epsilon_budget=8.0)
-    settings = PrivacySettings.from_config(section)
+    settings = DpSgdSettings.from_config(section)
     plan = settings.plan(n_rows=4400, batch_size=64, local_epochs=1, num_rounds=10, participation=0.5)
     assert (plan.steps, plan.sample_rate, plan.expected_batch_size) == (69, 64 / 4400, pytest.approx(64.0))
     total = PrivacyLedger("rdp", settings.delta_for(4400), [(plan.noise_multiplier, plan.sample_rate, 69 * 5)])
     assert total.epsilon() == pytest.approx(4.0, rel=0.01)
-    fixed = PrivacySettings.from_config(_dp_sgd(noise_multiplier=1.1, target_epsilon=None, max_grad_norm=0.5, delta=1e-6))
+    fixed = DpSgdSettings.from_config(_dp_sgd(noise_multiplier=1.1, target_epsilon=None, max_grad_norm=0.5, delta=1e-6))
     assert fixed.plan(n_rows=100, batch_size=10, local_epochs=2, num_rounds=3).noise_multiplier == 1.1
     assert fixed.delta_for(100) == 1e-6
-    assert PrivacySettings.from_config({"name": "none"}) is None
+    assert DpSgdSettings.from_config({"name": "none"}) is None
     for bad in (
         _dp_sgd(max_grad_norm=1.0, target_epsilon=None),  # neither σ nor target
         _dp_sgd(max_grad_norm=1.0, noise_multiplier=1.0, target_epsilon=1.0),
@@ -107,7 +107,7 @@ def test_settings_from_config_and_plan():
         {"name": "dp_sgd", "noise_multiplier": 1.0, "max_grad_norm": 1.0},  # the other keys come from conf/ only
     ):
         with pytest.raises(PrivacyError):
-            PrivacySettings.from_config(bad)
+            DpSgdSettings.from_config(bad)
 
 
 def test_settings_are_built_once_per_run_config_without_torch():
