@@ -165,10 +165,25 @@ def test_node_with_trusted_entities_refuses_an_unsigned_app(warm_fed, tmp_path):
     assert len(read_status(node_dir(warm_fed, 3)).get("messages", [])) == handled  # our ClientApp never ran there
 
 
-def test_killed_launcher_fails_the_round_and_keeps_the_ledger(warm_fed, tmp_path):
-    from astroscale_fl.privacy import LEDGER_FILENAME, PrivacyLedger
+@pytest.fixture
+def node_2_ledger_restored(warm_fed):
+    """Node 2's ledger file, put back as it was after the test: the session's other DP tests (which
+    share warm_fed, in any order) must not find node 2's budget spent by this one."""
+    from astroscale_fl.privacy import LEDGER_FILENAME
 
     ledger_file = node_dir(warm_fed, 2) / ".astroscale" / LEDGER_FILENAME
+    before = ledger_file.read_bytes() if ledger_file.exists() else None
+    yield ledger_file
+    if before is None:
+        ledger_file.unlink(missing_ok=True)
+    else:
+        ledger_file.write_bytes(before)
+
+
+def test_killed_launcher_fails_the_round_and_keeps_the_ledger(warm_fed, tmp_path, node_2_ledger_restored):
+    from astroscale_fl.privacy import PrivacyLedger
+
+    ledger_file = node_2_ledger_restored
     steps = lambda: PrivacyLedger.load(ledger_file).steps if ledger_file.exists() else 0  # noqa: E731
     before = steps()
     out = tmp_path / "killed"
