@@ -166,24 +166,25 @@ def test_node_with_trusted_entities_refuses_an_unsigned_app(warm_fed, tmp_path):
 
 
 @pytest.fixture
-def node_2_ledger_restored(warm_fed):
-    """Node 2's ledger file, put back as it was after the test: the session's other DP tests (which
-    share warm_fed, in any order) must not find node 2's budget spent by this one."""
+def ledgers_restored(warm_fed):
+    """The nodes' ledger files, put back as they were after the test: the session's other DP tests
+    (which share warm_fed, in any order) must not find the budgets spent by this one."""
     from astroscale_fl.privacy import LEDGER_FILENAME
 
+    files = [node_dir(warm_fed, i) / ".astroscale" / LEDGER_FILENAME for i in (1, 2, 3)]
+    before = {f: f.read_bytes() if f.exists() else None for f in files}
+    yield
+    for f, content in before.items():
+        if content is None:
+            f.unlink(missing_ok=True)
+        else:
+            f.write_bytes(content)
+
+
+def test_killed_launcher_fails_the_round_and_keeps_the_ledger(warm_fed, tmp_path, ledgers_restored):
+    from astroscale_fl.privacy import LEDGER_FILENAME, PrivacyLedger
+
     ledger_file = node_dir(warm_fed, 2) / ".astroscale" / LEDGER_FILENAME
-    before = ledger_file.read_bytes() if ledger_file.exists() else None
-    yield ledger_file
-    if before is None:
-        ledger_file.unlink(missing_ok=True)
-    else:
-        ledger_file.write_bytes(before)
-
-
-def test_killed_launcher_fails_the_round_and_keeps_the_ledger(warm_fed, tmp_path, node_2_ledger_restored):
-    from astroscale_fl.privacy import PrivacyLedger
-
-    ledger_file = node_2_ledger_restored
     steps = lambda: PrivacyLedger.load(ledger_file).steps if ledger_file.exists() else 0  # noqa: E731
     before = steps()
     out = tmp_path / "killed"
