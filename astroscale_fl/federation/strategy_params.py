@@ -1,10 +1,13 @@
 """Each strategy's parameters as a frozen dataclass that checks its own ranges (pfl-research's
 ``FedProxParams`` pattern), torch-free, below the run config so that its check can build them.
 
-The strategies in ``strategies/`` build their ``Params`` from their keyword arguments, so a
-strategy made in code is checked the same way as one made from ``conf/strategy/*.yaml`` (which
-holds the defaults); :func:`strategy_params` is the run config's door. A range error is the
-one-line :class:`~astroscale_fl.errors.ConfigError` naming ``strategy.<key>``.
+Each class is also the schema of its ``strategy=`` choice: its fields are the keys of
+``conf/strategy/<name>.yaml`` (which holds the defaults), and :data:`astroscale_fl.run_config.SCHEMAS`
+merges the YAML onto :func:`astroscale_fl.config.schema_of` of it, so a key is defined once. The
+strategies in ``strategies/`` build their ``Params`` from their keyword arguments and read their
+parameters from it (``self.hyper``), so a strategy made in code is checked the same way as one made
+from the config; :func:`strategy_params` is the run config's door. A range error is the one-line
+:class:`~astroscale_fl.errors.ConfigError` naming ``strategy.<key>``.
 """
 
 from __future__ import annotations
