@@ -62,6 +62,11 @@ def split_shares(frame: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.DataF
     return frame.loc[~is_val].reset_index(drop=True), frame.loc[is_val].reset_index(drop=True)
 
 
+def _config_key(node_config: dict) -> str:
+    """A node config as a cache key (its items, sorted)."""
+    return repr(sorted(node_config.items()))
+
+
 def _salt(ident: str) -> int:
     return int(hashlib.sha256(ident.encode()).hexdigest()[:8], 16)
 
@@ -82,7 +87,7 @@ class _Node:
     @functools.cached_property
     def key(self) -> str:
         """The node config as a cache key."""
-        return repr(sorted(self.config.items()))
+        return _config_key(self.config)
 
     def split(self, columns: Columns) -> tuple[pd.DataFrame, pd.DataFrame]:
         """The node's (training, local validation) rows, seeded by row id."""
@@ -216,7 +221,7 @@ def node_data(cfg: DictConfig, node_config: dict) -> NodeData:
     run's config once, so a run is one config object), so what the node derives from them (its
     rows, its task key, a simulated node's salt) is derived once per run."""
     config = dict(node_config)
-    key = (id(cfg), repr(sorted(config.items())))
+    key = (id(cfg), _config_key(config))
     hit = _NODES.get(key)
     if hit is not None and hit[0] is cfg:
         return hit[1]
