@@ -47,8 +47,8 @@ def validate(cfg: DictConfig, without: tuple[str, ...] = ()) -> DictConfig:
     out = config.merge_schemas(cfg, SCHEMAS, without)
     if out["partition"].name == "auto":
         chosen = default_partition(out["task"].name)
-        out["partition"] = OmegaConf.merge(OmegaConf.structured(SCHEMAS["partition"][chosen]),
-                                           OmegaConf.load(config.conf_dir() / "partition" / f"{chosen}.yaml"))
+        out["partition"] = config.merge_section(OmegaConf.load(config.conf_dir() / "partition" / f"{chosen}.yaml"),
+                                                "partition", SCHEMAS["partition"][chosen])
     typed = OmegaConf.create(out)
     config.check_missing(typed, tuple(SCHEMAS))
     if typed.federation.num_nodes is None:
